@@ -1,0 +1,7 @@
+"""`python -m wizard_runner` is the `wizard-runner` command."""
+
+import sys
+
+from wizard_runner.cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""Live follow-ups after the files changed on the real root: host name, postfix, network."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from structlog.typing import FilteringBoundLogger
+
+from wizard_runner.config import WizardConfig
+from wizard_runner.errors import ApplyError
+from wizard_runner.result import ActionOutcome
+from wizard_runner.tools import find_tool, run_tool
+
+NETWORK_TIMEOUT: Final = 90.0
+
+
+@dataclass(frozen=True)
+class FollowUps:
+    """What was done live, and what the admin still has to do."""
+
+    actions: tuple[ActionOutcome, ...]
+    pending: tuple[str, ...]
+
+
+def _run(name: str, argv: Sequence[str], log: FilteringBoundLogger,
+         timeout: float = 30.0) -> ActionOutcome:
+    """Run one follow-up command; its failure is recorded, never raised: the files are applied."""
+    tool = find_tool(argv[0])
+    if tool is None:
+        log.info("action_skipped", action=name, reason=f"{argv[0]} is not installed")
+        return ActionOutcome(name, tuple(argv), "skipped", f"{argv[0]} is not installed")
+    command = (tool, *argv[1:])
+    try:
+        output = run_tool(command, timeout=timeout)
+    except ApplyError as error:
+        log.error("action_failed", action=name, command=list(command), error=str(error))
+        return ActionOutcome(name, command, "failed", str(error))
+    detail = (output.stderr or output.stdout).strip() or None
+    if output.returncode != 0:
+        log.error("action_failed", action=name, command=list(command),
+                  exit_code=output.returncode, output=detail)
+        return ActionOutcome(name, command, "failed", f"exit {output.returncode}: {detail}")
+    log.info("action_succeeded", action=name, command=list(command))
+    return ActionOutcome(name, command, "succeeded", detail)
+
+
+def _postfix_reload(log: FilteringBoundLogger) -> ActionOutcome:
+    postfix = find_tool("postfix")
+    if postfix is None:
+        return _run("postfix_reload", ["postfix", "reload"], log)
+    if run_tool([postfix, "status"]).returncode != 0:
+        log.info("action_skipped", action="postfix_reload", reason="postfix is not running")
+        return ActionOutcome("postfix_reload", (postfix, "reload"), "skipped",
+                             "postfix is not running; it reads the new files when it starts")
+    return _run("postfix_reload", ["postfix", "reload"], log)
+
+
+def network_pending(interface: str) -> str:
+    """The admin's instructions for a network change that was written but not applied."""
+    return (
+        f"/etc/network/interfaces changed for {interface}: apply it from the console with "
+        f"`ifdown --force {interface}; ifup {interface}` or reboot (it can cut SSH sessions), "
+        "or rerun with --apply-network"
+    )
+
+
+def follow_up(
+    config: WizardConfig,
+    changed: frozenset[str],
+    log: FilteringBoundLogger,
+    *,
+    apply_network: bool,
+) -> FollowUps:
+    """Make the running system use the files that changed; only ever called on the real root."""
+    actions: list[ActionOutcome] = []
+    pending: list[str] = []
+    if "/etc/hostname" in changed:
+        actions.append(_run("hostname", ["hostname", "-F", "/etc/hostname"], log))
+    if "/etc/postfix/canonical" in changed:
+        actions.append(_run("postmap", ["postmap", "hash:/etc/postfix/canonical"], log))
+    if changed & {"/etc/postfix/main.cf", "/etc/postfix/canonical", "/etc/mailname"}:
+        actions.append(_postfix_reload(log))
+    if "/etc/network/interfaces" in changed:
+        interface = config.network.interface
+        if apply_network:
+            actions.append(_run("ifdown", ["ifdown", "--force", interface], log))
+            actions.append(_run("ifup", ["ifup", interface], log, timeout=NETWORK_TIMEOUT))
+        else:
+            message = network_pending(interface)
+            log.warning("network_change_pending", interface=interface, hint=message)
+            pending.append(message)
+    return FollowUps(tuple(actions), tuple(pending))

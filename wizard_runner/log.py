@@ -1,0 +1,94 @@
+"""structlog setup: readable lines on a terminal, JSON lines otherwise, JSON lines to the log file.
+
+Loggers are built per run and passed along, never configured globally, so that a process that
+imports wizard-runner (xivo-confd) keeps its own structlog configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import structlog
+from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
+
+_SECRET_KEY: Final = re.compile(r"pass(word)?|secret|token", re.IGNORECASE)
+REDACTED: Final = "**********"
+
+
+def redact_secrets(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    """Blank any field whose name says it is a secret: a last line of defence for the password."""
+    for key in list(event):
+        if _SECRET_KEY.search(key):
+            event[key] = REDACTED
+    return event
+
+
+class JsonLinesFile:
+    """A processor that appends each event as one JSON line to an open file, then passes it on."""
+
+    def __init__(self, handle: TextIO) -> None:
+        self.handle = handle
+
+    def __call__(self, _logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+        """Write the event; a full disk or a closed file must never break the run itself."""
+        try:
+            self.handle.write(json.dumps(event, default=str, ensure_ascii=False) + "\n")
+            self.handle.flush()
+        except (OSError, ValueError):
+            pass
+        return event
+
+
+def open_log_file(path: Path) -> TextIO:
+    """Open the JSON-lines log for appending (0640), creating its directory (0750)."""
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+
+def make_logger(
+    stream: TextIO,
+    *,
+    json_lines: bool | None = None,
+    log_file: TextIO | None = None,
+    level: int = logging.INFO,
+    **context: Any,
+) -> FilteringBoundLogger:
+    """A logger writing to `stream` (JSON unless it is a terminal) and, if given, `log_file`."""
+    if json_lines is None:
+        json_lines = not stream.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer(default=str)
+        if json_lines
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    if log_file is not None:
+        processors.append(JsonLinesFile(log_file))
+    processors.append(renderer)
+    logger: FilteringBoundLogger = structlog.wrap_logger(
+        structlog.PrintLogger(stream),
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        context_class=dict,
+    )
+    return logger.bind(**context) if context else logger
+
+
+def quiet_logger() -> FilteringBoundLogger:
+    """A logger that drops everything, for API callers that pass none."""
+    logger: FilteringBoundLogger = structlog.wrap_logger(
+        structlog.ReturnLogger(),
+        processors=[structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL + 1),
+    )
+    return logger

@@ -1,0 +1,258 @@
+"""One run from start to result: lock, system step (scripts step to come), result file, log."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TextIO
+
+from structlog.typing import FilteringBoundLogger
+
+from wizard_runner.activate import follow_up
+from wizard_runner.config import WizardConfig
+from wizard_runner.errors import (
+    EXIT_OK,
+    ApplyError,
+    PrivilegeError,
+    RunInterrupted,
+    WizardRunnerError,
+)
+from wizard_runner.fsio import Ownership, RunLock, atomic_replace, ensure_dir
+from wizard_runner.layout import Layout
+from wizard_runner.log import make_logger, open_log_file
+from wizard_runner.result import (
+    FileAction,
+    FileOutcome,
+    RunResult,
+    RunStatus,
+    SystemConfResult,
+    new_run_id,
+    now,
+)
+from wizard_runner.signals import deferred_stop_signals
+from wizard_runner.sysconf import (
+    FileChange,
+    FilesNotAppliedError,
+    Plan,
+    apply_changes,
+    plan_changes,
+    read_targets,
+    skipped_outcomes,
+    unified_diff,
+)
+from wizard_runner.toolcheck import ToolChecker
+
+SKIPPED_BY_CONFIG = "handle_system_conf=false"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: where (root), and overrides of the body's flags."""
+
+    root: str | os.PathLike[str] = "/"
+    handle_system_conf: bool | None = None  # None: as the body says
+    replace_symlinks: bool = False
+    apply_network: bool = False
+    check_with_tools: bool = True
+
+
+@dataclass
+class _Progress:
+    """What is known so far, so that an interrupted run can still report it."""
+
+    system: SystemConfResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def handles_system_conf(config: WizardConfig, options: RunOptions) -> bool:
+    """Whether this run writes the system files: the option overrides the body's flag."""
+    if options.handle_system_conf is not None:
+        return options.handle_system_conf
+    return config.handle_system_conf
+
+
+def plan_system(
+    config: WizardConfig, layout: Layout, options: RunOptions
+) -> tuple[FileChange, ...]:
+    """Read the managed files under the root and plan their new content."""
+    return plan_changes(
+        config, read_targets(layout), replace_symlinks=options.replace_symlinks
+    )
+
+
+def _not_written(changes: tuple[FileChange, ...], error: WizardRunnerError) -> SystemConfResult:
+    files = []
+    for change in changes:
+        if change.plan is Plan.WRITE:
+            reason = f"not written: {error}"
+            files.append(FileOutcome(change.path, FileAction.SKIPPED, reason))
+        elif change.plan is Plan.UNCHANGED:
+            files.append(FileOutcome(change.path, FileAction.UNCHANGED))
+        else:
+            files.append(FileOutcome(change.path, FileAction.SKIPPED, change.reason))
+    return SystemConfResult(True, tuple(files))
+
+
+def _system_step(
+    *,
+    config: WizardConfig,
+    layout: Layout,
+    run_id: str,
+    options: RunOptions,
+    log: FilteringBoundLogger,
+    progress: _Progress,
+) -> None:
+    if not handles_system_conf(config, options):
+        for outcome in skipped_outcomes(SKIPPED_BY_CONFIG):
+            log.info("file_skipped", path=outcome.path, reason=SKIPPED_BY_CONFIG)
+        progress.system = SystemConfResult(False, skipped_outcomes(SKIPPED_BY_CONFIG))
+        return
+    changes = plan_system(config, layout, options)
+    progress.system = _not_written(changes, ApplyError("the step did not finish"))
+    checker = ToolChecker(config, layout, log) if options.check_with_tools else None
+    try:
+        with deferred_stop_signals():
+            applied = apply_changes(layout, run_id, changes, log, validator=checker)
+            backup = str(applied.backup_dir) if applied.backup_dir else None
+            progress.system = SystemConfResult(True, applied.files, backup_dir=backup)
+    except FilesNotAppliedError as error:
+        backup = str(error.backup_dir) if error.backup_dir else None
+        progress.system = SystemConfResult(True, error.files, backup_dir=backup)
+        raise
+    except WizardRunnerError as error:
+        progress.system = _not_written(changes, error)
+        raise
+    if layout.is_real_root and applied.changed:
+        follow = follow_up(config, applied.changed, log, apply_network=options.apply_network)
+        progress.system = SystemConfResult(
+            True, applied.files, follow.actions, progress.system.backup_dir, follow.pending
+        )
+
+
+def write_result(layout: Layout, result: RunResult) -> None:
+    """Store the result atomically as last-run.json (0644: confd reads it as www-data)."""
+    ensure_dir(layout.state_dir, 0o755)
+    owner = Ownership(0o644, os.geteuid(), os.getegid())
+    atomic_replace(layout.last_run, result.to_json().encode(), owner)
+
+
+def _require_privileges(layout: Layout) -> None:
+    if layout.is_real_root and os.geteuid() != 0:
+        raise PrivilegeError(
+            "wizard-runner writes system files under /: run it as root "
+            "(or pass --root DIR to work on a sandbox tree)"
+        )
+
+
+def execute(
+    config: WizardConfig,
+    options: RunOptions | None = None,
+    *,
+    stream: TextIO | None = None,
+    json_logs: bool | None = None,
+) -> RunResult:
+    """Carry out the wizard body under the lock and return (and store) the result.
+
+    Raises LockedError or PrivilegeError when the run cannot start; every other failure is
+    reported in the returned result, whose `exit_code` is what the CLI exits with.
+    """
+    options = options or RunOptions()
+    layout = Layout.under(options.root)
+    _require_privileges(layout)
+    with RunLock(layout.lock_file):
+        started = now()
+        run_id = new_run_id(started)
+        try:
+            log_handle = open_log_file(layout.log_file)
+        except PermissionError as error:
+            raise PrivilegeError(f"{layout.log_file}: cannot open: {error.strerror}") from error
+        with log_handle:
+            log = make_logger(stream or sys.stderr, json_lines=json_logs, log_file=log_handle,
+                              run_id=run_id)
+            return _run_locked(config=config, options=options, layout=layout, run_id=run_id,
+                               started=started, log=log)
+
+
+def _run_locked(
+    *,
+    config: WizardConfig,
+    options: RunOptions,
+    layout: Layout,
+    run_id: str,
+    started: datetime,
+    log: FilteringBoundLogger,
+) -> RunResult:
+    log.info(
+        "run_started",
+        root=str(layout.root),
+        handle_system_conf=handles_system_conf(config, options),
+        run_scripts=config.run_scripts,
+        pid=os.getpid(),
+    )
+    progress = _Progress()
+    status, exit_code, error = RunStatus.SUCCEEDED, EXIT_OK, None
+    try:
+        _system_step(config=config, layout=layout, run_id=run_id, options=options, log=log,
+                     progress=progress)
+    except WizardRunnerError as failure:
+        status, exit_code, error = RunStatus.FAILED, failure.exit_code, str(failure)
+        log.error("system_step_failed", error=error, exit_code=exit_code)
+    except RunInterrupted as stop:
+        status, exit_code, error = RunStatus.INTERRUPTED, stop.exit_code, str(stop)
+        log.warning("run_interrupted", signal=stop.signum)
+    result = RunResult(
+        run_id=run_id,
+        started_at=started,
+        finished_at=now(),
+        status=status,
+        exit_code=exit_code,
+        system_conf=progress.system or SystemConfResult(handles_system_conf(config, options)),
+        error=error,
+        root=str(layout.root),
+    )
+    write_result(layout, result)
+    log.info("run_finished", status=status.value, exit_code=exit_code,
+             result=str(layout.last_run))
+    return result
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A dry run: the planned changes and their unified diff; nothing was written."""
+
+    changes: tuple[FileChange, ...]
+    diff: str
+    handled: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "dry_run": True,
+            "handle_system_conf": self.handled,
+            "files": [
+                {"path": c.path, "plan": c.plan.value, "reason": c.reason} for c in self.changes
+            ],
+            "diff": self.diff,
+        }
+
+
+def preview(
+    config: WizardConfig,
+    options: RunOptions | None = None,
+    *,
+    log: FilteringBoundLogger | None = None,
+) -> Preview:
+    """Plan (and tool-check) the system step without writing anything, not even the result."""
+    options = options or RunOptions()
+    layout = Layout.under(options.root)
+    log = log or make_logger(sys.stderr)
+    if not handles_system_conf(config, options):
+        return Preview((), f"# {SKIPPED_BY_CONFIG}: no system file would be touched\n", False)
+    changes = plan_system(config, layout, options)
+    writes = [change for change in changes if change.plan is Plan.WRITE]
+    if writes and options.check_with_tools:
+        ToolChecker(config, layout, log)(writes)
+    return Preview(changes, unified_diff(changes), True)
+
