@@ -81,8 +81,10 @@ def atomic_replace(path: Path, data: bytes, owner: Ownership) -> WriteMethod:
     directory. A rename refused with EBUSY falls back to an in-place write.
     """
     tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
+        # Inside the try: should the create itself fail half-way, the name is still cleaned up.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                     0o600)
         try:
             _write_all(fd, data)
             os.fchmod(fd, stat.S_IMODE(owner.mode))

@@ -261,7 +261,10 @@ def render_interfaces(config: WizardConfig, current: str | None) -> str:
         before, after = out, []
     loopback = [] if has_loopback else ["# The loopback network interface", "auto lo",
                                         "iface lo inet loopback"]
-    return _join_sections(loopback, _glue_to_comment(before, block), after)
+    # A missing loopback stanza goes just above the block, not at the top of the file, where
+    # it would adopt any stray option lines that ifquery should rather reject.
+    placed = [*loopback, "", *block] if loopback else block
+    return _join_sections(_glue_to_comment(before, placed), after)
 
 
 # --- /etc/postfix/main.cf -----------------------------------------------------------------------

@@ -111,10 +111,14 @@ def _system_step(
         return
     changes = plan_system(config, layout, options)
     progress.system = _not_written(changes, ApplyError("the step did not finish"))
-    checker = ToolChecker(config, layout, log) if options.check_with_tools else None
+    writes = [change for change in changes if change.plan is Plan.WRITE]
     try:
+        # The tool checks can take seconds: a stop request during them ends the run at once,
+        # before any write. Only the replacements themselves hold stop signals back.
+        if writes and options.check_with_tools:
+            ToolChecker(config, layout, log)(writes)
         with deferred_stop_signals():
-            applied = apply_changes(layout, run_id, changes, log, validator=checker)
+            applied = apply_changes(layout, run_id, changes, log)
             backup = str(applied.backup_dir) if applied.backup_dir else None
             progress.system = SystemConfResult(True, applied.files, backup_dir=backup)
     except FilesNotAppliedError as error:

@@ -351,9 +351,10 @@ def apply_changes(
     log: FilteringBoundLogger,
     *,
     validator: Validator | None = None,
-    replacer: Replacer = atomic_replace,
+    replacer: Replacer | None = None,
 ) -> Applied:
     """Validate, back up and replace every planned file, or restore them all and raise."""
+    replacer = replacer or atomic_replace
     writes = [change for change in changes if change.plan is Plan.WRITE]
     for change in changes:
         if change.plan is not Plan.WRITE:

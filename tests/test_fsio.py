@@ -1,0 +1,127 @@
+"""Atomic replace, stale temp clean-up and the run lock."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from pyfakefs.fake_filesystem import FakeFilesystem
+from pyfakefs.helpers import set_uid
+
+from wizard_runner.errors import LockedError, PrivilegeError
+from wizard_runner.fsio import (
+    TMP_SUFFIX,
+    Ownership,
+    RunLock,
+    WriteMethod,
+    atomic_replace,
+    new_file_owner,
+    remove_stale_temps,
+)
+
+
+def test_replace_keeps_mode_and_owner(fs: FakeFilesystem) -> None:
+    """The new content lands with the mode and owner asked for, and no temp file remains."""
+    fs.create_file("/etc/hosts", contents="old\n", st_mode=stat.S_IFREG | 0o600)
+    owner = Ownership(0o640, os.geteuid(), os.getegid())
+    assert atomic_replace(Path("/etc/hosts"), b"new\n", owner) is WriteMethod.RENAMED
+    assert Path("/etc/hosts").read_bytes() == b"new\n"
+    assert stat.S_IMODE(os.stat("/etc/hosts").st_mode) == 0o640
+    assert os.listdir("/etc") == ["hosts"]
+
+
+def test_replace_creates_missing_file(tmp_path: Path) -> None:
+    """A missing target is created with the mode given, on a real file system."""
+    target = tmp_path / "mailname"
+    atomic_replace(target, b"pbx.acme.example\n", new_file_owner())
+    assert target.read_bytes() == b"pbx.acme.example\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_replace_changes_owner_when_root(tmp_path: Path) -> None:
+    """As root, the replaced file keeps a foreign owner (www-data's uid here)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    target = tmp_path / "canonical"
+    target.write_text("old\n")
+    os.chown(target, 33, 33)
+    atomic_replace(target, b"new\n", Ownership(0o644, 33, 33))
+    info = target.stat()
+    assert (info.st_uid, info.st_gid) == (33, 33)
+
+
+def test_full_disk_leaves_original_and_no_temp(fs: FakeFilesystem) -> None:
+    """When the disk is full the original is intact and the temp file is gone."""
+    fs.create_file("/etc/hosts", contents="old\n")
+    fs.set_disk_usage(200)
+    with pytest.raises(OSError) as caught:
+        atomic_replace(Path("/etc/hosts"), b"x" * 500, new_file_owner())
+    assert caught.value.errno == errno.ENOSPC
+    assert Path("/etc/hosts").read_text() == "old\n"
+    assert os.listdir("/etc") == ["hosts"]
+
+
+def test_rename_ebusy_falls_back_to_in_place(
+    fs: FakeFilesystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bind-mounted target (rename gives EBUSY) is overwritten in place, shorter or longer."""
+    fs.create_file("/etc/resolv.conf", contents="nameserver 10.0.0.1\nsearch a.very.long.example\n")
+
+    def busy(src: str, dst: str) -> None:
+        raise OSError(errno.EBUSY, "Device or resource busy", dst)
+
+    monkeypatch.setattr("wizard_runner.fsio.os.rename", busy)
+    method = atomic_replace(Path("/etc/resolv.conf"), b"nameserver 9.9.9.9\n", new_file_owner())
+    assert method is WriteMethod.IN_PLACE
+    assert Path("/etc/resolv.conf").read_bytes() == b"nameserver 9.9.9.9\n"
+    assert os.listdir("/etc") == ["resolv.conf"]
+
+
+def test_other_rename_errors_propagate(fs: FakeFilesystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EROFS on rename is an error, the original stays, the temp is removed."""
+    fs.create_file("/etc/hostname", contents="old\n")
+
+    def read_only(src: str, dst: str) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", dst)
+
+    monkeypatch.setattr("wizard_runner.fsio.os.rename", read_only)
+    with pytest.raises(OSError, match="Read-only"):
+        atomic_replace(Path("/etc/hostname"), b"new\n", new_file_owner())
+    assert Path("/etc/hostname").read_text() == "old\n"
+    assert os.listdir("/etc") == ["hostname"]
+
+
+def test_remove_stale_temps(fs: FakeFilesystem) -> None:
+    """Only the runner's own hidden temp files are removed."""
+    fs.create_file(f"/etc/.hosts.abcd1234{TMP_SUFFIX}")
+    fs.create_file("/etc/.hosts.swp")
+    fs.create_file("/etc/hosts")
+    removed = remove_stale_temps(Path("/etc"))
+    assert removed == [Path(f"/etc/.hosts.abcd1234{TMP_SUFFIX}")]
+    assert sorted(os.listdir("/etc")) == [".hosts.swp", "hosts"]
+    assert remove_stale_temps(Path("/nowhere")) == []
+
+
+def test_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
+    """A second lock on the same file fails at once, naming the holder's pid."""
+    path = tmp_path / "run" / "wizard-runner" / "lock"
+    with RunLock(path):
+        assert path.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(LockedError, match=rf"pid {os.getpid()}\) holds {path}"):
+            RunLock(path).acquire()
+    with RunLock(path):
+        pass  # released: it can be taken again
+
+
+def test_lock_directory_not_creatable(fs: FakeFilesystem) -> None:
+    """A lock directory the user cannot create is a privilege error, not a crash."""
+    fs.create_dir("/ro", perm_bits=0o555)
+    set_uid(1000)
+    try:
+        with pytest.raises(PrivilegeError, match="cannot create directory"):
+            RunLock(Path("/ro/run/wizard-runner/lock")).acquire()
+    finally:
+        set_uid(0 if os.geteuid() == 0 else os.geteuid())

@@ -1,0 +1,385 @@
+"""The renderers: exact text for a Debian install, admin content kept, and parse-back checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DEBIAN_ROOT, MANAGED
+from wizard_runner.config import WizardConfig, config_from_data
+from wizard_runner.render import (
+    BLOCK_BEGIN,
+    BLOCK_END,
+    FILE_HEADER,
+    MAIN_CF_HEADER,
+    RENDERERS,
+    render_canonical,
+    render_hostname,
+    render_hosts,
+    render_interfaces,
+    render_mailname,
+    render_main_cf,
+    render_resolv_conf,
+)
+
+
+def debian(path: str) -> str:
+    """The seed file of a fresh Debian install."""
+    return (DEBIAN_ROOT / path.lstrip("/")).read_text()
+
+
+def other_config(body: dict[str, Any], **network: object) -> WizardConfig:
+    """The example config with some network values changed."""
+    body["network"].update(network)
+    return config_from_data(body)
+
+
+# --- independent parsers, to read the rendered files back -----------------------------------
+
+
+def parse_hosts(text: str) -> dict[str, str]:
+    """Map each host name to its address, as the resolver reads /etc/hosts (first wins)."""
+    names: dict[str, str] = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        for name in fields[1:]:
+            names.setdefault(name, fields[0])
+    return names
+
+
+def parse_resolv(text: str) -> tuple[list[str], list[str]]:
+    """The search domains and name servers of a resolv.conf."""
+    search: list[str] = []
+    servers: list[str] = []
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["search"]:
+            search = words[1:]
+        elif words[:1] == ["nameserver"]:
+            servers.append(words[1])
+    return search, servers
+
+
+def parse_main_cf(text: str) -> dict[str, str]:
+    """main.cf parameters, joining continuation lines; the last setting wins."""
+    params: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and name:
+            params[name] += " " + line.strip()
+            continue
+        name, _, value = line.partition("=")
+        name = name.strip()
+        params[name] = value.strip()
+    return params
+
+
+def parse_interfaces(text: str) -> dict[str, dict[str, str]]:
+    """iface (name, family) stanzas and their options, plus the 'auto' list under key '@auto'."""
+    stanzas: dict[str, dict[str, str]] = {"@auto": {}}
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "iface":
+            current = stanzas.setdefault(f"{words[1]} {words[2]}", {"method": words[3]})
+        elif words[0] == "auto" or words[0].startswith("allow-"):
+            for name in words[1:]:
+                stanzas["@auto"][name] = words[0]
+            current = None
+        elif words[0] in {"source", "source-directory", "mapping"}:
+            current = None
+        elif current is not None:
+            current[words[0]] = " ".join(words[1:])
+    return stanzas
+
+
+# --- exact output for a fresh Debian install --------------------------------------------------
+
+
+def test_hostname_and_mailname(config: WizardConfig) -> None:
+    """The single-value files hold exactly the short name and the FQDN."""
+    assert render_hostname(config, debian("/etc/hostname")) == "pbx\n"
+    assert render_mailname(config, debian("/etc/mailname")) == "pbx.acme.example\n"
+    assert render_hostname(config, None) == "pbx\n"
+
+
+def test_hosts_exact(config: WizardConfig) -> None:
+    """/etc/hosts from Debian's: the installer's 127.0.1.1 line is replaced by the real address."""
+    assert render_hosts(config, debian("/etc/hosts")) == (
+        f"{BLOCK_BEGIN}\n"
+        "127.0.0.1\tlocalhost\n"
+        "192.168.50.10\tpbx.acme.example\tpbx\n"
+        "\n"
+        "# The following lines are desirable for IPv6 capable hosts\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        "ff02::1\tip6-allnodes\n"
+        "ff02::2\tip6-allrouters\n"
+        f"{BLOCK_END}\n"
+    )
+
+
+def test_resolv_conf_exact(config: WizardConfig) -> None:
+    """resolv.conf: header, search domain, name servers; Debian's domain/nameserver lines go."""
+    assert render_resolv_conf(config, debian("/etc/resolv.conf")) == (
+        f"{FILE_HEADER}\n"
+        "search acme.example\n"
+        "nameserver 192.168.50.2\n"
+        "nameserver 9.9.9.9\n"
+    )
+
+
+def test_interfaces_exact(config: WizardConfig) -> None:
+    """interfaces: the DHCP stanza becomes static in place; loopback, source and inet6 kept."""
+    assert render_interfaces(config, debian("/etc/network/interfaces")) == (
+        "# This file describes the network interfaces available on your system\n"
+        "# and how to activate them. For more information, see interfaces(5).\n"
+        "\n"
+        "source /etc/network/interfaces.d/*\n"
+        "\n"
+        "# The loopback network interface\n"
+        "auto lo\n"
+        "iface lo inet loopback\n"
+        "\n"
+        "# The primary network interface\n"
+        f"{BLOCK_BEGIN}\n"
+        "auto eth0\n"
+        "iface eth0 inet static\n"
+        "\taddress 192.168.50.10\n"
+        "\tnetmask 255.255.255.0\n"
+        "\tgateway 192.168.50.1\n"
+        "\tdns-nameservers 192.168.50.2 9.9.9.9\n"
+        "\tdns-search acme.example\n"
+        f"{BLOCK_END}\n"
+        "\n"
+        "# This is an autoconfigured IPv6 interface\n"
+        "iface eth0 inet6 auto\n"
+    )
+
+
+def test_main_cf_sets_names_in_place(config: WizardConfig) -> None:
+    """main.cf: the four names set where they were; everything else byte-for-byte the same."""
+    before = debian("/etc/postfix/main.cf")
+    after = render_main_cf(config, before)
+    assert after.startswith(MAIN_CF_HEADER + "\n\n")
+    old_lines = before.splitlines()
+    new_lines = after.splitlines()[2:]
+    changed = {
+        (old, new) for old, new in zip(old_lines, new_lines, strict=False) if old != new
+    }
+    assert changed == {
+        ("myhostname = debian.localdomain", "myhostname = pbx.acme.example"),
+        ("mydestination = $myhostname, debian.localdomain, debian, localhost.localdomain, "
+         "localhost", "mydestination = $myhostname, pbx, localhost.$mydomain, localhost"),
+    }
+    assert new_lines[len(old_lines):] == [
+        "",
+        "mydomain = acme.example",
+        "canonical_maps = hash:/etc/postfix/canonical",
+    ]
+    assert "#myorigin = /etc/mailname" in new_lines
+    assert "    defer_unauth_destination" in new_lines
+
+
+def test_canonical_exact(config: WizardConfig) -> None:
+    """canonical: the managed rewrite entry, and the admin's entry kept."""
+    assert render_canonical(config, debian("/etc/postfix/canonical")) == (
+        f"{BLOCK_BEGIN}\n"
+        "@pbx\t@pbx.acme.example\n"
+        f"{BLOCK_END}\n"
+        "\n"
+        "# Sender and recipient rewriting, see canonical(5).\n"
+        "root\tadmin@acme.example\n"
+    )
+
+
+# --- parse back to the same values ------------------------------------------------------------
+
+
+def test_parse_back(config: WizardConfig) -> None:
+    """Every rendered file reads back, with an independent parser, to the config's values."""
+    net = config.network
+    hosts = parse_hosts(render_hosts(config, debian("/etc/hosts")))
+    assert hosts[net.fqdn] == hosts[net.hostname] == net.ip_address
+    assert hosts["localhost"] == "127.0.0.1"
+    assert parse_resolv(render_resolv_conf(config, None)) == ([net.domain], net.nameservers)
+    stanza = parse_interfaces(render_interfaces(config, debian("/etc/network/interfaces")))
+    assert stanza["eth0 inet"] == {
+        "method": "static",
+        "address": net.ip_address,
+        "netmask": net.netmask,
+        "gateway": net.gateway,
+        "dns-nameservers": " ".join(net.nameservers),
+        "dns-search": net.domain,
+    }
+    assert stanza["@auto"] == {"lo": "auto", "eth0": "auto"}
+    params = parse_main_cf(render_main_cf(config, debian("/etc/postfix/main.cf")))
+    assert params["myhostname"] == net.fqdn
+    assert params["mydomain"] == net.domain
+    assert params["myorigin"] == "/etc/mailname"
+    assert params["mydestination"].split(", ")[:2] == ["$myhostname", net.hostname]
+
+
+@pytest.mark.parametrize("path", MANAGED)
+@pytest.mark.parametrize("seed", ["debian", "empty", "missing"])
+def test_render_is_idempotent(config: WizardConfig, path: str, seed: str) -> None:
+    """Rendering a file's own output again changes nothing (so a rerun writes nothing)."""
+    current = {"debian": debian(path), "empty": "", "missing": None}[seed]
+    once = RENDERERS[path](config, current)
+    assert RENDERERS[path](config, once) == once
+    assert once.endswith("\n")
+    assert not once.endswith("\n\n")
+
+
+@pytest.mark.parametrize("path", MANAGED)
+def test_rerun_with_new_values_leaves_nothing_stale(
+    config: WizardConfig, body: dict[str, Any], path: str
+) -> None:
+    """A second wizard with other names and addresses replaces every trace of the first."""
+    first = RENDERERS[path](config, debian(path))
+    second_config = other_config(
+        body, hostname="voip", domain="new.example", ip_address="10.1.2.3",
+        netmask="255.255.0.0", gateway="10.1.0.1", nameservers=["10.1.0.53"],
+    )
+    second = RENDERERS[path](second_config, first)
+    for stale in ("pbx", "acme.example", "192.168.50.", "9.9.9.9"):
+        lines = [line for line in second.splitlines() if stale in line]
+        # The admin's own canonical entry mentions acme.example and stays.
+        assert lines in ([], ["root\tadmin@acme.example"]), (stale, lines)
+    assert second == RENDERERS[path](second_config, debian(path))
+
+
+# --- admin content kept -----------------------------------------------------------------------
+
+
+def test_hosts_keeps_admin_lines(config: WizardConfig) -> None:
+    """Lines for other hosts stay; the wizard's names are taken off shared lines."""
+    current = (
+        "127.0.0.1 localhost localhost.localdomain\n"
+        "10.9.9.9 provisioning.acme.example prov # the provisioning server\n"
+        "192.168.50.10 pbx.acme.example pbx pbx-alias\n"
+        "\n"
+        "# a comment of the admin's\n"
+    )
+    out = render_hosts(config, current)
+    hosts = parse_hosts(out)
+    assert hosts["provisioning.acme.example"] == "10.9.9.9"
+    assert hosts["localhost.localdomain"] == "127.0.0.1"
+    assert hosts["pbx-alias"] == "192.168.50.10"
+    assert "10.9.9.9 provisioning.acme.example prov # the provisioning server" in out
+    assert "# a comment of the admin's" in out
+    assert out.count("pbx.acme.example") == 1
+    assert [line for line in out.splitlines() if line.split()[:1] == ["127.0.0.1"]] == [
+        "127.0.0.1\tlocalhost", "127.0.0.1\tlocalhost.localdomain"
+    ]
+
+
+def test_resolv_conf_keeps_options(config: WizardConfig) -> None:
+    """options and sortlist lines survive; old search, domain and nameserver lines do not."""
+    current = "domain old\nsearch old\nnameserver 1.1.1.1\noptions timeout:2 attempts:3\n"
+    out = render_resolv_conf(config, current)
+    assert out.splitlines()[-1] == "options timeout:2 attempts:3"
+    assert "1.1.1.1" not in out
+    assert "old" not in out
+
+
+def test_interfaces_keeps_other_interfaces(config: WizardConfig) -> None:
+    """Other stanzas, with their options and comments, stay as they were."""
+    current = (
+        "auto lo eth0 eth1\n"
+        "iface lo inet loopback\n"
+        "\n"
+        "iface eth0 inet static\n"
+        "    address 10.0.0.2\n"
+        "    # the old gateway\n"
+        "    gateway 10.0.0.1\n"
+        "    netmask 255.0.0.0\n"
+        "\n"
+        "iface eth1 inet static\n"
+        "    address 172.16.0.2/16\n"
+        "    post-up ip route add 172.17.0.0/16 via 172.16.0.1 \\\n"
+        "        metric 10\n"
+        "mapping eth2\n"
+        "    script /usr/local/sbin/map-eth2\n"
+    )
+    out = render_interfaces(config, current)
+    stanzas = parse_interfaces(out)
+    assert stanzas["eth1 inet"]["address"] == "172.16.0.2/16"
+    assert "        metric 10" in out
+    assert "    script /usr/local/sbin/map-eth2" in out
+    assert stanzas["eth0 inet"]["address"] == "192.168.50.10"
+    assert "10.0.0.2" not in out
+    assert "auto lo eth1" in out.splitlines()
+    assert out.count("iface eth0 inet ") == 1
+
+
+def test_interfaces_vlan(body: dict[str, Any]) -> None:
+    """A VLAN interface names its raw device."""
+    config = other_config(body, interface="eth0.10")
+    stanza = parse_interfaces(render_interfaces(config, None))["eth0.10 inet"]
+    assert stanza["vlan-raw-device"] == "eth0"
+
+
+def test_interfaces_adds_loopback_when_missing(config: WizardConfig) -> None:
+    """A file without a loopback stanza gets one (ifupdown needs it for lo)."""
+    stanzas = parse_interfaces(render_interfaces(config, "iface eth1 inet dhcp\n"))
+    assert stanzas["lo inet"] == {"method": "loopback"}
+    assert stanzas["eth1 inet"] == {"method": "dhcp"}
+
+
+def test_main_cf_duplicates_and_continuations(config: WizardConfig) -> None:
+    """An earlier duplicate goes, a continued value is replaced whole, comments stay."""
+    current = (
+        "myhostname = first.example\n"
+        "# myhostname = commented.example\n"
+        "mydestination = a,\n"
+        "    b,\n"
+        "\tc\n"
+        "myhostname=second.example\n"
+        "relayhost = [smtp.acme.example]:587\n"
+        "canonical_maps = regexp:/etc/postfix/canonical.re\n"
+    )
+    out = render_main_cf(config, current)
+    params = parse_main_cf(out)
+    assert params["myhostname"] == "pbx.acme.example"
+    assert params["mydestination"] == "$myhostname, pbx, localhost.$mydomain, localhost"
+    assert params["relayhost"] == "[smtp.acme.example]:587"
+    assert params["canonical_maps"] == "regexp:/etc/postfix/canonical.re"
+    assert "# myhostname = commented.example" in out
+    assert out.count("myhostname =") == 2  # the comment and the setting
+    assert "first.example" not in out
+
+
+def test_canonical_keeps_entries_and_drops_conflicts(config: WizardConfig) -> None:
+    """The admin's entries stay, one for the wizard's key (with its continuation) goes."""
+    current = (
+        "# rewrite rules\n"
+        "@PBX   @wrong.example\n"
+        "    \n"
+        "root   admin@acme.example\n"
+        "@other @other.example\n"
+    )
+    out = render_canonical(config, current)
+    assert "@wrong.example" not in out
+    assert "root   admin@acme.example" in out
+    assert "@other @other.example" in out
+    assert out.count("@pbx") == 2  # key and value of the managed entry
+
+
+def test_renderers_keep_undecodable_bytes(config: WizardConfig) -> None:
+    """Bytes that are not UTF-8 in an admin line pass through (surrogate escapes)."""
+    latin1 = b"10.9.9.9 caf\xe9\n".decode("utf-8", "surrogateescape")
+    out = render_hosts(config, latin1)
+    assert out.encode("utf-8", "surrogateescape").count(b"caf\xe9") == 1
+
+
+def test_every_managed_file_has_a_renderer() -> None:
+    """The seven files, in their write order."""
+    assert tuple(RENDERERS) == MANAGED
+    for path in MANAGED:
+        assert Path(DEBIAN_ROOT, path.lstrip("/")).is_file()

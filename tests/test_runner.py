@@ -1,0 +1,220 @@
+"""A whole run on a real tmp root: result file, log file, lock, flags, faults and signals."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import MANAGED, snapshot
+from wizard_runner import sysconf
+from wizard_runner.config import WizardConfig, config_from_data
+from wizard_runner.errors import LockedError, PrivilegeError
+from wizard_runner.fsio import Ownership, RunLock, WriteMethod, atomic_replace
+from wizard_runner.layout import Layout
+from wizard_runner.result import FileAction, RunStatus
+from wizard_runner.runner import RunOptions, execute, preview
+from wizard_runner.signals import install_stop_handlers
+
+NO_TOOLS = {"check_with_tools": False}
+
+
+def run(config: WizardConfig, root: Path, **options: Any) -> Any:
+    """Execute on `root` without the Debian tools (they have their own tests)."""
+    return execute(config, RunOptions(root=root, **{**NO_TOOLS, **options}), json_logs=True)
+
+
+def log_events(root: Path) -> list[dict[str, Any]]:
+    """The JSON-lines log of `root`."""
+    text = (root / "var/log/wizard-runner/wizard-runner.log").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_run_writes_files_result_and_log(config: WizardConfig, sandbox: Path) -> None:
+    """A run writes the seven files, stores its result and logs one event per file."""
+    result = run(config, sandbox)
+    assert result.status is RunStatus.SUCCEEDED
+    assert result.exit_code == 0
+    assert [(f.path, f.action) for f in result.system_conf.files] == [
+        (path, FileAction.WRITTEN) for path in MANAGED
+    ]
+    stored = json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text())
+    assert stored == result.to_dict()
+    assert stored["system_conf"]["handled"] is True
+    assert stored["scripts"] == []
+    assert stored["error"] is None
+    assert oct((sandbox / "var/lib/wizard-runner/last-run.json").stat().st_mode & 0o777) == "0o644"
+    events = log_events(sandbox)
+    assert {event["run_id"] for event in events} == {result.run_id}
+    written = [event["path"] for event in events if event["event"] == "file_written"]
+    assert written == list(MANAGED)
+    assert events[0]["event"] == "run_started"
+    assert events[-1]["event"] == "run_finished"
+    assert (sandbox / "etc/hostname").read_text() == "pbx\n"
+
+
+def test_second_run_reports_unchanged(config: WizardConfig, sandbox: Path) -> None:
+    """A rerun reports every file unchanged and changes no mtime under /etc."""
+    run(config, sandbox)
+    before = snapshot(sandbox / "etc")
+    result = run(config, sandbox)
+    assert {f.action for f in result.system_conf.files} == {FileAction.UNCHANGED}
+    assert snapshot(sandbox / "etc") == before
+    assert result.system_conf.backup_dir is None
+
+
+def test_handle_system_conf_false_touches_nothing(body: dict[str, Any], sandbox: Path) -> None:
+    """With handle_system_conf false, /etc stays byte-identical, mtimes included."""
+    body["handle_system_conf"] = False
+    before = snapshot(sandbox / "etc")
+    result = run(config_from_data(body), sandbox)
+    assert snapshot(sandbox / "etc") == before
+    assert result.status is RunStatus.SUCCEEDED
+    assert result.system_conf.handled is False
+    assert [(f.action, f.reason) for f in result.system_conf.files] == [
+        (FileAction.SKIPPED, "handle_system_conf=false")
+    ] * 7
+    assert not (sandbox / "var/backups").exists()
+
+
+@pytest.mark.parametrize(
+    ("in_body", "option", "handled"),
+    [
+        pytest.param(True, False, False, id="option-off"),
+        pytest.param(False, True, True, id="option-on"),
+        pytest.param(False, None, False, id="body-off"),
+    ],
+)
+def test_option_overrides_body(
+    body: dict[str, Any], sandbox: Path, in_body: bool, option: bool | None, handled: bool
+) -> None:
+    """--system-conf/--no-system-conf win over the body's handle_system_conf."""
+    body["handle_system_conf"] = in_body
+    result = run(config_from_data(body), sandbox, handle_system_conf=option)
+    assert result.system_conf.handled is handled
+    assert ((sandbox / "etc/hostname").read_text() == "pbx\n") is handled
+
+
+def test_locked_run_is_refused(config: WizardConfig, sandbox: Path) -> None:
+    """While another run holds the lock, a run is refused at once and writes nothing."""
+    before = snapshot(sandbox)
+    with RunLock(Layout(sandbox).lock_file):
+        before = snapshot(sandbox)
+        with pytest.raises(LockedError) as caught:
+            run(config, sandbox)
+    assert caught.value.exit_code == 75
+    assert f"pid {os.getpid()}" in str(caught.value)
+    after = snapshot(sandbox)
+    assert {k: v for k, v in after.items() if "lock" not in k} == {
+        k: v for k, v in before.items() if "lock" not in k
+    }
+
+
+def test_real_root_needs_root(config: WizardConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On / without root, the run stops before anything, saying what to do."""
+    monkeypatch.setattr("wizard_runner.runner.os.geteuid", lambda: 1000)
+    with pytest.raises(PrivilegeError, match="run it as root") as caught:
+        execute(config, RunOptions(root="/"))
+    assert caught.value.exit_code == 77
+
+
+def test_failed_write_is_reported_and_restored(
+    config: WizardConfig, sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write failing midway gives a failed result, exit 73, and the restored files."""
+    before = snapshot(sandbox / "etc")
+
+    def fail_on_main_cf(path: Path, data: bytes, owner: Ownership) -> WriteMethod:
+        if path.name == "main.cf" and "backups" not in path.parts:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return atomic_replace(path, data, owner)
+
+    monkeypatch.setattr(sysconf, "atomic_replace", fail_on_main_cf)
+    result = run(config, sandbox)
+    assert result.status is RunStatus.FAILED
+    assert result.exit_code == 73
+    assert result.error is not None
+    assert result.error.startswith("/etc/postfix/main.cf: could not be written")
+    actions = {f.path: f.action for f in result.system_conf.files}
+    assert [p for p, a in actions.items() if a is FileAction.RESTORED] == list(MANAGED[:4])
+    contents = {k: v[0] for k, v in snapshot(sandbox / "etc").items()}
+    assert contents == {k: v[0] for k, v in before.items()}
+    stored = json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text())
+    assert stored["status"] == "failed"
+    assert stored["exit_code"] == 73
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_sigterm_during_writes_is_held_until_all_are_done(
+    config: WizardConfig, sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM in the middle of the replacements lets them finish, then records the stop."""
+    install_stop_handlers()
+    sent: list[Path] = []
+
+    def signal_midway(path: Path, data: bytes, owner: Ownership) -> WriteMethod:
+        if path.name == "mailname" and "backups" not in path.parts:
+            os.kill(os.getpid(), signal.SIGTERM)
+            sent.append(path)
+        return atomic_replace(path, data, owner)
+
+    monkeypatch.setattr(sysconf, "atomic_replace", signal_midway)
+    result = run(config, sandbox)
+    assert sent
+    assert result.status is RunStatus.INTERRUPTED
+    assert result.exit_code == 143
+    assert result.error == "interrupted by SIGTERM"
+    assert [f.action for f in result.system_conf.files] == [FileAction.WRITTEN] * 7
+    assert (sandbox / "etc/network/interfaces").read_text().count("192.168.50.10") == 1
+    stored = json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text())
+    assert stored["status"] == "interrupted"
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_sigint_before_writes_changes_nothing(
+    config: WizardConfig, sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT while the files are checked stops the run before any write; exit 130."""
+    install_stop_handlers()
+    before = snapshot(sandbox / "etc")
+
+    def interrupt(*args: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr("wizard_runner.runner.ToolChecker.__call__", interrupt)
+    result = execute(config, RunOptions(root=sandbox), json_logs=True)
+    assert result.status is RunStatus.INTERRUPTED
+    assert result.exit_code == 130
+    assert snapshot(sandbox / "etc") == before
+    assert {f.action for f in result.system_conf.files} == {FileAction.SKIPPED}
+
+
+def test_preview_writes_nothing(config: WizardConfig, sandbox: Path) -> None:
+    """A dry run returns the diff and leaves the whole root as it was."""
+    before = snapshot(sandbox)
+    shown = preview(config, RunOptions(root=sandbox, check_with_tools=False))
+    assert snapshot(sandbox) == before
+    assert "+pbx\n" in shown.diff
+    assert [c.plan.value for c in shown.changes] == ["write"] * 7
+
+
+def test_password_is_written_nowhere(config: WizardConfig, sandbox: Path) -> None:
+    """No file under the root, result, log or backup, holds the admin password."""
+    run(config, sandbox)
+    run(config, sandbox, handle_system_conf=False)
+    secret = config.admin_password.get_secret_value().encode()
+    for path in sandbox.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_bytes(), path
+
+
+def test_no_live_actions_under_a_root(config: WizardConfig, sandbox: Path) -> None:
+    """Under --root nothing live is touched: no actions, no pending network note."""
+    result = run(config, sandbox)
+    assert result.system_conf.actions == ()
+    assert result.system_conf.pending == ()

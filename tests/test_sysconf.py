@@ -1,0 +1,334 @@
+"""The system step on a fake file system: plan, all-or-nothing apply, faults and restores."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+import structlog
+from pyfakefs.fake_filesystem import FakeFilesystem
+from pyfakefs.helpers import set_uid
+
+from tests.conftest import DEBIAN_ROOT, MANAGED
+from wizard_runner.config import WizardConfig
+from wizard_runner.errors import ApplyError, PrivilegeError
+from wizard_runner.fsio import Ownership, WriteMethod, atomic_replace
+from wizard_runner.layout import Layout
+from wizard_runner.render import RENDERERS
+from wizard_runner.result import FileAction
+from wizard_runner.sysconf import (
+    FileChange,
+    FilesNotAppliedError,
+    Plan,
+    apply_changes,
+    plan_changes,
+    read_targets,
+    unified_diff,
+)
+
+RUN_ID = "20261125T120000Z-00000000"
+LOG = structlog.get_logger()
+
+
+@pytest.fixture
+def root(fs: FakeFilesystem) -> Path:
+    """A fake root holding Debian's files."""
+    fs.add_real_directory(DEBIAN_ROOT, target_path="/sandbox", read_only=False, lazy_read=False)
+    return Path("/sandbox")
+
+
+def contents(root: Path) -> dict[str, bytes]:
+    """The bytes of each managed file under `root` (b'' when missing)."""
+    found = {}
+    for path in MANAGED:
+        target = root / path.lstrip("/")
+        found[path] = target.read_bytes() if target.is_file() else b""
+    return found
+
+
+def plan(config: WizardConfig, root: Path, **options: bool) -> tuple[FileChange, ...]:
+    """Read and plan the managed files under `root`."""
+    return plan_changes(config, read_targets(Layout(root)), **options)
+
+
+def apply(
+    config: WizardConfig, root: Path, replacer: Callable[..., WriteMethod] = atomic_replace
+) -> tuple[FileChange, ...]:
+    """Plan and apply under `root`; return the plan."""
+    changes = plan(config, root)
+    apply_changes(Layout(root), RUN_ID, changes, LOG, replacer=replacer)
+    return changes
+
+
+def expected(config: WizardConfig, before: dict[str, bytes]) -> dict[str, bytes]:
+    """What each managed file holds after a run on files that held `before`."""
+    return {path: RENDERERS[path](config, before[path].decode()).encode() for path in MANAGED}
+
+
+def temp_files(root: Path) -> list[str]:
+    """Leftover temp files of the runner anywhere under `root`."""
+    return [str(p) for p in root.rglob("*wizard-runner-tmp")]
+
+
+def test_apply_writes_every_file_and_backs_up(config: WizardConfig, root: Path) -> None:
+    """All seven files get their new content; the old content and a manifest are in the backup."""
+    before = contents(root)
+    changes = plan(config, root)
+    applied = apply_changes(Layout(root), RUN_ID, changes, LOG)
+    assert [outcome.action for outcome in applied.files] == [FileAction.WRITTEN] * 7
+    assert applied.changed == frozenset(MANAGED)
+    assert contents(root) == expected(config, before)
+    backup = root / "var/backups/wizard-runner" / RUN_ID
+    assert applied.backup_dir == backup
+    for path in MANAGED:
+        assert (backup / path.lstrip("/")).read_bytes() == before[path]
+    manifest = json.loads((backup / "manifest.json").read_text())
+    assert [entry["path"] for entry in manifest["files"]] == list(MANAGED)
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o700
+    assert temp_files(root) == []
+
+
+def test_unchanged_rerun_writes_nothing(config: WizardConfig, root: Path) -> None:
+    """A second run finds every file unchanged and leaves their mtimes alone."""
+    apply(config, root)
+    mtimes = {p: (root / p.lstrip("/")).stat().st_mtime_ns for p in MANAGED}
+    changes = plan(config, root)
+    assert {change.plan for change in changes} == {Plan.UNCHANGED}
+    applied = apply_changes(Layout(root), "second", changes, LOG)
+    assert {outcome.action for outcome in applied.files} == {FileAction.UNCHANGED}
+    assert applied.backup_dir is None
+    assert {p: (root / p.lstrip("/")).stat().st_mtime_ns for p in MANAGED} == mtimes
+    assert not (root / "var/backups/wizard-runner/second").exists()
+
+
+def test_mode_and_owner_kept(config: WizardConfig, root: Path) -> None:
+    """A replaced file keeps its mode (0600 stays 0600); a new file is 0644."""
+    (root / "etc/hosts").chmod(0o600)
+    (root / "etc/mailname").unlink()
+    apply(config, root)
+    assert stat.S_IMODE((root / "etc/hosts").stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "etc/mailname").stat().st_mode) == 0o644
+
+
+def failing_on(
+    nth: int, error: int = errno.EIO, also_fail: Sequence[str] = ()
+) -> Callable[[Path, bytes, Ownership], WriteMethod]:
+    """A replacer that fails on the nth write of a managed file, and on restores of `also_fail`."""
+    writes: list[Path] = []
+
+    def replace(path: Path, data: bytes, owner: Ownership) -> WriteMethod:
+        if "backups" not in path.parts:
+            if path in writes and path.name in also_fail:
+                raise OSError(error, os.strerror(error), str(path))
+            writes.append(path)
+            if len(writes) == nth:
+                raise OSError(error, os.strerror(error), str(path))
+        return atomic_replace(path, data, owner)
+
+    return replace
+
+
+def test_failure_on_third_write_restores_the_first_two(config: WizardConfig, root: Path) -> None:
+    """An injected EIO on the third of seven writes: the first two are restored, exit 73."""
+    before = contents(root)
+    with pytest.raises(FilesNotAppliedError) as caught:
+        apply(config, root, replacer=failing_on(3))
+    assert contents(root) == before
+    error = caught.value
+    assert error.exit_code == 73
+    assert "/etc/mailname: could not be written (Input/output error)" in str(error)
+    assert "restored /etc/hostname, /etc/hosts from" in str(error)
+    actions = [(o.path, o.action) for o in error.files]
+    assert actions == [
+        ("/etc/hostname", FileAction.RESTORED),
+        ("/etc/hosts", FileAction.RESTORED),
+        ("/etc/mailname", FileAction.SKIPPED),
+        ("/etc/resolv.conf", FileAction.SKIPPED),
+        ("/etc/postfix/main.cf", FileAction.SKIPPED),
+        ("/etc/postfix/canonical", FileAction.SKIPPED),
+        ("/etc/network/interfaces", FileAction.SKIPPED),
+    ]
+    assert error.files[3].reason == "not written: the step stopped at /etc/mailname"
+    assert temp_files(root) == []
+
+
+@pytest.mark.parametrize("nth", range(1, 8))
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EACCES, errno.EROFS])
+def test_any_failed_write_restores_everything(
+    config: WizardConfig, root: Path, nth: int, code: int
+) -> None:
+    """Whichever write fails, and however, every file ends as it was."""
+    before = contents(root)
+    with pytest.raises(FilesNotAppliedError) as caught:
+        apply(config, root, replacer=failing_on(nth, code))
+    assert contents(root) == before
+    restored = [o.path for o in caught.value.files if o.action is FileAction.RESTORED]
+    assert restored == list(MANAGED[: nth - 1])
+
+
+def test_failed_restore_is_reported_loudly(config: WizardConfig, root: Path) -> None:
+    """A file that cannot be restored is named, with where its old copy is."""
+    with pytest.raises(FilesNotAppliedError) as caught:
+        apply(config, root, replacer=failing_on(3, also_fail=["hostname"]))
+    message = str(caught.value)
+    assert "COULD NOT RESTORE /etc/hostname" in message
+    assert f"var/backups/wizard-runner/{RUN_ID}" in message
+    assert caught.value.files[0].action is FileAction.WRITTEN
+    assert caught.value.files[1].action is FileAction.RESTORED
+    backup = root / "var/backups/wizard-runner" / RUN_ID / "etc/hostname"
+    assert backup.read_text() == "debian\n"
+
+
+def test_full_disk_at_every_size_never_half_applies(
+    config: WizardConfig, fs: FakeFilesystem
+) -> None:
+    """On a disk with any amount of free space, the files end all old or all new."""
+    outcomes = set()
+    for step, free in enumerate(range(0, 12_000, 250)):
+        root = Path(f"/disk{step}")
+        fs.add_real_directory(DEBIAN_ROOT, target_path=str(root), read_only=False, lazy_read=False)
+        before = contents(root)
+        new = expected(config, before)
+        fs.set_disk_usage(fs.get_disk_usage()[1] + free)  # (total, used, free)
+        try:
+            apply(config, root)
+        except ApplyError as error:
+            outcomes.add(type(error).__name__)
+            assert contents(root) == before, free
+        else:
+            outcomes.add("applied")
+            assert contents(root) == new, free
+        # Only next to the targets: pyfakefs can refuse the unlink of a temp file in the backup
+        # directory with ENOSPC, which Linux never does.
+        assert temp_files(root / "etc") == []
+        fs.set_disk_usage(10**12)
+    # The sweep covers a failed backup, a failed replace and success.
+    assert outcomes == {"ApplyError", "FilesNotAppliedError", "applied"}
+
+
+def test_symlink_is_skipped_unless_asked(config: WizardConfig, root: Path) -> None:
+    """A symlinked resolv.conf is reported skipped; --replace-symlinks makes it a file."""
+    (root / "run/systemd/resolve").mkdir(parents=True)
+    (root / "run/systemd/resolve/stub-resolv.conf").write_text("nameserver 127.0.0.53\n")
+    (root / "etc/resolv.conf").unlink()
+    (root / "etc/resolv.conf").symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    changes = {c.path: c for c in plan(config, root)}
+    skipped = changes["/etc/resolv.conf"]
+    assert skipped.plan is Plan.SKIP
+    assert skipped.reason is not None
+    assert "symlink to ../run/systemd/resolve/stub-resolv.conf" in skipped.reason
+    assert "--replace-symlinks" in skipped.reason
+    apply(config, root)
+    assert (root / "etc/resolv.conf").is_symlink()
+    changes = {c.path: c for c in plan(config, root, replace_symlinks=True)}
+    assert changes["/etc/resolv.conf"].plan is Plan.WRITE
+    apply_changes(Layout(root), "replace", tuple(changes.values()), LOG)
+    assert not (root / "etc/resolv.conf").is_symlink()
+    assert "nameserver 9.9.9.9" in (root / "etc/resolv.conf").read_text()
+    assert (root / "run/systemd/resolve/stub-resolv.conf").read_text() == "nameserver 127.0.0.53\n"
+
+
+def test_symlink_restored_after_a_failure(config: WizardConfig, root: Path) -> None:
+    """A replaced symlink comes back as the same symlink when a later write fails."""
+    (root / "etc/resolv.conf").unlink()
+    (root / "etc/resolv.conf").symlink_to("/run/resolvconf/resolv.conf")
+    changes = plan(config, root, replace_symlinks=True)
+    with pytest.raises(FilesNotAppliedError):
+        apply_changes(Layout(root), RUN_ID, changes, LOG, replacer=failing_on(5))
+    assert os.readlink(root / "etc/resolv.conf") == "/run/resolvconf/resolv.conf"
+
+
+def test_missing_directory_is_skipped(config: WizardConfig, root: Path) -> None:
+    """Without /etc/postfix (postfix not installed) its two files are skipped, with the reason."""
+    for name in ("main.cf", "canonical"):
+        (root / "etc/postfix" / name).unlink()
+    (root / "etc/postfix").rmdir()
+    changes = {c.path: c for c in plan(config, root)}
+    assert changes["/etc/postfix/main.cf"].plan is Plan.SKIP
+    assert changes["/etc/postfix/main.cf"].reason == "/etc/postfix does not exist on this system"
+    apply(config, root)
+    assert not (root / "etc/postfix").exists()
+
+
+def test_missing_file_is_created(config: WizardConfig, root: Path) -> None:
+    """A managed file that does not exist yet is created, and removed again on a failure."""
+    (root / "etc/postfix/canonical").unlink()
+    with pytest.raises(FilesNotAppliedError):
+        apply(config, root, replacer=failing_on(7))
+    assert not (root / "etc/postfix/canonical").exists()
+    apply(config, root)
+    assert (root / "etc/postfix/canonical").read_text().count("@pbx.acme.example") == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(lambda p: (p.unlink(), p.mkdir()), "not a regular file", id="directory"),
+        pytest.param(lambda p: p.write_bytes(b"#" * (4 * 1024 * 1024 + 1)), "over 4194304 bytes",
+                     id="huge"),
+    ],
+)
+def test_unusual_target_fails_before_any_write(
+    config: WizardConfig, root: Path, make: Callable[[Path], object], message: str
+) -> None:
+    """A target that is not a plain small file stops the step before anything is written."""
+    before = contents(root)
+    make(root / "etc/hosts")
+    with pytest.raises(ApplyError, match=f"/etc/hosts: {message}"):
+        apply(config, root)
+    after = contents(root)
+    del after["/etc/hosts"], before["/etc/hosts"]
+    assert after == before
+
+
+def test_validator_rejection_writes_nothing(config: WizardConfig, root: Path) -> None:
+    """When a tool rejects a file, nothing is written and no backup is made."""
+    before = contents(root)
+
+    def reject(writes: Sequence[FileChange]) -> None:
+        raise ApplyError("/etc/network/interfaces: ifquery rejected the new content: nope")
+
+    with pytest.raises(ApplyError, match="ifquery rejected"):
+        apply_changes(Layout(root), RUN_ID, plan(config, root), LOG, validator=reject)
+    assert contents(root) == before
+    assert not (root / "var/backups").exists()
+
+
+def test_unwritable_directory_is_a_privilege_error(config: WizardConfig, root: Path) -> None:
+    """A user who cannot write /etc gets exit 77 before anything is written."""
+    before = contents(root)
+    (root / "etc").chmod(0o555)
+    set_uid(1000)
+    try:
+        with pytest.raises(PrivilegeError, match="cannot write in /sandbox/etc") as caught:
+            apply(config, root)
+    finally:
+        set_uid(os.geteuid())
+    assert caught.value.exit_code == 77
+    assert contents(root) == before
+
+
+def test_stale_temp_files_are_cleaned(config: WizardConfig, root: Path) -> None:
+    """Temp files a killed run left behind are removed by the next one."""
+    stale = root / "etc/.hosts.deadbeef.wizard-runner-tmp"
+    stale.write_text("half")
+    apply(config, root)
+    assert not stale.exists()
+
+
+def test_unified_diff(config: WizardConfig, root: Path) -> None:
+    """The dry-run diff shows each change with a/ b/ names and each skip as a comment."""
+    (root / "etc/mailname").unlink()
+    (root / "etc/resolv.conf").unlink()
+    (root / "etc/resolv.conf").symlink_to("/run/resolvconf/resolv.conf")
+    diff = unified_diff(plan(config, root))
+    assert "--- a/etc/hosts\n+++ b/etc/hosts\n" in diff
+    assert "-127.0.1.1\tdebian.localdomain\tdebian\n" in diff
+    assert "+192.168.50.10\tpbx.acme.example\tpbx\n" in diff
+    assert "--- /dev/null\n+++ b/etc/mailname\n" in diff
+    assert "# /etc/resolv.conf: skipped: is a symlink to /run/resolvconf/resolv.conf" in diff

@@ -1,0 +1,156 @@
+"""The rendered files through the real Debian tools: ifquery, postconf and postmap."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from tests.conftest import needs_tool
+from wizard_runner.config import WizardConfig, config_from_data
+from wizard_runner.errors import ApplyError
+from wizard_runner.layout import Layout
+from wizard_runner.sysconf import Plan, plan_changes, read_targets
+from wizard_runner.toolcheck import ToolChecker
+from wizard_runner.tools import find_tool, run_tool
+
+pytestmark = pytest.mark.processes
+LOG = structlog.get_logger()
+
+
+def writes(config: WizardConfig, root: Path) -> list[Any]:
+    """The planned writes for `root`."""
+    changes = plan_changes(config, read_targets(Layout(root)))
+    return [change for change in changes if change.plan is Plan.WRITE]
+
+
+@needs_tool("ifquery")
+@needs_tool("postconf")
+@needs_tool("postmap")
+def test_tools_accept_the_rendered_debian_files(config: WizardConfig, sandbox: Path) -> None:
+    """ifquery, postconf and postmap accept every file rendered from a Debian install."""
+    ToolChecker(config, Layout(sandbox), LOG)(writes(config, sandbox))
+
+
+@needs_tool("ifquery")
+@pytest.mark.parametrize(
+    "network",
+    [
+        pytest.param({}, id="plain"),
+        pytest.param({"interface": "eth0.10"}, id="vlan"),
+        pytest.param({"interface": "ens3:1", "netmask": "255.255.255.128",
+                      "ip_address": "192.168.50.100", "gateway": "192.168.50.126"}, id="alias"),
+        pytest.param({"nameservers": ["2001:db8::53", "10.0.0.53"]}, id="ipv6-dns"),
+    ],
+)
+def test_ifquery_reads_back_the_values(
+    body: dict[str, Any], sandbox: Path, tmp_path: Path, network: dict[str, Any]
+) -> None:
+    """ifquery reads the address, netmask and gateway the config asked for."""
+    body["network"].update(network)
+    config = config_from_data(body)
+    change = next(c for c in writes(config, sandbox) if c.path == "/etc/network/interfaces")
+    target = tmp_path / "interfaces"
+    target.write_bytes(change.new or b"")
+    ifquery = find_tool("ifquery")
+    assert ifquery is not None
+    output = run_tool([ifquery, "--interfaces", str(target), config.network.interface])
+    assert output.returncode == 0, output.stderr
+    read = dict(line.split(": ", 1) for line in output.stdout.splitlines())
+    assert read["address"] == config.network.ip_address
+    assert read["netmask"] == config.network.netmask
+    assert read["gateway"] == config.network.gateway
+    assert read["dns-nameservers"] == " ".join(config.network.nameservers)
+    listed = run_tool([ifquery, "--interfaces", str(target), "--list", "--allow", "auto"])
+    assert config.network.interface in listed.stdout.split()
+
+
+@needs_tool("postconf")
+def test_postconf_reads_back_the_values(config: WizardConfig, sandbox: Path) -> None:
+    """postconf reads the four names and canonical_maps from the rendered main.cf."""
+    change = next(c for c in writes(config, sandbox) if c.path == "/etc/postfix/main.cf")
+    main_cf = sandbox / "etc/postfix/main.cf"
+    main_cf.write_bytes(change.new or b"")
+    postconf = find_tool("postconf")
+    assert postconf is not None
+    output = run_tool([postconf, "-c", str(main_cf.parent), "-h", "myhostname", "mydomain",
+                       "myorigin", "mydestination", "canonical_maps", "smtpd_relay_restrictions"])
+    assert output.stdout.splitlines() == [
+        "pbx.acme.example",
+        "acme.example",
+        "/etc/mailname",
+        "$myhostname, pbx, localhost.$mydomain, localhost",
+        "hash:/etc/postfix/canonical",
+        "permit_mynetworks permit_sasl_authenticated defer_unauth_destination",
+    ]
+
+
+@needs_tool("postmap")
+def test_postmap_compiles_and_rewrites(
+    config: WizardConfig, sandbox: Path, tmp_path: Path
+) -> None:
+    """The rendered canonical compiles and maps @pbx to @pbx.acme.example; admin entry kept."""
+    change = next(c for c in writes(config, sandbox) if c.path == "/etc/postfix/canonical")
+    table = tmp_path / "canonical"
+    table.write_bytes(change.new or b"")
+    (tmp_path / "main.cf").write_text("myhostname = pbx.acme.example\nmyorigin = $myhostname\n")
+    postmap = find_tool("postmap")
+    assert postmap is not None
+    directory = str(table.parent)
+    subprocess.run([postmap, "-c", directory, f"hash:{table}"], check=True, timeout=30)
+    for key, value in (("@pbx", "@pbx.acme.example"), ("root", "admin@acme.example")):
+        query = run_tool([postmap, "-c", directory, "-q", key, f"hash:{table}"])
+        assert query.stdout.strip() == value
+
+
+@needs_tool("ifquery")
+def test_ifquery_rejection_names_the_file(config: WizardConfig, sandbox: Path) -> None:
+    """An interfaces file ifupdown cannot read aborts with ifquery's own message."""
+    (sandbox / "etc/network/interfaces").write_text("iface eth1 inet carrier-pigeon\n")
+    with pytest.raises(ApplyError) as caught:
+        ToolChecker(config, Layout(sandbox), LOG)(writes(config, sandbox))
+    message = str(caught.value)
+    assert message.startswith("/etc/network/interfaces: ifquery rejected the new content:")
+    assert "unknown or no method" in message
+
+
+@needs_tool("postconf")
+def test_postconf_rejection_names_the_file(config: WizardConfig, sandbox: Path) -> None:
+    """A main.cf line postfix cannot parse aborts with postconf's message."""
+    with (sandbox / "etc/postfix/main.cf").open("a") as handle:
+        handle.write("this is not a parameter\n")
+    with pytest.raises(ApplyError) as caught:
+        ToolChecker(config, Layout(sandbox), LOG)(writes(config, sandbox))
+    assert "/etc/postfix/main.cf: postconf rejected the new content" in str(caught.value)
+    assert "missing '=' after attribute name" in str(caught.value)
+
+
+@needs_tool("postmap")
+def test_postmap_warning_is_a_rejection(config: WizardConfig, sandbox: Path) -> None:
+    """postmap exits 0 on a malformed line but warns; the warning rejects the table."""
+    with (sandbox / "etc/postfix/canonical").open("a") as handle:
+        handle.write("just-a-key-without-value\n")
+    with pytest.raises(ApplyError) as caught:
+        ToolChecker(config, Layout(sandbox), LOG)(writes(config, sandbox))
+    assert "/etc/postfix/canonical: postmap rejected the new content" in str(caught.value)
+    assert "expected format: key whitespace value" in str(caught.value)
+
+
+def test_missing_tool_is_logged_not_fatal(
+    config: WizardConfig, sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the Debian tools, the files are checked by the rules alone and the log says so."""
+    monkeypatch.setattr("wizard_runner.toolcheck.find_tool", lambda name: None)
+    with structlog.testing.capture_logs() as logs:
+        ToolChecker(config, Layout(sandbox), structlog.get_logger())(writes(config, sandbox))
+    missing = sorted(entry["tool"] for entry in logs if entry["event"] == "validator_missing")
+    assert missing == ["ifquery", "postconf", "postmap"]
+
+
+def test_tool_timeout_is_an_error(tmp_path: Path) -> None:
+    """A tool that hangs is stopped and reported, never waited on forever."""
+    with pytest.raises(ApplyError, match="did not finish within 1 s"):
+        run_tool(["/bin/sleep", "30"], timeout=1)
