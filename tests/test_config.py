@@ -78,6 +78,8 @@ RULES = [
     pytest.param("network.hostname", "", "is not a host name", id="hostname-empty"),
     pytest.param("network.hostname", "pbx_1", "is not a host name", id="hostname-underscore"),
     pytest.param("network.hostname", "pbx", None, id="hostname-ok"),
+    pytest.param("network.hostname", "localhost", "reserved for the loopback", id="hostname-localhost"),
+    pytest.param("network.hostname", "IP6-Loopback", "reserved", id="hostname-ip6-loopback"),
     pytest.param("network.hostname", "a" * 63, None, id="hostname-63"),
     # network.domain
     pytest.param("network.domain", "acme..example", "is not a domain name", id="domain-empty-label"),
@@ -98,6 +100,8 @@ RULES = [
     pytest.param("network.interface", "éth0", "is not an interface name", id="interface-unicode"),
     pytest.param("network.interface", "a" * 16, "15-character", id="interface-too-long"),
     pytest.param("network.interface", "lo", "cannot be configured", id="interface-loopback"),
+    pytest.param("network.interface", "-a", "starting with a letter or digit", id="interface-option"),
+    pytest.param("network.interface", "--force", "is not an interface name", id="interface-long-option"),
     pytest.param("network.interface", "eth0.5000", "outside 1-4094", id="interface-vlan-id"),
     # addresses
     pytest.param("network.ip_address", "192.168.50.300", "is not an IPv4 address", id="ip-octet"),
@@ -136,6 +140,9 @@ RULES = [
                  id="nameserver-unspecified"),
     pytest.param("network.nameservers", "8.8.8.8", "must be a list, not a string",
                  id="nameservers-string"),
+    pytest.param("network.nameservers", ["fe80::1%x\n\tpre-up id>pwned\nnameserver 6.6.6.6"],
+                 "a scoped (%) address is not supported", id="nameserver-scope-injection"),
+    pytest.param("network.nameservers", ["fe80::1%eth0"], "scoped", id="nameserver-scope"),
     # admin_password
     pytest.param("admin_password", "abc", "admin_password: must be 4 to 64 characters long",
                  id="password-short"),
@@ -280,7 +287,7 @@ def test_password_is_never_shown(body: dict[str, Any]) -> None:
         config_from_data(body)
     assert "bad pass word" not in str(caught.value)
     assert caught.value.__cause__ is None
-    assert caught.value.__suppress_context__
+    assert caught.value.__context__ is None  # pydantic's error holds the raw input
 
 
 def test_public_dict_round_trips(config: WizardConfig) -> None:
@@ -351,3 +358,10 @@ def test_error_message_format(body: dict[str, Any]) -> None:
         "  - license: must be true: the license has to be accepted\n"
         "  - network.gateway: 10.0.1.1 is not in 192.168.50.0/24"
     )
+
+
+def test_unknown_keys_cannot_forge_lines(body: dict[str, Any]) -> None:
+    """An unknown key with a newline or escape is quoted, so it cannot fake another problem."""
+    body["x\n  - network.hostname: ok\x1b[2J"] = 1
+    found = problems(body)
+    assert found == ['"x\\n  - network.hostname: ok\\u001b[2J": unknown key']

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from tests.conftest import DEBIAN_ROOT, MANAGED
 from wizard_runner.config import WizardConfig, config_from_data
+from wizard_runner.errors import RenderError
 from wizard_runner.render import (
     BLOCK_BEGIN,
     BLOCK_END,
@@ -189,12 +191,12 @@ def test_main_cf_sets_names_in_place(config: WizardConfig) -> None:
 def test_canonical_exact(config: WizardConfig) -> None:
     """canonical: the managed rewrite entry, and the admin's entry kept."""
     assert render_canonical(config, debian("/etc/postfix/canonical")) == (
+        "# Sender and recipient rewriting, see canonical(5).\n"
+        "root\tadmin@acme.example\n"
+        "\n"
         f"{BLOCK_BEGIN}\n"
         "@pbx\t@pbx.acme.example\n"
         f"{BLOCK_END}\n"
-        "\n"
-        "# Sender and recipient rewriting, see canonical(5).\n"
-        "root\tadmin@acme.example\n"
     )
 
 
@@ -349,7 +351,9 @@ def test_main_cf_duplicates_and_continuations(config: WizardConfig) -> None:
     assert params["myhostname"] == "pbx.acme.example"
     assert params["mydestination"] == "$myhostname, pbx, localhost.$mydomain, localhost"
     assert params["relayhost"] == "[smtp.acme.example]:587"
-    assert params["canonical_maps"] == "regexp:/etc/postfix/canonical.re"
+    assert params["canonical_maps"] == (
+        "regexp:/etc/postfix/canonical.re, hash:/etc/postfix/canonical"
+    )
     assert "# myhostname = commented.example" in out
     assert out.count("myhostname =") == 2  # the comment and the setting
     assert "first.example" not in out
@@ -383,3 +387,166 @@ def test_every_managed_file_has_a_renderer() -> None:
     assert tuple(RENDERERS) == MANAGED
     for path in MANAGED:
         assert Path(DEBIAN_ROOT, path.lstrip("/")).is_file()
+
+
+# --- tricky current content -------------------------------------------------------------------
+
+
+def test_interfaces_comment_with_backslash_does_not_hide_a_stanza(config: WizardConfig) -> None:
+    """A comment ending in a backslash does not swallow the stanza below it."""
+    current = (
+        "auto lo\niface lo inet loopback\n\n# Primary interface: C:\\\n"
+        "iface eth0 inet static\n    address 10.0.0.9/8\n    gateway 10.0.0.1\n"
+    )
+    out = render_interfaces(config, current)
+    assert out.count("iface eth0 inet ") == 1
+    assert "10.0.0.9" not in out
+    assert "# Primary interface: C:\\" in out
+
+
+def test_interfaces_carries_options_the_wizard_does_not_set(
+    config: WizardConfig, body: dict[str, Any]
+) -> None:
+    """mtu, hwaddress and route commands of the old stanza move into the managed stanza."""
+    current = (
+        "iface lo inet loopback\n"
+        "allow-hotplug eth0\n"
+        "iface eth0 inet dhcp\n"
+        "  hostname old-dhcp-name\n"
+        "  hwaddress ether 00:11:22:33:44:55\n"
+        "  mtu 9000\n"
+        "  # a static route\n"
+        "  up ip route add 10.99.0.0/16 \\\n"
+        "     via 192.168.50.254\n"
+    )
+    first = render_interfaces(config, current)
+    stanza = parse_interfaces(first)["eth0 inet"]
+    assert stanza["hwaddress"] == "ether 00:11:22:33:44:55"
+    assert stanza["mtu"] == "9000"
+    assert stanza["up"] == "ip route add 10.99.0.0/16 via 192.168.50.254"
+    assert "hostname" not in stanza
+    assert "# a static route" in first
+    assert render_interfaces(config, first) == first
+    moved = other_config(body, ip_address="192.168.50.20")
+    assert parse_interfaces(render_interfaces(moved, first))["eth0 inet"]["mtu"] == "9000"
+
+
+@pytest.mark.parametrize(
+    ("current", "message"),
+    [
+        pytest.param("mapping eth*\n  script /usr/local/bin/pick\n",
+                     "`mapping eth*` applies to eth0", id="mapping"),
+        pytest.param("iface br0 inet static\n  bridge_ports eth0 eth1\n",
+                     "eth0 is a port of br0", id="bridge"),
+        pytest.param("iface bond0 inet manual\n  bond-slaves eth0\n",
+                     "eth0 is a port of bond0", id="bond"),
+    ],
+)
+def test_interfaces_refuses_conflicts(config: WizardConfig, current: str, message: str) -> None:
+    """A mapping or a bridge/bond taking the interface is an error, not a silent conflict."""
+    with pytest.raises(RenderError, match=re.escape(message)):
+        render_interfaces(config, current)
+
+
+def damaged(lines: list[str], how: str) -> list[str]:
+    """Break a rendered file's managed block markers in one of three ways."""
+    if how == "no-end":
+        return [line for line in lines if line != BLOCK_END]
+    if how == "no-begin":
+        return [line for line in lines if line != BLOCK_BEGIN]
+    at = lines.index(BLOCK_BEGIN)
+    return [*lines[: at + 1], BLOCK_BEGIN, *lines[at + 1 :]]
+
+
+@pytest.mark.parametrize("path", ["/etc/hosts", "/etc/postfix/canonical",
+                                  "/etc/network/interfaces"])
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        pytest.param("no-end", "has no END marker", id="no-end"),
+        pytest.param("no-begin", "END marker without its BEGIN", id="no-begin"),
+        pytest.param("nested", "a second wizard-runner BEGIN", id="nested"),
+    ],
+)
+def test_damaged_markers_are_refused(config: WizardConfig, path: str, how: str,
+                                     message: str) -> None:
+    """A block with a missing or extra marker is reported, with its line, never guessed at."""
+    rendered = RENDERERS[path](config, debian(path)).splitlines()
+    with pytest.raises(RenderError, match=rf"line \d+: .*{message}"):
+        RENDERERS[path](config, "\n".join(damaged(rendered, how)) + "\n")
+
+
+@pytest.mark.parametrize("path", [p for p in MANAGED if p not in {
+    "/etc/hostname", "/etc/mailname", "/etc/resolv.conf", "/etc/postfix/main.cf"}])
+def test_duplicated_blocks_collapse_into_one(
+    config: WizardConfig, body: dict[str, Any], path: str
+) -> None:
+    """A block pasted twice is replaced once, with nothing stale left from either copy."""
+    rendered = RENDERERS[path](config, debian(path))
+    doubled = rendered + "\n" + rendered[rendered.index(BLOCK_BEGIN):]
+    second = other_config(body, hostname="voip", interface="eth1", ip_address="192.168.50.30")
+    out = RENDERERS[path](second, doubled)
+    assert out.count(BLOCK_BEGIN) == 1
+    assert "192.168.50.10" not in out
+    assert "@pbx\t" not in out
+
+
+def test_main_cf_continuation_after_a_comment(config: WizardConfig) -> None:
+    """Indented lines after a comment still belong to the parameter, and go with it."""
+    current = (
+        "mydestination = $myhostname, localhost,\n"
+        "    # legacy domains\n"
+        "\n"
+        "    old.example, other.example\n"
+        "relayhost =\n"
+    )
+    out = render_main_cf(config, current)
+    params = parse_main_cf(out)
+    assert params["mydestination"] == "$myhostname, pbx, localhost.$mydomain, localhost"
+    assert "old.example" not in out
+    assert "    # legacy domains" in out
+
+
+@pytest.mark.parametrize(
+    ("maps", "expected"),
+    [
+        pytest.param(None, "hash:/etc/postfix/canonical", id="absent"),
+        pytest.param("", "hash:/etc/postfix/canonical", id="empty"),
+        pytest.param("hash:/etc/postfix/other", "hash:/etc/postfix/other, "
+                     "hash:/etc/postfix/canonical", id="other-map"),
+        pytest.param("btree:/etc/postfix/canonical", "btree:/etc/postfix/canonical",
+                     id="already-there"),
+    ],
+)
+def test_main_cf_canonical_maps(config: WizardConfig, maps: str | None, expected: str) -> None:
+    """canonical_maps ends up using the wizard's table, after the admin's own maps."""
+    current = "" if maps is None else f"canonical_maps = {maps}\n"
+    out = render_main_cf(config, current)
+    assert parse_main_cf(out)["canonical_maps"] == expected
+    assert render_main_cf(config, out) == out
+
+
+def test_canonical_drops_continuations_of_a_dropped_entry(config: WizardConfig) -> None:
+    """An admin `@pbx` entry goes with its continuation lines, even across a comment."""
+    current = "@pbx\t@wrong.example\n# note\n\textra@wrong.example\nroot admin@acme.example\n"
+    out = render_canonical(config, current)
+    assert "wrong.example" not in out
+    assert "# note" in out
+    assert "root admin@acme.example" in out
+
+
+def test_hosts_keeps_other_loopback_names_and_ipv6(config: WizardConfig) -> None:
+    """127.0.1.1 lines naming several hosts (not the installer's) and IPv6 mappings stay."""
+    current = (
+        "127.0.1.1 debian.localdomain debian\n"
+        "127.0.1.1 myapp.local myapp otherapp\n"
+        "127.0.1.2 tools.local debian\n"
+        "2001:db8::10 pbx.acme.example pbx\n"
+    )
+    out = render_hosts(config, current)
+    hosts = parse_hosts(out)
+    assert "debian.localdomain" not in hosts
+    assert hosts["myapp"] == "127.0.1.1"
+    assert hosts["tools.local"] == "127.0.1.2"
+    assert "2001:db8::10 pbx.acme.example pbx" in out
+    assert hosts["pbx.acme.example"] == "192.168.50.10"

@@ -332,3 +332,14 @@ def test_unified_diff(config: WizardConfig, root: Path) -> None:
     assert "+192.168.50.10\tpbx.acme.example\tpbx\n" in diff
     assert "--- /dev/null\n+++ b/etc/mailname\n" in diff
     assert "# /etc/resolv.conf: skipped: is a symlink to /run/resolvconf/resolv.conf" in diff
+
+
+def test_damaged_file_is_named_and_nothing_written(config: WizardConfig, root: Path) -> None:
+    """A managed block with a lost END marker stops the step, naming the file and line."""
+    apply(config, root)
+    hosts = root / "etc/hosts"
+    hosts.write_text(hosts.read_text().replace("# END wizard-runner managed block\n", ""))
+    before = contents(root)
+    with pytest.raises(ApplyError, match=r"^/etc/hosts: line 1: the wizard-runner block opened"):
+        apply(config, root)
+    assert contents(root) == before

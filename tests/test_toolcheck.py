@@ -14,7 +14,7 @@ from wizard_runner.config import WizardConfig, config_from_data
 from wizard_runner.errors import ApplyError
 from wizard_runner.layout import Layout
 from wizard_runner.sysconf import Plan, plan_changes, read_targets
-from wizard_runner.toolcheck import ToolChecker
+from wizard_runner.toolcheck import ToolChecker, check_included_interfaces
 from wizard_runner.tools import find_tool, run_tool
 
 pytestmark = pytest.mark.processes
@@ -154,3 +154,40 @@ def test_tool_timeout_is_an_error(tmp_path: Path) -> None:
     """A tool that hangs is stopped and reported, never waited on forever."""
     with pytest.raises(ApplyError, match="did not finish within 1 s"):
         run_tool(["/bin/sleep", "30"], timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("included", "message"),
+    [
+        pytest.param("auto eth0\niface eth0 inet dhcp\n", "`iface eth0 inet dhcp`", id="stanza"),
+        pytest.param("mapping eth0\n  script /bin/true\n", "`mapping eth0` applies to eth0",
+                     id="mapping"),
+        pytest.param("iface br0 inet dhcp\n  bridge_ports eth0\n", "eth0 is a port of br0",
+                     id="bridge"),
+    ],
+)
+def test_included_file_configuring_the_interface_is_refused(
+    config: WizardConfig, sandbox: Path, included: str, message: str
+) -> None:
+    """A file under interfaces.d that also configures eth0 stops the run, naming the file."""
+    (sandbox / "etc/network/interfaces.d/50-cloud-init").write_text(included)
+    change = next(c for c in writes(config, sandbox) if c.path == "/etc/network/interfaces")
+    with pytest.raises(ApplyError) as caught:
+        check_included_interfaces(config, Layout(sandbox), change.new or b"")
+    text = str(caught.value)
+    assert text.startswith("/etc/network/interfaces: /etc/network/interfaces.d/50-cloud-init "
+                           "(included by `source /etc/network/interfaces.d/*`) also configures eth0")
+    assert message in text
+
+
+def test_included_files_of_other_interfaces_are_fine(config: WizardConfig, sandbox: Path) -> None:
+    """Other interfaces, and files source-directory skips (run-parts names), are no conflict."""
+    directory = sandbox / "etc/network/interfaces.d"
+    (directory / "eth1").write_text("iface eth1 inet dhcp\n")
+    (directory / "old.dpkg-old").write_text("iface eth0 inet dhcp\n")
+    text = b"source-directory interfaces.d\niface eth0 inet static\n  address 10.0.0.2/24\n"
+    check_included_interfaces(config, Layout(sandbox), text)
+    (directory / "eth0").write_text("iface eth0 inet dhcp\n")
+    with pytest.raises(ApplyError, match=r"/etc/network/interfaces.d/eth0 \(included by "
+                       r"`source-directory interfaces.d`\)"):
+        check_included_interfaces(config, Layout(sandbox), text)

@@ -31,13 +31,18 @@ from wizard_runner.errors import ConfigError
 #: Languages the wizard accepts: those XiVO ships prompts and a web interface for.
 LANGUAGES: Final = ("de_DE", "en_US", "es_ES", "fr_CA", "fr_FR", "it_IT", "nl_NL", "pt_BR")
 
+#: Names /etc/hosts gives the loopback addresses; the appliance cannot take them.
+RESERVED_HOSTNAMES: Final = frozenset(
+    {"localhost", "ip6-localhost", "ip6-loopback", "ip6-allnodes", "ip6-allrouters"}
+)
+
 #: A config file larger than this is refused before parsing (a real body is under 2 KiB).
 MAX_CONFIG_BYTES: Final = 64 * 1024
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE: Final = re.compile(_LABEL)
 _DOMAIN_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_INTERFACE_RE: Final = re.compile(r"[\w\-:.]{1,64}", re.ASCII)
+_INTERFACE_RE: Final = re.compile(r"[A-Za-z0-9][\w\-:.]{0,63}", re.ASCII)
 _VLAN_RE: Final = re.compile(r"(?P<raw>[^.:]+)\.(?P<vid>[0-9]+)")
 _NUMBER_RE: Final = re.compile(r"[0-9]{1,16}")
 _TIMEZONE_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+)*")
@@ -61,6 +66,8 @@ def _check_hostname(value: str) -> str:
         raise ValueError(
             f"{shown(value)} is not a host name: use 1 to 63 letters, digits and inner hyphens"
         )
+    if value.lower() in RESERVED_HOSTNAMES:
+        raise ValueError(f"{shown(value)} is reserved for the loopback addresses")
     return value
 
 
@@ -81,7 +88,7 @@ def _check_interface(value: str) -> str:
     if not _INTERFACE_RE.fullmatch(value):
         raise ValueError(
             f"{shown(value)} is not an interface name: use 1 to 15 letters, digits, "
-            "'_', '-', ':' and '.'"
+            "'_', '-', ':' and '.', starting with a letter or digit"
         )
     if len(value) > 15:
         raise ValueError(f"{shown(value)} is longer than Linux's 15-character interface names")
@@ -131,6 +138,9 @@ def _check_netmask(value: str) -> str:
 
 
 def _check_nameserver(value: str) -> str:
+    if "%" in value:
+        # ipaddress accepts any text after '%' as an IPv6 scope; none of it belongs in a file.
+        raise ValueError(f"{shown(value)}: a scoped (%) address is not supported here")
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
@@ -299,6 +309,17 @@ class Network(_Model):
             raise ValueError(f"{gateway} is the network or broadcast address of {subnet}")
         return gateway
 
+    @model_validator(mode="after")
+    def _single_tokens(self) -> Network:
+        # Last line of defence: every value lands in a file as one token. The field rules
+        # already ensure it; this keeps it true should a rule ever be loosened.
+        values = [self.hostname, self.domain, self.interface, self.netmask, self.ip_address,
+                  self.gateway, *self.nameservers]
+        for value in values:
+            if any(char.isspace() or not char.isprintable() for char in value) or not value:
+                raise ValueError(f"{shown(value)} is not a single printable token")
+        return self
+
     @property
     def fqdn(self) -> str:
         """The fully qualified domain name, `hostname.domain`."""
@@ -422,8 +443,16 @@ def _describe(error: ErrorDetails) -> str:
     return error["msg"]
 
 
+_PLAIN_KEY: Final = re.compile(r"[A-Za-z0-9_]{1,64}")
+
+
 def _path(loc: tuple[str | int, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "config"
+    # Keys come from the input too: anything unusual is quoted, so it cannot forge a line.
+    parts = [
+        str(part) if isinstance(part, int) or _PLAIN_KEY.fullmatch(part) else shown(part)
+        for part in loc
+    ]
+    return ".".join(parts) or "config"
 
 
 def problems_of(error: ValidationError) -> list[str]:
@@ -437,8 +466,10 @@ def config_from_data(data: object, source: str = "config") -> WizardConfig:
     try:
         return WizardConfig.model_validate(data)
     except ValidationError as error:
-        # Not chained: pydantic's own error keeps the raw input, which holds the password.
-        raise ConfigError(problems_of(error), source) from None
+        problems = problems_of(error)
+    # Raised outside the except block, so that neither __cause__ nor __context__ keeps
+    # pydantic's error: it holds the raw input, password included.
+    raise ConfigError(problems, source)
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

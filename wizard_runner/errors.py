@@ -67,3 +67,7 @@ class RunInterrupted(BaseException):
         self.signum = signum
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+class RenderError(ApplyError):
+    """A system file's current content cannot be rewritten safely (damaged markers, conflicts)."""

@@ -7,20 +7,22 @@ that names wizard-runner and the rerun command. Rendering its own output again c
 
 from __future__ import annotations
 
+import fnmatch
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from wizard_runner.config import WizardConfig, vlan_raw_device
+from wizard_runner.config import RESERVED_HOSTNAMES, WizardConfig, vlan_raw_device
+from wizard_runner.errors import RenderError
 
 RERUN: Final = "edit the wizard settings and rerun `wizard-runner run`"
 BLOCK_BEGIN: Final = f"# BEGIN wizard-runner managed block: {RERUN} to change it"
 BLOCK_END: Final = "# END wizard-runner managed block"
 FILE_HEADER: Final = f"# This file is managed by wizard-runner: {RERUN} to change it."
 MAIN_CF_HEADER: Final = (
-    "# wizard-runner manages myhostname, mydomain, myorigin and mydestination in this file: "
-    f"{RERUN} to change them."
+    "# wizard-runner manages myhostname, mydomain, myorigin, mydestination and the "
+    f"/etc/postfix/canonical entry of canonical_maps in this file: {RERUN} to change them."
 )
 _BEGIN_PREFIX: Final = "# BEGIN wizard-runner"
 _END_PREFIX: Final = "# END wizard-runner"
@@ -35,25 +37,48 @@ Renderer = Callable[[WizardConfig, str | None], str]
 
 @dataclass(frozen=True)
 class _Split:
-    """A file's lines around its managed block; `had_block` tells whether one was found."""
+    """A file's lines around its managed block(s): before the first, inside, after."""
 
     before: list[str]
+    inside: list[str]
     after: list[str]
     had_block: bool
 
 
 def _split_block(text: str | None) -> _Split:
-    lines = (text or "").splitlines()
-    begin = next((i for i, line in enumerate(lines) if line.startswith(_BEGIN_PREFIX)), None)
-    if begin is None:
-        return _Split([], lines, had_block=False)
-    end = next(
-        (i for i in range(begin + 1, len(lines)) if lines[i].startswith(_END_PREFIX)), None
-    )
-    if end is None:
-        # The end marker was deleted by hand: drop only the marker, keep every other line.
-        return _Split(lines[:begin], lines[begin + 1 :], had_block=True)
-    return _Split(lines[:begin], lines[end + 1 :], had_block=True)
+    """Cut out every managed block; unbalanced markers are an error, never a guess."""
+    before: list[str] = []
+    inside: list[str] = []
+    after: list[str] = []
+    opened_at: int | None = None
+    seen = False
+    for number, line in enumerate((text or "").splitlines(), start=1):
+        if line.startswith(_BEGIN_PREFIX):
+            if opened_at is not None:
+                raise RenderError(
+                    f"line {number}: a second wizard-runner BEGIN marker inside the block "
+                    f"opened at line {opened_at}; remove the extra marker"
+                )
+            opened_at, seen = number, True
+        elif line.startswith(_END_PREFIX):
+            if opened_at is None:
+                raise RenderError(
+                    f"line {number}: a wizard-runner END marker without its BEGIN; remove it "
+                    "or restore the BEGIN line"
+                )
+            opened_at = None
+        elif opened_at is not None:
+            inside.append(line)
+        else:
+            (after if seen else before).append(line)
+    if opened_at is not None:
+        raise RenderError(
+            f"line {opened_at}: the wizard-runner block opened here has no END marker; "
+            "restore it, or remove the block"
+        )
+    if not seen:
+        return _Split([], [], before, had_block=False)
+    return _Split(before, inside, after, had_block=True)
 
 
 def _trim_blank(lines: list[str]) -> list[str]:
@@ -100,11 +125,14 @@ def render_mailname(config: WizardConfig, current: str | None) -> str:
 
 # --- /etc/hosts ---------------------------------------------------------------------------------
 
-_HOSTS_OWNED_NAMES: Final = frozenset(
-    {"localhost", "ip6-localhost", "ip6-loopback", "ip6-allnodes", "ip6-allrouters"}
-)
 # Debian's installer maps the install-time host name to 127.0.1.1; a static address replaces it.
 _INSTALLER_HOST_ADDRESS: Final = "127.0.1.1"
+_SPECIAL_IPV6: Final = frozenset({"::1", "ff02::1", "ff02::2", "fe00::0", "ff00::0"})
+
+
+def _is_installer_line(address: str, names: list[str]) -> bool:
+    """`127.0.1.1 host.domain host`: one host's names only (other names there are the admin's)."""
+    return address == _INSTALLER_HOST_ADDRESS and len({n.split(".")[0].lower() for n in names}) == 1
 
 
 def _strip_owned_names(line: str, owned: frozenset[str]) -> str | None:
@@ -114,8 +142,10 @@ def _strip_owned_names(line: str, owned: frozenset[str]) -> str | None:
     if not fields:
         return None if line.strip() == _DEBIAN_HOSTS_IPV6_COMMENT else line
     address, names = fields[0], fields[1:]
-    if address == _INSTALLER_HOST_ADDRESS:
+    if _is_installer_line(address, names):
         return None
+    if ":" in address and address.lower() not in _SPECIAL_IPV6:
+        return line  # the wizard sets no IPv6 address: the admin's IPv6 mappings stay as they are
     kept = [name for name in names if name.lower() not in owned]
     if len(kept) == len(names):
         return line
@@ -127,7 +157,7 @@ def _strip_owned_names(line: str, owned: frozenset[str]) -> str | None:
 def render_hosts(config: WizardConfig, current: str | None) -> str:
     """/etc/hosts: localhost, the FQDN and name on ip_address, IPv6 basics; admin lines kept."""
     net = config.network
-    owned = _HOSTS_OWNED_NAMES | {net.fqdn.lower(), net.hostname.lower()}
+    owned = RESERVED_HOSTNAMES | {net.fqdn.lower(), net.hostname.lower()}
     split = _split_block(current)
 
     def keep(lines: list[str]) -> list[str]:
@@ -173,13 +203,29 @@ _OTHER_KEYWORDS: Final = frozenset(
 )
 
 
+#: Options the wizard sets itself, and DHCP-only ones that mean nothing to a static stanza.
+_NOT_CARRIED: Final = frozenset(
+    {"address", "netmask", "gateway", "broadcast", "network", "dns-nameservers", "dns-search",
+     "vlan-raw-device", "vlan_raw_device", "hostname", "leasehours", "leasetime", "vendor",
+     "client", "request"}
+)
+_PORT_OPTIONS: Final = frozenset({"bridge_ports", "bridge-ports", "bond-slaves", "bond_slaves"})
+
+
+def _is_comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
 def _logical_lines(lines: list[str]) -> list[list[str]]:
-    """Group physical lines joined by a trailing backslash, as ifupdown reads them."""
+    """Group physical lines joined by a trailing backslash, as ifupdown reads them.
+
+    A comment never continues onto the next line, even when it ends with a backslash.
+    """
     groups: list[list[str]] = []
     pending: list[str] = []
     for line in lines:
         pending.append(line)
-        if not line.endswith("\\"):
+        if not line.endswith("\\") or _is_comment(pending[0]):
             groups.append(pending)
             pending = []
     if pending:
@@ -187,25 +233,35 @@ def _logical_lines(lines: list[str]) -> list[list[str]]:
     return groups
 
 
-def _first_word(group: list[str]) -> str:
-    words = " ".join(group).split()
-    return words[0] if words else ""
+def _joined(group: list[str]) -> str:
+    return " ".join(line.rstrip("\\").strip() for line in group).strip()
 
 
 def _is_keyword(word: str) -> bool:
     return word in _STANZA_KEYWORDS or word in _OTHER_KEYWORDS or word.startswith("allow-")
 
 
-def _without_interface(group: list[str], interface: str) -> list[str] | None:
+def _without_interface(words: list[str], interface: str) -> str | None:
     """Drop `interface` from an auto/allow-* line; None when the line names nothing else."""
-    words = " ".join(line.rstrip("\\") for line in group).split()
-    if interface not in words[1:]:
-        return group
     rest = [word for word in words[1:] if word != interface]
-    return [" ".join([words[0], *rest])] if rest else None
+    return " ".join([words[0], *rest]) if rest else None
 
 
-def _interface_stanza(config: WizardConfig) -> list[str]:
+def _check_no_conflict(words: list[str], stanza: str | None, interface: str) -> None:
+    """Refuse stanzas that would take the interface away from its static stanza."""
+    if words[0] == "mapping" and any(fnmatch.fnmatchcase(interface, p) for p in words[1:]):
+        raise RenderError(
+            f"`{' '.join(words)}` applies to {interface} and would bypass its static stanza; "
+            "remove the mapping, or give the wizard another interface"
+        )
+    if words[0] in _PORT_OPTIONS and interface in words[1:]:
+        raise RenderError(
+            f"{interface} is a port of {stanza} (`{' '.join(words)}`); give the wizard "
+            f"{stanza} as its interface"
+        )
+
+
+def _interface_stanza(config: WizardConfig, carried: list[str]) -> list[str]:
     net = config.network
     options = [
         f"address {net.ip_address}",
@@ -217,8 +273,112 @@ def _interface_stanza(config: WizardConfig) -> list[str]:
         options.append(f"vlan-raw-device {raw}")
     options += [f"dns-nameservers {' '.join(net.nameservers)}", f"dns-search {net.domain}"]
     return [f"auto {net.interface}", f"iface {net.interface} inet static"] + [
-        f"\t{option}" for option in options
+        f"\t{option}" for option in [*options, *carried]
     ]
+
+
+_BLOCK_CLOSE: Final = "\0close"  # where the old managed block ended
+_OWNED: Final = "\0owned"  # option lines go to the managed stanza
+_DROPPED: Final = "\0dropped"  # option lines go nowhere
+
+
+class _InterfacesScan:
+    """One pass over interfaces: the lines kept, the options carried, whether lo is there."""
+
+    def __init__(self, interface: str, marker: str) -> None:
+        self.interface = interface
+        self.marker = marker
+        self.out: list[str] = []
+        self.carried: list[str] = []
+        self.has_loopback = False
+        self.owner: str | None = None  # the stanza the next option lines belong to
+        self.in_block = False
+
+    def feed(self, group: list[str]) -> None:
+        """Take one logical line."""
+        words = _joined(group).split()
+        if group == [self.marker]:
+            self.out.append(self.marker)
+            self.in_block = True
+        elif group == [_BLOCK_CLOSE]:
+            self.in_block, self.owner = False, None
+        elif self.in_block and self.owner != _OWNED and (
+            not words or words[0] not in _STANZA_KEYWORDS
+        ):
+            pass  # the old block's own lines: auto lines, a former interface's options
+        elif not words or _is_comment(group[0]):
+            self.out.extend(group)
+        elif words[0] in _STANZA_KEYWORDS:
+            self._stanza(words, group)
+        elif words[0] == "auto" or words[0].startswith("allow-"):
+            self._auto(words, group)
+        elif _is_keyword(words[0]):
+            self.owner = None
+            self.out.extend(group)
+        else:
+            self._option(words, group)
+
+    def _stanza(self, words: list[str], group: list[str]) -> None:
+        _check_no_conflict(words, None, self.interface)
+        self.owner = words[1] if len(words) > 1 else None
+        self.has_loopback = self.has_loopback or words[:2] == ["iface", "lo"]
+        if words[0] == "iface" and words[1:3] == [self.interface, "inet"]:
+            self.owner = _OWNED
+            if self.marker not in self.out:
+                self.out.append(self.marker)
+        elif self.in_block:
+            self.owner = _DROPPED  # the stanza of the interface a previous wizard configured
+        else:
+            self.out.extend(group)
+
+    def _auto(self, words: list[str], group: list[str]) -> None:
+        self.owner = None
+        if self.interface not in words[1:]:
+            self.out.extend(group)
+        elif (kept := _without_interface(words, self.interface)) is not None:
+            self.out.append(kept)
+
+    def _option(self, words: list[str], group: list[str]) -> None:
+        if self.owner == _DROPPED:
+            return
+        if self.owner == _OWNED:
+            # An option of the stanza being replaced: keep what the wizard does not set itself
+            # (mtu, hwaddress, up/down route commands, ...), in the managed stanza.
+            option = " ".join(words)
+            if words[0] not in _NOT_CARRIED and option not in self.carried:
+                self.carried.append(option)
+            return
+        _check_no_conflict(words, self.owner, self.interface)
+        self.out.extend(group)
+
+
+def interfaces_sources(text: str) -> list[tuple[str, str]]:
+    """The `source` patterns and `source-directory` directories an interfaces file includes."""
+    found = []
+    for group in _logical_lines(text.splitlines()):
+        words = _joined(group).split()
+        if len(words) == 2 and words[0] in {"source", "source-directory", "source-dir"}:
+            found.append((words[0], words[1]))
+    return found
+
+
+def interface_conflicts(text: str, interface: str) -> list[str]:
+    """What in an included interfaces file would also configure `interface`."""
+    conflicts = []
+    owner: str | None = None
+    for group in _logical_lines(text.splitlines()):
+        words = _joined(group).split()
+        if not words or _is_comment(group[0]):
+            continue
+        if words[0] == "iface" and words[1:3] == [interface, "inet"]:
+            conflicts.append(f"`{' '.join(words)}`")
+        try:
+            _check_no_conflict(words, owner, interface)
+        except RenderError as error:
+            conflicts.append(str(error).split(";")[0])
+        if words[0] in _STANZA_KEYWORDS:
+            owner = words[1] if len(words) > 1 else None
+    return conflicts
 
 
 def render_interfaces(config: WizardConfig, current: str | None) -> str:
@@ -226,69 +386,84 @@ def render_interfaces(config: WizardConfig, current: str | None) -> str:
     interface = config.network.interface
     split = _split_block(current)
     marker = "\0block"  # where the managed block goes; never a real line (NUL cannot be read in)
-    lines = [*split.before, marker, *split.after] if split.had_block else split.after
-    out: list[str] = []
-    in_owned_stanza = False
-    has_loopback = False
+    lines = (
+        [*split.before, marker, *split.inside, _BLOCK_CLOSE, *split.after]
+        if split.had_block
+        else split.after
+    )
+    scan = _InterfacesScan(interface, marker)
     for group in _logical_lines(lines):
-        word = _first_word(group)
-        if group == [marker]:
-            out.append(marker)
-            continue
-        if word in _STANZA_KEYWORDS:
-            words = " ".join(group).split()
-            in_owned_stanza = words[0] == "iface" and words[1:3] == [interface, "inet"]
-            has_loopback = has_loopback or words[:2] == ["iface", "lo"]
-            if in_owned_stanza:
-                if marker not in out:
-                    out.append(marker)
-                continue
-        elif word == "auto" or word.startswith("allow-"):
-            in_owned_stanza = False
-            kept = _without_interface(group, interface)
-            out.extend(kept or [])
-            continue
-        elif _is_keyword(word):
-            in_owned_stanza = False
-        elif in_owned_stanza and word and not word.startswith("#"):
-            continue  # an option line of the stanza being replaced
-        out.extend(group)
-    block = _block(_interface_stanza(config))
-    if marker in out:
-        at = out.index(marker)
-        before, after = out[:at], out[at + 1 :]
+        scan.feed(group)
+    block = _block(_interface_stanza(config, scan.carried))
+    if marker in scan.out:
+        at = scan.out.index(marker)
+        before, after = scan.out[:at], scan.out[at + 1 :]
     else:
-        before, after = out, []
-    loopback = [] if has_loopback else ["# The loopback network interface", "auto lo",
-                                        "iface lo inet loopback"]
+        before, after = scan.out, []
+    loopback = [] if scan.has_loopback else ["# The loopback network interface", "auto lo",
+                                             "iface lo inet loopback"]
     # A missing loopback stanza goes just above the block, not at the top of the file, where
     # it would adopt any stray option lines that ifquery should rather reject.
     placed = [*loopback, "", *block] if loopback else block
     return _join_sections(_glue_to_comment(before, placed), after)
 
 
-# --- /etc/postfix/main.cf -----------------------------------------------------------------------
+# --- postfix files: main.cf and lookup tables share one line grammar ----------------------------
 
 _PARAM_RE: Final = re.compile(r"(?P<name>[A-Za-z0-9_]+)\s*=")
 CANONICAL_MAP: Final = "hash:/etc/postfix/canonical"
 
 
-def _main_cf_units(lines: list[str]) -> list[tuple[str | None, list[str]]]:
-    """Split main.cf into logical lines: (parameter name or None, physical lines)."""
-    units: list[tuple[str | None, list[str]]] = []
+@dataclass(frozen=True)
+class _PostfixLine:
+    """A physical line; `owner` is the index of the logical line a continuation belongs to."""
+
+    text: str
+    starts: bool
+    owner: int | None = None
+
+
+def _postfix_lines(lines: list[str]) -> list[_PostfixLine]:
+    """Classify lines as postfix reads them: a line led by whitespace continues the last
+    logical line, even across comment and blank lines, which postfix skips."""
+    parsed: list[_PostfixLine] = []
+    last: int | None = None
     for line in lines:
-        is_comment_or_blank = not line.strip() or line.lstrip().startswith("#")
-        continues = line[:1].isspace() and not is_comment_or_blank
-        if continues and units and units[-1][0] is not None:
-            units[-1][1].append(line)
-            continue
-        match = None if is_comment_or_blank else _PARAM_RE.match(line)
-        units.append((match["name"] if match else None, [line]))
-    return units
+        if not line.strip() or _is_comment(line):
+            parsed.append(_PostfixLine(line, starts=False))
+        elif line[:1].isspace():
+            parsed.append(_PostfixLine(line, starts=False, owner=last))
+        else:
+            parsed.append(_PostfixLine(line, starts=True))
+            last = len(parsed) - 1
+    return parsed
 
 
-def main_cf_settings(config: WizardConfig, current_names: Iterable[str]) -> dict[str, str]:
-    """The parameters the wizard sets in main.cf (canonical_maps only when the admin has none)."""
+def _logical_value(parsed: list[_PostfixLine], index: int) -> str:
+    parts = [parsed[index].text.partition("=")[2]]
+    parts += [line.text for line in parsed if line.owner == index]
+    return " ".join(part.strip() for part in parts).strip()
+
+
+def _without(parsed: list[_PostfixLine], dropped: set[int]) -> list[str]:
+    """The lines left once the logical lines in `dropped` (continuations included) are gone."""
+    return [
+        line.text
+        for index, line in enumerate(parsed)
+        if index not in dropped and line.owner not in dropped
+    ]
+
+
+def _has_canonical_map(value: str) -> bool:
+    return any(token.endswith(":/etc/postfix/canonical") for token in re.split(r"[\s,]+", value))
+
+
+def main_cf_settings(config: WizardConfig, current: Mapping[str, str]) -> dict[str, str]:
+    """The parameters the wizard sets in main.cf, given the current values of the file.
+
+    canonical_maps is only touched when it does not already use /etc/postfix/canonical: the
+    wizard's table is then added after the admin's own maps.
+    """
     net = config.network
     settings = {
         "myhostname": net.fqdn,
@@ -296,57 +471,60 @@ def main_cf_settings(config: WizardConfig, current_names: Iterable[str]) -> dict
         "myorigin": "/etc/mailname",
         "mydestination": f"$myhostname, {net.hostname}, localhost.$mydomain, localhost",
     }
-    if "canonical_maps" not in set(current_names):
+    maps = current.get("canonical_maps", "")
+    if not maps:
         settings["canonical_maps"] = CANONICAL_MAP
+    elif not _has_canonical_map(maps):
+        settings["canonical_maps"] = f"{maps}, {CANONICAL_MAP}"
     return settings
 
 
 def render_main_cf(config: WizardConfig, current: str | None) -> str:
     """/etc/postfix/main.cf: the host's names set in place; every other line kept as it was."""
-    lines = [
-        line
-        for line in (current or "").splitlines()
-        if not line.startswith(_MAIN_CF_HEADER_PREFIX)
-    ]
-    units = _main_cf_units(lines)
-    names = [name for name, _ in units if name is not None]
-    settings = main_cf_settings(config, names)
-    last = {name: index for index, (name, _) in enumerate(units) if name in settings}
+    parsed = _postfix_lines(
+        [line for line in (current or "").splitlines()
+         if not line.startswith(_MAIN_CF_HEADER_PREFIX)]
+    )
+    names = {
+        index: match["name"]
+        for index, line in enumerate(parsed)
+        if line.starts and (match := _PARAM_RE.match(line.text))
+    }
+    values = {name: _logical_value(parsed, index) for index, name in names.items()}
+    settings = main_cf_settings(config, values)
+    replaced = {index for index, name in names.items() if name in settings}
+    last = {name: index for index, name in names.items() if name in settings}
     out: list[str] = []
-    for index, (name, physical) in enumerate(units):
-        if name in settings:
-            if last[name] == index:
-                out.append(f"{name} = {settings[name]}")
-            continue  # an earlier duplicate: postfix would ignore it anyway
-        out.extend(physical)
+    for index, line in enumerate(parsed):
+        if index in replaced:
+            # Set where postfix reads it (the last occurrence); earlier duplicates go.
+            if last[names[index]] == index:
+                out.append(f"{names[index]} = {settings[names[index]]}")
+        elif line.owner not in replaced:
+            out.append(line.text)
     missing = [f"{name} = {value}" for name, value in settings.items() if name not in last]
     return _join_sections([MAIN_CF_HEADER], out, missing)
-
-
-# --- /etc/postfix/canonical ---------------------------------------------------------------------
 
 
 def render_canonical(config: WizardConfig, current: str | None) -> str:
     """/etc/postfix/canonical: `@<hostname>` rewritten to `@<fqdn>`; the admin's entries kept."""
     net = config.network
     key = f"@{net.hostname}".lower()
-    split = _split_block(current)
 
     def keep(lines: list[str]) -> list[str]:
-        out: list[str] = []
-        dropping = False
-        for line in lines:
-            if line[:1].isspace() and line.strip() and not line.lstrip().startswith("#"):
-                if not dropping:
-                    out.append(line)  # continuation of a kept entry
-                continue
-            words = line.split()
-            dropping = bool(words) and not words[0].startswith("#") and words[0].lower() == key
-            if not dropping:
-                out.append(line)
-        return out
+        parsed = _postfix_lines(lines)
+        dropped = {
+            index
+            for index, line in enumerate(parsed)
+            if line.starts and line.text.split()[0].lower() == key
+        }
+        return _without(parsed, dropped)
 
+    split = _split_block(current)
     block = _block([f"@{net.hostname}\t@{net.fqdn}"])
+    if not split.had_block:
+        # At the end: a stray indented line at the top cannot become part of the wizard's entry.
+        return _join_sections(keep(split.after), block)
     return _join_sections(keep(split.before), block, keep(split.after))
 
 

@@ -42,7 +42,7 @@ from wizard_runner.sysconf import (
     skipped_outcomes,
     unified_diff,
 )
-from wizard_runner.toolcheck import ToolChecker
+from wizard_runner.toolcheck import ToolChecker, check_included_interfaces
 
 SKIPPED_BY_CONFIG = "handle_system_conf=false"
 
@@ -115,6 +115,9 @@ def _system_step(
     try:
         # The tool checks can take seconds: a stop request during them ends the run at once,
         # before any write. Only the replacements themselves hold stop signals back.
+        for change in writes:
+            if change.path == "/etc/network/interfaces":
+                check_included_interfaces(config, layout, change.new or b"")
         if writes and options.check_with_tools:
             ToolChecker(config, layout, log)(writes)
         with deferred_stop_signals():

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import WizardConfig
-from wizard_runner.errors import ApplyError, PrivilegeError
+from wizard_runner.errors import ApplyError, PrivilegeError, RenderError
 from wizard_runner.fsio import (
     MAX_TARGET_BYTES,
     Ownership,
@@ -157,7 +157,10 @@ def plan_file(
             "pass --replace-symlinks to replace it with a file",
         )
     old = None if current.data is None else current.data.decode(ENCODING, ERRORS)
-    new = RENDERERS[path](config, old).encode(ENCODING, ERRORS)
+    try:
+        new = RENDERERS[path](config, old).encode(ENCODING, ERRORS)
+    except RenderError as error:
+        raise RenderError(f"{path}: {error}") from error
     if current.kind is TargetKind.FILE and new == current.data:
         return FileChange(path, current, new, Plan.UNCHANGED)
     return FileChange(path, current, new, Plan.WRITE)

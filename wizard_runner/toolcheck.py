@@ -3,18 +3,58 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import ApplyError
 from wizard_runner.layout import Layout
+from wizard_runner.render import interface_conflicts, interfaces_sources
 from wizard_runner.sysconf import FileChange
 from wizard_runner.tools import ToolOutput, find_tool, run_tool
+
+#: ifupdown reads the files of a source-directory whose names match this (run-parts style).
+_SOURCE_DIR_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _included_files(layout: Layout, kind: str, pattern: str) -> list[Path]:
+    system = pattern if pattern.startswith("/") else f"/etc/network/{pattern}"
+    if kind == "source":
+        base = layout.host("/")
+        return sorted(p for p in base.glob(system.lstrip("/")) if p.is_file())
+    directory = layout.host(system)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and _SOURCE_DIR_NAME.fullmatch(p.name))
+
+
+def check_included_interfaces(config: WizardConfig, layout: Layout, interfaces: bytes) -> None:
+    """Refuse a run when a file included by interfaces also configures the wizard's interface.
+
+    ifquery accepts two `iface eth0 inet` stanzas and ifup then applies both; this catches it.
+    """
+    interface = config.network.interface
+    text = interfaces.decode("utf-8", "surrogateescape")
+    for kind, pattern in interfaces_sources(text):
+        for path in _included_files(layout, kind, pattern):
+            try:
+                included = path.read_text("utf-8", "surrogateescape")
+            except OSError as error:
+                raise ApplyError(f"{path}: cannot read: {error.strerror}") from error
+            conflicts = interface_conflicts(included, interface)
+            if conflicts:
+                shown_path = "/" + str(path.relative_to(layout.root))
+                raise ApplyError(
+                    f"/etc/network/interfaces: {shown_path} (included by `{kind} {pattern}`) "
+                    f"also configures {interface}: {'; '.join(conflicts)}; remove it there"
+                )
 
 
 def _write_settled(path: Path, data: bytes) -> None:
