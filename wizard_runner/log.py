@@ -85,10 +85,10 @@ def make_logger(
 
 
 def quiet_logger() -> FilteringBoundLogger:
-    """A logger that drops everything, for API callers that pass none."""
+    """A logger that shows nothing (ReturnLogger only hands the line back), for API callers."""
     logger: FilteringBoundLogger = structlog.wrap_logger(
         structlog.ReturnLogger(),
         processors=[structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL + 1),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
     )
     return logger

@@ -1,0 +1,107 @@
+"""Live follow-ups on the real root, driven against stand-in tools that record their calls."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+import structlog
+
+from wizard_runner.activate import follow_up
+from wizard_runner.config import WizardConfig
+
+pytestmark = pytest.mark.processes
+LOG = structlog.get_logger()
+
+
+@pytest.fixture
+def tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory of stand-in tools on the runner's PATH; each appends its argv to calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("hostname", "postmap", "postfix", "ifdown", "ifup"):
+        install_tool(bin_dir, name, "exit 0")
+    monkeypatch.setattr("wizard_runner.tools.SYSTEM_PATH", str(bin_dir))
+    return bin_dir
+
+
+def install_tool(bin_dir: Path, name: str, body: str) -> None:
+    """Write a stand-in tool that records its call, then runs `body`."""
+    script = bin_dir / name
+    script.write_text(f'#!/bin/sh\necho "{name} $*" >> {bin_dir / "calls"}\n{body}\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+
+def calls(bin_dir: Path) -> list[str]:
+    """The recorded calls, in order."""
+    path = bin_dir / "calls"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_hostname_and_postfix_follow_ups(config: WizardConfig, tools: Path) -> None:
+    """A new host name is set live; canonical is compiled and a running postfix reloaded."""
+    done = follow_up(config, frozenset({"/etc/hostname", "/etc/postfix/canonical"}), LOG,
+                     apply_network=False)
+    assert calls(tools) == [
+        "hostname -F /etc/hostname",
+        "postmap hash:/etc/postfix/canonical",
+        "postfix status",
+        "postfix reload",
+    ]
+    assert [(a.name, a.status) for a in done.actions] == [
+        ("hostname", "succeeded"), ("postmap", "succeeded"), ("postfix_reload", "succeeded")
+    ]
+    assert done.pending == ()
+
+
+def test_stopped_postfix_is_not_reloaded(config: WizardConfig, tools: Path) -> None:
+    """When postfix is not running, the reload is skipped with the reason."""
+    install_tool(tools, "postfix", 'test "$1" = status && exit 1; exit 0')
+    done = follow_up(config, frozenset({"/etc/postfix/main.cf"}), LOG, apply_network=False)
+    assert calls(tools) == ["postfix status"]
+    assert done.actions[0].status == "skipped"
+    assert done.actions[0].detail is not None
+    assert "not running" in done.actions[0].detail
+
+
+def test_network_change_is_pending_by_default(config: WizardConfig, tools: Path) -> None:
+    """A changed interfaces file is not applied live; the result says how to apply it."""
+    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=False)
+    assert calls(tools) == []
+    assert done.actions == ()
+    assert len(done.pending) == 1
+    assert "ifdown --force eth0; ifup eth0" in done.pending[0]
+    assert "--apply-network" in done.pending[0]
+
+
+def test_apply_network_restarts_the_interface(config: WizardConfig, tools: Path) -> None:
+    """--apply-network takes the interface down and up again."""
+    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True)
+    assert calls(tools) == ["ifdown --force eth0", "ifup eth0"]
+    assert done.pending == ()
+
+
+def test_failure_is_recorded_not_raised(config: WizardConfig, tools: Path) -> None:
+    """A failing follow-up is in the result with its exit code and output; the rest goes on."""
+    install_tool(tools, "hostname", 'echo "hostname: you must be root" >&2; exit 1')
+    done = follow_up(config, frozenset({"/etc/hostname", "/etc/mailname"}), LOG,
+                     apply_network=False)
+    assert done.actions[0].status == "failed"
+    assert done.actions[0].detail == "exit 1: hostname: you must be root"
+    assert done.actions[1].name == "postfix_reload"
+
+
+def test_missing_tool_is_skipped(config: WizardConfig, tools: Path) -> None:
+    """A follow-up whose program is not installed is skipped, saying so."""
+    (tools / "hostname").unlink()
+    done = follow_up(config, frozenset({"/etc/hostname"}), LOG, apply_network=False)
+    assert (done.actions[0].status, done.actions[0].detail) == (
+        "skipped", "hostname is not installed"
+    )
+
+
+def test_nothing_changed_nothing_done(config: WizardConfig, tools: Path) -> None:
+    """Without changes there is no follow-up at all."""
+    assert follow_up(config, frozenset(), LOG, apply_network=True).actions == ()
+    assert calls(tools) == []

@@ -1,0 +1,89 @@
+"""Logging: JSON lines or readable lines on stderr, JSON lines in the file, secrets redacted."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+
+from wizard_runner.log import REDACTED, JsonLinesFile, make_logger, open_log_file, quiet_logger
+
+
+def test_json_lines_with_bound_context() -> None:
+    """Each event is one JSON object with its name, level, UTC timestamp and bound fields."""
+    stream = io.StringIO()
+    log = make_logger(stream, json_lines=True, run_id="r1")
+    log.info("file_written", path="/etc/hosts")
+    event = json.loads(stream.getvalue())
+    assert event["event"] == "file_written"
+    assert event["level"] == "info"
+    assert event["run_id"] == "r1"
+    assert event["path"] == "/etc/hosts"
+    assert event["timestamp"].endswith("Z")
+
+
+def test_console_lines_are_readable() -> None:
+    """On a terminal the events are plain lines, not JSON."""
+    stream = io.StringIO()
+    make_logger(stream, json_lines=False).warning("file_skipped", path="/etc/resolv.conf")
+    line = stream.getvalue()
+    assert "file_skipped" in line
+    assert "path=/etc/resolv.conf" in line
+    assert not line.startswith("{")
+
+
+def test_file_gets_json_whatever_the_terminal_shows(tmp_path: Path) -> None:
+    """The log file always receives JSON lines, appended, with mode 0640."""
+    path = tmp_path / "log" / "wizard-runner.log"
+    for run in ("a", "b"):
+        with open_log_file(path) as handle:
+            make_logger(io.StringIO(), json_lines=False, log_file=handle, run_id=run).info("x")
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [event["run_id"] for event in events] == ["a", "b"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_secrets_are_redacted() -> None:
+    """A field named like a secret is blanked in every output, file included."""
+    stream, handle = io.StringIO(), io.StringIO()
+    log = make_logger(stream, json_lines=True, log_file=handle)
+    log.info("oops", admin_password="Sup3rSecret!", token="t", path="/etc/hosts")
+    for text in (stream.getvalue(), handle.getvalue()):
+        assert "Sup3rSecret!" not in text
+        event = json.loads(text)
+        assert event["admin_password"] == REDACTED
+        assert event["token"] == REDACTED
+        assert event["path"] == "/etc/hosts"
+
+
+def test_level_filter() -> None:
+    """Debug events are dropped at the default level."""
+    stream = io.StringIO()
+    log = make_logger(stream, json_lines=True)
+    log.debug("noise")
+    log.info("kept")
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["kept"]
+    verbose = io.StringIO()
+    make_logger(verbose, json_lines=True, level=logging.DEBUG).debug("noise")
+    assert "noise" in verbose.getvalue()
+
+
+def test_broken_log_file_never_breaks_the_run(tmp_path: Path) -> None:
+    """A closed or full log file is ignored; the event still reaches stderr."""
+    handle = (tmp_path / "log").open("w")
+    handle.close()
+    stream = io.StringIO()
+    make_logger(stream, json_lines=True, log_file=handle).info("still_here")
+    assert "still_here" in stream.getvalue()
+    tee = JsonLinesFile(open(os.devnull, "w"))  # noqa: SIM115 - closed below
+    assert tee(None, "info", {"event": "x"}) == {"event": "x"}
+    tee.handle.close()
+
+
+def test_quiet_logger_prints_nothing(capsys: object) -> None:
+    """The API's default logger is silent."""
+    quiet_logger().error("nothing", path="/etc/hosts")
+    assert capsys.readouterr() == ("", "")  # type: ignore[attr-defined]
