@@ -61,6 +61,8 @@ def config(body: dict[str, Any]) -> WizardConfig:
 def seed_root(root: Path) -> Path:
     """Copy the realistic Debian tree of examples/ into `root`."""
     shutil.copytree(DEBIAN_ROOT, root, symlinks=True, dirs_exist_ok=True)
+    # Empty on a fresh Debian, so git cannot carry it.
+    (root / "etc/network/interfaces.d").mkdir(exist_ok=True)
     return root
 
 
