@@ -1,9 +1,10 @@
-"""The `wizard-runner` command line: validate and run a wizard body."""
+"""The `wizard-runner` command line: validate, run, list and status."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
 from collections.abc import Sequence
@@ -12,31 +13,84 @@ from typing import Any, Final, TextIO
 
 from wizard_runner import __version__
 from wizard_runner.config import MAX_CONFIG_BYTES, WizardConfig, parse_config
+from wizard_runner.discovery import Verdict, scan, unsafe_problems
 from wizard_runner.errors import (
-    EXIT_NO_INPUT,
+    EXIT_FAILED,
     ConfigError,
+    ConfigUnreadableError,
     WizardRunnerError,
 )
+from wizard_runner.layout import Layout
 from wizard_runner.log import make_logger
+from wizard_runner.procs import become_subreaper
 from wizard_runner.result import RunResult
-from wizard_runner.runner import RunOptions, execute, preview
+from wizard_runner.runner import (
+    RunOptions,
+    execute,
+    load_saved_config,
+    preview,
+    read_last_result,
+)
+from wizard_runner.runuser import DEFAULT_USER, resolve_user
+from wizard_runner.scripts import DEFAULT_TIMEOUT, ScriptOutcome
 from wizard_runner.signals import install_stop_handlers
 
 EXIT_SOFTWARE: Final = 70
+EXIT_NO_RUN: Final = 3
 PROG: Final = "wizard-runner"
 
 
-class ConfigUnreadableError(WizardRunnerError):
-    """The --config file cannot be read."""
+def _add_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default="/", metavar="DIR",
+                        help="work on the tree under DIR instead of / (a sandbox)")
 
-    exit_code = EXIT_NO_INPUT
+
+def _timeout(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (no limit) or more")
+    return value or None
 
 
-def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", "-c", required=True, metavar="FILE|-",
-        help="the wizard body as JSON: a file, or - for standard input",
+def _add_run(commands: Any) -> None:
+    run = commands.add_parser(
+        "run", help="apply a wizard body: the system files, then the scripts",
+        description="Without --config, rerun the body the last run was given (saved without "
+        "its password in /var/lib/wizard-runner/config.json).",
     )
+    run.add_argument("--config", "-c", metavar="FILE|-",
+                     help="the wizard body as JSON: a file, or - for standard input")
+    _add_root(run)
+    run.add_argument("--dry-run", action="store_true",
+                     help="print a unified diff of what would change; write nothing")
+    run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    run.add_argument("--system-conf", dest="system_conf", default=None,
+                     action=argparse.BooleanOptionalAction,
+                     help="write the system files (default: the body's handle_system_conf)")
+    run.add_argument("--scripts", dest="scripts", default=None,
+                     action=argparse.BooleanOptionalAction,
+                     help="run wizard.d's scripts (default: the body's run_scripts)")
+    start = run.add_mutually_exclusive_group()
+    start.add_argument("--from", dest="start_at", metavar="NAME",
+                       help="start the scripts at NAME (the ones before are not run)")
+    start.add_argument("--resume", action="store_true",
+                       help="start the scripts at the one that failed in the last run")
+    run.add_argument("--user", default=DEFAULT_USER,
+                     help=f"run the scripts as this user (default {DEFAULT_USER})")
+    run.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                     help=f"per-script time limit, 0 for none (default {DEFAULT_TIMEOUT:g})")
+    run.add_argument("--replace-symlinks", action="store_true",
+                     help="replace a symlinked target (resolv.conf) with a file")
+    run.add_argument("--apply-network", action="store_true",
+                     help="restart the interface when /etc/network/interfaces changed "
+                     "(can cut SSH sessions)")
+    run.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
+                     help="stderr log format (auto: readable on a terminal, else JSON lines)")
+    run.add_argument("--verbose", "-v", action="store_true",
+                     help="on a terminal, show every log event, not only warnings")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,34 +99,29 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Carry out the XiVO wizard on this machine: the system files, then the "
         "scripts of /etc/xivo/wizard.d.",
-        epilog="Exit codes: 0 success, 1 failed, 2 usage, 65 invalid config, 66 config "
-        "unreadable, 73 system files not applied, 75 another run holds the lock, "
-        "77 insufficient privileges, 130/143 interrupted.",
+        epilog="Exit codes: 0 success, 1 failed, 2 usage, 3 no run yet (status), 65 invalid "
+        "config, 66 config or wizard.d missing, 73 system files not applied, 75 another run "
+        "holds the lock, 77 insufficient privileges or unsafe permissions, 130/143 "
+        "interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = commands.add_parser("validate", help="check a wizard body; print every problem")
-    _add_config(validate)
+    validate.add_argument("--config", "-c", required=True, metavar="FILE|-",
+                          help="the wizard body as JSON: a file, or - for standard input")
     validate.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
-    run = commands.add_parser("run", help="apply a wizard body to this machine")
-    _add_config(run)
-    run.add_argument("--root", default="/", metavar="DIR",
-                     help="work on the tree under DIR instead of / (a sandbox)")
-    run.add_argument("--dry-run", action="store_true",
-                     help="print a unified diff of what would change; write nothing")
-    run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
-    run.add_argument("--system-conf", dest="system_conf", default=None,
-                     action=argparse.BooleanOptionalAction,
-                     help="write the system files (default: the body's handle_system_conf)")
-    run.add_argument("--replace-symlinks", action="store_true",
-                     help="replace a symlinked target (resolv.conf) with a file")
-    run.add_argument("--apply-network", action="store_true",
-                     help="restart the interface when /etc/network/interfaces changed "
-                     "(can cut SSH sessions)")
-    run.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
-                     help="stderr log format (auto: readable on a terminal, else JSON lines)")
+    _add_run(commands)
+
+    listing = commands.add_parser("list", help="show what the scripts step would do, and why")
+    _add_root(listing)
+    listing.add_argument("--user", default=DEFAULT_USER, help="the user scripts would run as")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+
+    status = commands.add_parser("status", help="show the last run")
+    _add_root(status)
+    status.add_argument("--json", action="store_true", help="print the stored result as is")
     return parser
 
 
@@ -94,6 +143,41 @@ def _print_json(data: Any, out: TextIO) -> None:
     out.write(json.dumps(data, indent=2) + "\n")
 
 
+class TerminalProgress:
+    """`[2/5] 20-provision ... ok (1.2 s)`, with the script's output indented below it."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.header = ""
+        self.open_line = False
+
+    def started(self, index: int, total: int, name: str) -> None:
+        """Show the script's header, its verdict to follow on the same line."""
+        self.header = f"[{index}/{total}] {name} ..."
+        self.out.write(self.header + " ")
+        self.out.flush()
+        self.open_line = True
+
+    def output(self, name: str, stream: str, line: str) -> None:
+        """Show an output line, indented (stderr marked with `!`)."""
+        if self.open_line:
+            self.out.write("\n")
+            self.open_line = False
+        mark = "!" if stream == "stderr" else "|"
+        self.out.write(f"      {mark} {line}\n")
+        self.out.flush()
+
+    def finished(self, outcome: ScriptOutcome) -> None:
+        """Show the verdict and the duration."""
+        verdict = "ok" if not outcome.failed else f"FAILED: {outcome.reason}"
+        duration = f" ({outcome.duration_s:.1f} s)" if outcome.duration_s is not None else ""
+        if not self.open_line:
+            self.out.write(self.header + " ")
+        self.out.write(f"{verdict}{duration}\n")
+        self.out.flush()
+        self.open_line = False
+
+
 def _summary(result: RunResult, out: TextIO) -> None:
     out.write(f"run {result.run_id}: {result.status.value} (exit {result.exit_code})\n")
     system = result.system_conf
@@ -103,12 +187,20 @@ def _summary(result: RunResult, out: TextIO) -> None:
     for action in system.actions:
         detail = f"  ({action.detail})" if action.detail else ""
         out.write(f"  action {action.name}: {action.status}{detail}\n")
+    _scripts_table(result.to_dict()["scripts"], out)
     if system.backup_dir:
         out.write(f"backups: {system.backup_dir}\n")
     for note in system.pending:
         out.write(f"pending: {note}\n")
     if result.error:
         out.write(f"error: {result.error}\n")
+
+
+def _scripts_table(scripts: list[dict[str, Any]], out: TextIO) -> None:
+    for script in scripts:
+        duration = f"{script['duration_s']:.1f} s" if script.get("duration_s") is not None else ""
+        reason = f"  ({script['reason']})" if script.get("reason") else ""
+        out.write(f"  {script['name']:<26} {script['status']:<10} {duration:>8}{reason}\n")
 
 
 def _validate(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
@@ -125,14 +217,30 @@ def _validate(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
-    config = read_config(args.config, stdin)
-    options = RunOptions(
+def _options(args: argparse.Namespace, out: TextIO) -> RunOptions:
+    progress = TerminalProgress(out) if out.isatty() and not args.json else None
+    return RunOptions(
         root=args.root,
         handle_system_conf=args.system_conf,
+        run_scripts=args.scripts,
         replace_symlinks=args.replace_symlinks,
         apply_network=args.apply_network,
+        user=args.user,
+        timeout=args.timeout,
+        start_at=args.start_at,
+        resume=args.resume,
+        save_config=args.config is not None,
+        subreaper=True,
+        progress=progress,
     )
+
+
+def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
+    options = _options(args, out)
+    if args.config is None:
+        config = load_saved_config(Layout.under(args.root))
+    else:
+        config = read_config(args.config, stdin)
     json_logs = {"auto": None, "json": True, "console": False}[args.log_format]
     if args.dry_run:
         shown = preview(config, options, log=make_logger(err, json_lines=json_logs))
@@ -142,12 +250,70 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
             out.write(shown.diff or "# no system file would change\n")
         return 0
     install_stop_handlers()
-    result = execute(config, options, stream=err, json_logs=json_logs)
+    become_subreaper()
+    quiet = options.progress is not None and not args.verbose
+    result = execute(config, options, stream=err, json_logs=json_logs,
+                     stream_level=logging.WARNING if quiet else logging.INFO)
     if args.json:
         out.write(result.to_json())
     else:
         _summary(result, out)
     return result.exit_code
+
+
+def _list(args: argparse.Namespace, out: TextIO) -> int:
+    user = resolve_user(args.user)
+    found = scan(Layout.under(args.root).wizard_d, user)
+    problems = unsafe_problems(found.itself, found.decisions, user)
+    rows = [{"name": d.name, "action": d.verdict.value, "reason": d.reason}
+            for d in found.decisions]
+    if args.json:
+        _print_json({"directory": str(found.directory), "user": user.name, "entries": rows,
+                     "unsafe": problems}, out)
+    else:
+        out.write(f"{found.directory} (as {user.name}):\n")
+        for row in rows:
+            reason = f"  {row['reason']}" if row["reason"] else ""
+            out.write(f"  {row['name']:<30} {row['action']:<5}{reason}\n")
+        if not rows:
+            out.write("  (empty: nothing to run)\n")
+        for problem in problems:
+            out.write(f"unsafe: {problem}\n")
+    if problems:
+        return 77
+    return EXIT_FAILED if any(d.verdict is Verdict.FAIL for d in found.decisions) else 0
+
+
+def _status(args: argparse.Namespace, out: TextIO) -> int:
+    layout = Layout.under(args.root)
+    last = read_last_result(layout)
+    if last is None:
+        if args.json:
+            _print_json(None, out)
+        else:
+            out.write(f"no run yet ({layout.last_run} does not exist)\n")
+        return EXIT_NO_RUN
+    if args.json:
+        _print_json(last, out)
+    else:
+        out.write(f"last run {last.get('run_id')}: {last.get('status')} "
+                  f"(exit {last.get('exit_code')})\n")
+        out.write(f"  started {last.get('started_at')}, finished {last.get('finished_at')}\n")
+        system = last.get("system_conf", {})
+        out.write("system files:" + ("" if system.get("handled") else " not handled") + "\n")
+        for entry in system.get("files", []):
+            reason = f"  ({entry['reason']})" if entry.get("reason") else ""
+            out.write(f"  {entry['path']:<26} {entry['action']}{reason}\n")
+        out.write("scripts:" + ("" if last.get("scripts") else " none run") + "\n")
+        _scripts_table(last.get("scripts", []), out)
+        for script in last.get("scripts", []):
+            if script.get("status") in {"failed", "timed_out"} and script.get("output_tail"):
+                out.write(f"output of {script['name']} (last lines):\n")
+                for line in script["output_tail"].splitlines()[-20:]:
+                    out.write(f"  | {line}\n")
+        if last.get("error"):
+            out.write(f"error: {last['error']}\n")
+    return 0 if last.get("status") == "succeeded" else EXIT_FAILED
 
 
 def main(
@@ -163,6 +329,10 @@ def main(
     try:
         if args.command == "validate":
             return _validate(args, out, stdin)
+        if args.command == "list":
+            return _list(args, out)
+        if args.command == "status":
+            return _status(args, out)
         return _run(args, out, stdin, err)
     except WizardRunnerError as error:
         err.write(f"{PROG}: {error}\n")
@@ -171,6 +341,7 @@ def main(
             _print_json({"status": "error", "exit_code": error.exit_code, "error": str(error),
                          "problems": problems}, out)
         return error.exit_code
-    except Exception:
+    except Exception:  # last resort: say it is a bug, with the traceback
         err.write(f"{PROG}: internal error, please report it:\n{traceback.format_exc()}")
         return EXIT_SOFTWARE
+

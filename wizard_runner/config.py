@@ -394,6 +394,12 @@ class WizardConfig(_Model):
         return self.model_dump(mode="json", exclude={"admin_password"})
 
 
+class SavedConfig(WizardConfig):
+    """A body as stored for reruns: the same rules, but the password was left out on purpose."""
+
+    admin_password: Password | None = None  # type: ignore[assignment]
+
+
 # --- loading ------------------------------------------------------------------------------------
 
 _MODELS_AT: Final[dict[tuple[str, ...], type[BaseModel]]] = {
@@ -469,6 +475,15 @@ def config_from_data(data: object, source: str = "config") -> WizardConfig:
         problems = problems_of(error)
     # Raised outside the except block, so that neither __cause__ nor __context__ keeps
     # pydantic's error: it holds the raw input, password included.
+    raise ConfigError(problems, source)
+
+
+def saved_config_from_data(data: object, source: str) -> WizardConfig:
+    """Validate a stored body (no password); raise ConfigError listing every problem."""
+    try:
+        return SavedConfig.model_validate(data)
+    except ValidationError as error:
+        problems = problems_of(error)
     raise ConfigError(problems, source)
 
 

@@ -42,6 +42,12 @@ class ConfigError(WizardRunnerError):
         super().__init__("\n".join(lines))
 
 
+class ConfigUnreadableError(WizardRunnerError):
+    """The config file (or the saved config) cannot be read."""
+
+    exit_code = EXIT_NO_INPUT
+
+
 class ApplyError(WizardRunnerError):
     """The system files could not be applied; nothing is left half-written."""
 
@@ -66,6 +72,7 @@ class RunInterrupted(BaseException):
     def __init__(self, signum: int) -> None:
         self.signum = signum
         self.exit_code = 128 + signum
+        self.partial: object | None = None  # what the interrupted step had done, if anything
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 

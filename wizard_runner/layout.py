@@ -57,6 +57,11 @@ class Layout:
         return self.state_dir / "last-run.json"
 
     @property
+    def saved_config(self) -> Path:
+        """The last body run, without its password (0600), for reruns without --config."""
+        return self.state_dir / "config.json"
+
+    @property
     def backup_dir(self) -> Path:
         """Parent of the per-run backup directories."""
         return self.host(BACKUP_DIR)

@@ -44,6 +44,18 @@ class JsonLinesFile:
         return event
 
 
+class _DropBelow:
+    """Stop events under a level from reaching the stream (the file has had them already)."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+
+    def __call__(self, _logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+        if logging.getLevelName(method.upper()) < self.level:
+            raise structlog.DropEvent
+        return event
+
+
 def open_log_file(path: Path) -> TextIO:
     """Open the JSON-lines log for appending (0640), creating its directory (0750)."""
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -57,9 +69,13 @@ def make_logger(
     json_lines: bool | None = None,
     log_file: TextIO | None = None,
     level: int = logging.INFO,
+    stream_level: int | None = None,
     **context: Any,
 ) -> FilteringBoundLogger:
-    """A logger writing to `stream` (JSON unless it is a terminal) and, if given, `log_file`."""
+    """A logger writing to `stream` (JSON unless it is a terminal) and, if given, `log_file`.
+
+    `stream_level` keeps `stream` quieter than the file (the CLI's progress view shows the rest).
+    """
     if json_lines is None:
         json_lines = not stream.isatty()
     renderer: Any = (
@@ -74,6 +90,8 @@ def make_logger(
     ]
     if log_file is not None:
         processors.append(JsonLinesFile(log_file))
+    if stream_level is not None and stream_level > level:
+        processors.append(_DropBelow(stream_level))
     processors.append(renderer)
     logger: FilteringBoundLogger = structlog.wrap_logger(
         structlog.PrintLogger(stream),

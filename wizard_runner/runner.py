@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.activate import follow_up
-from wizard_runner.config import WizardConfig
+from wizard_runner.config import WizardConfig, decode_json, saved_config_from_data
 from wizard_runner.errors import (
+    EXIT_FAILED,
     EXIT_OK,
     ApplyError,
+    ConfigUnreadableError,
     PrivilegeError,
     RunInterrupted,
+    UsageError,
     WizardRunnerError,
 )
 from wizard_runner.fsio import Ownership, RunLock, atomic_replace, ensure_dir
@@ -30,6 +34,15 @@ from wizard_runner.result import (
     SystemConfResult,
     new_run_id,
     now,
+)
+from wizard_runner.runuser import DEFAULT_USER, resolve_user
+from wizard_runner.scripts import (
+    DEFAULT_TIMEOUT,
+    Progress,
+    ScriptOutcome,
+    ScriptsOptions,
+    failure_message,
+    run_scripts,
 )
 from wizard_runner.signals import deferred_stop_signals
 from wizard_runner.sysconf import (
@@ -49,13 +62,21 @@ SKIPPED_BY_CONFIG = "handle_system_conf=false"
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run: where (root), and overrides of the body's flags."""
+    """How to run: where (root), overrides of the body's flags, and the scripts step's knobs."""
 
     root: str | os.PathLike[str] = "/"
     handle_system_conf: bool | None = None  # None: as the body says
+    run_scripts: bool | None = None  # None: as the body says
     replace_symlinks: bool = False
     apply_network: bool = False
     check_with_tools: bool = True
+    user: str = DEFAULT_USER
+    timeout: float | None = DEFAULT_TIMEOUT  # None: no limit
+    start_at: str | None = None
+    resume: bool = False
+    save_config: bool = True
+    subreaper: bool = False
+    progress: Progress | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -63,7 +84,7 @@ class _Progress:
     """What is known so far, so that an interrupted run can still report it."""
 
     system: SystemConfResult | None = None
-    notes: list[str] = field(default_factory=list)
+    scripts: list[ScriptOutcome] = field(default_factory=list)
 
 
 def handles_system_conf(config: WizardConfig, options: RunOptions) -> bool:
@@ -71,6 +92,13 @@ def handles_system_conf(config: WizardConfig, options: RunOptions) -> bool:
     if options.handle_system_conf is not None:
         return options.handle_system_conf
     return config.handle_system_conf
+
+
+def runs_scripts(config: WizardConfig, options: RunOptions) -> bool:
+    """Whether this run runs wizard.d: the option overrides the body's flag."""
+    if options.run_scripts is not None:
+        return options.run_scripts
+    return config.run_scripts
 
 
 def plan_system(
@@ -138,6 +166,84 @@ def _system_step(
         )
 
 
+def _scripts_step(
+    *,
+    config: WizardConfig,
+    layout: Layout,
+    run_id: str,
+    options: RunOptions,
+    log: FilteringBoundLogger,
+    progress: _Progress,
+) -> ScriptOutcome | None:
+    """Run wizard.d when asked to; return the script that failed, if one did."""
+    if not runs_scripts(config, options):
+        log.info("scripts_step_skipped", reason="run_scripts=false")
+        return None
+    start_at = options.start_at
+    if options.resume:
+        start_at = resume_point(layout)
+        log.info("scripts_resumed", start_at=start_at)
+    scripts_options = ScriptsOptions(
+        user=resolve_user(options.user),
+        timeout=options.timeout,
+        start_at=start_at,
+        subreaper=options.subreaper,
+    )
+
+    def keep(outcomes: list[ScriptOutcome]) -> None:
+        progress.scripts = list(outcomes)
+
+    outcomes = run_scripts(config=config, layout=layout, run_id=run_id, options=scripts_options,
+                           log=log, progress=options.progress, record=keep)
+    return next((outcome for outcome in outcomes if outcome.failed), None)
+
+
+def read_last_result(layout: Layout) -> dict[str, Any] | None:
+    """The stored result of the last run, or None when there was none."""
+    try:
+        data = json.loads(layout.last_run.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{layout.last_run}: cannot read the last result: {error}") from error
+    return data if isinstance(data, dict) else None
+
+
+def resume_point(layout: Layout) -> str:
+    """The script that failed in the last run, where --resume starts."""
+    last = read_last_result(layout)
+    if last is None:
+        raise UsageError(f"--resume: no previous run ({layout.last_run} does not exist)")
+    for script in last.get("scripts", []):
+        if script.get("status") in {"failed", "timed_out"}:
+            return str(script["name"])
+    raise UsageError(f"--resume: no script failed in the last run ({last.get('run_id')})")
+
+
+def save_config(layout: Layout, config: WizardConfig) -> None:
+    """Keep the body (without the password) so that a plain `wizard-runner run` can rerun it."""
+    ensure_dir(layout.state_dir, 0o755)
+    data = {"saved_at": now().isoformat(timespec="seconds"), "config": config.public_dict()}
+    owner = Ownership(0o600, os.geteuid(), os.getegid())
+    atomic_replace(layout.saved_config, (json.dumps(data, indent=2) + "\n").encode(), owner)
+
+
+def load_saved_config(layout: Layout) -> WizardConfig:
+    """The config saved by the last run given a body; a clear error when there is none."""
+    try:
+        raw = layout.saved_config.read_bytes()
+    except FileNotFoundError:
+        raise ConfigUnreadableError(
+            f"no saved config at {layout.saved_config}: pass --config FILE (the wizard body)"
+        ) from None
+    except OSError as error:
+        message = f"{layout.saved_config}: cannot read: {error.strerror}"
+        raise ConfigUnreadableError(message) from error
+    data = decode_json(raw, str(layout.saved_config))
+    body = data.get("config") if isinstance(data, dict) else None
+    return saved_config_from_data(body, str(layout.saved_config))
+
+
 def write_result(layout: Layout, result: RunResult) -> None:
     """Store the result atomically as last-run.json (0644: confd reads it as www-data)."""
     ensure_dir(layout.state_dir, 0o755)
@@ -159,6 +265,7 @@ def execute(
     *,
     stream: TextIO | None = None,
     json_logs: bool | None = None,
+    stream_level: int | None = None,
 ) -> RunResult:
     """Carry out the wizard body under the lock and return (and store) the result.
 
@@ -171,13 +278,15 @@ def execute(
     with RunLock(layout.lock_file):
         started = now()
         run_id = new_run_id(started)
+        if options.save_config:
+            save_config(layout, config)
         try:
             log_handle = open_log_file(layout.log_file)
         except PermissionError as error:
             raise PrivilegeError(f"{layout.log_file}: cannot open: {error.strerror}") from error
         with log_handle:
             log = make_logger(stream or sys.stderr, json_lines=json_logs, log_file=log_handle,
-                              run_id=run_id)
+                              stream_level=stream_level, run_id=run_id)
             return _run_locked(config=config, options=options, layout=layout, run_id=run_id,
                                started=started, log=log)
 
@@ -200,15 +309,21 @@ def _run_locked(
     )
     progress = _Progress()
     status, exit_code, error = RunStatus.SUCCEEDED, EXIT_OK, None
+    step = "system_step"
     try:
         _system_step(config=config, layout=layout, run_id=run_id, options=options, log=log,
                      progress=progress)
+        step = "scripts_step"
+        failed = _scripts_step(config=config, layout=layout, run_id=run_id, options=options,
+                               log=log, progress=progress)
+        if failed is not None:
+            status, exit_code, error = RunStatus.FAILED, EXIT_FAILED, failure_message(failed)
     except WizardRunnerError as failure:
         status, exit_code, error = RunStatus.FAILED, failure.exit_code, str(failure)
-        log.error("system_step_failed", error=error, exit_code=exit_code)
+        log.error(f"{step}_failed", error=error, exit_code=exit_code)
     except RunInterrupted as stop:
         status, exit_code, error = RunStatus.INTERRUPTED, stop.exit_code, str(stop)
-        log.warning("run_interrupted", signal=stop.signum)
+        log.warning("run_interrupted", signal=stop.signum, step=step)
     result = RunResult(
         run_id=run_id,
         started_at=started,
@@ -216,6 +331,7 @@ def _run_locked(
         status=status,
         exit_code=exit_code,
         system_conf=progress.system or SystemConfResult(handles_system_conf(config, options)),
+        scripts=tuple(outcome.to_dict() for outcome in progress.scripts),
         error=error,
         root=str(layout.root),
     )

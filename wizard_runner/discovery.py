@@ -1,0 +1,200 @@
+"""Which entries of wizard.d run, in which order, and why the others do not.
+
+`decide` is pure: from what a directory listing says about each entry to an ordered list of
+decisions. `scan` is the shell side that reads the directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+from wizard_runner.errors import EXIT_NO_INPUT, PrivilegeError, WizardRunnerError
+from wizard_runner.runuser import RunUser, may_execute, may_search, user_name
+
+_LEFTOVER: Final = re.compile(
+    r".*(~|\.dpkg-(old|dist|new|tmp)|\.ucf-(old|dist|new)|\.swp)\Z", re.DOTALL
+)
+
+
+class ScriptsDirMissingError(WizardRunnerError):
+    """wizard.d does not exist while run_scripts is true."""
+
+    exit_code = EXIT_NO_INPUT
+
+
+class UnsafePermissionsError(PrivilegeError):
+    """wizard.d or a script could be changed by someone other than root or the run user."""
+
+
+class Verdict(StrEnum):
+    """What happens to one entry."""
+
+    RUN = "run"
+    SKIP = "skip"
+    FAIL = "fail"
+
+
+class Kind(StrEnum):
+    """What an entry is, after following a symlink."""
+
+    FILE = "file"
+    DIRECTORY = "directory"
+    OTHER = "other"
+    DANGLING = "dangling"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry as the shell found it (a symlink is described by its target)."""
+
+    name: str
+    kind: Kind
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    symlink: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One entry's fate and the reason, in run order."""
+
+    name: str
+    verdict: Verdict
+    reason: str | None = None
+    entry: Entry | None = None
+
+
+def sort_key(name: str) -> bytes:
+    """ASCII (byte) order, whatever the locale: 0-9 before A-Z before a-z."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+_EXEC_BITS: Final = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+
+#: Skip rules in the order they are tried; the first that matches gives the reason.
+_SKIP_RULES: Final = (
+    (lambda e: e.name.startswith("."), "hidden name"),
+    (lambda e: bool(_LEFTOVER.match(e.name)), "package or editor leftover"),
+    (lambda e: e.kind is Kind.DIRECTORY, "a directory"),
+    (lambda e: e.kind is Kind.DANGLING, "a symlink to nothing"),
+    (lambda e: e.kind is Kind.OTHER, "not a regular file"),
+    (lambda e: not e.mode & _EXEC_BITS, "not executable (no execute bit)"),
+)
+
+
+def _skip_reason(entry: Entry) -> str | None:
+    return next((reason for rule, reason in _SKIP_RULES if rule(entry)), None)
+
+
+def decide_one(entry: Entry, user: RunUser) -> Decision:
+    """Decide the fate of one entry for `user`."""
+    reason = _skip_reason(entry)
+    if reason is not None:
+        return Decision(entry.name, Verdict.SKIP, reason, entry)
+    if not may_execute(entry.mode, entry.uid, entry.gid, user):
+        return Decision(
+            entry.name,
+            Verdict.FAIL,
+            f"has an execute bit, but {user.name} cannot execute it "
+            f"(mode {stat.S_IMODE(entry.mode):04o}, owner {user_name(entry.uid)})",
+            entry,
+        )
+    return Decision(entry.name, Verdict.RUN, None, entry)
+
+
+def decide(entries: Sequence[Entry], user: RunUser) -> list[Decision]:
+    """Every entry's decision, in ASCII order of the names."""
+    ordered = sorted(entries, key=lambda entry: sort_key(entry.name))
+    return [decide_one(entry, user) for entry in ordered]
+
+
+def unsafe_problems(
+    directory: Entry, decisions: Sequence[Decision], user: RunUser
+) -> list[str]:
+    """Why the step must not run at all: what others could change or the user cannot reach."""
+    problems = []
+    trusted = {0, user.uid}
+    mode = stat.S_IMODE(directory.mode)
+    if directory.mode & stat.S_IWOTH:
+        problems.append(f"wizard.d is writable by others (mode {mode:04o})")
+    if directory.uid not in trusted:
+        problems.append(f"wizard.d is owned by {user_name(directory.uid)}, not root")
+    if not may_search(directory.mode, directory.uid, directory.gid, user):
+        problems.append(f"{user.name} cannot enter wizard.d (mode {mode:04o})")
+    for decision in decisions:
+        entry = decision.entry
+        if decision.verdict is Verdict.SKIP or entry is None:
+            continue
+        if entry.mode & stat.S_IWOTH:
+            problems.append(
+                f"{decision.name} is writable by others (mode {stat.S_IMODE(entry.mode):04o})"
+            )
+        if entry.uid not in trusted:
+            problems.append(
+                f"{decision.name} is owned by {user_name(entry.uid)}, not root or {user.name}"
+            )
+    return problems
+
+
+def _entry(directory: Path, name: str) -> Entry:
+    path = directory / name
+    try:
+        link = os.lstat(path)
+    except FileNotFoundError:
+        return Entry(name, Kind.DANGLING)
+    symlink = stat.S_ISLNK(link.st_mode)
+    try:
+        info = os.stat(path) if symlink else link
+    except OSError:
+        return Entry(name, Kind.DANGLING, symlink=True)
+    if stat.S_ISDIR(info.st_mode):
+        kind = Kind.DIRECTORY
+    elif stat.S_ISREG(info.st_mode):
+        kind = Kind.FILE
+    else:
+        kind = Kind.OTHER
+    return Entry(name, kind, info.st_mode, info.st_uid, info.st_gid, symlink)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """wizard.d as read: its own mode and owner, and every decision in run order."""
+
+    directory: Path
+    itself: Entry
+    decisions: tuple[Decision, ...]
+
+
+def scan(directory: Path, user: RunUser) -> Scan:
+    """Read wizard.d and decide every entry; a missing directory is an error naming it."""
+    try:
+        info = os.stat(directory)
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        raise ScriptsDirMissingError(
+            f"{directory}: the scripts directory does not exist (run_scripts is true)"
+        ) from None
+    except NotADirectoryError:
+        raise ScriptsDirMissingError(f"{directory}: not a directory") from None
+    except PermissionError as error:
+        raise PrivilegeError(f"{directory}: cannot read: {error.strerror}") from error
+    decisions = decide([_entry(directory, name) for name in names], user)
+    itself = Entry(directory.name, Kind.DIRECTORY, info.st_mode, info.st_uid, info.st_gid)
+    return Scan(directory, itself, tuple(decisions))
+
+
+def check_safe(found: Scan, user: RunUser) -> None:
+    """Refuse the whole step (exit 77) when permissions make it unsafe, naming each problem."""
+    problems = unsafe_problems(found.itself, found.decisions, user)
+    if problems:
+        raise UnsafePermissionsError(
+            f"refusing to run the scripts of {found.directory}: " + "; ".join(problems)
+        )

@@ -1,0 +1,99 @@
+"""A script's output: split into lines, kept in its log file up to a cap, its tail in memory."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from pathlib import Path
+from typing import Final, TextIO
+
+MAX_LINE: Final = 16 * 1024
+TAIL_BYTES: Final = 4096
+DEFAULT_CAP: Final = 16 * 1024 * 1024
+
+
+def shown_line(data: bytes) -> str:
+    """A line as text: UTF-8, with any invalid byte shown escaped (\\xff), never an error."""
+    return data.decode("utf-8", "backslashreplace")
+
+
+class LineSplitter:
+    """Cut a byte stream into lines without ever holding more than one long line's worth."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.max_line = max_line
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete lines `data` finishes (without their newline); long ones are cut."""
+        self._pending += data
+        lines: list[bytes] = []
+        while True:
+            end = self._pending.find(b"\n")
+            if end < 0:
+                break
+            lines.append(bytes(self._pending[:end]))
+            del self._pending[: end + 1]
+        while len(self._pending) >= self.max_line:
+            lines.append(bytes(self._pending[: self.max_line]))
+            del self._pending[: self.max_line]
+        return lines
+
+    def flush(self) -> list[bytes]:
+        """The last, unterminated line, if any."""
+        rest, self._pending = bytes(self._pending), bytearray()
+        return [rest] if rest else []
+
+
+class OutputRecord:
+    """Where one script's lines go: its log file (capped) and a bounded tail."""
+
+    def __init__(self, path: Path | None, cap: int = DEFAULT_CAP, tail: int = TAIL_BYTES) -> None:
+        self.cap = cap
+        self.tail_limit = tail
+        self.written = 0
+        self.lines = 0
+        self.truncated = False
+        self._tail: deque[str] = deque()
+        self._tail_size = 0
+        self._file: TextIO | None = None
+        if path is not None:
+            path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            self._file = os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace")
+
+    def add(self, stream: str, line: str) -> bool:
+        """Record a line; False once the cap is reached (the caller stops logging lines too)."""
+        self.lines += 1
+        self._remember(line)
+        if self.truncated:
+            return False
+        entry = f"{stream}: {line}\n"
+        if self.written + len(entry) > self.cap:
+            self.truncated = True
+            if self._file is not None:
+                self._file.write(f"[wizard-runner: output truncated after {self.cap} bytes; "
+                                 "the last lines are in the result's output_tail]\n")
+            return False
+        self.written += len(entry)
+        if self._file is not None:
+            self._file.write(entry)
+        return True
+
+    def _remember(self, line: str) -> None:
+        self._tail.append(line)
+        self._tail_size += len(line) + 1
+        while self._tail_size > self.tail_limit and len(self._tail) > 1:
+            self._tail_size -= len(self._tail.popleft()) + 1
+
+    @property
+    def tail(self) -> str:
+        """The last lines of output, at most about TAIL_BYTES."""
+        text = "\n".join(self._tail)
+        return text[-self.tail_limit :]
+
+    def close(self) -> None:
+        """Flush and close the log file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None

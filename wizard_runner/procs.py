@@ -1,0 +1,114 @@
+"""Stopping processes: a script's whole tree, and what it left running after it exited."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import psutil
+
+GRACE: Final = 5.0
+_PR_SET_CHILD_SUBREAPER: Final = 36
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (double-forked daemons) instead of letting init take them."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_zombies() -> None:
+    """Collect adopted children that have exited (only meaningful for a subreaper)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def signal_group(pgid: int, signum: int) -> bool:
+    """Send a signal to a process group; False when the group is already gone."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # members we may not signal still exist
+    return True
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A process a script left running, as it was when found."""
+
+    pid: int
+    cmdline: str
+
+
+def _belongs_to(process: psutil.Process, run_id: str, session: int) -> bool:
+    if process.pid == os.getpid():
+        return False
+    try:
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False  # already dead, only waiting to be reaped
+        if os.getsid(process.pid) == session:
+            return True
+        return bool(process.environ().get("WIZARD_RUN_ID") == run_id)
+    except (psutil.Error, OSError):
+        return False
+
+
+def _is_zombie(process: psutil.Process) -> bool:
+    try:
+        return bool(process.status() == psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return True
+
+
+def find_leftovers(run_id: str, session: int) -> list[psutil.Process]:
+    """Processes still in the script's session, or carrying its run id in their environment."""
+    return [p for p in psutil.process_iter() if _belongs_to(p, run_id, session)]
+
+
+def describe(process: psutil.Process) -> Leftover:
+    """pid and command line, as far as they can still be read."""
+    try:
+        cmdline = " ".join(process.cmdline()) or process.name()
+    except psutil.Error:
+        cmdline = "?"
+    return Leftover(process.pid, cmdline)
+
+
+def stop_all(processes: list[psutil.Process], grace: float = GRACE) -> list[Leftover]:
+    """Terminate, wait up to `grace` seconds, then kill what is left; return what was found."""
+    found = [describe(process) for process in processes]
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    alive = [p for p in alive if not _is_zombie(p)]
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return found
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Wait until no process is left in the group; True if it emptied in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        time.sleep(0.02)
+    return False

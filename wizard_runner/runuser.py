@@ -1,0 +1,90 @@
+"""The user scripts run as (www-data by default): its ids, groups and home, and what it may run."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from typing import Final
+
+from wizard_runner.errors import PrivilegeError, UsageError
+
+DEFAULT_USER: Final = "www-data"
+
+
+@dataclass(frozen=True)
+class RunUser:
+    """A resolved account: name, uid, primary gid, every group id, home directory."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    @property
+    def is_current(self) -> bool:
+        """True when the runner already is this user (no switch needed)."""
+        return self.uid == os.geteuid()
+
+
+def resolve_user(name: str) -> RunUser:
+    """Look the account up; an unknown name is a usage error naming it."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise UsageError(f"--user {name}: no such user on this system") from None
+    groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid))))
+    return RunUser(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+
+
+def require_switch_allowed(user: RunUser) -> None:
+    """Only root can run scripts as another user; say what to do instead."""
+    if not user.is_current and os.geteuid() != 0:
+        current = pwd.getpwuid(os.geteuid()).pw_name
+        raise PrivilegeError(
+            f"running scripts as {user.name} needs root: run wizard-runner as root, "
+            f"or pass --user {current}"
+        )
+
+
+def may_execute(mode: int, owner: int, group: int, user: RunUser) -> bool:
+    """Whether `user` can execute (and, for a script, read) a file with this mode and owner."""
+    if user.uid == 0:
+        return bool(mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH))
+    if owner == user.uid:
+        wanted = stat.S_IXUSR | stat.S_IRUSR
+    elif group in user.groups:
+        wanted = stat.S_IXGRP | stat.S_IRGRP
+    else:
+        wanted = stat.S_IXOTH | stat.S_IROTH
+    return mode & wanted == wanted
+
+
+def may_search(mode: int, owner: int, group: int, user: RunUser) -> bool:
+    """Whether `user` can traverse a directory with this mode and owner."""
+    if user.uid == 0:
+        return True
+    if owner == user.uid:
+        return bool(mode & stat.S_IXUSR)
+    if group in user.groups:
+        return bool(mode & stat.S_IXGRP)
+    return bool(mode & stat.S_IXOTH)
+
+
+def group_name(gid: int) -> str:
+    """A group's name, or its number when it has none."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def user_name(uid: int) -> str:
+    """A user's name, or its number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
