@@ -91,24 +91,43 @@ def stop_all(processes: list[psutil.Process], grace: float = GRACE) -> list[Left
     for process in processes:
         with contextlib.suppress(psutil.Error):
             process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=grace)
-    alive = [p for p in alive if not _is_zombie(p)]
+    alive = _wait_dead(processes, grace)
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    psutil.wait_procs(alive, timeout=grace)
+    _wait_dead(alive, grace)
     return found
 
 
+def _wait_dead(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process has exited (a zombie has); return those still alive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in processes if p.is_running() and not _is_zombie(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in the group."""
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and not _is_zombie(process):
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
 def wait_group_gone(pgid: int, timeout: float) -> bool:
-    """Wait until no process is left in the group; True if it emptied in time."""
+    """Wait until no live process is left in the group; True if it emptied in time.
+
+    Zombies do not count: a killed member stays a zombie until its (adoptive) parent reaps it.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        if not _group_alive(pgid):
             return True
-        except PermissionError:
-            pass
         time.sleep(0.02)
     return False

@@ -43,7 +43,7 @@ def resolve_user(name: str) -> RunUser:
 def require_switch_allowed(user: RunUser) -> None:
     """Only root can run scripts as another user; say what to do instead."""
     if not user.is_current and os.geteuid() != 0:
-        current = pwd.getpwuid(os.geteuid()).pw_name
+        current = user_name(os.geteuid())
         raise PrivilegeError(
             f"running scripts as {user.name} needs root: run wizard-runner as root, "
             f"or pass --user {current}"

@@ -1,0 +1,445 @@
+"""The scripts step with real processes: identity, order, failures, timeouts, leftovers, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import EXAMPLES
+from wizard_runner.config import WizardConfig
+from wizard_runner.errors import PrivilegeError
+from wizard_runner.result import RunResult, RunStatus
+from wizard_runner.runner import RunOptions, execute
+from wizard_runner.runuser import require_switch_allowed, resolve_user
+
+pytestmark = pytest.mark.processes
+ROOT = os.geteuid() == 0
+
+
+def current_user() -> str:
+    """The name of the user running the tests."""
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+USER = "www-data" if ROOT else current_user()
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    """A root every user can traverse (pytest's own tmp dirs are 0700), with an empty wizard.d."""
+    base = Path(tempfile.mkdtemp(prefix="wizard-runner-test-", dir="/tmp"))
+    base.chmod(0o755)
+    (base / "etc/xivo/wizard.d").mkdir(parents=True)
+    for part in ("etc", "etc/xivo", "etc/xivo/wizard.d"):
+        (base / part).chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def add_script(root: Path, name: str, body: str, mode: int = 0o755) -> Path:
+    """Put a /bin/sh script into wizard.d."""
+    path = root / "etc/xivo/wizard.d" / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(mode)
+    return path
+
+
+def run(config: WizardConfig, root: Path, **options: Any) -> RunResult:
+    """Run only the scripts step on `root`, as the test user (www-data when root)."""
+    settings: dict[str, Any] = {
+        "root": root, "handle_system_conf": False, "run_scripts": True,
+        "check_with_tools": False, "user": USER, "timeout": 30.0, **options,
+    }
+    with open(os.devnull, "w") as sink:
+        return execute(config, RunOptions(**settings), json_logs=True, stream=sink)
+
+
+def scripts(result: RunResult) -> dict[str, dict[str, Any]]:
+    """The result's scripts by name."""
+    return {script["name"]: script for script in result.to_dict()["scripts"]}
+
+
+def no_process_with(marker: str) -> bool:
+    """True when no process's command line contains `marker`."""
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if marker in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+            return False
+    return True
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to switch to www-data")
+def test_runs_as_www_data_with_a_clean_environment(config: WizardConfig, root: Path) -> None:
+    """uid, gid and groups are www-data's only; umask 022, cwd /, the documented environment."""
+    add_script(root, "10-who", 'echo "$(id -u) $(id -g) $(id -G)"; umask; pwd; env | sort')
+    result = run(config, root)
+    assert result.status is RunStatus.SUCCEEDED
+    lines = scripts(result)["10-who"]["output_tail"].splitlines()
+    www = resolve_user("www-data")
+    assert lines[0] == f"{www.uid} {www.gid} " + " ".join(str(g) for g in www.groups)
+    assert lines[1] == "0022"
+    assert lines[2] == "/"
+    env = dict(line.split("=", 1) for line in lines[3:])
+    env.pop("PWD", None)  # set by the shell itself
+    assert env == {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": www.home, "USER": "www-data", "LOGNAME": "www-data", "LANG": "C.UTF-8",
+        "WIZARD_HOSTNAME": "pbx", "WIZARD_DOMAIN": "acme.example",
+        "WIZARD_FQDN": "pbx.acme.example", "WIZARD_INTERFACE": "eth0",
+        "WIZARD_IP_ADDRESS": "192.168.50.10", "WIZARD_NETMASK": "255.255.255.0",
+        "WIZARD_GATEWAY": "192.168.50.1", "WIZARD_NAMESERVERS": "192.168.50.2 9.9.9.9",
+        "WIZARD_TIMEZONE": "Europe/Paris", "WIZARD_LANGUAGE": "fr_FR",
+        "WIZARD_ENTITY_NAME": "Acme Telecom", "WIZARD_RUN_ID": result.run_id,
+        "WIZARD_ROOT": str(root),
+    }
+    assert config.admin_password.get_secret_value() not in "\n".join(lines)
+
+
+def test_no_inherited_descriptors_and_stdin_at_eof(config: WizardConfig, root: Path) -> None:
+    """The script holds none of the runner's files open, and reading stdin ends at once."""
+    add_script(root, "10-fds", 'for fd in /proc/$$/fd/*; do readlink "$fd"; done\n'
+                               'if read -r line; then echo "got $line"; else echo "eof"; fi')
+    result = run(config, root)
+    tail = scripts(result)["10-fds"]["output_tail"]
+    assert "wizard-runner" not in tail.replace(str(root / "etc/xivo/wizard.d"), "")
+    assert tail.splitlines()[-1] == "eof"
+    assert scripts(result)["10-fds"]["duration_s"] < 5
+
+
+def test_ascii_order_and_skips(config: WizardConfig, root: Path) -> None:
+    """Scripts run in byte order, whatever their names; skipped entries say why."""
+    log = root / "order"
+    log.touch()
+    log.chmod(0o666)
+    for name in ("b", "B", "a-1", "10-x.sh", "9", "Z_z", "_under"):
+        add_script(root, name, f'echo {name} >> {log}')
+    add_script(root, "README", "exit 1", mode=0o644)
+    add_script(root, ".hidden", "exit 1")
+    add_script(root, "old~", "exit 1")
+    add_script(root, "x.dpkg-old", "exit 1")
+    (root / "etc/xivo/wizard.d/subdir").mkdir()
+    result = run(config, root)
+    assert result.status is RunStatus.SUCCEEDED
+    assert log.read_text().split() == ["10-x.sh", "9", "B", "Z_z", "_under", "a-1", "b"]
+    reasons = {n: s["reason"] for n, s in scripts(result).items() if s["status"] == "skipped"}
+    assert reasons == {
+        ".hidden": "hidden name",
+        "README": "not executable (no execute bit)",
+        "old~": "package or editor leftover",
+        "subdir": "a directory",
+        "x.dpkg-old": "package or editor leftover",
+    }
+
+
+@pytest.mark.parametrize("code", [1, 2, 127, 255])
+def test_first_failure_stops_the_rest(config: WizardConfig, root: Path, code: int) -> None:
+    """A non-zero exit fails the run (exit 1); later scripts are not run."""
+    add_script(root, "10-ok", "echo fine")
+    add_script(root, "20-bad", f"echo 'cannot reach provd' >&2; exit {code}")
+    add_script(root, "30-later", "touch /tmp/should-not-exist-$WIZARD_RUN_ID")
+    result = run(config, root)
+    assert result.status is RunStatus.FAILED
+    assert result.exit_code == 1
+    found = scripts(result)
+    assert [found[n]["status"] for n in ("10-ok", "20-bad", "30-later")] == [
+        "succeeded", "failed", "not_run"
+    ]
+    assert found["20-bad"]["exit_code"] == code
+    assert found["30-later"]["reason"] == "not run: 20-bad failed"
+    assert result.error is not None
+    assert result.error.startswith(f"script 20-bad failed: exited with {code}")
+    assert "cannot reach provd" in result.error
+    assert not Path(f"/tmp/should-not-exist-{result.run_id}").exists()
+    events = [json.loads(line) for line in
+              (root / "var/log/wizard-runner/wizard-runner.log").read_text().splitlines()]
+    assert any(e["event"] == "script_output" and e["line"] == "cannot reach provd"
+               and e["stream"] == "stderr" and e["script"] == "20-bad" for e in events)
+    per_script = root / "var/log/wizard-runner" / result.run_id / "20-bad.log"
+    assert per_script.read_text() == "stderr: cannot reach provd\n"
+
+
+@pytest.mark.parametrize("sig", ["KILL", "SEGV", "TERM"])
+def test_death_by_signal(config: WizardConfig, root: Path, sig: str) -> None:
+    """A script killed by a signal is a failure naming the signal."""
+    add_script(root, "10-dies", f"kill -{sig} $$")
+    found = scripts(run(config, root))["10-dies"]
+    assert found["status"] == "failed"
+    assert found["signal"] == f"SIG{sig}"
+    assert found["exit_code"] is None
+    assert found["reason"] == f"killed by SIG{sig}"
+
+
+def test_exec_failure_without_shebang(config: WizardConfig, root: Path) -> None:
+    """A file without a #! line cannot be executed: a failure that says so."""
+    path = root / "etc/xivo/wizard.d/10-noshebang"
+    path.write_text("echo hello\n")
+    path.chmod(0o755)
+    found = scripts(run(config, root))["10-noshebang"]
+    assert found["status"] == "failed"
+    assert found["reason"] == "cannot execute: Exec format error (no #! line?)"
+
+
+def test_timeout_kills_the_whole_tree(config: WizardConfig, root: Path) -> None:
+    """A hang past the timeout is stopped, with its children; reported timed_out."""
+    marker = f"sleep 3{os.getpid() % 1000}1"
+    add_script(root, "10-hang", f"{marker} & {marker}")
+    started = time.monotonic()
+    found = scripts(run(config, root, timeout=1.0))["10-hang"]
+    assert time.monotonic() - started < 10
+    assert found["status"] == "timed_out"
+    assert found["reason"] == "timed out after 1 s"
+    assert no_process_with(marker)
+
+
+def test_sigterm_ignored_still_killed(config: WizardConfig, root: Path) -> None:
+    """A script that ignores SIGTERM is killed after the grace period."""
+    add_script(root, "10-stubborn", "trap '' TERM; while :; do sleep 0.1; done")
+    started = time.monotonic()
+    found = scripts(run(config, root, timeout=1.0))["10-stubborn"]
+    assert found["status"] == "timed_out"
+    assert time.monotonic() - started < 15
+
+
+def test_leftover_holding_stdout_is_killed_and_logged(config: WizardConfig, root: Path) -> None:
+    """`sleep 1000 &` keeps stdout open: the run still ends quickly, the sleeper is killed."""
+    marker = f"sleep 1{os.getpid() % 1000}7"
+    add_script(root, "10-bg", f"{marker} & echo started")
+    add_script(root, "20-next", "echo next")
+    started = time.monotonic()
+    result = run(config, root)
+    assert time.monotonic() - started < 10
+    found = scripts(result)
+    assert found["10-bg"]["status"] == "succeeded"
+    assert found["20-next"]["status"] == "succeeded"
+    assert len(found["10-bg"]["leftovers"]) == 1
+    assert found["10-bg"]["leftovers"][0].endswith(marker)
+    assert no_process_with(marker)
+
+
+def test_double_forked_daemon_is_killed(config: WizardConfig, root: Path) -> None:
+    """A daemon that double-forks into its own session is found by its run id and killed."""
+    marker = f"sleep 2{os.getpid() % 1000}3"
+    add_script(root, "10-daemon", f"setsid sh -c '{marker} & wait' > /dev/null 2>&1 < /dev/null &"
+               "\nsleep 0.2; echo done")
+    result = run(config, root)
+    assert scripts(result)["10-daemon"]["status"] == "succeeded"
+    assert any(marker in leftover for leftover in scripts(result)["10-daemon"]["leftovers"])
+    assert no_process_with(marker)
+
+
+def test_200_sleepers_are_all_killed(config: WizardConfig, root: Path) -> None:
+    """A script that forks 200 sleepers leaves none behind."""
+    marker = f"sleep 4{os.getpid() % 1000}9"
+    add_script(root, "10-forks", f"i=0; while [ $i -lt 200 ]; do {marker} & i=$((i+1)); done")
+    result = run(config, root)
+    assert len(scripts(result)["10-forks"]["leftovers"]) == 200
+    assert no_process_with(marker)
+
+
+def test_invalid_utf8_and_long_lines(config: WizardConfig, root: Path) -> None:
+    """Bytes that are not UTF-8 are shown escaped; a line without newline still arrives."""
+    add_script(root, "10-bin", r"printf 'caf\351 ok\n\377\376 end'")
+    found = scripts(run(config, root))["10-bin"]
+    assert found["status"] == "succeeded"
+    assert found["output_tail"] == "caf\\xe9 ok\n\\xff\\xfe end"
+
+
+def test_output_is_capped_and_tail_kept(config: WizardConfig, root: Path) -> None:
+    """A chatty script's log stops at the cap with a notice; the tail holds the last lines."""
+    add_script(root, "10-chatty", "seq 1 200000")
+    result = run(config, root)
+    found = scripts(result)["10-chatty"]
+    assert found["output_tail"].splitlines()[-1] == "200000"
+    assert len(found["output_tail"]) <= 4096
+    per_script = (root / "var/log/wizard-runner" / result.run_id / "10-chatty.log").read_text()
+    assert per_script.startswith("stdout: 1\nstdout: 2\n")
+    assert per_script.endswith("stdout: 200000\n")
+
+
+def test_script_deleting_itself_and_wizard_d(config: WizardConfig, root: Path) -> None:
+    """A script that removes itself and wizard.d does not confuse the runner."""
+    if not ROOT:
+        pytest.skip("needs root: the directory belongs to root, the script runs as www-data")
+    wizard_d = root / "etc/xivo/wizard.d"
+    wizard_d.chmod(0o775)
+    os.chown(wizard_d, 0, 33)
+    add_script(root, "10-vanish", 'rm -f "$0"; echo gone')
+    add_script(root, "20-after", "echo after")
+    result = run(config, root)
+    found = scripts(result)
+    assert found["10-vanish"]["status"] == "succeeded"
+    assert found["20-after"]["status"] == "succeeded"
+
+
+def test_missing_wizard_d_is_exit_66(config: WizardConfig, root: Path) -> None:
+    """run_scripts with no wizard.d: an error naming the path, exit 66, nothing runs."""
+    shutil.rmtree(root / "etc/xivo/wizard.d")
+    result = run(config, root)
+    assert result.status is RunStatus.FAILED
+    assert result.exit_code == 66
+    assert result.error == (f"{root}/etc/xivo/wizard.d: the scripts directory does not exist "
+                            "(run_scripts is true)")
+
+
+def test_empty_wizard_d_succeeds(config: WizardConfig, root: Path) -> None:
+    """An empty wizard.d is a success with no scripts."""
+    result = run(config, root)
+    assert result.status is RunStatus.SUCCEEDED
+    assert result.scripts == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(lambda d: (d / "10-a").chmod(0o757), "10-a is writable by others (mode 0757)",
+                     id="world-writable-script"),
+        pytest.param(lambda d: d.chmod(0o757), "wizard.d is writable by others (mode 0757)",
+                     id="world-writable-dir"),
+        pytest.param(lambda d: os.chown(d / "10-a", 4242, 4242), "10-a is owned by 4242",
+                     id="foreign-owner"),
+    ],
+)
+def test_unsafe_permissions_refuse_the_step(
+    config: WizardConfig, root: Path, change: Any, message: str
+) -> None:
+    """Unsafe permissions stop the step before anything runs (exit 77), naming the file."""
+    if not ROOT and "owner" in message:
+        pytest.skip("needs root to chown")
+    add_script(root, "10-a", f"touch {root}/ran")
+    change(root / "etc/xivo/wizard.d")
+    result = run(config, root)
+    assert result.exit_code == 77
+    assert result.error is not None
+    assert message in result.error
+    assert not (root / "ran").exists()
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to own a file www-data cannot execute")
+def test_not_executable_by_the_user_fails_in_place(config: WizardConfig, root: Path) -> None:
+    """A root-only 0700 script fails at its place in the order, saying why."""
+    add_script(root, "10-ok", "echo ok")
+    add_script(root, "20-private", "echo secret", mode=0o700)
+    add_script(root, "30-later", "echo later")
+    found = scripts(run(config, root))
+    assert found["10-ok"]["status"] == "succeeded"
+    assert found["20-private"]["status"] == "failed"
+    assert found["20-private"]["reason"] == (
+        "has an execute bit, but www-data cannot execute it (mode 0700, owner root)"
+    )
+    assert found["30-later"]["status"] == "not_run"
+
+
+def test_other_user_needs_root(
+    config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not root and asked for another user: exit 77, saying to run as root or pass --user."""
+    monkeypatch.setattr("wizard_runner.runuser.os.geteuid", lambda: 4242)
+    add_script(root, "10-a", "true")
+    result = run(config, root, user="www-data")
+    assert result.exit_code == 77
+    assert result.error is not None
+    assert "needs root" in result.error
+    assert "--user" in result.error
+    with pytest.raises(PrivilegeError):
+        require_switch_allowed(resolve_user("www-data"))
+
+
+def test_from_and_resume(config: WizardConfig, root: Path) -> None:
+    """--from starts at a script; --resume starts where the last run failed."""
+    flag = root / "flag"
+    add_script(root, "10-a", "echo a")
+    add_script(root, "20-b", f'test -e {flag} || {{ echo "flag missing"; exit 4; }}')
+    add_script(root, "30-c", "echo c")
+    first = run(config, root)
+    assert scripts(first)["20-b"]["status"] == "failed"
+    flag.touch()
+    resumed = run(config, root, resume=True)
+    found = scripts(resumed)
+    assert [found[n]["status"] for n in ("10-a", "20-b", "30-c")] == [
+        "not_run", "succeeded", "succeeded"
+    ]
+    assert found["10-a"]["reason"] == "before --from 20-b"
+    started_late = scripts(run(config, root, start_at="30-c"))
+    assert started_late["20-b"]["status"] == "not_run"
+    missing = run(config, root, start_at="99-nope")
+    assert missing.exit_code == 2
+    assert missing.error == "--from 99-nope: no such script in wizard.d"
+    nothing = run(config, root, resume=True)
+    assert nothing.exit_code == 2
+    assert nothing.error is not None
+    assert "no script failed in the last run" in nothing.error
+
+
+def cli(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    """Start the console script."""
+    script = Path(sys.executable).parent / "wizard-runner"
+    return subprocess.Popen([str(script), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, **kwargs)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_to_the_runner_stops_the_script(
+    root: Path, signum: int, code: int
+) -> None:
+    """SIGTERM/SIGINT to the runner ends the running script's tree; the result says so."""
+    marker = f"sleep 5{os.getpid() % 1000}{signum}"
+    shared = root / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    ready = shared / "ready"
+    add_script(root, "10-slow", f"touch {ready}; {marker} & {marker}")
+    add_script(root, "20-never", "echo never")
+    runner = cli("run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
+                 "--no-system-conf", "--scripts", "--user", USER, "--json")
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists()
+    runner.send_signal(signum)
+    stdout, _ = runner.communicate(timeout=30)
+    assert runner.returncode == code
+    result = json.loads(stdout)
+    assert result["status"] == "interrupted"
+    found = {s["name"]: s for s in result["scripts"]}
+    assert found["10-slow"]["status"] == "failed"
+    assert found["10-slow"]["reason"].startswith("stopped: wizard-runner was interrupted")
+    assert found["20-never"]["status"] == "not_run"
+    assert no_process_with(marker)
+    stored = json.loads((root / "var/lib/wizard-runner/last-run.json").read_text())
+    assert stored["status"] == "interrupted"
+
+
+def test_saved_config_rerun_without_config(root: Path) -> None:
+    """A plain `wizard-runner run` reuses the last body, saved 0600 without the password."""
+    add_script(root, "10-a", "echo a")
+    first = cli("run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
+                "--no-system-conf", "--user", USER)
+    first.communicate(timeout=60)
+    assert first.returncode == 0
+    saved = root / "var/lib/wizard-runner/config.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert "admin_password" not in json.loads(saved.read_text())["config"]
+    assert "Sup3rSecret!" not in saved.read_text()
+    again = cli("run", "--root", str(root), "--no-system-conf", "--scripts", "--user", USER,
+                "--json")
+    stdout, _ = again.communicate(timeout=60)
+    assert again.returncode == 0
+    assert [s["status"] for s in json.loads(stdout)["scripts"]] == ["succeeded"]
+    (root / "var/lib/wizard-runner/config.json").unlink()
+    none = cli("run", "--root", str(root))
+    none.communicate(timeout=60)
+    assert none.returncode == 66
