@@ -126,7 +126,8 @@ def unsafe_problems(
     if directory.mode & stat.S_IWOTH:
         problems.append(f"wizard.d is writable by others (mode {mode:04o})")
     if directory.uid not in trusted:
-        problems.append(f"wizard.d is owned by {user_name(directory.uid)}, not root")
+        problems.append(f"wizard.d is owned by {user_name(directory.uid)} (mode {mode:04o}), "
+                        f"not root or {user.name}")
     if not may_search(directory.mode, directory.uid, directory.gid, user):
         problems.append(f"{user.name} cannot enter wizard.d (mode {mode:04o})")
     for decision in decisions:
@@ -139,7 +140,8 @@ def unsafe_problems(
             )
         if entry.uid not in trusted:
             problems.append(
-                f"{decision.name} is owned by {user_name(entry.uid)}, not root or {user.name}"
+                f"{decision.name} is owned by {user_name(entry.uid)} "
+                f"(mode {stat.S_IMODE(entry.mode):04o}), not root or {user.name}"
             )
     return problems
 

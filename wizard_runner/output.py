@@ -32,8 +32,11 @@ class LineSplitter:
             end = self._pending.find(b"\n")
             if end < 0:
                 break
-            lines.append(bytes(self._pending[:end]))
+            line = bytes(self._pending[:end])
             del self._pending[: end + 1]
+            lines += [line[at : at + self.max_line] for at in range(0, len(line), self.max_line)]
+            if not line:
+                lines.append(line)
         while len(self._pending) >= self.max_line:
             lines.append(bytes(self._pending[: self.max_line]))
             del self._pending[: self.max_line]
@@ -69,28 +72,29 @@ class OutputRecord:
         if self.truncated:
             return False
         entry = f"{stream}: {line}\n"
-        if self.written + len(entry) > self.cap:
+        size = len(entry.encode("utf-8"))
+        if self.written + size > self.cap:
             self.truncated = True
             if self._file is not None:
                 self._file.write(f"[wizard-runner: output truncated after {self.cap} bytes; "
                                  "the last lines are in the result's output_tail]\n")
             return False
-        self.written += len(entry)
+        self.written += size
         if self._file is not None:
             self._file.write(entry)
         return True
 
     def _remember(self, line: str) -> None:
         self._tail.append(line)
-        self._tail_size += len(line) + 1
+        self._tail_size += len(line.encode("utf-8")) + 1
         while self._tail_size > self.tail_limit and len(self._tail) > 1:
-            self._tail_size -= len(self._tail.popleft()) + 1
+            self._tail_size -= len(self._tail.popleft().encode("utf-8")) + 1
 
     @property
     def tail(self) -> str:
         """The last lines of output, at most about TAIL_BYTES."""
-        text = "\n".join(self._tail)
-        return text[-self.tail_limit :]
+        data = "\n".join(self._tail).encode("utf-8")[-self.tail_limit :]
+        return data.decode("utf-8", "ignore")  # a cut may split one character
 
     def close(self) -> None:
         """Flush and close the log file."""
