@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
+import logging
+import os
+import pwd
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import wizard_runner
 from tests.conftest import EXAMPLES, snapshot
 from wizard_runner import api
 from wizard_runner.fsio import RunLock
@@ -41,18 +44,55 @@ def test_validate_raises_with_problems(body: dict[str, Any]) -> None:
 
 @pytest.mark.processes
 def test_run_returns_the_result_and_keeps_signal_handlers(
-    body: dict[str, Any], sandbox: Path
+    body: dict[str, Any], sandbox: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """api.run applies the body, returns the stored result, and leaves signals alone."""
+    """api.run applies the body, returns the stored result, logs to `logging`, keeps signals."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    logs = io.StringIO()
-    result = api.run(body, root=sandbox, log_stream=logs)
+    caplog.set_level(logging.INFO, logger="wizard_runner")
+    result = wizard_runner.run(body, root=sandbox)
     assert result.status is api.RunStatus.SUCCEEDED
     assert result.exit_code == 0
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
     stored = json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text())
     assert stored == result.to_dict()
-    assert all(json.loads(line)["run_id"] == result.run_id for line in logs.getvalue().splitlines())
+    written = [r for r in caplog.records if r.getMessage().startswith("file_written")]
+    assert [r.__dict__["path"] for r in written] == [
+        f["path"] for f in stored["system_conf"]["files"]
+    ]
+    assert all(r.__dict__["run_id"] == result.run_id for r in caplog.records)
+    assert "Sup3rSecret!" not in caplog.text
+
+
+@pytest.mark.processes
+def test_script_failure_raises_with_details(body: dict[str, Any], sandbox: Path) -> None:
+    """A failed script raises ScriptFailed with its name, exit code, output and the result."""
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    script = wizard_d / "20-provision"
+    script.write_text("#!/bin/sh\necho 'provd unreachable' >&2\nexit 3\n")
+    script.chmod(0o755)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    with pytest.raises(api.ScriptFailed) as caught:
+        api.run(body, root=sandbox, run_scripts=True, handle_system_conf=False, user=user)
+    failure = caught.value
+    assert (failure.script, failure.script_exit_code, failure.status) == ("20-provision", 3,
+                                                                          "failed")
+    assert failure.output_tail == "provd unreachable"
+    assert failure.exit_code == 1
+    assert failure.result.status is api.RunStatus.FAILED
+    unchecked = api.run(body, root=sandbox, run_scripts=True, handle_system_conf=False,
+                        user=user, check=False)
+    assert unchecked.exit_code == 1
+
+
+@pytest.mark.processes
+def test_missing_wizard_d_raises(body: dict[str, Any], sandbox: Path) -> None:
+    """run_scripts without wizard.d raises ScriptsDirMissing (exit 66)."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    with pytest.raises(api.ScriptsDirMissing) as caught:
+        api.run(body, root=sandbox, run_scripts=True, user=user)
+    assert caught.value.exit_code == 66
+    assert "wizard.d: the scripts directory does not exist" in str(caught.value)
 
 
 @pytest.mark.processes

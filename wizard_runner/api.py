@@ -1,18 +1,31 @@
 """What xivo-confd imports: validate a wizard body, preview it, run it.
 
+    import wizard_runner
     from wizard_runner import api
-    config = api.validate(body)          # raises api.ConfigError listing every problem
-    result = api.run(body, root="/")     # a RunResult; result.exit_code as the CLI would exit
+
+    config = api.validate(body)              # raises api.InvalidConfig listing every problem
+    try:
+        result = wizard_runner.run(body)     # an api.RunResult, also stored as last-run.json
+    except api.ScriptFailed as failure:
+        log.error("%s failed (exit %s): %s", failure.script, failure.script_exit_code,
+                  failure.output_tail)
+
+Embedded, every event goes to the standard logger `wizard_runner` (so confd's handlers get them)
+as well as to the run's JSON-lines log file. Signal handlers are left alone.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import Any
 
 from wizard_runner.config import LANGUAGES, WizardConfig, config_from_data, parse_config
 from wizard_runner.errors import (
+    EXIT_CANT_APPLY,
+    EXIT_NO_INPUT,
+    EXIT_PRIVILEGES,
     ApplyError,
     ConfigError,
     LockedError,
@@ -23,30 +36,88 @@ from wizard_runner.errors import (
 from wizard_runner.log import quiet_logger
 from wizard_runner.result import RunResult, RunStatus
 from wizard_runner.runner import Preview, RunOptions, execute, preview
+from wizard_runner.runuser import DEFAULT_USER
+from wizard_runner.scripts import DEFAULT_TIMEOUT
 
 Body = Mapping[str, Any] | str | bytes | WizardConfig
+LOGGER = logging.getLogger("wizard_runner")
+
+
+class RunFailedError(WizardRunnerError):
+    """A run that started but did not succeed; `result` is the stored result."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(result.error or f"the run {result.status.value}")
+        self.result = result
+        self.exit_code = result.exit_code
+
+
+class ScriptFailedError(RunFailedError):
+    """A script of wizard.d failed: its name, exit code or signal, and last output."""
+
+    def __init__(self, result: RunResult, script: dict[str, Any]) -> None:
+        super().__init__(result)
+        self.script: str = script["name"]
+        self.script_exit_code: int | None = script["exit_code"]
+        self.signal: str | None = script["signal"]
+        self.status: str = script["status"]
+        self.output_tail: str = script["output_tail"]
+
+
+class ScriptsDirMissingError(RunFailedError):
+    """run_scripts was true but wizard.d does not exist (exit 66)."""
+
+
+class SystemFilesError(RunFailedError):
+    """The system files could not be applied; nothing was left half-written (exit 73)."""
+
+
+class NotAllowedError(RunFailedError):
+    """Insufficient privileges or unsafe permissions on wizard.d (exit 77)."""
+
+
+class StoppedError(RunFailedError):
+    """The run was stopped by SIGTERM or SIGINT (exit 143 or 130)."""
+
+
+# The names the integration guide uses.
+InvalidConfig = ConfigError
+ScriptFailed = ScriptFailedError
+ScriptsDirMissing = ScriptsDirMissingError
+SystemFilesNotApplied = SystemFilesError
+NotAllowed = NotAllowedError
+Interrupted = StoppedError
+RunFailed = RunFailedError
 
 __all__ = [
     "LANGUAGES",
     "ApplyError",
     "Body",
     "ConfigError",
+    "Interrupted",
+    "InvalidConfig",
     "LockedError",
+    "NotAllowed",
     "Preview",
     "PrivilegeError",
+    "RunFailed",
     "RunResult",
     "RunStatus",
+    "ScriptFailed",
+    "ScriptsDirMissing",
+    "SystemFilesNotApplied",
     "UsageError",
     "WizardConfig",
     "WizardRunnerError",
     "dry_run",
+    "raise_for_result",
     "run",
     "validate",
 ]
 
 
 def validate(body: Body) -> WizardConfig:
-    """Validate a wizard body (a dict, JSON text or bytes); raise ConfigError on any problem."""
+    """Validate a wizard body (a dict, JSON text or bytes); raise InvalidConfig on any problem."""
     if isinstance(body, WizardConfig):
         return body
     if isinstance(body, str | bytes):
@@ -54,28 +125,59 @@ def validate(body: Body) -> WizardConfig:
     return config_from_data(body)
 
 
+def raise_for_result(result: RunResult) -> RunResult:
+    """Return a successful result; raise the exception that matches a failed one."""
+    if result.status is RunStatus.SUCCEEDED:
+        return result
+    if result.status is RunStatus.INTERRUPTED:
+        raise StoppedError(result)
+    failed = next((s for s in result.scripts if s["status"] in {"failed", "timed_out"}), None)
+    if failed is not None and result.exit_code == 1:
+        raise ScriptFailedError(result, failed)
+    by_code: dict[int, type[RunFailedError]] = {
+        EXIT_NO_INPUT: ScriptsDirMissingError,
+        EXIT_CANT_APPLY: SystemFilesError,
+        EXIT_PRIVILEGES: NotAllowedError,
+    }
+    raise by_code.get(result.exit_code, RunFailedError)(result)
+
+
 def run(
     body: Body,
     *,
     root: str | os.PathLike[str] = "/",
     handle_system_conf: bool | None = None,
+    run_scripts: bool | None = None,
+    user: str = DEFAULT_USER,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    start_at: str | None = None,
+    resume: bool = False,
     replace_symlinks: bool = False,
     apply_network: bool = False,
-    log_stream: TextIO | None = None,
+    check: bool = True,
+    logger: logging.Logger | None = None,
 ) -> RunResult:
     """Validate and carry out a wizard body; the result is also stored as last-run.json.
 
-    Raises ConfigError before anything is written, LockedError when another run is going on,
-    PrivilegeError when not allowed; any later failure is in the returned result.
+    Raises InvalidConfig before anything is written, LockedError when another run is going
+    on, PrivilegeError when not allowed to start. With `check` (the default) a failed run
+    raises the matching RunFailed subclass (ScriptFailed, ScriptsDirMissing, ...) carrying the
+    result; without it, the result is returned whatever its status.
     """
     config = validate(body)
     options = RunOptions(
         root=root,
         handle_system_conf=handle_system_conf,
+        run_scripts=run_scripts,
+        user=user,
+        timeout=timeout,
+        start_at=start_at,
+        resume=resume,
         replace_symlinks=replace_symlinks,
         apply_network=apply_network,
     )
-    return execute(config, options, stream=log_stream, json_logs=True)
+    result = execute(config, options, logger=logger or LOGGER)
+    return raise_for_result(result) if check else result
 
 
 def dry_run(

@@ -102,6 +102,45 @@ def make_logger(
     return logger.bind(**context) if context else logger
 
 
+#: Attributes of logging.LogRecord that an event's fields must not overwrite.
+_RECORD_ATTRIBUTES: Final = frozenset(
+    logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None).__dict__
+) | {"message", "asctime"}
+
+
+def _to_stdlib(_logger: WrappedLogger, _method: str, event: EventDict) -> dict[str, Any]:
+    """Hand the event to a standard logging.Logger: the name as message, fields as `extra`."""
+    message = str(event.pop("event", ""))
+    extra = {(f"wr_{k}" if k in _RECORD_ATTRIBUTES else k): v for k, v in event.items()}
+    fields = " ".join(f"{k}={v!r}" for k, v in event.items()
+                      if k not in {"level", "timestamp"})
+    return {"msg": f"{message} {fields}".strip(), "extra": extra}
+
+
+def stdlib_logger(
+    target: logging.Logger,
+    *,
+    log_file: TextIO | None = None,
+    **context: Any,
+) -> FilteringBoundLogger:
+    """A logger that sends every event to a standard `logging.Logger` (confd's handlers)."""
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    if log_file is not None:
+        processors.append(JsonLinesFile(log_file))
+    processors.append(_to_stdlib)
+    logger: FilteringBoundLogger = structlog.wrap_logger(
+        target,
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        context_class=dict,
+    )
+    return logger.bind(**context) if context else logger
+
+
 def quiet_logger() -> FilteringBoundLogger:
     """A logger that shows nothing (ReturnLogger only hands the line back), for API callers."""
     logger: FilteringBoundLogger = structlog.wrap_logger(

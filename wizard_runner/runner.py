@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from wizard_runner.errors import (
 )
 from wizard_runner.fsio import Ownership, RunLock, atomic_replace, ensure_dir
 from wizard_runner.layout import Layout
-from wizard_runner.log import make_logger, open_log_file
+from wizard_runner.log import make_logger, open_log_file, stdlib_logger
 from wizard_runner.result import (
     FileAction,
     FileOutcome,
@@ -266,11 +267,14 @@ def execute(
     stream: TextIO | None = None,
     json_logs: bool | None = None,
     stream_level: int | None = None,
+    logger: logging.Logger | None = None,
 ) -> RunResult:
     """Carry out the wizard body under the lock and return (and store) the result.
 
     Raises LockedError or PrivilegeError when the run cannot start; every other failure is
-    reported in the returned result, whose `exit_code` is what the CLI exits with.
+    reported in the returned result, whose `exit_code` is what the CLI exits with. Events go
+    to `logger` (a standard logging.Logger) when given, else to `stream`, and always to the
+    run's JSON-lines log file.
     """
     options = options or RunOptions()
     layout = Layout.under(options.root)
@@ -285,8 +289,11 @@ def execute(
         except PermissionError as error:
             raise PrivilegeError(f"{layout.log_file}: cannot open: {error.strerror}") from error
         with log_handle:
-            log = make_logger(stream or sys.stderr, json_lines=json_logs, log_file=log_handle,
-                              stream_level=stream_level, run_id=run_id)
+            if logger is not None:
+                log = stdlib_logger(logger, log_file=log_handle, run_id=run_id)
+            else:
+                log = make_logger(stream or sys.stderr, json_lines=json_logs,
+                                  log_file=log_handle, stream_level=stream_level, run_id=run_id)
             return _run_locked(config=config, options=options, layout=layout, run_id=run_id,
                                started=started, log=log)
 
