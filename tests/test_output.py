@@ -209,23 +209,42 @@ def test_shown_line_escapes_invalid_utf8(raw: bytes, text: str) -> None:
     assert shown_line(raw) == text
 
 
+CONTROL = set(range(0x20)) - {0x09} | {0x7F}
+
+
 @given(st.binary(max_size=64))
 def test_shown_line_never_fails_and_is_writable(raw: bytes) -> None:
-    """Any bytes give text that encodes back to strict UTF-8, so the log can always take it."""
+    """Any bytes give printable text that encodes back to strict UTF-8."""
     text = shown_line(raw)
     text.encode("utf-8")
+    assert not any(ord(char) in CONTROL for char in text)
     try:
         expected = raw.decode("utf-8")
     except UnicodeDecodeError:
         assert "\\x" in text
     else:
-        assert text == expected
+        if not any(ord(char) in CONTROL for char in expected):
+            assert text == expected
 
 
-@given(st.text(max_size=64))
+@given(st.text(max_size=64).filter(lambda t: not any(ord(c) in CONTROL for c in t)))
 def test_shown_line_keeps_valid_text(text: str) -> None:
-    """Text that was valid UTF-8 comes back unchanged."""
+    """Valid UTF-8 without control characters comes back unchanged."""
     assert shown_line(text.encode("utf-8")) == text
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        pytest.param(b"\x1b[2Jclear", "\\x1b[2Jclear", id="escape"),
+        pytest.param(b"over\rwrite", "over\\x0dwrite", id="carriage-return"),
+        pytest.param(b"nul\x00byte", "nul\\x00byte", id="nul"),
+        pytest.param(b"tab\there", "tab\there", id="tab-kept"),
+    ],
+)
+def test_shown_line_escapes_control_characters(raw: bytes, text: str) -> None:
+    """Control characters cannot drive the admin's terminal: they are shown escaped."""
+    assert shown_line(raw) == text
 
 
 def test_long_terminated_line_is_cut_too() -> None:

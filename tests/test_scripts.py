@@ -443,3 +443,155 @@ def test_saved_config_rerun_without_config(root: Path) -> None:
     none = cli("run", "--root", str(root))
     none.communicate(timeout=60)
     assert none.returncode == 66
+
+
+def run_cli(root: Path, *extra: str, timeout: float = 60, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    """Run the console script on `root` (scripts only) and return its exit code and result."""
+    runner = cli("run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
+                 "--no-system-conf", "--scripts", "--user", USER, "--json", *extra, **kwargs)
+    stdout, _ = runner.communicate(timeout=timeout)
+    return runner.returncode, json.loads(stdout) if stdout.strip() else {}
+
+
+def test_timeout_applies_after_the_output_is_closed(config: WizardConfig, root: Path) -> None:
+    """A script that closes its output and hangs still times out."""
+    marker = f"sleep 6{os.getpid() % 1000}1"
+    add_script(root, "10-quiet", f"exec >/dev/null 2>&1\n{marker}")
+    started = time.monotonic()
+    found = scripts(run(config, root, timeout=1.0))["10-quiet"]
+    assert time.monotonic() - started < 10
+    assert found["status"] == "timed_out"
+    assert no_process_with(marker)
+
+
+@pytest.mark.parametrize(
+    "launch",
+    [
+        pytest.param("setsid env -i {marker} &", id="holding-stdout"),
+        pytest.param("setsid env -i {marker} >/dev/null 2>&1 </dev/null &", id="detached"),
+    ],
+)
+def test_daemon_that_clears_its_environment_is_killed(root: Path, launch: str) -> None:
+    """A daemon that leaves the session and drops WIZARD_RUN_ID is still found and killed."""
+    marker = f"sleep 7{os.getpid() % 1000}{len(launch)}"
+    add_script(root, "10-daemon", "echo start\n" + launch.format(marker=marker) + "\nsleep 0.2")
+    started = time.monotonic()
+    code, result = run_cli(root, "--timeout", "20")
+    assert time.monotonic() - started < 15
+    assert code == 0
+    leftovers = result["scripts"][0]["leftovers"]
+    assert any(marker in leftover for leftover in leftovers), leftovers
+    assert no_process_with(marker)
+
+
+def test_second_signal_does_not_cut_the_clean_up(root: Path) -> None:
+    """SIGTERM then SIGINT: the tree is still stopped and the script is in the result."""
+    marker = f"sleep 8{os.getpid() % 1000}1"
+    shared = root / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    ready = shared / "ready"
+    add_script(root, "10-stubborn", f"trap '' TERM; setsid {marker} & touch {ready}\n"
+               "while :; do sleep 0.2; done")
+    runner = cli("run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
+                 "--no-system-conf", "--scripts", "--user", USER, "--json")
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    runner.send_signal(signal.SIGINT)
+    stdout, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 143
+    result = json.loads(stdout)
+    assert [s["name"] for s in result["scripts"]] == ["10-stubborn"]
+    assert result["status"] == "interrupted"
+    assert no_process_with(marker)
+    assert no_process_with("10-stubborn")
+
+
+def test_closed_stderr_does_not_break_the_run(root: Path) -> None:
+    """With stderr a closed pipe, the run still finishes, stores its result and cleans up."""
+    add_script(root, "10-talks", "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); done")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    runner = subprocess.Popen(
+        [str(Path(sys.executable).parent / "wizard-runner"), "run", "--config",
+         str(EXAMPLES / "wizard.json"), "--root", str(root), "--no-system-conf", "--scripts",
+         "--user", USER, "--json"],
+        stdout=subprocess.PIPE, stderr=write_end, text=True,
+    )
+    os.close(write_end)
+    stdout, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 0
+    assert json.loads(stdout)["status"] == "succeeded"
+    stored = json.loads((root / "var/lib/wizard-runner/last-run.json").read_text())
+    assert stored["scripts"][0]["output_tail"].endswith("line 299")
+
+
+def test_chatty_script_cannot_flood_the_main_log(config: WizardConfig, root: Path) -> None:
+    """Past a cap, output lines stay in the script's own log, not the main JSON log."""
+    add_script(root, "10-flood", "yes | head -n 300000")
+    result = run(config, root)
+    main_log = root / "var/log/wizard-runner/wizard-runner.log"
+    assert main_log.stat().st_size < 2 * 1024 * 1024
+    events = [json.loads(line) for line in main_log.read_text().splitlines()]
+    assert any(e["event"] == "script_output_not_logged" for e in events)
+    per_script = root / "var/log/wizard-runner" / result.run_id / "10-flood.log"
+    assert per_script.read_text().count("stdout: y\n") == 300000
+
+
+def group_writable(path: Path, gid: int) -> None:
+    """Give `path` to group `gid` (root stays owner) and let that group write it."""
+    os.chown(path, 0, gid)
+    path.chmod(0o775)
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to set a foreign group")
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(lambda r: group_writable(r / "etc/xivo/wizard.d/10-a", 100),
+                     "10-a is writable by group users (mode 0775)", id="group-writable-script"),
+        pytest.param(lambda r: (r / "etc/xivo").chmod(0o777),
+                     "/etc/xivo is writable by others (mode 0777)", id="parent-writable"),
+    ],
+)
+def test_writable_by_strangers_refuses(config: WizardConfig, root: Path, change: Any,
+                                       message: str) -> None:
+    """A script or a parent directory that someone else could change refuses the step."""
+    add_script(root, "10-a", f"touch {root}/ran")
+    change(root)
+    result = run(config, root)
+    assert result.exit_code == 77
+    assert result.error is not None
+    assert message in result.error
+    assert not (root / "ran").exists()
+
+
+def test_stopped_script_still_times_out(config: WizardConfig, root: Path) -> None:
+    """A script that stopped itself (SIGSTOP) is continued so that SIGTERM ends it in time."""
+    add_script(root, "10-stopped", "kill -STOP $$; echo resumed")
+    started = time.monotonic()
+    found = scripts(run(config, root, timeout=1.0))["10-stopped"]
+    assert found["status"] == "timed_out"
+    assert time.monotonic() - started < 4
+
+
+def test_missing_interpreter_is_explained(config: WizardConfig, root: Path) -> None:
+    """A #! line naming a program that is not installed says so."""
+    path = root / "etc/xivo/wizard.d/10-php"
+    path.write_text("#!/nonexistent/php\n")
+    path.chmod(0o755)
+    found = scripts(run(config, root))["10-php"]
+    assert found["reason"] == (
+        "cannot execute: No such file or directory (is the #! interpreter installed?)"
+    )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "abc"])
+def test_bad_timeout_is_a_usage_error(root: Path, value: str) -> None:
+    """--timeout must be 0 or a finite positive number."""
+    runner = cli("run", "--root", str(root), "--timeout", value)
+    runner.communicate(timeout=30)
+    assert runner.returncode == 2

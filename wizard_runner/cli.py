@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, cast
 
 from wizard_runner import __version__
 from wizard_runner.config import MAX_CONFIG_BYTES, WizardConfig, parse_config
@@ -21,7 +22,7 @@ from wizard_runner.errors import (
     WizardRunnerError,
 )
 from wizard_runner.layout import Layout
-from wizard_runner.log import make_logger
+from wizard_runner.log import SafeStream, make_logger
 from wizard_runner.procs import become_subreaper
 from wizard_runner.result import RunResult
 from wizard_runner.runner import (
@@ -50,8 +51,8 @@ def _timeout(text: str) -> float | None:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 (no limit) or more")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (no limit) or a positive number")
     return value or None
 
 
@@ -263,8 +264,9 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
 
 def _list(args: argparse.Namespace, out: TextIO) -> int:
     user = resolve_user(args.user)
-    found = scan(Layout.under(args.root).wizard_d, user)
-    problems = unsafe_problems(found.itself, found.decisions, user)
+    layout = Layout.under(args.root)
+    found = scan(layout.wizard_d, user, top=layout.root)
+    problems = unsafe_problems(found.itself, found.decisions, user, found.parents)
     rows = [{"name": d.name, "action": d.verdict.value, "reason": d.reason}
             for d in found.decisions]
     if args.json:
@@ -324,7 +326,10 @@ def main(
     stderr: TextIO | None = None,
 ) -> int:
     """Run the command line and return the exit code."""
-    stdin, out, err = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
+    stdin = stdin or sys.stdin
+    # A closed pipe on stdout or stderr must not stop a run from finishing and cleaning up.
+    out = cast(TextIO, SafeStream(stdout or sys.stdout))
+    err = cast(TextIO, SafeStream(stderr or sys.stderr))
     args = build_parser().parse_args(argv)
     try:
         if args.command == "validate":

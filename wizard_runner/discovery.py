@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from wizard_runner.errors import EXIT_NO_INPUT, PrivilegeError, WizardRunnerError
-from wizard_runner.runuser import RunUser, may_execute, may_search, user_name
+from wizard_runner.runuser import RunUser, group_name, may_execute, may_search, user_name
 
 _LEFTOVER: Final = re.compile(
     r".*(~|\.dpkg-(old|dist|new|tmp)|\.ucf-(old|dist|new)|\.swp)\Z", re.DOTALL
@@ -116,15 +116,37 @@ def decide(entries: Sequence[Entry], user: RunUser) -> list[Decision]:
     return [decide_one(entry, user) for entry in ordered]
 
 
+def _writable_by_strangers(entry: Entry, user: RunUser) -> str | None:
+    """Who, besides root and the run user, could change this entry."""
+    if entry.mode & stat.S_IWOTH:
+        return "others"
+    if entry.mode & stat.S_IWGRP and entry.gid not in {0, user.gid}:
+        return f"group {group_name(entry.gid)}"
+    return None
+
+
+def _unsafe_parent(parent: Entry, user: RunUser) -> list[str]:
+    mode = stat.S_IMODE(parent.mode)
+    problems = []
+    if parent.uid not in {0, user.uid}:
+        problems.append(f"{parent.name} is owned by {user_name(parent.uid)} (mode {mode:04o})")
+    strangers = _writable_by_strangers(parent, user)
+    if strangers is not None and not parent.mode & stat.S_ISVTX:
+        problems.append(f"{parent.name} is writable by {strangers} (mode {mode:04o})")
+    return problems
+
+
 def unsafe_problems(
-    directory: Entry, decisions: Sequence[Decision], user: RunUser
+    directory: Entry, decisions: Sequence[Decision], user: RunUser,
+    parents: Sequence[Entry] = (),
 ) -> list[str]:
     """Why the step must not run at all: what others could change or the user cannot reach."""
-    problems = []
+    problems = [problem for parent in parents for problem in _unsafe_parent(parent, user)]
     trusted = {0, user.uid}
     mode = stat.S_IMODE(directory.mode)
-    if directory.mode & stat.S_IWOTH:
-        problems.append(f"wizard.d is writable by others (mode {mode:04o})")
+    strangers = _writable_by_strangers(directory, user)
+    if strangers is not None:
+        problems.append(f"wizard.d is writable by {strangers} (mode {mode:04o})")
     if directory.uid not in trusted:
         problems.append(f"wizard.d is owned by {user_name(directory.uid)} (mode {mode:04o}), "
                         f"not root or {user.name}")
@@ -134,9 +156,11 @@ def unsafe_problems(
         entry = decision.entry
         if decision.verdict is Verdict.SKIP or entry is None:
             continue
-        if entry.mode & stat.S_IWOTH:
+        strangers = _writable_by_strangers(entry, user)
+        if strangers is not None:
             problems.append(
-                f"{decision.name} is writable by others (mode {stat.S_IMODE(entry.mode):04o})"
+                f"{decision.name} is writable by {strangers} "
+                f"(mode {stat.S_IMODE(entry.mode):04o})"
             )
         if entry.uid not in trusted:
             problems.append(
@@ -173,10 +197,28 @@ class Scan:
     directory: Path
     itself: Entry
     decisions: tuple[Decision, ...]
+    parents: tuple[Entry, ...] = ()
 
 
-def scan(directory: Path, user: RunUser) -> Scan:
-    """Read wizard.d and decide every entry; a missing directory is an error naming it."""
+def _parents(directory: Path, top: Path | None) -> tuple[Entry, ...]:
+    """The directories above wizard.d, up to `top` (the run's root) included."""
+    if top is None:
+        return ()
+    found = []
+    for parent in directory.parents:
+        info = os.stat(parent)
+        found.append(Entry(str(parent), Kind.DIRECTORY, info.st_mode, info.st_uid, info.st_gid))
+        if parent in {top, parent.parent}:
+            break
+    return tuple(found)
+
+
+def scan(directory: Path, user: RunUser, top: Path | None = None) -> Scan:
+    """Read wizard.d and decide every entry; a missing directory is an error naming it.
+
+    With `top`, the directories from wizard.d's parent up to `top` are read too, for
+    `check_safe`: whoever can replace one of them can replace the scripts.
+    """
     try:
         info = os.stat(directory)
         names = os.listdir(directory)
@@ -190,12 +232,12 @@ def scan(directory: Path, user: RunUser) -> Scan:
         raise PrivilegeError(f"{directory}: cannot read: {error.strerror}") from error
     decisions = decide([_entry(directory, name) for name in names], user)
     itself = Entry(directory.name, Kind.DIRECTORY, info.st_mode, info.st_uid, info.st_gid)
-    return Scan(directory, itself, tuple(decisions))
+    return Scan(directory, itself, tuple(decisions), _parents(directory, top))
 
 
 def check_safe(found: Scan, user: RunUser) -> None:
     """Refuse the whole step (exit 77) when permissions make it unsafe, naming each problem."""
-    problems = unsafe_problems(found.itself, found.decisions, user)
+    problems = unsafe_problems(found.itself, found.decisions, user, found.parents)
     if problems:
         raise UnsafePermissionsError(
             f"refusing to run the scripts of {found.directory}: " + "; ".join(problems)

@@ -56,6 +56,39 @@ class _DropBelow:
         return event
 
 
+class SafeStream:
+    """A stream whose write errors (a closed pipe, a full disk) are ignored: logging must never
+    break a run, nor stop it from cleaning up and writing its result."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        """Write unless the stream already failed once."""
+        if not self.broken:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError):
+                self.broken = True
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush, ignoring the same errors."""
+        if not self.broken:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.broken = True
+
+    def isatty(self) -> bool:
+        """Whether the stream is a terminal."""
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+
 def open_log_file(path: Path) -> TextIO:
     """Open the JSON-lines log for appending (0640), creating its directory (0750)."""
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -94,7 +127,7 @@ def make_logger(
         processors.append(_DropBelow(stream_level))
     processors.append(renderer)
     logger: FilteringBoundLogger = structlog.wrap_logger(
-        structlog.PrintLogger(stream),
+        structlog.PrintLogger(SafeStream(stream)),  # type: ignore[arg-type]
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         context_class=dict,

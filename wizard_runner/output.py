@@ -12,9 +12,13 @@ TAIL_BYTES: Final = 4096
 DEFAULT_CAP: Final = 16 * 1024 * 1024
 
 
+# Control characters (ESC, CR, NUL, ...) would drive the admin's terminal; tab is harmless.
+_CONTROLS: Final = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if code != 0x09}
+
+
 def shown_line(data: bytes) -> str:
-    """A line as text: UTF-8, with any invalid byte shown escaped (\\xff), never an error."""
-    return data.decode("utf-8", "backslashreplace")
+    """A line as text: UTF-8, invalid bytes and control characters shown escaped (\\xff)."""
+    return data.decode("utf-8", "backslashreplace").translate(_CONTROLS)
 
 
 class LineSplitter:

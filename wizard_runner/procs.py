@@ -71,9 +71,20 @@ def _is_zombie(process: psutil.Process) -> bool:
         return True
 
 
-def find_leftovers(run_id: str, session: int) -> list[psutil.Process]:
-    """Processes still in the script's session, or carrying its run id in their environment."""
-    return [p for p in psutil.process_iter() if _belongs_to(p, run_id, session)]
+def find_leftovers(run_id: str, session: int, *, adopted: bool = False) -> list[psutil.Process]:
+    """Processes still in the script's session, or carrying its run id in their environment.
+
+    With `adopted` (the runner is a subreaper and runs nothing else meanwhile), every live
+    descendant of the runner counts too: a daemon that left the session and cleared its
+    environment is still re-parented to the runner.
+    """
+    found = {p.pid: p for p in psutil.process_iter() if _belongs_to(p, run_id, session)}
+    if adopted:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process().children(recursive=True):
+                if not _is_zombie(child):
+                    found.setdefault(child.pid, child)
+    return list(found.values())
 
 
 def describe(process: psutil.Process) -> Leftover:

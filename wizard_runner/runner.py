@@ -311,7 +311,7 @@ def _run_locked(
         "run_started",
         root=str(layout.root),
         handle_system_conf=handles_system_conf(config, options),
-        run_scripts=config.run_scripts,
+        run_scripts=runs_scripts(config, options),
         pid=os.getpid(),
     )
     progress = _Progress()

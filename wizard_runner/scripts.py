@@ -30,11 +30,31 @@ from wizard_runner.procs import (
     wait_group_gone,
 )
 from wizard_runner.runuser import RunUser, require_switch_allowed
+from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals
 
 DEFAULT_TIMEOUT: Final = 600.0
 SCRIPT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-#: After a script exits, how long its pipes may stay open before leftovers are hunted down.
+#: After a script exits, how long its pipes may stay open before leftovers are hunted down,
+#: and how long in all before the runner stops reading a pipe something unknown holds open.
 DRAIN: Final = 0.2
+DRAIN_LIMIT: Final = 3.0
+#: How much of one script's output also becomes log events, counted as the size those events
+#: take in the JSON log (text plus about EVENT_OVERHEAD bytes of fields each); the rest is in
+#: the script's own log file only, so that a chatty script cannot flood the main log.
+EVENT_CAP: Final = 1024 * 1024
+EVENT_OVERHEAD: Final = 200
+
+
+class _OutputAbandoned(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """The script exited but its pipes stay open and no leftover could be found."""
+
+
+def _exec_hint(code: int | None) -> str:
+    if code == errno.ENOEXEC:
+        return " (no #! line?)"
+    if code == errno.ENOENT:
+        return " (is the #! interpreter installed?)"
+    return ""
 _READ_SIZE: Final = 64 * 1024
 
 
@@ -174,12 +194,15 @@ class _Watch:
     timed_out: bool = False
     truncation_logged: bool = False
     leftovers: list[str] = field(default_factory=list)
+    drained: float = 0.0
+    events: int = 0
 
     def stop(self, now: float) -> None:
         """Escalate: SIGTERM to the whole group first, SIGKILL once the grace has passed."""
         if self.terminated_at is None:
             self.terminated_at = now
             signal_group(self.process.pid, signal.SIGTERM)
+            signal_group(self.process.pid, signal.SIGCONT)  # a stopped script must see it
         elif not self.killed and now - self.terminated_at >= self.grace:
             self.killed = True
             signal_group(self.process.pid, signal.SIGKILL)
@@ -216,8 +239,7 @@ class ScriptRunner:
             process = _spawn(path, self.env, self.options.user)
         except OSError as error:
             record.close()
-            hint = " (no #! line?)" if error.errno == errno.ENOEXEC else ""
-            reason = f"cannot execute: {error.strerror}{hint}"
+            reason = f"cannot execute: {error.strerror}{_exec_hint(error.errno)}"
             log.error("script_failed", reason=reason)
             return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason,
                                  duration_s=round(time.monotonic() - started, 3))
@@ -226,19 +248,29 @@ class ScriptRunner:
                        self.options.grace)
         try:
             self._pump(watch, name, log)
+            self._await_exit(watch, log)
         except RunInterrupted as stop:
-            self._stop_now(watch)
-            leftovers = self._clean_up(watch, log)
-            record.close()
+            # Already stopping: a second SIGTERM/SIGINT must not cut the clean-up short.
+            with ignored_stop_signals():
+                self._stop_now(watch)
+                leftovers = self._clean_up(watch, log)
+                record.close()
             stop.partial = ScriptOutcome(
                 name, ScriptStatus.FAILED, None, _signal_name(process.returncode or 0),
                 round(time.monotonic() - started, 3), record.tail,
                 f"stopped: wizard-runner was {stop}", leftovers,
             )
             raise
-        leftovers = self._clean_up(watch, log)
-        record.close()
-        return self._outcome(name, watch, leftovers, log)
+        outcome: ScriptOutcome | None = None
+        try:
+            with deferred_stop_signals():
+                leftovers = self._clean_up(watch, log)
+                record.close()
+                outcome = self._outcome(name, watch, leftovers, log)
+        except RunInterrupted as stop:
+            stop.partial = outcome  # the script itself had finished
+            raise
+        return outcome
 
     def _pump(self, watch: _Watch, name: str, log: FilteringBoundLogger) -> None:
         process = watch.process
@@ -253,7 +285,12 @@ class ScriptRunner:
         try:
             while selector.get_map():
                 now = time.monotonic()
-                self._check_clock(watch, now, log)
+                try:
+                    self._check_clock(watch, now, log)
+                except _OutputAbandoned:
+                    log.warning("output_abandoned", reason="the script exited but something "
+                                "unknown still holds its output open", seconds=DRAIN_LIMIT)
+                    break
                 for key, _ in selector.select(self._wait(watch, now)):
                     stream = key.data
                     data = os.read(key.fd, _READ_SIZE)
@@ -266,7 +303,16 @@ class ScriptRunner:
             selector.close()
             for _, pipe in streams.values():
                 pipe.close()
-        process.wait()
+
+    def _await_exit(self, watch: _Watch, log: FilteringBoundLogger) -> None:
+        """Wait for the script itself, its deadline still running (its output may be closed)."""
+        while watch.process.poll() is None:
+            now = time.monotonic()
+            self._check_clock(watch, now, log)
+            try:
+                watch.process.wait(timeout=self._wait(watch, now))
+            except subprocess.TimeoutExpired:
+                continue
 
     def _wait(self, watch: _Watch, now: float) -> float:
         waits = [1.0]
@@ -289,22 +335,32 @@ class ScriptRunner:
         if watch.exited_at is not None and now - watch.exited_at >= DRAIN:
             # The script is gone but something still holds its output open: a leftover.
             watch.leftovers += self._kill_leftovers(watch.process.pid, log)
+            watch.drained += now - watch.exited_at
             watch.exited_at = now  # look again later if the pipes stay open
+            if watch.drained >= DRAIN_LIMIT:
+                raise _OutputAbandoned
 
     def _emit(self, name: str, stream: str, lines: list[bytes], watch: _Watch,
               log: FilteringBoundLogger) -> None:
         for raw in lines:
             line = shown_line(raw)
-            if watch.record.add(stream, line):
+            watch.record.add(stream, line)
+            watch.events += len(line) + EVENT_OVERHEAD
+            if watch.events <= EVENT_CAP:
                 log.info("script_output", stream=stream, line=line)
                 if self.progress is not None:
                     self.progress.output(name, stream, line)
             elif not watch.truncation_logged:
                 watch.truncation_logged = True
-                log.warning("script_output_truncated", cap_bytes=watch.record.cap)
+                log.warning("script_output_not_logged", after_bytes=EVENT_CAP,
+                            full_output=str(self.log_dir / f"{name}.log") if self.log_dir
+                            else None)
+                if self.progress is not None:
+                    self.progress.output(name, "stderr", "[more output: see the script's log]")
 
     def _stop_now(self, watch: _Watch) -> None:
         signal_group(watch.process.pid, signal.SIGTERM)
+        signal_group(watch.process.pid, signal.SIGCONT)
         if not wait_group_gone(watch.process.pid, self.options.grace):
             signal_group(watch.process.pid, signal.SIGKILL)
             wait_group_gone(watch.process.pid, self.options.grace)
@@ -315,7 +371,8 @@ class ScriptRunner:
             watch.process.wait()
 
     def _kill_leftovers(self, session: int, log: FilteringBoundLogger) -> list[str]:
-        found = stop_all(find_leftovers(self.run_id, session), self.options.grace)
+        found = stop_all(find_leftovers(self.run_id, session, adopted=self.options.subreaper),
+                         self.options.grace)
         for leftover in found:
             log.warning("leftover_killed", pid=leftover.pid, cmdline=leftover.cmdline)
         if self.options.subreaper:
@@ -342,10 +399,12 @@ class ScriptRunner:
         else:
             outcome = base
         event = "script_succeeded" if outcome.status is ScriptStatus.SUCCEEDED else "script_failed"
-        (log.info if not outcome.failed else log.error)(
-            event, exit_code=outcome.exit_code, signal=outcome.signal, duration_s=duration,
-            reason=outcome.reason,
-        )
+        details: dict[str, Any] = {"exit_code": outcome.exit_code, "signal": outcome.signal,
+                                   "duration_s": duration, "reason": outcome.reason}
+        if outcome.failed:
+            log.error(event, output_tail=outcome.output_tail, **details)
+        else:
+            log.info(event, **details)
         return outcome
 
 
@@ -376,7 +435,7 @@ def run_scripts(
     run can still report them.
     """
     require_switch_allowed(options.user)
-    found = scan(layout.wizard_d, options.user)
+    found = scan(layout.wizard_d, options.user, top=layout.root)
     check_safe(found, options.user)
     decisions = found.decisions
     start = _start_index(decisions, options.start_at)

@@ -47,3 +47,18 @@ def deferred_stop_signals() -> Iterator[None]:
             signal.signal(signum, handler)
         for pending in dict.fromkeys(received):
             signal.raise_signal(pending)
+
+
+@contextmanager
+def ignored_stop_signals() -> Iterator[None]:
+    """Drop SIGTERM/SIGINT while the block runs: used while already stopping, so that a second
+    Ctrl-C cannot cut the clean-up of the first one short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
