@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import pwd
 import subprocess
 import sys
 import textwrap
@@ -12,6 +15,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, MANAGED, snapshot
+from wizard_runner.cli import TerminalProgress
+from wizard_runner.scripts import ScriptOutcome, ScriptStatus
 
 pytestmark = pytest.mark.processes
 SCRIPT = Path(sys.executable).parent / "wizard-runner"
@@ -221,3 +226,78 @@ def test_tool_rejection_exits_73_and_writes_nothing(sandbox: Path) -> None:
     result = json.loads(done.stdout)
     assert "ifquery rejected the new content" in result["error"]
     assert snapshot(sandbox / "etc") == before
+
+
+def test_list_shows_every_entry_and_why(sandbox: Path) -> None:
+    """`list` shows each entry of wizard.d in order with what would happen and why."""
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    for name, mode in (("20-b.sh", 0o755), ("10-a", 0o755), ("README", 0o644), ("x~", 0o755)):
+        (wizard_d / name).write_text("#!/bin/sh\n")
+        (wizard_d / name).chmod(mode)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    done = cli("list", "--root", str(sandbox), "--user", user, "--json")
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    assert [(e["name"], e["action"], e["reason"]) for e in listed["entries"]] == [
+        ("10-a", "run", None),
+        ("20-b.sh", "run", None),
+        ("README", "skip", "not executable (no execute bit)"),
+        ("x~", "skip", "package or editor leftover"),
+    ]
+    text = cli("list", "--root", str(sandbox), "--user", user)
+    assert "  README                         skip   not executable (no execute bit)\n" in (
+        text.stdout
+    )
+    (wizard_d / "10-a").chmod(0o757)
+    unsafe = cli("list", "--root", str(sandbox), "--user", user)
+    assert unsafe.returncode == 77
+    assert "unsafe: 10-a is writable by others (mode 0757)" in unsafe.stdout
+    wizard_d.rename(sandbox / "elsewhere")
+    missing = cli("list", "--root", str(sandbox), "--user", user)
+    assert missing.returncode == 66
+
+
+def test_status_before_and_after_runs(sandbox: Path) -> None:
+    """`status` exits 3 before any run, 0 after a success, 1 after a failure, with details."""
+    none = cli("status", "--root", str(sandbox))
+    assert none.returncode == 3
+    assert "no run yet" in none.stdout
+    assert cli("run", "--config", EXAMPLE, "--root", str(sandbox)).returncode == 0
+    ok = cli("status", "--root", str(sandbox))
+    assert ok.returncode == 0
+    assert "succeeded (exit 0)" in ok.stdout
+    assert "  /etc/hosts                 written\n" in ok.stdout
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    (wizard_d / "10-fail").write_text("#!/bin/sh\necho 'no license server'\nexit 9\n")
+    (wizard_d / "10-fail").chmod(0o755)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert cli("run", "--root", str(sandbox), "--scripts", "--user", user).returncode == 1
+    failed = cli("status", "--root", str(sandbox))
+    assert failed.returncode == 1
+    assert "10-fail" in failed.stdout
+    assert "  | no license server\n" in failed.stdout
+    assert "error: script 10-fail failed: exited with 9" in failed.stdout
+    as_json = json.loads(cli("status", "--root", str(sandbox), "--json").stdout)
+    assert as_json["scripts"][0]["exit_code"] == 9
+
+
+def test_terminal_progress_format() -> None:
+    """On a terminal: `[i/n] name ... ok (d s)`, output indented under its script."""
+    out = io.StringIO()
+    progress = TerminalProgress(out)
+    progress.started(1, 2, "10-quiet")
+    progress.finished(ScriptOutcome("10-quiet", ScriptStatus.SUCCEEDED, 0, duration_s=0.04))
+    progress.started(2, 2, "20-loud")
+    progress.output("20-loud", "stdout", "working")
+    progress.output("20-loud", "stderr", "oops")
+    progress.finished(ScriptOutcome("20-loud", ScriptStatus.FAILED, 3, duration_s=1.25,
+                                    reason="exited with 3"))
+    assert out.getvalue() == (
+        "[1/2] 10-quiet ... ok (0.0 s)\n"
+        "[2/2] 20-loud ... \n"
+        "      | working\n"
+        "      ! oops\n"
+        "[2/2] 20-loud ... FAILED: exited with 3 (1.2 s)\n"
+    )

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, REPO, seed_root
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import PrivilegeError
 from wizard_runner.result import RunResult, RunStatus
@@ -595,3 +595,51 @@ def test_bad_timeout_is_a_usage_error(root: Path, value: str) -> None:
     runner = cli("run", "--root", str(root), "--timeout", value)
     runner.communicate(timeout=30)
     assert runner.returncode == 2
+
+
+def test_100_mb_of_output_keeps_the_runner_small(root: Path) -> None:
+    """A script printing 100 MB in 100-byte lines leaves the runner's peak memory bounded."""
+    add_script(root, "10-big", "yes 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+               "xxxxxxxxxxxxxxxxxxxxxxxxxxxxx' | head -c 100000000")
+    runner = cli("run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
+                 "--no-system-conf", "--scripts", "--user", USER, "--json", "--timeout", "300")
+    assert runner.stdout is not None
+    stdout = runner.stdout.read()
+    _, status, usage = os.wait4(runner.pid, 0)
+    runner.returncode = os.waitstatus_to_exitcode(status)
+    runner.stdout.close()
+    assert runner.returncode == 0, stdout
+    peak_mib = usage.ru_maxrss / 1024
+    assert peak_mib < 100, f"peak RSS {peak_mib:.0f} MiB"
+    result = json.loads(stdout)
+    assert len(result["scripts"][0]["output_tail"].encode()) <= 4096
+    per_script = root / "var/log/wizard-runner" / result["run_id"] / "10-big.log"
+    assert per_script.stat().st_size < 17 * 1024 * 1024
+    assert per_script.read_text().endswith("the last lines are in the result's output_tail]\n")
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to switch to www-data")
+def test_shipped_scripts_pass_on_the_sandbox(root: Path) -> None:
+    """The example scripts of etc/xivo/wizard.d succeed after a full run on Debian's files."""
+    seed_root(root)
+    shutil.copytree(REPO / "etc", root / "etc", dirs_exist_ok=True)
+    runner = cli("run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
+                 "--scripts", "--json")
+    stdout, _ = runner.communicate(timeout=120)
+    result = json.loads(stdout)
+    assert runner.returncode == 0, result["error"]
+    found = {s["name"]: s for s in result["scripts"]}
+    assert found["10-check-identity"]["output_tail"].splitlines() == [
+        "ok: /etc/hostname is pbx",
+        "ok: /etc/mailname is pbx.acme.example",
+        "ok: the address of pbx.acme.example in /etc/hosts is 192.168.50.10",
+    ]
+    assert "run:         " + result["run_id"] + ", as www-data" in found["50-summary.sh"][
+        "output_tail"]
+    assert found["README"]["status"] == "skipped"
+    (root / "etc/mailname").write_text("wrong.example\n")
+    again = cli("run", "--root", str(root), "--no-system-conf", "--scripts", "--json")
+    stdout, _ = again.communicate(timeout=120)
+    assert again.returncode == 1
+    check = json.loads(stdout)["scripts"][0]
+    assert "MISMATCH: /etc/mailname is 'wrong.example'" in check["output_tail"]
