@@ -96,6 +96,18 @@ def open_log_file(path: Path) -> TextIO:
     return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
 
+def _common_processors(log_file: TextIO | None) -> list[Any]:
+    """Level, UTC timestamp, redaction, then the JSON-lines file (when there is one)."""
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact_secrets,
+    ]
+    if log_file is not None:
+        processors.append(JsonLinesFile(log_file))
+    return processors
+
+
 def make_logger(
     stream: TextIO,
     *,
@@ -116,13 +128,7 @@ def make_logger(
         if json_lines
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    processors: list[Any] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_secrets,
-    ]
-    if log_file is not None:
-        processors.append(JsonLinesFile(log_file))
+    processors = _common_processors(log_file)
     if stream_level is not None and stream_level > level:
         processors.append(_DropBelow(stream_level))
     processors.append(renderer)
@@ -157,14 +163,7 @@ def stdlib_logger(
     **context: Any,
 ) -> FilteringBoundLogger:
     """A logger that sends every event to a standard `logging.Logger` (confd's handlers)."""
-    processors: list[Any] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact_secrets,
-    ]
-    if log_file is not None:
-        processors.append(JsonLinesFile(log_file))
-    processors.append(_to_stdlib)
+    processors = [*_common_processors(log_file), _to_stdlib]
     logger: FilteringBoundLogger = structlog.wrap_logger(
         target,
         processors=processors,

@@ -88,6 +88,18 @@ class _Progress:
     scripts: list[ScriptOutcome] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One run under way: what it carries out, where, how, and what it has done so far."""
+
+    config: WizardConfig
+    options: RunOptions
+    layout: Layout
+    run_id: str
+    log: FilteringBoundLogger
+    progress: _Progress
+
+
 def handles_system_conf(config: WizardConfig, options: RunOptions) -> bool:
     """Whether this run writes the system files: the option overrides the body's flag."""
     if options.handle_system_conf is not None:
@@ -124,15 +136,11 @@ def _not_written(changes: tuple[FileChange, ...], error: WizardRunnerError) -> S
     return SystemConfResult(True, tuple(files))
 
 
-def _system_step(
-    *,
-    config: WizardConfig,
-    layout: Layout,
-    run_id: str,
-    options: RunOptions,
-    log: FilteringBoundLogger,
-    progress: _Progress,
-) -> None:
+def _system_step(run: _Run) -> None:
+    config, options, layout, log, progress = (
+        run.config, run.options, run.layout, run.log, run.progress
+    )
+    run_id = run.run_id
     if not handles_system_conf(config, options):
         for outcome in skipped_outcomes(SKIPPED_BY_CONFIG):
             log.info("file_skipped", path=outcome.path, reason=SKIPPED_BY_CONFIG)
@@ -167,16 +175,12 @@ def _system_step(
         )
 
 
-def _scripts_step(
-    *,
-    config: WizardConfig,
-    layout: Layout,
-    run_id: str,
-    options: RunOptions,
-    log: FilteringBoundLogger,
-    progress: _Progress,
-) -> ScriptOutcome | None:
+def _scripts_step(run: _Run) -> ScriptOutcome | None:
     """Run wizard.d when asked to; return the script that failed, if one did."""
+    config, options, layout, log, progress = (
+        run.config, run.options, run.layout, run.log, run.progress
+    )
+    run_id = run.run_id
     if not runs_scripts(config, options):
         log.info("scripts_step_skipped", reason="run_scripts=false")
         return None
@@ -317,12 +321,11 @@ def _run_locked(
     progress = _Progress()
     status, exit_code, error = RunStatus.SUCCEEDED, EXIT_OK, None
     step = "system_step"
+    run = _Run(config, options, layout, run_id, log, progress)
     try:
-        _system_step(config=config, layout=layout, run_id=run_id, options=options, log=log,
-                     progress=progress)
+        _system_step(run)
         step = "scripts_step"
-        failed = _scripts_step(config=config, layout=layout, run_id=run_id, options=options,
-                               log=log, progress=progress)
+        failed = _scripts_step(run)
         if failed is not None:
             status, exit_code, error = RunStatus.FAILED, EXIT_FAILED, failure_message(failed)
     except WizardRunnerError as failure:
