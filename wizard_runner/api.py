@@ -16,6 +16,7 @@ as well as to the run's JSON-lines log file. Signal handlers are left alone.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -33,11 +34,14 @@ from wizard_runner.errors import (
     UsageError,
     WizardRunnerError,
 )
+from wizard_runner.layout import Layout
 from wizard_runner.log import quiet_logger
 from wizard_runner.result import RunResult, RunStatus
 from wizard_runner.runner import Preview, RunOptions, execute, preview
 from wizard_runner.runuser import DEFAULT_USER
 from wizard_runner.scripts import DEFAULT_TIMEOUT
+from wizard_runner.spool import Spool, SpoolError, wait_result
+from wizard_runner.spool import submit as spool_submit
 
 Body = Mapping[str, Any] | str | bytes | WizardConfig
 LOGGER = logging.getLogger("wizard_runner")
@@ -105,6 +109,7 @@ __all__ = [
     "RunStatus",
     "ScriptFailed",
     "ScriptsDirMissing",
+    "SpoolError",
     "SystemFilesNotApplied",
     "UsageError",
     "WizardConfig",
@@ -112,6 +117,7 @@ __all__ = [
     "dry_run",
     "raise_for_result",
     "run",
+    "submit",
     "validate",
 ]
 
@@ -178,6 +184,35 @@ def run(
     )
     result = execute(config, options, logger=logger or LOGGER)
     return raise_for_result(result) if check else result
+
+
+def submit(
+    body: Body,
+    *,
+    root: str | os.PathLike[str] = "/",
+    wait: bool = False,
+    timeout: float | None = None,
+) -> str | dict[str, Any]:
+    """Hand a body to the daemon through its spool (works as www-data, as confd runs).
+
+    Validates first (InvalidConfig, nothing submitted). Returns the request id, or with
+    `wait` the daemon's result record: {"request_id", "status", "exit_code", "reason",
+    "problems", "received_at", "finished_at", "result"}. SpoolError when the spool is missing
+    or no result came within `timeout` seconds.
+    """
+    config = validate(body)
+    if isinstance(body, bytes):
+        data = body
+    elif isinstance(body, str):
+        data = body.encode()
+    else:
+        data = (json.dumps({**config.public_dict(),
+                            "admin_password": config.admin_password.get_secret_value()})
+                if config.admin_password is not None else json.dumps(config.public_dict())
+                ).encode()
+    spool = Spool.of(Layout.under(root))
+    request_id = spool_submit(spool, data)
+    return wait_result(spool, request_id, timeout) if wait else request_id
 
 
 def dry_run(

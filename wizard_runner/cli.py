@@ -6,19 +6,23 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO, cast
 
 from wizard_runner import __version__
 from wizard_runner.config import MAX_CONFIG_BYTES, WizardConfig, parse_config
+from wizard_runner.daemon import DaemonSettings, serve
 from wizard_runner.discovery import Verdict, scan, unsafe_problems
 from wizard_runner.errors import (
     EXIT_FAILED,
     ConfigError,
     ConfigUnreadableError,
+    PrivilegeError,
     WizardRunnerError,
 )
 from wizard_runner.layout import Layout
@@ -35,6 +39,7 @@ from wizard_runner.runner import (
 from wizard_runner.runuser import DEFAULT_USER, resolve_user
 from wizard_runner.scripts import DEFAULT_TIMEOUT, ScriptOutcome
 from wizard_runner.signals import install_stop_handlers
+from wizard_runner.spool import Spool, submit, wait_result
 
 EXIT_SOFTWARE: Final = 70
 EXIT_NO_RUN: Final = 3
@@ -54,6 +59,51 @@ def _timeout(text: str) -> float | None:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError("must be 0 (no limit) or a positive number")
     return value or None
+
+
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=("auto", "json", "console", "journal"), default="auto",
+        help="stderr log format (auto: the journal's under systemd, readable on a terminal, "
+        "else JSON lines)",
+    )
+
+
+@dataclass(frozen=True)
+class LogStyle:
+    """How stderr logs look."""
+
+    json_lines: bool | None
+    journal: bool
+
+
+def log_style(choice: str) -> LogStyle:
+    """Resolve --log-format; under systemd (JOURNAL_STREAM set) auto means the journal's."""
+    if choice == "auto" and os.environ.get("JOURNAL_STREAM"):
+        choice = "journal"
+    return LogStyle({"json": True, "console": False}.get(choice), choice == "journal")
+
+
+def _add_spool_commands(commands: Any) -> None:
+    submit = commands.add_parser(
+        "submit", help="hand a wizard body to the daemon (as www-data: confd's way in)",
+        description="Validate the body, drop it into the daemon's spool and print the request "
+        "id; with --wait, wait for the result and exit as `run` would.",
+    )
+    submit.add_argument("--config", "-c", required=True, metavar="FILE|-",
+                        help="the wizard body as JSON: a file, or - for standard input")
+    _add_root(submit)
+    submit.add_argument("--wait", action="store_true", help="wait for the result")
+    submit.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
+                        help="with --wait: give up after this long (default: wait for ever)")
+    submit.add_argument("--json", action="store_true", help="print JSON")
+    serve = commands.add_parser("serve", help="the daemon: run the requests of the spool")
+    _add_root(serve)
+    serve.add_argument("--user", default=DEFAULT_USER,
+                       help=f"run the scripts as this user (default {DEFAULT_USER})")
+    serve.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"per-script time limit, 0 for none (default {DEFAULT_TIMEOUT:g})")
+    _add_log_format(serve)
 
 
 def _add_run(commands: Any) -> None:
@@ -88,8 +138,7 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--apply-network", action="store_true",
                      help="restart the interface when /etc/network/interfaces changed "
                      "(can cut SSH sessions)")
-    run.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
-                     help="stderr log format (auto: readable on a terminal, else JSON lines)")
+    _add_log_format(run)
     run.add_argument("--verbose", "-v", action="store_true",
                      help="on a terminal, show every log event, not only warnings")
 
@@ -114,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
     _add_run(commands)
+    _add_spool_commands(commands)
 
     listing = commands.add_parser("list", help="show what the scripts step would do, and why")
     _add_root(listing)
@@ -204,7 +254,7 @@ def _scripts_table(scripts: list[dict[str, Any]], out: TextIO) -> None:
         out.write(f"  {script['name']:<26} {script['status']:<10} {duration:>8}{reason}\n")
 
 
-def _validate(args: argparse.Namespace, out: TextIO, stdin: TextIO) -> int:
+def _validate(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
     try:
         read_config(args.config, stdin)
     except ConfigError as error:
@@ -242,9 +292,10 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
         config = load_saved_config(Layout.under(args.root))
     else:
         config = read_config(args.config, stdin)
-    json_logs = {"auto": None, "json": True, "console": False}[args.log_format]
+    style = log_style(args.log_format)
     if args.dry_run:
-        shown = preview(config, options, log=make_logger(err, json_lines=json_logs))
+        shown = preview(config, options, log=make_logger(err, json_lines=style.json_lines,
+                                                         journal=style.journal))
         if args.json:
             _print_json(shown.to_dict(), out)
         else:
@@ -253,7 +304,8 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
     install_stop_handlers()
     become_subreaper()
     quiet = options.progress is not None and not args.verbose
-    result = execute(config, options, stream=err, json_logs=json_logs,
+    result = execute(config, options, stream=err, json_logs=style.json_lines,
+                     journal=style.journal,
                      stream_level=logging.WARNING if quiet else logging.INFO)
     if args.json:
         out.write(result.to_json())
@@ -262,7 +314,49 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
     return result.exit_code
 
 
-def _list(args: argparse.Namespace, out: TextIO) -> int:
+def _read_body(source: str, stdin: TextIO) -> bytes:
+    if source == "-":
+        return stdin.buffer.read(MAX_CONFIG_BYTES + 1)
+    try:
+        with Path(source).open("rb") as handle:
+            return handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigUnreadableError(f"--config {source}: cannot read: {error.strerror}") from error
+
+
+def _submit(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
+    spool = Spool.of(Layout.under(args.root))
+    request_id = submit(spool, _read_body(args.config, stdin))
+    if not args.wait:
+        if args.json:
+            _print_json({"request_id": request_id}, out)
+        else:
+            out.write(f"{request_id}\n")
+        return 0
+    record = wait_result(spool, request_id, args.timeout)
+    if args.json:
+        _print_json(record, out)
+    else:
+        out.write(f"request {request_id}: {record['status']} (exit {record['exit_code']})\n")
+        if record.get("reason"):
+            out.write(f"{record['reason']}\n")
+    return int(record["exit_code"])
+
+
+def _serve(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
+    layout = Layout.under(args.root)
+    if layout.is_real_root and os.geteuid() != 0:
+        raise PrivilegeError("wizard-runner serve writes system files: run it as root")
+    install_stop_handlers()
+    style = log_style(args.log_format)
+    settings = DaemonSettings(layout=layout, user=resolve_user(args.user), timeout=args.timeout,
+                              stream=err, json_logs=style.json_lines, journal=style.journal)
+    log = make_logger(err, json_lines=style.json_lines, journal=style.journal)
+    serve(settings, log)
+    return 0
+
+
+def _list(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
     user = resolve_user(args.user)
     layout = Layout.under(args.root)
     found = scan(layout.wizard_d, user, top=layout.root)
@@ -286,7 +380,7 @@ def _list(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_FAILED if any(d.verdict is Verdict.FAIL for d in found.decisions) else 0
 
 
-def _status(args: argparse.Namespace, out: TextIO) -> int:
+def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
     layout = Layout.under(args.root)
     last = read_last_result(layout)
     if last is None:
@@ -318,6 +412,17 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if last.get("status") == "succeeded" else EXIT_FAILED
 
 
+Command = Callable[[argparse.Namespace, TextIO, TextIO, TextIO], int]
+_COMMANDS: Final[dict[str, Command]] = {
+    "validate": _validate,
+    "run": _run,
+    "list": _list,
+    "status": _status,
+    "submit": _submit,
+    "serve": _serve,
+}
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -332,13 +437,7 @@ def main(
     err = cast(TextIO, SafeStream(stderr or sys.stderr))
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "validate":
-            return _validate(args, out, stdin)
-        if args.command == "list":
-            return _list(args, out)
-        if args.command == "status":
-            return _status(args, out)
-        return _run(args, out, stdin, err)
+        return _COMMANDS[args.command](args, out, stdin, err)
     except WizardRunnerError as error:
         err.write(f"{PROG}: {error}\n")
         if args.command == "run" and args.json:

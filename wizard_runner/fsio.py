@@ -51,7 +51,8 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd`, however many calls that takes."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
@@ -62,7 +63,7 @@ def _write_in_place(path: Path, data: bytes) -> None:
     """Overwrite a file whose name cannot be replaced; write first, then cut, never empty it."""
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
         os.ftruncate(fd, len(data))
         os.fsync(fd)
     finally:
@@ -86,7 +87,7 @@ def atomic_replace(path: Path, data: bytes, owner: Ownership) -> WriteMethod:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                      0o600)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fchmod(fd, stat.S_IMODE(owner.mode))
             current = os.fstat(fd)
             if (current.st_uid, current.st_gid) != (owner.uid, owner.gid):

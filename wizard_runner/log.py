@@ -96,6 +96,22 @@ def open_log_file(path: Path) -> TextIO:
     return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
 
+#: syslog priorities, which journald reads from a `<N>` prefix on each stderr line.
+_PRIORITY: Final = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2,
+                    "exception": 3}
+
+
+def journal_renderer(_logger: WrappedLogger, _method: str, event: EventDict) -> str:
+    """One line per event for the journal: `<priority>event key=value ...`, no timestamp
+    (journald stamps each line itself)."""
+    priority = _PRIORITY.get(str(event.pop("level", "info")), 6)
+    event.pop("timestamp", None)
+    name = event.pop("event", "")
+    fields = " ".join(f"{key}={json.dumps(value, default=str, ensure_ascii=False)}"
+                      for key, value in event.items())
+    return f"<{priority}>{name} {fields}".rstrip()
+
+
 def _common_processors(log_file: TextIO | None) -> list[Any]:
     """Level, UTC timestamp, redaction, then the JSON-lines file (when there is one)."""
     processors: list[Any] = [
@@ -115,6 +131,7 @@ def make_logger(
     log_file: TextIO | None = None,
     level: int = logging.INFO,
     stream_level: int | None = None,
+    journal: bool = False,
     **context: Any,
 ) -> FilteringBoundLogger:
     """A logger writing to `stream` (JSON unless it is a terminal) and, if given, `log_file`.
@@ -124,7 +141,9 @@ def make_logger(
     if json_lines is None:
         json_lines = not stream.isatty()
     renderer: Any = (
-        structlog.processors.JSONRenderer(default=str)
+        journal_renderer
+        if journal
+        else structlog.processors.JSONRenderer(default=str)
         if json_lines
         else structlog.dev.ConsoleRenderer(colors=False)
     )

@@ -272,6 +272,7 @@ def execute(
     json_logs: bool | None = None,
     stream_level: int | None = None,
     logger: logging.Logger | None = None,
+    journal: bool = False,
 ) -> RunResult:
     """Carry out the wizard body under the lock and return (and store) the result.
 
@@ -297,7 +298,8 @@ def execute(
                 log = stdlib_logger(logger, log_file=log_handle, run_id=run_id)
             else:
                 log = make_logger(stream or sys.stderr, json_lines=json_logs,
-                                  log_file=log_handle, stream_level=stream_level, run_id=run_id)
+                                  log_file=log_handle, stream_level=stream_level,
+                                  journal=journal, run_id=run_id)
             return _run_locked(config=config, options=options, layout=layout, run_id=run_id,
                                started=started, log=log)
 

@@ -1,0 +1,76 @@
+"""The systemd units: accepted by systemd-analyze, with the settings operations rely on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.processes
+UNITS = REPO / "systemd"
+SCRIPT = Path(sys.executable).parent / "wizard-runner"
+needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                   reason="needs systemd-analyze (apt-get install systemd)")
+
+
+def directives(name: str) -> dict[str, list[str]]:
+    """Every `Key=value` of a unit, values in order."""
+    found: dict[str, list[str]] = {}
+    for line in (UNITS / name).read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+@needs_analyze
+@pytest.mark.parametrize("name", ["wizard-runner.service", "wizard-runnerd.service"])
+def test_units_verify_cleanly(tmp_path: Path, name: str) -> None:
+    """systemd-analyze verify accepts each unit without a single warning."""
+    text = (UNITS / name).read_text().replace("/usr/local/bin/wizard-runner", str(SCRIPT))
+    unit = tmp_path / name
+    unit.write_text(text)
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "", done.stderr
+
+
+@needs_analyze
+def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
+    """The check above can fail: a bad value is reported on stderr."""
+    unit = tmp_path / "broken.service"
+    unit.write_text("[Service]\nType=bogus\nExecStart=/bin/true\n")
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert "Failed to parse service type" in done.stderr
+
+
+def test_oneshot_unit() -> None:
+    """The one-shot reruns the saved body, bounded in time, under its own journal name."""
+    unit = directives("wizard-runner.service")
+    assert unit["Type"] == ["oneshot"]
+    assert unit["ExecStart"] == ["/usr/local/bin/wizard-runner run"]
+    assert unit["ConditionPathExists"] == ["/var/lib/wizard-runner/config.json"]
+    assert unit["TimeoutStartSec"] == ["45min"]
+    assert unit["SyslogIdentifier"] == ["wizard-runner"]
+
+
+def test_daemon_unit() -> None:
+    """The daemon notifies readiness, restarts on failure and is hardened."""
+    unit = directives("wizard-runnerd.service")
+    assert unit["Type"] == ["notify"]
+    assert unit["ExecStart"] == ["/usr/local/bin/wizard-runner serve"]
+    assert unit["Restart"] == ["on-failure"]
+    for option in ("ProtectHome", "PrivateTmp", "ProtectKernelTunables", "RestrictSUIDSGID",
+                   "ProtectKernelModules", "ProtectControlGroups", "LockPersonality"):
+        assert unit[option] == ["yes"], option
+    text = (UNITS / "wizard-runnerd.service").read_text()
+    for left_out in ("ProtectSystem", "NoNewPrivileges", "ProtectHostname",
+                     "CapabilityBoundingSet", "PrivateNetwork"):
+        assert f"# - {left_out}" in text, f"{left_out} is left out without a reason"
