@@ -170,6 +170,7 @@ def test_flood_of_bad_requests(root: Path, body: dict[str, Any]) -> None:
         fifo = Spool.of(Layout(root)).incoming / "20261125T000006Z-aaaaaaaaaaa6.json"
         os.mkfifo(fifo)
         drop(root, "weird name.json", EXAMPLE.read_bytes())
+        (Spool.of(Layout(root)).incoming / "20261125T000007Z-aaaaaaaaaaa7.json").mkdir()
         reasons = {
             "20261125T000001Z-aaaaaaaaaaa1": "invalid JSON",
             "20261125T000002Z-aaaaaaaaaaa2": "network.gateway: 10.9.9.9 is not in",
@@ -177,6 +178,7 @@ def test_flood_of_bad_requests(root: Path, body: dict[str, Any]) -> None:
             "20261125T000004Z-aaaaaaaaaaa4": "owned by uid 4242",
             "20261125T000005Z-aaaaaaaaaaa5": "a symlink",
             "20261125T000006Z-aaaaaaaaaaa6": "not a regular file",
+            "20261125T000007Z-aaaaaaaaaaa7": "not a regular file",
         }
         for request_id, reason in reasons.items():
             record = result(root, request_id)
@@ -188,6 +190,7 @@ def test_flood_of_bad_requests(root: Path, body: dict[str, Any]) -> None:
         assert good["status"] == "succeeded"
         assert process.poll() is None
     assert os.listdir(Spool.of(Layout(root)).incoming) == []
+    assert os.listdir(Spool.of(Layout(root)).processing) == []
     assert not (root / "etc/shadow-like").exists()
 
 

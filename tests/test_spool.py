@@ -19,6 +19,7 @@ from wizard_runner.spool import (
     RequestRejectedError,
     Spool,
     SpoolError,
+    discard,
     new_request_id,
     prepare,
     prune_done,
@@ -74,6 +75,13 @@ def test_request_ids_are_unique_and_sortable() -> None:
     assert all(REQUEST_ID.fullmatch(i) for i in ids)
 
 
+def hard_link(path: Path) -> None:
+    """A request that is a second name of another (root-owned) file."""
+    original = path.with_name("root-config.json")
+    original.write_text('{"network": {"hostname": "a secret value"}}')
+    os.link(original, path)
+
+
 def foreign(path: Path) -> None:
     """A request file owned by a stranger."""
     path.write_text("{}")
@@ -89,6 +97,7 @@ def foreign(path: Path) -> None:
         pytest.param(lambda p: p.write_bytes(b" " * (64 * 1024 + 1)), "larger than 65536",
                      65, id="oversized"),
         pytest.param(foreign, "owned by uid 4242", 77, id="foreign-owner"),
+        pytest.param(hard_link, "a hard link", 65, id="hard-link"),
     ],
 )
 def test_untrusted_requests_are_rejected(
@@ -136,3 +145,19 @@ def test_stale_temps_are_removed(spool: Spool) -> None:
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     remove_stale_temps(spool)
     assert sorted(os.listdir(spool.incoming)) == [".fresh.tmp"]
+
+
+def test_discard_removes_whatever_was_claimed(tmp_path: Path) -> None:
+    """A claimed request that is a directory full of junk, or a link, is removed; links are
+    not followed."""
+    target = tmp_path / "keep"
+    target.write_text("precious")
+    junk = tmp_path / "x.json"
+    (junk / "deep").mkdir(parents=True)
+    (junk / "deep" / "link").symlink_to(target)
+    discard(junk)
+    link = tmp_path / "y.json"
+    link.symlink_to(target)
+    discard(link)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+    assert target.read_text() == "precious"

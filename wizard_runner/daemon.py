@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -30,6 +29,7 @@ from wizard_runner.spool import (
     REQUEST_ID,
     RequestRejectedError,
     Spool,
+    discard,
     prepare,
     prune_done,
     read_request,
@@ -133,8 +133,7 @@ class Daemon:
                                  "kill); it was not run again: resubmit it")
                 write_result(self.spool, request_id, record, self.settings.user.gid)
                 self.log.warning("request_interrupted", request_id=request_id)
-            with contextlib.suppress(OSError):
-                path.unlink()
+            discard(path)
 
     # --- requests -----------------------------------------------------------------------------
 
@@ -154,8 +153,7 @@ class Daemon:
         source = self.spool.incoming / name
         if not name.endswith(".json") or not REQUEST_ID.fullmatch(request_id):
             self.log.warning("request_name_rejected", name=name)
-            with contextlib.suppress(OSError):
-                source.unlink()
+            discard(source)
             return
         claimed = self.spool.processing / name
         try:
@@ -167,8 +165,7 @@ class Daemon:
         log.info("request_claimed")
         record = self._run(request_id, claimed, received, log)
         write_result(self.spool, request_id, record, self.settings.user.gid)
-        with contextlib.suppress(OSError):
-            claimed.unlink()
+        discard(claimed)
         log.info("request_done", status=record["status"], exit_code=record["exit_code"])
         prune_done(self.spool)
 

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -154,6 +155,10 @@ def read_request(path: Path, allowed_uids: set[int]) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise RequestRejectedError("not a regular file")
+        if info.st_nlink != 1:
+            # A hard link to a file the submitter does not own (a root config, say) must not
+            # be read, nor its values echoed back in a rejection.
+            raise RequestRejectedError("a hard link, not a request file")
         if info.st_uid not in allowed_uids:
             raise RequestRejectedError(f"owned by uid {info.st_uid}, not root or the run user",
                                        77)
@@ -173,6 +178,15 @@ def write_result(spool: Spool, request_id: str, record: dict[str, Any], group: i
     owner = Ownership(0o640, os.geteuid(), group if os.geteuid() == 0 else os.getegid())
     atomic_replace(path, (json.dumps(record, indent=2) + "\n").encode(), owner)
     return path
+
+
+def discard(path: Path) -> None:
+    """Remove a claimed request, whatever a submitter made it (a file, a link, a directory)."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def pending(spool: Spool) -> Iterator[str]:
