@@ -107,8 +107,8 @@ class Daemon:
         prune_done(self.spool)
         sd_notify("READY=1\nSTATUS=waiting for requests")
         self.log.info("daemon_ready", spool=str(self.spool.base), pid=os.getpid())
-        self.serve_pending()
         try:
+            self.serve_pending()
             for _ in watchfiles.watch(
                 self.spool.incoming, watch_filter=None, debounce=DEBOUNCE_MS, step=STEP_MS,
                 rust_timeout=TICK_MS, yield_on_timeout=True, recursive=False,
@@ -163,7 +163,16 @@ class Daemon:
         received = now().isoformat(timespec="milliseconds")
         log = self.log.bind(request_id=request_id)
         log.info("request_claimed")
-        record = self._run(request_id, claimed, received, log)
+        try:
+            record = self._run(request_id, claimed, received, log)
+        except RunInterrupted as stop:
+            # Stopped outside the run itself (waiting for the lock, opening the log): the
+            # request still gets its answer before the daemon exits.
+            record = _record(request_id, received, "interrupted", stop.exit_code,
+                             reason=f"the daemon was {stop} before the request could finish")
+            write_result(self.spool, request_id, record, self.settings.user.gid)
+            discard(claimed)
+            raise
         write_result(self.spool, request_id, record, self.settings.user.gid)
         discard(claimed)
         log.info("request_done", status=record["status"], exit_code=record["exit_code"])
