@@ -75,13 +75,13 @@ def cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
                           check=False, **kwargs)
 
 
-def drop(root: Path, name: str, data: bytes, owner: int | None = None) -> Path:
-    """Put a raw file into incoming/ the way a (hostile) submitter could: temp, then rename."""
+def drop(root: Path, name: str, data: bytes, owner: int = 33) -> Path:
+    """Put a raw file into incoming/ as a (hostile) submitter could: temp, then rename; owned
+    by www-data (33) unless said otherwise."""
     incoming = Spool.of(Layout(root)).incoming
     temp = incoming / f".{name}.tmp"
     temp.write_bytes(data)
-    if owner is not None:
-        os.chown(temp, owner, owner)
+    os.chown(temp, owner, owner)
     final = incoming / name
     temp.rename(final)
     return final
@@ -170,6 +170,9 @@ def test_flood_of_bad_requests(root: Path, body: dict[str, Any]) -> None:
         fifo = Spool.of(Layout(root)).incoming / "20261125T000006Z-aaaaaaaaaaa6.json"
         os.mkfifo(fifo)
         drop(root, "weird name.json", EXAMPLE.read_bytes())
+        secret = json.dumps({"language": "db_pass=hunter2"}).encode()
+        drop(root, "20261125T000008Z-aaaaaaaaaaa8.json", secret, owner=0)
+        drop(root, "20261125T000009Z-aaaaaaaaaaa9.json", b"[" * 30000)
         (Spool.of(Layout(root)).incoming / "20261125T000007Z-aaaaaaaaaaa7.json").mkdir()
         reasons = {
             "20261125T000001Z-aaaaaaaaaaa1": "invalid JSON",
@@ -179,12 +182,15 @@ def test_flood_of_bad_requests(root: Path, body: dict[str, Any]) -> None:
             "20261125T000005Z-aaaaaaaaaaa5": "a symlink",
             "20261125T000006Z-aaaaaaaaaaa6": "not a regular file",
             "20261125T000007Z-aaaaaaaaaaa7": "not a regular file",
+            "20261125T000008Z-aaaaaaaaaaa8": "the daemon's log has them",
+            "20261125T000009Z-aaaaaaaaaaa9": "nested too deeply",
         }
         for request_id, reason in reasons.items():
             record = result(root, request_id)
             assert record["status"] == "rejected", request_id
             assert reason in record["reason"], (request_id, record["reason"])
             assert record["result"] is None
+        assert "hunter2" not in result(root, "20261125T000008Z-aaaaaaaaaaa8")["reason"]
         good = api.submit(body, root=root, wait=True, timeout=60)
         assert isinstance(good, dict)
         assert good["status"] == "succeeded"
@@ -294,3 +300,31 @@ def test_readiness_and_journal_format(root: Path, tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     assert lines[0].startswith("<6>daemon_ready spool=")
     assert not any(line[:1] == "{" for line in lines)
+
+
+def test_second_daemon_is_refused(root: Path) -> None:
+    """Only one daemon serves a root: a second one exits 75 naming the first."""
+    with daemon(root) as first:
+        second = cli("serve", "--root", str(root), "--user", USER)
+        assert second.returncode == 75
+        assert f"another wizard-runner serve (pid {first.pid})" in second.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to submit as www-data")
+def test_hostile_names_do_not_stop_the_daemon(root: Path, body: dict[str, Any]) -> None:
+    """Undecodable names, junk dot-files and deep trees are cleared; the daemon keeps serving."""
+    incoming = Spool.of(Layout(root)).incoming
+    with daemon(root) as process:
+        runuser = ["runuser", "-u", "www-data", "--"]
+        subprocess.run([*runuser, "bash", "-c", f'touch "{incoming}/$(printf ".\\xff")"; '
+                        f'touch "{incoming}/$(printf "x\\xfe.json")"; '
+                        f'mkdir -p "{incoming}/.d/$(printf "a/%.0s" $(seq 300))"; '
+                        f'mkdir "{incoming}/20261125T000010Z-bbbbbbbbbbbb.json"'],
+                       check=True, timeout=60)
+        record = result(root, "20261125T000010Z-bbbbbbbbbbbb")
+        assert record["status"] == "rejected"
+        good = api.submit(body, root=root, wait=True, timeout=60)
+        assert isinstance(good, dict)
+        assert good["status"] == "succeeded"
+        wait_for(lambda: os.listdir(incoming) == [], what="incoming/ to be cleared")
+        assert process.poll() is None

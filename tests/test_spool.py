@@ -147,17 +147,50 @@ def test_stale_temps_are_removed(spool: Spool) -> None:
     assert sorted(os.listdir(spool.incoming)) == [".fresh.tmp"]
 
 
-def test_discard_removes_whatever_was_claimed(tmp_path: Path) -> None:
+def test_discard_removes_whatever_was_claimed(spool: Spool, tmp_path: Path) -> None:
     """A claimed request that is a directory full of junk, or a link, is removed; links are
     not followed."""
     target = tmp_path / "keep"
     target.write_text("precious")
-    junk = tmp_path / "x.json"
+    junk = spool.processing / "x.json"
     (junk / "deep").mkdir(parents=True)
     (junk / "deep" / "link").symlink_to(target)
-    discard(junk)
-    link = tmp_path / "y.json"
+    discard(spool, junk)
+    link = spool.processing / "y.json"
     link.symlink_to(target)
-    discard(link)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+    discard(spool, link)
+    assert os.listdir(spool.processing) == []
     assert target.read_text() == "precious"
+
+
+def test_too_deep_a_tree_goes_to_quarantine(spool: Spool) -> None:
+    """A tree deeper than Python can walk is moved aside, never a crash."""
+    top = spool.processing / "deep.json"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY)
+    for _ in range(1100):  # one level at a time: os.makedirs itself would recurse too deep
+        os.mkdir("a", dir_fd=fd)
+        inner = os.open("a", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+    discard(spool, top)
+    assert not top.exists()
+    assert len(os.listdir(spool.base / "quarantine")) == 1
+
+
+def test_odd_hidden_names_go_at_once(spool: Spool) -> None:
+    """Hidden entries that are not a submitter's temp file are removed without waiting."""
+    (spool.incoming / ".junk").write_text("x")
+    (spool.incoming / ".dir").mkdir()
+    (spool.incoming / ".20261125T000000Z-abc.tmp").write_text("x")
+    remove_stale_temps(spool)
+    assert os.listdir(spool.incoming) == [".20261125T000000Z-abc.tmp"]
+
+
+def test_read_request_returns_owner(tmp_path: Path) -> None:
+    """A good request comes back with its bytes and owner."""
+    path = tmp_path / "r.json"
+    path.write_text("{}")
+    found = read_request(path, {os.geteuid()})
+    assert (found.data, found.owner) == (b"{}", os.geteuid())

@@ -517,6 +517,8 @@ def decode_json(text: str | bytes, source: str = "config") -> object:
         raise ConfigError([f"invalid JSON at {where}: {error.msg}"], source) from None
     except ValueError as error:
         raise ConfigError([f"invalid JSON: {error}"], source) from None
+    except RecursionError:
+        raise ConfigError(["invalid JSON: nested too deeply"], source) from None
 
 
 def parse_config(text: str | bytes, source: str = "config") -> WizardConfig:

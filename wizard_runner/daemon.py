@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import parse_config
 from wizard_runner.errors import ConfigError, LockedError, RunInterrupted, WizardRunnerError
+from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
 from wizard_runner.procs import become_subreaper
 from wizard_runner.result import RunResult, now
@@ -74,7 +76,7 @@ class DaemonSettings:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-def _record(request_id: str, received: str, status: str, exit_code: int, *,
+def _record(request_id: str, received: str | None, status: str, exit_code: int, *,
             reason: str | None = None, result: RunResult | None = None,
             problems: list[str] | None = None) -> dict[str, Any]:
     return {
@@ -102,25 +104,34 @@ class Daemon:
 
     def serve(self) -> None:
         """Prepare, recover, serve what waits, then watch incoming/ until told to stop."""
-        prepare(self.spool, self.settings.user.gid)
-        self.recover()
-        prune_done(self.spool)
-        sd_notify("READY=1\nSTATUS=waiting for requests")
-        self.log.info("daemon_ready", spool=str(self.spool.base), pid=os.getpid())
+        with RunLock(self.settings.layout.run_dir / "daemon.lock", "wizard-runner serve"):
+            prepare(self.spool, self.settings.user.gid)
+            self.recover()
+            prune_done(self.spool)
+            sd_notify("READY=1\nSTATUS=waiting for requests")
+            self.log.info("daemon_ready", spool=str(self.spool.base), pid=os.getpid())
+            with contextlib.suppress(RunInterrupted):
+                self.serve_pending()
+                while not self.settings.stop.is_set():
+                    self._watch()
+            sd_notify("STOPPING=1")
+            self.log.info("daemon_stopped")
+
+    def _watch(self) -> None:
+        """Serve on every change in incoming/ (and every tick); a broken watcher is rebuilt."""
         try:
-            self.serve_pending()
             for _ in watchfiles.watch(
                 self.spool.incoming, watch_filter=None, debounce=DEBOUNCE_MS, step=STEP_MS,
                 rust_timeout=TICK_MS, yield_on_timeout=True, recursive=False,
                 stop_event=self.settings.stop, raise_interrupt=False,
             ):
                 if self.settings.stop.is_set():
-                    break
+                    return
                 self.serve_pending()
-        except RunInterrupted:
-            pass
-        sd_notify("STOPPING=1")
-        self.log.info("daemon_stopped")
+        except Exception as error:  # the watcher (a name it cannot decode, a deleted dir)
+            self.log.warning("watcher_restarted", error=str(error))
+            self.serve_pending()
+            self.settings.stop.wait(TICK_MS / 1000)
 
     def recover(self) -> None:
         """A request left in processing/ means the daemon died mid-run: report it, never rerun."""
@@ -128,24 +139,34 @@ class Daemon:
             request_id = name.removesuffix(".json")
             path = self.spool.processing / name
             if name.endswith(".json") and REQUEST_ID.fullmatch(request_id):
-                record = _record(request_id, "", "interrupted", 143,
+                record = _record(request_id, None, "interrupted", 143,
                                  reason="the daemon stopped during this request (crash or "
                                  "kill); it was not run again: resubmit it")
                 write_result(self.spool, request_id, record, self.settings.user.gid)
                 self.log.warning("request_interrupted", request_id=request_id)
-            discard(path)
+            discard(self.spool, path)
 
     # --- requests -----------------------------------------------------------------------------
 
     def serve_pending(self) -> None:
         """Run every complete request waiting in incoming/, oldest first."""
-        remove_stale_temps(self.spool)
-        for name in sorted(os.listdir(self.spool.incoming)):
+        try:
+            prepare(self.spool, self.settings.user.gid)  # an admin may have removed a part
+            remove_stale_temps(self.spool)
+            names = sorted(os.listdir(self.spool.incoming))
+        except OSError as error:
+            self.log.error("spool_unusable", spool=str(self.spool.base), error=str(error))
+            return
+        for name in names:
             if self.settings.stop.is_set():
                 return
             if name.startswith("."):
                 continue  # still being written by its submitter
-            self.serve_one(name)
+            try:
+                self.serve_one(name)
+            except Exception as error:  # one bad entry must never stop the daemon
+                self.log.exception("request_crashed", name=name, error=repr(error))
+                discard(self.spool, self.spool.processing / name)
 
     def serve_one(self, name: str) -> None:
         """Claim one request by renaming it into processing/, run it, store its result."""
@@ -153,7 +174,7 @@ class Daemon:
         source = self.spool.incoming / name
         if not name.endswith(".json") or not REQUEST_ID.fullmatch(request_id):
             self.log.warning("request_name_rejected", name=name)
-            discard(source)
+            discard(self.spool, source)
             return
         claimed = self.spool.processing / name
         try:
@@ -170,25 +191,39 @@ class Daemon:
             # request still gets its answer before the daemon exits.
             record = _record(request_id, received, "interrupted", stop.exit_code,
                              reason=f"the daemon was {stop} before the request could finish")
-            write_result(self.spool, request_id, record, self.settings.user.gid)
-            discard(claimed)
+            self._answer(request_id, record)
+            discard(self.spool, claimed)
             raise
-        write_result(self.spool, request_id, record, self.settings.user.gid)
-        discard(claimed)
+        self._answer(request_id, record)
+        discard(self.spool, claimed)
         log.info("request_done", status=record["status"], exit_code=record["exit_code"])
         prune_done(self.spool)
+
+    def _answer(self, request_id: str, record: dict[str, Any]) -> None:
+        """Store a request's result, recreating done/ if an admin removed it meanwhile."""
+        try:
+            write_result(self.spool, request_id, record, self.settings.user.gid)
+        except FileNotFoundError:
+            prepare(self.spool, self.settings.user.gid)
+            write_result(self.spool, request_id, record, self.settings.user.gid)
 
     def _run(self, request_id: str, claimed: Path, received: str,
              log: FilteringBoundLogger) -> dict[str, Any]:
         try:
-            body = read_request(claimed, {0, self.settings.user.uid})
-            config = parse_config(body, "request")
+            request = read_request(claimed, {0, self.settings.user.uid})
         except RequestRejectedError as rejected:
             log.warning("request_rejected", reason=str(rejected))
             return _record(request_id, received, "rejected", rejected.exit_code,
                            reason=str(rejected))
+        try:
+            config = parse_config(request.data, "request")
         except ConfigError as invalid:
             log.warning("request_rejected", reason="invalid config", problems=invalid.problems)
+            if request.owner != self.settings.user.uid:
+                # A root-owned file moved in by the submitter: never echo its values back.
+                return _record(request_id, received, "rejected", invalid.exit_code,
+                               reason=f"invalid config ({len(invalid.problems)} problems; "
+                               "the daemon's log has them)")
             return _record(request_id, received, "rejected", invalid.exit_code,
                            reason=str(invalid), problems=list(invalid.problems))
         options = RunOptions(

@@ -134,8 +134,9 @@ def ensure_dir(path: Path, mode: int) -> None:
 class RunLock:
     """An exclusive, non-blocking flock held for a whole run; the holder's pid is in the file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, what: str = "wizard-runner run") -> None:
         self.path = path
+        self.what = what
         self._fd: int | None = None
 
     def _holder(self, fd: int) -> str:
@@ -158,7 +159,7 @@ class RunLock:
             holder = self._holder(fd)
             os.close(fd)
             raise LockedError(
-                f"another wizard-runner run ({holder}) holds {self.path}; wait for it to finish"
+                f"another {self.what} ({holder}) holds {self.path}; wait for it to finish"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)

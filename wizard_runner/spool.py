@@ -32,6 +32,8 @@ from wizard_runner.layout import Layout
 from wizard_runner.result import now
 
 REQUEST_ID: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
+#: The hidden name a submitter writes a request under before renaming it into place.
+TEMP_NAME: Final = re.compile(r"\.[0-9A-Za-z][0-9A-Za-z-]{0,63}\.tmp")
 STALE_TEMP_SECONDS: Final = 3600
 RETENTION_DAYS: Final = 30
 RETENTION_COUNT: Final = 1000
@@ -142,7 +144,15 @@ def wait_result(spool: Spool, request_id: str, timeout: float | None) -> dict[st
         time.sleep(0.02)
 
 
-def read_request(path: Path, allowed_uids: set[int]) -> bytes:
+@dataclass(frozen=True)
+class RequestFile:
+    """A request's bytes and the uid that owned the file."""
+
+    data: bytes
+    owner: int
+
+
+def read_request(path: Path, allowed_uids: set[int]) -> RequestFile:
     """Read a claimed request without trusting it: no links, no special files, no big files,
     no foreign owner."""
     try:
@@ -169,7 +179,7 @@ def read_request(path: Path, allowed_uids: set[int]) -> bytes:
         os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         raise RequestRejectedError(f"larger than {MAX_CONFIG_BYTES} bytes")
-    return data
+    return RequestFile(data, info.st_uid)
 
 
 def write_result(spool: Spool, request_id: str, record: dict[str, Any], group: int) -> Path:
@@ -180,13 +190,24 @@ def write_result(spool: Spool, request_id: str, record: dict[str, Any], group: i
     return path
 
 
-def discard(path: Path) -> None:
-    """Remove a claimed request, whatever a submitter made it (a file, a link, a directory)."""
-    with contextlib.suppress(OSError):
+def discard(spool: Spool, path: Path) -> None:
+    """Remove a request, whatever a submitter made it (a file, a link, a directory tree).
+
+    A tree too deep or too odd to remove is moved into quarantine/ (0700) instead: the
+    daemon must never stop serving over what a submitter built.
+    """
+    try:
         if stat.S_ISDIR(os.lstat(path).st_mode):
             shutil.rmtree(path)
         else:
             path.unlink()
+    except FileNotFoundError:
+        return
+    except (OSError, RecursionError):
+        quarantine = spool.base / "quarantine"
+        with contextlib.suppress(OSError):
+            quarantine.mkdir(mode=0o700, exist_ok=True)
+            os.rename(path, quarantine / f"{secrets.token_hex(8)}")
 
 
 def pending(spool: Spool) -> Iterator[str]:
@@ -199,14 +220,21 @@ def pending(spool: Spool) -> Iterator[str]:
 
 
 def remove_stale_temps(spool: Spool, older_than: float = STALE_TEMP_SECONDS) -> None:
-    """Remove temp files a submitter never renamed (it died mid-write)."""
+    """Remove hidden entries that are not a submitter's temp file at once, and temp files a
+    submitter never renamed (it died mid-write) after `older_than` seconds."""
     limit = time.time() - older_than
     for name in pending(spool):
-        if name.startswith("."):
-            path = spool.incoming / name
-            with contextlib.suppress(OSError):
-                if os.lstat(path).st_mtime < limit:
-                    path.unlink()
+        if not name.startswith("."):
+            continue
+        path = spool.incoming / name
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not TEMP_NAME.fullmatch(name) or not stat.S_ISREG(info.st_mode) or (
+            info.st_mtime < limit
+        ):
+            discard(spool, path)
 
 
 def prune_done(spool: Spool, days: float = RETENTION_DAYS, count: int = RETENTION_COUNT) -> int:
