@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,69 @@ def restore_signals() -> Iterator[None]:
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+
+
+# --- long suites and the reliability report ------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """--run-long runs the long fault suites; --reliability-report writes RELIABILITY.md."""
+    parser.addoption("--run-long", action="store_true",
+                     help="also run the long reliability suites (CI does)")
+    parser.addoption("--reliability-report", metavar="PATH",
+                     help="write the fault table this run measured as markdown to PATH")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the markers this suite uses."""
+    config.addinivalue_line("markers", "long: a long fault suite, run with --run-long")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the long suites unless asked for."""
+    if config.getoption("--run-long"):
+        return
+    skip = pytest.mark.skip(reason="long suite: run with --run-long (CI runs it)")
+    for item in items:
+        if item.get_closest_marker("long"):
+            item.add_marker(skip)
+
+
+@dataclass(frozen=True)
+class FaultRow:
+    """One line of RELIABILITY.md: a fault, how it was injected, how often, what came of it."""
+
+    area: str
+    fault: str
+    injection: str
+    trials: int
+    lost: int
+    outcome: str
+
+
+_ROWS: list[FaultRow] = []
+
+
+class Reliability:
+    """Collects the fault rows of the tests that ran (see `reliability` fixture)."""
+
+    def record(self, *, area: str, fault: str, injection: str, trials: int, lost: int,
+               outcome: str) -> None:
+        """Add a row; `lost` counts trials that lost or corrupted data or hung."""
+        _ROWS.append(FaultRow(area, fault, injection, trials, lost, outcome))
+
+
+@pytest.fixture
+def reliability() -> Reliability:
+    """Record what a fault test measured, for the generated RELIABILITY.md."""
+    return Reliability()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write RELIABILITY.md when asked, from the rows the run recorded."""
+    target = session.config.getoption("--reliability-report")
+    if not target:
+        return
+    from tests.reliability_report import render_report  # noqa: PLC0415 - only when asked
+
+    Path(target).write_text(render_report(_ROWS, session.config, exitstatus))

@@ -240,8 +240,9 @@ def remove_stale_temps(spool: Spool, older_than: float = STALE_TEMP_SECONDS) -> 
 def prune_done(spool: Spool, days: float = RETENTION_DAYS, count: int = RETENTION_COUNT) -> int:
     """Remove results older than `days`, then the oldest beyond `count`; return how many."""
     try:
-        entries = [(entry.stat().st_mtime, entry) for entry in os.scandir(spool.done)
-                   if entry.is_file(follow_symlinks=False)]
+        with os.scandir(spool.done) as listing:
+            entries = [(entry.stat().st_mtime, entry) for entry in listing
+                       if entry.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return 0
     entries.sort(key=lambda item: item[0])
