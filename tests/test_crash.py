@@ -15,7 +15,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -150,7 +149,7 @@ def test_kill_at_random_moments(
     config: WizardConfig, tmp_path: Path, reliability: Reliability, trials: int
 ) -> None:
     """SIGKILL after a random delay, anywhere in the run, loses nothing."""
-    chooser = random.Random(20261125)  # reproducible
+    chooser = random.Random(20261125)  # noqa: S311 - reproducible delays, not secrets
     failures: dict[float, list[str]] = {}
     for _ in range(trials):
         delay = round(chooser.uniform(0.05, 0.6), 3)

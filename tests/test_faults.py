@@ -1,0 +1,229 @@
+"""Faults on purpose, recorded for RELIABILITY.md: failed writes, scripts misbehaving,
+concurrent runs, and what a script may touch."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES, MANAGED, Reliability, seed_root, snapshot
+from tests.test_scripts import ROOT, USER, add_script, no_process_with, run, scripts
+from tests.test_scripts import root as script_root  # noqa: F401 - the fixture, re-used
+from wizard_runner import sysconf
+from wizard_runner.config import WizardConfig
+from wizard_runner.fsio import Ownership, WriteMethod, atomic_replace
+from wizard_runner.result import FileAction, RunStatus
+from wizard_runner.runner import RunOptions, execute
+
+pytestmark = pytest.mark.processes
+SCRIPT = Path(sys.executable).parent / "wizard-runner"
+
+
+@pytest.fixture
+def root(script_root: Path) -> Path:  # noqa: F811 - wraps the imported fixture
+    """A traversable root with Debian's files and an empty wizard.d."""
+    return seed_root(script_root)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EACCES, errno.EROFS],
+                         ids=["ENOSPC", "EIO", "EACCES", "EROFS"])
+def test_write_errors_at_each_write(
+    config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch,
+    reliability: Reliability, code: int,
+) -> None:
+    """An OSError at each of the seven writes in turn: originals intact, restores reported,
+    exit 73."""
+    lost = 0
+    for nth in range(1, 8):
+        trial_root = root / f"t{nth}"
+        seed_root(trial_root)
+        before = {k: v[0] for k, v in snapshot(trial_root / "etc").items()}
+        writes: list[Path] = []
+
+        def failing(path: Path, data: bytes, owner: Ownership, nth: int = nth,
+                    writes: list[Path] = writes) -> WriteMethod:
+            if "backups" not in path.parts:
+                writes.append(path)
+                if len(writes) == nth:
+                    raise OSError(code, os.strerror(code), str(path))
+            return atomic_replace(path, data, owner)
+
+        monkeypatch.setattr(sysconf, "atomic_replace", failing)
+        with open(os.devnull, "w") as sink:
+            result = execute(config, RunOptions(root=trial_root, check_with_tools=False),
+                             stream=sink)
+        restored = [f.path for f in result.system_conf.files if f.action is FileAction.RESTORED]
+        after = {k: v[0] for k, v in snapshot(trial_root / "etc").items()}
+        if (after != before or result.exit_code != 73 or restored != list(MANAGED[: nth - 1])
+                or os.strerror(code) not in (result.error or "")):
+            lost += 1
+    name = errno.errorcode[code]
+    reliability.record(area="system step", fault=f"{name} on a write",
+                       injection="OSError raised at each of the 7 file writes in turn",
+                       trials=7, lost=lost,
+                       outcome="exit 73, originals intact, files already written restored "
+                       "and reported")
+    assert lost == 0
+
+
+SCRIPT_FAULTS = [
+    pytest.param("exit 1", "failed", "exit code 1", id="exit-1"),
+    pytest.param("exit 2", "failed", "exit code 2", id="exit-2"),
+    pytest.param("exit 127", "failed", "exit code 127", id="exit-127"),
+    pytest.param("exit 255", "failed", "exit code 255", id="exit-255"),
+    pytest.param("kill -KILL $$", "failed", "death by SIGKILL", id="sigkill"),
+    pytest.param("kill -SEGV $$", "failed", "death by SIGSEGV", id="sigsegv"),
+    pytest.param("kill -TERM $$", "failed", "death by SIGTERM", id="sigterm"),
+    pytest.param("sleep 30", "timed_out", "a hang past the timeout", id="hang"),
+    pytest.param("trap '' TERM; while :; do sleep 0.1; done", "timed_out",
+                 "a hang that ignores SIGTERM", id="ignores-term"),
+    pytest.param("setsid sh -c 'sleep 1234 & wait' & echo started", "succeeded",
+                 "a double-forked daemon holding stdout", id="daemon"),
+    pytest.param("i=0; while [ $i -lt 200 ]; do sleep 1235 & i=$((i+1)); done", "succeeded",
+                 "200 background sleepers", id="sleepers"),
+    pytest.param(r"printf '\377\376\000binary\n'; head -c 4096 /dev/urandom", "succeeded",
+                 "binary output", id="binary"),
+    pytest.param('rm -f "$0"; echo gone', "succeeded", "a script that deletes itself",
+                 id="deletes-itself"),
+    pytest.param("cat; echo eof", "succeeded", "a script reading stdin", id="reads-stdin"),
+]
+
+
+@pytest.mark.parametrize(("script", "status", "fault"), SCRIPT_FAULTS)
+def test_script_faults(
+    config: WizardConfig, root: Path, reliability: Reliability, script: str, status: str,
+    fault: str,
+) -> None:
+    """Each misbehaving script gets the right status quickly and leaves nothing running."""
+    if "deletes" in fault:
+        wizard_d = root / "etc/xivo/wizard.d"
+        wizard_d.chmod(0o775)
+        os.chown(wizard_d, 0, 33 if ROOT else os.getegid())
+    add_script(root, "10-fault", script)
+    add_script(root, "20-after", "echo after")
+    started = time.monotonic()
+    found = scripts(run(config, root, timeout=2.0))
+    elapsed = time.monotonic() - started
+    after = "succeeded" if status == "succeeded" else "not_run"
+    ok = (found["10-fault"]["status"] == status and found["20-after"]["status"] == after
+          and elapsed < 20 and no_process_with("sleep 123"))
+    reliability.record(area="scripts", fault=fault, injection=f"`{script}`", trials=1,
+                       lost=0 if ok else 1,
+                       outcome=f"{status}, the rest {after}, nothing left running, "
+                       f"{elapsed:.1f} s")
+    assert ok, (found, elapsed)
+
+
+@pytest.mark.long
+def test_one_gib_of_output(root: Path, reliability: Reliability) -> None:
+    """1 GiB of output in 100-byte lines: the runner's peak memory stays small."""
+    add_script(root, "10-gib", "yes 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+               "xxxxxxxxxxxxxxxxxxxxxxxxxxxxx' | head -c 1073741824")
+    runner = subprocess.Popen(
+        [str(SCRIPT), "run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
+         "--no-system-conf", "--scripts", "--user", USER, "--json", "--timeout", "900"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak_kib = 0
+    while runner.poll() is None:
+        try:
+            status = Path(f"/proc/{runner.pid}/status").read_text()
+            peak_kib = max(peak_kib, int(status.split("VmHWM:")[1].split()[0]))
+        except (OSError, IndexError, ValueError):
+            pass
+        time.sleep(0.05)
+    stdout, _ = runner.communicate(timeout=60)
+    ok = runner.returncode == 0 and 0 < peak_kib < 100 * 1024
+    reliability.record(area="scripts", fault="1 GiB of output", injection="`yes ... | head -c "
+                       "1073741824`, 100-byte lines", trials=1, lost=0 if ok else 1,
+                       outcome=f"succeeded, runner peak RSS {peak_kib // 1024} MiB")
+    assert ok, (stdout[-500:], peak_kib)
+
+
+def test_twenty_concurrent_runs(root: Path, reliability: Reliability) -> None:
+    """20 runs at once on one root: one at a time, the others exit 75, the state files stay
+    valid JSON throughout."""
+    add_script(root, "10-slow", "sleep 1")
+    stop = threading.Event()
+    invalid: list[str] = []
+
+    def watch_state() -> None:
+        state = root / "var/lib/wizard-runner"
+        while not stop.is_set():
+            for name in ("last-run.json", "config.json"):
+                try:
+                    json.loads((state / name).read_text())
+                except FileNotFoundError:
+                    pass
+                except ValueError:
+                    invalid.append(name)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch_state)
+    watcher.start()
+    try:
+        runners = [subprocess.Popen(
+            [str(SCRIPT), "run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
+             "--scripts", "--user", USER],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(20)]
+        outcomes = [(r.wait(timeout=120), r.communicate()[1]) for r in runners]
+    finally:
+        stop.set()
+        watcher.join()
+    codes = sorted(code for code, _ in outcomes)
+    ok = codes.count(0) >= 1 and set(codes) <= {0, 75} and not invalid
+    ok = ok and all("another wizard-runner run (pid" in err for code, err in outcomes
+                    if code == 75)
+    reliability.record(area="concurrency", fault="20 simultaneous runs on one root",
+                       injection="20 `wizard-runner run` started at once", trials=20,
+                       lost=0 if ok else 1,
+                       outcome=f"{codes.count(0)} ran, {codes.count(75)} exited 75 naming the "
+                       "holder; state files always valid JSON")
+    assert ok, (codes, invalid)
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root: the script must run as www-data")
+def test_what_a_script_can_touch(config: WizardConfig, root: Path,
+                                 reliability: Reliability) -> None:
+    """As www-data, a script can neither read the saved config, the spool or the backups, nor
+    write the result, state, log or lock files; it has no root group."""
+    spool = root / "var/spool/wizard-runner/incoming"
+    spool.mkdir(parents=True)
+    os.chown(spool, 0, 33)
+    spool.chmod(0o1730)
+    (spool / "20261125T000000Z-aaaaaaaaaaaa.json").write_text("{}")
+    (spool / "20261125T000000Z-aaaaaaaaaaaa.json").chmod(0o600)
+    with open(os.devnull, "w") as sink:
+        execute(config, RunOptions(root=root, check_with_tools=False), stream=sink)
+    backup = next((root / "var/backups/wizard-runner").iterdir())
+    targets = {
+        "read saved config": f"cat {root}/var/lib/wizard-runner/config.json",
+        "list the spool": f"ls {spool}",
+        "read a request": f"cat {spool}/20261125T000000Z-aaaaaaaaaaaa.json",
+        "read backups": f"cat {backup}/etc/hosts",
+        "write the result": f"echo x >> {root}/var/lib/wizard-runner/last-run.json",
+        "write the saved config": f"echo x >> {root}/var/lib/wizard-runner/config.json",
+        "write the log": f"echo x >> {root}/var/log/wizard-runner/wizard-runner.log",
+        "write the lock": f"echo x >> {root}/run/wizard-runner/lock",
+        "write /etc/hosts": f"echo x >> {root}/etc/hosts",
+    }
+    lines = [f'if {command} >/dev/null 2>&1; then echo "CAN {what}"; else echo "cannot {what}"; fi'
+             for what, command in targets.items()]
+    lines.append('id -G | tr " " "\\n" | grep -qx 0 && echo "HAS root group" || echo "no root group"')
+    add_script(root, "10-probe", "\n".join(lines))
+    result = run(config, root)
+    tail = scripts(result)["10-probe"]["output_tail"]
+    breaches = [line for line in tail.splitlines() if line.startswith(("CAN", "HAS"))]
+    reliability.record(area="privilege", fault="a script reaching for the runner's files",
+                       injection="as www-data: read config/spool/backups, write result/state/"
+                       "log/lock/etc, check groups", trials=len(targets) + 1,
+                       lost=len(breaches), outcome="every attempt refused; no root group")
+    assert result.status is RunStatus.SUCCEEDED
+    assert breaches == []
