@@ -1,0 +1,235 @@
+"""Hostile input: any JSON either validates or gives the config error; accepted configs render
+files that read back right and pass the real tools; injection strings are refused or inert."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import EXAMPLES, Reliability, needs_root, needs_tool
+from tests.test_render import parse_hosts, parse_interfaces, parse_main_cf, parse_resolv
+from wizard_runner.config import WizardConfig, config_from_data, parse_config
+from wizard_runner.errors import ConfigError
+from wizard_runner.render import RENDERERS
+from wizard_runner.tools import find_tool, run_tool
+
+EXAMPLE: dict[str, Any] = json.loads((EXAMPLES / "wizard.json").read_text())
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
+                                                                max_size=4),
+    max_leaves=20,
+)
+FIELDS = [
+    ("admin_password",), ("timezone",), ("language",), ("entity_name",),
+    ("network", "hostname"), ("network", "domain"), ("network", "interface"),
+    ("network", "ip_address"), ("network", "netmask"), ("network", "gateway"),
+    ("context_internal", "display_name"), ("context_internal", "number_start"),
+    ("context_incall", "display_name"), ("context_outcall", "display_name"),
+]
+INJECTIONS = [
+    "pbx\n10.0.0.66 evil", "a\x00b", "x; rm -rf /", "$(reboot)", "`id`", "a" * 5000,
+    "раbх", "pbx\u200b", "ｐｂｘ", "../../etc/passwd", "-rf", "%s%n", "\r\nInjected: yes",
+    "pbx\\", "' OR '1'='1", "${IFS}", "\t", " ",
+]
+
+
+def with_field(path: tuple[str, ...], value: object) -> dict[str, Any]:
+    """The example body with one field replaced."""
+    body = copy.deepcopy(EXAMPLE)
+    node = body
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return body
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(JSON_VALUES)
+def test_any_json_value_validates_or_is_a_config_error(value: object) -> None:
+    """Whatever the JSON, validation either succeeds or raises ConfigError, nothing else."""
+    try:
+        config_from_data(value)
+    except ConfigError as error:
+        assert error.problems
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(FIELDS), JSON_VALUES)
+def test_any_value_in_any_field(path: tuple[str, ...], value: object) -> None:
+    """Any JSON value in any field validates or names that field in the error."""
+    try:
+        config_from_data(with_field(path, value))
+    except ConfigError as error:
+        assert any(problem.startswith(path[0]) for problem in error.problems), error.problems
+
+
+def rendered(config: WizardConfig) -> dict[str, str]:
+    """Every managed file rendered from Debian's content."""
+    seed = Path(__file__).resolve().parent.parent / "examples/debian-root"
+    return {path: RENDERERS[path](config, (seed / path.lstrip("/")).read_text())
+            for path in RENDERERS}
+
+
+@pytest.mark.parametrize("path", FIELDS, ids=[".".join(p) for p in FIELDS])
+def test_injection_strings_are_refused_or_inert(
+    path: tuple[str, ...], reliability: Reliability
+) -> None:
+    """Each injection string in each field is refused, or lands as one inert token."""
+    lost = 0
+    for value in INJECTIONS:
+        try:
+            config = config_from_data(with_field(path, value))
+        except ConfigError:
+            continue
+        files = rendered(config)
+        # Accepted only for free-text fields, which no system file contains.
+        if any(value in text for text in files.values()) or "\n" in value or "\x00" in value:
+            lost += 1
+    reliability.record(area="hostile input", fault=f"injection strings in {'.'.join(path)}",
+                       injection=f"{len(INJECTIONS)} strings: newline, NUL, `;`, `$(...)`, "
+                       "backticks, 5000 chars, look-alikes, ...", trials=len(INJECTIONS),
+                       lost=lost, outcome="refused with the field named, or never written "
+                       "to a system file")
+    assert lost == 0
+
+
+LABEL = st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True)
+OCTET = st.integers(min_value=1, max_value=254)
+
+
+@st.composite
+def networks(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid network section, drawn widely."""
+    prefix = draw(st.integers(min_value=8, max_value=29))
+    base = draw(st.tuples(OCTET, OCTET, OCTET, OCTET))
+    subnet = ipaddress.IPv4Network(f"{'.'.join(map(str, base))}/{prefix}", strict=False)
+    size = subnet.num_addresses - 2  # host addresses, without network and broadcast
+    first = subnet.network_address + 1
+    address = first + draw(st.integers(0, size - 1))
+    gateway = first + draw(st.integers(0, size - 1))
+    if gateway == address:
+        gateway = first if address != first else first + 1
+    vlan = draw(st.booleans())
+    return {
+        "hostname": draw(LABEL),
+        "domain": ".".join(draw(st.lists(LABEL, min_size=1, max_size=3))) + ".example",
+        "interface": "eth1.42" if vlan else draw(st.sampled_from(["eth0", "ens3", "enp0s31f6"])),
+        "ip_address": str(address),
+        "netmask": str(subnet.netmask),
+        "gateway": str(gateway),
+        "nameservers": [str(ipaddress.IPv4Address(draw(st.integers(16777216, 3758096383))))],
+    }
+
+
+def accepted(network: dict[str, Any]) -> WizardConfig | None:
+    """The config with this network, or None when the rules refuse it (reserved ranges)."""
+    try:
+        return config_from_data(with_field(("network",), network))
+    except ConfigError:
+        return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(networks())
+def test_accepted_configs_read_back(network: dict[str, Any]) -> None:
+    """Every accepted config renders files that parse back to the same values."""
+    config = accepted(network)
+    if config is None:
+        return
+    files = rendered(config)
+    net = config.network
+    assert files["/etc/hostname"] == f"{net.hostname}\n"
+    assert files["/etc/mailname"] == f"{net.fqdn}\n"
+    assert parse_hosts(files["/etc/hosts"])[net.fqdn] == net.ip_address
+    assert parse_resolv(files["/etc/resolv.conf"]) == ([net.domain], net.nameservers)
+    stanza = parse_interfaces(files["/etc/network/interfaces"])[f"{net.interface} inet"]
+    assert (stanza["address"], stanza["netmask"], stanza["gateway"]) == (
+        net.ip_address, net.netmask, net.gateway)
+    assert parse_main_cf(files["/etc/postfix/main.cf"])["myhostname"] == net.fqdn
+
+
+def settle(directory: Path) -> None:
+    """Date the files a minute back: postfix waits while a file looks freshly written."""
+    past = time.time() - 60
+    for path in directory.iterdir():
+        os.utime(path, (past, past))
+
+
+@pytest.mark.processes
+@needs_tool("ifquery")
+@needs_tool("postconf")
+@needs_tool("postmap")
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(networks())
+def test_accepted_configs_pass_the_real_tools(network: dict[str, Any]) -> None:
+    """ifquery, postconf and postmap accept what any accepted config renders."""
+    config = accepted(network)
+    if config is None:
+        return
+    files = rendered(config)
+    net = config.network
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        (work / "interfaces").write_text(files["/etc/network/interfaces"])
+        ifquery = run_tool([str(find_tool("ifquery")), "-i", str(work / "interfaces"),
+                            net.interface])
+        assert ifquery.returncode == 0, ifquery.stderr
+        assert f"address: {net.ip_address}" in ifquery.stdout
+        (work / "main.cf").write_text(files["/etc/postfix/main.cf"])
+        settle(work)
+        postconf = run_tool([str(find_tool("postconf")), "-c", scratch, "-h", "myhostname"])
+        assert postconf.stdout.strip() == net.fqdn, postconf.stderr
+        table = work / "canonical"
+        table.write_text(files["/etc/postfix/canonical"])
+        (work / "main.cf").write_text(f"myhostname = {net.fqdn}\nmyorigin = $myhostname\n")
+        settle(work)
+        postmap = run_tool([str(find_tool("postmap")), "-c", scratch, f"hash:{table}"])
+        assert postmap.returncode == 0
+        assert "warning" not in postmap.stderr
+
+
+@pytest.mark.processes
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(networks())
+def test_getent_resolves_the_fqdn_in_a_private_namespace(network: dict[str, Any]) -> None:
+    """With the rendered /etc/hosts bind-mounted in a private mount namespace, the resolver
+    itself maps the FQDN and the short name to ip_address."""
+    config = accepted(network)
+    if config is None:
+        return
+    net = config.network
+    with tempfile.NamedTemporaryFile("w", suffix="-hosts", delete=False) as hosts:
+        hosts.write(rendered(config)["/etc/hosts"])
+    try:
+        script = (f"mount --bind {hosts.name} /etc/hosts && getent hosts {net.fqdn} && "
+                  f"getent hosts {net.hostname}")
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               script], capture_output=True, text=True, timeout=30, check=False)
+    finally:
+        Path(hosts.name).unlink()
+    if done.returncode != 0 and "Operation not permitted" in done.stderr:
+        pytest.skip(f"mount namespaces are not allowed here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[0] == net.ip_address
+    assert lines[1].split()[0] == net.ip_address
+
+
+def test_example_body_is_still_valid() -> None:
+    """The fixtures above start from a valid body."""
+    parse_config((EXAMPLES / "wizard.json").read_bytes())
