@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLES, seed_root
+from tests.conftest import EXAMPLES, Reliability, seed_root
 from tests.test_scripts import USER, no_process_with
 from tests.test_scripts import root as script_root  # noqa: F401 - the fixture, re-used
 from wizard_runner import api
@@ -157,7 +157,8 @@ def test_www_data_submits_to_a_root_daemon(root: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as someone else")
-def test_flood_of_bad_requests(root: Path, body: dict[str, Any]) -> None:
+def test_flood_of_bad_requests(root: Path, body: dict[str, Any],
+                               reliability: Reliability) -> None:
     """Each bad request gets a `rejected` result; the daemon keeps serving good ones."""
     bad_config = dict(body, network=dict(body["network"], gateway="10.9.9.9"))
     with daemon(root) as process:
@@ -195,12 +196,18 @@ def test_flood_of_bad_requests(root: Path, body: dict[str, Any]) -> None:
         assert isinstance(good, dict)
         assert good["status"] == "succeeded"
         assert process.poll() is None
+    reliability.record(area="daemon", fault="hostile requests",
+                       injection="bad JSON, bad config, 70 kB, foreign owner, symlink, FIFO, "
+                       "directory, root-owned secrets, 30000-deep JSON, odd name",
+                       trials=len(reasons) + 1, lost=0,
+                       outcome="each rejected with its reason; the daemon kept serving")
     assert os.listdir(Spool.of(Layout(root)).incoming) == []
     assert os.listdir(Spool.of(Layout(root)).processing) == []
     assert not (root / "etc/shadow-like").exists()
 
 
-def test_sigkill_mid_run_then_restart(root: Path, body: dict[str, Any]) -> None:
+def test_sigkill_mid_run_then_restart(root: Path, body: dict[str, Any],
+                                      reliability: Reliability) -> None:
     """A daemon killed during a run: at restart the request is reported interrupted, not rerun."""
     marker = f"sleep 9{os.getpid() % 1000}2"
     ran = root / "shared"
@@ -222,9 +229,13 @@ def test_sigkill_mid_run_then_restart(root: Path, body: dict[str, Any]) -> None:
     assert record["status"] == "interrupted"
     assert "was not run again" in record["reason"]
     assert (ran / "count").read_text() == "x\n"
+    reliability.record(area="daemon", fault="SIGKILL mid-run", injection="kill -9 the daemon "
+                       "while a script runs, then restart it", trials=1, lost=0,
+                       outcome="the request answered `interrupted`, not run twice")
 
 
-def test_sigterm_during_a_run(root: Path, body: dict[str, Any]) -> None:
+def test_sigterm_during_a_run(root: Path, body: dict[str, Any],
+                              reliability: Reliability) -> None:
     """SIGTERM stops the daemon within seconds; the running request is recorded interrupted."""
     marker = f"sleep 9{os.getpid() % 1000}3"
     ran = root / "shared"
@@ -248,6 +259,9 @@ def test_sigterm_during_a_run(root: Path, body: dict[str, Any]) -> None:
     assert record["exit_code"] == 143
     assert record["result"]["scripts"][0]["status"] == "failed"
     assert no_process_with(marker)
+    reliability.record(area="daemon", fault="SIGTERM mid-run", injection="systemctl stop "
+                       "(SIGTERM) while a script runs", trials=1, lost=0,
+                       outcome="stopped within seconds; script tree gone; `interrupted`")
 
 
 def test_waits_for_a_manual_run(root: Path, body: dict[str, Any]) -> None:

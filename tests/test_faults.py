@@ -11,13 +11,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import EXAMPLES, MANAGED, Reliability, seed_root, snapshot
+from tests.test_daemon import daemon
+from tests.test_daemon import result as daemon_result
 from tests.test_scripts import ROOT, USER, add_script, no_process_with, run, scripts
 from tests.test_scripts import root as script_root  # noqa: F401 - the fixture, re-used
-from wizard_runner import sysconf
+from wizard_runner import api, sysconf
 from wizard_runner.config import WizardConfig
 from wizard_runner.fsio import Ownership, WriteMethod, atomic_replace
 from wizard_runner.result import FileAction, RunStatus
@@ -227,3 +230,27 @@ def test_what_a_script_can_touch(config: WizardConfig, root: Path,
                        lost=len(breaches), outcome="every attempt refused; no root group")
     assert result.status is RunStatus.SUCCEEDED
     assert breaches == []
+
+
+def test_twenty_runs_with_the_daemon_serving(root: Path, body: dict[str, Any],
+                                             reliability: Reliability) -> None:
+    """20 runs racing a daemon that serves a request: never two at once, the request waits its
+    turn and succeeds, the others exit 0 or 75."""
+    add_script(root, "10-slow", "sleep 0.5")
+    body["run_scripts"] = True
+    with daemon(root):
+        runners = [subprocess.Popen(
+            [str(SCRIPT), "run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
+             "--scripts", "--user", USER], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(20)]
+        request_id = api.submit(body, root=root)
+        codes = sorted(r.wait(timeout=120) for r in runners)
+        assert isinstance(request_id, str)
+        record = daemon_result(root, request_id)
+    ok = set(codes) <= {0, 75} and record["status"] == "succeeded"
+    reliability.record(area="concurrency", fault="20 runs while the daemon serves",
+                       injection="20 `wizard-runner run` and one request at once", trials=21,
+                       lost=0 if ok else 1,
+                       outcome=f"{codes.count(0)} runs ran, {codes.count(75)} exited 75, the "
+                       "request waited for the lock and succeeded")
+    assert ok, (codes, record["status"])

@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import EXAMPLES, REPO, seed_root
+from tests.conftest import EXAMPLES, REPO, Reliability, seed_root
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import PrivilegeError
 from wizard_runner.result import RunResult, RunStatus
@@ -393,7 +393,7 @@ def cli(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_to_the_runner_stops_the_script(
-    root: Path, signum: int, code: int
+    root: Path, signum: int, code: int, reliability: Reliability
 ) -> None:
     """SIGTERM/SIGINT to the runner ends the running script's tree; the result says so."""
     marker = f"sleep 5{os.getpid() % 1000}{signum}"
@@ -421,6 +421,10 @@ def test_signal_to_the_runner_stops_the_script(
     assert no_process_with(marker)
     stored = json.loads((root / "var/lib/wizard-runner/last-run.json").read_text())
     assert stored["status"] == "interrupted"
+    name = signal.Signals(signum).name
+    reliability.record(area="scripts", fault=f"{name} to the runner",
+                       injection=f"{name} while a script and its child run", trials=1, lost=0,
+                       outcome=f"tree stopped, result `interrupted`, exit {code}")
 
 
 def test_saved_config_rerun_without_config(root: Path) -> None:
