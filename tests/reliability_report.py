@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-COMMAND = ".venv/bin/pytest --run-long --reliability-report RELIABILITY.md"
+COMMAND = ".venv/bin/pytest --run-long --reliability-report=RELIABILITY.md"
 
 
 def _machine() -> str:

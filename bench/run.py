@@ -1,0 +1,318 @@
+"""Measure wizard-runner side by side with run-parts and write BENCHMARKS.md.
+
+    .venv/bin/python bench/run.py            # the full set (as root: scripts run as www-data)
+    .venv/bin/python bench/run.py --quick    # fewer repetitions and smaller sizes, to try it
+
+Wall times come from time.perf_counter, peak memory from the runner's VmHWM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = Path(sys.executable).parent / "wizard-runner"
+EXAMPLE = REPO / "examples" / "wizard.json"
+SEED = REPO / "examples" / "debian-root"
+USER = "www-data" if os.geteuid() == 0 else os.environ.get("USER", "nobody")
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Median, min and max of some samples (seconds unless said otherwise)."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Stat:
+        """Summarise samples."""
+        return cls(statistics.median(samples), min(samples), max(samples))
+
+    def ms(self) -> str:
+        """As milliseconds: `median (min-max)`."""
+        return f"{self.median * 1e3:.1f} ({self.low * 1e3:.1f}-{self.high * 1e3:.1f})"
+
+
+def timed(command: Sequence[str], **kwargs: object) -> float:
+    """Wall time of one command, which must succeed."""
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   **kwargs)  # type: ignore[call-overload]
+    return time.perf_counter() - started
+
+
+def fresh_root(base: Path, name: str) -> Path:
+    """A sandbox root: Debian's files and an empty wizard.d every user can reach."""
+    root = base / name
+    shutil.copytree(SEED, root)
+    (root / "etc/xivo/wizard.d").mkdir(parents=True)
+    for path in (root, root / "etc", root / "etc/xivo", root / "etc/xivo/wizard.d"):
+        path.chmod(0o755)
+    return root
+
+
+def slope(points: Sequence[tuple[int, float]]) -> float:
+    """Least-squares slope of (n, seconds)."""
+    mean_n = statistics.mean(n for n, _ in points)
+    mean_t = statistics.mean(t for _, t in points)
+    top = sum((n - mean_n) * (t - mean_t) for n, t in points)
+    bottom = sum((n - mean_n) ** 2 for n, _ in points)
+    return top / bottom
+
+
+def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
+    """Per-script cost against run-parts, runs alternating."""
+    runner_times: dict[int, Stat] = {}
+    parts_times: dict[int, Stat] = {}
+    for count in sizes:
+        root = fresh_root(base, f"scripts-{count}")
+        wizard_d = root / "etc/xivo/wizard.d"
+        for index in range(count):
+            script = wizard_d / f"{index:04d}-noop"
+            script.write_text("#!/bin/sh\nexit 0\n")
+            script.chmod(0o755)
+        runner = [str(RUNNER), "run", "--config", str(EXAMPLE), "--root", str(root),
+                  "--no-system-conf", "--scripts", "--user", USER, "--log-format", "json"]
+        parts = ["run-parts", "--exit-on-error", str(wizard_d)]
+        if os.geteuid() == 0:
+            parts = ["runuser", "-u", USER, "--", *parts]
+        ours, theirs = [], []
+        for _ in range(reps):
+            ours.append(timed(runner))
+            theirs.append(timed(parts))
+        runner_times[count], parts_times[count] = Stat.of(ours), Stat.of(theirs)
+    nonzero = [n for n in sizes if n]
+    our_slope = slope([(n, runner_times[n].median) for n in nonzero])
+    their_slope = slope([(n, parts_times[n].median) for n in nonzero])
+    fixed, their_fixed = runner_times[0].median, parts_times[0].median
+    lines = [
+        "## 1. Per-script cost against run-parts",
+        "",
+        f"Trivial scripts (`#!/bin/sh` + `exit 0`), run as {USER}; wizard-runner with the system "
+        "step skipped, against `run-parts --exit-on-error` under `runuser`, runs alternating, "
+        f"{reps} each. Milliseconds, median (min-max).",
+        "",
+        "| scripts | wizard-runner | run-parts |",
+        "| ---: | ---: | ---: |",
+    ]
+    lines += [f"| {n} | {runner_times[n].ms()} | {parts_times[n].ms()} |" for n in sizes]
+    ratio = our_slope / their_slope if their_slope > 0 else float("inf")
+    lines += [
+        "",
+        f"- fixed cost (empty wizard.d): {fixed * 1e3:.1f} ms, against run-parts' "
+        f"{their_fixed * 1e3:.1f} ms ({fixed / their_fixed:.0f}x). Target <= 150 ms: "
+        f"{'met' if fixed <= 0.150 else 'MISSED'}.",
+        f"- marginal cost per script (slope): {our_slope * 1e3:.2f} ms, against run-parts' "
+        f"{their_slope * 1e3:.2f} ms ({ratio:.2f}x). Target <= 1.25x: "
+        f"{'met' if ratio <= 1.25 else 'MISSED'}.",
+        "",
+    ]
+    return lines
+
+
+def peak_rss_kib(process: subprocess.Popen[bytes]) -> int:
+    """Poll a process's VmHWM until it exits; the highest value seen, in KiB."""
+    peak = 0
+    while process.poll() is None:
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
+        except (OSError, IndexError, ValueError):
+            pass
+        time.sleep(0.02)
+    return peak
+
+
+def bench_output(base: Path, size: int) -> list[str]:
+    """A script writing `size` bytes in 100-byte lines: runner throughput and memory."""
+    root = fresh_root(base, "output")
+    line = "x" * 99
+    body = f"yes '{line}' | head -c {size}"
+    script = root / "etc/xivo/wizard.d/10-chatty"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [str(RUNNER), "run", "--config", str(EXAMPLE), "--root", str(root), "--no-system-conf",
+         "--scripts", "--user", USER, "--timeout", "0", "--log-format", "json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = peak_rss_kib(process)
+    ours = time.perf_counter() - started
+    theirs = timed(["sh", "-c", f"{body} | cat > /dev/null"])
+    mib = size / 2**20
+    share = theirs / ours
+    return [
+        "## 2. Output",
+        "",
+        f"A script writing {mib:.0f} MiB in 100-byte lines (`{body[:40]}...`).",
+        "",
+        "| | seconds | MiB/s |",
+        "| --- | ---: | ---: |",
+        f"| wizard-runner (whole run) | {ours:.2f} | {mib / ours:.0f} |",
+        f"| the same into `cat > /dev/null` | {theirs:.2f} | {mib / theirs:.0f} |",
+        "",
+        f"- runner peak RSS: {peak / 1024:.0f} MiB. Target <= 64 MiB: "
+        f"{'met' if peak <= 64 * 1024 else 'MISSED'}.",
+        f"- throughput: {share:.0%} of `cat`'s. Target >= 50%: "
+        f"{'met' if share >= 0.5 else 'MISSED'}.",
+        "",
+    ]
+
+
+def bench_system_step(base: Path, reps: int) -> list[str]:
+    """Render and apply the seven files in-process, warm; and an unchanged rerun."""
+    sys.path.insert(0, str(REPO))
+    from wizard_runner.config import parse_config  # noqa: PLC0415 - timed after import
+    from wizard_runner.runner import RunOptions, execute  # noqa: PLC0415
+
+    config = parse_config(EXAMPLE.read_bytes())
+    with open(os.devnull, "w") as sink:
+        def run(root: Path, tools: bool) -> float:
+            started = time.perf_counter()
+            result = execute(config, RunOptions(root=root, check_with_tools=tools,
+                                                run_scripts=False), stream=sink)
+            if result.exit_code != 0:
+                raise RuntimeError(f"the system step failed: {result.error}")
+            return time.perf_counter() - started
+
+        run(fresh_root(base, "warm-up"), tools=False)
+        first: dict[bool, list[float]] = {False: [], True: []}
+        again: list[float] = []
+        for index in range(reps):
+            for tools in (False, True):
+                root = fresh_root(base, f"system-{index}-{tools}")
+                first[tools].append(run(root, tools))
+                if not tools:
+                    again.append(run(root, tools))
+    apply, checked, rerun = Stat.of(first[False]), Stat.of(first[True]), Stat.of(again)
+    return [
+        "## 3. System step",
+        "",
+        f"The seven files rendered and applied on a tmp root, in-process and warm, {reps} runs "
+        "(a whole run: lock, backup, atomic replaces, result, log). Milliseconds.",
+        "",
+        "| | ms |",
+        "| --- | ---: |",
+        f"| first run, rules only | {apply.ms()} |",
+        f"| first run, checked by ifquery, postconf and postmap | {checked.ms()} |",
+        f"| unchanged rerun | {rerun.ms()} |",
+        "",
+        f"- apply: target <= 30 ms: {'met' if apply.median <= 0.030 else 'MISSED'}.",
+        f"- unchanged rerun: target <= 10 ms: {'met' if rerun.median <= 0.010 else 'MISSED'}.",
+        "",
+    ]
+
+
+def bench_daemon(base: Path, requests: int) -> list[str]:
+    """Submit-to-start latency through the spool."""
+    from wizard_runner import api  # noqa: PLC0415
+
+    root = fresh_root(base, "daemon")
+    body = json.loads(EXAMPLE.read_text())
+    body["handle_system_conf"] = False
+    daemon = subprocess.Popen([str(RUNNER), "serve", "--root", str(root), "--user", USER,
+                               "--log-format", "json"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    latencies: list[float] = []
+    try:
+        incoming = root / "var/spool/wizard-runner/incoming"
+        deadline = time.monotonic() + 30
+        while not incoming.is_dir() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        for _ in range(requests):
+            submitted = time.time()
+            record = api.submit(body, root=root, wait=True, timeout=60)
+            if not isinstance(record, dict) or record["status"] != "succeeded":
+                raise RuntimeError(f"a request did not succeed: {record}")
+            started = datetime.fromisoformat(record["result"]["started_at"]).timestamp()
+            latencies.append(started - submitted)
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+    ordered = sorted(latencies)
+    p50 = ordered[len(ordered) // 2]
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return [
+        "## 4. Daemon pickup",
+        "",
+        f"{requests} requests submitted one after the other through the spool; latency from "
+        "the submit to the run's start.",
+        "",
+        f"- p50 {p50 * 1e3:.0f} ms (target <= 100 ms: {'met' if p50 <= 0.1 else 'MISSED'}), "
+        f"p99 {p99 * 1e3:.0f} ms (target <= 300 ms: {'met' if p99 <= 0.3 else 'MISSED'}), "
+        f"max {ordered[-1] * 1e3:.0f} ms.",
+        "",
+    ]
+
+
+def bench_startup(base: Path, reps: int) -> list[str]:
+    """Start-up of the commands that need no run."""
+    root = fresh_root(base, "startup")
+    commands: dict[str, list[str]] = {
+        "wizard-runner --help": [str(RUNNER), "--help"],
+        "wizard-runner validate": [str(RUNNER), "validate", "--config", str(EXAMPLE)],
+        "wizard-runner list": [str(RUNNER), "list", "--root", str(root), "--user", USER],
+        "python -c pass (floor)": [sys.executable, "-c", "pass"],
+    }
+    lines = ["## 5. Start-up", "", "| command | ms |", "| --- | ---: |"]
+    for name, command in commands.items():
+        lines.append(f"| `{name}` | {Stat.of([timed(command) for _ in range(reps)]).ms()} |")
+    return [*lines, ""]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every measurement and write BENCHMARKS.md."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, smaller sizes")
+    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    reps = 3 if args.quick else 7
+    steps: list[Callable[[Path], list[str]]] = [
+        lambda base: bench_scripts(base, (0, 10, 100) if args.quick else (0, 10, 100, 500),
+                                   reps),
+        lambda base: bench_output(base, 2**27 if args.quick else 2**30),
+        lambda base: bench_system_step(base, reps * 3),
+        lambda base: bench_daemon(base, 30 if args.quick else 200),
+        lambda base: bench_startup(base, reps * 2),
+    ]
+    command = "  .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by the command below on the machine it names; not written by hand.",
+        "",
+        f"- generated: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {platform.system()} {platform.release()}, {os.cpu_count()} cores, "
+        f"Python {sys.version.split()[0]}, as uid {os.geteuid()}",
+        f"- command: `{command.strip()}`",
+        "",
+    ]
+    with tempfile.TemporaryDirectory(prefix="wizard-runner-bench-", dir="/tmp") as scratch:
+        base = Path(scratch)
+        base.chmod(0o755)
+        for step in steps:
+            lines += step(base)
+            print(lines[-2] if len(lines) > 1 else "", file=sys.stderr)
+    Path(args.output).write_text("\n".join(lines))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
