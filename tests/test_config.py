@@ -9,13 +9,13 @@ import pytest
 
 from wizard_runner.config import (
     LANGUAGES,
-    MAX_CONFIG_BYTES,
     WizardConfig,
     config_from_data,
     decode_json,
     parse_config,
     vlan_raw_device,
 )
+from wizard_runner.defaults import MAX_CONFIG_BYTES
 from wizard_runner.errors import ConfigError
 
 MISSING = object()

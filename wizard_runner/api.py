@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from wizard_runner.config import LANGUAGES, WizardConfig, config_from_data, parse_config
+from wizard_runner.defaults import DEFAULT_TIMEOUT
 from wizard_runner.errors import (
     EXIT_CANT_APPLY,
     EXIT_NO_INPUT,
@@ -39,7 +40,6 @@ from wizard_runner.log import quiet_logger
 from wizard_runner.result import RunResult, RunStatus
 from wizard_runner.runner import Preview, RunOptions, execute, preview
 from wizard_runner.runuser import DEFAULT_USER
-from wizard_runner.scripts import DEFAULT_TIMEOUT
 from wizard_runner.spool import Spool, SpoolError, wait_result
 from wizard_runner.spool import submit as spool_submit
 

@@ -12,12 +12,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TextIO, cast
+from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 
 from wizard_runner import __version__
-from wizard_runner.config import MAX_CONFIG_BYTES, WizardConfig, parse_config
-from wizard_runner.daemon import DaemonSettings, serve
-from wizard_runner.discovery import Verdict, scan, unsafe_problems
+from wizard_runner.defaults import DEFAULT_TIMEOUT, DEFAULT_USER, MAX_CONFIG_BYTES
 from wizard_runner.errors import (
     EXIT_FAILED,
     ConfigError,
@@ -26,20 +24,15 @@ from wizard_runner.errors import (
     WizardRunnerError,
 )
 from wizard_runner.layout import Layout
-from wizard_runner.log import SafeStream, make_logger
-from wizard_runner.procs import become_subreaper
-from wizard_runner.result import RunResult
-from wizard_runner.runner import (
-    RunOptions,
-    execute,
-    load_saved_config,
-    preview,
-    read_last_result,
-)
-from wizard_runner.runuser import DEFAULT_USER, resolve_user
-from wizard_runner.scripts import DEFAULT_TIMEOUT, ScriptOutcome
-from wizard_runner.signals import install_stop_handlers
-from wizard_runner.spool import Spool, submit, wait_result
+from wizard_runner.streams import SafeStream
+
+if TYPE_CHECKING:
+    from wizard_runner.config import WizardConfig
+    from wizard_runner.result import RunResult
+    from wizard_runner.runner import RunOptions
+    from wizard_runner.scripts import ScriptOutcome
+
+# Each command imports what it needs when it runs: `--help` stays fast.
 
 EXIT_SOFTWARE: Final = 70
 EXIT_NO_RUN: Final = 3
@@ -178,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_config(source: str, stdin: TextIO) -> WizardConfig:
     """Load and validate the body from a file or `-` (standard input)."""
+    from wizard_runner.config import parse_config
+
     if source == "-":
         data = stdin.buffer.read(MAX_CONFIG_BYTES + 1)
         return parse_config(data, "standard input")
@@ -269,6 +264,8 @@ def _validate(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO)
 
 
 def _options(args: argparse.Namespace, out: TextIO) -> RunOptions:
+    from wizard_runner.runner import RunOptions
+
     progress = TerminalProgress(out) if out.isatty() and not args.json else None
     return RunOptions(
         root=args.root,
@@ -287,6 +284,11 @@ def _options(args: argparse.Namespace, out: TextIO) -> RunOptions:
 
 
 def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
+    from wizard_runner.log import make_logger
+    from wizard_runner.procs import become_subreaper
+    from wizard_runner.runner import execute, load_saved_config, preview
+    from wizard_runner.signals import install_stop_handlers
+
     options = _options(args, out)
     if args.config is None:
         config = load_saved_config(Layout.under(args.root))
@@ -325,6 +327,8 @@ def _read_body(source: str, stdin: TextIO) -> bytes:
 
 
 def _submit(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
+    from wizard_runner.spool import Spool, submit, wait_result
+
     spool = Spool.of(Layout.under(args.root))
     request_id = submit(spool, _read_body(args.config, stdin))
     if not args.wait:
@@ -344,6 +348,11 @@ def _submit(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
 
 
 def _serve(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
+    from wizard_runner.daemon import DaemonSettings, serve
+    from wizard_runner.log import make_logger
+    from wizard_runner.runuser import resolve_user
+    from wizard_runner.signals import install_stop_handlers
+
     layout = Layout.under(args.root)
     if layout.is_real_root and os.geteuid() != 0:
         raise PrivilegeError("wizard-runner serve writes system files: run it as root")
@@ -357,6 +366,9 @@ def _serve(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) ->
 
 
 def _list(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
+    from wizard_runner.discovery import Verdict, scan, unsafe_problems
+    from wizard_runner.runuser import resolve_user
+
     user = resolve_user(args.user)
     layout = Layout.under(args.root)
     found = scan(layout.wizard_d, user, top=layout.root)
@@ -381,6 +393,8 @@ def _list(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> 
 
 
 def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
+    from wizard_runner.runner import read_last_result
+
     layout = Layout.under(args.root)
     last = read_last_result(layout)
     if last is None:

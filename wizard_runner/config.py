@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from wizard_runner.defaults import MAX_CONFIG_BYTES
 from wizard_runner.errors import ConfigError
 
 #: Languages the wizard accepts: those XiVO ships prompts and a web interface for.
@@ -36,8 +37,6 @@ RESERVED_HOSTNAMES: Final = frozenset(
     {"localhost", "ip6-localhost", "ip6-loopback", "ip6-allnodes", "ip6-allrouters"}
 )
 
-#: A config file larger than this is refused before parsing (a real body is under 2 KiB).
-MAX_CONFIG_BYTES: Final = 64 * 1024
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE: Final = re.compile(_LABEL)

@@ -18,6 +18,7 @@ import watchfiles
 from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import parse_config
+from wizard_runner.defaults import DEFAULT_TIMEOUT
 from wizard_runner.errors import ConfigError, LockedError, RunInterrupted, WizardRunnerError
 from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
@@ -25,7 +26,6 @@ from wizard_runner.procs import become_subreaper
 from wizard_runner.result import RunResult, now
 from wizard_runner.runner import RunOptions, execute
 from wizard_runner.runuser import RunUser
-from wizard_runner.scripts import DEFAULT_TIMEOUT
 from wizard_runner.signals import STOP_SIGNALS
 from wizard_runner.spool import (
     REQUEST_ID,

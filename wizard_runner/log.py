@@ -16,6 +16,8 @@ from typing import Any, Final, TextIO
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
+from wizard_runner.streams import SafeStream
+
 _SECRET_KEY: Final = re.compile(r"pass(word)?|secret|token", re.IGNORECASE)
 REDACTED: Final = "**********"
 
@@ -54,39 +56,6 @@ class _DropBelow:
         if logging.getLevelName(method.upper()) < self.level:
             raise structlog.DropEvent
         return event
-
-
-class SafeStream:
-    """A stream whose write errors (a closed pipe, a full disk) are ignored: logging must never
-    break a run, nor stop it from cleaning up and writing its result."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.broken = False
-
-    def write(self, text: str) -> int:
-        """Write unless the stream already failed once."""
-        if not self.broken:
-            try:
-                self.stream.write(text)
-            except (OSError, ValueError):
-                self.broken = True
-        return len(text)
-
-    def flush(self) -> None:
-        """Flush, ignoring the same errors."""
-        if not self.broken:
-            try:
-                self.stream.flush()
-            except (OSError, ValueError):
-                self.broken = True
-
-    def isatty(self) -> bool:
-        """Whether the stream is a terminal."""
-        try:
-            return self.stream.isatty()
-        except (OSError, ValueError):
-            return False
 
 
 def open_log_file(path: Path) -> TextIO:

@@ -14,6 +14,7 @@ from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.activate import follow_up
 from wizard_runner.config import WizardConfig, decode_json, saved_config_from_data
+from wizard_runner.defaults import DEFAULT_TIMEOUT
 from wizard_runner.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -38,7 +39,6 @@ from wizard_runner.result import (
 )
 from wizard_runner.runuser import DEFAULT_USER, resolve_user
 from wizard_runner.scripts import (
-    DEFAULT_TIMEOUT,
     Progress,
     ScriptOutcome,
     ScriptsOptions,

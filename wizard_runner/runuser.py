@@ -7,11 +7,11 @@ import os
 import pwd
 import stat
 from dataclasses import dataclass
-from typing import Final
 
+from wizard_runner.defaults import DEFAULT_USER
 from wizard_runner.errors import PrivilegeError, UsageError
 
-DEFAULT_USER: Final = "www-data"
+__all__ = ["DEFAULT_USER", "RunUser", "may_execute", "may_search", "resolve_user"]
 
 
 @dataclass(frozen=True)

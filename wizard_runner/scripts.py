@@ -17,6 +17,7 @@ from typing import IO, Any, Final, Protocol
 from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import WizardConfig
+from wizard_runner.defaults import DEFAULT_TIMEOUT
 from wizard_runner.discovery import Decision, Verdict, check_safe, scan
 from wizard_runner.errors import RunInterrupted, UsageError
 from wizard_runner.layout import Layout
@@ -32,7 +33,6 @@ from wizard_runner.procs import (
 from wizard_runner.runuser import RunUser, require_switch_allowed
 from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals
 
-DEFAULT_TIMEOUT: Final = 600.0
 SCRIPT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: After a script exits, how long its pipes may stay open before leftovers are hunted down,
 #: and how long in all before the runner stops reading a pipe something unknown holds open.

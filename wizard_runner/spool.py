@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from wizard_runner.config import MAX_CONFIG_BYTES, parse_config
+from wizard_runner.config import parse_config
+from wizard_runner.defaults import MAX_CONFIG_BYTES
 from wizard_runner.errors import WizardRunnerError
 from wizard_runner.fsio import Ownership, atomic_replace, write_all
 from wizard_runner.layout import Layout

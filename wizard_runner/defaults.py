@@ -1,0 +1,13 @@
+"""Defaults the command line shows in --help; kept apart so that --help imports nothing heavy."""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: The user scripts run as.
+DEFAULT_USER: Final = "www-data"
+#: Seconds one script may run (0 on the command line: no limit).
+DEFAULT_TIMEOUT: Final = 600.0
+#: A wizard body (or a request) larger than this is refused before parsing; a real one is
+#: under 2 KiB.
+MAX_CONFIG_BYTES: Final = 64 * 1024
