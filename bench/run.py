@@ -276,6 +276,41 @@ def bench_startup(base: Path, reps: int) -> list[str]:
     return [*lines, ""]
 
 
+def bench_profile(base: Path, count: int) -> list[str]:
+    """Where the time of a scripts step goes: cProfile of an in-process run, top functions."""
+    import cProfile  # noqa: PLC0415 - only for this step
+    import io  # noqa: PLC0415
+    import pstats  # noqa: PLC0415
+
+    from wizard_runner.config import parse_config  # noqa: PLC0415
+    from wizard_runner.runner import RunOptions, execute  # noqa: PLC0415
+
+    root = fresh_root(base, "profile")
+    for index in range(count):
+        script = root / f"etc/xivo/wizard.d/{index:04d}-noop"
+        script.write_text("#!/bin/sh\nexit 0\n")
+        script.chmod(0o755)
+    config = parse_config(EXAMPLE.read_bytes())
+    options = RunOptions(root=root, handle_system_conf=False, run_scripts=True, user=USER)
+    profiler = cProfile.Profile()
+    with open(os.devnull, "w") as sink:
+        profiler.runcall(execute, config, options, stream=sink)
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
+    table = [line for line in text.getvalue().splitlines() if line.strip()][-13:]
+    return [
+        "## Profile: where a scripts step spends its time",
+        "",
+        f"cProfile of one in-process run of {count} trivial scripts, the 12 functions with the "
+        "most time of their own:",
+        "",
+        "```",
+        *table,
+        "```",
+        "",
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every measurement and write BENCHMARKS.md."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -290,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda base: bench_system_step(base, reps * 3),
         lambda base: bench_daemon(base, 30 if args.quick else 200),
         lambda base: bench_startup(base, reps * 2),
+        lambda base: bench_profile(base, 50 if args.quick else 100),
     ]
     command = "  .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
     lines = [

@@ -254,3 +254,25 @@ def test_twenty_runs_with_the_daemon_serving(root: Path, body: dict[str, Any],
                        outcome=f"{codes.count(0)} runs ran, {codes.count(75)} exited 75, the "
                        "request waited for the lock and succeeded")
     assert ok, (codes, record["status"])
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root: only root can remove a root-owned wizard.d")
+def test_script_deleting_wizard_d(config: WizardConfig, root: Path,
+                                  reliability: Reliability) -> None:
+    """A script (run as root here) that removes wizard.d mid-run: the next script fails
+    saying it cannot be executed, and the run ends cleanly."""
+    add_script(root, "10-vandal", 'rm -rf "$(dirname "$0")"; echo removed')
+    add_script(root, "20-next", "echo next")
+    add_script(root, "30-last", "echo last")
+    result = run(config, root, user="root")
+    found = scripts(result)
+    ok = (found["10-vandal"]["status"] == "succeeded"
+          and found["20-next"]["status"] == "failed"
+          and found["20-next"]["reason"].startswith("cannot execute: No such file")
+          and found["30-last"]["status"] == "not_run" and result.exit_code == 1)
+    reliability.record(area="scripts", fault="a script that deletes wizard.d",
+                       injection='`rm -rf "$(dirname "$0")"` (as root)', trials=1,
+                       lost=0 if ok else 1,
+                       outcome="the next script fails (cannot execute), the rest not_run, "
+                       "exit 1")
+    assert ok, found
