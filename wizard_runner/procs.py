@@ -71,20 +71,61 @@ def _is_zombie(process: psutil.Process) -> bool:
         return True
 
 
-def find_leftovers(run_id: str, session: int, *, adopted: bool = False) -> list[psutil.Process]:
-    """Processes still in the script's session, or carrying its run id in their environment.
+def _children(pid: int) -> list[int] | None:
+    """A process's direct children from /proc (None when the kernel does not list them)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as listing:
+                found += [int(child) for child in listing.read().split()]
+        except FileNotFoundError:
+            return None
+        except OSError:
+            continue
+    return found
 
-    With `adopted` (the runner is a subreaper and runs nothing else meanwhile), every live
-    descendant of the runner counts too: a daemon that left the session and cleared its
-    environment is still re-parented to the runner.
+
+def _descendants(pid: int) -> list[int] | None:
+    """Every descendant of `pid`, walking /proc's children lists without recursion."""
+    pending, found = [pid], []
+    while pending:
+        children = _children(pending.pop())
+        if children is None:
+            return None
+        found += children
+        pending += children
+    return found
+
+
+def find_leftovers(run_id: str, session: int, *, adopted: bool = False) -> list[psutil.Process]:
+    """Processes a script left running.
+
+    With `adopted` (the runner is a subreaper and runs nothing else meanwhile) every one of
+    them is a descendant of the runner: its own children, or orphans re-parented to it, even a
+    daemon that left the session and cleared its environment. That is a short walk of /proc's
+    children lists. Otherwise (embedded in another process) they are found by session and by
+    WIZARD_RUN_ID in their environment, which means reading the whole process table.
     """
-    found = {p.pid: p for p in psutil.process_iter() if _belongs_to(p, run_id, session)}
     if adopted:
+        return [p for p in _descendant_processes() if not _is_zombie(p)]
+    return [p for p in psutil.process_iter() if _belongs_to(p, run_id, session)]
+
+
+def _descendant_processes() -> list[psutil.Process]:
+    pids = _descendants(os.getpid())
+    if pids is None:  # no children lists in /proc: psutil reads every process's parent
         with contextlib.suppress(psutil.Error):
-            for child in psutil.Process().children(recursive=True):
-                if not _is_zombie(child):
-                    found.setdefault(child.pid, child)
-    return list(found.values())
+            return psutil.Process().children(recursive=True)
+        return []
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(pid))
+    return found
 
 
 def describe(process: psutil.Process) -> Leftover:
