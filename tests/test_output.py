@@ -266,3 +266,17 @@ def test_cap_and_tail_count_bytes(tmp_path: Path) -> None:
     for _ in range(100):
         tail.add("stdout", "é" * 100)
     assert len(tail.tail.encode("utf-8")) <= 4096
+
+
+def test_bulk_mode_tail_follows_the_lines(tmp_path: Path) -> None:
+    """Raw output added after the cap extends the tail, escaped and bounded like lines."""
+    record = OutputRecord(tmp_path / "x.log", cap=10)
+    record.add("stdout", "first")
+    record.add_raw(b"second\nthird \x1b[2J\n")
+    assert record.tail == "first\nsecond\nthird \\x1b[2J"
+    for _ in range(1000):
+        record.add_raw(b"y" * 99 + b"\n")
+    assert len(record.tail.encode()) <= TAIL_BYTES
+    assert record.tail.splitlines()[-1] == "y" * 99
+    assert record.lines == 1003
+    record.close()

@@ -63,6 +63,7 @@ class OutputRecord:
         self.truncated = False
         self._tail: deque[str] = deque()
         self._tail_size = 0
+        self._raw = bytearray()
         self._file: TextIO | None = None
         if path is not None:
             path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -95,9 +96,25 @@ class OutputRecord:
             self._tail_size -= len(self._tail.popleft().encode("utf-8")) + 1
 
     @property
+    def full(self) -> bool:
+        """Whether the log file is full: from then on, only the tail is kept."""
+        return self.truncated
+
+    def add_raw(self, data: bytes) -> None:
+        """Keep raw output for the tail only, without splitting it into lines (bulk mode)."""
+        self._raw += data
+        self.lines += data.count(b"\n")
+        if len(self._raw) > 2 * self.tail_limit:
+            del self._raw[: -self.tail_limit]
+
+    @property
     def tail(self) -> str:
         """The last lines of output, at most about TAIL_BYTES."""
-        data = "\n".join(self._tail).encode("utf-8")[-self.tail_limit :]
+        text = "\n".join(self._tail)
+        if self._raw:
+            raw = bytes(self._raw).rstrip(b"\n")
+            text += "\n" + "\n".join(shown_line(line) for line in raw.split(b"\n"))
+        data = text.encode("utf-8")[-self.tail_limit :]
         return data.decode("utf-8", "ignore")  # a cut may split one character
 
     def close(self) -> None:

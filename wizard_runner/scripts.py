@@ -298,6 +298,12 @@ class ScriptRunner:
                         selector.unregister(key.fileobj)
                         self._emit(name, stream, watch.splitters[stream].flush(), watch, log)
                         continue
+                    if watch.record.full and watch.truncation_logged:
+                        # Past both caps only the tail is left to keep: no line splitting, so
+                        # a flood of output costs little more than reading it.
+                        self._emit(name, stream, watch.splitters[stream].flush(), watch, log)
+                        watch.record.add_raw(data)
+                        continue
                     self._emit(name, stream, watch.splitters[stream].feed(data), watch, log)
         finally:
             selector.close()
