@@ -18,7 +18,15 @@ import pytest
 from tests.conftest import EXAMPLES, MANAGED, Reliability, seed_root, snapshot
 from tests.test_daemon import daemon
 from tests.test_daemon import result as daemon_result
-from tests.test_scripts import ROOT, USER, add_script, no_process_with, run, scripts
+from tests.test_scripts import (
+    ROOT,
+    USER,
+    add_script,
+    no_process_with,
+    peak_rss_kib,
+    run,
+    scripts,
+)
 from tests.test_scripts import root as script_root  # noqa: F401 - the fixture, re-used
 from wizard_runner import api, sysconf
 from wizard_runner.config import WizardConfig
@@ -134,14 +142,7 @@ def test_one_gib_of_output(root: Path, reliability: Reliability) -> None:
         [str(SCRIPT), "run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
          "--no-system-conf", "--scripts", "--user", USER, "--json", "--timeout", "900"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak_kib = 0
-    while runner.poll() is None:
-        try:
-            status = Path(f"/proc/{runner.pid}/status").read_text()
-            peak_kib = max(peak_kib, int(status.split("VmHWM:")[1].split()[0]))
-        except (OSError, IndexError, ValueError):
-            pass
-        time.sleep(0.05)
+    peak_kib = peak_rss_kib(runner)
     stdout, _ = runner.communicate(timeout=60)
     ok = runner.returncode == 0 and 0 < peak_kib < 100 * 1024
     reliability.record(area="scripts", fault="1 GiB of output", injection="`yes ... | head -c "

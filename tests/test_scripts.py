@@ -601,23 +601,30 @@ def test_bad_timeout_is_a_usage_error(root: Path, value: str) -> None:
     assert runner.returncode == 2
 
 
+def peak_rss_kib(process: subprocess.Popen[str]) -> int:
+    """Poll a process's VmHWM until it exits: the peak RSS of its own program image, in KiB.
+
+    wait4's ru_maxrss would also count the pages it shared with this (large) test process
+    between fork and exec.
+    """
+    peak = 0
+    while process.poll() is None:
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
+        except (OSError, IndexError, ValueError):
+            pass
+        time.sleep(0.02)
+    return peak
+
+
 def test_100_mb_of_output_keeps_the_runner_small(root: Path) -> None:
     """A script printing 100 MB in 100-byte lines leaves the runner's peak memory bounded."""
     add_script(root, "10-big", "yes 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxx' | head -c 100000000")
     runner = cli("run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
                  "--no-system-conf", "--scripts", "--user", USER, "--json", "--timeout", "300")
-    # VmHWM is the peak RSS of the runner's own program image; wait4's ru_maxrss would also
-    # count the pages it shared with this (large) test process between fork and exec.
-    peak_kib = 0
-    status_file = Path(f"/proc/{runner.pid}/status")
-    while runner.poll() is None:
-        try:
-            fields = dict(line.split(":", 1) for line in status_file.read_text().splitlines())
-            peak_kib = max(peak_kib, int(fields["VmHWM"].split()[0]))
-        except (OSError, KeyError, ValueError):
-            pass
-        time.sleep(0.02)
+    peak_kib = peak_rss_kib(runner)
     stdout, _ = runner.communicate(timeout=60)
     assert runner.returncode == 0, stdout
     assert 0 < peak_kib < 100 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"

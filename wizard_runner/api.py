@@ -201,15 +201,14 @@ def submit(
     or no result came within `timeout` seconds.
     """
     config = validate(body)
-    if isinstance(body, bytes):
-        data = body
-    elif isinstance(body, str):
-        data = body.encode()
+    if isinstance(body, bytes | str):
+        data = body.encode() if isinstance(body, str) else body
+    elif isinstance(body, WizardConfig):
+        secret = config.admin_password
+        password = {} if secret is None else {"admin_password": secret.get_secret_value()}
+        data = json.dumps({**config.public_dict(), **password}).encode()
     else:
-        data = (json.dumps({**config.public_dict(),
-                            "admin_password": config.admin_password.get_secret_value()})
-                if config.admin_password is not None else json.dumps(config.public_dict())
-                ).encode()
+        data = json.dumps(dict(body)).encode()
     spool = Spool.of(Layout.under(root))
     request_id = spool_submit(spool, data)
     return wait_result(spool, request_id, timeout) if wait else request_id

@@ -169,20 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_body(source: str, stdin: TextIO) -> bytes:
+    """The raw body from a file or `-` (standard input), read up to just past the size limit."""
+    if source == "-":
+        return stdin.buffer.read(MAX_CONFIG_BYTES + 1)
+    try:
+        with Path(source).open("rb") as handle:
+            return handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigUnreadableError(f"--config {source}: cannot read: {error.strerror}") from error
+
+
 def read_config(source: str, stdin: TextIO) -> WizardConfig:
     """Load and validate the body from a file or `-` (standard input)."""
     from wizard_runner.config import parse_config
 
-    if source == "-":
-        data = stdin.buffer.read(MAX_CONFIG_BYTES + 1)
-        return parse_config(data, "standard input")
-    path = Path(source)
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as error:
-        raise ConfigUnreadableError(f"--config {source}: cannot read: {error.strerror}") from error
-    return parse_config(data, source)
+    return parse_config(read_body(source, stdin), "standard input" if source == "-" else source)
 
 
 def _print_json(data: Any, out: TextIO) -> None:
@@ -316,21 +318,11 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
     return result.exit_code
 
 
-def _read_body(source: str, stdin: TextIO) -> bytes:
-    if source == "-":
-        return stdin.buffer.read(MAX_CONFIG_BYTES + 1)
-    try:
-        with Path(source).open("rb") as handle:
-            return handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as error:
-        raise ConfigUnreadableError(f"--config {source}: cannot read: {error.strerror}") from error
-
-
 def _submit(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
     from wizard_runner.spool import Spool, submit, wait_result
 
     spool = Spool.of(Layout.under(args.root))
-    request_id = submit(spool, _read_body(args.config, stdin))
+    request_id = submit(spool, read_body(args.config, stdin))
     if not args.wait:
         if args.json:
             _print_json({"request_id": request_id}, out)

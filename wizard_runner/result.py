@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -93,7 +93,6 @@ class RunResult:
     scripts: tuple[dict[str, Any], ...] = ()
     error: str | None = None
     root: str = "/"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -107,7 +106,6 @@ class RunResult:
             "system_conf": self.system_conf.to_dict(),
             "scripts": list(self.scripts),
             "error": self.error,
-            **self.extra,
         }
 
     def to_json(self) -> str:
