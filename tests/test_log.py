@@ -87,3 +87,13 @@ def test_quiet_logger_prints_nothing(capsys: object) -> None:
     """The API's default logger is silent."""
     quiet_logger().error("nothing", path="/etc/hosts")
     assert capsys.readouterr() == ("", "")  # type: ignore[attr-defined]
+
+
+def test_json_stream_and_file_get_the_same_line() -> None:
+    """With both outputs in JSON, each event is rendered once: the same line lands in both."""
+    stream, handle = io.StringIO(), io.StringIO()
+    log = make_logger(stream, json_lines=True, log_file=handle, run_id="r1")
+    log.info("script_output", line="héllo \x1b[31m", count=3)
+    assert stream.getvalue() == handle.getvalue()
+    event = json.loads(stream.getvalue())
+    assert (event["line"], event["count"], event["run_id"]) == ("héllo \x1b[31m", 3, "r1")

@@ -11,8 +11,8 @@ import psutil
 import pytest
 
 from wizard_runner.procs import (
+    descendants,
     describe,
-    find_leftovers,
     signal_group,
     stop_all,
     wait_group_gone,
@@ -21,31 +21,36 @@ from wizard_runner.procs import (
 pytestmark = pytest.mark.processes
 
 
-def test_descendants_are_leftovers_for_a_subreaper() -> None:
-    """In subreaper mode every live descendant counts, whatever its session or environment."""
-    child = subprocess.Popen(["sleep", "30"], start_new_session=True, env={})
+def test_descendants_are_the_whole_live_tree() -> None:
+    """Children and grandchildren count, whatever their session; the process itself does not."""
+    parent = subprocess.Popen(["sh", "-c", "setsid sleep 30 & (sleep 31 & wait) & wait"],
+                              start_new_session=True)
     try:
-        found = {p.pid for p in find_leftovers("no-such-run", -1, adopted=True)}
-        assert child.pid in found
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = {" ".join(p.cmdline()) for p in descendants(parent.pid)}
+            if {"sleep 30", "sleep 31"} <= found:
+                break
+            time.sleep(0.02)
+        assert {"sleep 30", "sleep 31"} <= found
+        assert parent.pid not in {p.pid for p in descendants(parent.pid)}
     finally:
-        child.kill()
-        child.wait()
-    assert child.pid not in {p.pid for p in find_leftovers("no-such-run", -1, adopted=True)}
-
-
-def test_session_and_run_id_when_embedded() -> None:
-    """Embedded (no subreaper): the script's session, or its WIZARD_RUN_ID, marks a leftover."""
-    by_session = subprocess.Popen(["sleep", "30"], start_new_session=True)
-    by_env = subprocess.Popen(["sleep", "31"], start_new_session=True,
-                              env={"WIZARD_RUN_ID": "run-42"})
-    try:
-        found = {p.pid for p in find_leftovers("run-42", by_session.pid)}
-        assert {by_session.pid, by_env.pid} <= found
-        assert os.getpid() not in found
-    finally:
-        for process in (by_session, by_env):
+        for process in descendants(parent.pid):
             process.kill()
-            process.wait()
+        parent.kill()
+        parent.wait()
+    assert descendants(parent.pid) == []
+
+
+def test_zombies_are_not_descendants() -> None:
+    """A child that exited but was not reaped yet is dead already: not a leftover."""
+    zombie = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert zombie.pid not in {p.pid for p in descendants(os.getpid())}
+    zombie.wait()
 
 
 def test_stop_all_escalates_to_kill() -> None:

@@ -280,14 +280,12 @@ def _options(args: argparse.Namespace, out: TextIO) -> RunOptions:
         start_at=args.start_at,
         resume=args.resume,
         save_config=args.config is not None,
-        subreaper=True,
         progress=progress,
     )
 
 
 def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
     from wizard_runner.log import make_logger
-    from wizard_runner.procs import become_subreaper
     from wizard_runner.runner import execute, load_saved_config, preview
     from wizard_runner.signals import install_stop_handlers
 
@@ -306,7 +304,6 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
             out.write(shown.diff or "# no system file would change\n")
         return 0
     install_stop_handlers()
-    become_subreaper()
     quiet = options.progress is not None and not args.verbose
     result = execute(config, options, stream=err, json_logs=style.json_lines,
                      journal=style.journal,

@@ -257,7 +257,7 @@ DidLength = Annotated[StrictInt, AfterValidator(_check_did_length)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, hide_input_in_errors=True
+        extra="forbid", frozen=True, strict=True, hide_input_in_errors=True, defer_build=True
     )
 
 

@@ -22,7 +22,6 @@ from wizard_runner.defaults import DEFAULT_TIMEOUT
 from wizard_runner.errors import ConfigError, LockedError, RunInterrupted, WizardRunnerError
 from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
-from wizard_runner.procs import become_subreaper
 from wizard_runner.result import RunResult, now
 from wizard_runner.runner import RunOptions, execute
 from wizard_runner.runuser import RunUser
@@ -228,7 +227,7 @@ class Daemon:
                            reason=str(invalid), problems=list(invalid.problems))
         options = RunOptions(
             root=self.settings.layout.root, user=self.settings.user.name,
-            timeout=self.settings.timeout, subreaper=True,
+            timeout=self.settings.timeout,
         )
         while True:
             try:
@@ -266,7 +265,6 @@ def install_daemon_signals(stop: threading.Event, daemon: Callable[[], Daemon | 
 
 def serve(settings: DaemonSettings, log: FilteringBoundLogger) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
-    become_subreaper()
     daemon = Daemon(settings, log)
     install_daemon_signals(settings.stop, lambda: daemon)
     started = time.monotonic()

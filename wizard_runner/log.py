@@ -31,19 +31,25 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event: EventDict) -> Ev
 
 
 class JsonLinesFile:
-    """A processor that appends each event as one JSON line to an open file, then passes it on."""
+    """A processor that appends each event as one JSON line to an open file, then passes it on.
 
-    def __init__(self, handle: TextIO) -> None:
+    As the last processor (`renders=True`) it hands the same line on to the stream instead,
+    so that an event bound for two JSON outputs is rendered once.
+    """
+
+    def __init__(self, handle: TextIO, *, renders: bool = False) -> None:
         self.handle = handle
+        self.renders = renders
 
-    def __call__(self, _logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    def __call__(self, _logger: WrappedLogger, _method: str, event: EventDict) -> Any:
         """Write the event; a full disk or a closed file must never break the run itself."""
+        line = json.dumps(event, default=str, ensure_ascii=False)
         try:
-            self.handle.write(json.dumps(event, default=str, ensure_ascii=False) + "\n")
+            self.handle.write(line + "\n")
             self.handle.flush()
         except (OSError, ValueError):
             pass
-        return event
+        return line if self.renders else event
 
 
 class _DropBelow:
@@ -81,7 +87,7 @@ def journal_renderer(_logger: WrappedLogger, _method: str, event: EventDict) -> 
     return f"<{priority}>{name} {fields}".rstrip()
 
 
-def _common_processors(log_file: TextIO | None) -> list[Any]:
+def _common_processors(log_file: TextIO | None, *, renders: bool = False) -> list[Any]:
     """Level, UTC timestamp, redaction, then the JSON-lines file (when there is one)."""
     processors: list[Any] = [
         structlog.processors.add_log_level,
@@ -89,7 +95,7 @@ def _common_processors(log_file: TextIO | None) -> list[Any]:
         redact_secrets,
     ]
     if log_file is not None:
-        processors.append(JsonLinesFile(log_file))
+        processors.append(JsonLinesFile(log_file, renders=renders))
     return processors
 
 
@@ -109,17 +115,20 @@ def make_logger(
     """
     if json_lines is None:
         json_lines = not stream.isatty()
-    renderer: Any = (
-        journal_renderer
-        if journal
-        else structlog.processors.JSONRenderer(default=str)
-        if json_lines
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
-    processors = _common_processors(log_file)
-    if stream_level is not None and stream_level > level:
-        processors.append(_DropBelow(stream_level))
-    processors.append(renderer)
+    filtered = stream_level is not None and stream_level > level
+    if json_lines and not journal and not filtered and log_file is not None:
+        processors = _common_processors(log_file, renders=True)  # one line, both outputs
+    else:
+        processors = _common_processors(log_file)
+        if stream_level is not None and filtered:
+            processors.append(_DropBelow(stream_level))
+        processors.append(
+            journal_renderer
+            if journal
+            else structlog.processors.JSONRenderer(default=str)
+            if json_lines
+            else structlog.dev.ConsoleRenderer(colors=False)
+        )
     logger: FilteringBoundLogger = structlog.wrap_logger(
         structlog.PrintLogger(SafeStream(stream)),  # type: ignore[arg-type]
         processors=processors,

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import psutil
+if TYPE_CHECKING:
+    import psutil  # imported where used: only leftovers and stops need it
 
 GRACE: Final = 5.0
-_PR_SET_CHILD_SUBREAPER: Final = 36
-
-
-def become_subreaper() -> bool:
-    """Adopt orphaned descendants (double-forked daemons) instead of letting init take them."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
-def reap_zombies() -> None:
-    """Collect adopted children that have exited (only meaningful for a subreaper)."""
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
 
 
 def signal_group(pgid: int, signum: int) -> bool:
@@ -51,20 +33,9 @@ class Leftover:
     cmdline: str
 
 
-def _belongs_to(process: psutil.Process, run_id: str, session: int) -> bool:
-    if process.pid == os.getpid():
-        return False
-    try:
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False  # already dead, only waiting to be reaped
-        if os.getsid(process.pid) == session:
-            return True
-        return bool(process.environ().get("WIZARD_RUN_ID") == run_id)
-    except (psutil.Error, OSError):
-        return False
-
-
 def _is_zombie(process: psutil.Process) -> bool:
+    import psutil
+
     try:
         return bool(process.status() == psutil.STATUS_ZOMBIE)
     except psutil.Error:
@@ -101,35 +72,28 @@ def _descendants(pid: int) -> list[int] | None:
     return found
 
 
-def find_leftovers(run_id: str, session: int, *, adopted: bool = False) -> list[psutil.Process]:
-    """Processes a script left running.
+def descendants(pid: int) -> list[psutil.Process]:
+    """The live descendants of `pid` (the spawner: every process a script left running)."""
+    import psutil
 
-    With `adopted` (the runner is a subreaper and runs nothing else meanwhile) every one of
-    them is a descendant of the runner: its own children, or orphans re-parented to it, even a
-    daemon that left the session and cleared its environment. That is a short walk of /proc's
-    children lists. Otherwise (embedded in another process) they are found by session and by
-    WIZARD_RUN_ID in their environment, which means reading the whole process table.
-    """
-    if adopted:
-        return [p for p in _descendant_processes() if not _is_zombie(p)]
-    return [p for p in psutil.process_iter() if _belongs_to(p, run_id, session)]
-
-
-def _descendant_processes() -> list[psutil.Process]:
-    pids = _descendants(os.getpid())
+    pids = _descendants(pid)
     if pids is None:  # no children lists in /proc: psutil reads every process's parent
-        with contextlib.suppress(psutil.Error):
-            return psutil.Process().children(recursive=True)
-        return []
-    found = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            found.append(psutil.Process(pid))
-    return found
+        try:
+            found = psutil.Process(pid).children(recursive=True)
+        except psutil.Error:
+            return []
+    else:
+        found = []
+        for child in pids:
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(child))
+    return [process for process in found if not _is_zombie(process)]
 
 
 def describe(process: psutil.Process) -> Leftover:
     """pid and command line, as far as they can still be read."""
+    import psutil
+
     try:
         cmdline = " ".join(process.cmdline()) or process.name()
     except psutil.Error:
@@ -139,6 +103,8 @@ def describe(process: psutil.Process) -> Leftover:
 
 def stop_all(processes: list[psutil.Process], grace: float = GRACE) -> list[Leftover]:
     """Terminate, wait up to `grace` seconds, then kill what is left; return what was found."""
+    import psutil
+
     found = [describe(process) for process in processes]
     for process in processes:
         with contextlib.suppress(psutil.Error):
@@ -163,6 +129,8 @@ def _wait_dead(processes: list[psutil.Process], timeout: float) -> list[psutil.P
 
 def _group_alive(pgid: int) -> bool:
     """Whether a live (not zombie) process is left in the group."""
+    import psutil
+
     for process in psutil.process_iter():
         try:
             if os.getpgid(process.pid) == pgid and not _is_zombie(process):

@@ -76,7 +76,6 @@ class RunOptions:
     start_at: str | None = None
     resume: bool = False
     save_config: bool = True
-    subreaper: bool = False
     progress: Progress | None = field(default=None, compare=False)
 
 
@@ -192,7 +191,6 @@ def _scripts_step(run: _Run) -> ScriptOutcome | None:
         user=resolve_user(options.user),
         timeout=options.timeout,
         start_at=start_at,
-        subreaper=options.subreaper,
     )
 
     def keep(outcomes: list[ScriptOutcome]) -> None:

@@ -6,13 +6,12 @@ import errno
 import os
 import selectors
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
@@ -22,16 +21,10 @@ from wizard_runner.discovery import Decision, Verdict, check_safe, scan
 from wizard_runner.errors import RunInterrupted, UsageError
 from wizard_runner.layout import Layout
 from wizard_runner.output import DEFAULT_CAP, LineSplitter, OutputRecord, shown_line
-from wizard_runner.procs import (
-    GRACE,
-    find_leftovers,
-    reap_zombies,
-    signal_group,
-    stop_all,
-    wait_group_gone,
-)
+from wizard_runner.procs import GRACE, descendants, signal_group, stop_all, wait_group_gone
 from wizard_runner.runuser import RunUser, require_switch_allowed
 from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals
+from wizard_runner.spawner import Spawned, Spawner, SpawnerError, Switch
 
 SCRIPT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: After a script exits, how long its pipes may stay open before leftovers are hunted down,
@@ -109,7 +102,6 @@ class ScriptsOptions:
     start_at: str | None = None
     output_cap: int = DEFAULT_CAP
     grace: float = GRACE
-    subreaper: bool = False
 
 
 class Progress(Protocol):
@@ -159,30 +151,16 @@ def _signal_name(returncode: int) -> str | None:
         return f"signal {-returncode}"
 
 
-def _spawn(path: Path, env: dict[str, str], user: RunUser) -> subprocess.Popen[bytes]:
-    switch: dict[str, Any] = {}
-    if not user.is_current:
-        switch = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
-    return subprocess.Popen(
-        [str(path)],
-        executable=str(path),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd="/",
-        env=env,
-        close_fds=True,
-        start_new_session=True,
-        umask=0o022,
-        **switch,
-    )
+def _switch(user: RunUser) -> Switch | None:
+    """The user switch the helper makes, or None when the runner already is that user."""
+    return None if user.is_current else Switch(user.uid, user.gid, user.groups)
 
 
 @dataclass
 class _Watch:
     """The state of one running script while its output is read."""
 
-    process: subprocess.Popen[bytes]
+    child: Spawned
     record: OutputRecord
     started: float
     deadline: float | None
@@ -201,28 +179,26 @@ class _Watch:
         """Escalate: SIGTERM to the whole group first, SIGKILL once the grace has passed."""
         if self.terminated_at is None:
             self.terminated_at = now
-            signal_group(self.process.pid, signal.SIGTERM)
-            signal_group(self.process.pid, signal.SIGCONT)  # a stopped script must see it
+            signal_group(self.child.pid, signal.SIGTERM)
+            signal_group(self.child.pid, signal.SIGCONT)  # a stopped script must see it
         elif not self.killed and now - self.terminated_at >= self.grace:
             self.killed = True
-            signal_group(self.process.pid, signal.SIGKILL)
+            signal_group(self.child.pid, signal.SIGKILL)
 
 
 class ScriptRunner:
-    """Runs one script at a time and reports every line of its output."""
+    """Runs one script at a time, through the spawner, and reports every line of its output."""
 
     def __init__(
         self,
         *,
-        run_id: str,
-        env: dict[str, str],
+        spawner: Spawner,
         options: ScriptsOptions,
         log: FilteringBoundLogger,
         log_dir: Path | None,
         progress: Progress | None = None,
     ) -> None:
-        self.run_id = run_id
-        self.env = env
+        self.spawner = spawner
         self.options = options
         self.log = log
         self.log_dir = log_dir
@@ -234,18 +210,19 @@ class ScriptRunner:
         record = OutputRecord(self.log_dir / f"{name}.log" if self.log_dir else None,
                               self.options.output_cap)
         started = time.monotonic()
-        log.info("script_started", path=str(path), user=self.options.user.name)
         try:
-            process = _spawn(path, self.env, self.options.user)
-        except OSError as error:
+            child = self.spawner.next_script()
+        except (OSError, SpawnerError) as error:
+            log.info("script_started", path=str(path), user=self.options.user.name)
             record.close()
-            reason = f"cannot execute: {error.strerror}{_exec_hint(error.errno)}"
+            reason = _cannot_start(error)
             log.error("script_failed", reason=reason)
             return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason,
                                  duration_s=round(time.monotonic() - started, 3))
+        log.info("script_started", path=str(path), user=self.options.user.name, pid=child.pid)
         timeout = self.options.timeout
-        watch = _Watch(process, record, started, started + timeout if timeout else None,
-                       self.options.grace)
+        watch = _Watch(child, record, child.started,
+                       child.started + timeout if timeout else None, self.options.grace)
         try:
             self._pump(watch, name, log)
             self._await_exit(watch, log)
@@ -256,34 +233,41 @@ class ScriptRunner:
                 leftovers = self._clean_up(watch, log)
                 record.close()
             stop.partial = ScriptOutcome(
-                name, ScriptStatus.FAILED, None, _signal_name(process.returncode or 0),
-                round(time.monotonic() - started, 3), record.tail,
+                name, ScriptStatus.FAILED, None, _signal_name(child.returncode or 0),
+                _duration(child), record.tail,
                 f"stopped: wizard-runner was {stop}", leftovers,
             )
             raise
+        except SpawnerError as error:
+            # The helper is gone: the script must not outlive it unnoticed.
+            signal_group(child.pid, signal.SIGKILL)
+            record.close()
+            log.error("script_failed", reason=str(error))
+            return ScriptOutcome(name, ScriptStatus.FAILED, None, None, _duration(child),
+                                 record.tail, str(error))
         outcome: ScriptOutcome | None = None
         try:
             with deferred_stop_signals():
                 leftovers = self._clean_up(watch, log)
                 record.close()
                 outcome = self._outcome(name, watch, leftovers, log)
+                self.spawner.done_with(child, go_on=not outcome.failed)
         except RunInterrupted as stop:
             stop.partial = outcome  # the script itself had finished
             raise
         return outcome
 
     def _pump(self, watch: _Watch, name: str, log: FilteringBoundLogger) -> None:
-        process = watch.process
+        child = watch.child
         selector = selectors.DefaultSelector()
-        streams: dict[int, tuple[str, IO[bytes]]] = {}
-        for stream, pipe in (("stdout", process.stdout), ("stderr", process.stderr)):
-            assert pipe is not None  # noqa: S101 - both are PIPE by construction
-            os.set_blocking(pipe.fileno(), False)
-            selector.register(pipe, selectors.EVENT_READ, stream)
-            streams[pipe.fileno()] = (stream, pipe)
+        for stream, fd in (("stdout", child.stdout), ("stderr", child.stderr)):
+            os.set_blocking(fd, False)
+            selector.register(fd, selectors.EVENT_READ, stream)
             watch.splitters[stream] = LineSplitter()
+        # The helper's socket wakes the loop up when the script exits.
+        selector.register(self.spawner.fileno(), selectors.EVENT_READ, None)
         try:
-            while selector.get_map():
+            while len(selector.get_map()) > 1:
                 now = time.monotonic()
                 try:
                     self._check_clock(watch, now, log)
@@ -291,34 +275,39 @@ class ScriptRunner:
                     log.warning("output_abandoned", reason="the script exited but something "
                                 "unknown still holds its output open", seconds=DRAIN_LIMIT)
                     break
+                if watch.exited_at is not None and self.spawner.fileno() in selector.get_map():
+                    selector.unregister(self.spawner.fileno())
+                    if not selector.get_map():
+                        break
                 for key, _ in selector.select(self._wait(watch, now)):
-                    stream = key.data
-                    data = os.read(key.fd, _READ_SIZE)
-                    if not data:
-                        selector.unregister(key.fileobj)
-                        self._emit(name, stream, watch.splitters[stream].flush(), watch, log)
-                        continue
-                    if watch.record.full and watch.truncation_logged:
-                        # Past both caps only the tail is left to keep: no line splitting, so
-                        # a flood of output costs little more than reading it.
-                        self._emit(name, stream, watch.splitters[stream].flush(), watch, log)
-                        watch.record.add_raw(data)
-                        continue
-                    self._emit(name, stream, watch.splitters[stream].feed(data), watch, log)
+                    if key.data is not None:
+                        self._read(key.fd, key.data, selector, watch, (name, log))
         finally:
             selector.close()
-            for _, pipe in streams.values():
-                pipe.close()
+            os.close(child.stdout)
+            os.close(child.stderr)
+
+    def _read(self, fd: int, stream: str, selector: selectors.BaseSelector, watch: _Watch,
+              about: tuple[str, FilteringBoundLogger]) -> None:
+        name, log = about
+        data = os.read(fd, _READ_SIZE)
+        if not data:
+            selector.unregister(fd)
+            self._emit(name, stream, watch.splitters[stream].flush(), watch, log)
+        elif watch.record.full and watch.truncation_logged:
+            # Past both caps only the tail is left to keep: no line splitting, so a flood of
+            # output costs little more than reading it.
+            self._emit(name, stream, watch.splitters[stream].flush(), watch, log)
+            watch.record.add_raw(data)
+        else:
+            self._emit(name, stream, watch.splitters[stream].feed(data), watch, log)
 
     def _await_exit(self, watch: _Watch, log: FilteringBoundLogger) -> None:
         """Wait for the script itself, its deadline still running (its output may be closed)."""
-        while watch.process.poll() is None:
+        while watch.child.returncode is None:
             now = time.monotonic()
             self._check_clock(watch, now, log)
-            try:
-                watch.process.wait(timeout=self._wait(watch, now))
-            except subprocess.TimeoutExpired:
-                continue
+            self.spawner.wait(watch.child, self._wait(watch, now))
 
     def _wait(self, watch: _Watch, now: float) -> float:
         waits = [1.0]
@@ -329,7 +318,7 @@ class ScriptRunner:
         return min(waits)
 
     def _check_clock(self, watch: _Watch, now: float, log: FilteringBoundLogger) -> None:
-        if watch.exited_at is None and watch.process.poll() is not None:
+        if watch.exited_at is None and self.spawner.poll(watch.child) is not None:
             watch.exited_at = now
         if watch.deadline is not None and now >= watch.deadline and watch.exited_at is None:
             if not watch.timed_out:
@@ -339,8 +328,10 @@ class ScriptRunner:
         elif watch.terminated_at is not None and watch.exited_at is None:
             watch.stop(now)
         if watch.exited_at is not None and now - watch.exited_at >= DRAIN:
-            # The script is gone but something still holds its output open: a leftover.
-            watch.leftovers += self._kill_leftovers(watch.process.pid, log)
+            # The script is gone but something still holds its output open: a leftover, if
+            # the helper saw one (then it waits; otherwise it may run the next script).
+            if watch.child.left_behind:
+                watch.leftovers += self._kill_leftovers(log)
             watch.drained += now - watch.exited_at
             watch.exited_at = now  # look again later if the pipes stay open
             if watch.drained >= DRAIN_LIMIT:
@@ -365,34 +356,42 @@ class ScriptRunner:
                     self.progress.output(name, "stderr", "[more output: see the script's log]")
 
     def _stop_now(self, watch: _Watch) -> None:
-        signal_group(watch.process.pid, signal.SIGTERM)
-        signal_group(watch.process.pid, signal.SIGCONT)
-        if not wait_group_gone(watch.process.pid, self.options.grace):
-            signal_group(watch.process.pid, signal.SIGKILL)
-            wait_group_gone(watch.process.pid, self.options.grace)
+        pid, grace = watch.child.pid, self.options.grace
+        signal_group(pid, signal.SIGTERM)
+        signal_group(pid, signal.SIGCONT)
+        if not wait_group_gone(pid, grace):
+            signal_group(pid, signal.SIGKILL)
+            wait_group_gone(pid, grace)
         try:
-            watch.process.wait(timeout=self.options.grace)
-        except subprocess.TimeoutExpired:
-            watch.process.kill()
-            watch.process.wait()
+            if self.spawner.wait(watch.child, grace) is None:
+                os.kill(pid, signal.SIGKILL)  # it left its group but is still the script
+                self.spawner.wait(watch.child, grace)
+        except (OSError, SpawnerError):
+            return  # the helper is gone too: nothing more to learn about the script
 
-    def _kill_leftovers(self, session: int, log: FilteringBoundLogger) -> list[str]:
-        found = stop_all(find_leftovers(self.run_id, session, adopted=self.options.subreaper),
-                         self.options.grace)
+    def _kill_leftovers(self, log: FilteringBoundLogger) -> list[str]:
+        """Stop what the script left running: the helper adopted all of it."""
+        helper = self.spawner.pid
+        if helper is None:
+            return []
+        found = stop_all(descendants(helper), self.options.grace)
         for leftover in found:
             log.warning("leftover_killed", pid=leftover.pid, cmdline=leftover.cmdline)
-        if self.options.subreaper:
-            reap_zombies()
+        if found:
+            self.spawner.anything_left()  # reaps them
         return [f"{leftover.pid} {leftover.cmdline}" for leftover in found]
 
     def _clean_up(self, watch: _Watch, log: FilteringBoundLogger) -> tuple[str, ...]:
-        watch.leftovers += self._kill_leftovers(watch.process.pid, log)
+        if watch.child.left_behind or watch.child.returncode is None:
+            watch.leftovers += self._kill_leftovers(log)
         return tuple(watch.leftovers)
 
     def _outcome(self, name: str, watch: _Watch, leftovers: tuple[str, ...],
                  log: FilteringBoundLogger) -> ScriptOutcome:
-        code = watch.process.returncode
-        duration = round(time.monotonic() - watch.started, 3)
+        code = watch.child.returncode
+        if code is None:
+            raise SpawnerError(f"no exit status for {name}")  # _await_exit guarantees one
+        duration = _duration(watch.child)
         base = ScriptOutcome(name, ScriptStatus.SUCCEEDED, code if code >= 0 else None,
                              _signal_name(code), duration, watch.record.tail, None, leftovers)
         if watch.timed_out:
@@ -412,6 +411,18 @@ class ScriptRunner:
         else:
             log.info(event, **details)
         return outcome
+
+
+def _duration(child: Spawned) -> float:
+    """Seconds from the script's start to its end (to now if it has not ended)."""
+    ended = child.ended if child.ended is not None else time.monotonic()
+    return round(max(ended - child.started, 0.0), 3)
+
+
+def _cannot_start(error: OSError | SpawnerError) -> str:
+    if isinstance(error, SpawnerError):
+        return f"cannot start: {error}"
+    return f"cannot execute: {error.strerror}{_exec_hint(error.errno)}"
 
 
 def _start_index(decisions: Sequence[Decision], start_at: str | None) -> int:
@@ -445,15 +456,31 @@ def run_scripts(
     check_safe(found, options.user)
     decisions = found.decisions
     start = _start_index(decisions, options.start_at)
-    runnable = [d for d in decisions[start:] if d.verdict is not Verdict.SKIP]
-    runner = ScriptRunner(
-        run_id=run_id,
-        env=script_env(config, options.user, run_id, layout.root),
-        options=options,
-        log=log,
-        log_dir=layout.log_dir / run_id,
-        progress=progress,
-    )
+    env = script_env(config, options.user, run_id, layout.root)
+    paths = []
+    for decision in decisions[start:]:
+        if decision.verdict is Verdict.FAIL:
+            break  # the step stops there: the helper runs only what comes before
+        if decision.verdict is Verdict.RUN:
+            paths.append(str(layout.wizard_d / decision.name))
+    with Spawner(env, paths, _switch(options.user), grace=options.grace) as spawner:
+        runner = ScriptRunner(spawner=spawner, options=options, log=log,
+                              log_dir=layout.log_dir / run_id, progress=progress)
+        return _run_all(runner, layout.wizard_d, decisions, start, options, log, progress, record)
+
+
+def _run_all(  # noqa: PLR0917 - the step's state, handed on from run_scripts in one place
+    runner: ScriptRunner,
+    wizard_d: Path,
+    decisions: Sequence[Decision],
+    start: int,
+    options: ScriptsOptions,
+    log: FilteringBoundLogger,
+    progress: Progress | None,
+    record: Callable[[list[ScriptOutcome]], None] | None,
+) -> list[ScriptOutcome]:
+    total = sum(1 for d in decisions[start:] if d.verdict is not Verdict.SKIP)
+    position = 0
     outcomes: list[ScriptOutcome] = []
     stopped_by: str | None = None
     for index, decision in enumerate(decisions):
@@ -468,11 +495,11 @@ def run_scripts(
             outcomes.append(ScriptOutcome(decision.name, ScriptStatus.NOT_RUN,
                                           reason=f"not run: {stopped_by} failed"))
         else:
-            position = runnable.index(decision) + 1
+            position += 1
             if progress is not None:
-                progress.started(position, len(runnable), decision.name)
+                progress.started(position, total, decision.name)
             try:
-                outcome = _run_decision(runner, layout, decision, log)
+                outcome = _run_decision(runner, wizard_d, decision, log)
             except RunInterrupted as stop:
                 if isinstance(stop.partial, ScriptOutcome):
                     outcomes.append(stop.partial)
@@ -493,12 +520,12 @@ def run_scripts(
     return outcomes
 
 
-def _run_decision(runner: ScriptRunner, layout: Layout, decision: Decision,
+def _run_decision(runner: ScriptRunner, wizard_d: Path, decision: Decision,
                   log: FilteringBoundLogger) -> ScriptOutcome:
     if decision.verdict is Verdict.FAIL:
         log.error("script_failed", script=decision.name, reason=decision.reason)
         return ScriptOutcome(decision.name, ScriptStatus.FAILED, reason=decision.reason)
-    return runner.run(layout.wizard_d / decision.name, decision.name)
+    return runner.run(wizard_d / decision.name, decision.name)
 
 
 def failure_message(outcome: ScriptOutcome, lines: int = 10) -> str:

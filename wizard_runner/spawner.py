@@ -1,0 +1,363 @@
+"""The runner's side of the scripts step's helper: start it, follow the scripts it runs.
+
+The helper (spawnhelper.py, where the protocol is described) drops to the run user and runs
+the scripts like run-parts; this side hands it the list, reads each script's output through
+the pipes it passes back, applies timeouts and stops, and says go on or stop after anything
+unusual. Stopping it (close()) also stops whatever it started that the runner did not follow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final
+
+from wizard_runner import spawnhelper
+from wizard_runner.spawnhelper import (
+    CONTROL_FD,
+    ENDED,
+    FAILED,
+    INDEX,
+    LEFT,
+    MAX_MESSAGE,
+    STARTED,
+    receive_message,
+)
+
+#: How long the helper may take to start (a loaded appliance) or to answer a request.
+START_TIMEOUT: Final = 30.0
+ANSWER_TIMEOUT: Final = 30.0
+
+
+class SpawnerError(Exception):
+    """The helper failed: it could not start, switch user, or it died."""
+
+
+@dataclass
+class Spawned:
+    """One script the helper started: its pid, the read ends of its output, how it ended.
+
+    Times are CLOCK_MONOTONIC seconds as the helper saw them (the same clock as the runner's
+    time.monotonic()), so durations and deadlines do not depend on when the runner looked.
+    """
+
+    index: int
+    pid: int
+    stdout: int
+    stderr: int
+    started: float
+    returncode: int | None = None
+    left_behind: bool = False
+    ended: float | None = None
+
+    @property
+    def pipes(self) -> tuple[int, int]:
+        """The read ends of its stdout and stderr."""
+        return self.stdout, self.stderr
+
+    @property
+    def clean(self) -> bool:
+        """Ended with 0 and left nothing running: the helper went straight on."""
+        return self.returncode == 0 and not self.left_behind
+
+
+@dataclass(frozen=True)
+class Switch:
+    """Who the helper becomes: uid, primary gid, every group."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+class Spawner:
+    """The runner's handle on the helper: start it, follow the scripts, say go on or stop."""
+
+    def __init__(self, env: Mapping[str, str], paths: Sequence[str],
+                 switch: Switch | None = None, python: str | None = None,
+                 grace: float = 5.0) -> None:
+        self.env = dict(env)
+        self.paths = list(paths)
+        self.switch = switch
+        self.python = python or sys.executable
+        self.grace = grace
+        self.pid: int | None = None
+        self._control: socket.socket | None = None
+        self._queue: deque[tuple[bytes, list[int]]] = deque()
+        self._next = 0
+        self._running: dict[int, Spawned] = {}
+        self._done = False
+
+    def __enter__(self) -> Spawner:
+        return self  # the helper starts with the first script, if there is one
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+    # -- starting ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Launch the helper and hand it the environment and the list; it starts at once."""
+        if not self.python:
+            raise SpawnerError("cannot start the script helper: no Python interpreter known "
+                               "(sys.executable is empty)")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [self.python, "-I", "-S", spawnhelper.__file__, str(os.getpid())]
+        if self.switch is not None:
+            groups = ",".join(str(group) for group in self.switch.groups)
+            argv += [str(self.switch.uid), str(self.switch.gid), groups]
+        try:
+            with theirs:
+                self.pid = os.posix_spawn(
+                    self.python, argv, {},
+                    file_actions=[
+                        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                        (os.POSIX_SPAWN_DUP2, theirs.fileno(), CONTROL_FD),
+                    ],
+                    setsid=True,
+                )
+        except OSError as error:
+            ours.close()
+            raise SpawnerError(f"cannot start the script helper {self.python}: "
+                               f"{error.strerror}") from error
+        self._control = ours
+        self._send(b"V" + b"\0".join(os.fsencode(f"{key}={value}")
+                                     for key, value in self.env.items()))
+        for chunk in _chunks([os.fsencode(path) for path in self.paths], MAX_MESSAGE - 1):
+            self._send(b"N" + b"\0".join(chunk))
+        self._send(b"G")
+        self._expect(b"R", START_TIMEOUT, "get ready")
+
+    def next_script(self) -> Spawned:
+        """The next script of the list, once started; OSError when it could not be."""
+        if self._control is None:
+            self.start()
+        index = self._next
+        self._next += 1
+        data, fds = self._expect(b"PF", ANSWER_TIMEOUT, f"start {self.paths[index]}")
+        if data[:1] == b"F":
+            number, code = FAILED.unpack(data[1:])
+            self._check_index(number, index)
+            raise OSError(code, os.strerror(code), self.paths[index])
+        script = self._follow(data, fds)
+        self._check_index(script.index, index)
+        return script
+
+    # -- following -----------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        """The control socket, readable when the helper has something to say."""
+        return self._socket().fileno()
+
+    def poll(self, script: Spawned) -> int | None:
+        """The script's exit code (negative: killed by that signal), without waiting."""
+        return self.wait(script, 0.0)
+
+    def wait(self, script: Spawned, timeout: float | None) -> int | None:
+        """Wait up to `timeout` seconds (None: for ever) for the script to end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while script.returncode is None:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            message = self._receive(left)
+            if message is None:
+                return None
+            self._take(message)
+        return script.returncode
+
+    def anything_left(self) -> bool:
+        """Have the helper reap what was killed; whether anything is still alive."""
+        self._send(b"C")
+        data, _ = self._expect(b"L", ANSWER_TIMEOUT, "reap")
+        return bool(LEFT.unpack(data[1:])[0])
+
+    def done_with(self, script: Spawned, *, go_on: bool) -> None:
+        """The runner has finished with a script: let the helper run further ahead and, after
+        a pause (the script did not end cleanly), say whether it goes on."""
+        self._running.pop(script.index, None)
+        self._send(b"A" + INDEX.pack(script.index))
+        if go_on and not script.clean:
+            self._send(b"G")
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Start nothing more, stop scripts the helper started meanwhile, reap the helper."""
+        if self._control is not None:
+            try:
+                self._stop_helper()
+            finally:
+                self._control.close()
+                self._control = None
+                for _, fds in self._queue:
+                    _close_all(fds)
+                self._queue.clear()
+        if self.pid is not None:
+            _reap(self.pid, ANSWER_TIMEOUT)
+            self.pid = None
+
+    def _stop_helper(self) -> None:
+        """Say stop; stop (TERM, then KILL after the grace) whatever it started meanwhile."""
+        try:
+            self._send(b"X")
+            for message in [m for m in self._queue if m[0][:1] == b"P"]:
+                self._queue.remove(message)
+                _close_all(self._follow(*message).pipes)  # started after the stop: unread
+            started = time.monotonic()
+            signalled: dict[int, bool] = {}
+            while not self._done or self._unfinished():
+                late = time.monotonic() - started
+                if late >= 2 * self.grace:
+                    return  # _reap() kills the helper; what it still runs goes with it
+                for script in self._unfinished():
+                    kill = late >= self.grace
+                    if signalled.get(script.pid) is not kill:
+                        _terminate(script, kill)
+                        signalled[script.pid] = kill
+                received = self._receive(0.05)
+                if received is not None and received[0][:1] == b"P":
+                    _close_all(self._follow(*received).pipes)
+                elif received is not None:
+                    self._take(received)
+        except SpawnerError:
+            return  # the helper is gone already
+
+    def _unfinished(self) -> list[Spawned]:
+        return [script for script in self._running.values() if script.returncode is None]
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def _follow(self, data: bytes, fds: list[int]) -> Spawned:
+        """Start following a script from its P message, applying an end already queued."""
+        index, pid, started = STARTED.unpack(data[1:])
+        if len(fds) != 2:
+            _close_all(fds)
+            raise self._died("a started script came without its output pipes")
+        script = Spawned(index, pid, fds[0], fds[1], started / 1e9)
+        self._running[index] = script
+        for message in [m for m in self._queue if m[0][:1] == b"W"]:
+            self._queue.remove(message)
+            self._take(message)
+        return script
+
+    def _take(self, message: tuple[bytes, list[int]]) -> None:
+        """Apply the end of a followed script, or the helper's last word; keep the rest."""
+        data, _ = message
+        kind = data[:1]
+        if kind == b"W":
+            index, pid, status, left, ended = ENDED.unpack(data[1:])
+            script = self._running.get(index)
+            if script is None:
+                self._queue.append(message)  # its P is still queued
+                return
+            if script.pid != pid:
+                raise self._died(f"it reported pid {pid} for script #{index}, not {script.pid}")
+            script.returncode = os.waitstatus_to_exitcode(status)
+            script.left_behind = bool(left)
+            script.ended = ended / 1e9
+        elif kind == b"D":
+            self._done = True
+        else:
+            self._queue.append(message)
+
+    def _expect(self, kinds: bytes, timeout: float, what: str) -> tuple[bytes, list[int]]:
+        """The next message of one of `kinds` (queued ones first), applying the others."""
+        deadline = time.monotonic() + timeout
+        wanted = [kinds[at : at + 1] for at in range(len(kinds))]
+        while True:
+            for queued in self._queue:
+                if queued[0][:1] in wanted:
+                    self._queue.remove(queued)
+                    return queued
+            received = self._receive(max(deadline - time.monotonic(), 0.0))
+            if received is None:
+                raise SpawnerError(f"the script helper (pid {self.pid}) did not {what} "
+                                   f"within {timeout:g} s")
+            if received[0][:1] in wanted:
+                return received
+            self._take(received)
+
+    def _receive(self, timeout: float | None) -> tuple[bytes, list[int]] | None:
+        control = self._socket()
+        control.settimeout(timeout)
+        try:
+            data, fds = receive_message(control)
+        except (TimeoutError, BlockingIOError):
+            return None
+        except OSError as error:
+            raise self._died(f"its end broke ({error.strerror})") from error
+        if not data:
+            raise self._died("it closed its end")
+        if data[:1] == b"E":
+            raise self._died(data[1:].decode(errors="replace"))
+        return data, fds
+
+    def _check_index(self, number: int, index: int) -> None:
+        if number != index:
+            raise self._died(f"it answered for script #{number}, not #{index}")
+
+    def _socket(self) -> socket.socket:
+        if self._control is None:
+            raise SpawnerError("the script helper is not running")
+        return self._control
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._socket().send(data)
+        except OSError as error:
+            raise self._died(f"cannot reach it ({error.strerror})") from error
+
+    def _died(self, reason: str) -> SpawnerError:
+        return SpawnerError(f"the script helper (pid {self.pid}) failed: {reason}")
+
+
+def _chunks(items: list[bytes], size: int) -> list[list[bytes]]:
+    """Group items so that each group joined with one separator each fits in `size` bytes."""
+    groups: list[list[bytes]] = [[]]
+    used = 0
+    for item in items:
+        if groups[-1] and used + len(item) + 1 > size:
+            groups.append([])
+            used = 0
+        groups[-1].append(item)
+        used += len(item) + 1
+    return groups
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _terminate(script: Spawned, kill: bool) -> None:
+    """Stop a script's whole group: SIGTERM (and SIGCONT), or SIGKILL once it is time."""
+    signals = (signal.SIGKILL,) if kill else (signal.SIGTERM, signal.SIGCONT)
+    for signum in signals:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(script.pid, signum)
+
+
+def _reap(pid: int, timeout: float) -> None:
+    """Wait for the helper to exit; kill it if it has not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.001)
+    except ChildProcessError:
+        return  # an embedding application reaped it already
+
+
