@@ -113,15 +113,58 @@ def test_log_file_holds_stream_prefixed_lines(tmp_path: Path) -> None:
     assert record.add("stdout", "")
     record.close()
     assert path.read_text() == "stdout: hello\nstderr: oops\nstdout: \n"
-    assert (record.lines, record.written, record.truncated) == (3, 36, False)
+    assert (record.written, record.truncated) == (36, False)
 
 
 def test_log_file_and_directory_are_private(tmp_path: Path) -> None:
     """The log's directory is created 0750 and the log file 0640 (outputs may hold secrets)."""
     path = tmp_path / "logs/10-base.log"
-    OutputRecord(path).close()
+    record = OutputRecord(path)
+    record.add("stdout", "secret-ish")
+    record.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
+
+
+def test_silent_script_gets_no_log_file(tmp_path: Path) -> None:
+    """No output, no file (and no directory): nothing to read there."""
+    path = tmp_path / "logs/10-quiet.log"
+    OutputRecord(path).close()
+    assert not path.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param([b"plain", b"", b"two words"], id="plain"),
+        pytest.param([b"caf\xc3\xa9", b"bad \xff\xfe", b"esc \x1b[31m red\r"], id="escapes"),
+        pytest.param([b"tab\tkept", b"nul \x00 here"], id="controls"),
+    ],
+)
+def test_batches_write_what_line_by_line_writes(tmp_path: Path, lines: list[bytes]) -> None:
+    """add_lines() is add() for each line: same file, same counts, same tail."""
+    one, many = OutputRecord(tmp_path / "one.log"), OutputRecord(tmp_path / "many.log")
+    for line in lines:
+        one.add("stderr", shown_line(line))
+    many.add_lines("stderr", lines)
+    for record in (one, many):
+        record.close()
+    assert (tmp_path / "many.log").read_bytes() == (tmp_path / "one.log").read_bytes()
+    assert (many.written, many.tail) == (one.written, one.tail)
+
+
+def test_batch_crossing_the_cap_stops_at_the_last_line_that_fits(tmp_path: Path) -> None:
+    """The cap falls inside a batch: whole lines up to it, then the notice, then nothing."""
+    path = tmp_path / "x.log"
+    record = OutputRecord(path, cap=40)
+    record.add_lines("stdout", [b"0123456789"] * 5)  # 19 bytes each in the file
+    record.add_lines("stdout", [b"later"])
+    record.close()
+    text = path.read_text()
+    assert text.startswith("stdout: 0123456789\nstdout: 0123456789\n[wizard-runner: output ")
+    assert "later" not in text
+    assert (record.written, record.truncated) == (38, True)
+    assert record.tail.endswith("0123456789\nlater")
 
 
 def test_log_file_is_replaced_not_appended(tmp_path: Path) -> None:
@@ -150,7 +193,6 @@ def test_cap_stops_the_log_with_one_notice(tmp_path: Path) -> None:
     )
     assert record.truncated
     assert record.written == 30
-    assert record.lines == 4
 
 
 def test_tail_keeps_lines_after_truncation() -> None:
@@ -183,12 +225,11 @@ def test_tail_of_one_huge_line_is_its_end() -> None:
 
 
 def test_record_without_a_path_counts_but_writes_nothing(tmp_path: Path) -> None:
-    """With no log directory, lines are still counted, capped and kept in the tail."""
+    """With no log directory, lines are still measured, capped and kept in the tail."""
     record = OutputRecord(None, cap=100)
     assert record.add("stdout", "only in memory")
     record.close()
-    assert (record.lines, record.written, record.tail) == (1, len("stdout: only in memory\n"),
-                                                           "only in memory")
+    assert (record.written, record.tail) == (len("stdout: only in memory\n"), "only in memory")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -278,5 +319,4 @@ def test_bulk_mode_tail_follows_the_lines(tmp_path: Path) -> None:
         record.add_raw(b"y" * 99 + b"\n")
     assert len(record.tail.encode()) <= TAIL_BYTES
     assert record.tail.splitlines()[-1] == "y" * 99
-    assert record.lines == 1003
     record.close()

@@ -186,7 +186,7 @@ def test_sigint_before_writes_changes_nothing(
     def interrupt(*args: object) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr("wizard_runner.runner.ToolChecker.__call__", interrupt)
+    monkeypatch.setattr("wizard_runner.toolcheck.ToolChecker.__call__", interrupt)
     result = execute(config, RunOptions(root=sandbox), json_logs=True)
     assert result.status is RunStatus.INTERRUPTED
     assert result.exit_code == 130

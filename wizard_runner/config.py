@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import re
@@ -15,6 +14,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Field,
     SecretStr,
     StrictBool,
     StrictInt,
@@ -382,8 +382,9 @@ class WizardConfig(_Model):
     entity_name: EntityName
     network: Network
     context_internal: ContextInternal
-    context_incall: ContextIncall = ContextIncall()
-    context_outcall: ContextOutcall = ContextOutcall()
+    # Factories, not instances: an instance here would build the models' validators at import.
+    context_incall: ContextIncall = Field(default_factory=ContextIncall)
+    context_outcall: ContextOutcall = Field(default_factory=ContextOutcall)
     default_french_configuration: StrictBool = False
     handle_system_conf: StrictBool = True
     run_scripts: StrictBool = False
@@ -420,6 +421,8 @@ def _unknown_key(loc: tuple[str | int, ...]) -> str:
     model = _MODELS_AT.get(tuple(str(part) for part in loc[:-1]))
     if model is None:
         return "unknown key"
+    import difflib  # noqa: PLC0415 - only an unknown field needs it, off the start-up path
+
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
     return f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from pathlib import Path
-from typing import Final, TextIO
+from typing import BinaryIO, Final
 
 MAX_LINE: Final = 16 * 1024
 TAIL_BYTES: Final = 4096
@@ -14,11 +14,19 @@ DEFAULT_CAP: Final = 16 * 1024 * 1024
 
 # Control characters (ESC, CR, NUL, ...) would drive the admin's terminal; tab is harmless.
 _CONTROLS: Final = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if code != 0x09}
+# The same for text that holds many lines: their newlines stay.
+_CONTROLS_BUT_NEWLINE: Final = {code: text for code, text in _CONTROLS.items() if code != 0x0A}
 
 
 def shown_line(data: bytes) -> str:
     """A line as text: UTF-8, invalid bytes and control characters shown escaped (\\xff)."""
     return data.decode("utf-8", "backslashreplace").translate(_CONTROLS)
+
+
+def shown_lines(lines: list[bytes]) -> str:
+    """Many lines as shown_line shows each, joined by newlines, in one pass over the text."""
+    text = b"\n".join(lines).decode("utf-8", "backslashreplace")
+    return text.translate(_CONTROLS_BUT_NEWLINE)
 
 
 class LineSplitter:
@@ -30,21 +38,27 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The complete lines `data` finishes (without their newline); long ones are cut."""
-        self._pending += data
-        lines: list[bytes] = []
-        while True:
-            end = self._pending.find(b"\n")
-            if end < 0:
-                break
-            line = bytes(self._pending[:end])
-            del self._pending[: end + 1]
-            lines += [line[at : at + self.max_line] for at in range(0, len(line), self.max_line)]
-            if not line:
-                lines.append(line)
+        if b"\n" not in data:
+            self._pending += data
+            return self._cut_pending()
+        *lines, rest = (bytes(self._pending) + data).split(b"\n")
+        self._pending = bytearray(rest)
+        if max(map(len, lines)) > self.max_line:
+            lines = [piece for line in lines for piece in self._cut(line)]
+        return lines + self._cut_pending()
+
+    def _cut(self, line: bytes) -> list[bytes]:
+        if len(line) <= self.max_line:
+            return [line]
+        return [line[at : at + self.max_line] for at in range(0, len(line), self.max_line)]
+
+    def _cut_pending(self) -> list[bytes]:
+        """Whole max_line pieces of an unterminated line, so that memory stays bounded."""
+        pieces = []
         while len(self._pending) >= self.max_line:
-            lines.append(bytes(self._pending[: self.max_line]))
+            pieces.append(bytes(self._pending[: self.max_line]))
             del self._pending[: self.max_line]
-        return lines
+        return pieces
 
     def flush(self) -> list[bytes]:
         """The last, unterminated line, if any."""
@@ -53,41 +67,63 @@ class LineSplitter:
 
 
 class OutputRecord:
-    """Where one script's lines go: its log file (capped) and a bounded tail."""
+    """Where one script's lines go: its log file (capped) and a bounded tail.
+
+    The log file is created with the first line: a script that printed nothing has none.
+    """
 
     def __init__(self, path: Path | None, cap: int = DEFAULT_CAP, tail: int = TAIL_BYTES) -> None:
+        self.path = path
         self.cap = cap
         self.tail_limit = tail
         self.written = 0
-        self.lines = 0
         self.truncated = False
         self._tail: deque[str] = deque()
         self._tail_size = 0
         self._raw = bytearray()
-        self._file: TextIO | None = None
-        if path is not None:
-            path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-            self._file = os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace")
+        self._file: BinaryIO | None = None
 
     def add(self, stream: str, line: str) -> bool:
         """Record a line; False once the cap is reached (the caller stops logging lines too)."""
-        self.lines += 1
         self._remember(line)
+        return self._write(f"{stream}: {line}\n".encode())
+
+    def add_lines(self, stream: str, lines: list[bytes]) -> None:
+        """Record many lines at once (raw, as read): what add() does for each, in one pass."""
+        if not lines:
+            return
+        self._keep_raw(b"\n".join(lines) + b"\n")
+        if self.truncated:
+            return
+        prefix = f"{stream}: "
+        entry = (prefix + shown_lines(lines).replace("\n", "\n" + prefix) + "\n").encode()
+        if self.written + len(entry) <= self.cap:
+            self._write(entry)
+            return
+        for line in lines:  # the cap falls inside: cut at the last line that fits
+            if not self._write(f"{prefix}{shown_line(line)}\n".encode()):
+                return
+
+    def _write(self, entry: bytes) -> bool:
         if self.truncated:
             return False
-        entry = f"{stream}: {line}\n"
-        size = len(entry.encode("utf-8"))
-        if self.written + size > self.cap:
+        if self.written + len(entry) > self.cap:
             self.truncated = True
-            if self._file is not None:
-                self._file.write(f"[wizard-runner: output truncated after {self.cap} bytes; "
-                                 "the last lines are in the result's output_tail]\n")
+            self._put(f"[wizard-runner: output truncated after {self.cap} bytes; "
+                      "the last lines are in the result's output_tail]\n".encode())
             return False
-        self.written += size
-        if self._file is not None:
-            self._file.write(entry)
+        self.written += len(entry)
+        self._put(entry)
         return True
+
+    def _put(self, data: bytes) -> None:
+        if self.path is None:
+            return  # kept in memory only
+        if self._file is None:
+            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            self._file = os.fdopen(os.open(self.path, flags, 0o640), "wb")
+        self._file.write(data)
 
     def _remember(self, line: str) -> None:
         self._tail.append(line)
@@ -102,19 +138,22 @@ class OutputRecord:
 
     def add_raw(self, data: bytes) -> None:
         """Keep raw output for the tail only, without splitting it into lines (bulk mode)."""
+        self._keep_raw(data)
+
+    def _keep_raw(self, data: bytes) -> None:
         self._raw += data
-        self.lines += data.count(b"\n")
         if len(self._raw) > 2 * self.tail_limit:
             del self._raw[: -self.tail_limit]
 
     @property
     def tail(self) -> str:
         """The last lines of output, at most about TAIL_BYTES."""
-        text = "\n".join(self._tail)
+        lines = list(self._tail)
         if self._raw:
-            raw = bytes(self._raw).rstrip(b"\n")
-            text += "\n" + "\n".join(shown_line(line) for line in raw.split(b"\n"))
-        data = text.encode("utf-8")[-self.tail_limit :]
+            raw = bytes(self._raw)
+            raw = raw.removesuffix(b"\n")  # the last line's end, not one more empty line
+            lines += [shown_line(line) for line in raw.split(b"\n")]
+        data = "\n".join(lines).encode("utf-8")[-self.tail_limit :]
         return data.decode("utf-8", "ignore")  # a cut may split one character
 
     def close(self) -> None:

@@ -8,11 +8,10 @@ import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from structlog.typing import FilteringBoundLogger
 
-from wizard_runner.activate import follow_up
 from wizard_runner.config import WizardConfig, decode_json, saved_config_from_data
 from wizard_runner.defaults import DEFAULT_TIMEOUT
 from wizard_runner.errors import (
@@ -28,6 +27,7 @@ from wizard_runner.errors import (
 from wizard_runner.fsio import Ownership, RunLock, atomic_replace, ensure_dir
 from wizard_runner.layout import Layout
 from wizard_runner.log import make_logger, open_log_file, stdlib_logger
+from wizard_runner.render import RENDERERS
 from wizard_runner.result import (
     FileAction,
     FileOutcome,
@@ -46,17 +46,9 @@ from wizard_runner.scripts import (
     run_scripts,
 )
 from wizard_runner.signals import deferred_stop_signals
-from wizard_runner.sysconf import (
-    FileChange,
-    FilesNotAppliedError,
-    Plan,
-    apply_changes,
-    plan_changes,
-    read_targets,
-    skipped_outcomes,
-    unified_diff,
-)
-from wizard_runner.toolcheck import ToolChecker, check_included_interfaces
+
+if TYPE_CHECKING:
+    from wizard_runner.sysconf import FileChange
 
 SKIPPED_BY_CONFIG = "handle_system_conf=false"
 
@@ -117,12 +109,16 @@ def plan_system(
     config: WizardConfig, layout: Layout, options: RunOptions
 ) -> tuple[FileChange, ...]:
     """Read the managed files under the root and plan their new content."""
+    from wizard_runner.sysconf import plan_changes, read_targets
+
     return plan_changes(
         config, read_targets(layout), replace_symlinks=options.replace_symlinks
     )
 
 
 def _not_written(changes: tuple[FileChange, ...], error: WizardRunnerError) -> SystemConfResult:
+    from wizard_runner.sysconf import Plan
+
     files = []
     for change in changes:
         if change.plan is Plan.WRITE:
@@ -141,10 +137,17 @@ def _system_step(run: _Run) -> None:
     )
     run_id = run.run_id
     if not handles_system_conf(config, options):
-        for outcome in skipped_outcomes(SKIPPED_BY_CONFIG):
+        skipped = tuple(FileOutcome(path, FileAction.SKIPPED, SKIPPED_BY_CONFIG)
+                        for path in RENDERERS)
+        for outcome in skipped:
             log.info("file_skipped", path=outcome.path, reason=SKIPPED_BY_CONFIG)
-        progress.system = SystemConfResult(False, skipped_outcomes(SKIPPED_BY_CONFIG))
+        progress.system = SystemConfResult(False, skipped)
         return
+    # Only a run that writes the files needs these (and their imports' start-up time).
+    from wizard_runner.activate import follow_up
+    from wizard_runner.sysconf import FilesNotAppliedError, Plan, apply_changes
+    from wizard_runner.toolcheck import ToolChecker, check_included_interfaces
+
     changes = plan_system(config, layout, options)
     progress.system = _not_written(changes, ApplyError("the step did not finish"))
     writes = [change for change in changes if change.plan is Plan.WRITE]
@@ -378,6 +381,9 @@ def preview(
     log: FilteringBoundLogger | None = None,
 ) -> Preview:
     """Plan (and tool-check) the system step without writing anything, not even the result."""
+    from wizard_runner.sysconf import Plan, unified_diff
+    from wizard_runner.toolcheck import ToolChecker
+
     options = options or RunOptions()
     layout = Layout.under(options.root)
     log = log or make_logger(sys.stderr)

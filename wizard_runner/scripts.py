@@ -25,6 +25,7 @@ from wizard_runner.procs import GRACE, descendants, signal_group, stop_all, wait
 from wizard_runner.runuser import RunUser, require_switch_allowed
 from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals
 from wizard_runner.spawner import Spawned, Spawner, SpawnerError, Switch
+from wizard_runner.spawnhelper import PIPE_SIZE
 
 SCRIPT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: After a script exits, how long its pipes may stay open before leftovers are hunted down,
@@ -48,7 +49,10 @@ def _exec_hint(code: int | None) -> str:
     if code == errno.ENOENT:
         return " (is the #! interpreter installed?)"
     return ""
-_READ_SIZE: Final = 64 * 1024
+_READ_SIZE: Final = PIPE_SIZE
+#: Past both caps, after a read that emptied the pipe: a pause far below any human notice that
+#: turns a flood of small writes into few large reads.
+BULK_PAUSE: Final = 0.0002
 
 
 class ScriptStatus(StrEnum):
@@ -266,11 +270,12 @@ class ScriptRunner:
             watch.splitters[stream] = LineSplitter()
         # The helper's socket wakes the loop up when the script exits.
         selector.register(self.spawner.fileno(), selectors.EVENT_READ, None)
+        heard = True  # whether the helper's socket was readable: only then can it say more
         try:
             while len(selector.get_map()) > 1:
                 now = time.monotonic()
                 try:
-                    self._check_clock(watch, now, log)
+                    self._check_clock(watch, now, log, look=heard)
                 except _OutputAbandoned:
                     log.warning("output_abandoned", reason="the script exited but something "
                                 "unknown still holds its output open", seconds=DRAIN_LIMIT)
@@ -279,8 +284,11 @@ class ScriptRunner:
                     selector.unregister(self.spawner.fileno())
                     if not selector.get_map():
                         break
+                heard = False
                 for key, _ in selector.select(self._wait(watch, now)):
-                    if key.data is not None:
+                    if key.data is None:
+                        heard = True
+                    else:
                         self._read(key.fd, key.data, selector, watch, (name, log))
         finally:
             selector.close()
@@ -299,6 +307,8 @@ class ScriptRunner:
             # output costs little more than reading it.
             self._emit(name, stream, watch.splitters[stream].flush(), watch, log)
             watch.record.add_raw(data)
+            if len(data) < _READ_SIZE:
+                time.sleep(BULK_PAUSE)  # let the flood pile up in the pipe: fewer wakeups
         else:
             self._emit(name, stream, watch.splitters[stream].feed(data), watch, log)
 
@@ -317,8 +327,9 @@ class ScriptRunner:
             waits.append(0.05)
         return min(waits)
 
-    def _check_clock(self, watch: _Watch, now: float, log: FilteringBoundLogger) -> None:
-        if watch.exited_at is None and self.spawner.poll(watch.child) is not None:
+    def _check_clock(self, watch: _Watch, now: float, log: FilteringBoundLogger, *,
+                     look: bool = True) -> None:
+        if watch.exited_at is None and look and self.spawner.poll(watch.child) is not None:
             watch.exited_at = now
         if watch.deadline is not None and now >= watch.deadline and watch.exited_at is None:
             if not watch.timed_out:
@@ -339,7 +350,11 @@ class ScriptRunner:
 
     def _emit(self, name: str, stream: str, lines: list[bytes], watch: _Watch,
               log: FilteringBoundLogger) -> None:
-        for raw in lines:
+        for index, raw in enumerate(lines):
+            if watch.truncation_logged:
+                # Past the event budget the lines only go to the script's log, in one batch.
+                watch.record.add_lines(stream, lines[index:])
+                return
             line = shown_line(raw)
             watch.record.add(stream, line)
             watch.events += len(line) + EVENT_OVERHEAD
@@ -347,7 +362,7 @@ class ScriptRunner:
                 log.info("script_output", stream=stream, line=line)
                 if self.progress is not None:
                     self.progress.output(name, stream, line)
-            elif not watch.truncation_logged:
+            else:
                 watch.truncation_logged = True
                 log.warning("script_output_not_logged", after_bytes=EVENT_CAP,
                             full_output=str(self.log_dir / f"{name}.log") if self.log_dir

@@ -32,6 +32,7 @@ Messages (one SOCK_SEQPACKET datagram each; the first byte says what it is):
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -47,6 +48,8 @@ CONTROL_FD = 3
 MAX_MESSAGE = 64 * 1024
 #: How many scripts the helper may run ahead of the runner (each holds two pipes meanwhile).
 WINDOW = 8
+#: The scripts' output pipes (what an unprivileged user may ask for: fs.pipe-max-size).
+PIPE_SIZE = 1024 * 1024
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -137,6 +140,15 @@ def _anything_left() -> bool:
         os.waitpid(ended.si_pid, 0)
 
 
+def _widen(pipe: int) -> None:
+    """Let a chatty script's output pile up to PIPE_SIZE: the runner then reads it in big
+    chunks, with few wakeups (it pauses between reads once it only keeps the tail)."""
+    try:
+        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        return  # over the user's pipe budget (pipe-user-pages-soft): the default size will do
+
+
 class _Helper:
     """Runs the scripts it is given, in order, as long as the runner lets it."""
 
@@ -202,6 +214,8 @@ class _Helper:
         """Run one script to its end; True when it ended cleanly (exit 0, nothing left)."""
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        for pipe in (out_w, err_w):
+            _widen(pipe)
         started = time.monotonic_ns()
         try:
             pid = os.posix_spawn(

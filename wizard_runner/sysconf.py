@@ -176,11 +176,6 @@ def plan_changes(
     )
 
 
-def skipped_outcomes(reason: str) -> tuple[FileOutcome, ...]:
-    """Every managed file reported skipped for one reason (handle_system_conf=false)."""
-    return tuple(FileOutcome(path, FileAction.SKIPPED, reason) for path in RENDERERS)
-
-
 def planned_outcomes(changes: Sequence[FileChange]) -> tuple[FileOutcome, ...]:
     """The outcomes a successful apply of `changes` reports."""
     action = {Plan.WRITE: FileAction.WRITTEN, Plan.UNCHANGED: FileAction.UNCHANGED,
