@@ -488,6 +488,36 @@ def test_daemon_that_clears_its_environment_is_killed(root: Path, launch: str) -
     assert no_process_with(marker)
 
 
+def test_embedded_run_finds_a_daemon_that_left_everything(config: WizardConfig,
+                                                          root: Path) -> None:
+    """In-process (confd's API, no subreaper of its own): a setsid daemon with a cleared
+    environment and closed output is still found, because the helper adopts it."""
+    marker = f"sleep 6{os.getpid() % 1000}9"
+    add_script(root, "10-daemon", f"setsid env -i {marker} >/dev/null 2>&1 </dev/null &")
+    add_script(root, "20-after", "echo after")
+    result = run(config, root)
+    assert result.exit_code == 0
+    found = scripts(result)
+    assert any(marker in leftover for leftover in found["10-daemon"]["leftovers"])
+    assert found["20-after"]["status"] == "succeeded"
+    assert no_process_with(marker)
+
+
+def test_a_helper_that_cannot_start_fails_the_first_script_clearly(
+    config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No interpreter for the helper: the first script fails naming why, the rest do not run."""
+    add_script(root, "10-first", "echo never")
+    add_script(root, "20-second", "echo never")
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    result = run(config, root)
+    found = scripts(result)
+    assert result.exit_code == 1
+    assert found["10-first"]["status"] == "failed"
+    assert "/nonexistent/python3" in found["10-first"]["reason"]
+    assert found["20-second"]["status"] == "not_run"
+
+
 def test_second_signal_does_not_cut_the_clean_up(root: Path) -> None:
     """SIGTERM then SIGINT: the tree is still stopped and the script is in the result."""
     marker = f"sleep 8{os.getpid() % 1000}1"
