@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from wizard_runner.errors import PrivilegeError
 from wizard_runner.result import RunResult, RunStatus
 from wizard_runner.runner import RunOptions, execute
 from wizard_runner.runuser import require_switch_allowed, resolve_user
+from wizard_runner.signals import install_stop_handlers
 
 pytestmark = pytest.mark.processes
 ROOT = os.geteuid() == 0
@@ -690,3 +692,110 @@ def test_shipped_scripts_pass_on_the_sandbox(root: Path) -> None:
     assert again.returncode == 1
     check = json.loads(stdout)["scripts"][0]
     assert "MISMATCH: /etc/mailname is 'wrong.example'" in check["output_tail"]
+
+
+class SlowProgress:
+    """A progress view that lags (a slow terminal): the helper runs ahead of the runner."""
+
+    def __init__(self, per_line: float = 0.0, per_end: float = 0.0) -> None:
+        self.per_line, self.per_end = per_line, per_end
+
+    def started(self, index: int, total: int, name: str) -> None:
+        """Nothing to show."""
+
+    def output(self, name: str, stream: str, line: str) -> None:
+        """Lag on every line."""
+        time.sleep(self.per_line)
+
+    def finished(self, outcome: Any) -> None:
+        """Lag at every end."""
+        time.sleep(self.per_end)
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_stop_while_the_helper_is_ahead_reports_what_ran(config: WizardConfig,
+                                                         root: Path) -> None:
+    """SIGTERM while the runner lags: a script that ran is never reported not_run, the one
+    running is stopped and says so, and nothing starts after the stop."""
+    trace = root / "trace"
+    trace.touch(mode=0o666)
+    trace.chmod(0o666)
+    add_script(root, "10-chatty", "echo a; echo b; echo c")
+    add_script(root, "20-quick", f"echo 20 >> {trace}")
+    marker = f"sleep 4{os.getpid() % 1000}3"
+    add_script(root, "30-long", f"echo 30 >> {trace}; {marker}")
+    add_script(root, "40-never", f"echo 40 >> {trace}")
+    install_stop_handlers()
+    timer = threading.Timer(0.8, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        result = run(config, root, progress=SlowProgress(per_line=0.5))
+    finally:
+        timer.cancel()
+    ran = trace.read_text().split()
+    found = scripts(result)
+    assert result.status is RunStatus.INTERRUPTED
+    assert "40" not in ran
+    for name in ("20-quick", "30-long"):
+        if name[:2] in ran:
+            assert found[name]["status"] != "not_run", found[name]
+    if "30" in ran:
+        assert found["30-long"]["status"] == "failed"
+        assert "SIGTERM" in found["30-long"]["reason"]
+    assert found["40-never"]["status"] == "not_run"
+    assert no_process_with(marker)
+
+
+def test_a_timed_out_script_that_exits_0_on_sigterm_stops_the_step(config: WizardConfig,
+                                                                   root: Path) -> None:
+    """Timed out, it traps SIGTERM and exits 0: the next script must not start."""
+    marker = root / "next-ran"
+    add_script(root, "10-slow", "trap 'exit 0' TERM; while :; do sleep 0.05; done")
+    add_script(root, "20-next", f"touch {marker}; sleep 3")
+    result = run(config, root, timeout=1.0, progress=SlowProgress(per_end=0.3))
+    found = scripts(result)
+    assert found["10-slow"]["status"] == "timed_out"
+    assert found["20-next"]["status"] == "not_run"
+    assert not marker.exists()
+
+
+def test_inheritable_descriptors_of_the_caller_do_not_reach_scripts(config: WizardConfig,
+                                                                     root: Path) -> None:
+    """An embedding process's inheritable fd (a socket, a pipe) stays out of the scripts."""
+    add_script(root, "10-fds", "for fd in /proc/$$/fd/*; do readlink $fd; done; exit 0")
+    readable, writable = os.pipe()
+    os.set_inheritable(writable, True)
+    ours = f"pipe:[{os.fstat(writable).st_ino}]"
+    try:
+        result = run(config, root)
+    finally:
+        os.close(readable)
+        os.close(writable)
+    assert result.exit_code == 0
+    targets = scripts(result)["10-fds"]["output_tail"].splitlines()
+    assert targets
+    assert ours not in targets
+
+
+def test_a_helper_dying_after_a_script_is_a_failure_not_a_crash(config: WizardConfig,
+                                                                root: Path) -> None:
+    """The helper killed right after it reported the end: the run ends failed, with a result."""
+    add_script(root, "10-kill-helper", "H=$PPID; (sleep 0.05; kill -9 $H) & exit 0")
+    add_script(root, "20-after", "sleep 0.5")
+    result = run(config, root)
+    found = scripts(result)
+    assert result.exit_code == 1
+    assert any(script["status"] == "failed" and "helper" in (script["reason"] or "")
+               for script in found.values()), found
+
+
+@pytest.mark.parametrize("closing", [pytest.param("", id="both-open"),
+                                     pytest.param("exec 2>&-", id="stderr-closed")])
+def test_a_leftover_holding_one_pipe_keeps_its_last_line(config: WizardConfig, root: Path,
+                                                         closing: str) -> None:
+    """A child still writing after the script exited: its last, unterminated line is kept."""
+    add_script(root, "10-child", f"{closing}\n(sleep 0.1; echo from-child; "
+               "printf tail-no-newline) &\nexit 0")
+    found = scripts(run(config, root))["10-child"]
+    assert found["status"] == "succeeded"
+    assert found["output_tail"].endswith("from-child\ntail-no-newline"), found

@@ -151,32 +151,31 @@ def test_the_helper_runs_at_most_a_window_ahead(place: Path) -> None:
     assert len(trace.read_text().splitlines()) == WINDOW
 
 
-def test_close_stops_a_script_started_after_the_last_followed(place: Path) -> None:
-    """The helper went on to a script the runner never followed: closing stops it too."""
-    marker = f"sleep 8{os.getpid() % 1000}7"
-    paths = scripts(place, "exit 0", marker)
-    started = time.monotonic()
-    with Spawner({}, paths, www_data(), grace=1.0) as spawner:
-        assert follow(spawner) == 0
-        deadline = time.monotonic() + 10
-        while not alive(marker):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    assert not alive(marker)
-    assert time.monotonic() - started < 5
+def wait_alive(marker: str) -> None:
+    """Wait until a process with `marker` in its command line runs."""
+    deadline = time.monotonic() + 10
+    while not alive(marker):
+        assert time.monotonic() < deadline, f"{marker} never started"
+        time.sleep(0.02)
 
 
-def test_close_kills_a_script_that_ignores_sigterm(place: Path) -> None:
-    """A stop escalates to SIGKILL after the grace period."""
-    marker = f"sleep 8{os.getpid() % 1000}8"
-    paths = scripts(place, "exit 0", f"trap '' TERM; {marker} & wait")
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param("{marker}", id="the-script-itself"),
+        pytest.param("trap '' TERM; {marker} & wait", id="ignoring-sigterm"),
+        pytest.param("setsid {marker} >/dev/null 2>&1 &", id="a-daemon-it-left"),
+    ],
+)
+def test_close_stops_what_ran_past_the_last_followed_script(place: Path, body: str) -> None:
+    """The helper went on to a script the runner never followed: closing stops it (SIGKILL
+    after the grace), and what it left (re-parented to init otherwise) too."""
+    marker = f"sleep 8{os.getpid() % 1000}{len(body)}"
+    paths = scripts(place, "exit 0", body.format(marker=marker))
     started = time.monotonic()
     with Spawner({}, paths, www_data(), grace=0.5) as spawner:
         assert follow(spawner) == 0
-        deadline = time.monotonic() + 10
-        while not alive(marker):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_alive(marker)
     assert not alive(marker)
     assert time.monotonic() - started < 5
 
@@ -237,3 +236,34 @@ def test_path_lists_are_cut_into_messages(sizes: list[int], limit: int,
     chunks = _chunks(items, limit)
     assert [[len(item) for item in chunk] for chunk in chunks] == groups
     assert [item for chunk in chunks for item in chunk] == items
+
+
+def test_hold_stops_the_helper_after_a_clean_end(place: Path) -> None:
+    """Held (before the runner signals a script), the helper does not follow even an exit 0."""
+    marker = place / "second-ran"
+    paths = scripts(place, "sleep 0.3", f"touch {marker}")
+    with Spawner({}, paths, www_data()) as spawner:
+        script = spawner.next_script()
+        spawner.hold()
+        assert spawner.wait(script, 10) == 0
+        time.sleep(0.3)
+        assert not marker.exists()
+        script.close_pipes()
+        spawner.done_with(script, go_on=True)  # the runner's word releases it
+        assert follow(spawner) == 0
+    assert marker.exists()
+
+
+def test_stop_started_reports_scripts_run_ahead(place: Path) -> None:
+    """What the helper started past the runner comes back, ended, with its output unread."""
+    paths = scripts(place, "exit 0", "echo ahead; exit 0", "sleep 30")
+    with Spawner({}, paths, www_data(), grace=0.5) as spawner:
+        assert follow(spawner) == 0
+        time.sleep(0.5)  # the helper runs the second, then the third
+        ahead = spawner.stop_started()
+        assert [script.index for script in ahead] == [1, 2]
+        assert ahead[0].returncode == 0
+        assert os.read(ahead[0].stdout, 100) == b"ahead\n"
+        assert ahead[1].returncode == -signal.SIGTERM
+        for script in ahead:
+            script.close_pipes()

@@ -25,7 +25,7 @@ from wizard_runner.layout import Layout
 from wizard_runner.result import RunResult, now
 from wizard_runner.runner import RunOptions, execute
 from wizard_runner.runuser import RunUser
-from wizard_runner.signals import STOP_SIGNALS
+from wizard_runner.signals import STOP_SIGNALS, request_stop
 from wizard_runner.spool import (
     REQUEST_ID,
     RequestRejectedError,
@@ -257,8 +257,9 @@ def install_daemon_signals(stop: threading.Event, daemon: Callable[[], Daemon | 
         stop.set()
         current = daemon()
         if current is not None and current.running:
-            raise RunInterrupted(signum)
+            request_stop(signum)
 
+    handle.defers_stops = True  # type: ignore[attr-defined]
     for signum in STOP_SIGNALS:
         signal.signal(signum, handle)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import selectors
@@ -233,8 +234,14 @@ class ScriptRunner:
         except RunInterrupted as stop:
             # Already stopping: a second SIGTERM/SIGINT must not cut the clean-up short.
             with ignored_stop_signals():
+                with contextlib.suppress(SpawnerError):
+                    self.spawner.halt()  # before any signal: nothing may start after this one
                 self._stop_now(watch)
-                leftovers = self._clean_up(watch, log)
+                try:
+                    leftovers = self._clean_up(watch, log)
+                    self.spawner.done_with(child, go_on=False)
+                except SpawnerError:
+                    leftovers = tuple(watch.leftovers)
                 record.close()
             stop.partial = ScriptOutcome(
                 name, ScriptStatus.FAILED, None, _signal_name(child.returncode or 0),
@@ -251,15 +258,54 @@ class ScriptRunner:
                                  record.tail, str(error))
         outcome: ScriptOutcome | None = None
         try:
-            with deferred_stop_signals():
-                leftovers = self._clean_up(watch, log)
+            with deferred_stop_signals(foreign=False):
                 record.close()
-                outcome = self._outcome(name, watch, leftovers, log)
-                self.spawner.done_with(child, go_on=not outcome.failed)
+                try:
+                    leftovers = self._clean_up(watch, log)
+                    outcome = self._outcome(name, watch, leftovers, log)
+                    self.spawner.done_with(child, go_on=not outcome.failed)
+                except SpawnerError as error:
+                    log.error("script_failed", reason=str(error))
+                    outcome = ScriptOutcome(name, ScriptStatus.FAILED, child.returncode, None,
+                                            _duration(child), record.tail, str(error),
+                                            tuple(watch.leftovers))
         except RunInterrupted as stop:
             stop.partial = outcome  # the script itself had finished
             raise
         return outcome
+
+    def stopped_ahead(self, why: str) -> dict[str, ScriptOutcome]:
+        """Scripts the helper had started past the one that ended the step: stop them (TERM,
+        then KILL) and report each as it really ended, with what its pipes still held."""
+        found: dict[str, ScriptOutcome] = {}
+        try:
+            started = self.spawner.stop_started(self.options.grace)
+        except SpawnerError:
+            return found
+        for child in started:
+            if not child.pipes_open:
+                continue  # the runner followed it: reported already
+            name = Path(self.spawner.paths[child.index]).name
+            record = OutputRecord(self.log_dir / f"{name}.log" if self.log_dir else None,
+                                  self.options.output_cap)
+            for stream, fd in (("stdout", child.stdout), ("stderr", child.stderr)):
+                record.add_lines(stream, _whatever_is_left(fd))
+            child.close_pipes()
+            record.close()
+            code = child.returncode
+            if code == 0:
+                outcome = ScriptOutcome(name, ScriptStatus.SUCCEEDED, 0, None, _duration(child),
+                                        record.tail)
+            else:
+                reason = f"exited with {code}" if code and code > 0 else f"stopped: {why}"
+                outcome = ScriptOutcome(name, ScriptStatus.FAILED,
+                                        code if code and code > 0 else None,
+                                        _signal_name(code or 0), _duration(child), record.tail,
+                                        reason)
+            self.log.warning("script_ran_ahead", script=name, status=outcome.status.value,
+                             reason=outcome.reason, pid=child.pid)
+            found[name] = outcome
+        return found
 
     def _pump(self, watch: _Watch, name: str, log: FilteringBoundLogger) -> None:
         child = watch.child
@@ -271,8 +317,9 @@ class ScriptRunner:
         # The helper's socket wakes the loop up when the script exits.
         selector.register(self.spawner.fileno(), selectors.EVENT_READ, None)
         heard = True  # whether the helper's socket was readable: only then can it say more
+        pipes = {child.stdout, child.stderr}
         try:
-            while len(selector.get_map()) > 1:
+            while pipes & selector.get_map().keys():
                 now = time.monotonic()
                 try:
                     self._check_clock(watch, now, log, look=heard)
@@ -282,8 +329,6 @@ class ScriptRunner:
                     break
                 if watch.exited_at is not None and self.spawner.fileno() in selector.get_map():
                     selector.unregister(self.spawner.fileno())
-                    if not selector.get_map():
-                        break
                 heard = False
                 for key, _ in selector.select(self._wait(watch, now)):
                     if key.data is None:
@@ -292,8 +337,9 @@ class ScriptRunner:
                         self._read(key.fd, key.data, selector, watch, (name, log))
         finally:
             selector.close()
-            os.close(child.stdout)
-            os.close(child.stderr)
+            child.close_pipes()
+            for stream, splitter in watch.splitters.items():  # an abandoned stream's last line
+                self._emit(name, stream, splitter.flush(), watch, log)
 
     def _read(self, fd: int, stream: str, selector: selectors.BaseSelector, watch: _Watch,
               about: tuple[str, FilteringBoundLogger]) -> None:
@@ -317,6 +363,10 @@ class ScriptRunner:
         while watch.child.returncode is None:
             now = time.monotonic()
             self._check_clock(watch, now, log)
+            if watch.killed and watch.terminated_at is not None and \
+                    now - watch.terminated_at > 3 * watch.grace:
+                raise SpawnerError("the script did not end after SIGKILL (stuck in the kernel, "
+                                   "or its helper no longer reports)")
             self.spawner.wait(watch.child, self._wait(watch, now))
 
     def _wait(self, watch: _Watch, now: float) -> float:
@@ -329,12 +379,15 @@ class ScriptRunner:
 
     def _check_clock(self, watch: _Watch, now: float, log: FilteringBoundLogger, *,
                      look: bool = True) -> None:
-        if watch.exited_at is None and look and self.spawner.poll(watch.child) is not None:
+        late = watch.deadline is not None and now >= watch.deadline
+        if watch.exited_at is None and (look or late) and \
+                self.spawner.poll(watch.child) is not None:
             watch.exited_at = now
-        if watch.deadline is not None and now >= watch.deadline and watch.exited_at is None:
+        if late and watch.exited_at is None:
             if not watch.timed_out:
                 watch.timed_out = True
                 log.error("script_timed_out", timeout_s=self.options.timeout)
+                self.spawner.hold()  # a script that exits 0 on SIGTERM must not be followed
             watch.stop(now)
         elif watch.terminated_at is not None and watch.exited_at is None:
             watch.stop(now)
@@ -389,11 +442,17 @@ class ScriptRunner:
         helper = self.spawner.pid
         if helper is None:
             return []
-        found = stop_all(descendants(helper), self.options.grace)
-        for leftover in found:
-            log.warning("leftover_killed", pid=leftover.pid, cmdline=leftover.cmdline)
-        if found:
-            self.spawner.anything_left()  # reaps them
+        found = []
+        deadline = time.monotonic() + 2 * self.options.grace
+        while True:  # until the helper has no child left: one may fork while it is stopped
+            batch = stop_all(descendants(helper), self.options.grace)
+            for leftover in batch:
+                log.warning("leftover_killed", pid=leftover.pid, cmdline=leftover.cmdline)
+            found += batch
+            if not self.spawner.anything_left():
+                break
+            if time.monotonic() >= deadline:
+                raise SpawnerError("processes the script left keep coming back")
         return [f"{leftover.pid} {leftover.cmdline}" for leftover in found]
 
     def _clean_up(self, watch: _Watch, log: FilteringBoundLogger) -> tuple[str, ...]:
@@ -409,7 +468,7 @@ class ScriptRunner:
         duration = _duration(watch.child)
         base = ScriptOutcome(name, ScriptStatus.SUCCEEDED, code if code >= 0 else None,
                              _signal_name(code), duration, watch.record.tail, None, leftovers)
-        if watch.timed_out:
+        if watch.timed_out and _ran_past(watch):
             outcome = replace(base, status=ScriptStatus.TIMED_OUT,
                               reason=f"timed out after {self.options.timeout:g} s")
         elif code < 0:
@@ -426,6 +485,26 @@ class ScriptRunner:
         else:
             log.info(event, **details)
         return outcome
+
+
+def _whatever_is_left(fd: int, limit: int = DEFAULT_CAP) -> list[bytes]:
+    """The lines a pipe still holds, read without waiting (up to `limit` bytes)."""
+    data = bytearray()
+    with contextlib.suppress(OSError):
+        os.set_blocking(fd, False)
+        while len(data) < limit:
+            chunk = os.read(fd, _READ_SIZE)
+            if not chunk:
+                break
+            data += chunk
+    return bytes(data).splitlines()
+
+
+def _ran_past(watch: _Watch) -> bool:
+    """Whether the script ended after its deadline by the helper's clock (the runner may have
+    looked late)."""
+    ended = watch.child.ended
+    return watch.deadline is not None and (ended is None or ended > watch.deadline)
 
 
 def _duration(child: Spawned) -> float:
@@ -498,6 +577,7 @@ def _run_all(  # noqa: PLR0917 - the step's state, handed on from run_scripts in
     position = 0
     outcomes: list[ScriptOutcome] = []
     stopped_by: str | None = None
+    ahead: dict[str, ScriptOutcome] = {}  # run by the helper past the failure, now reported
     for index, decision in enumerate(decisions):
         if decision.verdict is Verdict.SKIP:
             log.info("script_skipped", script=decision.name, reason=decision.reason)
@@ -507,32 +587,45 @@ def _run_all(  # noqa: PLR0917 - the step's state, handed on from run_scripts in
             outcomes.append(ScriptOutcome(decision.name, ScriptStatus.NOT_RUN,
                                           reason=f"before --from {options.start_at}"))
         elif stopped_by is not None:
-            outcomes.append(ScriptOutcome(decision.name, ScriptStatus.NOT_RUN,
-                                          reason=f"not run: {stopped_by} failed"))
+            outcomes.append(ahead.get(decision.name) or ScriptOutcome(
+                decision.name, ScriptStatus.NOT_RUN, reason=f"not run: {stopped_by} failed"))
         else:
             position += 1
             if progress is not None:
                 progress.started(position, total, decision.name)
             try:
                 outcome = _run_decision(runner, wizard_d, decision, log)
+                outcomes.append(outcome)
+                if outcome.failed:
+                    stopped_by = decision.name
+                    ahead = runner.stopped_ahead(f"{decision.name} failed")
+                if progress is not None:
+                    progress.finished(outcome)
             except RunInterrupted as stop:
-                if isinstance(stop.partial, ScriptOutcome):
-                    outcomes.append(stop.partial)
-                outcomes += [
-                    ScriptOutcome(d.name, ScriptStatus.NOT_RUN, reason=f"not run: {stop}")
-                    for d in decisions[index + 1 :] if d.verdict is not Verdict.SKIP
-                ]
+                _interrupted(runner, decisions[index:], outcomes, stop)
                 if record is not None:
                     record(outcomes)
                 raise
-            if progress is not None:
-                progress.finished(outcome)
-            outcomes.append(outcome)
-            if outcome.failed:
-                stopped_by = decision.name
         if record is not None:
             record(outcomes)
     return outcomes
+
+
+def _interrupted(runner: ScriptRunner, rest: Sequence[Decision], outcomes: list[ScriptOutcome],
+                 stop: RunInterrupted) -> None:
+    """Complete the outcomes of a step a stop request cut short: the script it stopped, those
+    the helper had started meanwhile (stopped too), and the ones never started."""
+    with ignored_stop_signals():
+        done = {outcome.name for outcome in outcomes}
+        if isinstance(stop.partial, ScriptOutcome) and stop.partial.name not in done:
+            outcomes.append(stop.partial)
+            done.add(stop.partial.name)
+        ahead = runner.stopped_ahead(f"wizard-runner was {stop}")
+    for decision in rest:
+        if decision.verdict is Verdict.SKIP or decision.name in done:
+            continue
+        outcomes.append(ahead.get(decision.name) or ScriptOutcome(
+            decision.name, ScriptStatus.NOT_RUN, reason=f"not run: {stop}"))
 
 
 def _run_decision(runner: ScriptRunner, wizard_d: Path, decision: Decision,

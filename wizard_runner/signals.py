@@ -14,8 +14,28 @@ from wizard_runner.errors import RunInterrupted
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 
 
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+class _Deferral:
+    """How many deferred sections are open, and the stop requests that arrived meanwhile."""
+
+    depth = 0
+    pending: list[int] = []  # noqa: RUF012 - one process-wide list, on purpose
+
+
+def request_stop(signum: int) -> None:
+    """What a stop handler does: raise RunInterrupted, or keep it for the end of a deferred
+    section. Handlers built on it are marked `defers_stops` so that a deferral costs a counter,
+    not four handler swaps (deferred sections wrap every message from the script helper)."""
+    if _Deferral.depth:
+        _Deferral.pending.append(signum)
+        return
     raise RunInterrupted(signum)
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    request_stop(signum)
+
+
+_raise_interrupted.defers_stops = True  # type: ignore[attr-defined]
 
 
 def install_stop_handlers() -> None:
@@ -24,14 +44,34 @@ def install_stop_handlers() -> None:
         signal.signal(signum, _raise_interrupted)
 
 
+def _handlers_defer() -> bool:
+    # Both handlers are always installed together: one look is enough (this runs per message).
+    return getattr(signal.getsignal(signal.SIGTERM), "defers_stops", False) is True
+
+
 @contextmanager
-def deferred_stop_signals() -> Iterator[None]:
+def deferred_stop_signals(*, foreign: bool = True) -> Iterator[None]:
     """Hold SIGTERM/SIGINT back while the block runs, then deliver them to the usual handler.
 
-    Used around the file replacements so that a stop request never lands between two renames.
-    Only the main thread can change handlers; elsewhere the block runs unguarded.
+    Used around the file replacements so that a stop request never lands between two renames,
+    and around each message from the script helper so that none is lost. With wizard-runner's
+    own handlers this is a counter; with others (or none) the handlers are swapped for the
+    block, which only the main thread can do: elsewhere the block runs unguarded. With
+    `foreign=False` other handlers are left alone (hot paths, where swapping would cost more
+    than what it guards: an embedding application's own handler interrupting a wait).
     """
-    if threading.current_thread() is not threading.main_thread():
+    if _handlers_defer():
+        _Deferral.depth += 1
+        try:
+            yield
+        finally:
+            _Deferral.depth -= 1
+            if not _Deferral.depth and _Deferral.pending:
+                signum = _Deferral.pending[0]
+                _Deferral.pending.clear()
+                raise RunInterrupted(signum)
+        return
+    if not foreign or threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []  # signal numbers, in arrival order

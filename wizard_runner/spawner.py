@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import Final, TypeVar
 
 from wizard_runner import spawnhelper
+from wizard_runner.procs import descendants, stop_all
+from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals
 from wizard_runner.spawnhelper import (
     CONTROL_FD,
+    DONTWAIT,
     ENDED,
     FAILED,
     INDEX,
@@ -35,6 +39,10 @@ from wizard_runner.spawnhelper import (
 #: How long the helper may take to start (a loaded appliance) or to answer a request.
 START_TIMEOUT: Final = 30.0
 ANSWER_TIMEOUT: Final = 30.0
+
+
+_T = TypeVar("_T")
+_Message = tuple[bytes, list[int]]
 
 
 class SpawnerError(Exception):
@@ -57,11 +65,18 @@ class Spawned:
     returncode: int | None = None
     left_behind: bool = False
     ended: float | None = None
+    pipes_open: bool = True
 
     @property
     def pipes(self) -> tuple[int, int]:
         """The read ends of its stdout and stderr."""
         return self.stdout, self.stderr
+
+    def close_pipes(self) -> None:
+        """Close the read ends, once (their numbers may be reused right after)."""
+        if self.pipes_open:
+            self.pipes_open = False
+            _close_all(self.pipes)
 
     @property
     def clean(self) -> bool:
@@ -79,7 +94,11 @@ class Switch:
 
 
 class Spawner:
-    """The runner's handle on the helper: start it, follow the scripts, say go on or stop."""
+    """The runner's handle on the helper: start it, follow the scripts, say go on or stop.
+
+    Every message is received and applied inside a deferred-stop section, so that a SIGTERM
+    to the runner can never fall between the two and lose a started script or its end.
+    """
 
     def __init__(self, env: Mapping[str, str], paths: Sequence[str],
                  switch: Switch | None = None, python: str | None = None,
@@ -91,10 +110,13 @@ class Spawner:
         self.grace = grace
         self.pid: int | None = None
         self._control: socket.socket | None = None
-        self._queue: deque[tuple[bytes, list[int]]] = deque()
+        self._queue: deque[_Message] = deque()
         self._next = 0
         self._running: dict[int, Spawned] = {}
+        self._ready = False
         self._done = False
+        self._held = False
+        self._halted = False
 
     def __enter__(self) -> Spawner:
         return self  # the helper starts with the first script, if there is one
@@ -110,6 +132,10 @@ class Spawner:
         if not self.python:
             raise SpawnerError("cannot start the script helper: no Python interpreter known "
                                "(sys.executable is empty)")
+        environment = b"V" + b"\0".join(os.fsencode(f"{key}={value}")
+                                        for key, value in self.env.items())
+        if len(environment) > MAX_MESSAGE or any("\0" in f"{k}{v}" for k, v in self.env.items()):
+            raise SpawnerError("the scripts' environment is too large or holds a NUL byte")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [self.python, "-I", "-S", spawnhelper.__file__, str(os.getpid())]
         if self.switch is not None:
@@ -131,26 +157,35 @@ class Spawner:
             raise SpawnerError(f"cannot start the script helper {self.python}: "
                                f"{error.strerror}") from error
         self._control = ours
-        self._send(b"V" + b"\0".join(os.fsencode(f"{key}={value}")
-                                     for key, value in self.env.items()))
+        self._send(environment)
         for chunk in _chunks([os.fsencode(path) for path in self.paths], MAX_MESSAGE - 1):
             self._send(b"N" + b"\0".join(chunk))
         self._send(b"G")
-        self._expect(b"R", START_TIMEOUT, "get ready")
 
     def next_script(self) -> Spawned:
         """The next script of the list, once started; OSError when it could not be."""
+        if self._next >= len(self.paths):
+            raise SpawnerError(f"no script left to start (all {len(self.paths)} were)")
         if self._control is None:
             self.start()
+        if not self._ready:
+            self._expect(b"R", START_TIMEOUT, "get ready", lambda message: message)
+            self._ready = True
         index = self._next
         self._next += 1
-        data, fds = self._expect(b"PF", ANSWER_TIMEOUT, f"start {self.paths[index]}")
+        return self._expect(b"PF", ANSWER_TIMEOUT, f"start {self.paths[index]}",
+                            lambda message: self._started(message, index))
+
+    def _started(self, message: _Message, index: int) -> Spawned:
+        data, fds = message
         if data[:1] == b"F":
             number, code = FAILED.unpack(data[1:])
             self._check_index(number, index)
             raise OSError(code, os.strerror(code), self.paths[index])
         script = self._follow(data, fds)
-        self._check_index(script.index, index)
+        if script.index != index:
+            script.close_pipes()
+            raise self._died(f"it answered for script #{script.index}, not #{index}")
         return script
 
     # -- following -----------------------------------------------------------------------------
@@ -168,68 +203,101 @@ class Spawner:
         deadline = None if timeout is None else time.monotonic() + timeout
         while script.returncode is None:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            message = self._receive(left)
-            if message is None:
+            if not self._pull(left):
                 return None
-            self._take(message)
         return script.returncode
+
+    def hold(self) -> None:
+        """Have the helper wait after the current script, whatever its end (sent before the
+        runner signals a script, so that one ending cleanly on SIGTERM is not followed)."""
+        if not self._held:
+            self._held = True
+            self._send(b"H")
+
+    def halt(self) -> None:
+        """Have the helper start nothing more (sent before stopping anything)."""
+        if not self._halted and self._control is not None:
+            self._halted = True
+            self._send(b"X")
 
     def anything_left(self) -> bool:
         """Have the helper reap what was killed; whether anything is still alive."""
         self._send(b"C")
-        data, _ = self._expect(b"L", ANSWER_TIMEOUT, "reap")
+        data, _ = self._expect(b"L", ANSWER_TIMEOUT, "reap", lambda message: message)
         return bool(LEFT.unpack(data[1:])[0])
 
     def done_with(self, script: Spawned, *, go_on: bool) -> None:
         """The runner has finished with a script: let the helper run further ahead and, after
-        a pause (the script did not end cleanly), say whether it goes on."""
+        a pause (the script did not end cleanly, or the runner held it), say whether it goes on."""
         self._running.pop(script.index, None)
         self._send(b"A" + INDEX.pack(script.index))
-        if go_on and not script.clean:
+        if go_on and (self._held or not script.clean):
+            self._held = False
             self._send(b"G")
 
     # -- stopping ------------------------------------------------------------------------------
 
+    def stop_started(self, grace: float | None = None) -> list[Spawned]:
+        """Start nothing more; stop (TERM, then KILL after the grace) what the helper started
+        that the runner has not finished with; return those scripts, in order, pipes open."""
+        grace = self.grace if grace is None else grace
+        if self._control is None:
+            return []
+        try:
+            self.halt()
+            self._collect(grace)
+        except SpawnerError:
+            pass  # the helper is gone: what it started is all the runner can know
+        return [self._running[index] for index in sorted(self._running)]
+
+    def _collect(self, grace: float) -> None:
+        for message in [m for m in self._queue if m[0][:1] == b"P"]:
+            self._queue.remove(message)
+            self._follow(*message)
+        started = time.monotonic()
+        signalled: dict[int, bool] = {}
+        while not self._done or self._unfinished():
+            late = time.monotonic() - started
+            if late >= 2 * grace:
+                return
+            for script in self._unfinished():
+                kill = late >= grace
+                if signalled.get(script.pid) is not kill:
+                    _terminate(script, kill)
+                    signalled[script.pid] = kill
+            self._pull(0.05, adopt=True)
+
     def close(self) -> None:
-        """Start nothing more, stop scripts the helper started meanwhile, reap the helper."""
-        if self._control is not None:
+        """Stop what the helper started, and what that left running; reap the helper.
+
+        A second Ctrl-C cannot cut this short: it would leave scripts running as orphans.
+        """
+        with ignored_stop_signals():
             try:
-                self._stop_helper()
+                if self._control is not None:
+                    for script in self.stop_started():
+                        script.close_pipes()
+                    self._stop_leftovers()
             finally:
-                self._control.close()
-                self._control = None
+                if self._control is not None:
+                    self._control.close()
+                    self._control = None
                 for _, fds in self._queue:
                     _close_all(fds)
                 self._queue.clear()
-        if self.pid is not None:
-            _reap(self.pid, ANSWER_TIMEOUT)
-            self.pid = None
+                if self.pid is not None:
+                    _reap(self.pid, self.grace)
+                    self.pid = None
 
-    def _stop_helper(self) -> None:
-        """Say stop; stop (TERM, then KILL after the grace) whatever it started meanwhile."""
-        try:
-            self._send(b"X")
-            for message in [m for m in self._queue if m[0][:1] == b"P"]:
-                self._queue.remove(message)
-                _close_all(self._follow(*message).pipes)  # started after the stop: unread
-            started = time.monotonic()
-            signalled: dict[int, bool] = {}
-            while not self._done or self._unfinished():
-                late = time.monotonic() - started
-                if late >= 2 * self.grace:
-                    return  # _reap() kills the helper; what it still runs goes with it
-                for script in self._unfinished():
-                    kill = late >= self.grace
-                    if signalled.get(script.pid) is not kill:
-                        _terminate(script, kill)
-                        signalled[script.pid] = kill
-                received = self._receive(0.05)
-                if received is not None and received[0][:1] == b"P":
-                    _close_all(self._follow(*received).pipes)
-                elif received is not None:
-                    self._take(received)
-        except SpawnerError:
-            return  # the helper is gone already
+    def _stop_leftovers(self) -> None:
+        """Whatever the scripts left running is the helper's child: stop it before the helper
+        exits, or it would outlive the run (re-parented to init)."""
+        deadline = time.monotonic() + 2 * self.grace
+        with contextlib.suppress(SpawnerError):
+            while self.anything_left() and self.pid is not None:
+                stop_all(descendants(self.pid), self.grace)
+                if time.monotonic() >= deadline:
+                    return
 
     def _unfinished(self) -> list[Spawned]:
         return [script for script in self._running.values() if script.returncode is None]
@@ -249,8 +317,9 @@ class Spawner:
             self._take(message)
         return script
 
-    def _take(self, message: tuple[bytes, list[int]]) -> None:
-        """Apply the end of a followed script, or the helper's last word; keep the rest."""
+    def _take(self, message: _Message, *, adopt: bool = False) -> None:
+        """Apply the end of a followed script (or, with `adopt`, follow a started one), or the
+        helper's last word; keep the rest for whoever waits for it."""
         data, _ = message
         kind = data[:1]
         if kind == b"W":
@@ -266,40 +335,49 @@ class Spawner:
             script.ended = ended / 1e9
         elif kind == b"D":
             self._done = True
+        elif kind == b"P" and adopt:
+            self._follow(*message)
         else:
             self._queue.append(message)
 
-    def _expect(self, kinds: bytes, timeout: float, what: str) -> tuple[bytes, list[int]]:
-        """The next message of one of `kinds` (queued ones first), applying the others."""
+    def _expect(self, kinds: bytes, timeout: float, what: str,
+                then: Callable[[_Message], _T]) -> _T:
+        """Hand the next message of one of `kinds` (queued ones first) to `then`, in the same
+        deferred-stop section as taking it off the queue."""
         deadline = time.monotonic() + timeout
         wanted = [kinds[at : at + 1] for at in range(len(kinds))]
         while True:
-            for queued in self._queue:
-                if queued[0][:1] in wanted:
-                    self._queue.remove(queued)
-                    return queued
-            received = self._receive(max(deadline - time.monotonic(), 0.0))
-            if received is None:
+            if self._queue:
+                with deferred_stop_signals(foreign=False):
+                    for queued in self._queue:
+                        if queued[0][:1] in wanted:
+                            self._queue.remove(queued)
+                            return then(queued)
+            if not self._pull(max(deadline - time.monotonic(), 0.0)) and \
+                    time.monotonic() >= deadline:
                 raise SpawnerError(f"the script helper (pid {self.pid}) did not {what} "
                                    f"within {timeout:g} s")
-            if received[0][:1] in wanted:
-                return received
-            self._take(received)
 
-    def _receive(self, timeout: float | None) -> tuple[bytes, list[int]] | None:
+    def _pull(self, timeout: float | None, *, adopt: bool = False) -> bool:
+        """Wait up to `timeout` for a message (interruptible), then take and apply it (not)."""
         control = self._socket()
-        control.settimeout(timeout)
-        try:
-            data, fds = receive_message(control)
-        except (TimeoutError, BlockingIOError):
-            return None
-        except OSError as error:
-            raise self._died(f"its end broke ({error.strerror})") from error
-        if not data:
-            raise self._died("it closed its end")
-        if data[:1] == b"E":
-            raise self._died(data[1:].decode(errors="replace"))
-        return data, fds
+        if timeout != 0.0:
+            readable, _, _ = select.select([control], [], [], timeout)
+            if not readable:
+                return False
+        with deferred_stop_signals(foreign=False):
+            try:
+                data, fds = receive_message(control, DONTWAIT)
+            except BlockingIOError:
+                return False
+            except OSError as error:
+                raise self._died(f"its end broke ({error.strerror})") from error
+            if not data:
+                raise self._died("it closed its end")
+            if data[:1] == b"E":
+                raise self._died(data[1:].decode(errors="replace"))
+            self._take((data, fds), adopt=adopt)
+        return True
 
     def _check_index(self, number: int, index: int) -> None:
         if number != index:
@@ -348,16 +426,15 @@ def _terminate(script: Spawned, kill: bool) -> None:
 
 
 def _reap(pid: int, timeout: float) -> None:
-    """Wait for the helper to exit; kill it if it has not within `timeout` seconds."""
+    """Wait for the helper to exit; past `timeout`, kill what it still runs, then it."""
     deadline = time.monotonic() + timeout
     try:
         while not os.waitpid(pid, os.WNOHANG)[0]:
             if time.monotonic() >= deadline:
+                stop_all(descendants(pid), 0.5)  # its children would outlive it otherwise
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 return
-            time.sleep(0.001)
+            time.sleep(0.002)
     except ChildProcessError:
         return  # an embedding application reaped it already
-
-

@@ -18,9 +18,10 @@ Messages (one SOCK_SEQPACKET datagram each; the first byte says what it is):
     runner -> helper   V env (NUL-separated KEY=value)    the scripts' environment
                        N paths (NUL-separated)            scripts to run, in order (chunks)
                        G                                  start, or go on after a pause
+                       H                                  pause after the current script
                        A index                            the runner is done with that script
                        C                                  reap, then say if anything is left
-                       X                                  start nothing more
+                       X                                  start nothing more (then D)
     helper -> runner   R                                  ready
                        P index pid t_ns + (stdout, stderr)  started; the read ends of its output
                        F index errno                      could not start it (pauses)
@@ -59,6 +60,12 @@ FAILED = struct.Struct("!Ii")
 ENDED = struct.Struct("!IiiBq")
 LEFT = struct.Struct("!B")
 FDS = struct.Struct("2i")
+# Plain ints: the socket module's flag enums cost microseconds per use, twice per script.
+DONTWAIT = int(socket.MSG_DONTWAIT)
+_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
+_ANCILLARY = socket.CMSG_SPACE(FDS.size)
 
 
 def send_message(control: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
@@ -70,12 +77,10 @@ def send_message(control: socket.socket, data: bytes, fds: Sequence[int] = ()) -
 
 def receive_message(control: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
     """One message and the descriptors it carries (close-on-exec)."""
-    data, ancillary, _, _ = control.recvmsg(
-        MAX_MESSAGE, socket.CMSG_SPACE(FDS.size), flags | socket.MSG_CMSG_CLOEXEC
-    )
+    data, ancillary, _, _ = control.recvmsg(MAX_MESSAGE, _ANCILLARY, flags | _CLOEXEC)
     fds: list[int] = []
     for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             usable = len(payload) - len(payload) % 4
             fds += list(struct.unpack(f"{usable // 4}i", payload[:usable]))
     return data, fds
@@ -163,16 +168,14 @@ class _Helper:
         self.defaults = _ignored_signals()
 
     def serve(self) -> None:
-        self._until(lambda: self.going)
+        self._until(lambda: self.going)  # the first G comes after the whole list
         for index, path in enumerate(self.paths):
-            self._until(lambda: index - self.acked <= WINDOW)  # noqa: B023 - called right away
+            # Called right away, so the loop variable is the current one (B023).
+            self._until(lambda: self.going and index - self.acked <= WINDOW)  # noqa: B023
             if self.stopped:
                 break
             if not self._run(index, path):
-                self.going = False
-                self._until(lambda: self.going)
-                if self.stopped:
-                    break
+                self.going = False  # the runner decides what comes next
         self.stopped = True
         self.control.send(b"D")
         while True:  # answer C requests until the runner closes its end (EOFError)
@@ -182,7 +185,7 @@ class _Helper:
         """Handle what the runner sent; wait for more until `condition` holds or a stop."""
         while True:
             try:
-                self._handle(*receive_message(self.control, socket.MSG_DONTWAIT))
+                self._handle(*receive_message(self.control, DONTWAIT))
             except BlockingIOError:
                 break
         while not (self.stopped or condition()):
@@ -201,6 +204,8 @@ class _Helper:
             self.paths += [path for path in body.split(b"\0") if path]
         elif kind == b"G":
             self.going = True
+        elif kind == b"H":
+            self.going = False
         elif kind == b"A":
             self.acked = max(self.acked, INDEX.unpack(body)[0])
         elif kind == b"X":
@@ -250,7 +255,7 @@ class _Helper:
 def _discard_requests(control: socket.socket) -> None:
     while True:
         try:
-            _, fds = receive_message(control, socket.MSG_DONTWAIT)
+            _, fds = receive_message(control, DONTWAIT)
         except BlockingIOError:
             return
         for fd in fds:
@@ -259,6 +264,8 @@ def _discard_requests(control: socket.socket) -> None:
 
 def main(argv: Sequence[str]) -> int:
     """The helper's entry point: set up, say ready, serve; report any failure to the runner."""
+    # Nothing the runner's process happened to leave inheritable may reach a script.
+    os.closerange(CONTROL_FD + 1, os.sysconf("SC_OPEN_MAX"))
     control = socket.socket(fileno=CONTROL_FD)
     os.set_inheritable(CONTROL_FD, False)
     try:
