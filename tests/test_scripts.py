@@ -23,9 +23,12 @@ import pytest
 from tests.conftest import EXAMPLES, REPO, Reliability, seed_root
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import PrivilegeError
+from wizard_runner.layout import Layout
+from wizard_runner.log import make_logger
 from wizard_runner.result import RunResult, RunStatus
 from wizard_runner.runner import RunOptions, execute
 from wizard_runner.runuser import require_switch_allowed, resolve_user
+from wizard_runner.scripts import ScriptsOptions, run_scripts
 from wizard_runner.signals import install_stop_handlers
 
 pytestmark = pytest.mark.processes
@@ -799,3 +802,60 @@ def test_a_leftover_holding_one_pipe_keeps_its_last_line(config: WizardConfig, r
     found = scripts(run(config, root))["10-child"]
     assert found["status"] == "succeeded"
     assert found["output_tail"].endswith("from-child\ntail-no-newline"), found
+
+
+def test_a_script_that_stops_its_helper_cannot_hang_the_run(config: WizardConfig,
+                                                           root: Path) -> None:
+    """SIGSTOP to the helper, a leftover holding the output: the timeout still ends the run,
+    bounded, and nothing is left behind."""
+    marker = f"sleep 3{os.getpid() % 1000}8"
+    add_script(root, "10-stopper", f"setsid {marker} &\nkill -STOP $PPID\nexit 0")
+    add_script(root, "20-after", "echo never")
+    options = ScriptsOptions(user=resolve_user(USER), timeout=1.0, grace=0.5)
+    started = time.monotonic()
+    with open(os.devnull, "w") as sink:
+        outcomes = run_scripts(config=config, layout=Layout.under(root), run_id="stopper",
+                               options=options, log=make_logger(sink, json_lines=True))
+    assert time.monotonic() - started < 15
+    assert [(o.name, o.status.value) for o in outcomes] == [("10-stopper", "failed"),
+                                                            ("20-after", "not_run")]
+    assert no_process_with(marker)
+
+
+class StopAtStart(SlowProgress):
+    """Sends SIGTERM to the runner when one script is about to start."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def started(self, index: int, total: int, name: str) -> None:
+        """Stop the runner right there."""
+        if name == self.name:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_stop_between_scripts_keeps_every_entry_once(config: WizardConfig,
+                                                       root: Path) -> None:
+    """Stopped as 30 is about to start: 10 and 20 keep their outcomes, 25 (not executable)
+    stays skipped, 30 and 40 did not run or say how they ran; each entry once, in order."""
+    add_script(root, "10-a", "exit 0")
+    add_script(root, "20-b", "exit 0")
+    add_script(root, "25-data", "not a script", mode=0o644)
+    add_script(root, "30-c", "exit 0")
+    add_script(root, "40-d", "exit 0")
+    install_stop_handlers()
+    result = run(config, root, progress=StopAtStart("30-c"))
+    assert result.status is RunStatus.INTERRUPTED
+    found = [(s["name"], s["status"]) for s in result.to_dict()["scripts"]]
+    assert [name for name, _ in found] == ["10-a", "20-b", "25-data", "30-c", "40-d"]
+    assert found[:3] == [("10-a", "succeeded"), ("20-b", "succeeded"), ("25-data", "skipped")]
+    # The helper may have started 30 (and 40) before the runner got there: then they say
+    # how they ended, or that the stop stopped them; never a later one without the earlier.
+    for entry in result.to_dict()["scripts"][3:]:
+        assert entry["status"] in {"not_run", "succeeded", "failed"}, entry
+        if entry["status"] == "failed":
+            assert entry["reason"] == "stopped: wizard-runner was interrupted by SIGTERM"
+    late = [status for _, status in found[3:]]
+    assert late not in (["not_run", "succeeded"], ["not_run", "failed"])

@@ -244,7 +244,7 @@ def test_hold_stops_the_helper_after_a_clean_end(place: Path) -> None:
     paths = scripts(place, "sleep 0.3", f"touch {marker}")
     with Spawner({}, paths, www_data()) as spawner:
         script = spawner.next_script()
-        spawner.hold()
+        spawner.hold(script)
         assert spawner.wait(script, 10) == 0
         time.sleep(0.3)
         assert not marker.exists()
@@ -267,3 +267,21 @@ def test_stop_started_reports_scripts_run_ahead(place: Path) -> None:
         assert ahead[1].returncode == -signal.SIGTERM
         for script in ahead:
             script.close_pipes()
+
+
+def test_a_late_hold_cannot_release_a_later_pause(place: Path) -> None:
+    """The hold came after its script ended (the helper went on): its go-on must not release
+    the pause after the next, failing script."""
+    marker = place / "third-ran"
+    paths = scripts(place, "exit 0", "sleep 0.3; exit 1", f"touch {marker}")
+    with Spawner({}, paths, www_data()) as spawner:
+        first = spawner.next_script()
+        time.sleep(0.1)  # the first ended; the helper is running the second
+        spawner.hold(first)
+        assert spawner.wait(first, 10) == 0
+        first.close_pipes()
+        spawner.done_with(first, go_on=True)
+        assert follow(spawner, go_on=False) == 1
+        time.sleep(0.3)
+        assert not marker.exists()
+    assert not marker.exists()

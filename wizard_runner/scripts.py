@@ -204,6 +204,7 @@ class ScriptRunner:
         progress: Progress | None = None,
     ) -> None:
         self.spawner = spawner
+        self.finished: ScriptOutcome | None = None  # the last outcome, even if not yet taken
         self.options = options
         self.log = log
         self.log_dir = log_dir
@@ -222,8 +223,9 @@ class ScriptRunner:
             record.close()
             reason = _cannot_start(error)
             log.error("script_failed", reason=reason)
-            return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason,
-                                 duration_s=round(time.monotonic() - started, 3))
+            self.finished = ScriptOutcome(name, ScriptStatus.FAILED, reason=reason,
+                                          duration_s=round(time.monotonic() - started, 3))
+            return self.finished
         log.info("script_started", path=str(path), user=self.options.user.name, pid=child.pid)
         timeout = self.options.timeout
         watch = _Watch(child, record, child.started,
@@ -232,47 +234,55 @@ class ScriptRunner:
             self._pump(watch, name, log)
             self._await_exit(watch, log)
         except RunInterrupted as stop:
-            # Already stopping: a second SIGTERM/SIGINT must not cut the clean-up short.
-            with ignored_stop_signals():
-                with contextlib.suppress(SpawnerError):
-                    self.spawner.halt()  # before any signal: nothing may start after this one
-                self._stop_now(watch)
-                try:
-                    leftovers = self._clean_up(watch, log)
-                    self.spawner.done_with(child, go_on=False)
-                except SpawnerError:
-                    leftovers = tuple(watch.leftovers)
-                record.close()
-            stop.partial = ScriptOutcome(
-                name, ScriptStatus.FAILED, None, _signal_name(child.returncode or 0),
-                _duration(child), record.tail,
-                f"stopped: wizard-runner was {stop}", leftovers,
-            )
+            stop.partial = self._stopped(watch, name, log, stop)
             raise
         except SpawnerError as error:
             # The helper is gone: the script must not outlive it unnoticed.
             signal_group(child.pid, signal.SIGKILL)
             record.close()
             log.error("script_failed", reason=str(error))
-            return ScriptOutcome(name, ScriptStatus.FAILED, None, None, _duration(child),
-                                 record.tail, str(error))
+            self.finished = _broken(name, child, record, watch, error)
+            return self.finished
+        return self._finish(watch, name, log)
+
+    def _finish(self, watch: _Watch, name: str, log: FilteringBoundLogger) -> ScriptOutcome:
+        """The script ended: stop what it left, judge it, tell the helper whether to go on."""
         outcome: ScriptOutcome | None = None
         try:
             with deferred_stop_signals(foreign=False):
-                record.close()
+                watch.record.close()
                 try:
                     leftovers = self._clean_up(watch, log)
                     outcome = self._outcome(name, watch, leftovers, log)
-                    self.spawner.done_with(child, go_on=not outcome.failed)
+                    self.spawner.done_with(watch.child, go_on=not outcome.failed)
                 except SpawnerError as error:
                     log.error("script_failed", reason=str(error))
-                    outcome = ScriptOutcome(name, ScriptStatus.FAILED, child.returncode, None,
-                                            _duration(child), record.tail, str(error),
-                                            tuple(watch.leftovers))
+                    outcome = _broken(name, watch.child, watch.record, watch, error)
+                self.finished = outcome
         except RunInterrupted as stop:
             stop.partial = outcome  # the script itself had finished
             raise
         return outcome
+
+    def _stopped(self, watch: _Watch, name: str, log: FilteringBoundLogger,
+                 stop: RunInterrupted) -> ScriptOutcome:
+        """A stop request reached the runner while the script ran: stop it and what it left."""
+        # Already stopping: a second SIGTERM/SIGINT must not cut the clean-up short.
+        with ignored_stop_signals():
+            with contextlib.suppress(SpawnerError):
+                self.spawner.halt()  # before any signal: nothing may start after this one
+            self._stop_now(watch)
+            try:
+                leftovers = self._clean_up(watch, log)
+                self.spawner.done_with(watch.child, go_on=False)
+            except SpawnerError:
+                leftovers = tuple(watch.leftovers)
+            watch.record.close()
+        return ScriptOutcome(
+            name, ScriptStatus.FAILED, None, _signal_name(watch.child.returncode or 0),
+            _duration(watch.child), watch.record.tail,
+            f"stopped: wizard-runner was {stop}", leftovers,
+        )
 
     def stopped_ahead(self, why: str) -> dict[str, ScriptOutcome]:
         """Scripts the helper had started past the one that ended the step: stop them (TERM,
@@ -285,27 +295,31 @@ class ScriptRunner:
         for child in started:
             if not child.pipes_open:
                 continue  # the runner followed it: reported already
-            name = Path(self.spawner.paths[child.index]).name
-            record = OutputRecord(self.log_dir / f"{name}.log" if self.log_dir else None,
-                                  self.options.output_cap)
-            for stream, fd in (("stdout", child.stdout), ("stderr", child.stderr)):
-                record.add_lines(stream, _whatever_is_left(fd))
-            child.close_pipes()
-            record.close()
-            code = child.returncode
-            if code == 0:
-                outcome = ScriptOutcome(name, ScriptStatus.SUCCEEDED, 0, None, _duration(child),
-                                        record.tail)
-            else:
-                reason = f"exited with {code}" if code and code > 0 else f"stopped: {why}"
-                outcome = ScriptOutcome(name, ScriptStatus.FAILED,
-                                        code if code and code > 0 else None,
-                                        _signal_name(code or 0), _duration(child), record.tail,
-                                        reason)
-            self.log.warning("script_ran_ahead", script=name, status=outcome.status.value,
-                             reason=outcome.reason, pid=child.pid)
-            found[name] = outcome
+            with deferred_stop_signals(foreign=False):
+                found.update(self._ran_ahead(child, why))
         return found
+
+    def _ran_ahead(self, child: Spawned, why: str) -> dict[str, ScriptOutcome]:
+        """One script run past the runner: its output so far, and how it ended."""
+        name = Path(self.spawner.paths[child.index]).name
+        record = OutputRecord(self.log_dir / f"{name}.log" if self.log_dir else None,
+                              self.options.output_cap)
+        for stream, fd in (("stdout", child.stdout), ("stderr", child.stderr)):
+            record.add_lines(stream, _whatever_is_left(fd))
+        child.close_pipes()
+        record.close()
+        code = child.returncode
+        if code == 0:
+            outcome = ScriptOutcome(name, ScriptStatus.SUCCEEDED, 0, None, _duration(child),
+                                    record.tail)
+        else:
+            exited = code is not None and code > 0
+            outcome = ScriptOutcome(name, ScriptStatus.FAILED, code if exited else None,
+                                    _signal_name(code or 0), _duration(child), record.tail,
+                                    f"exited with {code}" if exited else f"stopped: {why}")
+        self.log.warning("script_ran_ahead", script=name, status=outcome.status.value,
+                         reason=outcome.reason, pid=child.pid)
+        return {name: outcome}
 
     def _pump(self, watch: _Watch, name: str, log: FilteringBoundLogger) -> None:
         child = watch.child
@@ -363,10 +377,6 @@ class ScriptRunner:
         while watch.child.returncode is None:
             now = time.monotonic()
             self._check_clock(watch, now, log)
-            if watch.killed and watch.terminated_at is not None and \
-                    now - watch.terminated_at > 3 * watch.grace:
-                raise SpawnerError("the script did not end after SIGKILL (stuck in the kernel, "
-                                   "or its helper no longer reports)")
             self.spawner.wait(watch.child, self._wait(watch, now))
 
     def _wait(self, watch: _Watch, now: float) -> float:
@@ -387,10 +397,14 @@ class ScriptRunner:
             if not watch.timed_out:
                 watch.timed_out = True
                 log.error("script_timed_out", timeout_s=self.options.timeout)
-                self.spawner.hold()  # a script that exits 0 on SIGTERM must not be followed
+                self.spawner.hold(watch.child)  # exiting 0 on SIGTERM must not lead on
             watch.stop(now)
         elif watch.terminated_at is not None and watch.exited_at is None:
             watch.stop(now)
+        if watch.killed and watch.exited_at is None and watch.terminated_at is not None and \
+                now - watch.terminated_at > 3 * watch.grace:
+            raise SpawnerError("the script did not end after SIGKILL (stuck in the kernel, "
+                               "or its helper no longer reports)")
         if watch.exited_at is not None and now - watch.exited_at >= DRAIN:
             # The script is gone but something still holds its output open: a leftover, if
             # the helper saw one (then it waits; otherwise it may run the next script).
@@ -487,6 +501,15 @@ class ScriptRunner:
         return outcome
 
 
+def _broken(name: str, child: Spawned, record: OutputRecord, watch: _Watch,
+            error: SpawnerError) -> ScriptOutcome:
+    """A script whose helper failed: what is known of it, and why it counts as failed."""
+    code = child.returncode
+    return ScriptOutcome(name, ScriptStatus.FAILED, code if code and code > 0 else None,
+                         _signal_name(code or 0), _duration(child), record.tail, str(error),
+                         tuple(watch.leftovers))
+
+
 def _whatever_is_left(fd: int, limit: int = DEFAULT_CAP) -> list[bytes]:
     """The lines a pipe still holds, read without waiting (up to `limit` bytes)."""
     data = bytearray()
@@ -578,22 +601,21 @@ def _run_all(  # noqa: PLR0917 - the step's state, handed on from run_scripts in
     outcomes: list[ScriptOutcome] = []
     stopped_by: str | None = None
     ahead: dict[str, ScriptOutcome] = {}  # run by the helper past the failure, now reported
-    for index, decision in enumerate(decisions):
-        if decision.verdict is Verdict.SKIP:
-            log.info("script_skipped", script=decision.name, reason=decision.reason)
-            outcomes.append(ScriptOutcome(decision.name, ScriptStatus.SKIPPED,
-                                          reason=decision.reason))
-        elif index < start:
-            outcomes.append(ScriptOutcome(decision.name, ScriptStatus.NOT_RUN,
-                                          reason=f"before --from {options.start_at}"))
-        elif stopped_by is not None:
-            outcomes.append(ahead.get(decision.name) or ScriptOutcome(
-                decision.name, ScriptStatus.NOT_RUN, reason=f"not run: {stopped_by} failed"))
-        else:
-            position += 1
-            if progress is not None:
-                progress.started(position, total, decision.name)
-            try:
+    try:
+        for index, decision in enumerate(decisions):
+            if decision.verdict is Verdict.SKIP:
+                log.info("script_skipped", script=decision.name, reason=decision.reason)
+                outcomes.append(_skipped(decision))
+            elif index < start:
+                outcomes.append(_before_start(decision, options))
+            elif stopped_by is not None:
+                outcomes.append(ahead.get(decision.name) or ScriptOutcome(
+                    decision.name, ScriptStatus.NOT_RUN,
+                    reason=f"not run: {stopped_by} failed"))
+            else:
+                position += 1
+                if progress is not None:
+                    progress.started(position, total, decision.name)
                 outcome = _run_decision(runner, wizard_d, decision, log)
                 outcomes.append(outcome)
                 if outcome.failed:
@@ -601,31 +623,55 @@ def _run_all(  # noqa: PLR0917 - the step's state, handed on from run_scripts in
                     ahead = runner.stopped_ahead(f"{decision.name} failed")
                 if progress is not None:
                     progress.finished(outcome)
-            except RunInterrupted as stop:
-                _interrupted(runner, decisions[index:], outcomes, stop)
-                if record is not None:
-                    record(outcomes)
-                raise
+            if record is not None:
+                record(outcomes)
+    except RunInterrupted as stop:
+        outcomes[:] = _interrupted(runner, decisions, start, options, outcomes, stop)
         if record is not None:
-            record(outcomes)
+            with ignored_stop_signals():
+                record(outcomes)
+        raise
     return outcomes
 
 
-def _interrupted(runner: ScriptRunner, rest: Sequence[Decision], outcomes: list[ScriptOutcome],
-                 stop: RunInterrupted) -> None:
-    """Complete the outcomes of a step a stop request cut short: the script it stopped, those
-    the helper had started meanwhile (stopped too), and the ones never started."""
+def _skipped(decision: Decision) -> ScriptOutcome:
+    return ScriptOutcome(decision.name, ScriptStatus.SKIPPED, reason=decision.reason)
+
+
+def _before_start(decision: Decision, options: ScriptsOptions) -> ScriptOutcome:
+    return ScriptOutcome(decision.name, ScriptStatus.NOT_RUN,
+                         reason=f"before --from {options.start_at}")
+
+
+def _interrupted(  # noqa: PLR0917 - the step's whole state, to rebuild its outcomes
+    runner: ScriptRunner,
+    decisions: Sequence[Decision],
+    start: int,
+    options: ScriptsOptions,
+    outcomes: list[ScriptOutcome],
+    stop: RunInterrupted,
+) -> list[ScriptOutcome]:
+    """The outcomes of a step a stop request cut short, wherever it landed: one per entry of
+    wizard.d, in order. What ended is kept; the script the stop hit says so; what the helper
+    had started meanwhile is stopped and reported as it ended; the rest is not_run."""
     with ignored_stop_signals():
-        done = {outcome.name for outcome in outcomes}
-        if isinstance(stop.partial, ScriptOutcome) and stop.partial.name not in done:
-            outcomes.append(stop.partial)
-            done.add(stop.partial.name)
+        known = {outcome.name: outcome for outcome in outcomes}
+        for late in (runner.finished, stop.partial):
+            if isinstance(late, ScriptOutcome) and late.name not in known:
+                known[late.name] = late
         ahead = runner.stopped_ahead(f"wizard-runner was {stop}")
-    for decision in rest:
-        if decision.verdict is Verdict.SKIP or decision.name in done:
-            continue
-        outcomes.append(ahead.get(decision.name) or ScriptOutcome(
-            decision.name, ScriptStatus.NOT_RUN, reason=f"not run: {stop}"))
+    rebuilt = []
+    for index, decision in enumerate(decisions):
+        if decision.name in known:
+            rebuilt.append(known[decision.name])
+        elif decision.verdict is Verdict.SKIP:
+            rebuilt.append(_skipped(decision))
+        elif index < start:
+            rebuilt.append(_before_start(decision, options))
+        else:
+            rebuilt.append(ahead.get(decision.name) or ScriptOutcome(
+                decision.name, ScriptStatus.NOT_RUN, reason=f"not run: {stop}"))
+    return rebuilt
 
 
 def _run_decision(runner: ScriptRunner, wizard_d: Path, decision: Decision,

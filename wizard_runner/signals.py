@@ -49,6 +49,13 @@ def _handlers_defer() -> bool:
     return getattr(signal.getsignal(signal.SIGTERM), "defers_stops", False) is True
 
 
+def _swappable() -> bool:
+    """Handlers can be swapped and put back: in the main thread, and not installed from C
+    (getsignal() gives None for those, and None cannot be reinstalled)."""
+    return threading.current_thread() is threading.main_thread() and all(
+        signal.getsignal(signum) is not None for signum in STOP_SIGNALS)
+
+
 @contextmanager
 def deferred_stop_signals(*, foreign: bool = True) -> Iterator[None]:
     """Hold SIGTERM/SIGINT back while the block runs, then deliver them to the usual handler.
@@ -65,13 +72,14 @@ def deferred_stop_signals(*, foreign: bool = True) -> Iterator[None]:
         try:
             yield
         finally:
-            _Deferral.depth -= 1
-            if not _Deferral.depth and _Deferral.pending:
+            if _Deferral.depth == 1 and _Deferral.pending:
                 signum = _Deferral.pending[0]
-                _Deferral.pending.clear()
+                _Deferral.pending.clear()  # before leaving: a late signal must not linger
+                _Deferral.depth -= 1
                 raise RunInterrupted(signum)
+            _Deferral.depth -= 1
         return
-    if not foreign or threading.current_thread() is not threading.main_thread():
+    if not foreign or not _swappable():
         yield
         return
     received: list[int] = []  # signal numbers, in arrival order
@@ -93,7 +101,7 @@ def deferred_stop_signals(*, foreign: bool = True) -> Iterator[None]:
 def ignored_stop_signals() -> Iterator[None]:
     """Drop SIGTERM/SIGINT while the block runs: used while already stopping, so that a second
     Ctrl-C cannot cut the clean-up of the first one short."""
-    if threading.current_thread() is not threading.main_thread():
+    if not _swappable():
         yield
         return
     previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}

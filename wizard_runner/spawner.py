@@ -23,7 +23,7 @@ from typing import Final, TypeVar
 
 from wizard_runner import spawnhelper
 from wizard_runner.procs import descendants, stop_all
-from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals
+from wizard_runner.signals import deferred_stop_signals
 from wizard_runner.spawnhelper import (
     CONTROL_FD,
     DONTWAIT,
@@ -96,8 +96,9 @@ class Switch:
 class Spawner:
     """The runner's handle on the helper: start it, follow the scripts, say go on or stop.
 
-    Every message is received and applied inside a deferred-stop section, so that a SIGTERM
-    to the runner can never fall between the two and lose a started script or its end.
+    With wizard-runner's stop handlers installed (the CLI, the daemon), every message is
+    received and applied inside a deferred-stop section, so that a stop request never falls
+    between the two and loses a started script or its end.
     """
 
     def __init__(self, env: Mapping[str, str], paths: Sequence[str],
@@ -115,8 +116,9 @@ class Spawner:
         self._running: dict[int, Spawned] = {}
         self._ready = False
         self._done = False
-        self._held = False
+        self._held: int | None = None
         self._halted = False
+        self._unresponsive = False
 
     def __enter__(self) -> Spawner:
         return self  # the helper starts with the first script, if there is one
@@ -160,7 +162,7 @@ class Spawner:
         self._send(environment)
         for chunk in _chunks([os.fsencode(path) for path in self.paths], MAX_MESSAGE - 1):
             self._send(b"N" + b"\0".join(chunk))
-        self._send(b"G")
+        self._send(b"G" + INDEX.pack(-1))
 
     def next_script(self) -> Spawned:
         """The next script of the list, once started; OSError when it could not be."""
@@ -207,12 +209,13 @@ class Spawner:
                 return None
         return script.returncode
 
-    def hold(self) -> None:
-        """Have the helper wait after the current script, whatever its end (sent before the
-        runner signals a script, so that one ending cleanly on SIGTERM is not followed)."""
-        if not self._held:
-            self._held = True
-            self._send(b"H")
+    def hold(self, script: Spawned) -> None:
+        """Have the helper wait after this script, whatever its end (sent before the runner
+        signals it, so that a script ending cleanly on SIGTERM is not followed). Without
+        effect if the helper has started the next one already (this one ended in time)."""
+        if self._held != script.index:
+            self._held = script.index
+            self._send(b"H" + INDEX.pack(script.index))
 
     def halt(self) -> None:
         """Have the helper start nothing more (sent before stopping anything)."""
@@ -231,9 +234,10 @@ class Spawner:
         a pause (the script did not end cleanly, or the runner held it), say whether it goes on."""
         self._running.pop(script.index, None)
         self._send(b"A" + INDEX.pack(script.index))
-        if go_on and (self._held or not script.clean):
-            self._held = False
-            self._send(b"G")
+        if go_on and (self._held == script.index or not script.clean):
+            self._send(b"G" + INDEX.pack(script.index))  # ignored if it did not pause there
+        if self._held == script.index:
+            self._held = None
 
     # -- stopping ------------------------------------------------------------------------------
 
@@ -251,14 +255,21 @@ class Spawner:
         return [self._running[index] for index in sorted(self._running)]
 
     def _collect(self, grace: float) -> None:
-        for message in [m for m in self._queue if m[0][:1] == b"P"]:
-            self._queue.remove(message)
-            self._follow(*message)
+        if self._unresponsive:
+            return  # it did not answer within the grace before: do not wait for it again
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)  # a script may have stopped it
+        with deferred_stop_signals(foreign=False):
+            for message in [m for m in self._queue if m[0][:1] == b"P"]:
+                self._queue.remove(message)
+                self._follow(*message)
         started = time.monotonic()
         signalled: dict[int, bool] = {}
         while not self._done or self._unfinished():
             late = time.monotonic() - started
             if late >= 2 * grace:
+                self._unresponsive = True
                 return
             for script in self._unfinished():
                 kill = late >= grace
@@ -270,9 +281,10 @@ class Spawner:
     def close(self) -> None:
         """Stop what the helper started, and what that left running; reap the helper.
 
-        A second Ctrl-C cannot cut this short: it would leave scripts running as orphans.
+        A stop request cannot cut this short (it would leave scripts running as orphans): it
+        is held back and delivered once everything is stopped.
         """
-        with ignored_stop_signals():
+        with deferred_stop_signals():
             try:
                 if self._control is not None:
                     for script in self.stop_started():
@@ -292,6 +304,10 @@ class Spawner:
     def _stop_leftovers(self) -> None:
         """Whatever the scripts left running is the helper's child: stop it before the helper
         exits, or it would outlive the run (re-parented to init)."""
+        if self._unresponsive:
+            if self.pid is not None:
+                stop_all(descendants(self.pid), self.grace)
+            return
         deadline = time.monotonic() + 2 * self.grace
         with contextlib.suppress(SpawnerError):
             while self.anything_left() and self.pid is not None:

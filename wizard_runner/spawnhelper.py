@@ -17,8 +17,10 @@ Messages (one SOCK_SEQPACKET datagram each; the first byte says what it is):
 
     runner -> helper   V env (NUL-separated KEY=value)    the scripts' environment
                        N paths (NUL-separated)            scripts to run, in order (chunks)
-                       G                                  start, or go on after a pause
-                       H                                  pause after the current script
+                       G index                            go on after the pause that follows
+                                                          that script (-1: start)
+                       H index                            pause after that script (if the
+                                                          next has not started yet)
                        A index                            the runner is done with that script
                        C                                  reap, then say if anything is left
                        X                                  start nothing more (then D)
@@ -54,7 +56,7 @@ PIPE_SIZE = 1024 * 1024
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
-INDEX = struct.Struct("!I")
+INDEX = struct.Struct("!i")
 STARTED = struct.Struct("!Iiq")
 FAILED = struct.Struct("!Ii")
 ENDED = struct.Struct("!IiiBq")
@@ -162,20 +164,23 @@ class _Helper:
         self.env: dict[str, str] = {}
         self.paths: list[bytes] = []
         self.acked = -1
-        self.going = False
+        self.paused_after: int | None = -1  # waiting before script paused_after + 1
+        self.next_index = 0
         self.stopped = False
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.defaults = _ignored_signals()
 
     def serve(self) -> None:
-        self._until(lambda: self.going)  # the first G comes after the whole list
+        self._until(lambda: self.paused_after is None)  # "G -1" comes after the whole list
         for index, path in enumerate(self.paths):
+            self.next_index = index
             # Called right away, so the loop variable is the current one (B023).
-            self._until(lambda: self.going and index - self.acked <= WINDOW)  # noqa: B023
+            self._until(lambda: self.paused_after is None and
+                        index - self.acked <= WINDOW)  # noqa: B023
             if self.stopped:
                 break
             if not self._run(index, path):
-                self.going = False  # the runner decides what comes next
+                self.paused_after = index  # the runner decides what comes next
         self.stopped = True
         self.control.send(b"D")
         while True:  # answer C requests until the runner closes its end (EOFError)
@@ -203,9 +208,14 @@ class _Helper:
         elif kind == b"N":
             self.paths += [path for path in body.split(b"\0") if path]
         elif kind == b"G":
-            self.going = True
+            # Only the pause it names ends: a late G never releases a later pause.
+            if self.paused_after == INDEX.unpack(body)[0]:
+                self.paused_after = None
         elif kind == b"H":
-            self.going = False
+            # Pause after that script, unless the next one has started already.
+            held = INDEX.unpack(body)[0]
+            if self.paused_after is None and self.next_index == held + 1:
+                self.paused_after = held
         elif kind == b"A":
             self.acked = max(self.acked, INDEX.unpack(body)[0])
         elif kind == b"X":
