@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import EXAMPLES, REPO, Reliability, seed_root
 from wizard_runner.config import WizardConfig
-from wizard_runner.errors import PrivilegeError
+from wizard_runner.errors import PrivilegeError, RunInterrupted
 from wizard_runner.layout import Layout
 from wizard_runner.log import make_logger
 from wizard_runner.result import RunResult, RunStatus
@@ -859,3 +859,56 @@ def test_a_stop_between_scripts_keeps_every_entry_once(config: WizardConfig,
             assert entry["reason"] == "stopped: wizard-runner was interrupted by SIGTERM"
     late = [status for _, status in found[3:]]
     assert late not in (["not_run", "succeeded"], ["not_run", "failed"])
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_stop_during_a_clean_up_starts_nothing_more(config: WizardConfig,
+                                                      root: Path) -> None:
+    """SIGTERM while a leftover is being stopped: the next script does not start."""
+    marker = root / "next-ran"
+    stubborn = f"sleep 2{os.getpid() % 1000}6"
+    add_script(root, "10-leaves", f"setsid sh -c \"trap '' TERM; {stubborn}\" "
+               ">/dev/null 2>&1 </dev/null &\nsleep 0.2")
+    add_script(root, "20-next", f"touch {marker}")
+    options = ScriptsOptions(user=resolve_user(USER), timeout=30.0, grace=1.5)
+    install_stop_handlers()
+    timer = threading.Timer(0.7, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with open(os.devnull, "w") as sink, pytest.raises(RunInterrupted):
+            run_scripts(config=config, layout=Layout.under(root), run_id="stop-in-clean-up",
+                        options=options, log=make_logger(sink, json_lines=True))
+    finally:
+        timer.cancel()
+    assert not marker.exists()
+    assert no_process_with(stubborn)
+
+
+def test_a_late_look_at_a_timed_out_script_still_says_timed_out(config: WizardConfig,
+                                                                root: Path) -> None:
+    """The runner lagged (slow terminal) and saw the end first: past its deadline by the
+    helper's clock, the script still timed out, and the step stopped there."""
+    add_script(root, "10-first", "exit 0")
+    add_script(root, "20-slow", "sleep 1.5")
+    add_script(root, "30-after", "exit 0")
+    result = run(config, root, timeout=1.0, progress=SlowProgress(per_end=2.5))
+    found = scripts(result)
+    assert found["20-slow"]["status"] == "timed_out"
+    assert result.exit_code == 1
+    assert found["30-after"]["status"] in {"not_run", "succeeded"}  # succeeded: it ran ahead
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_stop_after_the_end_judges_the_script_as_it_ended(config: WizardConfig,
+                                                            root: Path) -> None:
+    """SIGTERM while the runner still shows the output of a script that had exited 0."""
+    add_script(root, "10-chatty", "echo a; echo b; echo c")
+    install_stop_handlers()
+    timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        result = run(config, root, progress=SlowProgress(per_line=0.5))
+    finally:
+        timer.cancel()
+    assert result.status is RunStatus.INTERRUPTED
+    assert scripts(result)["10-chatty"]["status"] == "succeeded"

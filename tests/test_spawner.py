@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
 import shutil
 import signal
 import tempfile
@@ -285,3 +286,20 @@ def test_a_late_hold_cannot_release_a_later_pause(place: Path) -> None:
         time.sleep(0.3)
         assert not marker.exists()
     assert not marker.exists()
+
+
+def test_descriptor_numbers_above_1024_do_not_matter(place: Path) -> None:
+    """An embedding process holding many files: the helper's socket lands above 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"needs an fd limit of at least 2048 (hard limit {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with Spawner({}, scripts(place, "exit 0"), www_data()) as spawner:
+            assert follow(spawner) == 0
+            assert spawner.fileno() >= 1024
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

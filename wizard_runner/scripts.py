@@ -24,7 +24,7 @@ from wizard_runner.layout import Layout
 from wizard_runner.output import DEFAULT_CAP, LineSplitter, OutputRecord, shown_line
 from wizard_runner.procs import GRACE, descendants, signal_group, stop_all, wait_group_gone
 from wizard_runner.runuser import RunUser, require_switch_allowed
-from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals
+from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals, stop_pending
 from wizard_runner.spawner import Spawned, Spawner, SpawnerError, Switch
 from wizard_runner.spawnhelper import PIPE_SIZE
 
@@ -205,6 +205,7 @@ class ScriptRunner:
     ) -> None:
         self.spawner = spawner
         self.finished: ScriptOutcome | None = None  # the last outcome, even if not yet taken
+        self.ran_ahead: dict[str, ScriptOutcome] = {}  # what the helper ran past a failure
         self.options = options
         self.log = log
         self.log_dir = log_dir
@@ -254,7 +255,9 @@ class ScriptRunner:
                 try:
                     leftovers = self._clean_up(watch, log)
                     outcome = self._outcome(name, watch, leftovers, log)
-                    self.spawner.done_with(watch.child, go_on=not outcome.failed)
+                    # A stop held back meanwhile: the helper must not start the next one.
+                    go_on = not outcome.failed and not stop_pending()
+                    self.spawner.done_with(watch.child, go_on=go_on)
                 except SpawnerError as error:
                     log.error("script_failed", reason=str(error))
                     outcome = _broken(name, watch.child, watch.record, watch, error)
@@ -271,13 +274,21 @@ class ScriptRunner:
         with ignored_stop_signals():
             with contextlib.suppress(SpawnerError):
                 self.spawner.halt()  # before any signal: nothing may start after this one
-            self._stop_now(watch)
+            # It may have ended already, its last output still being read: then it is judged
+            # as it ended, not as stopped.
+            with contextlib.suppress(SpawnerError):
+                self.spawner.poll(watch.child)
+            ended = watch.child.returncode is not None
+            if not ended:
+                self._stop_now(watch)
             try:
                 leftovers = self._clean_up(watch, log)
                 self.spawner.done_with(watch.child, go_on=False)
             except SpawnerError:
                 leftovers = tuple(watch.leftovers)
             watch.record.close()
+        if ended:
+            return self._outcome(name, watch, leftovers, log)
         return ScriptOutcome(
             name, ScriptStatus.FAILED, None, _signal_name(watch.child.returncode or 0),
             _duration(watch.child), watch.record.tail,
@@ -287,17 +298,21 @@ class ScriptRunner:
     def stopped_ahead(self, why: str) -> dict[str, ScriptOutcome]:
         """Scripts the helper had started past the one that ended the step: stop them (TERM,
         then KILL) and report each as it really ended, with what its pipes still held."""
-        found: dict[str, ScriptOutcome] = {}
         try:
             started = self.spawner.stop_started(self.options.grace)
         except SpawnerError:
-            return found
+            return dict(self.ran_ahead)
         for child in started:
             if not child.pipes_open:
                 continue  # the runner followed it: reported already
             with deferred_stop_signals(foreign=False):
-                found.update(self._ran_ahead(child, why))
-        return found
+                self.ran_ahead.update(self._ran_ahead(child, why))
+        for index, code in self.spawner.could_not_start().items():
+            name = Path(self.spawner.paths[index]).name
+            self.ran_ahead.setdefault(name, ScriptOutcome(
+                name, ScriptStatus.FAILED, reason=f"cannot execute: {os.strerror(code)}"
+                f"{_exec_hint(code)}"))
+        return dict(self.ran_ahead)
 
     def _ran_ahead(self, child: Spawned, why: str) -> dict[str, ScriptOutcome]:
         """One script run past the runner: its output so far, and how it ended."""
@@ -474,6 +489,11 @@ class ScriptRunner:
             watch.leftovers += self._kill_leftovers(log)
         return tuple(watch.leftovers)
 
+    def _too_long(self, watch: _Watch) -> bool:
+        """It ran past its deadline, though the runner (lagging) saw its end first."""
+        ended = watch.child.ended
+        return watch.deadline is not None and ended is not None and ended > watch.deadline
+
     def _outcome(self, name: str, watch: _Watch, leftovers: tuple[str, ...],
                  log: FilteringBoundLogger) -> ScriptOutcome:
         code = watch.child.returncode
@@ -482,7 +502,7 @@ class ScriptRunner:
         duration = _duration(watch.child)
         base = ScriptOutcome(name, ScriptStatus.SUCCEEDED, code if code >= 0 else None,
                              _signal_name(code), duration, watch.record.tail, None, leftovers)
-        if watch.timed_out and _ran_past(watch):
+        if (watch.timed_out or self._too_long(watch)) and _ran_past(watch):
             outcome = replace(base, status=ScriptStatus.TIMED_OUT,
                               reason=f"timed out after {self.options.timeout:g} s")
         elif code < 0:

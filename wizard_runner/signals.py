@@ -31,6 +31,11 @@ def request_stop(signum: int) -> None:
     raise RunInterrupted(signum)
 
 
+def stop_pending() -> bool:
+    """Whether a stop request is being held back by a deferred section right now."""
+    return bool(_Deferral.pending)
+
+
 def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
     request_stop(signum)
 
@@ -72,12 +77,11 @@ def deferred_stop_signals(*, foreign: bool = True) -> Iterator[None]:
         try:
             yield
         finally:
-            if _Deferral.depth == 1 and _Deferral.pending:
+            _Deferral.depth -= 1  # first: a signal from here on raises by itself
+            if not _Deferral.depth and _Deferral.pending:
                 signum = _Deferral.pending[0]
-                _Deferral.pending.clear()  # before leaving: a late signal must not linger
-                _Deferral.depth -= 1
+                _Deferral.pending.clear()
                 raise RunInterrupted(signum)
-            _Deferral.depth -= 1
         return
     if not foreign or not _swappable():
         yield

@@ -13,6 +13,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -117,6 +118,7 @@ class Spawner:
         self._ready = False
         self._done = False
         self._held: int | None = None
+        self._unstartable: dict[int, int] = {}
         self._halted = False
         self._unresponsive = False
 
@@ -179,6 +181,13 @@ class Spawner:
                             lambda message: self._started(message, index))
 
     def _started(self, message: _Message, index: int) -> Spawned:
+        try:
+            return self._started_or_failed(message, index)
+        except struct.error as error:
+            _close_all(message[1])
+            raise self._died("it sent a malformed answer to a start") from error
+
+    def _started_or_failed(self, message: _Message, index: int) -> Spawned:
         data, fds = message
         if data[:1] == b"F":
             number, code = FAILED.unpack(data[1:])
@@ -225,9 +234,20 @@ class Spawner:
 
     def anything_left(self) -> bool:
         """Have the helper reap what was killed; whether anything is still alive."""
+        self._continue()  # a leftover may have stopped it
+        for stale in [m for m in self._queue if m[0][:1] == b"L"]:
+            self._queue.remove(stale)  # the answer to a request that timed out
         self._send(b"C")
-        data, _ = self._expect(b"L", ANSWER_TIMEOUT, "reap", lambda message: message)
-        return bool(LEFT.unpack(data[1:])[0])
+        data, _ = self._expect(b"L", max(self.grace, 1.0), "reap", lambda message: message)
+        try:
+            return bool(LEFT.unpack(data[1:])[0])
+        except struct.error as error:
+            raise self._died("it sent a malformed answer to a reap") from error
+
+    def _continue(self) -> None:
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)
 
     def done_with(self, script: Spawned, *, go_on: bool) -> None:
         """The runner has finished with a script: let the helper run further ahead and, after
@@ -251,19 +271,39 @@ class Spawner:
             self.halt()
             self._collect(grace)
         except SpawnerError:
-            pass  # the helper is gone: what it started is all the runner can know
+            self._salvage()
         return [self._running[index] for index in sorted(self._running)]
+
+    def could_not_start(self) -> dict[int, int]:
+        """Scripts the helper tried to start past the runner and could not: index -> errno."""
+        return dict(self._unstartable)
+
+    def _salvage(self) -> None:
+        """The helper is gone: take in what it had still said, and kill what it had started
+        (nobody reaps those now; they go to init once killed)."""
+        control = self._control
+        while control is not None:
+            try:
+                data, fds = receive_message(control, DONTWAIT)
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                self._take((data, fds), adopt=True)
+            except (struct.error, SpawnerError):
+                _close_all(fds)
+        for script in self._unfinished():
+            _terminate(script, kill=True)
 
     def _collect(self, grace: float) -> None:
         if self._unresponsive:
             return  # it did not answer within the grace before: do not wait for it again
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGCONT)  # a script may have stopped it
+        self._continue()  # a script may have stopped it
         with deferred_stop_signals(foreign=False):
-            for message in [m for m in self._queue if m[0][:1] == b"P"]:
+            for message in [m for m in self._queue if m[0][:1] in (b"P", b"F")]:
                 self._queue.remove(message)
-                self._follow(*message)
+                self._take(message, adopt=True)
         started = time.monotonic()
         signalled: dict[int, bool] = {}
         while not self._done or self._unfinished():
@@ -323,9 +363,9 @@ class Spawner:
     def _follow(self, data: bytes, fds: list[int]) -> Spawned:
         """Start following a script from its P message, applying an end already queued."""
         index, pid, started = STARTED.unpack(data[1:])
-        if len(fds) != 2:
+        if len(fds) != 2 or not 0 <= index < len(self.paths):
             _close_all(fds)
-            raise self._died("a started script came without its output pipes")
+            raise self._died(f"it reported an unknown start (script #{index}, {len(fds)} pipes)")
         script = Spawned(index, pid, fds[0], fds[1], started / 1e9)
         self._running[index] = script
         for message in [m for m in self._queue if m[0][:1] == b"W"]:
@@ -353,6 +393,9 @@ class Spawner:
             self._done = True
         elif kind == b"P" and adopt:
             self._follow(*message)
+        elif kind == b"F" and adopt:
+            index, code = FAILED.unpack(data[1:])
+            self._unstartable[index] = code
         else:
             self._queue.append(message)
 
@@ -378,8 +421,9 @@ class Spawner:
         """Wait up to `timeout` for a message (interruptible), then take and apply it (not)."""
         control = self._socket()
         if timeout != 0.0:
-            readable, _, _ = select.select([control], [], [], timeout)
-            if not readable:
+            waiter = select.poll()  # not select(): an embedding process may hold fds >= 1024
+            waiter.register(control, select.POLLIN)
+            if not waiter.poll(None if timeout is None else timeout * 1000):
                 return False
         with deferred_stop_signals(foreign=False):
             try:
@@ -392,7 +436,11 @@ class Spawner:
                 raise self._died("it closed its end")
             if data[:1] == b"E":
                 raise self._died(data[1:].decode(errors="replace"))
-            self._take((data, fds), adopt=adopt)
+            try:
+                self._take((data, fds), adopt=adopt)
+            except struct.error as error:
+                _close_all(fds)
+                raise self._died(f"it sent a malformed {data[:1]!r} message") from error
         return True
 
     def _check_index(self, number: int, index: int) -> None:

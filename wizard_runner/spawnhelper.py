@@ -252,6 +252,9 @@ class _Helper:
             os.close(err_w)
         try:
             send_message(self.control, b"P" + STARTED.pack(index, pid, started), (out_r, err_r))
+        except OSError:
+            os.killpg(pid, signal.SIGKILL)  # nobody would know it runs
+            raise
         finally:
             os.close(out_r)
             os.close(err_r)
