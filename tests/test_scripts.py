@@ -715,6 +715,18 @@ class SlowProgress:
         time.sleep(self.per_end)
 
 
+def run_stopped_after(seconds: float, config: WizardConfig, root: Path,
+                      **options: Any) -> RunResult:
+    """run(), with the CLI's stop handlers and a SIGTERM to this process after `seconds`."""
+    install_stop_handlers()
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        return run(config, root, **options)
+    finally:
+        timer.cancel()
+
+
 @pytest.mark.usefixtures("restore_signals")
 def test_stop_while_the_helper_is_ahead_reports_what_ran(config: WizardConfig,
                                                          root: Path) -> None:
@@ -728,13 +740,7 @@ def test_stop_while_the_helper_is_ahead_reports_what_ran(config: WizardConfig,
     marker = f"sleep 4{os.getpid() % 1000}3"
     add_script(root, "30-long", f"echo 30 >> {trace}; {marker}")
     add_script(root, "40-never", f"echo 40 >> {trace}")
-    install_stop_handlers()
-    timer = threading.Timer(0.8, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        result = run(config, root, progress=SlowProgress(per_line=0.5))
-    finally:
-        timer.cancel()
+    result = run_stopped_after(0.8, config, root, progress=SlowProgress(per_line=0.5))
     ran = trace.read_text().split()
     found = scripts(result)
     assert result.status is RunStatus.INTERRUPTED
@@ -903,12 +909,6 @@ def test_a_stop_after_the_end_judges_the_script_as_it_ended(config: WizardConfig
                                                             root: Path) -> None:
     """SIGTERM while the runner still shows the output of a script that had exited 0."""
     add_script(root, "10-chatty", "echo a; echo b; echo c")
-    install_stop_handlers()
-    timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
-    try:
-        result = run(config, root, progress=SlowProgress(per_line=0.5))
-    finally:
-        timer.cancel()
+    result = run_stopped_after(0.6, config, root, progress=SlowProgress(per_line=0.5))
     assert result.status is RunStatus.INTERRUPTED
     assert scripts(result)["10-chatty"]["status"] == "succeeded"
