@@ -349,11 +349,17 @@ class Spawner:
                 stop_all(descendants(self.pid), self.grace)
             return
         deadline = time.monotonic() + 2 * self.grace
-        with contextlib.suppress(SpawnerError):
+        try:
             while self.anything_left() and self.pid is not None:
                 stop_all(descendants(self.pid), self.grace)
                 if time.monotonic() >= deadline:
-                    return
+                    break
+            else:
+                return
+        except SpawnerError:
+            pass
+        if self.pid is not None:  # no clear answer: a last sweep, by force, before it exits
+            stop_all(descendants(self.pid), 0.5)
 
     def _unfinished(self) -> list[Spawned]:
         return [script for script in self._running.values() if script.returncode is None]
@@ -434,6 +440,9 @@ class Spawner:
                 raise self._died(f"its end broke ({error.strerror})") from error
             if not data:
                 raise self._died("it closed its end")
+            if data[:1] != b"P":
+                _close_all(fds)  # only a start carries descriptors: never keep a stray one
+                fds = []
             if data[:1] == b"E":
                 raise self._died(data[1:].decode(errors="replace"))
             try:
