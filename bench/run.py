@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = Path(sys.executable).parent / "wizard-runner"
@@ -178,8 +179,10 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
     return lines
 
 
-def peak_rss_kib(process: subprocess.Popen[bytes]) -> int:
-    """Poll a process's VmHWM until it exits; the highest value seen, in KiB."""
+def peak_rss_kib(process: subprocess.Popen[Any]) -> int:
+    """Poll a process's VmHWM until it exits: the peak RSS of its own program image, in KiB
+    (the tests use it too). wait4's ru_maxrss would also count the pages it shared with its
+    parent between fork and exec."""
     peak = 0
     while process.poll() is None:
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from bench.run import peak_rss_kib
 from tests.conftest import EXAMPLES, MANAGED, Reliability, seed_root, snapshot
 from tests.test_daemon import daemon
 from tests.test_daemon import result as daemon_result
@@ -23,7 +24,6 @@ from tests.test_scripts import (
     USER,
     add_script,
     no_process_with,
-    peak_rss_kib,
     run,
     scripts,
 )

@@ -20,6 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
+from bench.run import peak_rss_kib
 from tests.conftest import EXAMPLES, REPO, Reliability, seed_root
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import PrivilegeError, RunInterrupted
@@ -634,23 +635,6 @@ def test_bad_timeout_is_a_usage_error(root: Path, value: str) -> None:
     runner = cli("run", "--root", str(root), "--timeout", value)
     runner.communicate(timeout=30)
     assert runner.returncode == 2
-
-
-def peak_rss_kib(process: subprocess.Popen[str]) -> int:
-    """Poll a process's VmHWM until it exits: the peak RSS of its own program image, in KiB.
-
-    wait4's ru_maxrss would also count the pages it shared with this (large) test process
-    between fork and exec.
-    """
-    peak = 0
-    while process.poll() is None:
-        try:
-            status = Path(f"/proc/{process.pid}/status").read_text()
-            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
-        except (OSError, IndexError, ValueError):
-            pass
-        time.sleep(0.02)
-    return peak
 
 
 def test_100_mb_of_output_keeps_the_runner_small(root: Path) -> None:

@@ -167,7 +167,6 @@ class _Watch:
 
     child: Spawned
     record: OutputRecord
-    started: float
     deadline: float | None
     grace: float
     splitters: dict[str, LineSplitter] = field(default_factory=dict)
@@ -229,8 +228,8 @@ class ScriptRunner:
             return self.finished
         log.info("script_started", path=str(path), user=self.options.user.name, pid=child.pid)
         timeout = self.options.timeout
-        watch = _Watch(child, record, child.started,
-                       child.started + timeout if timeout else None, self.options.grace)
+        watch = _Watch(child, record, child.started + timeout if timeout else None,
+                       self.options.grace)
         try:
             self._pump(watch, name, log)
             self._await_exit(watch, log)

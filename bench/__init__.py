@@ -1,0 +1,1 @@
+"""Benchmarks: `python bench/run.py` writes BENCHMARKS.md; the tests share its memory probe."""
