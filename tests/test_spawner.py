@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import resource
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -303,3 +305,48 @@ def test_descriptor_numbers_above_1024_do_not_matter(place: Path) -> None:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_script_that_could_not_start_ahead_is_known(place: Path) -> None:
+    """The helper ran ahead into a file it cannot execute: the errno is kept for the report."""
+    plain = place / "01-plain"
+    plain.write_text("echo no shebang\n")
+    plain.chmod(0o755)
+    paths = [*scripts(place, "exit 0"), str(plain)]
+    with Spawner({}, paths, www_data()) as spawner:
+        assert follow(spawner) == 0
+        time.sleep(0.3)  # the helper tries the second one meanwhile
+        assert spawner.stop_started() == []
+        assert spawner.could_not_start() == {1: errno.ENOEXEC}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param({"BAD": "a\0b"}, "'BAD' cannot be passed on", id="nul"),
+        pytest.param({"A=B": "c"}, "'A=B' cannot be passed on", id="equals-in-name"),
+        pytest.param({"BIG": "x" * 70000}, "more than the 65536", id="too-large"),
+    ],
+)
+def test_an_environment_the_helper_cannot_take_is_named(place: Path, env: dict[str, str],
+                                                       message: str) -> None:
+    """Refused before the helper starts, naming the variable or the size."""
+    with Spawner(env, scripts(place, "exit 0"), www_data()) as spawner, \
+            pytest.raises(SpawnerError, match=message):
+        spawner.next_script()
+    assert spawner.pid is None
+
+
+def test_a_malformed_answer_is_a_helper_failure(place: Path) -> None:
+    """A message too short for its kind: SpawnerError naming it, not a struct error."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    spawner = Spawner({}, scripts(place, "exit 0"), grace=0.2)
+    spawner._control = ours  # a fake helper on the other end
+    theirs.send(b"L")  # an answer to C without its byte
+    try:
+        with pytest.raises(SpawnerError, match="malformed answer to a reap"):
+            spawner.anything_left()
+        assert theirs.recv(10) == b"C"
+    finally:
+        spawner.close()
+        theirs.close()

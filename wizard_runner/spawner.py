@@ -136,10 +136,15 @@ class Spawner:
         if not self.python:
             raise SpawnerError("cannot start the script helper: no Python interpreter known "
                                "(sys.executable is empty)")
+        for key, value in self.env.items():
+            if "\0" in key + value or "=" in key:
+                raise SpawnerError(f"the scripts' environment: {key!r} cannot be passed on "
+                                   "(a NUL byte, or '=' in its name)")
         environment = b"V" + b"\0".join(os.fsencode(f"{key}={value}")
                                         for key, value in self.env.items())
-        if len(environment) > MAX_MESSAGE or any("\0" in f"{k}{v}" for k, v in self.env.items()):
-            raise SpawnerError("the scripts' environment is too large or holds a NUL byte")
+        if len(environment) > MAX_MESSAGE:
+            raise SpawnerError(f"the scripts' environment is {len(environment)} bytes, more "
+                               f"than the {MAX_MESSAGE} the helper takes")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [self.python, "-I", "-S", spawnhelper.__file__, str(os.getpid())]
         if self.switch is not None:
