@@ -18,6 +18,10 @@ from wizard_runner import __version__
 from wizard_runner.defaults import DEFAULT_TIMEOUT, DEFAULT_USER, MAX_CONFIG_BYTES
 from wizard_runner.errors import (
     EXIT_FAILED,
+    EXIT_NO_RUN,
+    EXIT_OK,
+    EXIT_PRIVILEGES,
+    EXIT_SOFTWARE,
     ConfigError,
     ConfigUnreadableError,
     PrivilegeError,
@@ -34,8 +38,6 @@ if TYPE_CHECKING:
 
 # Each command imports what it needs when it runs: `--help` stays fast.
 
-EXIT_SOFTWARE: Final = 70
-EXIT_NO_RUN: Final = 3
 PROG: Final = "wizard-runner"
 
 
@@ -377,8 +379,8 @@ def _list(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> 
         for problem in problems:
             out.write(f"unsafe: {problem}\n")
     if problems:
-        return 77
-    return EXIT_FAILED if any(d.verdict is Verdict.FAIL for d in found.decisions) else 0
+        return EXIT_PRIVILEGES
+    return EXIT_FAILED if any(d.verdict is Verdict.FAIL for d in found.decisions) else EXIT_OK
 
 
 def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
@@ -412,7 +414,7 @@ def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
                     out.write(f"  | {line}\n")
         if last.get("error"):
             out.write(f"error: {last['error']}\n")
-    return 0 if last.get("status") == "succeeded" else EXIT_FAILED
+    return EXIT_OK if last.get("status") == "succeeded" else EXIT_FAILED
 
 
 Command = Callable[[argparse.Namespace, TextIO, TextIO, TextIO], int]

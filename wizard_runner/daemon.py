@@ -19,7 +19,13 @@ from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import parse_config
 from wizard_runner.defaults import DEFAULT_TIMEOUT
-from wizard_runner.errors import ConfigError, LockedError, RunInterrupted, WizardRunnerError
+from wizard_runner.errors import (
+    ConfigError,
+    LockedError,
+    RunInterrupted,
+    WizardRunnerError,
+    exit_for_signal,
+)
 from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
 from wizard_runner.result import RunResult, now
@@ -138,7 +144,7 @@ class Daemon:
             request_id = name.removesuffix(".json")
             path = self.spool.processing / name
             if name.endswith(".json") and REQUEST_ID.fullmatch(request_id):
-                record = _record(request_id, None, "interrupted", 143,
+                record = _record(request_id, None, "interrupted", exit_for_signal(signal.SIGTERM),
                                  reason="the daemon stopped during this request (crash or "
                                  "kill); it was not run again: resubmit it")
                 write_result(self.spool, request_id, record, self.settings.user.gid)
@@ -227,7 +233,7 @@ class Daemon:
                            reason=str(invalid), problems=list(invalid.problems))
         options = RunOptions(
             root=self.settings.layout.root, user=self.settings.user.name,
-            timeout=self.settings.timeout,
+            timeout=self.settings.timeout, request_id=request_id,
         )
         while True:
             try:
@@ -238,7 +244,8 @@ class Daemon:
             except LockedError:
                 # A manual run holds the lock: wait for it, the request stays claimed.
                 if self.settings.stop.wait(LOCK_RETRY):
-                    return _record(request_id, received, "interrupted", 143,
+                    return _record(request_id, received, "interrupted",
+                                   exit_for_signal(signal.SIGTERM),
                                    reason="the daemon was stopped before the request could run")
                 continue
             except WizardRunnerError as error:

@@ -5,14 +5,25 @@ from __future__ import annotations
 import signal
 from collections.abc import Sequence
 
+# Every exit code wizard-runner uses, named here and nowhere else (sysexits.h where one fits).
 EXIT_OK = 0
-EXIT_FAILED = 1
+EXIT_FAILED = 1  # the run failed (a script, or a step reported in the result)
 EXIT_USAGE = 2
-EXIT_CONFIG = 65  # EX_DATAERR
-EXIT_NO_INPUT = 66  # EX_NOINPUT
-EXIT_CANT_APPLY = 73  # EX_CANTCREAT
-EXIT_LOCKED = 75  # EX_TEMPFAIL
-EXIT_PRIVILEGES = 77  # EX_NOPERM
+EXIT_NO_RUN = 3  # `status`: there is no run yet
+EXIT_CONFIG = 65  # EX_DATAERR: the wizard body is invalid
+EXIT_NO_INPUT = 66  # EX_NOINPUT: a config, wizard.d or the root's etc/ is missing
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: no daemon serves the spool, or no answer came
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: a bug in wizard-runner
+EXIT_CANT_APPLY = 73  # EX_CANTCREAT: the system files could not be applied
+EXIT_IO = 74  # EX_IOERR: the runner's own files (state, log, lock, backups, spool)
+EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock
+EXIT_PRIVILEGES = 77  # EX_NOPERM: not root, or unsafe permissions
+EXIT_SIGNAL_BASE = 128  # a stop signal: 128 + its number (129 SIGHUP, 130 SIGINT, 143 SIGTERM)
+
+
+def exit_for_signal(signum: int) -> int:
+    """The exit code of a run stopped by `signum`, as a shell reports it."""
+    return EXIT_SIGNAL_BASE + signum
 
 
 class WizardRunnerError(Exception):
@@ -54,6 +65,12 @@ class ApplyError(WizardRunnerError):
     exit_code = EXIT_CANT_APPLY
 
 
+class RunnerIOError(WizardRunnerError):
+    """The runner's own files (state, log, lock, backups, spool) could not be read or written."""
+
+    exit_code = EXIT_IO
+
+
 class LockedError(WizardRunnerError):
     """Another run holds the lock."""
 
@@ -71,7 +88,7 @@ class RunInterrupted(BaseException):
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
-        self.exit_code = 128 + signum
+        self.exit_code = exit_for_signal(signum)
         self.partial: object | None = None  # what the interrupted step had done, if anything
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 

@@ -93,16 +93,21 @@ class RunResult:
     scripts: tuple[dict[str, Any], ...] = ()
     error: str | None = None
     root: str = "/"
+    run_scripts: bool = False  # the effective flag, after the command line's overrides
+    request_id: str | None = None  # the spool request this run served, if any
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
             "run_id": self.run_id,
+            "request_id": self.request_id,
             "started_at": self.started_at.isoformat(timespec="milliseconds"),
             "finished_at": self.finished_at.isoformat(timespec="milliseconds"),
             "status": self.status.value,
             "exit_code": self.exit_code,
             "root": self.root,
+            "handle_system_conf": self.system_conf.handled,
+            "run_scripts": self.run_scripts,
             "system_conf": self.system_conf.to_dict(),
             "scripts": list(self.scripts),
             "error": self.error,

@@ -68,6 +68,7 @@ class RunOptions:
     start_at: str | None = None
     resume: bool = False
     save_config: bool = True
+    request_id: str | None = None  # the spool request served, recorded in the result
     progress: Progress | None = field(default=None, compare=False)
 
 
@@ -347,6 +348,8 @@ def _run_locked(
         scripts=tuple(outcome.to_dict() for outcome in progress.scripts),
         error=error,
         root=str(layout.root),
+        run_scripts=runs_scripts(config, options),
+        request_id=options.request_id,
     )
     write_result(layout, result)
     log.info("run_finished", status=status.value, exit_code=exit_code,

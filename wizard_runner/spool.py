@@ -27,7 +27,12 @@ from typing import Any, Final
 
 from wizard_runner.config import parse_config
 from wizard_runner.defaults import MAX_CONFIG_BYTES
-from wizard_runner.errors import WizardRunnerError
+from wizard_runner.errors import (
+    EXIT_CONFIG,
+    EXIT_PRIVILEGES,
+    EXIT_UNAVAILABLE,
+    WizardRunnerError,
+)
 from wizard_runner.fsio import Ownership, atomic_replace, write_all
 from wizard_runner.layout import Layout
 from wizard_runner.result import now
@@ -38,7 +43,6 @@ TEMP_NAME: Final = re.compile(r"\.[0-9A-Za-z][0-9A-Za-z-]{0,63}\.tmp")
 STALE_TEMP_SECONDS: Final = 3600
 RETENTION_DAYS: Final = 30
 RETENTION_COUNT: Final = 1000
-EXIT_UNAVAILABLE: Final = 69  # EX_UNAVAILABLE
 
 
 class SpoolError(WizardRunnerError):
@@ -50,7 +54,7 @@ class SpoolError(WizardRunnerError):
 class RequestRejectedError(Exception):
     """A request the daemon will not run; the message says why, `exit_code` classifies it."""
 
-    def __init__(self, reason: str, exit_code: int = 65) -> None:
+    def __init__(self, reason: str, exit_code: int = EXIT_CONFIG) -> None:
         super().__init__(reason)
         self.exit_code = exit_code
 
@@ -172,7 +176,7 @@ def read_request(path: Path, allowed_uids: set[int]) -> RequestFile:
             raise RequestRejectedError("a hard link, not a request file")
         if info.st_uid not in allowed_uids:
             raise RequestRejectedError(f"owned by uid {info.st_uid}, not root or the run user",
-                                       77)
+                                       EXIT_PRIVILEGES)
         if info.st_size > MAX_CONFIG_BYTES:
             raise RequestRejectedError(f"larger than {MAX_CONFIG_BYTES} bytes")
         data = os.read(fd, MAX_CONFIG_BYTES + 1)
