@@ -100,8 +100,8 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 @pytest.fixture
 def restore_signals() -> Iterator[None]:
-    """Put SIGTERM/SIGINT handlers back after a test that installs the CLI's."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    """Put SIGTERM/SIGINT/SIGHUP handlers back after a test that installs the CLI's."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)

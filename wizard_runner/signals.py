@@ -11,7 +11,7 @@ from typing import Final
 
 from wizard_runner.errors import RunInterrupted
 
-STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class _Deferral:
