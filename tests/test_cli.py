@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import EXAMPLES, MANAGED, snapshot
 from wizard_runner.cli import TerminalProgress
-from wizard_runner.scripts import ScriptOutcome, ScriptStatus
+from wizard_runner.result import ScriptOutcome, ScriptStatus
 
 pytestmark = pytest.mark.processes
 SCRIPT = Path(sys.executable).parent / "wizard-runner"

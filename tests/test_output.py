@@ -250,7 +250,9 @@ def test_shown_line_escapes_invalid_utf8(raw: bytes, text: str) -> None:
     assert shown_line(raw) == text
 
 
-CONTROL = set(range(0x20)) - {0x09} | {0x7F}
+# C0 but tab, DEL, C1 and the bidirectional overrides: what shown_line escapes.
+CONTROL = (set(range(0x20)) - {0x09}) | {0x7F} | set(range(0x80, 0xA0)) | set(
+    range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
 
 
 @given(st.binary(max_size=64))
@@ -278,6 +280,9 @@ def test_shown_line_keeps_valid_text(text: str) -> None:
     ("raw", "text"),
     [
         pytest.param(b"\x1b[2Jclear", "\\x1b[2Jclear", id="escape"),
+        pytest.param("\u009b31m".encode(), "\\x9b31m", id="c1-csi"),
+        pytest.param("abc\u202edcba".encode(), "abc\\u202edcba", id="bidi-override"),
+        pytest.param("x\u2066y\u2069".encode(), "x\\u2066y\\u2069", id="bidi-isolate"),
         pytest.param(b"over\rwrite", "over\\x0dwrite", id="carriage-return"),
         pytest.param(b"nul\x00byte", "nul\\x00byte", id="nul"),
         pytest.param(b"tab\there", "tab\there", id="tab-kept"),

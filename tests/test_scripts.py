@@ -21,9 +21,9 @@ import psutil
 import pytest
 
 from bench.run import peak_rss_kib
-from tests.conftest import EXAMPLES, REPO, Reliability, seed_root
+from tests.conftest import EXAMPLES, REPO, Reliability, seed_root, snapshot
 from wizard_runner.config import WizardConfig
-from wizard_runner.errors import PrivilegeError, RunInterrupted
+from wizard_runner.errors import PrivilegeError, RunInterrupted, WizardRunnerError
 from wizard_runner.layout import Layout
 from wizard_runner.log import make_logger
 from wizard_runner.result import RunResult, RunStatus
@@ -72,6 +72,24 @@ def run(config: WizardConfig, root: Path, **options: Any) -> RunResult:
     }
     with open(os.devnull, "w") as sink:
         return execute(config, RunOptions(**settings), json_logs=True, stream=sink)
+
+
+def refused(config: WizardConfig, root: Path, **options: Any) -> WizardRunnerError:
+    """Run, expecting a refusal before anything is written: no result, no log, no saved body."""
+    with pytest.raises(WizardRunnerError) as caught:
+        run(config, root, **options)
+    for written in ("var/lib/wizard-runner", "var/log/wizard-runner"):
+        assert not (root / written).exists(), written
+    return caught.value
+
+
+def refused_again(config: WizardConfig, root: Path, **options: Any) -> WizardRunnerError:
+    """Run after earlier runs, expecting a refusal that changes no stored state."""
+    before = snapshot(root / "var")
+    with pytest.raises(WizardRunnerError) as caught:
+        run(config, root, **options)
+    assert snapshot(root / "var") == before
+    return caught.value
 
 
 def scripts(result: RunResult) -> dict[str, dict[str, Any]]:
@@ -292,13 +310,12 @@ def test_script_deleting_itself_and_wizard_d(config: WizardConfig, root: Path) -
 
 
 def test_missing_wizard_d_is_exit_66(config: WizardConfig, root: Path) -> None:
-    """run_scripts with no wizard.d: an error naming the path, exit 66, nothing runs."""
+    """run_scripts with no wizard.d: an error naming the path, exit 66, nothing written."""
     shutil.rmtree(root / "etc/xivo/wizard.d")
-    result = run(config, root)
-    assert result.status is RunStatus.FAILED
-    assert result.exit_code == 66
-    assert result.error == (f"{root}/etc/xivo/wizard.d: the scripts directory does not exist "
-                            "(run_scripts is true)")
+    error = refused(config, root)
+    assert error.exit_code == 66
+    assert str(error) == (f"{root}/etc/xivo/wizard.d: the scripts directory does not exist "
+                          "(run_scripts is true)")
 
 
 def test_empty_wizard_d_succeeds(config: WizardConfig, root: Path) -> None:
@@ -322,15 +339,15 @@ def test_empty_wizard_d_succeeds(config: WizardConfig, root: Path) -> None:
 def test_unsafe_permissions_refuse_the_step(
     config: WizardConfig, root: Path, change: Any, message: str
 ) -> None:
-    """Unsafe permissions stop the step before anything runs (exit 77), naming the file."""
+    """Unsafe permissions refuse the run before anything is written (exit 77), naming the
+    file."""
     if not ROOT and "owner" in message:
         pytest.skip("needs root to chown")
     add_script(root, "10-a", f"touch {root}/ran")
     change(root / "etc/xivo/wizard.d")
-    result = run(config, root)
-    assert result.exit_code == 77
-    assert result.error is not None
-    assert message in result.error
+    error = refused(config, root)
+    assert error.exit_code == 77
+    assert message in str(error)
     assert not (root / "ran").exists()
 
 
@@ -355,17 +372,16 @@ def test_other_user_needs_root(
     """Not root and asked for another user: exit 77, saying to run as root or pass --user."""
     monkeypatch.setattr("wizard_runner.runuser.os.geteuid", lambda: 4242)
     add_script(root, "10-a", "true")
-    result = run(config, root, user="www-data")
-    assert result.exit_code == 77
-    assert result.error is not None
-    assert "needs root" in result.error
-    assert "--user" in result.error
+    error = refused(config, root, user="www-data")
+    assert error.exit_code == 77
+    assert "needs root" in str(error)
+    assert "--user" in str(error)
     with pytest.raises(PrivilegeError):
         require_switch_allowed(resolve_user("www-data"))
 
 
 def test_from_and_resume(config: WizardConfig, root: Path) -> None:
-    """--from starts at a script; --resume starts where the last run failed."""
+    """--from starts at a script; --resume starts where the last run failed and says so."""
     flag = root / "flag"
     add_script(root, "10-a", "echo a")
     add_script(root, "20-b", f'test -e {flag} || {{ echo "flag missing"; exit 4; }}')
@@ -378,16 +394,21 @@ def test_from_and_resume(config: WizardConfig, root: Path) -> None:
     assert [found[n]["status"] for n in ("10-a", "20-b", "30-c")] == [
         "not_run", "succeeded", "succeeded"
     ]
-    assert found["10-a"]["reason"] == "before --from 20-b"
+    assert found["10-a"]["reason"] == "resuming at 20-b"
     started_late = scripts(run(config, root, start_at="30-c"))
     assert started_late["20-b"]["status"] == "not_run"
-    missing = run(config, root, start_at="99-nope")
+    assert started_late["20-b"]["reason"] == "before --from 30-c"
+    stored = (root / "var/lib/wizard-runner/last-run.json").read_bytes()
+    missing = refused_again(config, root, start_at="99-nope")
     assert missing.exit_code == 2
-    assert missing.error == "--from 99-nope: no such script in wizard.d"
-    nothing = run(config, root, resume=True)
+    assert str(missing) == (f"--from: '99-nope' is not in {root}/etc/xivo/wizard.d "
+                            "(scripts there: 10-a, 20-b, 30-c)")
+    nothing = refused_again(config, root, resume=True)
     assert nothing.exit_code == 2
-    assert nothing.error is not None
-    assert "no script failed in the last run" in nothing.error
+    assert "nothing to resume: the last run" in str(nothing)
+    assert "succeeded" in str(nothing)
+    assert (root / "var/lib/wizard-runner/last-run.json").read_bytes() == stored
+
 
 
 def cli(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
@@ -602,10 +623,9 @@ def test_writable_by_strangers_refuses(config: WizardConfig, root: Path, change:
     """A script or a parent directory that someone else could change refuses the step."""
     add_script(root, "10-a", f"touch {root}/ran")
     change(root)
-    result = run(config, root)
-    assert result.exit_code == 77
-    assert result.error is not None
-    assert message in result.error
+    error = refused(config, root)
+    assert error.exit_code == 77
+    assert message in str(error)
     assert not (root / "ran").exists()
 
 

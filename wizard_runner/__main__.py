@@ -2,6 +2,6 @@
 
 import sys
 
-from wizard_runner.cli import main
+from wizard_runner.entry import main
 
 sys.exit(main())

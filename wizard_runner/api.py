@@ -24,20 +24,25 @@ from typing import Any
 
 from wizard_runner.config import LANGUAGES, WizardConfig, config_from_data, parse_config
 from wizard_runner.defaults import DEFAULT_TIMEOUT
+from wizard_runner.discovery import ScriptsDirMissingError as ScriptsDirMissingBeforeRun
 from wizard_runner.errors import (
     EXIT_CANT_APPLY,
+    EXIT_FAILED,
     EXIT_NO_INPUT,
     EXIT_PRIVILEGES,
     ApplyError,
     ConfigError,
     LockedError,
     PrivilegeError,
+    ResultNotStoredError,
+    RootError,
+    RunnerIOError,
     UsageError,
     WizardRunnerError,
 )
 from wizard_runner.layout import Layout
 from wizard_runner.log import quiet_logger
-from wizard_runner.result import RunResult, RunStatus
+from wizard_runner.result import RunResult, RunStatus, ScriptOutcome
 from wizard_runner.runner import Preview, RunOptions, execute, preview
 from wizard_runner.runuser import DEFAULT_USER
 from wizard_runner.spool import Spool, SpoolError, wait_result
@@ -59,25 +64,28 @@ class RunFailedError(WizardRunnerError):
 class ScriptFailedError(RunFailedError):
     """A script of wizard.d failed: its name, exit code or signal, and last output."""
 
-    def __init__(self, result: RunResult, script: dict[str, Any]) -> None:
+    def __init__(self, result: RunResult, script: ScriptOutcome) -> None:
         super().__init__(result)
-        self.script: str = script["name"]
-        self.script_exit_code: int | None = script["exit_code"]
-        self.signal: str | None = script["signal"]
-        self.status: str = script["status"]
-        self.output_tail: str = script["output_tail"]
+        self.outcome = script
+        self.script = script.name
+        self.script_exit_code = script.exit_code
+        self.signal = script.signal
+        self.status = script.status
+        self.output_tail = script.output_tail
 
 
-class ScriptsDirMissingError(RunFailedError):
-    """run_scripts was true but wizard.d does not exist (exit 66)."""
+class ScriptsDirMissingError(RunFailedError, ScriptsDirMissingBeforeRun):
+    """wizard.d vanished while the run went on (exit 66). A wizard.d missing when the run
+    starts raises its base, ScriptsDirMissingBeforeRun, before anything is written."""
 
 
 class SystemFilesError(RunFailedError):
     """The system files could not be applied; nothing was left half-written (exit 73)."""
 
 
-class NotAllowedError(RunFailedError):
-    """Insufficient privileges or unsafe permissions on wizard.d (exit 77)."""
+class NotAllowedError(RunFailedError, PrivilegeError):
+    """Unsafe permissions on wizard.d found as the scripts step began (exit 77). Found when
+    the run starts, they raise PrivilegeError before anything is written."""
 
 
 class StoppedError(RunFailedError):
@@ -87,7 +95,7 @@ class StoppedError(RunFailedError):
 # The names the integration guide uses.
 InvalidConfig = ConfigError
 ScriptFailed = ScriptFailedError
-ScriptsDirMissing = ScriptsDirMissingError
+ScriptsDirMissing = ScriptsDirMissingBeforeRun  # catches both: before the run, or during it
 SystemFilesNotApplied = SystemFilesError
 NotAllowed = NotAllowedError
 Interrupted = StoppedError
@@ -104,9 +112,12 @@ __all__ = [
     "NotAllowed",
     "Preview",
     "PrivilegeError",
+    "ResultNotStoredError",
+    "RootError",
     "RunFailed",
     "RunResult",
     "RunStatus",
+    "RunnerIOError",
     "ScriptFailed",
     "ScriptsDirMissing",
     "SpoolError",
@@ -137,8 +148,8 @@ def raise_for_result(result: RunResult) -> RunResult:
         return result
     if result.status is RunStatus.INTERRUPTED:
         raise StoppedError(result)
-    failed = next((s for s in result.scripts if s["status"] in {"failed", "timed_out"}), None)
-    if failed is not None and result.exit_code == 1:
+    failed = result.failed_script
+    if failed is not None and result.exit_code == EXIT_FAILED:
         raise ScriptFailedError(result, failed)
     by_code: dict[int, type[RunFailedError]] = {
         EXIT_NO_INPUT: ScriptsDirMissingError,
@@ -165,10 +176,14 @@ def run(
 ) -> RunResult:
     """Validate and carry out a wizard body; the result is also stored as last-run.json.
 
-    Raises InvalidConfig before anything is written, LockedError when another run is going
-    on, PrivilegeError when not allowed to start. With `check` (the default) a failed run
-    raises the matching RunFailed subclass (ScriptFailed, ScriptsDirMissing, ...) carrying the
-    result; without it, the result is returned whatever its status.
+    Before anything is written it raises InvalidConfig, UsageError (an unknown `start_at`,
+    nothing to `resume`, conflicting options, an unknown `user`), RootError (no etc/ under
+    `root`), ScriptsDirMissing, PrivilegeError (not root, unsafe wizard.d), LockedError
+    (another run is going on) or RunnerIOError (exit 74: the log or the saved body cannot be
+    written). ResultNotStoredError (exit 74, `.result`) when the run ended but its result could
+    not be stored. With `check` (the default) a failed run raises the matching RunFailed
+    subclass (ScriptFailed, SystemFilesNotApplied, Interrupted, ...) carrying the result;
+    without it, the result is returned whatever its status.
     """
     config = validate(body)
     options = RunOptions(
@@ -219,10 +234,16 @@ def dry_run(
     *,
     root: str | os.PathLike[str] = "/",
     handle_system_conf: bool | None = None,
+    run_scripts: bool | None = None,
+    user: str = DEFAULT_USER,
+    start_at: str | None = None,
+    resume: bool = False,
     replace_symlinks: bool = False,
 ) -> Preview:
-    """Show what a run would change, as a unified diff; writes nothing."""
+    """Show what a run would change (a unified diff) and which scripts it would run; writes
+    nothing. Raises what `run` raises before a run starts."""
     options = RunOptions(
-        root=root, handle_system_conf=handle_system_conf, replace_symlinks=replace_symlinks
+        root=root, handle_system_conf=handle_system_conf, run_scripts=run_scripts, user=user,
+        start_at=start_at, resume=resume, replace_symlinks=replace_symlinks,
     )
     return preview(validate(body), options, log=quiet_logger())

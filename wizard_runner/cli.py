@@ -1,4 +1,4 @@
-"""The `wizard-runner` command line: validate, run, list and status."""
+"""The `wizard-runner` command line: validate, run, list, status, submit and serve."""
 
 from __future__ import annotations
 
@@ -7,38 +7,67 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TextIO, cast
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO, cast
 
 from wizard_runner import __version__
 from wizard_runner.defaults import DEFAULT_TIMEOUT, DEFAULT_USER, MAX_CONFIG_BYTES
 from wizard_runner.errors import (
     EXIT_FAILED,
+    EXIT_IO,
     EXIT_NO_RUN,
     EXIT_OK,
     EXIT_PRIVILEGES,
     EXIT_SOFTWARE,
+    EXIT_USAGE,
     ConfigError,
     ConfigUnreadableError,
     PrivilegeError,
+    ResultNotStoredError,
+    RunInterrupted,
+    UsageError,
     WizardRunnerError,
 )
+from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
 from wizard_runner.streams import SafeStream
 
 if TYPE_CHECKING:
     from wizard_runner.config import WizardConfig
-    from wizard_runner.result import RunResult
-    from wizard_runner.runner import RunOptions
-    from wizard_runner.scripts import ScriptOutcome
+    from wizard_runner.result import RunResult, ScriptOutcome
+    from wizard_runner.runner import Preview, RunOptions
 
 # Each command imports what it needs when it runs: `--help` stays fast.
 
 PROG: Final = "wizard-runner"
+#: Events a terminal run does not print as log lines: its progress and summary say them.
+SAID_BY_SUMMARY: Final = frozenset({
+    "script_failed", "script_timed_out", "system_step_failed", "scripts_step_failed",
+    "run_interrupted", "result_not_stored", "network_change_pending",
+})
+
+
+class CommandLineError(UsageError):
+    """The command line itself is wrong; `usage` is the usage of the command it was for."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so that main() decides how to say it (as
+    JSON with --json), with the usage of the command the mistake was made in."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        """Raise the mistake with this (sub)command's usage."""
+        raise CommandLineError(message, self.format_usage())
 
 
 def _add_root(parser: argparse.ArgumentParser) -> None:
@@ -104,21 +133,23 @@ def _add_spool_commands(commands: Any) -> None:
 def _add_run(commands: Any) -> None:
     run = commands.add_parser(
         "run", help="apply a wizard body: the system files, then the scripts",
-        description="Without --config, rerun the body the last run was given (saved without "
-        "its password in /var/lib/wizard-runner/config.json).",
+        description="Without --config, repeat the last run: its body (saved without its "
+        "password in /var/lib/wizard-runner/config.json) with the flags it ran with.",
     )
     run.add_argument("--config", "-c", metavar="FILE|-",
                      help="the wizard body as JSON: a file, or - for standard input")
     _add_root(run)
     run.add_argument("--dry-run", action="store_true",
-                     help="print a unified diff of what would change; write nothing")
+                     help="print a unified diff of what would change and the scripts that "
+                     "would run; write nothing")
     run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     run.add_argument("--system-conf", dest="system_conf", default=None,
                      action=argparse.BooleanOptionalAction,
                      help="write the system files (default: the body's handle_system_conf)")
     run.add_argument("--scripts", dest="scripts", default=None,
                      action=argparse.BooleanOptionalAction,
-                     help="run wizard.d's scripts (default: the body's run_scripts)")
+                     help="run wizard.d's scripts (default: the body's run_scripts; --from "
+                     "and --resume imply it)")
     start = run.add_mutually_exclusive_group()
     start.add_argument("--from", dest="start_at", metavar="NAME",
                        help="start the scripts at NAME (the ones before are not run)")
@@ -138,16 +169,17 @@ def _add_run(commands: Any) -> None:
                      help="on a terminal, show every log event, not only warnings")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     """The argument parser, with one sub-command per job."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Carry out the XiVO wizard on this machine: the system files, then the "
         "scripts of /etc/xivo/wizard.d.",
         epilog="Exit codes: 0 success, 1 failed, 2 usage, 3 no run yet (status), 65 invalid "
-        "config, 66 config or wizard.d missing, 73 system files not applied, 75 another run "
-        "holds the lock, 77 insufficient privileges or unsafe permissions, 130/143 "
-        "interrupted.",
+        "config, 66 config, wizard.d or the root's etc/ missing, 69 no daemon serves the "
+        "spool, 73 system files not applied, 74 the runner's own files (log, state) cannot be "
+        "written, 75 another run holds the lock, 77 insufficient privileges or unsafe "
+        "permissions, 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -168,13 +200,30 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the last run")
     _add_root(status)
     status.add_argument("--json", action="store_true", help="print the stored result as is")
+    parser.commands = dict(commands.choices)
     return parser
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse the command line; a mistake raises CommandLineError with its command's usage."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
 
 
 def read_body(source: str, stdin: TextIO) -> bytes:
     """The raw body from a file or `-` (standard input), read up to just past the size limit."""
     if source == "-":
-        return stdin.buffer.read(MAX_CONFIG_BYTES + 1)
+        buffer = getattr(stdin, "buffer", None)
+        if buffer is None:
+            raise ConfigUnreadableError("--config -: standard input is closed")
+        try:
+            return cast(bytes, buffer.read(MAX_CONFIG_BYTES + 1))
+        except (OSError, ValueError) as error:
+            raise ConfigUnreadableError(f"--config -: cannot read standard input: "
+                                        f"{getattr(error, 'strerror', None) or error}") from error
     try:
         with Path(source).open("rb") as handle:
             return handle.read(MAX_CONFIG_BYTES + 1)
@@ -203,13 +252,13 @@ class TerminalProgress:
 
     def started(self, index: int, total: int, name: str) -> None:
         """Show the script's header, its verdict to follow on the same line."""
-        self.header = f"[{index}/{total}] {name} ..."
+        self.header = f"[{index}/{total}] {printable(name)} ..."
         self.out.write(self.header + " ")
         self.out.flush()
         self.open_line = True
 
     def output(self, name: str, stream: str, line: str) -> None:
-        """Show an output line, indented (stderr marked with `!`)."""
+        """Show an output line (already escaped), indented (stderr marked with `!`)."""
         if self.open_line:
             self.out.write("\n")
             self.open_line = False
@@ -219,7 +268,7 @@ class TerminalProgress:
 
     def finished(self, outcome: ScriptOutcome) -> None:
         """Show the verdict and the duration."""
-        verdict = "ok" if not outcome.failed else f"FAILED: {outcome.reason}"
+        verdict = "ok" if not outcome.failed else f"FAILED: {printable(outcome.reason or '')}"
         duration = f" ({outcome.duration_s:.1f} s)" if outcome.duration_s is not None else ""
         if not self.open_line:
             self.out.write(self.header + " ")
@@ -228,29 +277,67 @@ class TerminalProgress:
         self.open_line = False
 
 
-def _summary(result: RunResult, out: TextIO) -> None:
-    out.write(f"run {result.run_id}: {result.status.value} (exit {result.exit_code})\n")
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def nothing_done(result: RunResult) -> str | None:
+    """Why a run that wrote no file and ran no script did nothing, or None if it did work."""
+    if result.changed:
+        return None
     system = result.system_conf
-    for outcome in system.files:
-        reason = f"  ({outcome.reason})" if outcome.reason else ""
-        out.write(f"  {outcome.path:<26} {outcome.action.value}{reason}\n")
+    if not system.handled:
+        files = "handle_system_conf=false"
+    elif any(f.action.value == "skipped" for f in system.files):
+        files = "no system file changed (see the skipped ones above)"
+    else:
+        files = "every system file was already up to date"
+    if not result.run_scripts:
+        scripts = "run_scripts=false"
+    elif result.scripts:
+        scripts = "no script was run"
+    else:
+        scripts = "wizard.d has no script to run"
+    return f"nothing was done: {files}; {scripts}"
+
+
+def show_run(result: RunResult, out: TextIO, *, title: str = "run", details: bool = False) -> None:
+    """A run as people read it, for `run`'s summary and `status`: its status, flags, each
+    file and script, and what to look at (every name and reason escaped)."""
+    out.write(f"{title} {result.run_id}: {result.status.value} (exit {result.exit_code})\n")
+    if details:
+        out.write(f"  started {result.started_at.isoformat(timespec='seconds')}, "
+                  f"finished {result.finished_at.isoformat(timespec='seconds')}\n")
+    system = result.system_conf
+    out.write(f"  handle_system_conf={_flag(system.handled)} "
+              f"run_scripts={_flag(result.run_scripts)}"
+              + (f" request={result.request_id}" if result.request_id else "") + "\n")
+    for file in system.files:
+        reason = f"  ({printable(file.reason)})" if file.reason else ""
+        out.write(f"  {file.path:<26} {file.action.value}{reason}\n")
     for action in system.actions:
-        detail = f"  ({action.detail})" if action.detail else ""
+        detail = f"  ({printable(action.detail)})" if action.detail else ""
         out.write(f"  action {action.name}: {action.status}{detail}\n")
-    _scripts_table(result.to_dict()["scripts"], out)
+    for script in result.scripts:
+        duration = f"{script.duration_s:.1f} s" if script.duration_s is not None else ""
+        reason = f"  ({printable(script.reason)})" if script.reason else ""
+        out.write(f"  {printable(script.name):<26} {script.status.value:<10} {duration:>8}"
+                  f"{reason}\n")
     if system.backup_dir:
-        out.write(f"backups: {system.backup_dir}\n")
+        out.write(f"backups: {printable(system.backup_dir)}\n")
     for note in system.pending:
-        out.write(f"pending: {note}\n")
+        out.write(f"pending: {printable(note)}\n")
+    failed = result.failed_script
+    if details and failed is not None and failed.output_tail:
+        out.write(f"output of {printable(failed.name)} (last lines):\n")
+        for line in failed.output_tail.splitlines()[-20:]:
+            out.write(f"  | {printable(line)}\n")
+    idle = nothing_done(result)
+    if idle is not None and result.status.value == "succeeded":
+        out.write(f"{idle}\n")
     if result.error:
-        out.write(f"error: {result.error}\n")
-
-
-def _scripts_table(scripts: list[dict[str, Any]], out: TextIO) -> None:
-    for script in scripts:
-        duration = f"{script['duration_s']:.1f} s" if script.get("duration_s") is not None else ""
-        reason = f"  ({script['reason']})" if script.get("reason") else ""
-        out.write(f"  {script['name']:<26} {script['status']:<10} {duration:>8}{reason}\n")
+        out.write("error: " + "\n".join(printable(line) for line in result.error.splitlines())
+                  + "\n")
 
 
 def _validate(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
@@ -258,13 +345,15 @@ def _validate(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO)
         read_config(args.config, stdin)
     except ConfigError as error:
         if args.json:
-            _print_json({"valid": False, "problems": list(error.problems)}, out)
-        raise
+            _print_json({"valid": False, "exit_code": error.exit_code, "error": str(error),
+                         "problems": list(error.problems)}, out)
+        err.write(f"{PROG}: {error}\n")
+        return error.exit_code
     if args.json:
-        _print_json({"valid": True, "problems": []}, out)
+        _print_json({"valid": True, "exit_code": EXIT_OK, "error": None, "problems": []}, out)
     else:
-        out.write(f"{args.config}: valid\n")
-    return 0
+        out.write(f"{printable(args.config)}: valid\n")
+    return EXIT_OK
 
 
 def _options(args: argparse.Namespace, out: TextIO) -> RunOptions:
@@ -281,19 +370,36 @@ def _options(args: argparse.Namespace, out: TextIO) -> RunOptions:
         timeout=args.timeout,
         start_at=args.start_at,
         resume=args.resume,
-        save_config=args.config is not None,
+        save_config=True,
         progress=progress,
     )
 
 
+def show_preview(shown: Preview, out: TextIO) -> None:
+    """A dry run as people read it: the diff, then each script's fate, as `#` lines."""
+    out.write(shown.diff or "# no system file would change\n")
+    if not shown.run_scripts:
+        out.write("# scripts: none would run (run_scripts=false)\n")
+    for script in shown.scripts:
+        reason = f"  ({printable(script.reason)})" if script.reason else ""
+        out.write(f"# script {printable(script.name):<26} {script.action.value}{reason}\n")
+    if not shown.changed:
+        out.write("# nothing would be done\n")
+
+
 def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
     from wizard_runner.log import make_logger
-    from wizard_runner.runner import execute, load_saved_config, preview
+    from wizard_runner.preflight import require_system_tree
+    from wizard_runner.runner import execute, preview
     from wizard_runner.signals import install_stop_handlers
+    from wizard_runner.state import load_saved_config
 
+    install_stop_handlers()
     options = _options(args, out)
     if args.config is None:
-        config = load_saved_config(Layout.under(args.root))
+        layout = Layout.under(args.root)
+        require_system_tree(layout)
+        config = load_saved_config(layout)
     else:
         config = read_config(args.config, stdin)
     style = log_style(args.log_format)
@@ -303,17 +409,27 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
         if args.json:
             _print_json(shown.to_dict(), out)
         else:
-            out.write(shown.diff or "# no system file would change\n")
-        return 0
-    install_stop_handlers()
+            show_preview(shown, out)
+        return EXIT_OK
     quiet = options.progress is not None and not args.verbose
-    result = execute(config, options, stream=err, json_logs=style.json_lines,
-                     journal=style.journal,
-                     stream_level=logging.WARNING if quiet else logging.INFO)
+    try:
+        result = execute(config, options, stream=err, json_logs=style.json_lines,
+                         journal=style.journal,
+                         stream_level=logging.WARNING if quiet else logging.INFO,
+                         stream_skips=SAID_BY_SUMMARY if quiet else frozenset())
+    except ResultNotStoredError as failure:
+        stored = cast("RunResult", failure.result)
+        if args.json:
+            _print_json({**stored.to_dict(), "exit_code": failure.exit_code,
+                         "error": str(failure)}, out)
+        else:
+            show_run(stored, out)
+        err.write(f"{PROG}: {printable(str(failure))}\n")
+        return failure.exit_code
     if args.json:
         out.write(result.to_json())
     else:
-        _summary(result, out)
+        show_run(result, out)
     return result.exit_code
 
 
@@ -370,21 +486,22 @@ def _list(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> 
         _print_json({"directory": str(found.directory), "user": user.name, "entries": rows,
                      "unsafe": problems}, out)
     else:
-        out.write(f"{found.directory} (as {user.name}):\n")
-        for row in rows:
-            reason = f"  {row['reason']}" if row["reason"] else ""
-            out.write(f"  {row['name']:<30} {row['action']:<5}{reason}\n")
+        out.write(f"{printable(str(found.directory))} (as {user.name}):\n")
+        for decision in found.decisions:
+            reason = f"  {printable(decision.reason)}" if decision.reason else ""
+            out.write(f"  {printable(decision.name):<30} {decision.verdict.value:<5}{reason}\n")
         if not rows:
             out.write("  (empty: nothing to run)\n")
         for problem in problems:
-            out.write(f"unsafe: {problem}\n")
+            out.write(f"unsafe: {printable(problem)}\n")
     if problems:
         return EXIT_PRIVILEGES
     return EXIT_FAILED if any(d.verdict is Verdict.FAIL for d in found.decisions) else EXIT_OK
 
 
 def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
-    from wizard_runner.runner import read_last_result
+    from wizard_runner.result import RunStatus
+    from wizard_runner.state import read_last_result
 
     layout = Layout.under(args.root)
     last = read_last_result(layout)
@@ -395,26 +512,10 @@ def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
             out.write(f"no run yet ({layout.last_run} does not exist)\n")
         return EXIT_NO_RUN
     if args.json:
-        _print_json(last, out)
+        out.write(last.to_json())
     else:
-        out.write(f"last run {last.get('run_id')}: {last.get('status')} "
-                  f"(exit {last.get('exit_code')})\n")
-        out.write(f"  started {last.get('started_at')}, finished {last.get('finished_at')}\n")
-        system = last.get("system_conf", {})
-        out.write("system files:" + ("" if system.get("handled") else " not handled") + "\n")
-        for entry in system.get("files", []):
-            reason = f"  ({entry['reason']})" if entry.get("reason") else ""
-            out.write(f"  {entry['path']:<26} {entry['action']}{reason}\n")
-        out.write("scripts:" + ("" if last.get("scripts") else " none run") + "\n")
-        _scripts_table(last.get("scripts", []), out)
-        for script in last.get("scripts", []):
-            if script.get("status") in {"failed", "timed_out"} and script.get("output_tail"):
-                out.write(f"output of {script['name']} (last lines):\n")
-                for line in script["output_tail"].splitlines()[-20:]:
-                    out.write(f"  | {line}\n")
-        if last.get("error"):
-            out.write(f"error: {last['error']}\n")
-    return EXIT_OK if last.get("status") == "succeeded" else EXIT_FAILED
+        show_run(last, out, title="last run", details=True)
+    return EXIT_OK if last.status is RunStatus.SUCCEEDED else EXIT_FAILED
 
 
 Command = Callable[[argparse.Namespace, TextIO, TextIO, TextIO], int]
@@ -428,6 +529,67 @@ _COMMANDS: Final[dict[str, Command]] = {
 }
 
 
+def _error_object(command: str | None, status: str, code: int, message: str,
+                  problems: Sequence[str] = ()) -> dict[str, Any]:
+    data: dict[str, Any] = {"status": status, "exit_code": code, "error": message,
+                            "problems": list(problems)}
+    if command == "validate":
+        data["valid"] = False
+    return data
+
+
+def _where(error: BaseException) -> str:
+    """The innermost place of the code an unexpected error came from: enough to report it."""
+    trace = error.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    if trace is None:
+        return "unknown place"
+    code = trace.tb_frame.f_code
+    return f"{Path(code.co_filename).name}:{trace.tb_lineno} in {code.co_name}"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How a command ended when it did not return: the status word, exit code and message."""
+
+    status: str
+    code: int
+    message: str
+    problems: Sequence[str] = ()
+    usage: str = ""
+
+
+def failure_of(error: BaseException) -> Failure:
+    """Turn whatever stopped a command into one message and a named exit code."""
+    if isinstance(error, CommandLineError):
+        return Failure("error", EXIT_USAGE, str(error), usage=error.usage)
+    if isinstance(error, ConfigError):
+        return Failure("error", error.exit_code, str(error), error.problems)
+    if isinstance(error, WizardRunnerError):
+        return Failure("error", error.exit_code, printable(str(error)))
+    if isinstance(error, KeyboardInterrupt):  # SIGINT before the handlers were installed
+        error = RunInterrupted(signal.SIGINT)
+    if isinstance(error, RunInterrupted):
+        return Failure("interrupted", error.exit_code, f"{error}; nothing was run")
+    if isinstance(error, OSError):  # one not turned into a message where it happened
+        where = printable(str(error.filename or "a file"))
+        return Failure("error", EXIT_IO, f"{where}: {error.strerror or error}")
+    # A bug: say where, without a traceback.
+    return Failure("error", EXIT_SOFTWARE, f"internal error, please report it: "
+                   f"{type(error).__name__}: {error} (at {_where(error)})")
+
+
+class _ClosedInput:
+    """Standard input when the process has none (`<&-`): reading it says so."""
+
+    buffer = None
+
+    def isatty(self) -> bool:
+        """Not a terminal."""
+        return False
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -435,22 +597,23 @@ def main(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
-    """Run the command line and return the exit code."""
-    stdin = stdin or sys.stdin
+    """Run the command line and return the exit code; never raises, never shows a traceback."""
+    stdin = stdin or sys.stdin or cast(TextIO, _ClosedInput())
     # A closed pipe on stdout or stderr must not stop a run from finishing and cleaning up.
     out = cast(TextIO, SafeStream(stdout or sys.stdout))
     err = cast(TextIO, SafeStream(stderr or sys.stderr))
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command: str | None = None
     try:
+        args = parse(arguments)
+        command = args.command
         return _COMMANDS[args.command](args, out, stdin, err)
-    except WizardRunnerError as error:
-        err.write(f"{PROG}: {error}\n")
-        if args.command == "run" and args.json:
-            problems = list(error.problems) if isinstance(error, ConfigError) else []
-            _print_json({"status": "error", "exit_code": error.exit_code, "error": str(error),
-                         "problems": problems}, out)
-        return error.exit_code
-    except Exception:  # last resort: say it is a bug, with the traceback
-        err.write(f"{PROG}: internal error, please report it:\n{traceback.format_exc()}")
-        return EXIT_SOFTWARE
-
+    except SystemExit as done:  # --help and --version
+        return done.code if isinstance(done.code, int) else EXIT_USAGE
+    except BaseException as error:  # the one boundary: every failure is said, once
+        failure = failure_of(error)
+    err.write(f"{failure.usage}{PROG}: {failure.message}\n")
+    if "--json" in arguments:
+        _print_json(_error_object(command, failure.status, failure.code, failure.message,
+                                  failure.problems), out)
+    return failure.code

@@ -53,6 +53,12 @@ class ConfigError(WizardRunnerError):
         super().__init__("\n".join(lines))
 
 
+class RootError(WizardRunnerError):
+    """The --root given is not a system tree (no etc/ under it)."""
+
+    exit_code = EXIT_NO_INPUT
+
+
 class ConfigUnreadableError(WizardRunnerError):
     """The config file (or the saved config) cannot be read."""
 
@@ -69,6 +75,19 @@ class RunnerIOError(WizardRunnerError):
     """The runner's own files (state, log, lock, backups, spool) could not be read or written."""
 
     exit_code = EXIT_IO
+
+
+class StateFileError(RunnerIOError):
+    """A file the runner stored (last-run.json, the saved config) is damaged or unreadable."""
+
+
+class ResultNotStoredError(RunnerIOError):
+    """The run ended but its result could not be stored; `result` is what it would have said
+    and the message says what the run left done (applied or rolled back)."""
+
+    def __init__(self, message: str, result: object) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class LockedError(WizardRunnerError):

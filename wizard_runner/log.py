@@ -16,6 +16,7 @@ from typing import Any, Final, TextIO
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
+from wizard_runner.escape import printable
 from wizard_runner.streams import SafeStream
 
 _SECRET_KEY: Final = re.compile(r"pass(word)?|secret|token", re.IGNORECASE)
@@ -52,16 +53,43 @@ class JsonLinesFile:
         return line if self.renders else event
 
 
-class _DropBelow:
-    """Stop events under a level from reaching the stream (the file has had them already)."""
+class _StreamFilter:
+    """Stop events under a level, or named ones, from reaching the stream (the file has had
+    them already): on a terminal, the run's progress and summary say the rest."""
 
-    def __init__(self, level: int) -> None:
+    def __init__(self, level: int, skipped: frozenset[str]) -> None:
         self.level = level
+        self.skipped = skipped
 
     def __call__(self, _logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
-        if logging.getLevelName(method.upper()) < self.level:
+        if logging.getLevelName(method.upper()) < self.level or event.get("event") in self.skipped:
             raise structlog.DropEvent
         return event
+
+
+#: Fields a person at a terminal does not need on every line.
+_CONSOLE_HIDDEN: Final = frozenset({"timestamp", "run_id"})
+
+
+def _console_value(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return ", ".join(_console_value(item) for item in value) or "[]"
+    text = str(value)
+    lines = text.splitlines()
+    if len(lines) > 1:
+        text = f"{lines[-1]} (last of {len(lines)} lines)"
+    return f'"{text}"' if not text or any(char.isspace() for char in text) else text
+
+
+def console_renderer(_logger: WrappedLogger, method: str, event: EventDict) -> str:
+    """One readable line per event: `warning: leftover_killed pid=412 cmdline="sleep 99"`.
+    Fields without a value are left out, multi-line ones shortened, and every control
+    character escaped, so that what a script printed cannot drive the terminal."""
+    level = str(event.pop("level", method))
+    name = str(event.pop("event", ""))
+    fields = " ".join(f"{key}={_console_value(value)}" for key, value in event.items()
+                      if value is not None and key not in _CONSOLE_HIDDEN)
+    return printable(f"{level}: {name} {fields}".rstrip())
 
 
 def open_log_file(path: Path) -> TextIO:
@@ -106,28 +134,30 @@ def make_logger(
     log_file: TextIO | None = None,
     level: int = logging.INFO,
     stream_level: int | None = None,
+    stream_skips: frozenset[str] = frozenset(),
     journal: bool = False,
     **context: Any,
 ) -> FilteringBoundLogger:
     """A logger writing to `stream` (JSON unless it is a terminal) and, if given, `log_file`.
 
-    `stream_level` keeps `stream` quieter than the file (the CLI's progress view shows the rest).
+    `stream_level` keeps `stream` quieter than the file, and `stream_skips` names events it
+    does not show (the CLI's progress view and summary say them).
     """
     if json_lines is None:
         json_lines = not stream.isatty()
-    filtered = stream_level is not None and stream_level > level
+    filtered = (stream_level is not None and stream_level > level) or bool(stream_skips)
     if json_lines and not journal and not filtered and log_file is not None:
         processors = _common_processors(log_file, renders=True)  # one line, both outputs
     else:
         processors = _common_processors(log_file)
-        if stream_level is not None and filtered:
-            processors.append(_DropBelow(stream_level))
+        if filtered:
+            processors.append(_StreamFilter(stream_level or level, stream_skips))
         processors.append(
             journal_renderer
             if journal
             else structlog.processors.JSONRenderer(default=str)
             if json_lines
-            else structlog.dev.ConsoleRenderer(colors=False)
+            else console_renderer
         )
     logger: FilteringBoundLogger = structlog.wrap_logger(
         structlog.PrintLogger(SafeStream(stream)),  # type: ignore[arg-type]

@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 from collections import deque
 from pathlib import Path
 from typing import BinaryIO, Final
+
+from wizard_runner.escape import OUTPUT, OUTPUT_LINES
 
 MAX_LINE: Final = 16 * 1024
 TAIL_BYTES: Final = 4096
 DEFAULT_CAP: Final = 16 * 1024 * 1024
 
 
-# Control characters (ESC, CR, NUL, ...) would drive the admin's terminal; tab is harmless.
-_CONTROLS: Final = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if code != 0x09}
-# The same for text that holds many lines: their newlines stay.
-_CONTROLS_BUT_NEWLINE: Final = {code: text for code, text in _CONTROLS.items() if code != 0x0A}
-
-
 def shown_line(data: bytes) -> str:
-    """A line as text: UTF-8, invalid bytes and control characters shown escaped (\\xff)."""
-    return data.decode("utf-8", "backslashreplace").translate(_CONTROLS)
+    """A line as text: UTF-8, invalid bytes, control characters and bidirectional overrides
+    shown escaped (\\xff, \\x1b, \\u202e): they would drive the admin's terminal."""
+    return data.decode("utf-8", "backslashreplace").translate(OUTPUT)
 
 
 def shown_lines(lines: list[bytes]) -> str:
     """Many lines as shown_line shows each, joined by newlines, in one pass over the text."""
     text = b"\n".join(lines).decode("utf-8", "backslashreplace")
-    return text.translate(_CONTROLS_BUT_NEWLINE)
+    return text.translate(OUTPUT_LINES)
 
 
 class LineSplitter:
@@ -66,6 +65,21 @@ class LineSplitter:
         return [rest] if rest else []
 
 
+#: File names are at most 255 bytes; a script's log name keeps this much of the script's name.
+_NAME_BYTES: Final = 200
+
+
+def script_log_path(log_dir: Path, script: str) -> Path:
+    """Where one script's full output goes: `<log_dir>/<script>.log`, or for a name too long
+    for a file name, its first bytes and a digest of the whole name."""
+    encoded = script.encode("utf-8", "surrogateescape")
+    if len(encoded) + len(".log") <= 255:
+        return log_dir / f"{script}.log"
+    digest = hashlib.sha256(encoded).hexdigest()[:16]
+    head = encoded[:_NAME_BYTES].decode("utf-8", "ignore")
+    return log_dir / f"{head}...{digest}.log"
+
+
 class OutputRecord:
     """Where one script's lines go: its log file (capped) and a bounded tail.
 
@@ -82,6 +96,7 @@ class OutputRecord:
         self._tail_size = 0
         self._raw = bytearray()
         self._file: BinaryIO | None = None
+        self.error: str | None = None  # why the log file is incomplete, if it is
 
     def add(self, stream: str, line: str) -> bool:
         """Record a line; False once the cap is reached (the caller stops logging lines too)."""
@@ -117,13 +132,25 @@ class OutputRecord:
         return True
 
     def _put(self, data: bytes) -> None:
-        if self.path is None:
+        if self.path is None or self.error is not None:
             return  # kept in memory only
-        if self._file is None:
-            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-            self._file = os.fdopen(os.open(self.path, flags, 0o640), "wb")
-        self._file.write(data)
+        try:
+            if self._file is None:
+                self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+                self._file = os.fdopen(os.open(self.path, flags, 0o640), "wb")
+            self._file.write(data)
+        except OSError as error:
+            # A full disk must not stop the script nor the run: the output still reaches the
+            # main log and the tail; the caller reports the log file as incomplete.
+            self.error = f"{self.path}: {error.strerror}"
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
     def _remember(self, line: str) -> None:
         self._tail.append(line)
@@ -157,7 +184,10 @@ class OutputRecord:
         return data.decode("utf-8", "ignore")  # a cut may split one character
 
     def close(self) -> None:
-        """Flush and close the log file."""
+        """Flush and close the log file (a failure to flush is recorded in `error`)."""
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as error:
+                self.error = self.error or f"{self.path}: {error.strerror}"
             self._file = None

@@ -1,13 +1,18 @@
-"""The run result: what happened to each file (and later each script), as JSON-ready data."""
+"""The run result: what happened to each file and each script, as JSON-ready data and back."""
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
+
+from pydantic import TypeAdapter, ValidationError
+
+from wizard_runner.errors import StateFileError
 
 
 class FileAction(StrEnum):
@@ -25,6 +30,57 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
+
+
+class ScriptStatus(StrEnum):
+    """What became of one entry of wizard.d."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    NOT_RUN = "not_run"
+    SKIPPED = "skipped"
+
+
+#: Statuses of a script that was started (whatever became of it).
+_STARTED: Final = frozenset({ScriptStatus.SUCCEEDED, ScriptStatus.FAILED, ScriptStatus.TIMED_OUT})
+
+
+@dataclass(frozen=True)
+class ScriptOutcome:
+    """One entry of wizard.d in the result."""
+
+    name: str
+    status: ScriptStatus
+    exit_code: int | None = None
+    signal: str | None = None
+    duration_s: float | None = None
+    output_tail: str = ""
+    reason: str | None = None
+    leftovers: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "duration_s": self.duration_s,
+            "output_tail": self.output_tail,
+            "reason": self.reason,
+            "leftovers": list(self.leftovers),
+        }
+
+    @property
+    def failed(self) -> bool:
+        """True for a failure that stops the step."""
+        return self.status in {ScriptStatus.FAILED, ScriptStatus.TIMED_OUT}
+
+    @property
+    def started(self) -> bool:
+        """True when the script was started (it may have failed)."""
+        return self.status in _STARTED
 
 
 @dataclass(frozen=True)
@@ -90,7 +146,7 @@ class RunResult:
     status: RunStatus
     exit_code: int
     system_conf: SystemConfResult
-    scripts: tuple[dict[str, Any], ...] = ()
+    scripts: tuple[ScriptOutcome, ...] = ()
     error: str | None = None
     root: str = "/"
     run_scripts: bool = False  # the effective flag, after the command line's overrides
@@ -108,10 +164,44 @@ class RunResult:
             "root": self.root,
             "handle_system_conf": self.system_conf.handled,
             "run_scripts": self.run_scripts,
+            "changed": self.changed,
             "system_conf": self.system_conf.to_dict(),
-            "scripts": list(self.scripts),
+            "scripts": [outcome.to_dict() for outcome in self.scripts],
             "error": self.error,
         }
+
+    @property
+    def files_written(self) -> tuple[str, ...]:
+        """The system files this run left written (not those it restored)."""
+        return tuple(f.path for f in self.system_conf.files if f.action is FileAction.WRITTEN)
+
+    @property
+    def scripts_started(self) -> tuple[str, ...]:
+        """The scripts this run started, whatever became of them."""
+        return tuple(outcome.name for outcome in self.scripts if outcome.started)
+
+    @property
+    def changed(self) -> bool:
+        """Whether the run did anything: a system file written or a script started."""
+        return bool(self.files_written or self.scripts_started)
+
+    @property
+    def failed_script(self) -> ScriptOutcome | None:
+        """The script that stopped the step, if one did."""
+        return next((outcome for outcome in self.scripts if outcome.failed), None)
+
+    @classmethod
+    def from_dict(cls, data: object, source: str) -> RunResult:
+        """Read a stored result (last-run.json, a daemon's answer) back; a damaged one raises
+        StateFileError naming `source` and every problem."""
+        from wizard_runner.config import problems_of  # noqa: PLC0415 - status and --resume only
+
+        try:
+            return _adapter().validate_python(data)
+        except ValidationError as error:
+            problems = problems_of(error)
+        raise StateFileError(f"{source} is damaged ({'; '.join(problems[:5])}): remove it, "
+                             "or run again to replace it")
 
     def to_json(self) -> str:
         """Pretty JSON text, ending with a newline."""
@@ -126,3 +216,9 @@ def now() -> datetime:
 def new_run_id(at: datetime) -> str:
     """A sortable, unique run id such as `20261125T145428Z-3f9a1c2b`."""
     return f"{at.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
+
+
+@functools.cache
+def _adapter() -> TypeAdapter[RunResult]:
+    # Built on first use: only `status`, `--resume` and the daemon's recovery read results.
+    return TypeAdapter(RunResult)

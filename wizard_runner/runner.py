@@ -1,75 +1,56 @@
-"""One run from start to result: lock, system step (scripts step to come), result file, log."""
+"""One run from start to result: preflight, lock, log, saved body, system step, scripts step,
+result; every failure ends as a WizardRunnerError or in the result, never as a traceback."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from enum import StrEnum
+from typing import TYPE_CHECKING, TextIO
 
 from structlog.typing import FilteringBoundLogger
 
-from wizard_runner.config import WizardConfig, decode_json, saved_config_from_data
-from wizard_runner.defaults import DEFAULT_TIMEOUT
+from wizard_runner.config import WizardConfig
+from wizard_runner.discovery import Verdict
 from wizard_runner.errors import (
     EXIT_FAILED,
     EXIT_OK,
     ApplyError,
-    ConfigUnreadableError,
     PrivilegeError,
+    ResultNotStoredError,
     RunInterrupted,
-    UsageError,
+    RunnerIOError,
     WizardRunnerError,
+    exit_for_signal,
 )
-from wizard_runner.fsio import Ownership, RunLock, atomic_replace, ensure_dir
+from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
 from wizard_runner.log import make_logger, open_log_file, stdlib_logger
+from wizard_runner.preflight import RunOptions, RunPlan, prepare
 from wizard_runner.render import RENDERERS
 from wizard_runner.result import (
     FileAction,
     FileOutcome,
     RunResult,
     RunStatus,
+    ScriptOutcome,
     SystemConfResult,
     new_run_id,
     now,
 )
-from wizard_runner.runuser import DEFAULT_USER, resolve_user
-from wizard_runner.scripts import (
-    Progress,
-    ScriptOutcome,
-    ScriptsOptions,
-    failure_message,
-    run_scripts,
-)
-from wizard_runner.signals import deferred_stop_signals
+from wizard_runner.scripts import ScriptsOptions, failure_message, run_scripts
+from wizard_runner.signals import arm_stops, deferred_stop_signals, interruptible, settle_stops
+from wizard_runner.state import save_config, write_result
 
 if TYPE_CHECKING:
     from wizard_runner.sysconf import FileChange
 
+__all__ = ["PlannedScript", "Preview", "RunOptions", "ScriptAction", "execute", "preview"]
+
 SKIPPED_BY_CONFIG = "handle_system_conf=false"
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run: where (root), overrides of the body's flags, and the scripts step's knobs."""
-
-    root: str | os.PathLike[str] = "/"
-    handle_system_conf: bool | None = None  # None: as the body says
-    run_scripts: bool | None = None  # None: as the body says
-    replace_symlinks: bool = False
-    apply_network: bool = False
-    check_with_tools: bool = True
-    user: str = DEFAULT_USER
-    timeout: float | None = DEFAULT_TIMEOUT  # None: no limit
-    start_at: str | None = None
-    resume: bool = False
-    save_config: bool = True
-    request_id: str | None = None  # the spool request served, recorded in the result
-    progress: Progress | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -82,28 +63,19 @@ class _Progress:
 
 @dataclass(frozen=True)
 class _Run:
-    """One run under way: what it carries out, where, how, and what it has done so far."""
+    """One run under way: what it carries out, how, and what it has done so far."""
 
     config: WizardConfig
     options: RunOptions
-    layout: Layout
+    plan: RunPlan
     run_id: str
     log: FilteringBoundLogger
     progress: _Progress
 
-
-def handles_system_conf(config: WizardConfig, options: RunOptions) -> bool:
-    """Whether this run writes the system files: the option overrides the body's flag."""
-    if options.handle_system_conf is not None:
-        return options.handle_system_conf
-    return config.handle_system_conf
-
-
-def runs_scripts(config: WizardConfig, options: RunOptions) -> bool:
-    """Whether this run runs wizard.d: the option overrides the body's flag."""
-    if options.run_scripts is not None:
-        return options.run_scripts
-    return config.run_scripts
+    @property
+    def layout(self) -> Layout:
+        """Where the run works."""
+        return self.plan.layout
 
 
 def plan_system(
@@ -132,36 +104,41 @@ def _not_written(changes: tuple[FileChange, ...], error: WizardRunnerError) -> S
     return SystemConfResult(True, tuple(files))
 
 
+def _skip_system_step(run: _Run) -> None:
+    skipped = tuple(FileOutcome(path, FileAction.SKIPPED, SKIPPED_BY_CONFIG) for path in RENDERERS)
+    for outcome in skipped:
+        run.log.info("file_skipped", path=outcome.path, reason=SKIPPED_BY_CONFIG)
+    run.progress.system = SystemConfResult(False, skipped)
+
+
 def _system_step(run: _Run) -> None:
+    if not run.plan.handle_system_conf:
+        _skip_system_step(run)
+        return
     config, options, layout, log, progress = (
         run.config, run.options, run.layout, run.log, run.progress
     )
-    run_id = run.run_id
-    if not handles_system_conf(config, options):
-        skipped = tuple(FileOutcome(path, FileAction.SKIPPED, SKIPPED_BY_CONFIG)
-                        for path in RENDERERS)
-        for outcome in skipped:
-            log.info("file_skipped", path=outcome.path, reason=SKIPPED_BY_CONFIG)
-        progress.system = SystemConfResult(False, skipped)
-        return
     # Only a run that writes the files needs these (and their imports' start-up time).
     from wizard_runner.activate import follow_up
     from wizard_runner.sysconf import FilesNotAppliedError, Plan, apply_changes
     from wizard_runner.toolcheck import ToolChecker, check_included_interfaces
 
-    changes = plan_system(config, layout, options)
-    progress.system = _not_written(changes, ApplyError("the step did not finish"))
-    writes = [change for change in changes if change.plan is Plan.WRITE]
+    changes: tuple[FileChange, ...] = ()
+    progress.system = SystemConfResult(True)
     try:
-        # The tool checks can take seconds: a stop request during them ends the run at once,
-        # before any write. Only the replacements themselves hold stop signals back.
-        for change in writes:
-            if change.path == "/etc/network/interfaces":
-                check_included_interfaces(config, layout, change.new or b"")
-        if writes and options.check_with_tools:
-            ToolChecker(config, layout, log)(writes)
+        # Reading and checking (the Debian tools can take seconds) may be cut by a stop at
+        # once: nothing is written yet. The replacements and the live follow-ups may not.
+        with interruptible():
+            changes = plan_system(config, layout, options)
+            progress.system = _not_written(changes, ApplyError("the step did not finish"))
+            writes = [change for change in changes if change.plan is Plan.WRITE]
+            for change in writes:
+                if change.path == "/etc/network/interfaces":
+                    check_included_interfaces(config, layout, change.new or b"")
+            if writes and options.check_with_tools:
+                ToolChecker(config, layout, log)(writes)
         with deferred_stop_signals():
-            applied = apply_changes(layout, run_id, changes, log)
+            applied = apply_changes(layout, run.run_id, changes, log)
             backup = str(applied.backup_dir) if applied.backup_dir else None
             progress.system = SystemConfResult(True, applied.files, backup_dir=backup)
     except FilesNotAppliedError as error:
@@ -180,90 +157,28 @@ def _system_step(run: _Run) -> None:
 
 def _scripts_step(run: _Run) -> ScriptOutcome | None:
     """Run wizard.d when asked to; return the script that failed, if one did."""
-    config, options, layout, log, progress = (
-        run.config, run.options, run.layout, run.log, run.progress
-    )
-    run_id = run.run_id
-    if not runs_scripts(config, options):
+    plan, log, progress = run.plan, run.log, run.progress
+    if not plan.run_scripts or plan.user is None:
         log.info("scripts_step_skipped", reason="run_scripts=false")
         return None
-    start_at = options.start_at
-    if options.resume:
-        start_at = resume_point(layout)
-        log.info("scripts_resumed", start_at=start_at)
+    start = plan.start
+    if start is not None:
+        log.info("scripts_resumed" if start.resumed else "scripts_started_at", start_at=start.name)
     scripts_options = ScriptsOptions(
-        user=resolve_user(options.user),
-        timeout=options.timeout,
-        start_at=start_at,
+        user=plan.user,
+        timeout=run.options.timeout,
+        start_at=start.name if start else None,
+        start_note=start.note if start else None,
     )
 
     def keep(outcomes: list[ScriptOutcome]) -> None:
         progress.scripts = list(outcomes)
 
-    outcomes = run_scripts(config=config, layout=layout, run_id=run_id, options=scripts_options,
-                           log=log, progress=options.progress, record=keep)
+    with interruptible():
+        outcomes = run_scripts(config=run.config, layout=run.layout, run_id=run.run_id,
+                               options=scripts_options, log=log, progress=run.options.progress,
+                               record=keep)
     return next((outcome for outcome in outcomes if outcome.failed), None)
-
-
-def read_last_result(layout: Layout) -> dict[str, Any] | None:
-    """The stored result of the last run, or None when there was none."""
-    try:
-        data = json.loads(layout.last_run.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{layout.last_run}: cannot read the last result: {error}") from error
-    return data if isinstance(data, dict) else None
-
-
-def resume_point(layout: Layout) -> str:
-    """The script that failed in the last run, where --resume starts."""
-    last = read_last_result(layout)
-    if last is None:
-        raise UsageError(f"--resume: no previous run ({layout.last_run} does not exist)")
-    for script in last.get("scripts", []):
-        if script.get("status") in {"failed", "timed_out"}:
-            return str(script["name"])
-    raise UsageError(f"--resume: no script failed in the last run ({last.get('run_id')})")
-
-
-def save_config(layout: Layout, config: WizardConfig) -> None:
-    """Keep the body (without the password) so that a plain `wizard-runner run` can rerun it."""
-    ensure_dir(layout.state_dir, 0o755)
-    data = {"saved_at": now().isoformat(timespec="seconds"), "config": config.public_dict()}
-    owner = Ownership(0o600, os.geteuid(), os.getegid())
-    atomic_replace(layout.saved_config, (json.dumps(data, indent=2) + "\n").encode(), owner)
-
-
-def load_saved_config(layout: Layout) -> WizardConfig:
-    """The config saved by the last run given a body; a clear error when there is none."""
-    try:
-        raw = layout.saved_config.read_bytes()
-    except FileNotFoundError:
-        raise ConfigUnreadableError(
-            f"no saved config at {layout.saved_config}: pass --config FILE (the wizard body)"
-        ) from None
-    except OSError as error:
-        message = f"{layout.saved_config}: cannot read: {error.strerror}"
-        raise ConfigUnreadableError(message) from error
-    data = decode_json(raw, str(layout.saved_config))
-    body = data.get("config") if isinstance(data, dict) else None
-    return saved_config_from_data(body, str(layout.saved_config))
-
-
-def write_result(layout: Layout, result: RunResult) -> None:
-    """Store the result atomically as last-run.json (0644: confd reads it as www-data)."""
-    ensure_dir(layout.state_dir, 0o755)
-    owner = Ownership(0o644, os.geteuid(), os.getegid())
-    atomic_replace(layout.last_run, result.to_json().encode(), owner)
-
-
-def _require_privileges(layout: Layout) -> None:
-    if layout.is_real_root and os.geteuid() != 0:
-        raise PrivilegeError(
-            "wizard-runner writes system files under /: run it as root "
-            "(or pass --root DIR to work on a sandbox tree)"
-        )
 
 
 def execute(
@@ -273,108 +188,215 @@ def execute(
     stream: TextIO | None = None,
     json_logs: bool | None = None,
     stream_level: int | None = None,
+    stream_skips: frozenset[str] = frozenset(),
     logger: logging.Logger | None = None,
     journal: bool = False,
 ) -> RunResult:
     """Carry out the wizard body under the lock and return (and store) the result.
 
-    Raises LockedError or PrivilegeError when the run cannot start; every other failure is
-    reported in the returned result, whose `exit_code` is what the CLI exits with. Events go
-    to `logger` (a standard logging.Logger) when given, else to `stream`, and always to the
-    run's JSON-lines log file.
+    Raises, before anything is written, a usage error (UsageError, RootError, ...),
+    LockedError or PrivilegeError when the run cannot start, and RunnerIOError (exit 74)
+    when its log or saved body cannot be written; ResultNotStoredError (carrying the result)
+    when the result could not be stored. Every other failure is reported in the returned
+    result, whose `exit_code` is what the CLI exits with. Events go to `logger` (a standard
+    logging.Logger) when given, else to `stream`, and always to the run's JSON-lines log.
     """
     options = options or RunOptions()
-    layout = Layout.under(options.root)
-    _require_privileges(layout)
+    plan = prepare(config, options)
+    layout = plan.layout
     with RunLock(layout.lock_file):
-        started = now()
-        run_id = new_run_id(started)
-        if options.save_config:
-            save_config(layout, config)
-        try:
-            log_handle = open_log_file(layout.log_file)
-        except PermissionError as error:
-            raise PrivilegeError(f"{layout.log_file}: cannot open: {error.strerror}") from error
-        with log_handle:
-            if logger is not None:
-                log = stdlib_logger(logger, log_file=log_handle, run_id=run_id)
-            else:
-                log = make_logger(stream or sys.stderr, json_lines=json_logs,
-                                  log_file=log_handle, stream_level=stream_level,
-                                  journal=journal, run_id=run_id)
-            return _run_locked(config=config, options=options, layout=layout, run_id=run_id,
-                               started=started, log=log)
+        arm_stops()
+        # The run's bookkeeping holds stops back: a stop lands where the run can record it.
+        with deferred_stop_signals(foreign=False):
+            started = now()
+            run_id = new_run_id(started)
+            try:
+                log_handle = open_log_file(layout.log_file)
+            except PermissionError as error:
+                raise PrivilegeError(f"{layout.log_file}: cannot open the log: "
+                                     f"{error.strerror}") from error
+            except OSError as error:
+                raise RunnerIOError(f"{layout.log_file}: the run's log could not be written: "
+                                    f"{error.strerror}") from error
+            with log_handle:
+                if logger is not None:
+                    log = stdlib_logger(logger, log_file=log_handle, run_id=run_id)
+                else:
+                    log = make_logger(stream or sys.stderr, json_lines=json_logs,
+                                      log_file=log_handle, stream_level=stream_level,
+                                      stream_skips=stream_skips, journal=journal,
+                                      run_id=run_id)
+                if options.save_config:
+                    try:
+                        save_config(layout, plan.config_as_run(config))
+                    except WizardRunnerError as error:
+                        log.error("run_not_started", error=str(error))
+                        settle_stops()
+                        raise
+                run = _Run(config, options, plan, run_id, log, _Progress())
+                return _run_locked(run, started)
 
 
-def _run_locked(
-    *,
-    config: WizardConfig,
-    options: RunOptions,
-    layout: Layout,
-    run_id: str,
-    started: datetime,
-    log: FilteringBoundLogger,
-) -> RunResult:
-    log.info(
-        "run_started",
-        root=str(layout.root),
-        handle_system_conf=handles_system_conf(config, options),
-        run_scripts=runs_scripts(config, options),
-        pid=os.getpid(),
-    )
-    progress = _Progress()
-    status, exit_code, error = RunStatus.SUCCEEDED, EXIT_OK, None
+def _outcome(run: _Run) -> tuple[RunStatus, int, str | None]:
+    """Run both steps; how the run ended: its status, exit code and error."""
     step = "system_step"
-    run = _Run(config, options, layout, run_id, log, progress)
     try:
         _system_step(run)
         step = "scripts_step"
         failed = _scripts_step(run)
-        if failed is not None:
-            status, exit_code, error = RunStatus.FAILED, EXIT_FAILED, failure_message(failed)
     except WizardRunnerError as failure:
-        status, exit_code, error = RunStatus.FAILED, failure.exit_code, str(failure)
-        log.error(f"{step}_failed", error=error, exit_code=exit_code)
+        run.log.error(f"{step}_failed", error=str(failure), exit_code=failure.exit_code)
+        return RunStatus.FAILED, failure.exit_code, str(failure)
     except RunInterrupted as stop:
-        status, exit_code, error = RunStatus.INTERRUPTED, stop.exit_code, str(stop)
-        log.warning("run_interrupted", signal=stop.signum, step=step)
+        run.log.warning("run_interrupted", signal=stop.signum, step=step)
+        return RunStatus.INTERRUPTED, stop.exit_code, str(stop)
+    except OSError as error:  # one not turned into a message where it happened: still named
+        message = f"{error.filename or step}: {error.strerror or error}"
+        run.log.error(f"{step}_failed", error=message, exit_code=RunnerIOError.exit_code)
+        return RunStatus.FAILED, RunnerIOError.exit_code, message
+    if failed is not None:
+        return RunStatus.FAILED, EXIT_FAILED, failure_message(failed)
+    return RunStatus.SUCCEEDED, EXIT_OK, None
+
+
+def _run_locked(run: _Run, started: datetime) -> RunResult:
+    plan, log = run.plan, run.log
+    log.info("run_started", root=str(plan.layout.root),
+             handle_system_conf=plan.handle_system_conf, run_scripts=plan.run_scripts,
+             start_at=plan.start.name if plan.start else None, pid=os.getpid())
+    status, exit_code, error = _outcome(run)
+    held = settle_stops()  # from here on the outcome stands: later stops are ignored
+    if held is not None and status is RunStatus.SUCCEEDED:
+        status, exit_code = RunStatus.INTERRUPTED, exit_for_signal(held)
+        error = f"{RunInterrupted(held)}, after every step of the run had completed"
+        log.warning("run_interrupted", signal=held, step="finishing")
     result = RunResult(
-        run_id=run_id,
+        run_id=run.run_id,
         started_at=started,
         finished_at=now(),
         status=status,
         exit_code=exit_code,
-        system_conf=progress.system or SystemConfResult(handles_system_conf(config, options)),
-        scripts=tuple(outcome.to_dict() for outcome in progress.scripts),
+        system_conf=run.progress.system or SystemConfResult(plan.handle_system_conf),
+        scripts=tuple(run.progress.scripts),
         error=error,
-        root=str(layout.root),
-        run_scripts=runs_scripts(config, options),
-        request_id=options.request_id,
+        root=str(plan.layout.root),
+        run_scripts=plan.run_scripts,
+        request_id=run.options.request_id,
     )
-    write_result(layout, result)
+    try:
+        write_result(plan.layout, result)
+    except WizardRunnerError as failure:
+        message = f"{failure}; {what_was_done(result)}"
+        log.error("result_not_stored", error=message)
+        raise ResultNotStoredError(message, result) from failure
     log.info("run_finished", status=status.value, exit_code=exit_code,
-             result=str(layout.last_run))
+             result=str(plan.layout.last_run))
     return result
+
+
+def what_was_done(result: RunResult) -> str:
+    """One sentence on the state a run left the machine in (for errors after the fact)."""
+    system = result.system_conf
+    restored = [f.path for f in system.files if f.action is FileAction.RESTORED]
+    if not system.handled:
+        files = "no system file was touched (handle_system_conf=false)"
+    elif restored:
+        files = f"the system files were rolled back ({', '.join(restored)} restored)"
+    elif result.files_written:
+        files = (f"the system files were applied ({len(result.files_written)} written: "
+                 f"{', '.join(result.files_written)})")
+    else:
+        files = "no system file changed"
+    started = result.scripts_started
+    failed = result.failed_script
+    if failed is not None:
+        scripts = f"script {failed.name} {failed.status.value}"
+    elif started:
+        scripts = f"{len(started)} script(s) ran: {', '.join(started)}"
+    else:
+        scripts = "no script ran"
+    return f"the run {result.status.value}: {files}; {scripts}"
+
+
+class ScriptAction(StrEnum):
+    """What a run would do with one entry of wizard.d."""
+
+    RUN = "run"
+    SKIP = "skip"
+    FAIL = "fail"
+    NOT_RUN = "not_run"
+
+
+@dataclass(frozen=True)
+class PlannedScript:
+    """One entry of wizard.d in a dry run: what the run would do with it, and why."""
+
+    name: str
+    action: ScriptAction
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {"name": self.name, "action": self.action.value, "reason": self.reason}
 
 
 @dataclass(frozen=True)
 class Preview:
-    """A dry run: the planned changes and their unified diff; nothing was written."""
+    """A dry run: the planned changes, their unified diff and the scripts' fate; nothing was
+    written."""
 
     changes: tuple[FileChange, ...]
     diff: str
     handled: bool
+    run_scripts: bool = False
+    scripts: tuple[PlannedScript, ...] = ()
+    files_to_write: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        """Whether the run would do anything: write a file or run a script."""
+        return bool(self.files_to_write) or any(
+            script.action is ScriptAction.RUN for script in self.scripts)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
         return {
             "dry_run": True,
             "handle_system_conf": self.handled,
+            "run_scripts": self.run_scripts,
+            "changed": self.changed,
             "files": [
                 {"path": c.path, "plan": c.plan.value, "reason": c.reason} for c in self.changes
             ],
             "diff": self.diff,
+            "scripts": [script.to_dict() for script in self.scripts],
         }
+
+
+def scripts_preview(plan: RunPlan) -> tuple[PlannedScript, ...]:
+    """What the scripts step would do with each entry of wizard.d: run, skip (and why), fail
+    at its place, or not run (before the start point, or after a failure)."""
+    if plan.scripts is None:
+        return ()
+    rows: list[PlannedScript] = []
+    reached = plan.start is None
+    failing: str | None = None
+    for decision in plan.scripts.decisions:
+        if plan.start is not None and decision.name == plan.start.name:
+            reached = True
+        if decision.verdict is Verdict.SKIP:
+            rows.append(PlannedScript(decision.name, ScriptAction.SKIP, decision.reason))
+        elif not reached and plan.start is not None:
+            rows.append(PlannedScript(decision.name, ScriptAction.NOT_RUN, plan.start.note))
+        elif failing is not None:
+            rows.append(PlannedScript(decision.name, ScriptAction.NOT_RUN,
+                                      f"not run: {failing} would fail"))
+        elif decision.verdict is Verdict.FAIL:
+            rows.append(PlannedScript(decision.name, ScriptAction.FAIL, decision.reason))
+            failing = decision.name
+        else:
+            rows.append(PlannedScript(decision.name, ScriptAction.RUN))
+    return tuple(rows)
 
 
 def preview(
@@ -383,18 +405,25 @@ def preview(
     *,
     log: FilteringBoundLogger | None = None,
 ) -> Preview:
-    """Plan (and tool-check) the system step without writing anything, not even the result."""
+    """Plan (and tool-check) the system step and list the scripts without writing anything,
+    not even the result; the same usage checks as a run."""
     from wizard_runner.sysconf import Plan, unified_diff
-    from wizard_runner.toolcheck import ToolChecker
+    from wizard_runner.toolcheck import ToolChecker, check_included_interfaces
 
     options = options or RunOptions()
-    layout = Layout.under(options.root)
+    plan = prepare(config, options)
+    layout = plan.layout
     log = log or make_logger(sys.stderr)
-    if not handles_system_conf(config, options):
-        return Preview((), f"# {SKIPPED_BY_CONFIG}: no system file would be touched\n", False)
+    scripts = scripts_preview(plan)
+    if not plan.handle_system_conf:
+        return Preview((), f"# {SKIPPED_BY_CONFIG}: no system file would be touched\n", False,
+                       plan.run_scripts, scripts)
     changes = plan_system(config, layout, options)
     writes = [change for change in changes if change.plan is Plan.WRITE]
+    for change in writes:
+        if change.path == "/etc/network/interfaces":
+            check_included_interfaces(config, layout, change.new or b"")
     if writes and options.check_with_tools:
         ToolChecker(config, layout, log)(writes)
-    return Preview(changes, unified_diff(changes), True)
-
+    return Preview(changes, unified_diff(changes), True, plan.run_scripts, scripts,
+                   tuple(change.path for change in writes))

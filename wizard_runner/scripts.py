@@ -10,7 +10,6 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -21,8 +20,15 @@ from wizard_runner.defaults import DEFAULT_TIMEOUT
 from wizard_runner.discovery import Decision, Verdict, check_safe, scan
 from wizard_runner.errors import RunInterrupted, UsageError
 from wizard_runner.layout import Layout
-from wizard_runner.output import DEFAULT_CAP, LineSplitter, OutputRecord, shown_line
+from wizard_runner.output import (
+    DEFAULT_CAP,
+    LineSplitter,
+    OutputRecord,
+    script_log_path,
+    shown_line,
+)
 from wizard_runner.procs import GRACE, descendants, signal_group, stop_all, wait_group_gone
+from wizard_runner.result import ScriptOutcome, ScriptStatus
 from wizard_runner.runuser import RunUser, require_switch_allowed
 from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals, stop_pending
 from wizard_runner.spawner import Spawned, Spawner, SpawnerError, Switch
@@ -56,48 +62,6 @@ _READ_SIZE: Final = PIPE_SIZE
 BULK_PAUSE: Final = 0.0002
 
 
-class ScriptStatus(StrEnum):
-    """What became of one script."""
-
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    NOT_RUN = "not_run"
-    SKIPPED = "skipped"
-
-
-@dataclass(frozen=True)
-class ScriptOutcome:
-    """One entry of wizard.d in the result."""
-
-    name: str
-    status: ScriptStatus
-    exit_code: int | None = None
-    signal: str | None = None
-    duration_s: float | None = None
-    output_tail: str = ""
-    reason: str | None = None
-    leftovers: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "name": self.name,
-            "status": self.status.value,
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "duration_s": self.duration_s,
-            "output_tail": self.output_tail,
-            "reason": self.reason,
-            "leftovers": list(self.leftovers),
-        }
-
-    @property
-    def failed(self) -> bool:
-        """True for a failure that stops the step."""
-        return self.status in {ScriptStatus.FAILED, ScriptStatus.TIMED_OUT}
-
-
 @dataclass(frozen=True)
 class ScriptsOptions:
     """How the scripts step runs."""
@@ -105,6 +69,7 @@ class ScriptsOptions:
     user: RunUser
     timeout: float | None = DEFAULT_TIMEOUT  # None: no limit
     start_at: str | None = None
+    start_note: str | None = None  # why the scripts before start_at do not run
     output_cap: int = DEFAULT_CAP
     grace: float = GRACE
 
@@ -210,17 +175,20 @@ class ScriptRunner:
         self.log_dir = log_dir
         self.progress = progress
 
+    def _record(self, name: str) -> OutputRecord:
+        path = script_log_path(self.log_dir, name) if self.log_dir else None
+        return OutputRecord(path, self.options.output_cap)
+
     def run(self, path: Path, name: str) -> ScriptOutcome:
         """Run one script to its end (or its timeout) and describe what happened."""
         log = self.log.bind(script=name)
-        record = OutputRecord(self.log_dir / f"{name}.log" if self.log_dir else None,
-                              self.options.output_cap)
+        record = self._record(name)
         started = time.monotonic()
         try:
             child = self.spawner.next_script()
         except (OSError, SpawnerError) as error:
             log.info("script_started", path=str(path), user=self.options.user.name)
-            record.close()
+            _close(record, log)
             reason = _cannot_start(error)
             log.error("script_failed", reason=reason)
             self.finished = ScriptOutcome(name, ScriptStatus.FAILED, reason=reason,
@@ -239,7 +207,7 @@ class ScriptRunner:
         except SpawnerError as error:
             # The helper is gone: the script must not outlive it unnoticed.
             signal_group(child.pid, signal.SIGKILL)
-            record.close()
+            _close(record, log)
             log.error("script_failed", reason=str(error))
             self.finished = _broken(name, child, record, watch, error)
             return self.finished
@@ -250,7 +218,7 @@ class ScriptRunner:
         outcome: ScriptOutcome | None = None
         try:
             with deferred_stop_signals(foreign=False):
-                watch.record.close()
+                _close(watch.record, log)
                 try:
                     leftovers = self._clean_up(watch, log)
                     outcome = self._outcome(name, watch, leftovers, log)
@@ -285,7 +253,7 @@ class ScriptRunner:
                 self.spawner.done_with(watch.child, go_on=False)
             except SpawnerError:
                 leftovers = tuple(watch.leftovers)
-            watch.record.close()
+            _close(watch.record, log)
         if ended:
             return self._outcome(name, watch, leftovers, log)
         return ScriptOutcome(
@@ -316,12 +284,11 @@ class ScriptRunner:
     def _ran_ahead(self, child: Spawned, why: str) -> dict[str, ScriptOutcome]:
         """One script run past the runner: its output so far, and how it ended."""
         name = Path(self.spawner.paths[child.index]).name
-        record = OutputRecord(self.log_dir / f"{name}.log" if self.log_dir else None,
-                              self.options.output_cap)
+        record = self._record(name)
         for stream, fd in (("stdout", child.stdout), ("stderr", child.stderr)):
             record.add_lines(stream, _whatever_is_left(fd))
         child.close_pipes()
-        record.close()
+        _close(record, self.log.bind(script=name))
         code = child.returncode
         if code == 0:
             outcome = ScriptOutcome(name, ScriptStatus.SUCCEEDED, 0, None, _duration(child),
@@ -446,7 +413,7 @@ class ScriptRunner:
             else:
                 watch.truncation_logged = True
                 log.warning("script_output_not_logged", after_bytes=EVENT_CAP,
-                            full_output=str(self.log_dir / f"{name}.log") if self.log_dir
+                            full_output=str(script_log_path(self.log_dir, name)) if self.log_dir
                             else None)
                 if self.progress is not None:
                     self.progress.output(name, "stderr", "[more output: see the script's log]")
@@ -522,6 +489,14 @@ def _broken(name: str, child: Spawned, record: OutputRecord, watch: _Watch,
     return ScriptOutcome(name, ScriptStatus.FAILED, code if code and code > 0 else None,
                          _signal_name(code or 0), _duration(child), record.tail, str(error),
                          tuple(watch.leftovers))
+
+
+def _close(record: OutputRecord, log: FilteringBoundLogger) -> None:
+    """Close a script's log file; say so when it could not be written whole (a full disk)."""
+    record.close()
+    if record.error is not None:
+        log.warning("script_log_incomplete", error=record.error,
+                    reason="the output is in this log (first MiB) and output_tail only")
 
 
 def _whatever_is_left(fd: int, limit: int = DEFAULT_CAP) -> list[bytes]:
@@ -654,7 +629,7 @@ def _skipped(decision: Decision) -> ScriptOutcome:
 
 def _before_start(decision: Decision, options: ScriptsOptions) -> ScriptOutcome:
     return ScriptOutcome(decision.name, ScriptStatus.NOT_RUN,
-                         reason=f"before --from {options.start_at}")
+                         reason=options.start_note or f"before --from {options.start_at}")
 
 
 def _interrupted(  # noqa: PLR0917 - the step's whole state, to rebuild its outcomes

@@ -1,4 +1,13 @@
-"""Signal handling: SIGTERM/SIGINT become a recorded stop, deferred during critical sections."""
+"""Stop signals: SIGTERM, SIGINT and SIGHUP become one recorded stop, acted on where it is safe.
+
+A process has one stop. With wizard-runner's handlers installed (the CLI does it on its first
+line, the daemon installs its own), the first stop signal raises RunInterrupted at once where
+that is safe, and is held back in a deferred section (a run's bookkeeping, the file
+replacements, the live follow-ups) until the section ends, an interruptible part of the run
+starts, or the run settles its outcome. After one stop has been raised, or once the outcome is
+settled (the result is about to be written), further stop signals are ignored: nothing can cut
+the clean-up short, and a written result is never contradicted.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +23,55 @@ from wizard_runner.errors import RunInterrupted
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-class _Deferral:
-    """How many deferred sections are open, and the stop requests that arrived meanwhile."""
+class _Stops:
+    """The process's stop: how many deferred sections are open, the request held back, and
+    whether the stop is over (raised once already, or the outcome settled)."""
 
     depth = 0
-    pending: list[int] = []  # noqa: RUF012 - one process-wide list, on purpose
+    pending: int | None = None
+    over = False
+
+
+def _reset() -> None:
+    _Stops.depth, _Stops.pending, _Stops.over = 0, None, False
+
+
+def arm_stops() -> None:
+    """A run begins (the daemon serves many): a stop from now on is this run's."""
+    if _handlers_defer():
+        _reset()
+
+
+def _raise(signum: int) -> None:
+    _Stops.over = True
+    _Stops.pending = None
+    raise RunInterrupted(signum)
 
 
 def request_stop(signum: int) -> None:
-    """What a stop handler does: raise RunInterrupted, or keep it for the end of a deferred
-    section. Handlers built on it are marked `defers_stops` so that a deferral costs a counter,
-    not four handler swaps (deferred sections wrap every message from the script helper)."""
-    if _Deferral.depth:
-        _Deferral.pending.append(signum)
+    """What a stop handler does: raise RunInterrupted, or hold it for the end of a deferred
+    section; nothing once the stop is over. Handlers built on it are marked `defers_stops`."""
+    if _Stops.over:
         return
-    raise RunInterrupted(signum)
+    if _Stops.depth:
+        if _Stops.pending is None:
+            _Stops.pending = signum
+        return
+    _raise(signum)
 
 
 def stop_pending() -> bool:
     """Whether a stop request is being held back by a deferred section right now."""
-    return bool(_Deferral.pending)
+    return _Stops.pending is not None
+
+
+def settle_stops() -> int | None:
+    """The run's outcome is decided: later stop signals are ignored. Returns the stop that was
+    held back until now (its result must say interrupted), or None."""
+    held = _Stops.pending
+    _Stops.over = True
+    _Stops.pending = None
+    return held
 
 
 def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
@@ -44,7 +82,9 @@ _raise_interrupted.defers_stops = True  # type: ignore[attr-defined]
 
 
 def install_stop_handlers() -> None:
-    """Turn SIGTERM and SIGINT into RunInterrupted (the CLI does this; the API does not)."""
+    """Turn SIGTERM, SIGINT and SIGHUP into RunInterrupted (the CLI does this; the API does
+    not). Starts a fresh stop: nothing held, nothing over."""
+    _reset()
     for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_interrupted)
 
@@ -63,25 +103,22 @@ def _swappable() -> bool:
 
 @contextmanager
 def deferred_stop_signals(*, foreign: bool = True) -> Iterator[None]:
-    """Hold SIGTERM/SIGINT back while the block runs, then deliver them to the usual handler.
+    """Hold stop signals back while the block runs, then deliver them to the usual handler.
 
-    Used around the file replacements so that a stop request never lands between two renames,
-    and around each message from the script helper so that none is lost. With wizard-runner's
-    own handlers this is a counter; with others (or none) the handlers are swapped for the
+    With wizard-runner's own handlers this is a counter, and a request held back is raised
+    when the outermost section ends. With others (or none) the handlers are swapped for the
     block, which only the main thread can do: elsewhere the block runs unguarded. With
     `foreign=False` other handlers are left alone (hot paths, where swapping would cost more
-    than what it guards: an embedding application's own handler interrupting a wait).
+    than what it guards, and a whole run, which an embedding application may stop as it likes).
     """
     if _handlers_defer():
-        _Deferral.depth += 1
+        _Stops.depth += 1
         try:
             yield
         finally:
-            _Deferral.depth -= 1  # first: a signal from here on raises by itself
-            if not _Deferral.depth and _Deferral.pending:
-                signum = _Deferral.pending[0]
-                _Deferral.pending.clear()
-                raise RunInterrupted(signum)
+            _Stops.depth -= 1
+            if not _Stops.depth and _Stops.pending is not None and not _Stops.over:
+                _raise(_Stops.pending)
         return
     if not foreign or not _swappable():
         yield
@@ -102,8 +139,24 @@ def deferred_stop_signals(*, foreign: bool = True) -> Iterator[None]:
 
 
 @contextmanager
+def interruptible() -> Iterator[None]:
+    """Inside deferred sections, a part of the run a stop may cut at once (checking files with
+    the Debian tools, the scripts step): a request held back so far is raised on entry."""
+    if not _handlers_defer():
+        yield
+        return
+    depth, _Stops.depth = _Stops.depth, 0
+    try:
+        if _Stops.pending is not None and not _Stops.over:
+            _raise(_Stops.pending)
+        yield
+    finally:
+        _Stops.depth = depth
+
+
+@contextmanager
 def ignored_stop_signals() -> Iterator[None]:
-    """Drop SIGTERM/SIGINT while the block runs: used while already stopping, so that a second
+    """Drop stop signals while the block runs: used while already stopping, so that a second
     Ctrl-C cannot cut the clean-up of the first one short."""
     if not _swappable():
         yield

@@ -1,0 +1,108 @@
+"""What the runner keeps between runs: the saved body (for reruns) and the last run's result.
+
+    <root>/var/lib/wizard-runner/config.json    0600  the last body run, without its password,
+                                                      with the flags the run really used
+    <root>/var/lib/wizard-runner/last-run.json  0644  the last run's result (confd reads it)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from wizard_runner.config import WizardConfig, decode_json, saved_config_from_data
+from wizard_runner.errors import (
+    ConfigError,
+    ConfigUnreadableError,
+    PrivilegeError,
+    RunnerIOError,
+    StateFileError,
+    UsageError,
+)
+from wizard_runner.fsio import Ownership, atomic_replace, ensure_dir
+from wizard_runner.layout import Layout
+from wizard_runner.result import RunResult, RunStatus, now
+
+
+def _store(layout: Layout, path: Path, data: bytes, mode: int, what: str) -> None:
+    """Replace one of the runner's state files; any failure names the file and the reason."""
+    try:
+        ensure_dir(layout.state_dir, 0o755)
+        atomic_replace(path, data, Ownership(mode, os.geteuid(), os.getegid()))
+    except PrivilegeError:
+        raise
+    except OSError as error:
+        raise RunnerIOError(f"{path}: cannot store {what}: {error.strerror}") from error
+
+
+def save_config(layout: Layout, config: WizardConfig) -> None:
+    """Keep the body (without the password, with the flags as run) so that a plain
+    `wizard-runner run` repeats what this run did."""
+    data = {"saved_at": now().isoformat(timespec="seconds"), "config": config.public_dict()}
+    _store(layout, layout.saved_config, (json.dumps(data, indent=2) + "\n").encode(), 0o600,
+           "the body for reruns")
+
+
+def load_saved_config(layout: Layout) -> WizardConfig:
+    """The body saved by the last run; a clear error when there is none or it is damaged."""
+    path = layout.saved_config
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigUnreadableError(
+            f"no saved config at {path}: pass --config FILE (the wizard body)"
+        ) from None
+    except OSError as error:
+        raise ConfigUnreadableError(f"{path}: cannot read: {error.strerror}") from error
+    try:
+        data = decode_json(raw, str(path))
+    except ConfigError as error:
+        raise StateFileError(f"{path} is damaged ({'; '.join(error.problems)}): pass "
+                             "--config FILE to run a body, which saves it again") from None
+    body = data.get("config") if isinstance(data, dict) else None
+    if not isinstance(body, dict):
+        raise StateFileError(f"{path} is damaged (no \"config\" object): pass --config FILE "
+                             "to run a body, which saves it again")
+    return saved_config_from_data(body, str(path))
+
+
+def read_last_result(layout: Layout) -> RunResult | None:
+    """The stored result of the last run, or None when there was none."""
+    path = layout.last_run
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise StateFileError(f"{path}: cannot read the last result: {error.strerror}") from error
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise StateFileError(f"{path} is damaged (not JSON: {error}): remove it, or run "
+                             "again to replace it") from None
+    return RunResult.from_dict(data, str(path))
+
+
+def write_result(layout: Layout, result: RunResult) -> None:
+    """Store the result atomically as last-run.json (0644: confd reads it as www-data)."""
+    _store(layout, layout.last_run, result.to_json().encode(), 0o644, "the run's result")
+
+
+def resume_point(layout: Layout) -> str:
+    """The script that failed in the last run, where --resume starts."""
+    last = read_last_result(layout)
+    if last is None:
+        raise UsageError(f"--resume: nothing to resume: there is no previous run "
+                         f"({layout.last_run} does not exist)")
+    failed = last.failed_script
+    if failed is not None:
+        return failed.name
+    if last.status is RunStatus.SUCCEEDED:
+        why = "succeeded"
+    elif last.status is RunStatus.INTERRUPTED:
+        why = "was interrupted before any script failed"
+    else:
+        why = f"failed before a script did ({last.error})"
+    raise UsageError(f"--resume: nothing to resume: the last run ({last.run_id}) {why}; "
+                     "run `wizard-runner run` to run it all again")
