@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wizard_runner.config import (
     LANGUAGES,
     WizardConfig,
     config_from_data,
     decode_json,
+    inet_aton_address,
     parse_config,
     vlan_raw_device,
 )
@@ -226,6 +231,105 @@ def test_rule(body: dict[str, Any], path: str, value: object, expected: str | No
     assert any(expected in line for line in found), found
     field = path.split(".", maxsplit=1)[0]
     assert all(line.split(":")[0].startswith(field) for line in found), found
+
+
+def as_address(host: str, value: str, address: str) -> str:
+    """The problem line for a name the resolver reads as `address`."""
+    return f'network.{host}: "{value}" reads as an IPv4 address ({address}), not as a name'
+
+
+NUMERIC_NAMES = [
+    # network.hostname: every form inet_aton reads as an address, and all digits
+    pytest.param({"hostname": "123"}, [as_address("hostname", "123", "0.0.0.123")],
+                 id="hostname-decimal"),
+    pytest.param({"hostname": "0"}, [as_address("hostname", "0", "0.0.0.0")], id="hostname-zero"),
+    pytest.param({"hostname": "017"}, [as_address("hostname", "017", "0.0.0.15")],
+                 id="hostname-octal"),
+    pytest.param({"hostname": "0x1f"}, [as_address("hostname", "0x1f", "0.0.0.31")],
+                 id="hostname-hex"),
+    pytest.param({"hostname": "0X1F"}, [as_address("hostname", "0X1F", "0.0.0.31")],
+                 id="hostname-hex-upper"),
+    pytest.param({"hostname": "0x00000000001"},
+                 [as_address("hostname", "0x00000000001", "0.0.0.1")], id="hostname-hex-padded"),
+    pytest.param({"hostname": "4294967295"},
+                 [as_address("hostname", "4294967295", "255.255.255.255")], id="hostname-max"),
+    pytest.param({"hostname": "08"},
+                 ['network.hostname: "08" is all digits, which reads as an address, not a name'],
+                 id="hostname-digits-not-octal"),
+    pytest.param({"hostname": "4294967296"},
+                 ['network.hostname: "4294967296" is all digits, which reads as an address, '
+                  "not a name"], id="hostname-digits-over-32-bits"),
+    pytest.param({"hostname": "0x"}, [], id="hostname-bare-0x"),
+    pytest.param({"hostname": "0xg1"}, [], id="hostname-not-hex"),
+    pytest.param({"hostname": "0x100000000"}, [], id="hostname-hex-over-32-bits"),
+    pytest.param({"hostname": "1pbx"}, [], id="hostname-leading-digit"),
+    pytest.param({"hostname": "123-4"}, [], id="hostname-digits-and-hyphen"),
+    # network.domain: inet_aton's shorthand forms, and the all-numeric last label
+    pytest.param({"domain": "1.2"}, [as_address("domain", "1.2", "1.0.0.2")], id="domain-a.b"),
+    pytest.param({"domain": "1.2.3"}, [as_address("domain", "1.2.3", "1.2.0.3")],
+                 id="domain-a.b.c"),
+    pytest.param({"domain": "10.0.0.1"}, [as_address("domain", "10.0.0.1", "10.0.0.1")],
+                 id="domain-dotted-quad"),
+    pytest.param({"domain": "017"}, [as_address("domain", "017", "0.0.0.15")], id="domain-octal"),
+    pytest.param({"domain": "1.0x1f"}, [as_address("domain", "1.0x1f", "1.0.0.31")],
+                 id="domain-hex-last-label"),
+    pytest.param({"domain": "0X7F.0.0.1"}, [as_address("domain", "0X7F.0.0.1", "127.0.0.1")],
+                 id="domain-hex-first-label"),
+    pytest.param({"domain": "1.2.3.4.5"},
+                 ['network.domain: "1.2.3.4.5" ends in an all-numeric label, which reads as an '
+                  "address"], id="domain-five-numbers"),
+    pytest.param({"domain": "acme.08"},
+                 ['network.domain: "acme.08" ends in an all-numeric label, which reads as an '
+                  "address"], id="domain-numeric-tld"),
+    pytest.param({"domain": "acme.0x1f"}, [], id="domain-hex-tld"),
+    pytest.param({"domain": "0x1f.example"}, [], id="domain-hex-first-label-of-a-name"),
+    pytest.param({"domain": "123.456.example"}, [], id="domain-numeric-inner-labels"),
+    # hostname.domain: the resolver is given the FQDN; a numeric one never gets through
+    pytest.param({"hostname": "1", "domain": "2.3"},
+                 [as_address("hostname", "1", "0.0.0.1"), as_address("domain", "2.3", "2.0.0.3")],
+                 id="fqdn-a.b.c"),
+    pytest.param({"hostname": "0x7f", "domain": "0.0.1"},
+                 [as_address("hostname", "0x7f", "0.0.0.127"),
+                  as_address("domain", "0.0.1", "0.0.0.1")], id="fqdn-hex-loopback"),
+    pytest.param({"hostname": "pbx", "domain": "1.2.example"}, [], id="fqdn-numeric-inner"),
+    pytest.param({"hostname": "0xpbx", "domain": "0x1f.example"}, [], id="fqdn-hex-looking"),
+]
+
+
+@pytest.mark.parametrize(("network", "expected"), NUMERIC_NAMES)
+def test_names_the_resolver_reads_as_addresses(
+    body: dict[str, Any], network: dict[str, str], expected: list[str]
+) -> None:
+    """A host name, domain or FQDN that inet_aton reads as an address is refused, with why."""
+    body["network"].update(network)
+    if not expected:
+        assert config_from_data(body).network.model_dump(include=set(network)) == network
+        return
+    assert problems(body) == expected
+
+
+def glibc_inet_aton(name: str) -> ipaddress.IPv4Address | None:
+    """The address the C library's own inet_aton reads from `name` (no lookup), or None."""
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(name))
+    except OSError:
+        return None
+
+
+C_NUMBERS = st.one_of(
+    st.integers(0, 2**33).map(str),
+    st.integers(0, 2**33).map(lambda n: f"0{n:o}"),
+    st.integers(0, 2**33).map(lambda n: f"0x{n:x}"),
+    st.integers(0, 2**33).map(lambda n: f"0X{n:08X}"),
+    st.from_regex(r"[0-9a-fA-FxX]{0,5}", fullmatch=True),
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(C_NUMBERS, min_size=1, max_size=5).map(".".join))
+def test_inet_aton_address_agrees_with_the_c_library(name: str) -> None:
+    """The pure rule reads every dotted string of C numbers exactly as glibc's inet_aton does."""
+    assert inet_aton_address(name) == glibc_inet_aton(name)
 
 
 def test_every_problem_is_listed_at_once(body: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DEBIAN_ROOT, MANAGED
+from tests.conftest import DEBIAN_ROOT, MANAGED, needs_tool
 from wizard_runner.config import WizardConfig, config_from_data
 from wizard_runner.errors import RenderError
 from wizard_runner.render import (
@@ -25,6 +25,7 @@ from wizard_runner.render import (
     render_main_cf,
     render_resolv_conf,
 )
+from wizard_runner.tools import ToolOutput, find_tool, run_tool
 
 
 def debian(path: str) -> str:
@@ -387,6 +388,200 @@ def test_every_managed_file_has_a_renderer() -> None:
     assert tuple(RENDERERS) == MANAGED
     for path in MANAGED:
         assert Path(DEBIAN_ROOT, path.lstrip("/")).is_file()
+
+
+# --- a rerun on another interface -----------------------------------------------------------
+
+
+def wizard_block(interface: str, *extra: str) -> str:
+    """The managed block the example config renders for `interface`; `extra` after gateway."""
+    return "\n".join([
+        BLOCK_BEGIN,
+        f"auto {interface}",
+        f"iface {interface} inet static",
+        "\taddress 192.168.50.10",
+        "\tnetmask 255.255.255.0",
+        "\tgateway 192.168.50.1",
+        *extra,
+        "\tdns-nameservers 192.168.50.2 9.9.9.9",
+        "\tdns-search acme.example",
+        BLOCK_END,
+    ]) + "\n"
+
+
+DEBIAN_INTERFACES = debian("/etc/network/interfaces")
+DEBIAN_HEAD = (
+    "# This file describes the network interfaces available on your system\n"
+    "# and how to activate them. For more information, see interfaces(5).\n"
+    "\n"
+    "source /etc/network/interfaces.d/*\n"
+    "\n"
+    "# The loopback network interface\n"
+    "auto lo\n"
+    "iface lo inet loopback\n"
+    "\n"
+    "# The primary network interface\n"
+)
+INET6_STATIC = (
+    "auto lo\n"
+    "iface lo inet loopback\n"
+    "\n"
+    "auto eth0\n"
+    "iface eth0 inet static\n"
+    "    address 10.0.0.2/8\n"
+    "    gateway 10.0.0.1\n"
+    "    mtu 9000\n"
+    "\n"
+    "iface eth0 inet6 static\n"
+    "    address 2001:db8::2/64\n"
+    "    gateway 2001:db8::1\n"
+)
+INET_ONLY = "auto lo\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet dhcp\n"
+TWO_DUAL_STACK = (
+    "auto lo\n"
+    "iface lo inet loopback\n"
+    "\n"
+    "allow-hotplug eth0\n"
+    "iface eth0 inet dhcp\n"
+    "iface eth0 inet6 auto\n"
+    "\n"
+    "allow-hotplug eth1\n"
+    "iface eth1 inet dhcp\n"
+    "iface eth1 inet6 auto\n"
+)
+LO = "auto lo\niface lo inet loopback\n\n"
+
+INTERFACE_CHANGES = [
+    pytest.param(
+        DEBIAN_INTERFACES, "eth1",
+        DEBIAN_HEAD + wizard_block("eth1") + "\n"
+        "# This is an autoconfigured IPv6 interface\n"
+        "auto eth0\n"
+        "iface eth0 inet6 auto\n",
+        id="debian-inet6-auto",
+    ),
+    pytest.param(
+        INET6_STATIC, "eth1",
+        LO + wizard_block("eth1") + "\n"
+        "auto eth0\n"
+        "iface eth0 inet6 static\n"
+        "    address 2001:db8::2/64\n"
+        "    gateway 2001:db8::1\n",
+        id="admin-inet6-static",
+    ),
+    pytest.param(INET_ONLY, "eth1", LO + wizard_block("eth1"), id="nothing-else-on-eth0"),
+    pytest.param(
+        TWO_DUAL_STACK, "eth1",
+        LO + wizard_block("eth1") + "\n"
+        "auto eth0\n"
+        "iface eth0 inet6 auto\n"
+        "\n"
+        "iface eth1 inet6 auto\n",
+        id="eth1-had-its-own-stanzas",
+    ),
+    pytest.param(
+        DEBIAN_INTERFACES, "eth0.10",
+        DEBIAN_HEAD + wizard_block("eth0.10", "\tvlan-raw-device eth0") + "\n"
+        "# This is an autoconfigured IPv6 interface\n"
+        "auto eth0\n"
+        "iface eth0 inet6 auto\n",
+        id="vlan-on-eth0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("current", "interface", "expected"), INTERFACE_CHANGES)
+def test_interfaces_interface_change_leaves_nothing_half_managed(
+    config: WizardConfig, body: dict[str, Any], current: str, interface: str, expected: str
+) -> None:
+    """On another interface the old block goes whole; eth0's own stanzas keep an auto line."""
+    first = render_interfaces(config, current)
+    moved = other_config(body, interface=interface)
+    second = render_interfaces(moved, first)
+    assert second == expected
+    assert render_interfaces(moved, second) == second
+
+
+def test_interfaces_interface_change_and_back(
+    config: WizardConfig, body: dict[str, Any]
+) -> None:
+    """Moving to eth1 and back to eth0 gives the first file again, eth0's auto line managed."""
+    first = render_interfaces(config, DEBIAN_INTERFACES)
+    there = render_interfaces(other_config(body, interface="eth1"), first)
+    assert render_interfaces(config, there) == first
+
+
+def test_interfaces_interface_change_keeps_the_admins_own_activation(
+    config: WizardConfig, body: dict[str, Any]
+) -> None:
+    """An admin line that already brings the old interface up is not doubled by an auto line."""
+    first = render_interfaces(config, DEBIAN_INTERFACES)
+    edited = first.replace("iface eth0 inet6 auto\n",
+                           "allow-hotplug eth0\niface eth0 inet6 auto\n")
+    second = render_interfaces(other_config(body, interface="eth1"), edited)
+    assert second.endswith(
+        f"{BLOCK_END}\n"
+        "\n"
+        "# This is an autoconfigured IPv6 interface\n"
+        "allow-hotplug eth0\n"
+        "iface eth0 inet6 auto\n"
+    )
+    assert "auto eth0" not in second.splitlines()
+
+
+def ifquery(path: Path, *args: str) -> ToolOutput:
+    """Run the real ifquery on the interfaces file at `path`."""
+    tool = find_tool("ifquery")
+    assert tool is not None
+    return run_tool([tool, "--interfaces", str(path), *args])
+
+
+def ip_options(output: ToolOutput) -> dict[str, str]:
+    """The address, netmask and gateway ifquery printed for an interface, those it has."""
+    read = dict(line.split(": ", 1) for line in output.stdout.splitlines() if ": " in line)
+    return {key: read[key] for key in ("address", "netmask", "gateway") if key in read}
+
+
+@needs_tool("ifquery")
+@pytest.mark.processes
+@pytest.mark.parametrize(
+    ("current", "interface", "auto", "eth0"),
+    [
+        pytest.param(DEBIAN_INTERFACES, "eth1", ["lo", "eth1", "eth0"], {},
+                     id="debian-inet6-auto"),
+        pytest.param(INET6_STATIC, "eth1", ["lo", "eth1", "eth0"],
+                     {"address": "2001:db8::2", "netmask": "64", "gateway": "2001:db8::1"},
+                     id="admin-inet6-static"),
+        pytest.param(INET_ONLY, "eth1", ["lo", "eth1"], None, id="nothing-else-on-eth0"),
+        pytest.param(TWO_DUAL_STACK, "eth1", ["lo", "eth1", "eth0"], {},
+                     id="eth1-had-its-own-stanzas"),
+        pytest.param(DEBIAN_INTERFACES, "eth0.10", ["lo", "eth0.10", "eth0"], {},
+                     id="vlan-on-eth0"),
+    ],
+)
+def test_ifquery_reads_both_interfaces_after_a_change(
+    config: WizardConfig, body: dict[str, Any], tmp_path: Path, current: str, interface: str,
+    auto: list[str], eth0: dict[str, str] | None,
+) -> None:
+    """ifquery brings up the new interface with its address, and eth0 with only its own stanzas."""
+    moved = other_config(body, interface=interface)
+    target = tmp_path / "interfaces"
+    target.write_text(render_interfaces(moved, render_interfaces(config, current)))
+    listed = ifquery(target, "--list", "--allow", "auto")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == auto
+    new = ifquery(target, interface)
+    assert new.returncode == 0, new.stderr
+    assert ip_options(new) == {
+        "address": "192.168.50.10", "netmask": "255.255.255.0", "gateway": "192.168.50.1"}
+    old = ifquery(target, "eth0")
+    if eth0 is None:
+        assert old.returncode != 0  # no stanza of eth0 is left: ifquery does not know it
+        assert "unknown interface eth0" in old.stderr
+        return
+    assert old.returncode == 0, old.stderr
+    # The admin's IPv6 settings alone: nothing of the old static IPv4 stanza.
+    assert ip_options(old) == eth0
 
 
 # --- tricky current content -------------------------------------------------------------------

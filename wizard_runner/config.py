@@ -44,6 +44,10 @@ _DOMAIN_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _INTERFACE_RE: Final = re.compile(r"[A-Za-z0-9][\w\-:.]{0,63}", re.ASCII)
 _VLAN_RE: Final = re.compile(r"(?P<raw>[^.:]+)\.(?P<vid>[0-9]+)")
 _NUMBER_RE: Final = re.compile(r"[0-9]{1,16}")
+#: One part of an inet_aton address: C's strtoul with base 0 (hex, octal, decimal), whole.
+_INET_ATON_PART: Final = re.compile(r"0[xX][0-9A-Fa-f]+|0[0-7]*|[1-9][0-9]*")
+#: The largest value of the last part, by the number of parts: `a`, `a.b`, `a.b.c`, `a.b.c.d`.
+_INET_ATON_LAST_MAX: Final = (0xFFFFFFFF, 0xFFFFFF, 0xFFFF, 0xFF)
 _TIMEZONE_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+)*")
 _NOT_ZONES: Final = frozenset({"localtime", "posixrules", "Factory"})
 _MAX_SHOWN: Final = 60
@@ -57,6 +61,37 @@ def shown(value: object) -> str:
     return text
 
 
+def _c_number(text: str) -> int:
+    """The value of a C integer literal as strtoul reads it with base 0: 0x hex, 0 octal."""
+    if text[:2] in {"0x", "0X"}:
+        return int(text, 16)
+    return int(text, 8 if text.startswith("0") else 10)
+
+
+def inet_aton_address(name: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address glibc's inet_aton, hence the resolver, reads `name` as, else None.
+
+    Pure: it mirrors inet_aton's rules instead of calling it. Names hold no whitespace (their
+    rules see to that), so inet_aton's habit of ignoring what follows a space is not mirrored.
+    """
+    parts = name.split(".")
+    if len(parts) > 4 or not all(_INET_ATON_PART.fullmatch(part) for part in parts):
+        return None
+    *leading, last = map(_c_number, parts)
+    if any(value > 0xFF for value in leading) or last > _INET_ATON_LAST_MAX[len(leading)]:
+        return None
+    # `1.2` is 1.0.0.2 and `1.2.3` is 1.2.0.3: the last part fills the bytes the others leave.
+    packed = sum(value << (24 - 8 * index) for index, value in enumerate(leading)) + last
+    return ipaddress.IPv4Address(packed)
+
+
+def _check_not_an_address(value: str) -> None:
+    """Refuse a name the resolver would take for an IPv4 address instead of looking it up."""
+    address = inet_aton_address(value)
+    if address is not None:
+        raise ValueError(f"{shown(value)} reads as an IPv4 address ({address}), not as a name")
+
+
 # --- single-field rules -------------------------------------------------------------------------
 
 
@@ -67,6 +102,11 @@ def _check_hostname(value: str) -> str:
         )
     if value.lower() in RESERVED_HOSTNAMES:
         raise ValueError(f"{shown(value)} is reserved for the loopback addresses")
+    _check_not_an_address(value)
+    # Also the digits inet_aton refuses (`08`, `4294967296`): names must not be all-numeric
+    # (RFC 1123 2.1), and other parsers than glibc's may still read them as a number.
+    if value.isdigit():
+        raise ValueError(f"{shown(value)} is all digits, which reads as an address, not a name")
     return value
 
 
@@ -78,6 +118,7 @@ def _check_domain(value: str) -> str:
             f"{shown(value)} is not a domain name: use dot-separated labels of 1 to 63 "
             "letters, digits and inner hyphens"
         )
+    _check_not_an_address(value)
     if value.rsplit(".", 1)[-1].isdigit():
         raise ValueError(f"{shown(value)} ends in an all-numeric label, which reads as an address")
     return value
@@ -276,8 +317,14 @@ class Network(_Model):
     @classmethod
     def _fqdn_fits(cls, domain: str, info: ValidationInfo) -> str:
         hostname = info.data.get("hostname")
-        if hostname is not None and len(hostname) + 1 + len(domain) > 253:
+        if hostname is None:
+            return domain
+        if len(hostname) + 1 + len(domain) > 253:
             raise ValueError(f"{hostname}.{domain} is longer than 253 characters")
+        # The resolver is handed the FQDN. It cannot read as an address while the host name
+        # rule holds (inet_aton needs every part to be a number); checked whole so that
+        # loosening that rule cannot let one through.
+        _check_not_an_address(f"{hostname}.{domain}")
         return domain
 
     @field_validator("ip_address")

@@ -293,6 +293,9 @@ class _InterfacesScan:
         self.has_loopback = False
         self.owner: str | None = None  # the stanza the next option lines belong to
         self.in_block = False
+        self.released: list[str] = []  # interfaces the old block configured, not this one
+        self.first_stanza: dict[str, int] = {}  # where each kept interface's first iface is
+        self.activated: set[str] = set()  # interfaces a kept auto or allow-* line names
 
     def feed(self, group: list[str]) -> None:
         """Take one logical line."""
@@ -321,22 +324,45 @@ class _InterfacesScan:
     def _stanza(self, words: list[str], group: list[str]) -> None:
         _check_no_conflict(words, None, self.interface)
         self.owner = words[1] if len(words) > 1 else None
-        self.has_loopback = self.has_loopback or words[:2] == ["iface", "lo"]
-        if words[0] == "iface" and words[1:3] == [self.interface, "inet"]:
+        iface = self.owner if words[0] == "iface" else None
+        self.has_loopback = self.has_loopback or iface == "lo"
+        if iface == self.interface and words[2:3] == ["inet"]:
             self.owner = _OWNED
             if self.marker not in self.out:
                 self.out.append(self.marker)
         elif self.in_block:
             self.owner = _DROPPED  # the stanza of the interface a previous wizard configured
+            if iface is not None and iface not in {self.interface, *self.released}:
+                self.released.append(iface)
         else:
+            if iface is not None:
+                self.first_stanza.setdefault(iface, len(self.out))
             self.out.extend(group)
 
     def _auto(self, words: list[str], group: list[str]) -> None:
         self.owner = None
         if self.interface not in words[1:]:
+            self.activated.update(words[1:])
             self.out.extend(group)
         elif (kept := _without_interface(words, self.interface)) is not None:
+            self.activated.update(kept.split()[1:])
             self.out.append(kept)
+
+    def give_back_activation(self) -> None:
+        """Bring up the stanzas an interface change leaves behind, as the old block did.
+
+        The old block's `auto` line brought up every stanza of its interface, the admin's
+        `inet6` ones too (the runner took over their `auto`/`allow-hotplug` line). The block
+        goes whole; the admin's stanzas get an `auto` line of their own above the first of
+        them, outside the block, unless an admin line already activates the interface.
+        """
+        returned = {
+            self.first_stanza[name]: name
+            for name in self.released
+            if name in self.first_stanza and name not in self.activated
+        }
+        for at in sorted(returned, reverse=True):
+            self.out.insert(at, f"auto {returned[at]}")
 
     def _option(self, words: list[str], group: list[str]) -> None:
         if self.owner == _DROPPED:
@@ -394,6 +420,7 @@ def render_interfaces(config: WizardConfig, current: str | None) -> str:
     scan = _InterfacesScan(interface, marker)
     for group in _logical_lines(lines):
         scan.feed(group)
+    scan.give_back_activation()
     block = _block(_interface_stanza(config, scan.carried))
     if marker in scan.out:
         at = scan.out.index(marker)
