@@ -301,3 +301,227 @@ def test_terminal_progress_format() -> None:
         "      ! oops\n"
         "[2/2] 20-loud ... FAILED: exited with 3 (1.2 s)\n"
     )
+
+
+def test_quick_start_rerun_repeats_what_was_run(sandbox: Path) -> None:
+    """A body with run_scripts false run with --scripts: the script fails; after the fix,
+    `run --resume` and a plain `run` run the scripts again, as the first run did."""
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    flag = sandbox / "provd-up"
+    (wizard_d / "10-check").write_text("#!/bin/sh\necho checked\n")
+    (wizard_d / "20-provision").write_text(
+        f"#!/bin/sh\ntest -e {flag} || {{ echo 'provd unreachable'; exit 3; }}\necho provisioned\n")
+    for script in wizard_d.iterdir():
+        script.chmod(0o755)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    first = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--scripts", "--user", user)
+    assert first.returncode == 1
+    assert "error: script 20-provision failed: exited with 3" in first.stdout
+    flag.touch()
+    resumed = cli("run", "--resume", "--root", str(sandbox), "--user", user)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "  10-check                   not_run              (resuming at 20-provision)\n" in (
+        resumed.stdout)
+    assert "20-provision               succeeded" in resumed.stdout
+    rerun = cli("run", "--root", str(sandbox), "--user", user, "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    result = json.loads(rerun.stdout)
+    assert result["run_scripts"] is True
+    assert [(s["name"], s["status"]) for s in result["scripts"]] == [
+        ("10-check", "succeeded"), ("20-provision", "succeeded")]
+    saved = json.loads((sandbox / "var/lib/wizard-runner/config.json").read_text())
+    assert saved["config"]["run_scripts"] is True
+    assert "admin_password" not in saved["config"]
+    status = cli("status", "--root", str(sandbox))
+    assert "  handle_system_conf=true run_scripts=true\n" in status.stdout
+
+
+def test_a_run_that_does_nothing_says_so(sandbox: Path) -> None:
+    """No file to write and no script to run: the summary says nothing was done, and why."""
+    assert cli("run", "--config", EXAMPLE, "--root", str(sandbox)).returncode == 0
+    again = cli("run", "--config", EXAMPLE, "--root", str(sandbox))
+    assert again.returncode == 0
+    assert ("nothing was done: every system file was already up to date; run_scripts=false\n"
+            in again.stdout)
+    off = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--no-system-conf", "--json")
+    result = json.loads(off.stdout)
+    assert result["changed"] is False
+    assert result["handle_system_conf"] is False
+    text = cli("run", "--root", str(sandbox), "--no-system-conf")
+    assert "nothing was done: handle_system_conf=false; run_scripts=false\n" in text.stdout
+    written = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--json")
+    assert json.loads(written.stdout)["changed"] is False
+
+
+def test_validate_with_stdin_closed_prints_json() -> None:
+    """`validate --config - --json <&-`: exit 66 and a JSON object, no traceback."""
+    done = subprocess.run([str(SCRIPT), "validate", "--config", "-", "--json"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert json.loads(done.stdout)["exit_code"] == 65  # an empty body: not JSON
+    closed = subprocess.run(f"{SCRIPT} validate --config - --json <&-", shell=True,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert closed.returncode == 66, closed.stderr
+    assert closed.stderr == "wizard-runner: --config -: standard input is closed\n"
+    verdict = json.loads(closed.stdout)
+    assert (verdict["valid"], verdict["exit_code"]) == (False, 66)
+
+
+def test_a_command_line_mistake_shows_that_commands_usage() -> None:
+    """`validate --bogus` prints validate's usage and the mistake; with --json a JSON object."""
+    done = cli("validate", "--bogus")
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: wizard-runner validate [-h] --config FILE|-")
+    unknown = cli("validate", "--config", EXAMPLE, "--bogus")
+    assert unknown.stderr == ("usage: wizard-runner validate [-h] --config FILE|- [--json]\n"
+                              "wizard-runner: unrecognized arguments: --bogus\n")
+    as_json = cli("run", "--timeout", "soon", "--json")
+    assert as_json.returncode == 2
+    assert as_json.stderr.startswith("usage: wizard-runner run ")
+    assert json.loads(as_json.stdout)["error"] == (
+        "argument --timeout: 'soon' is not a number of seconds")
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        pytest.param("run/wizard-runner/lock", "cannot open the lock: Is a directory", id="lock"),
+        pytest.param("var/log/wizard-runner/wizard-runner.log",
+                     "the run's log could not be written: Is a directory", id="log"),
+        pytest.param("var/lib/wizard-runner/config.json",
+                     "cannot store the body for reruns: Is a directory", id="saved-body"),
+    ],
+)
+def test_own_files_that_are_directories_stop_the_run_first(sandbox: Path, path: str,
+                                                           message: str) -> None:
+    """The lock, log or saved body being a directory: exit 74 naming it, before any write."""
+    (sandbox / path).mkdir(parents=True)
+    before = snapshot(sandbox / "etc")
+    done = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--json")
+    assert done.returncode == 74, done.stderr
+    assert f"wizard-runner: {sandbox / path}: {message}" in done.stderr
+    assert json.loads(done.stdout)["exit_code"] == 74
+    assert "Traceback" not in done.stderr
+    assert snapshot(sandbox / "etc") == before
+    assert not (sandbox / "var/lib/wizard-runner/last-run.json").exists()
+
+
+def test_a_result_that_cannot_be_stored_says_what_was_applied(sandbox: Path) -> None:
+    """last-run.json cannot be replaced: exit 74, and stderr says the files were applied."""
+    (sandbox / "var/lib/wizard-runner/last-run.json").mkdir(parents=True)
+    done = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--json")
+    assert done.returncode == 74
+    assert "cannot store the run's result: Is a directory; the run succeeded: the system " \
+        "files were applied (7 written: /etc/hostname, " in done.stderr
+    result = json.loads(done.stdout)
+    assert (result["status"], result["exit_code"]) == ("succeeded", 74)
+    assert (sandbox / "etc/hostname").read_text() == "pbx\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a tmpfs")
+def test_a_full_var_stops_the_run_before_any_write(sandbox: Path) -> None:
+    """/var on a full tmpfs (in a private mount namespace): exit 74, No space left on
+    device, the system files untouched."""
+    before = snapshot(sandbox / "etc")
+    var = sandbox / "var"
+    var.mkdir(exist_ok=True)
+    shell = (f"mount -t tmpfs -o size=64k tmpfs {var} && "
+             f"(dd if=/dev/zero of={var}/filler bs=4k 2>/dev/null; true) && "
+             f"{SCRIPT} run --config {EXAMPLE} --root {sandbox} --json")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", shell],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 74, done.stderr
+    assert "No space left on device" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert json.loads(done.stdout)["exit_code"] == 74
+    assert snapshot(sandbox / "etc") == before
+
+
+def test_a_script_name_too_long_for_its_log_file(sandbox: Path) -> None:
+    """A 252-character script name runs; its log file gets a shortened, unique name."""
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    name = "10-" + "x" * 249
+    (wizard_d / name).write_text("#!/bin/sh\necho long name\n")
+    (wizard_d / name).chmod(0o755)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    done = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--scripts", "--user", user,
+               "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["scripts"][0]["status"] == "succeeded"
+    logs = list((sandbox / "var/log/wizard-runner" / result["run_id"]).iterdir())
+    assert len(logs) == 1
+    assert logs[0].name.startswith("10-xxx") and len(logs[0].name.encode()) <= 255
+    assert logs[0].read_text() == "stdout: long name\n"
+
+
+def test_an_internal_error_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug ends as one line naming the error and where it came from, exit 70."""
+    from wizard_runner import cli as command_line  # noqa: PLC0415 - the module under test
+
+    def broken(*args: object) -> int:
+        raise ValueError("boom")
+
+    monkeypatch.setitem(command_line._COMMANDS, "status", broken)
+    out, err = io.StringIO(), io.StringIO()
+    assert command_line.main(["status", "--json"], stdout=out, stderr=err) == 70
+    assert err.getvalue().startswith("wizard-runner: internal error, please report it: "
+                                     "ValueError: boom (at test_cli.py:")
+    assert "Traceback" not in err.getvalue()
+    assert json.loads(out.getvalue())["exit_code"] == 70
+
+
+HOSTILE_NAME = "10-evil\n  20-forged                  succeeded\x1b[2J\u202e\u009b"
+HOSTILE_SHOWN = "10-evil\\x0a  20-forged                  succeeded\\x1b[2J\\u202e\\x9b"
+
+
+def test_hostile_names_cannot_forge_a_row(sandbox: Path) -> None:
+    """A script name with a newline, escapes and a bidi override is shown escaped on one line
+    in list, the run's summary and status; its output too."""
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    script = wizard_d / HOSTILE_NAME
+    script.write_text("#!/bin/sh\nprintf 'bell\\a and \\342\\200\\256 override\\n'\nexit 4\n")
+    script.chmod(0o755)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    listing = cli("list", "--root", str(sandbox), "--user", user)
+    assert listing.stdout.splitlines()[1] == f"  {HOSTILE_SHOWN} run"
+    done = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--scripts", "--user", user)
+    assert done.returncode == 1
+    assert f"  {HOSTILE_SHOWN} failed        0.0 s  (exited with 4)\n" in done.stdout
+    assert f"error: script {HOSTILE_SHOWN} failed: exited with 4; last output:\n" in done.stdout
+    assert "  bell\\x07 and \\u202e override\n" in done.stdout
+    status = cli("status", "--root", str(sandbox))
+    assert f"output of {HOSTILE_SHOWN} (last lines):\n" in status.stdout
+    for text in (listing.stdout, done.stdout, status.stdout):
+        assert not any(char in text for char in "\x1b\x07\u202e\u009b")
+        assert "\n  20-forged" not in text
+
+
+def test_progress_escapes_names() -> None:
+    """The terminal progress shows a script's name escaped."""
+    out = io.StringIO()
+    progress = TerminalProgress(out)
+    progress.started(1, 1, HOSTILE_NAME)
+    progress.finished(ScriptOutcome(HOSTILE_NAME, ScriptStatus.FAILED, 4, duration_s=0.01,
+                                    reason="exited with 4"))
+    assert out.getvalue() == f"[1/1] {HOSTILE_SHOWN} ... FAILED: exited with 4 (0.0 s)\n"
+
+
+def test_console_log_lines_are_readable(sandbox: Path) -> None:
+    """--log-format console: `level: event key=value`, no empty fields, no Python reprs."""
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    (wizard_d / "10-fail").write_text("#!/bin/sh\necho one\necho two\nexit 3\n")
+    (wizard_d / "10-fail").chmod(0o755)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    done = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--scripts", "--user", user,
+               "--log-format", "console")
+    failed = next(line for line in done.stderr.splitlines() if "script_failed" in line)
+    assert failed.startswith("error: script_failed script=10-fail ")
+    for field in ('output_tail="two (last of 2 lines)"', "exit_code=3", 'reason="exited with 3"'):
+        assert f" {field}" in failed
+    assert "None" not in done.stderr
+    assert "'" not in failed

@@ -489,7 +489,8 @@ def _list(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> 
         out.write(f"{printable(str(found.directory))} (as {user.name}):\n")
         for decision in found.decisions:
             reason = f"  {printable(decision.reason)}" if decision.reason else ""
-            out.write(f"  {printable(decision.name):<30} {decision.verdict.value:<5}{reason}\n")
+            row = f"  {printable(decision.name):<30} {decision.verdict.value:<5}{reason}"
+            out.write(row.rstrip() + "\n")
         if not rows:
             out.write("  (empty: nothing to run)\n")
         for problem in problems:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from wizard_runner.errors import EXIT_NO_INPUT, PrivilegeError, WizardRunnerError
+from wizard_runner.escape import printable
 from wizard_runner.runuser import RunUser, group_name, may_execute, may_search, user_name
 
 _LEFTOVER: Final = re.compile(
@@ -159,12 +160,12 @@ def unsafe_problems(
         strangers = _writable_by_strangers(entry, user)
         if strangers is not None:
             problems.append(
-                f"{decision.name} is writable by {strangers} "
+                f"{printable(decision.name)} is writable by {strangers} "
                 f"(mode {stat.S_IMODE(entry.mode):04o})"
             )
         if entry.uid not in trusted:
             problems.append(
-                f"{decision.name} is owned by {user_name(entry.uid)} "
+                f"{printable(decision.name)} is owned by {user_name(entry.uid)} "
                 f"(mode {stat.S_IMODE(entry.mode):04o}), not root or {user.name}"
             )
     return problems

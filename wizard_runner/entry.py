@@ -7,6 +7,7 @@ signal's exit code, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from wizard_runner.errors import RunInterrupted
@@ -21,8 +22,7 @@ def main() -> int:
 
         return command_line()
     except RunInterrupted as stop:  # while the command line's modules were still loading
-        try:
+        # No terminal left (SIGHUP), or no stderr at all: the exit code says it.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             sys.stderr.write(f"wizard-runner: {stop}; nothing was run\n")
-        except (OSError, ValueError):
-            pass  # no terminal left (SIGHUP): the exit code says it
         return stop.exit_code

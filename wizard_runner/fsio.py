@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from wizard_runner.errors import LockedError, PrivilegeError
+from wizard_runner.errors import LockedError, PrivilegeError, RunnerIOError
 
 #: A system file larger than this is not one the wizard manages; refuse rather than load it.
 MAX_TARGET_BYTES: Final = 4 * 1024 * 1024
@@ -148,11 +148,13 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock or raise LockedError naming the holder."""
-        ensure_dir(self.path.parent, 0o755)
         try:
+            ensure_dir(self.path.parent, 0o755)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except PermissionError as error:
             raise PrivilegeError(f"{self.path}: cannot open the lock: {error.strerror}") from error
+        except OSError as error:
+            raise RunnerIOError(f"{self.path}: cannot open the lock: {error.strerror}") from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

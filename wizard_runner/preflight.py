@@ -14,6 +14,7 @@ from wizard_runner.config import WizardConfig
 from wizard_runner.defaults import DEFAULT_TIMEOUT, DEFAULT_USER
 from wizard_runner.discovery import Decision, Scan, Verdict, check_safe, scan
 from wizard_runner.errors import PrivilegeError, RootError, UsageError
+from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
 from wizard_runner.runuser import RunUser, require_switch_allowed, resolve_user
 from wizard_runner.scripts import Progress
@@ -104,7 +105,7 @@ def require_system_tree(layout: Layout) -> None:
 
 
 def _runnable(decisions: tuple[Decision, ...]) -> str:
-    names = [d.name for d in decisions if d.verdict is Verdict.RUN]
+    names = [printable(d.name) for d in decisions if d.verdict is Verdict.RUN]
     return ", ".join(names) if names else "none"
 
 
@@ -113,10 +114,10 @@ def start_point(found: Scan, name: str, *, resumed: bool) -> Start:
     option = "--resume" if resumed else "--from"
     decision = next((d for d in found.decisions if d.name == name), None)
     if decision is None:
-        raise UsageError(f"{option}: {name!r} is not in {found.directory} "
+        raise UsageError(f"{option}: '{printable(name)}' is not in {found.directory} "
                          f"(scripts there: {_runnable(found.decisions)})")
     if decision.verdict is not Verdict.RUN:
-        raise UsageError(f"{option}: {name} would not run ({decision.reason}); "
+        raise UsageError(f"{option}: {printable(name)} would not run ({decision.reason}); "
                          f"scripts that run: {_runnable(found.decisions)}")
     return Start(name, resumed)
 

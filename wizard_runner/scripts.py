@@ -19,6 +19,7 @@ from wizard_runner.config import WizardConfig
 from wizard_runner.defaults import DEFAULT_TIMEOUT
 from wizard_runner.discovery import Decision, Verdict, check_safe, scan
 from wizard_runner.errors import RunInterrupted, UsageError
+from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
 from wizard_runner.output import (
     DEFAULT_CAP,
@@ -673,7 +674,7 @@ def _run_decision(runner: ScriptRunner, wizard_d: Path, decision: Decision,
 
 def failure_message(outcome: ScriptOutcome, lines: int = 10) -> str:
     """The run's error for a failed script: which, why, and its last lines of output."""
-    message = f"script {outcome.name} failed: {outcome.reason}"
+    message = f"script {printable(outcome.name)} failed: {outcome.reason}"
     tail = outcome.output_tail.splitlines()[-lines:]
     if tail:
         message += "; last output:\n" + "\n".join(f"  {line}" for line in tail)

@@ -1,0 +1,160 @@
+"""The saved body and last-run.json: stored whole, read back typed, damage said clearly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from wizard_runner.config import WizardConfig
+from wizard_runner.errors import ConfigError, StateFileError, UsageError
+from wizard_runner.layout import Layout
+from wizard_runner.result import (
+    FileAction,
+    FileOutcome,
+    RunResult,
+    RunStatus,
+    ScriptOutcome,
+    ScriptStatus,
+    SystemConfResult,
+    now,
+)
+from wizard_runner.state import (
+    load_saved_config,
+    read_last_result,
+    resume_point,
+    save_config,
+    write_result,
+)
+
+SCRIPT = Path(sys.executable).parent / "wizard-runner"
+
+
+def a_result(*scripts: ScriptOutcome, status: RunStatus = RunStatus.FAILED) -> RunResult:
+    """A result with one written file and the given scripts."""
+    at = now()
+    return RunResult("20261201T100000Z-0badc0de", at, at, status, 1,
+                     SystemConfResult(True, (FileOutcome("/etc/hosts", FileAction.WRITTEN),)),
+                     scripts, run_scripts=True, request_id="req-1")
+
+
+def test_a_result_reads_back_as_written(tmp_path: Path) -> None:
+    """write_result then read_last_result gives the same result, typed."""
+    layout = Layout(tmp_path)
+    stored = a_result(ScriptOutcome("10-a", ScriptStatus.SUCCEEDED, 0, duration_s=0.5),
+                      ScriptOutcome("20-b", ScriptStatus.FAILED, 3, reason="exited with 3",
+                                    leftovers=("412 sleep 99",)))
+    write_result(layout, stored)
+    read = read_last_result(layout)
+    assert read is not None
+    assert read.to_dict() == stored.to_dict()
+    assert read.failed_script == stored.scripts[1]
+    assert read.changed is True
+    assert read_last_result(Layout(tmp_path / "none")) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param('{"run_id": "x", "status": "succ', "is damaged (not JSON: ", id="truncated"),
+        pytest.param("[1, 2]", "is damaged (", id="a-list"),
+        pytest.param('{"run_id": 3}', "run_id: must be a string, not a number", id="wrong-type"),
+        pytest.param(json.dumps({**a_result().to_dict(), "status": "sort of"}),
+                     "status: Input should be 'succeeded', 'failed' or 'interrupted'",
+                     id="unknown-status"),
+        pytest.param(json.dumps({**a_result().to_dict(), "scripts": [{"name": "a"}]}),
+                     "scripts.0.status: is required", id="script-without-status"),
+    ],
+)
+def test_a_damaged_result_is_named(tmp_path: Path, text: str, message: str) -> None:
+    """A hand-edited or truncated last-run.json raises StateFileError naming it and why."""
+    layout = Layout(tmp_path)
+    layout.state_dir.mkdir(parents=True)
+    layout.last_run.write_text(text)
+    with pytest.raises(StateFileError) as caught:
+        read_last_result(layout)
+    assert str(caught.value).startswith(f"{layout.last_run} is damaged")
+    assert message in str(caught.value)
+    assert caught.value.exit_code == 74
+    with pytest.raises(StateFileError):
+        resume_point(layout)
+
+
+@pytest.mark.parametrize(
+    ("status", "scripts", "why"),
+    [
+        pytest.param(RunStatus.SUCCEEDED, (), "succeeded", id="succeeded"),
+        pytest.param(RunStatus.INTERRUPTED, (), "was interrupted before any script failed",
+                     id="interrupted"),
+        pytest.param(RunStatus.FAILED, (), "failed before a script did", id="system-step"),
+    ],
+)
+def test_nothing_to_resume(tmp_path: Path, status: RunStatus,
+                           scripts: tuple[ScriptOutcome, ...], why: str) -> None:
+    """--resume after a run without a failed script says why there is nothing to resume."""
+    layout = Layout(tmp_path)
+    write_result(layout, a_result(*scripts, status=status))
+    with pytest.raises(UsageError, match=f"nothing to resume: the last run .* {why}"):
+        resume_point(layout)
+
+
+def test_the_saved_body_keeps_the_flags_run_and_no_password(
+    tmp_path: Path, config: WizardConfig
+) -> None:
+    """The saved body is what was run (its flags) without the password, readable back."""
+    layout = Layout(tmp_path)
+    save_config(layout, config.model_copy(update={"run_scripts": True}))
+    assert oct(layout.saved_config.stat().st_mode & 0o777) == "0o600"
+    assert config.admin_password.get_secret_value() not in layout.saved_config.read_text()
+    loaded = load_saved_config(layout)
+    assert loaded.run_scripts is True
+    assert loaded.network == config.network
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "message"),
+    [
+        pytest.param('{"config": {"license": tr', StateFileError, "is damaged (invalid JSON",
+                     id="truncated"),
+        pytest.param('{"saved_at": "x"}', StateFileError, 'no "config" object', id="no-config"),
+        pytest.param('{"config": {"license": true}}', ConfigError, "timezone: is required",
+                     id="invalid-body"),
+    ],
+)
+def test_a_damaged_saved_body_is_named(tmp_path: Path, text: str,
+                                       error: type[Exception], message: str) -> None:
+    """A damaged saved body gives an error naming the file; an invalid one lists problems."""
+    layout = Layout(tmp_path)
+    layout.state_dir.mkdir(parents=True)
+    layout.saved_config.write_text(text)
+    with pytest.raises(error) as caught:
+        load_saved_config(layout)
+    assert str(layout.saved_config) in str(caught.value)
+    assert message in str(caught.value)
+
+
+@pytest.mark.processes
+def test_status_resume_and_rerun_on_damaged_state(sandbox: Path) -> None:
+    """status, run --resume and a plain run on damaged files: a message, exit 74, no
+    traceback, and nothing written."""
+    state = sandbox / "var/lib/wizard-runner"
+    state.mkdir(parents=True)
+    (sandbox / "etc/xivo/wizard.d").mkdir(parents=True)
+    (state / "last-run.json").write_text('{"run_id": "x", "scripts": [{"name":')
+    (state / "config.json").write_text("{")
+    resume = ["run", "--resume", "--user", "root", "--config", str(EXAMPLES / "wizard.json")]
+    for args in (["status"], resume,
+                 ["run"], ["status", "--json"]):
+        done = subprocess.run([str(SCRIPT), *args, "--root", str(sandbox)], capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 74, (args, done.stderr)
+        assert "is damaged" in done.stderr
+        assert "Traceback" not in done.stderr
+        if "--json" in args:
+            assert json.loads(done.stdout)["exit_code"] == 74
+    assert sorted(path.name for path in state.iterdir()) == ["config.json", "last-run.json"]
+    assert not (sandbox / "var/log").exists()
