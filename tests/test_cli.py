@@ -360,7 +360,7 @@ def test_validate_with_stdin_closed_prints_json() -> None:
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
                           check=False)
     assert json.loads(done.stdout)["exit_code"] == 65  # an empty body: not JSON
-    closed = subprocess.run(f"{SCRIPT} validate --config - --json <&-", shell=True,
+    closed = subprocess.run(["sh", "-c", 'exec "$0" validate --config - --json <&-', SCRIPT],
                             capture_output=True, text=True, timeout=60, check=False)
     assert closed.returncode == 66, closed.stderr
     assert closed.stderr == "wizard-runner: --config -: standard input is closed\n"

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import shutil
 import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 from types import FrameType
 
 import pytest
 
+from tests.conftest import EXAMPLES, MANAGED, Reliability, seed_root
+from wizard_runner.config import WizardConfig
 from wizard_runner.errors import RunInterrupted
 from wizard_runner.signals import (
     deferred_stop_signals,
@@ -16,6 +26,7 @@ from wizard_runner.signals import (
 )
 
 pytestmark = pytest.mark.usefixtures("restore_signals")
+SCRIPT = Path(sys.executable).parent / "wizard-runner"
 
 
 def test_a_stop_is_raised_at_once_outside_a_section() -> None:
@@ -64,3 +75,145 @@ def test_ignored_while_stopping() -> None:
     with pytest.raises(RunInterrupted):
         os.kill(os.getpid(), signal.SIGINT)
         signal.sigtimedwait([], 0)
+
+
+# --- whole runs: a stop signal at every moment of the system step ---------------------------
+
+# The child is the console script with every os-level file operation counted; at operation
+# AT it sends itself the signal, as an admin's dropped SSH session or a `kill` would.
+CHILD = textwrap.dedent("""\
+    import atexit, os, sys
+    at, signum, tally = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    count = 0
+
+    def counted(function):
+        def call(*args, **kwargs):
+            global count
+            count += 1
+            if count == at:
+                os.kill(os.getpid(), signum)
+            return function(*args, **kwargs)
+        return call
+
+    for name in ("open", "write", "fsync", "rename", "unlink", "mkdir", "fchmod", "lstat"):
+        setattr(os, name, counted(getattr(os, name)))
+    atexit.register(lambda: open(tally, "w").write(str(count)))
+    sys.argv = ["wizard-runner", *sys.argv[4:]]
+    from wizard_runner.entry import main
+    sys.exit(main())
+    """)
+
+
+def contents(root: Path) -> dict[str, bytes | None]:
+    """Each managed file's bytes (None when missing)."""
+    return {path: (root / path.lstrip("/")).read_bytes()
+            if (root / path.lstrip("/")).is_file() else None for path in MANAGED}
+
+
+def stopped_run(root: Path, at: int, signum: int) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run the CLI on `root`, signalled at file operation `at`; return it and the count."""
+    tally = root.parent / f"{root.name}.count"
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(at), str(signum), str(tally), "run", "--config",
+         str(EXAMPLES / "wizard.json"), "--root", str(root), "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    return done, int(tally.read_text() or 0)
+
+
+def judge(root: Path, done: subprocess.CompletedProcess[str], signum: int,
+          old: dict[str, bytes | None], new: dict[str, bytes | None]) -> list[str]:
+    """What is wrong after one stopped run: files not all old or all new, a traceback, a
+    result that the exit code contradicts, no JSON object on stdout."""
+    problems = []
+    now = contents(root)
+    if now not in (old, new):
+        mixed = [path for path in MANAGED if now[path] != new[path]]
+        problems.append(f"files neither all old nor all new (old: {mixed})")
+    if "Traceback" in done.stderr:
+        problems.append("traceback")
+    if done.returncode == -signum and (now != old or done.stdout or done.stderr):
+        problems.append("killed by the signal after it started work")
+    elif done.returncode not in {0, 128 + signum, -signum}:
+        problems.append(f"exit {done.returncode}")
+    stored = root / "var/lib/wizard-runner/last-run.json"
+    if stored.exists() and json.loads(stored.read_text())["exit_code"] != done.returncode:
+        problems.append("the stored result contradicts the exit code")
+    if not stored.exists() and now != old:
+        problems.append("files written but no result stored")
+    if done.returncode == -signum:
+        return problems  # in the interpreter's own first milliseconds: nothing was done
+    try:
+        printed = json.loads(done.stdout)
+    except ValueError:
+        problems.append("no JSON object on stdout")
+    else:
+        if printed["exit_code"] != done.returncode:
+            problems.append("the printed result contradicts the exit code")
+    return problems
+
+
+@pytest.mark.processes
+def test_sighup_at_every_file_operation(
+    tmp_path: Path, config: WizardConfig, reliability: Reliability
+) -> None:
+    """SIGHUP at each file operation of a run: the seven files change as a whole or not at
+    all, the result matches the exit code (129, or 0 once the outcome was settled)."""
+    count_root = seed_root(tmp_path / "count")
+    _, operations = stopped_run(count_root, 0, signal.SIGHUP)
+    assert operations > 60
+    old = contents(seed_root(tmp_path / "old"))
+    new = contents(count_root)
+    failures: dict[int, list[str]] = {}
+    for at in range(1, operations + 1):
+        root = seed_root(tmp_path / f"at-{at}")
+        done, _ = stopped_run(root, at, signal.SIGHUP)
+        problems = judge(root, done, signal.SIGHUP, old, new)
+        if problems:
+            failures[at] = problems
+        shutil.rmtree(root)
+    reliability.record(area="signals", fault="SIGHUP during a run (SSH session dropped)",
+                       injection=f"SIGHUP at each of the {operations} file operations in turn",
+                       trials=operations, lost=len(failures),
+                       outcome="files all old or all new; result and exit code agree (129)")
+    assert failures == {}
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("trials", [pytest.param(15, id="quick"),
+                                    pytest.param(120, id="long", marks=pytest.mark.long)])
+def test_stop_signals_at_random_moments(
+    tmp_path: Path, config: WizardConfig, reliability: Reliability, trials: int
+) -> None:
+    """SIGTERM, SIGINT or SIGHUP at a random moment of a whole CLI run, start-up included:
+    one line, no traceback, the files as a whole, the result matching the exit code."""
+    chooser = random.Random(20261205)  # noqa: S311 - reproducible moments, not secrets
+    old = contents(seed_root(tmp_path / "old"))
+    new_root = seed_root(tmp_path / "new")
+    assert subprocess.run([str(SCRIPT), "run", "--config", str(EXAMPLES / "wizard.json"),
+                           "--root", str(new_root)], capture_output=True, timeout=60,
+                          check=False).returncode == 0
+    new = contents(new_root)
+    failures: dict[str, list[str]] = {}
+    for trial in range(trials):
+        signum = chooser.choice([signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+        delay = round(chooser.uniform(0.0, 0.5), 3)
+        root = seed_root(tmp_path / f"trial-{trial}")
+        child = subprocess.Popen([str(SCRIPT), "run", "--config", str(EXAMPLES / "wizard.json"),
+                                  "--root", str(root), "--json"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        child.send_signal(signum)
+        stdout, stderr = child.communicate(timeout=60)
+        done = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
+        problems = judge(root, done, signum, old, new)
+        if stderr.count("\n") > 1 and done.returncode != 0:
+            problems.append(f"more than one line on stderr: {stderr!r}")
+        if problems:
+            failures[f"{signal.Signals(signum).name} after {delay} s"] = problems
+        shutil.rmtree(root)
+    reliability.record(area="signals", fault="SIGTERM, SIGINT or SIGHUP at a random moment",
+                       injection=f"a random stop signal 0-500 ms after start ({trials} seeded)",
+                       trials=trials, lost=len(failures),
+                       outcome="one line, no traceback; files as a whole; result = exit code")
+    assert failures == {}

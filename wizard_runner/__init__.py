@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+# Not typing's: the console script's first import must be light, so that its stop handlers
+# are installed within milliseconds of the start (mypy reads any TYPE_CHECKING as true).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from wizard_runner.result import RunResult
 
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ from wizard_runner.errors import (
     RunInterrupted,
     UsageError,
     WizardRunnerError,
+    failure_object,
 )
 from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
@@ -531,9 +532,8 @@ _COMMANDS: Final[dict[str, Command]] = {
 
 
 def _error_object(command: str | None, status: str, code: int, message: str,
-                  problems: Sequence[str] = ()) -> dict[str, Any]:
-    data: dict[str, Any] = {"status": status, "exit_code": code, "error": message,
-                            "problems": list(problems)}
+                  problems: Sequence[str] = ()) -> dict[str, object]:
+    data = failure_object(status, code, message, problems)
     if command == "validate":
         data["valid"] = False
     return data

@@ -21,6 +21,12 @@ EXIT_PRIVILEGES = 77  # EX_NOPERM: not root, or unsafe permissions
 EXIT_SIGNAL_BASE = 128  # a stop signal: 128 + its number (129 SIGHUP, 130 SIGINT, 143 SIGTERM)
 
 
+def failure_object(status: str, code: int, message: str,
+                   problems: Sequence[str] = ()) -> dict[str, object]:
+    """What `--json` prints when a command ends without a result of its own."""
+    return {"status": status, "exit_code": code, "error": message, "problems": list(problems)}
+
+
 def exit_for_signal(signum: int) -> int:
     """The exit code of a run stopped by `signum`, as a shell reports it."""
     return EXIT_SIGNAL_BASE + signum

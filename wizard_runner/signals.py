@@ -16,9 +16,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Final
 
 from wizard_runner.errors import RunInterrupted
+
+TYPE_CHECKING = False  # not typing's: this module loads before the stop handlers exist
+if TYPE_CHECKING:
+    from typing import Final
 
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
