@@ -277,3 +277,98 @@ def test_script_deleting_wizard_d(config: WizardConfig, root: Path,
                        outcome="the next script fails (cannot execute), the rest not_run, "
                        "exit 1")
     assert ok, found
+
+
+# A sandbox on a tmpfs of its own (in a private mount namespace), filled up but for FREE
+# pages, then a run with a script that prints: each size puts the ENOSPC at another write,
+# of the runner's own files (lock, log, saved body, backups, script log, result) or of the
+# system files. What the test needs is copied out before the namespace goes.
+FULL_DISK = """\
+set -e
+mount -t tmpfs -o size=2m tmpfs "$ROOT"
+cp -a "$SEED/." "$ROOT/"
+dd if=/dev/zero of="$ROOT/filler" bs=4096 2>/dev/null || true
+truncate -s "-$((FREE * 4096))" "$ROOT/filler"
+set +e
+"$SCRIPT" run --config "$BODY" --root "$ROOT" --scripts --user root --json \
+    >"$OUT/stdout" 2>"$OUT/stderr"
+echo $? >"$OUT/code"
+cp -a "$ROOT/etc" "$OUT/etc"
+cp "$ROOT/var/lib/wizard-runner/last-run.json" "$OUT/" 2>/dev/null
+true
+"""
+
+
+def full_disk_trial(seed: Path, base: Path, free: int) -> Path:
+    """Run once on a disk with `free` pages left; return the directory holding what it left."""
+    out, root = base / f"out-{free}", base / f"root-{free}"
+    out.mkdir()
+    root.mkdir()
+    env = {"ROOT": str(root), "SEED": str(seed), "FREE": str(free), "OUT": str(out),
+           "SCRIPT": str(SCRIPT), "BODY": str(EXAMPLES / "wizard.json"), "PATH": os.environ["PATH"]}
+    subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", FULL_DISK],
+                   env=env, check=True, timeout=120)
+    return out
+
+
+def full_disk_problems(out: Path, old: dict[str, bytes], new: dict[str, bytes]) -> list[str]:
+    """What is wrong after one run on a full disk."""
+    code = int((out / "code").read_text())
+    stderr = (out / "stderr").read_text()
+    problems = []
+    if "Traceback" in stderr:
+        problems.append("traceback")
+    if code not in {0, 73, 74}:
+        problems.append(f"exit {code}")
+    if code == 74 and "No space left on device" not in stderr:
+        problems.append("exit 74 without saying the disk is full")
+    files = {path: (out / path.removeprefix("/")).read_bytes() for path in old}
+    if files not in (old, new):
+        problems.append("system files neither all old nor all new")
+    try:
+        printed = json.loads((out / "stdout").read_text())
+    except ValueError:
+        problems.append("no JSON object on stdout")
+        return problems
+    if printed["exit_code"] != code:
+        problems.append("the printed result contradicts the exit code")
+    stored = out / "last-run.json"
+    if stored.exists():
+        kept = json.loads(stored.read_text())
+        if kept["run_id"] == printed.get("run_id") and kept["exit_code"] != code:
+            problems.append("the stored result contradicts the exit code")
+    if files == new and code != 0 and "the system files were applied" not in stderr:
+        problems.append("files applied but the message does not say so")
+    return problems
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to mount a tmpfs")
+@pytest.mark.parametrize("step", [pytest.param(4, id="quick"),
+                                  pytest.param(1, id="long", marks=pytest.mark.long)])
+def test_disk_full_at_each_write(tmp_path: Path, config: WizardConfig,
+                                 reliability: Reliability, step: int) -> None:
+    """A full disk at each of the run's writes, its own files' and the system files': a
+    named exit (73 or 74) saying so, files all old or all new, result and exit code agreeing."""
+    seed = seed_root(tmp_path / "seed")
+    wizard_d = seed / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    (wizard_d / "10-talk").write_text("#!/bin/sh\nseq 1 100\n")
+    (wizard_d / "10-talk").chmod(0o755)
+    old = {path: (seed / path.removeprefix("/")).read_bytes() for path in MANAGED}
+    done = full_disk_trial(seed, tmp_path, 200)
+    assert int((done / "code").read_text()) == 0, (done / "stderr").read_text()
+    new = {path: (done / path.removeprefix("/")).read_bytes() for path in MANAGED}
+    failures: dict[int, list[str]] = {}
+    codes: dict[int, int] = {}
+    for free in range(0, 32, step):
+        out = full_disk_trial(seed, tmp_path, free)
+        codes[free] = int((out / "code").read_text())
+        problems = full_disk_problems(out, old, new)
+        if problems:
+            failures[free] = problems
+    assert set(codes.values()) >= {74, 0}  # the range runs from refused to completed
+    reliability.record(area="disk full", fault="no space left at each write of a run",
+                       injection=f"a run on a tmpfs with 0-31 free pages ({len(codes)} trials)",
+                       trials=len(codes), lost=len(failures),
+                       outcome="exit 0, 73 or 74 saying so; files whole; result = exit code")
+    assert failures == {}

@@ -163,8 +163,10 @@ class RunLock:
             raise LockedError(
                 f"another {self.what} ({holder}) holds {self.path}; wait for it to finish"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        # The pid only tells a refused run who holds the lock: a full disk must not fail this.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self._fd = fd
 
     def release(self) -> None:

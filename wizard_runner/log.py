@@ -6,16 +6,20 @@ imports wizard-runner (xivo-confd) keeps its own structlog configuration.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
+from wizard_runner.errors import PrivilegeError, RunnerIOError
 from wizard_runner.escape import printable
 from wizard_runner.streams import SafeStream
 
@@ -97,6 +101,25 @@ def open_log_file(path: Path) -> TextIO:
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+
+@contextmanager
+def run_log_file(path: Path) -> Iterator[TextIO]:
+    """The run's log file, open for the block: PrivilegeError or RunnerIOError (naming it)
+    when it cannot be opened; closing it never fails the run (a full disk at the last
+    flush loses log lines, not the run's outcome)."""
+    try:
+        handle = open_log_file(path)
+    except PermissionError as error:
+        raise PrivilegeError(f"{path}: cannot open the log: {error.strerror}") from error
+    except OSError as error:
+        raise RunnerIOError(f"{path}: the run's log could not be written: "
+                            f"{error.strerror}") from error
+    try:
+        yield handle
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            handle.close()
 
 
 #: syslog priorities, which journald reads from a `<N>` prefix on each stderr line.

@@ -19,7 +19,6 @@ from wizard_runner.errors import (
     EXIT_FAILED,
     EXIT_OK,
     ApplyError,
-    PrivilegeError,
     ResultNotStoredError,
     RunInterrupted,
     RunnerIOError,
@@ -28,7 +27,7 @@ from wizard_runner.errors import (
 )
 from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
-from wizard_runner.log import make_logger, open_log_file, stdlib_logger
+from wizard_runner.log import make_logger, run_log_file, stdlib_logger
 from wizard_runner.preflight import RunOptions, RunPlan, prepare
 from wizard_runner.render import RENDERERS
 from wizard_runner.result import (
@@ -210,15 +209,7 @@ def execute(
         with deferred_stop_signals(foreign=False):
             started = now()
             run_id = new_run_id(started)
-            try:
-                log_handle = open_log_file(layout.log_file)
-            except PermissionError as error:
-                raise PrivilegeError(f"{layout.log_file}: cannot open the log: "
-                                     f"{error.strerror}") from error
-            except OSError as error:
-                raise RunnerIOError(f"{layout.log_file}: the run's log could not be written: "
-                                    f"{error.strerror}") from error
-            with log_handle:
+            with run_log_file(layout.log_file) as log_handle:
                 if logger is not None:
                     log = stdlib_logger(logger, log_file=log_handle, run_id=run_id)
                 else:
@@ -315,7 +306,8 @@ def what_was_done(result: RunResult) -> str:
         scripts = f"{len(started)} script(s) ran: {', '.join(started)}"
     else:
         scripts = "no script ran"
-    return f"the run {result.status.value}: {files}; {scripts}"
+    why = f" ({result.error.splitlines()[0]})" if result.error else ""
+    return f"the run {result.status.value}{why}: {files}; {scripts}"
 
 
 class ScriptAction(StrEnum):
