@@ -263,6 +263,8 @@ def test_status_before_and_after_runs(sandbox: Path) -> None:
     none = cli("status", "--root", str(sandbox))
     assert none.returncode == 3
     assert "no run yet" in none.stdout
+    as_object = json.loads(cli("status", "--root", str(sandbox), "--json").stdout)
+    assert (as_object["status"], as_object["exit_code"]) == ("none", 3)
     assert cli("run", "--config", EXAMPLE, "--root", str(sandbox)).returncode == 0
     ok = cli("status", "--root", str(sandbox))
     assert ok.returncode == 0

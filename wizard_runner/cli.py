@@ -508,10 +508,11 @@ def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
     layout = Layout.under(args.root)
     last = read_last_result(layout)
     if last is None:
+        message = f"no run yet ({layout.last_run} does not exist)"
         if args.json:
-            _print_json(None, out)
+            _print_json(failure_object("none", EXIT_NO_RUN, message), out)
         else:
-            out.write(f"no run yet ({layout.last_run} does not exist)\n")
+            out.write(f"{message}\n")
         return EXIT_NO_RUN
     if args.json:
         out.write(last.to_json())
