@@ -82,6 +82,8 @@ def log_style(choice: str) -> LogStyle:
 
 
 def _add_spool_commands(commands: Any) -> None:
+    from wizard_runner.defaults import DAEMON_GRACE_SECONDS
+
     submit = commands.add_parser(
         "submit", help="hand a wizard body to the daemon (as www-data: confd's way in)",
         description="Validate the body, drop it into the daemon's spool and print the request "
@@ -96,9 +98,10 @@ def _add_spool_commands(commands: Any) -> None:
                         "daemon serves)")
     submit.add_argument("--json", action="store_true", help="print JSON")
     submit.epilog = (
-        "With --wait: exits as the run did; 69 when no daemon has served the spool for 5 s or "
-        "--timeout passed, 128+N on signal N. Either way the request is withdrawn (nothing "
-        "runs) unless the daemon had claimed it, whose answer then comes to done/ID.json.")
+        f"With --wait: exits as the run did; 69 when no daemon has served the spool for "
+        f"{DAEMON_GRACE_SECONDS:g} s or --timeout passed, 128+N on signal N. Either way the "
+        "request is withdrawn (nothing runs) unless the daemon had claimed it, whose answer "
+        "then comes to done/ID.json.")
     serve = commands.add_parser("serve", help="the daemon: run the requests of the spool")
     _add_root(serve)
     serve.add_argument("--user", default=DEFAULT_USER,

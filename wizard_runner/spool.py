@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from wizard_runner.config import parse_config
-from wizard_runner.defaults import MAX_CONFIG_BYTES
+from wizard_runner.defaults import DAEMON_GRACE_SECONDS, MAX_CONFIG_BYTES
 from wizard_runner.errors import (
     EXIT_CONFIG,
     EXIT_PRIVILEGES,
@@ -55,9 +55,6 @@ RETENTION_PER_SUBMITTER: Final = 100
 #: ... and no answer younger than this is removed by count: a flood cannot evict an answer
 #: its submitter has not had the time to read.
 RETENTION_SAFE_SECONDS: Final = 3600
-#: A waiting client gives up when no daemon has served the spool for this long: longer than
-#: a systemd restart (RestartSec=2s plus the start), so a restart does not cost a request.
-DAEMON_GRACE_SECONDS: Final = 5.0
 #: How often a waiting client asks whether a daemon serves.
 PRESENCE_CHECK_SECONDS: Final = 1.0
 #: How often a waiting client looks for its answer.
