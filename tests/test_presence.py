@@ -74,8 +74,9 @@ def test_unreadable_counts_as_present(base: Path, monkeypatch: pytest.MonkeyPatc
     def refuse(*_args: object, **_kwargs: object) -> int:
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr("wizard_runner.presence.os.open", refuse)
-    assert daemon_present(path)
+    with monkeypatch.context() as patched:  # os.open itself: undone before the clean-up
+        patched.setattr("wizard_runner.presence.os.open", refuse)
+        assert daemon_present(path)
 
 
 @needs_root
