@@ -284,6 +284,8 @@ def bench_system_step(base: Path, reps: int) -> list[str]:
 def bench_daemon(base: Path, requests: int) -> list[str]:
     """Submit-to-start latency through the spool."""
     from wizard_runner import api  # noqa: PLC0415
+    from wizard_runner.layout import Layout  # noqa: PLC0415
+    from wizard_runner.spool import reopen_spool  # noqa: PLC0415
 
     root = fresh_root(base, "daemon")
     body = json.loads(EXAMPLE.read_text())
@@ -299,6 +301,7 @@ def bench_daemon(base: Path, requests: int) -> list[str]:
             time.sleep(0.05)
         time.sleep(0.5)
         for _ in range(requests):
+            reopen_spool(Layout(root))  # each success closes the spool
             submitted = time.time()
             record = api.submit(body, root=root, wait=True, timeout=60)
             if not isinstance(record, dict) or record["status"] != "succeeded":

@@ -17,6 +17,8 @@ from tests.conftest import EXAMPLES, snapshot
 from wizard_runner import api
 from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
+from wizard_runner.presence import PresenceLock
+from wizard_runner.spool import Spool, prepare
 
 
 @pytest.mark.parametrize(
@@ -123,3 +125,42 @@ def test_examples_validate() -> None:
     """Every shipped example body is valid."""
     for path in EXAMPLES.glob("*.json"):
         api.validate(path.read_bytes())
+
+
+def test_submit_wait_timeout_withdraws(body: dict[str, Any], tmp_path: Path) -> None:
+    """api.submit(wait=True) giving up raises AnswerTimeout, a SpoolError; nothing stays queued."""
+    spool = Spool.of(Layout(tmp_path))
+    prepare(spool, os.getegid())
+    with PresenceLock(spool.presence), pytest.raises(api.AnswerTimeout) as caught:
+        api.submit(body, root=tmp_path, wait=True, timeout=0.2)
+    assert isinstance(caught.value, api.SpoolError)
+    assert (caught.value.status, caught.value.exit_code) == ("withdrawn", 69)
+    assert os.listdir(spool.incoming) == []
+
+
+def test_submit_wait_without_a_daemon(body: dict[str, Any], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no daemon serving, api.submit(wait=True) raises NoDaemon once the grace is over."""
+    spool = Spool.of(Layout(tmp_path))
+    prepare(spool, os.getegid())
+    monkeypatch.setattr("wizard_runner.spool.DAEMON_GRACE_SECONDS", 0.2)
+    with pytest.raises(api.NoDaemon, match="withdrawn, nothing was run"):
+        api.submit(body, root=tmp_path, wait=True)
+    assert os.listdir(spool.incoming) == []
+
+
+def test_submit_wait_interrupted(body: dict[str, Any], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """KeyboardInterrupt while api.submit waits: withdrawn, SubmitInterrupted raised from it."""
+    spool = Spool.of(Layout(tmp_path))
+    prepare(spool, os.getegid())
+
+    def interrupted(_seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("wizard_runner.spool.time.sleep", interrupted)
+    with PresenceLock(spool.presence), pytest.raises(api.SubmitInterrupted) as caught:
+        api.submit(body, root=tmp_path, wait=True)
+    assert (caught.value.status, caught.value.exit_code) == ("withdrawn", 130)
+    assert isinstance(caught.value.__cause__, KeyboardInterrupt)
+    assert os.listdir(spool.incoming) == []

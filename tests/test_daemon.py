@@ -1,7 +1,11 @@
-"""The daemon end to end: `serve` as a real process on a tmp root, fed through the spool."""
+"""The daemon: its bookkeeping in-process (faults injected), then `serve` end to end as a real
+process on a tmp root, fed through the spool."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import os
 import signal
@@ -9,25 +13,48 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLES, Reliability, seed_root
+from tests.conftest import EXAMPLES, REPO, Reliability, seed_root
 from tests.test_scripts import USER, no_process_with
 from tests.test_scripts import root as script_root  # noqa: F401 - the fixture, re-used
 from wizard_runner import api
+from wizard_runner import daemon as daemon_module
+from wizard_runner.cli import main
+from wizard_runner.daemon import CLOSED, Daemon, DaemonSettings
+from wizard_runner.errors import (
+    ApplyError,
+    RunnerIOError,
+    UsageError,
+)
 from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
-from wizard_runner.spool import Spool
+from wizard_runner.log import make_logger
+from wizard_runner.result import RunResult, RunStatus, SystemConfResult, now
+from wizard_runner.runuser import resolve_user
+from wizard_runner.spool import (
+    Spool,
+    close_spool,
+    closed_marker,
+    daemon_serving,
+    prepare,
+    reopen_spool,
+    spool_closed,
+    write_result,
+)
+from wizard_runner.state import write_result as write_last_result
 
-pytestmark = pytest.mark.processes
 SCRIPT = Path(sys.executable).parent / "wizard-runner"
+MODULE = [sys.executable, "-m", "wizard_runner"]
 EXAMPLE = EXAMPLES / "wizard.json"
+INJECT = REPO / "tests" / "inject"
 
 
 @pytest.fixture
@@ -37,18 +64,20 @@ def root(script_root: Path) -> Path:  # noqa: F811 - wraps the imported fixture
 
 
 @contextmanager
-def daemon(root: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[
-        subprocess.Popen[bytes]]:
-    """Run `wizard-runner serve` on `root` until the block ends (then SIGTERM it)."""
+def daemon(root: Path, *extra: str, env: dict[str, str] | None = None,
+           command: list[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `wizard-runner serve` on `root` until the block ends (then SIGTERM it); its log
+    is appended to root/daemon.log."""
     log = root / "daemon.log"
-    with log.open("wb") as sink:
+    ready = log.read_text().count('"daemon_ready"') if log.exists() else 0
+    with log.open("ab") as sink:
         process = subprocess.Popen(
-            [str(SCRIPT), "serve", "--root", str(root), "--user", USER, "--log-format", "json",
-             *extra],
+            [*(command or [str(SCRIPT)]), "serve", "--root", str(root), "--user", USER,
+             "--log-format", "json", *extra],
             stdout=subprocess.DEVNULL, stderr=sink, env=env,
         )
     try:
-        wait_for(lambda: '"daemon_ready"' in log.read_text(), what="daemon_ready")
+        wait_for(lambda: log.read_text().count('"daemon_ready"') > ready, what="daemon_ready")
         yield process
     finally:
         if process.poll() is None:
@@ -95,6 +124,362 @@ def result(root: Path, request_id: str, timeout: float = 60) -> dict[str, Any]:
     return data
 
 
+# --- the daemon's bookkeeping, in-process ------------------------------------------------------
+
+
+@dataclass
+class Served:
+    """A Daemon object on a tmp root (not started: tests call its passes) and its log."""
+
+    daemon: Daemon
+    logs: io.StringIO
+
+    @property
+    def spool(self) -> Spool:
+        """Its spool."""
+        return self.daemon.spool
+
+    @property
+    def layout(self) -> Layout:
+        """Its root's layout."""
+        return self.daemon.settings.layout
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The logged events called `name`."""
+        found = [json.loads(line) for line in self.logs.getvalue().splitlines()]
+        return [event for event in found if event.get("event") == name]
+
+    def request(self, request_id: str, body: dict[str, Any]) -> None:
+        """Drop a request as the test's own user (root, or the run user when not root)."""
+        self.spool.request_path(request_id).write_text(json.dumps(body))
+
+    def answer(self, request_id: str) -> dict[str, Any]:
+        """The stored answer of a request."""
+        data: dict[str, Any] = json.loads(self.spool.result_path(request_id).read_text())
+        return data
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Served:
+    """A prepared spool and a Daemon serving it, without its watcher loop."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)  # a system tree, if an empty one
+    settings = DaemonSettings(layout=Layout(root), user=resolve_user(USER),
+                              stream=io.StringIO(), json_logs=True)
+    logs = io.StringIO()
+    found = Daemon(settings, make_logger(logs, json_lines=True))
+    prepare(found.spool, settings.user.gid)
+    return Served(found, logs)
+
+
+@pytest.fixture
+def quick(body: dict[str, Any]) -> dict[str, Any]:
+    """A body whose run touches no system file and runs no script: no child process."""
+    body["handle_system_conf"] = False
+    body["run_scripts"] = False
+    return body
+
+
+def raising(error: BaseException) -> Callable[..., Any]:
+    """A stand-in that raises `error` whatever it is called with."""
+
+    def fail(*_args: object, **_kwargs: object) -> Any:
+        raise error
+
+    return fail
+
+
+ENOSPC = errno.ENOSPC
+NO_SPACE = os.strerror(ENOSPC)
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "reason"),
+    [
+        pytest.param(OSError(ENOSPC, NO_SPACE, "/var/log/wizard-runner/wizard-runner.log"), 74,
+                     "the request could not be served: /var/log/wizard-runner/wizard-runner.log:"
+                     f" {NO_SPACE}", id="oserror"),
+        pytest.param(RunnerIOError(f"the run's log could not be written: {NO_SPACE}"), 74,
+                     f"the run's log could not be written: {NO_SPACE}", id="runner-io-error"),
+        pytest.param(ApplyError("/etc/hosts: cannot replace"), 73, "/etc/hosts: cannot replace",
+                     id="apply-error"),
+        pytest.param(UsageError("--root /x: not an existing directory"), 2,
+                     "--root /x: not an existing directory", id="usage-error"),
+        pytest.param(ValueError("boom"), 70, "internal error while serving the request "
+                     "(ValueError: boom); the daemon's log has the details", id="bug"),
+    ],
+)
+def test_whatever_execute_raises_is_answered(served: Served, quick: dict[str, Any],
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             error: BaseException, code: int,
+                                             reason: str) -> None:
+    """An exception of any kind out of the run gives a `failed` answer with the reason; the
+    daemon serves the next request."""
+    monkeypatch.setattr(daemon_module, "execute", raising(error))
+    served.request("20261125T000001Z-aaaaaaaaaaa1", quick)
+    served.request("20261125T000002Z-aaaaaaaaaaa2", quick)
+    served.daemon.serve_pending()
+    for request_id in ("20261125T000001Z-aaaaaaaaaaa1", "20261125T000002Z-aaaaaaaaaaa2"):
+        found = served.answer(request_id)
+        assert (found["status"], found["exit_code"], found["reason"]) == ("failed", code, reason)
+        assert found["problems"] == []
+    assert os.listdir(served.spool.processing) == []
+
+
+@pytest.mark.parametrize(
+    ("target", "what"),
+    [
+        pytest.param("state.atomic_replace", "config.json", id="saved-config"),
+        pytest.param("log.open_log_file", "wizard-runner.log", id="run-log"),
+        pytest.param("state.write_result", "last-run.json", id="run-result"),
+    ],
+)
+def test_the_runs_own_files_failing_is_answered(served: Served, quick: dict[str, Any],
+                                                monkeypatch: pytest.MonkeyPatch, target: str,
+                                                what: str) -> None:
+    """ENOSPC on the saved config, the run's log or its result (a real run otherwise) gives a
+    `failed` answer naming the file and the reason."""
+    path = served.layout.state_dir / what
+    failure: Exception = OSError(ENOSPC, NO_SPACE, str(path))
+    if target == "state.write_result":  # the saved config goes through atomic_replace too
+        failure = RunnerIOError(f"{path}: cannot store the run's result: {NO_SPACE}")
+        target = "runner.write_result"
+    monkeypatch.setattr(f"wizard_runner.{target}", raising(failure))
+    served.request("20261125T000001Z-aaaaaaaaaaa1", quick)
+    served.daemon.serve_pending()
+    found = served.answer("20261125T000001Z-aaaaaaaaaaa1")
+    assert found["status"] == "failed"
+    assert found["exit_code"] == 74
+    assert what in found["reason"]
+    assert NO_SPACE in found["reason"]
+    assert os.listdir(served.spool.processing) == []
+
+
+def failing_answers(monkeypatch: pytest.MonkeyPatch, request_id: str, times: int) -> list[int]:
+    """Make writing `request_id`'s answer fail with ENOSPC `times` times; the list counts the
+    attempts."""
+    attempts: list[int] = []
+    real = write_result
+
+    def write(spool: Spool, found_id: str, record: dict[str, Any], group: int) -> Path:
+        if found_id == request_id:
+            attempts.append(1)
+            if len(attempts) <= times:
+                raise OSError(ENOSPC, NO_SPACE, str(spool.result_path(found_id)))
+        return real(spool, found_id, record, group)
+
+    monkeypatch.setattr(daemon_module, "write_result", write)
+    return attempts
+
+
+def test_an_answer_that_cannot_be_written_is_retried(served: Served, quick: dict[str, Any],
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     reliability: Reliability) -> None:
+    """A full disk when answering: the request stays in processing/, the log says so, the
+    next request is served, and the answer is written on a later pass, once."""
+    first, second = "20261125T000001Z-aaaaaaaaaaa1", "20261125T000002Z-aaaaaaaaaaa2"
+    attempts = failing_answers(monkeypatch, first, times=3)
+    served.request(first, quick)
+    served.request(second, quick)
+    served.daemon.serve_pending()
+    assert os.listdir(served.spool.processing) == [f"{first}.json"]
+    assert not served.spool.result_path(first).exists()
+    [logged] = served.events("answer_not_written")
+    assert logged["request_id"] == first
+    assert logged["error"] == f"{served.spool.result_path(first)}: {NO_SPACE}"
+    assert served.answer(second)["status"] == "rejected"  # served (the first closed the spool)
+    for _ in range(2):
+        served.daemon.serve_pending()  # a tick: the retry fails again
+        assert not served.spool.result_path(first).exists()
+    served.daemon.serve_pending()
+    assert served.answer(first)["status"] == "succeeded"
+    assert os.listdir(served.spool.processing) == []
+    assert len(served.events("answer_not_written")) == 1  # not once a second
+    assert [e["request_id"] for e in served.events("answer_written")] == [first]
+    served.daemon.serve_pending()
+    ok = len(attempts) == 4 and served.daemon.unanswered == {}
+    reliability.record(area="daemon", fault="ENOSPC writing an answer",
+                       injection="done/ID.json fails with ENOSPC 3 times, another request "
+                       "waiting", trials=4, lost=0 if ok else 1,
+                       outcome="request kept in processing/, `answer_not_written` logged once, "
+                       "the other request served, the answer written on the 4th pass")
+    assert ok, attempts
+
+
+def test_a_stop_with_an_answer_pending_leaves_it_for_the_restart(
+        served: Served, quick: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer still unwritten when the daemon stops is given by the next daemon, from the
+    run's stored result: never lost, never run again."""
+    request_id = "20261125T000001Z-aaaaaaaaaaa1"
+    failing_answers(monkeypatch, request_id, times=1000)
+    served.request(request_id, quick)
+    served.daemon.serve_pending()
+    run_id = json.loads(served.layout.last_run.read_text())["run_id"]
+    monkeypatch.undo()
+    restarted = Daemon(served.daemon.settings, served.daemon.log)
+    restarted.recover()
+    found = served.answer(request_id)
+    assert (found["status"], found["result"]["run_id"]) == ("succeeded", run_id)
+    assert os.listdir(served.spool.processing) == []
+
+
+def test_recovery_keeps_an_existing_answer(served: Served) -> None:
+    """Killed after answering, before removing the request: the answer is left as it is."""
+    request_id = "20261125T000001Z-aaaaaaaaaaa1"
+    write_result(served.spool, request_id, {"request_id": request_id, "status": "succeeded",
+                                            "exit_code": 0}, served.daemon.settings.user.gid)
+    stored = served.spool.result_path(request_id).read_bytes()
+    (served.spool.processing / f"{request_id}.json").write_text("{}")
+    served.daemon.recover()
+    assert served.spool.result_path(request_id).read_bytes() == stored
+    assert os.listdir(served.spool.processing) == []
+    assert [e["request_id"] for e in served.events("request_already_answered")] == [request_id]
+
+
+def stored_run(layout: Layout, request_id: str | None, status: str = "succeeded",
+               exit_code: int = 0) -> dict[str, Any]:
+    """Write a last-run.json as a run serving `request_id` leaves it; return its data."""
+    at = now()
+    stored = RunResult("20261125T000000Z-0123abcd", at, at, RunStatus(status), exit_code,
+                       SystemConfResult(False), request_id=request_id)
+    write_last_result(layout, stored)
+    return stored.to_dict()
+
+
+def test_recovery_answers_with_the_stored_run(served: Served) -> None:
+    """Killed between storing the run's result and answering: that result is the answer, and
+    a success closes the spool."""
+    request_id = "20261125T000001Z-aaaaaaaaaaa1"
+    stored = stored_run(served.layout, request_id)
+    (served.spool.processing / f"{request_id}.json").write_text("{}")
+    served.daemon.recover()
+    found = served.answer(request_id)
+    assert (found["status"], found["exit_code"], found["result"]) == ("succeeded", 0, stored)
+    assert found["submitted_by"] == os.geteuid()
+    assert spool_closed(served.layout)
+    assert os.listdir(served.spool.processing) == []
+
+
+@pytest.mark.parametrize("last", [None, "20261125T000009Z-other0000000"],
+                         ids=["no-run-stored", "another-request"])
+def test_recovery_without_its_run_says_interrupted(served: Served, last: str | None) -> None:
+    """Killed before its run stored a result: `interrupted`, saying it may have partly run;
+    the spool stays open."""
+    request_id = "20261125T000001Z-aaaaaaaaaaa1"
+    if last is not None:
+        stored_run(served.layout, last)
+    (served.spool.processing / f"{request_id}.json").write_text("{}")
+    served.daemon.recover()
+    found = served.answer(request_id)
+    assert (found["status"], found["exit_code"]) == ("interrupted", 143)
+    assert "it may have partly run, and was not run again" in found["reason"]
+    assert not spool_closed(served.layout)
+
+
+def test_a_success_closes_the_spool(served: Served, quick: dict[str, Any],
+                                    body: dict[str, Any]) -> None:
+    """After a request's run succeeds, the next is rejected unrun (exit 77, empty problems),
+    even an invalid one; once reopened, one runs again."""
+    served.request("20261125T000001Z-aaaaaaaaaaa1", quick)
+    served.daemon.serve_pending()
+    assert served.answer("20261125T000001Z-aaaaaaaaaaa1")["status"] == "succeeded"
+    assert json.loads(closed_marker(served.layout).read_text())["request_id"] == (
+        "20261125T000001Z-aaaaaaaaaaa1")
+    run_id = json.loads(served.layout.last_run.read_text())["run_id"]
+    served.request("20261125T000002Z-aaaaaaaaaaa2", quick)
+    served.request("20261125T000003Z-aaaaaaaaaaa3", dict(quick, license=False))
+    served.daemon.serve_pending()
+    for request_id in ("20261125T000002Z-aaaaaaaaaaa2", "20261125T000003Z-aaaaaaaaaaa3"):
+        found = served.answer(request_id)
+        assert (found["status"], found["exit_code"], found["reason"], found["problems"],
+                found["result"]) == ("rejected", 77, CLOSED, [], None)
+    assert json.loads(served.layout.last_run.read_text())["run_id"] == run_id  # not run
+    closed_marker(served.layout).unlink()
+    served.request("20261125T000004Z-aaaaaaaaaaa4", quick)
+    served.daemon.serve_pending()
+    assert served.answer("20261125T000004Z-aaaaaaaaaaa4")["status"] == "succeeded"
+
+
+def test_a_failed_run_leaves_the_spool_open(served: Served, quick: dict[str, Any]) -> None:
+    """Only a success closes the spool: a failed run can be corrected and resubmitted."""
+    served.request("20261125T000001Z-aaaaaaaaaaa1", dict(quick, run_scripts=True))
+    served.layout.wizard_d.parent.mkdir(parents=True)  # no wizard.d: exit 66, no process
+    served.daemon.serve_pending()
+    assert served.answer("20261125T000001Z-aaaaaaaaaaa1")["exit_code"] == 66
+    assert not spool_closed(served.layout)
+
+
+def test_closing_that_cannot_be_written_still_closes(served: Served, quick: dict[str, Any],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A marker that cannot be written yet: requests are rejected meanwhile, and it is written
+    on a later pass."""
+    monkeypatch.setattr(daemon_module, "close_spool",
+                        raising(OSError(ENOSPC, NO_SPACE, str(closed_marker(served.layout)))))
+    served.request("20261125T000001Z-aaaaaaaaaaa1", quick)
+    served.request("20261125T000002Z-aaaaaaaaaaa2", quick)
+    served.daemon.serve_pending()
+    assert served.answer("20261125T000002Z-aaaaaaaaaaa2")["reason"] == CLOSED
+    assert len(served.events("spool_not_closed")) == 1
+    monkeypatch.setattr(daemon_module, "close_spool", close_spool)
+    served.daemon.serve_pending()
+    assert spool_closed(served.layout)
+    assert served.daemon.closing is None
+
+
+def test_invalid_bodies_from_the_run_user_list_their_problems(served: Served,
+                                                              quick: dict[str, Any]) -> None:
+    """A rejected body's answer carries its problems (the submitter's own data)."""
+    served.request("20261125T000001Z-aaaaaaaaaaa1", dict(quick, license=False))
+    os.chown(served.spool.request_path("20261125T000001Z-aaaaaaaaaaa1"),
+             served.daemon.settings.user.uid, -1)
+    served.daemon.serve_pending()
+    found = served.answer("20261125T000001Z-aaaaaaaaaaa1")
+    assert found["status"] == "rejected"
+    assert found["problems"] == ["license: must be true: the license has to be accepted"]
+    assert found["submitted_by"] == served.daemon.settings.user.uid
+
+
+def test_a_reused_id_never_replaces_an_answer(served: Served, quick: dict[str, Any]) -> None:
+    """A request named after one already answered is dropped: the first answer stays."""
+    request_id = "20261125T000001Z-aaaaaaaaaaa1"
+    write_result(served.spool, request_id, {"status": "succeeded"}, 0)
+    stored = served.spool.result_path(request_id).read_bytes()
+    served.request(request_id, quick)
+    served.daemon.serve_pending()
+    assert served.spool.result_path(request_id).read_bytes() == stored
+    assert os.listdir(served.spool.incoming) == []
+    assert not served.layout.last_run.exists()
+    assert len(served.events("request_id_taken")) == 1
+
+
+def test_reopen_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wizard-runner reopen` as anyone but root: exit 77, the spool stays closed."""
+    close_spool(Layout(tmp_path), "r1", "run1")
+    monkeypatch.setattr("wizard_runner.cli.os.geteuid", lambda: 33)
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["reopen", "--root", str(tmp_path)], stdout=out, stderr=err) == 77
+    assert err.getvalue() == ("wizard-runner: wizard-runner reopen: run it as root (only root "
+                              "may let the wizard be run again)\n")
+    assert spool_closed(Layout(tmp_path))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_reopen(tmp_path: Path) -> None:
+    """`wizard-runner reopen` reopens a closed spool, and says when it was not closed."""
+    close_spool(Layout(tmp_path), "r1", "run1")
+    outputs = []
+    for _ in range(2):
+        out = io.StringIO()
+        assert main(["reopen", "--root", str(tmp_path)], stdout=out,
+                        stderr=io.StringIO()) == 0
+        outputs.append(out.getvalue())
+    assert outputs == ["spool reopened\n", "spool was not closed\n"]
+    assert not spool_closed(Layout(tmp_path))
+
+
+# --- the daemon as a real process ---------------------------------------------------------------
+
+@pytest.mark.processes
 def test_submit_and_wait_through_the_cli(root: Path) -> None:
     """`submit --wait` hands the body over and exits as the run did."""
     with daemon(root):
@@ -111,6 +496,7 @@ def test_submit_and_wait_through_the_cli(root: Path) -> None:
     assert os.listdir(Spool.of(Layout(root)).processing) == []
 
 
+@pytest.mark.processes
 def test_submit_through_the_api_and_a_failing_script(root: Path, body: dict[str, Any]) -> None:
     """api.submit(wait=True) returns the record; a failed script gives exit 1 and its output."""
     wizard_d = root / "etc/xivo/wizard.d"
@@ -129,6 +515,7 @@ def test_submit_through_the_api_and_a_failing_script(root: Path, body: dict[str,
     assert waited["exit_code"] == 1
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to submit as www-data")
 def test_www_data_submits_to_a_root_daemon(root: Path) -> None:
     """As www-data (confd), a request can be dropped and its result read, nothing more."""
@@ -156,6 +543,7 @@ def test_www_data_submits_to_a_root_daemon(root: Path) -> None:
         assert saved.returncode != 0
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as someone else")
 def test_flood_of_bad_requests(root: Path, body: dict[str, Any],
                                reliability: Reliability) -> None:
@@ -206,6 +594,7 @@ def test_flood_of_bad_requests(root: Path, body: dict[str, Any],
     assert not (root / "etc/shadow-like").exists()
 
 
+@pytest.mark.processes
 def test_sigkill_mid_run_then_restart(root: Path, body: dict[str, Any],
                                       reliability: Reliability) -> None:
     """A daemon killed during a run: at restart the request is reported interrupted, not rerun."""
@@ -227,17 +616,20 @@ def test_sigkill_mid_run_then_restart(root: Path, body: dict[str, Any],
     with daemon(root):
         record = result(root, request_id)
     assert record["status"] == "interrupted"
-    assert "was not run again" in record["reason"]
+    assert "it may have partly run, and was not run again" in record["reason"]
     assert (ran / "count").read_text() == "x\n"
     reliability.record(area="daemon", fault="SIGKILL mid-run", injection="kill -9 the daemon "
                        "while a script runs, then restart it", trials=1, lost=0,
                        outcome="the request answered `interrupted`, not run twice")
 
 
-def test_sigterm_during_a_run(root: Path, body: dict[str, Any],
-                              reliability: Reliability) -> None:
-    """SIGTERM stops the daemon within seconds; the running request is recorded interrupted."""
-    marker = f"sleep 9{os.getpid() % 1000}3"
+@pytest.mark.processes
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_stop_signal_during_a_run(root: Path, body: dict[str, Any],
+                                  reliability: Reliability, signum: int) -> None:
+    """SIGTERM or SIGHUP stops the daemon within seconds and cleanly; the running request is
+    answered interrupted."""
+    marker = f"sleep 9{os.getpid() % 1000}{signum}"
     ran = root / "shared"
     ran.mkdir(mode=0o777)
     ran.chmod(0o777)
@@ -250,20 +642,24 @@ def test_sigterm_during_a_run(root: Path, body: dict[str, Any],
         assert isinstance(request_id, str)
         wait_for((ran / "started").exists, what="the script to start")
         started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         process.wait(timeout=20)
         assert time.monotonic() - started < 10
         assert process.returncode == 0
     record = result(root, request_id, timeout=5)
     assert record["status"] == "interrupted"
-    assert record["exit_code"] == 143
+    assert record["exit_code"] == 128 + signum
     assert record["result"]["scripts"][0]["status"] == "failed"
     assert no_process_with(marker)
-    reliability.record(area="daemon", fault="SIGTERM mid-run", injection="systemctl stop "
-                       "(SIGTERM) while a script runs", trials=1, lost=0,
+    assert os.listdir(Spool.of(Layout(root)).processing) == []
+    name = signal.Signals(signum).name
+    how = "systemctl stop (SIGTERM)" if signum == signal.SIGTERM else "SIGHUP (a closed terminal)"
+    reliability.record(area="daemon", fault=f"{name} mid-run", injection=f"{how} while a "
+                       "script runs", trials=1, lost=0,
                        outcome="stopped within seconds; script tree gone; `interrupted`")
 
 
+@pytest.mark.processes
 def test_waits_for_a_manual_run(root: Path, body: dict[str, Any]) -> None:
     """While a manual run holds the lock, a request waits; it runs once the lock is free."""
     with daemon(root):
@@ -283,6 +679,7 @@ def test_waits_for_a_manual_run(root: Path, body: dict[str, Any]) -> None:
     assert datetime.fromisoformat(started).timestamp() >= released
 
 
+@pytest.mark.processes
 def test_requests_waiting_at_start_are_served(root: Path, body: dict[str, Any]) -> None:
     """Requests dropped while the daemon was down are run when it starts."""
     Spool.of(Layout(root)).incoming.mkdir(parents=True)
@@ -292,6 +689,7 @@ def test_requests_waiting_at_start_are_served(root: Path, body: dict[str, Any]) 
         assert result(root, request_id)["status"] == "succeeded"
 
 
+@pytest.mark.processes
 def test_readiness_and_journal_format(root: Path, tmp_path: Path) -> None:
     """Under systemd: READY=1 on $NOTIFY_SOCKET, and `<priority>event key=value` lines."""
     address = str(tmp_path / "notify")
@@ -316,6 +714,7 @@ def test_readiness_and_journal_format(root: Path, tmp_path: Path) -> None:
     assert not any(line[:1] == "{" for line in lines)
 
 
+@pytest.mark.processes
 def test_second_daemon_is_refused(root: Path) -> None:
     """Only one daemon serves a root: a second one exits 75 naming the first."""
     with daemon(root) as first:
@@ -324,6 +723,7 @@ def test_second_daemon_is_refused(root: Path) -> None:
         assert f"another wizard-runner serve (pid {first.pid})" in second.stderr
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to submit as www-data")
 def test_hostile_names_do_not_stop_the_daemon(root: Path, body: dict[str, Any]) -> None:
     """Undecodable names, junk dot-files and deep trees are cleared; the daemon keeps serving."""
@@ -342,3 +742,214 @@ def test_hostile_names_do_not_stop_the_daemon(root: Path, body: dict[str, Any]) 
         assert good["status"] == "succeeded"
         wait_for(lambda: os.listdir(incoming) == [], what="incoming/ to be cleared")
         assert process.poll() is None
+
+
+def prepared(root: Path) -> Spool:
+    """The spool as the daemon prepares it, with no daemon serving."""
+    spool = Spool.of(Layout(root))
+    prepare(spool, resolve_user(USER).gid)
+    return spool
+
+
+def paused_at(step: str, handshake: Path) -> dict[str, str]:
+    """The environment that makes a daemon stop at `step` (see tests/inject/sitecustomize.py)."""
+    return {**os.environ, "PYTHONPATH": str(INJECT), "WIZARD_TEST_PAUSE": step,
+            "WIZARD_TEST_HANDSHAKE": str(handshake)}
+
+
+@pytest.mark.processes
+def test_crash_at_each_step_of_answering(root: Path, body: dict[str, Any],
+                                         reliability: Reliability) -> None:
+    """A real daemon killed (SIGKILL) after the claim, after the run stored its result, or after
+    the answer was written, then restarted: one answer each, the right one; nothing run
+    twice, an existing answer kept byte for byte."""
+    shared = root / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    wizard_d = root / "etc/xivo/wizard.d"
+    (wizard_d / "10-count").write_text(f"#!/bin/sh\necho x >> {shared}/count\n")
+    (wizard_d / "10-count").chmod(0o755)
+    body["run_scripts"] = True
+    expected = {"claimed": ("interrupted", 0), "run_stored": ("succeeded", 1),
+                "answered": ("succeeded", 1)}
+    spool = Spool.of(Layout(root))
+    failures: list[str] = []
+    for step, (status, runs) in expected.items():
+        reopen_spool(Layout(root))
+        (shared / "count").unlink(missing_ok=True)
+        handshake = root / f"paused-{step}"
+        with daemon(root, env=paused_at(step, handshake), command=MODULE) as process:
+            request_id = api.submit(body, root=root)
+            assert isinstance(request_id, str)
+            wait_for(handshake.exists, what=f"the daemon to pause at {step}")
+            process.kill()
+            process.wait(timeout=10)
+        answer = spool.result_path(request_id)
+        before = answer.read_bytes() if answer.exists() else None
+        assert (before is not None) == (step == "answered")
+        with daemon(root):
+            record = result(root, request_id)
+        counted = (shared / "count").read_text().count("x") if (shared / "count").exists() else 0
+        if (record["status"], counted) != (status, runs) or os.listdir(spool.processing) or (
+                before is not None and answer.read_bytes() != before):
+            failures.append(f"{step}: {record['status']}, run {counted} times")
+    reliability.record(area="daemon", fault="crash at each step of answering",
+                       injection="SIGKILL of a real daemon held by a handshake after the claim, "
+                       "after the run stored its result, after the answer was written; then "
+                       "a restart", trials=len(expected), lost=len(failures),
+                       outcome="one answer each: `interrupted` (not run), the stored result, "
+                       "the existing answer kept byte for byte; nothing run twice")
+    assert failures == []
+
+
+@pytest.mark.processes
+def test_wait_without_a_daemon_withdraws(root: Path) -> None:
+    """`submit --wait` with no daemon and no --timeout exits 69 within seconds; the request is
+    withdrawn, nothing will run it."""
+    spool = prepared(root)
+    started = time.monotonic()
+    done = cli("submit", "--config", str(EXAMPLE), "--root", str(root), "--wait", "--json")
+    assert time.monotonic() - started < 15
+    assert done.returncode == 69, done.stderr
+    record = json.loads(done.stdout)
+    assert (record["status"], record["exit_code"]) == ("withdrawn", 69)
+    assert done.stderr == (f"wizard-runner: no daemon is serving {spool.base}: request "
+                           f"{record['request_id']} withdrawn, nothing was run (start "
+                           "wizard-runnerd)\n")
+    assert os.listdir(spool.incoming) == []
+
+
+@pytest.mark.processes
+def test_wait_when_the_daemon_dies_after_the_claim(root: Path) -> None:
+    """A daemon killed once it claimed the request: the waiting client exits 69 saying where
+    the answer will be; the restarted daemon puts it there."""
+    handshake = root / "paused"
+    with daemon(root, env=paused_at("claimed", handshake), command=MODULE) as process:
+        client = subprocess.Popen(
+            [str(SCRIPT), "submit", "--config", str(EXAMPLE), "--root", str(root), "--wait",
+             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(handshake.exists, what="the claim")
+        process.kill()
+        process.wait(timeout=10)
+        out, err = client.communicate(timeout=60)
+    assert client.returncode == 69, err
+    record = json.loads(out)
+    answer = Spool.of(Layout(root)).result_path(record["request_id"])
+    assert (record["status"], record["answer"]) == ("claimed", str(answer))
+    assert err.endswith(f"its answer will be in {answer} when the daemon restarts\n")
+    with daemon(root):
+        assert result(root, record["request_id"])["status"] == "interrupted"
+
+
+@pytest.mark.processes
+def test_a_timed_out_request_is_never_run(root: Path) -> None:
+    """`--timeout 0.5` with no daemon: withdrawn; a daemon started later does not run it."""
+    spool = prepared(root)
+    done = cli("submit", "--config", str(EXAMPLE), "--root", str(root), "--wait", "--timeout",
+               "0.5", "--json")
+    assert done.returncode == 69, done.stderr
+    record = json.loads(done.stdout)
+    request_id = record["request_id"]
+    assert record["status"] == "withdrawn"
+    assert done.stderr == (f"wizard-runner: no answer to request {request_id} within 0.5 s: "
+                           f"request {request_id} withdrawn, nothing was run\n")
+    with daemon(root):
+        # A later request (by name) answered means the daemon's pass has looked at incoming/.
+        drop(root, "99991231T235959Z-ffffffffffff.json", b"{not json", owner=os.geteuid())
+        assert result(root, "99991231T235959Z-ffffffffffff")["status"] == "rejected"
+    assert os.listdir(spool.done) == ["99991231T235959Z-ffffffffffff.json"]
+    assert not Layout(root).last_run.exists()
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143),
+                                              (signal.SIGHUP, 129)],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_a_stop_while_waiting_withdraws(root: Path, signum: int, code: int) -> None:
+    """Ctrl-C, SIGTERM or SIGHUP to `submit --wait`: no traceback, the request withdrawn, a
+    JSON record, exit 128 + the signal."""
+    spool = prepared(root)
+    client = subprocess.Popen(
+        [str(SCRIPT), "submit", "--config", str(EXAMPLE), "--root", str(root), "--wait",
+         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any(name.endswith(".json") for name in os.listdir(spool.incoming)),
+             what="the request")
+    client.send_signal(signum)
+    out, err = client.communicate(timeout=30)
+    assert client.returncode == code, err
+    assert "Traceback" not in err
+    record = json.loads(out)
+    assert (record["status"], record["exit_code"]) == ("withdrawn", code)
+    assert err == (f"wizard-runner: interrupted by {signal.Signals(signum).name}: request "
+                   f"{record['request_id']} withdrawn, nothing was run\n")
+    assert os.listdir(spool.incoming) == []
+
+
+@pytest.mark.processes
+def test_submit_without_a_daemon_warns_and_queues(root: Path) -> None:
+    """Without --wait, a missing daemon is a warning: the request stays queued for it."""
+    spool = prepared(root)
+    done = cli("submit", "--config", str(EXAMPLE), "--root", str(root), "--json")
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record == {"request_id": record["request_id"], "daemon_serving": False}
+    assert done.stderr == (f"wizard-runner: warning: no daemon is serving {spool.base} right "
+                           f"now: request {record['request_id']} waits until wizard-runnerd "
+                           "starts\n")
+    assert os.listdir(spool.incoming) == [f"{record['request_id']}.json"]
+    with daemon(root):
+        assert result(root, record["request_id"])["status"] == "succeeded"
+        served = cli("submit", "--config", str(EXAMPLE), "--root", str(root), "--json")
+    assert json.loads(served.stdout)["daemon_serving"] is True
+    assert served.stderr == ""
+
+
+@pytest.mark.processes
+def test_a_configured_appliance_rejects_requests_until_reopened(root: Path) -> None:
+    """After a request's run succeeded, the next is rejected unrun (exit 77) while an admin's
+    `run` still works; `wizard-runner reopen` lets the next one run."""
+    submit = ["submit", "--config", str(EXAMPLE), "--root", str(root), "--wait", "--json",
+              "--timeout", "60"]
+    with daemon(root):
+        first = json.loads(cli(*submit).stdout)
+        rejected = cli(*submit)
+        admin = cli("run", "--config", str(EXAMPLE), "--root", str(root), "--json")
+        reopened = cli("reopen", "--root", str(root))
+        third = cli(*submit)
+    assert first["status"] == "succeeded"
+    assert rejected.returncode == 77
+    record = json.loads(rejected.stdout)
+    assert (record["status"], record["reason"], record["problems"]) == ("rejected", CLOSED, [])
+    assert admin.returncode == 0, admin.stderr
+    assert (reopened.returncode, reopened.stdout) == (0, "spool reopened\n")
+    assert third.returncode == 0, third.stderr
+    assert json.loads(Layout(root).last_run.read_text())["request_id"] == (
+        json.loads(third.stdout)["request_id"])
+    assert cli("reopen", "--root", str(root)).stdout == "spool reopened\n"  # the third closed it
+    assert cli("reopen", "--root", str(root)).stdout == "spool was not closed\n"
+
+
+def presence_fds(pid: int) -> list[str]:
+    """What the descriptors of process `pid` that name the presence file point to."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if "serving.lock" in target:
+                found.append(target)
+    return found
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_presence_follows_the_daemon(root: Path, signum: int) -> None:
+    """Clients see a daemon exactly while one runs: one lock on the current file, none left
+    after a stop or a kill."""
+    spool = Spool.of(Layout(root))
+    with daemon(root) as process:
+        assert daemon_serving(spool)
+        assert presence_fds(process.pid) == [str(spool.presence)]
+        assert [name for name in os.listdir(spool.base) if name.startswith(".")] == []
+        process.send_signal(signum)
+        process.wait(timeout=20)
+    assert not daemon_serving(spool)

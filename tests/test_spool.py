@@ -4,29 +4,44 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import needs_root
-from wizard_runner.errors import ConfigError
+from tests.helpers import as_www_data, traversable_dir, www_data
+from wizard_runner.errors import ConfigError, RunInterrupted
+from wizard_runner.fsio import write_all
 from wizard_runner.layout import Layout
+from wizard_runner.presence import PresenceLock
 from wizard_runner.spool import (
     REQUEST_ID,
+    AnswerTimeoutError,
+    NoDaemonError,
     RequestRejectedError,
     Spool,
     SpoolError,
+    SubmitInterruptedError,
+    close_spool,
+    closed_marker,
+    daemon_serving,
     discard,
     new_request_id,
     prepare,
     prune_done,
     read_request,
     remove_stale_temps,
+    reopen_spool,
+    spool_closed,
     submit,
+    submit_and_wait,
     wait_result,
+    withdraw,
     write_result,
 )
 
@@ -116,24 +131,256 @@ def test_untrusted_requests_are_rejected(
 
 
 def test_write_and_wait_result(spool: Spool) -> None:
-    """A stored result is found by its id; a missing one times out with a clear error."""
+    """A stored answer is found by its id, 0640."""
     write_result(spool, "r1", {"status": "succeeded", "exit_code": 0}, 33)
     assert wait_result(spool, "r1", 1) == {"status": "succeeded", "exit_code": 0}
     assert stat.S_IMODE(spool.result_path("r1").stat().st_mode) == 0o640
-    with pytest.raises(SpoolError, match=r"no result for request r2 within 0\.2 s"):
-        wait_result(spool, "r2", 0.2)
 
 
-def test_retention_by_age_and_count(spool: Spool) -> None:
-    """Results older than the limit go, then the oldest beyond the count."""
-    now = time.time()
-    for index in range(10):
-        path = write_result(spool, f"r{index:02d}", {"n": index}, 33)
-        age = (40 if index < 3 else 10 - index) * 86400
-        os.utime(path, (now - age, now - age))
-    removed = prune_done(spool, days=30, count=5)
-    assert removed == 5
-    assert sorted(os.listdir(spool.done)) == [f"r{i:02d}.json" for i in range(5, 10)]
+def test_timeout_withdraws_a_waiting_request(spool: Spool, body: dict[str, Any]) -> None:
+    """A request still in incoming/ at the timeout is taken back: nothing will run it."""
+    request_id = submit(spool, json.dumps(body).encode())
+    with PresenceLock(spool.presence), pytest.raises(AnswerTimeoutError) as caught:
+        wait_result(spool, request_id, 0.2)
+    assert str(caught.value) == (f"no answer to request {request_id} within 0.2 s: request "
+                                 f"{request_id} withdrawn, nothing was run")
+    assert (caught.value.exit_code, caught.value.status) == (69, "withdrawn")
+    assert caught.value.to_dict()["status"] == "withdrawn"
+    assert os.listdir(spool.incoming) == []
+
+
+def test_timeout_after_the_claim_says_where_the_answer_will_be(spool: Spool,
+                                                               body: dict[str, Any]) -> None:
+    """A request the daemon has claimed stays with it: the error names done/ID.json."""
+    request_id = submit(spool, json.dumps(body).encode())
+    claim(spool, request_id)
+    with PresenceLock(spool.presence), pytest.raises(AnswerTimeoutError) as caught:
+        wait_result(spool, request_id, 0.2)
+    answer = spool.result_path(request_id)
+    assert str(caught.value).endswith(f"is already running: its answer will be in {answer}")
+    assert (caught.value.status, caught.value.answer) == ("claimed", answer)
+    assert caught.value.to_dict()["answer"] == str(answer)
+
+
+def test_an_answer_at_the_deadline_is_returned(spool: Spool, body: dict[str, Any],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer written between the last look and the give-up is returned, not an error."""
+    request_id = submit(spool, json.dumps(body).encode())
+    claim(spool, request_id)
+
+    def answered_meanwhile(found: Spool, found_id: str) -> bool:
+        write_result(found, found_id, {"status": "succeeded", "exit_code": 0}, 33)
+        return False
+
+    monkeypatch.setattr("wizard_runner.spool.withdraw", answered_meanwhile)
+    with PresenceLock(spool.presence):
+        assert wait_result(spool, request_id, 0.1)["status"] == "succeeded"
+
+
+def test_no_daemon_withdraws_within_the_grace(spool: Spool, body: dict[str, Any]) -> None:
+    """With no daemon and no timeout, the wait ends after the grace period, withdrawn."""
+    request_id = submit(spool, json.dumps(body).encode())
+    started = time.monotonic()
+    with pytest.raises(NoDaemonError) as caught:
+        wait_result(spool, request_id, None, grace=0.3)
+    assert time.monotonic() - started < 3
+    assert str(caught.value) == (f"no daemon is serving {spool.base}: request {request_id} "
+                                 "withdrawn, nothing was run (start wizard-runnerd)")
+    assert os.listdir(spool.incoming) == []
+
+
+def test_no_daemon_after_the_claim(spool: Spool, body: dict[str, Any]) -> None:
+    """A daemon that died after claiming: the answer comes when it restarts."""
+    request_id = submit(spool, json.dumps(body).encode())
+    claim(spool, request_id)
+    with pytest.raises(NoDaemonError) as caught:
+        wait_result(spool, request_id, None, grace=0.3)
+    assert str(caught.value) == (
+        f"no daemon is serving {spool.base}: request {request_id} was claimed before the "
+        f"daemon stopped: its answer will be in {spool.result_path(request_id)} when the "
+        "daemon restarts")
+    assert caught.value.exit_code == 69
+
+
+def test_a_present_daemon_is_waited_for(spool: Spool, body: dict[str, Any]) -> None:
+    """While the daemon is present, the grace never runs out: only the timeout ends it."""
+    request_id = submit(spool, json.dumps(body).encode())
+    with PresenceLock(spool.presence), pytest.raises(AnswerTimeoutError):
+        wait_result(spool, request_id, 1.5, grace=0.2)
+
+
+@pytest.mark.parametrize(
+    ("stop", "code", "name"),
+    [
+        pytest.param(KeyboardInterrupt(), 130, "SIGINT", id="ctrl-c"),
+        pytest.param(RunInterrupted(signal.SIGTERM), 143, "SIGTERM", id="sigterm"),
+        pytest.param(RunInterrupted(signal.SIGHUP), 129, "SIGHUP", id="sighup"),
+    ],
+)
+def test_a_stop_while_waiting_withdraws(spool: Spool, body: dict[str, Any],
+                                        monkeypatch: pytest.MonkeyPatch, stop: BaseException,
+                                        code: int, name: str) -> None:
+    """Ctrl-C, SIGTERM or SIGHUP while waiting: withdrawn, exit 128 + the signal."""
+    request_id = submit(spool, json.dumps(body).encode())
+
+    def stopped(_seconds: float) -> None:
+        raise stop
+
+    monkeypatch.setattr("wizard_runner.spool.time.sleep", stopped)
+    with PresenceLock(spool.presence), pytest.raises(SubmitInterruptedError) as caught:
+        wait_result(spool, request_id, None)
+    assert str(caught.value) == (f"interrupted by {name}: request {request_id} withdrawn, "
+                                 "nothing was run")
+    assert caught.value.exit_code == code
+    assert caught.value.__cause__ is stop
+    assert os.listdir(spool.incoming) == []
+
+
+def test_a_stop_during_the_drop_leaves_nothing(spool: Spool, body: dict[str, Any],
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               restore_signals: None) -> None:
+    """SIGINT while the request is written is held until it is in place, then withdraws it:
+    no temp file, no request."""
+    def write_then_signal(fd: int, data: bytes) -> None:
+        signal.raise_signal(signal.SIGINT)
+        write_all(fd, data)
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr("wizard_runner.spool.write_all", write_then_signal)
+    with pytest.raises(SubmitInterruptedError) as caught:
+        submit_and_wait(spool, json.dumps(body).encode(), None)
+    assert caught.value.status == "withdrawn"
+    assert isinstance(caught.value.__cause__, KeyboardInterrupt)
+    assert os.listdir(spool.incoming) == []
+
+
+def test_withdraw_loses_to_the_claim(spool: Spool, body: dict[str, Any]) -> None:
+    """Withdrawing a request the daemon claimed finds nothing and says so."""
+    first = submit(spool, json.dumps(body).encode())
+    second = submit(spool, json.dumps(body).encode())
+    claim(spool, first)
+    assert not withdraw(spool, first)
+    assert withdraw(spool, second)
+    assert os.listdir(spool.incoming) == []
+    assert os.listdir(spool.processing) == [f"{first}.json"]
+
+
+def test_a_withdrawal_cut_short_is_cleared(spool: Spool) -> None:
+    """The hidden name a withdrawal renames to is removed by the daemon's clean-up at once."""
+    (spool.incoming / ".20261125T000000Z-abcdef012345.withdrawn").write_text("{}")
+    remove_stale_temps(spool)
+    assert os.listdir(spool.incoming) == []
+
+
+@pytest.fixture
+def shared_spool() -> Iterator[Spool]:
+    """A prepared spool under a root www-data can traverse."""
+    with traversable_dir() as base:
+        found = Spool.of(Layout(base))
+        prepare(found, www_data()[1])
+        yield found
+
+
+@needs_root
+def test_www_data_withdraws_its_own_request_only(shared_spool: Spool,
+                                                 body: dict[str, Any]) -> None:
+    """In the sticky incoming/, www-data can take back its own request, not root's."""
+    data = json.dumps(body).encode()
+
+    def submit_and_withdraw() -> list[object]:
+        request_id = submit(shared_spool, data)
+        return [request_id, withdraw(shared_spool, request_id)]
+
+    outcome = as_www_data(submit_and_withdraw)
+    assert outcome["value"][1] is True
+    assert os.listdir(shared_spool.incoming) == []
+    foreign = submit(shared_spool, data)
+    refused = as_www_data(lambda: withdraw(shared_spool, foreign))
+    assert refused["error"] == (f"SpoolError: {shared_spool.request_path(foreign)}: cannot "
+                                "withdraw the request: Operation not permitted")
+    assert os.listdir(shared_spool.incoming) == [f"{foreign}.json"]
+
+
+def test_daemon_serving(spool: Spool) -> None:
+    """The client's test follows the presence lock."""
+    assert not daemon_serving(spool)
+    with PresenceLock(spool.presence):
+        assert daemon_serving(spool)
+
+
+def age(path: Path, seconds: float) -> None:
+    """Make a file look `seconds` old."""
+    when = time.time() - seconds
+    os.utime(path, (when, when))
+
+
+def answer(spool: Spool, request_id: str, submitted_by: int | None, seconds: float) -> None:
+    """An answer for `submitted_by`, `seconds` old."""
+    record = {"request_id": request_id, "status": "rejected", "submitted_by": submitted_by}
+    age(write_result(spool, request_id, record, 33), seconds)
+
+
+def test_prune_keeps_every_submitters_latest(spool: Spool) -> None:
+    """A flood from one submitter never evicts another's answers, nor any answer younger
+    than the safe age; the flooder's old answers beyond its count go, and so does what is
+    older than the retention."""
+    hour, day = 3600, 86400
+    for index in range(3):
+        answer(spool, f"root-{index}", 0, 2 * day + index)
+    for index in range(50):
+        answer(spool, f"old-{index:02d}", 33, 2 * hour + index)
+    for index in range(30):
+        answer(spool, f"young-{index:02d}", 33, 60 + index)
+    answer(spool, "ancient", 0, 40 * day)
+    answer(spool, "legacy", None, 3 * day)  # written before answers said who submitted them
+    temp = spool.done / ".x.json.0000.wizard-runner-tmp"
+    temp.write_text("")
+    age(temp, 2 * hour)
+    removed = prune_done(spool, days=30, per_submitter=10, safe_age=hour)
+    left = set(os.listdir(spool.done))
+    assert left == ({f"root-{i}.json" for i in range(3)} | {"legacy.json"}
+                    | {f"young-{i:02d}.json" for i in range(30)})
+    assert removed == 50 + 1 + 1
+
+
+def test_prune_by_count_among_old_answers(spool: Spool) -> None:
+    """Past the safe age, each submitter keeps exactly its latest answers."""
+    for index in range(8):
+        answer(spool, f"a-{index}", 33, 7200 + index * 60)
+    prune_done(spool, days=30, per_submitter=3, safe_age=3600)
+    assert sorted(os.listdir(spool.done)) == ["a-0.json", "a-1.json", "a-2.json"]
+
+
+def test_close_and_reopen(tmp_path: Path) -> None:
+    """Closing writes the root-owned marker; reopening removes it, once."""
+    layout = Layout(tmp_path)
+    assert not spool_closed(layout)
+    close_spool(layout, "r1", "run1")
+    assert spool_closed(layout)
+    marker = closed_marker(layout)
+    assert json.loads(marker.read_text())["request_id"] == "r1"
+    assert stat.S_IMODE(marker.stat().st_mode) == 0o644
+    assert reopen_spool(layout)
+    assert not spool_closed(layout)
+    assert not reopen_spool(layout)
+
+
+@needs_root
+def test_www_data_cannot_reopen() -> None:
+    """www-data can see the spool is closed but cannot remove the marker."""
+    with traversable_dir() as base:
+        layout = Layout(base)
+        close_spool(layout, "r1", "run1")
+        assert as_www_data(lambda: spool_closed(layout)) == {"value": True}
+        refused = as_www_data(lambda: reopen_spool(layout))
+        assert refused["error"] == (f"SpoolError: {closed_marker(layout)}: cannot reopen the "
+                                    "spool: Permission denied")
+        assert spool_closed(layout)
+
+
+def claim(spool: Spool, request_id: str) -> None:
+    """Do what the daemon does to claim a request."""
+    os.rename(spool.request_path(request_id), spool.processing / f"{request_id}.json")
 
 
 def test_stale_temps_are_removed(spool: Spool) -> None:

@@ -45,7 +45,15 @@ from wizard_runner.log import quiet_logger
 from wizard_runner.result import RunResult, RunStatus, ScriptOutcome
 from wizard_runner.runner import Preview, RunOptions, execute, preview
 from wizard_runner.runuser import DEFAULT_USER
-from wizard_runner.spool import Spool, SpoolError, wait_result
+from wizard_runner.spool import (
+    AnswerTimeoutError,
+    NoDaemonError,
+    NotAnsweredError,
+    Spool,
+    SpoolError,
+    SubmitInterruptedError,
+    submit_and_wait,
+)
 from wizard_runner.spool import submit as spool_submit
 
 Body = Mapping[str, Any] | str | bytes | WizardConfig
@@ -93,6 +101,10 @@ class StoppedError(RunFailedError):
 
 
 # The names the integration guide uses.
+NotAnswered = NotAnsweredError
+AnswerTimeout = AnswerTimeoutError
+NoDaemon = NoDaemonError
+SubmitInterrupted = SubmitInterruptedError
 InvalidConfig = ConfigError
 ScriptFailed = ScriptFailedError
 ScriptsDirMissing = ScriptsDirMissingBeforeRun  # catches both: before the run, or during it
@@ -103,13 +115,16 @@ RunFailed = RunFailedError
 
 __all__ = [
     "LANGUAGES",
+    "AnswerTimeout",
     "ApplyError",
     "Body",
     "ConfigError",
     "Interrupted",
     "InvalidConfig",
     "LockedError",
+    "NoDaemon",
     "NotAllowed",
+    "NotAnswered",
     "Preview",
     "PrivilegeError",
     "ResultNotStoredError",
@@ -121,6 +136,7 @@ __all__ = [
     "ScriptFailed",
     "ScriptsDirMissing",
     "SpoolError",
+    "SubmitInterrupted",
     "SystemFilesNotApplied",
     "UsageError",
     "WizardConfig",
@@ -210,10 +226,18 @@ def submit(
 ) -> str | dict[str, Any]:
     """Hand a body to the daemon through its spool (works as www-data, as confd runs).
 
-    Validates first (InvalidConfig, nothing submitted). Returns the request id, or with
-    `wait` the daemon's result record: {"request_id", "status", "exit_code", "reason",
-    "problems", "received_at", "finished_at", "result"}. SpoolError when the spool is missing
-    or no result came within `timeout` seconds.
+    Validates first (InvalidConfig, nothing submitted); SpoolError when the spool is missing.
+    Returns the request id, or with `wait` the daemon's answer: {"request_id", "status",
+    "exit_code", "reason", "problems", "submitted_by", "received_at", "finished_at",
+    "result"}, status one of succeeded, failed, interrupted, rejected.
+
+    A wait that ends without an answer withdraws the request if the daemon has not claimed it
+    yet (nothing is run), and raises a NotAnswered subclass (a SpoolError) saying so:
+    AnswerTimeout after `timeout` seconds, NoDaemon when no daemon has served the spool for
+    5 s, SubmitInterrupted on KeyboardInterrupt (or SIGTERM/SIGHUP where wizard-runner's
+    handlers are installed), raised from it. Each has `.request_id`, `.status` ("withdrawn",
+    or "claimed": the answer will be in `.answer`, done/ID.json), `.exit_code` (69, or 128
+    plus the signal) and `.to_dict()`.
     """
     config = validate(body)
     if isinstance(body, bytes | str):
@@ -225,8 +249,7 @@ def submit(
     else:
         data = json.dumps(dict(body)).encode()
     spool = Spool.of(Layout.under(root))
-    request_id = spool_submit(spool, data)
-    return wait_result(spool, request_id, timeout) if wait else request_id
+    return submit_and_wait(spool, data, timeout) if wait else spool_submit(spool, data)
 
 
 def dry_run(

@@ -39,8 +39,10 @@ from wizard_runner.streams import SafeStream
 
 if TYPE_CHECKING:
     from wizard_runner.config import WizardConfig
+    from wizard_runner.errors import RunInterrupted
     from wizard_runner.result import RunResult, ScriptOutcome
     from wizard_runner.runner import Preview, RunOptions
+    from wizard_runner.spool import NotAnsweredError
 
 # Each command imports what it needs when it runs: `--help` stays fast.
 
@@ -110,6 +112,8 @@ def log_style(choice: str) -> LogStyle:
 
 
 def _add_spool_commands(commands: Any) -> None:
+    from wizard_runner.defaults import DAEMON_GRACE_SECONDS
+
     submit = commands.add_parser(
         "submit", help="hand a wizard body to the daemon (as www-data: confd's way in)",
         description="Validate the body, drop it into the daemon's spool and print the request "
@@ -120,8 +124,14 @@ def _add_spool_commands(commands: Any) -> None:
     _add_root(submit)
     submit.add_argument("--wait", action="store_true", help="wait for the result")
     submit.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
-                        help="with --wait: give up after this long (default: wait for ever)")
+                        help="with --wait: give up after this long (default: as long as a "
+                        "daemon serves)")
     submit.add_argument("--json", action="store_true", help="print JSON")
+    submit.epilog = (
+        f"With --wait: exits as the run did; 69 when no daemon has served the spool for "
+        f"{DAEMON_GRACE_SECONDS:g} s or --timeout passed, 128+N on signal N. Either way the "
+        "request is withdrawn (nothing runs) unless the daemon had claimed it, whose answer "
+        "then comes to done/ID.json.")
     serve = commands.add_parser("serve", help="the daemon: run the requests of the spool")
     _add_root(serve)
     serve.add_argument("--user", default=DEFAULT_USER,
@@ -129,6 +139,12 @@ def _add_spool_commands(commands: Any) -> None:
     serve.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                        help=f"per-script time limit, 0 for none (default {DEFAULT_TIMEOUT:g})")
     _add_log_format(serve)
+    reopen = commands.add_parser(
+        "reopen", help="let the daemon run requests again (as root)",
+        description="Once a request's run has succeeded, the daemon rejects every new request "
+        "(the appliance is configured). This lets requests be run again.",
+    )
+    _add_root(reopen)
 
 
 def _add_run(commands: Any) -> None:
@@ -178,9 +194,10 @@ def build_parser() -> _Parser:
         "scripts of /etc/xivo/wizard.d.",
         epilog="Exit codes: 0 success, 1 failed, 2 usage, 3 no run yet (status), 65 invalid "
         "config, 66 config, wizard.d or the root's etc/ missing, 69 no daemon serves the "
-        "spool, 73 system files not applied, 74 the runner's own files (log, state) cannot be "
-        "written, 75 another run holds the lock, 77 insufficient privileges or unsafe "
-        "permissions, 129/130/143 stopped by SIGHUP/SIGINT/SIGTERM.",
+        "spool or no answer came, 70 internal error, 73 system files not applied, 74 the "
+        "runner's own files (log, state, spool) cannot be written, 75 another run holds the "
+        "lock, 77 insufficient privileges, unsafe permissions or a closed spool, "
+        "129/130/143 stopped by SIGHUP/SIGINT/SIGTERM.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -435,24 +452,92 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
 
 
 def _submit(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
-    from wizard_runner.spool import Spool, submit, wait_result
+    from wizard_runner.errors import RunInterrupted
+    from wizard_runner.signals import install_stop_handlers
+    from wizard_runner.spool import (
+        NotAnsweredError,
+        Spool,
+        daemon_serving,
+        not_submitted,
+        submit,
+        submit_and_wait,
+    )
 
-    spool = Spool.of(Layout.under(args.root))
-    request_id = submit(spool, read_body(args.config, stdin))
-    if not args.wait:
+    install_stop_handlers()  # first: a stop at any point ends in a message, never a traceback
+    handed: str | dict[str, Any] | None = None  # the request id, or its answer
+    try:
+        spool = Spool.of(Layout.under(args.root))
+        body = read_body(args.config, stdin)
+        if args.wait:
+            handed = submit_and_wait(spool, body, args.timeout)
+            return _print_answer(handed, args.json, out)
+        handed = submit(spool, body)
+        return _print_submitted(handed, spool.base, serving=daemon_serving(spool),
+                                as_json=args.json, out=out, err=err)
+    except NotAnsweredError as error:
+        return _not_answered(error, args.json, out, err)
+    except WizardRunnerError as error:  # not submitted: an invalid body, no spool
+        err.write(f"{PROG}: {error}\n")
         if args.json:
-            _print_json({"request_id": request_id}, out)
-        else:
-            out.write(f"{request_id}\n")
-        return 0
-    record = wait_result(spool, request_id, args.timeout)
-    if args.json:
+            problems = list(error.problems) if isinstance(error, ConfigError) else []
+            _print_json({"request_id": None, "status": "not_submitted",
+                         "exit_code": error.exit_code, "reason": str(error),
+                         "problems": problems, "answer": None, "result": None}, out)
+        return error.exit_code
+    except (KeyboardInterrupt, RunInterrupted) as stop:
+        if handed is None:
+            return _not_answered(not_submitted(stop), args.json, out, err)
+        return _stopped_after(stop, handed, err)
+
+
+def _print_answer(record: dict[str, Any], as_json: bool, out: TextIO) -> int:
+    if as_json:
         _print_json(record, out)
     else:
-        out.write(f"request {request_id}: {record['status']} (exit {record['exit_code']})\n")
+        out.write(f"request {record.get('request_id')}: {record.get('status')} "
+                  f"(exit {record.get('exit_code')})\n")
         if record.get("reason"):
             out.write(f"{record['reason']}\n")
     return int(record["exit_code"])
+
+
+def _print_submitted(request_id: str, base: Path, *, serving: bool, as_json: bool, out: TextIO,
+                     err: TextIO) -> int:
+    if not serving:
+        # Queued all the same: the unit may be starting, or an admin may start it later.
+        err.write(f"{PROG}: warning: no daemon is serving {base} right now: request "
+                  f"{request_id} waits until wizard-runnerd starts\n")
+    if as_json:
+        _print_json({"request_id": request_id, "daemon_serving": serving}, out)
+    else:
+        out.write(f"{request_id}\n")
+    return EXIT_OK
+
+
+def _not_answered(error: NotAnsweredError, as_json: bool, out: TextIO, err: TextIO) -> int:
+    """Report a submission that ended without an answer."""
+    if as_json:
+        _print_json(error.to_dict(), out)
+    err.write(f"{PROG}: {error}\n")
+    return error.exit_code
+
+
+def _stopped_after(stop: KeyboardInterrupt | RunInterrupted, handed: str | dict[str, Any],
+                   err: TextIO) -> int:
+    """A stop once the request was queued (no --wait) or answered: it stays as it is."""
+    import signal
+
+    from wizard_runner.errors import exit_for_signal
+    from wizard_runner.spool import stop_signal
+
+    signum = stop_signal(stop)
+    name = signal.Signals(signum).name
+    if isinstance(handed, str):
+        err.write(f"{PROG}: interrupted by {name}: request {handed} stays queued\n")
+    else:
+        err.write(f"{PROG}: interrupted by {name} after request {handed.get('request_id')} "
+                  f"was answered: {handed.get('status')} (exit {handed.get('exit_code')})\n")
+    return exit_for_signal(signum)
 
 
 def _serve(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
@@ -471,6 +556,17 @@ def _serve(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) ->
     log = make_logger(err, json_lines=style.json_lines, journal=style.journal)
     serve(settings, log)
     return 0
+
+
+def _reopen(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
+    from wizard_runner.spool import reopen_spool
+
+    layout = Layout.under(args.root)
+    if os.geteuid() != 0:
+        raise PrivilegeError("wizard-runner reopen: run it as root (only root may let the "
+                             "wizard be run again)")
+    out.write("spool reopened\n" if reopen_spool(layout) else "spool was not closed\n")
+    return EXIT_OK
 
 
 def _list(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
@@ -529,6 +625,7 @@ _COMMANDS: Final[dict[str, Command]] = {
     "status": _status,
     "submit": _submit,
     "serve": _serve,
+    "reopen": _reopen,
 }
 
 

@@ -11,3 +11,6 @@ DEFAULT_TIMEOUT: Final = 600.0
 #: A wizard body (or a request) larger than this is refused before parsing; a real one is
 #: under 2 KiB.
 MAX_CONFIG_BYTES: Final = 64 * 1024
+#: A waiting `submit` gives up when no daemon has served the spool for this long (seconds):
+#: longer than a systemd restart (RestartSec=2s plus the start), so a restart costs no request.
+DAEMON_GRACE_SECONDS: Final = 5.0

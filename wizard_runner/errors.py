@@ -18,6 +18,9 @@ EXIT_CANT_APPLY = 73  # EX_CANTCREAT: the system files could not be applied
 EXIT_IO = 74  # EX_IOERR: the runner's own files (state, log, lock, backups, spool)
 EXIT_LOCKED = 75  # EX_TEMPFAIL: another run holds the lock
 EXIT_PRIVILEGES = 77  # EX_NOPERM: not root, or unsafe permissions
+# EX_NOPERM too: the appliance is configured, a request may no longer reconfigure it
+# (the answer's status `rejected` and its reason tell it from a privilege problem).
+EXIT_SPOOL_CLOSED = 77
 EXIT_SIGNAL_BASE = 128  # a stop signal: 128 + its number (129 SIGHUP, 130 SIGINT, 143 SIGTERM)
 
 

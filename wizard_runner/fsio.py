@@ -132,11 +132,16 @@ def ensure_dir(path: Path, mode: int) -> None:
 
 
 class RunLock:
-    """An exclusive, non-blocking flock held for a whole run; the holder's pid is in the file."""
+    """An exclusive, non-blocking flock held for a whole run; the holder's pid is in the file.
 
-    def __init__(self, path: Path, what: str = "wizard-runner run") -> None:
+    flock() works on any open descriptor, whatever its access mode: whoever can open the file
+    can hold the lock. `mode` 0600 keeps everyone but its owner from blocking the holder.
+    """
+
+    def __init__(self, path: Path, what: str = "wizard-runner run", mode: int = 0o644) -> None:
         self.path = path
         self.what = what
+        self.mode = mode
         self._fd: int | None = None
 
     def _holder(self, fd: int) -> str:
@@ -150,11 +155,15 @@ class RunLock:
         """Take the lock or raise LockedError naming the holder."""
         try:
             ensure_dir(self.path.parent, 0o755)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         self.mode)
         except PermissionError as error:
             raise PrivilegeError(f"{self.path}: cannot open the lock: {error.strerror}") from error
         except OSError as error:
             raise RunnerIOError(f"{self.path}: cannot open the lock: {error.strerror}") from error
+        with contextlib.suppress(OSError):  # a file left by an older version keeps its mode
+            if stat.S_IMODE(os.fstat(fd).st_mode) != self.mode:
+                os.fchmod(fd, self.mode)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

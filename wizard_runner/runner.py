@@ -203,7 +203,8 @@ def execute(
     options = options or RunOptions()
     plan = prepare(config, options)
     layout = plan.layout
-    with RunLock(layout.lock_file):
+    # 0600: flock works on any descriptor; a lock others can open, others can hold.
+    with RunLock(layout.lock_file, mode=0o600):
         arm_stops()
         # The run's bookkeeping holds stops back: a stop lands where the run can record it.
         with deferred_stop_signals(foreign=False):

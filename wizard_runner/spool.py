@@ -1,12 +1,14 @@
 """The request spool xivo-confd (www-data) drops wizard bodies into and the daemon serves.
 
     <root>/var/spool/wizard-runner/
-        incoming/    1730 root:<run group>  confd creates requests; cannot read or remove others'
-        processing/  0700 root              the request being run (claimed by a rename)
-        done/        0750 root:<run group>  one result per request, 0640, readable by confd
+        incoming/     1730 root:<run group>  confd creates requests; cannot read or remove others'
+        processing/   0700 root              requests claimed (by a rename) and not answered yet
+        done/         0750 root:<run group>  one answer per request, 0640, readable by confd
+        serving.lock  0644 root              locked while a daemon serves (see presence.py)
 
 A request is the wizard body itself: it cannot choose paths, the root, the user, the timeout or
-the scripts directory; those belong to the daemon.
+the scripts directory; those belong to the daemon. Once a request's run has succeeded the
+spool is closed (`<root>/var/lib/wizard-runner/spool-closed`) until root reopens it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -26,23 +29,37 @@ from pathlib import Path
 from typing import Any, Final
 
 from wizard_runner.config import parse_config
-from wizard_runner.defaults import MAX_CONFIG_BYTES
+from wizard_runner.defaults import DAEMON_GRACE_SECONDS, MAX_CONFIG_BYTES
 from wizard_runner.errors import (
     EXIT_CONFIG,
     EXIT_PRIVILEGES,
     EXIT_UNAVAILABLE,
+    RunInterrupted,
     WizardRunnerError,
+    exit_for_signal,
 )
-from wizard_runner.fsio import Ownership, atomic_replace, write_all
+from wizard_runner.fsio import Ownership, atomic_replace, ensure_dir, write_all
 from wizard_runner.layout import Layout
+from wizard_runner.presence import daemon_present
 from wizard_runner.result import now
+from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals
 
 REQUEST_ID: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
 #: The hidden name a submitter writes a request under before renaming it into place.
 TEMP_NAME: Final = re.compile(r"\.[0-9A-Za-z][0-9A-Za-z-]{0,63}\.tmp")
 STALE_TEMP_SECONDS: Final = 3600
+#: Answers older than this go, whoever they are for.
 RETENTION_DAYS: Final = 30
-RETENTION_COUNT: Final = 1000
+#: Each submitter's latest answers kept however old (within RETENTION_DAYS) ...
+RETENTION_PER_SUBMITTER: Final = 100
+#: ... and no answer younger than this is removed by count: a flood cannot evict an answer
+#: its submitter has not had the time to read.
+RETENTION_SAFE_SECONDS: Final = 3600
+#: How often a waiting client asks whether a daemon serves.
+PRESENCE_CHECK_SECONDS: Final = 1.0
+#: How often a waiting client looks for its answer.
+ANSWER_POLL_SECONDS: Final = 0.02
+CLOSED_MARKER: Final = "spool-closed"
 
 
 class SpoolError(WizardRunnerError):
@@ -57,6 +74,49 @@ class RequestRejectedError(Exception):
     def __init__(self, reason: str, exit_code: int = EXIT_CONFIG) -> None:
         super().__init__(reason)
         self.exit_code = exit_code
+
+
+class NotAnsweredError(SpoolError):
+    """A submitter stopped waiting before the answer came. `status` says what became of the
+    request: `withdrawn` (taken back from incoming/, nothing was run), `claimed` (the daemon
+    has it: its answer will be in `answer`) or `not_submitted` (stopped before it was)."""
+
+    def __init__(self, message: str, *, request_id: str | None, status: str,
+                 answer: Path | None, exit_code: int = EXIT_UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.status = status
+        self.answer = answer
+        self.exit_code = exit_code
+
+    @property
+    def withdrawn(self) -> bool:
+        """True when nothing was or will be run for this request."""
+        return self.status != "claimed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record `submit --json` prints, shaped like the daemon's answers."""
+        return {
+            "request_id": self.request_id,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "reason": str(self),
+            "problems": [],
+            "answer": None if self.answer is None else str(self.answer),
+            "result": None,
+        }
+
+
+class NoDaemonError(NotAnsweredError):
+    """No daemon has served the spool for DAEMON_GRACE_SECONDS while a submitter waited."""
+
+
+class AnswerTimeoutError(NotAnsweredError):
+    """The answer did not come within the submitter's timeout."""
+
+
+class SubmitInterruptedError(NotAnsweredError):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP) reached the submitter; exit code 128 + it."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +145,18 @@ class Spool:
         """Where results are."""
         return self.base / "done"
 
+    @property
+    def presence(self) -> Path:
+        """The file a serving daemon holds a lock on."""
+        return self.base / "serving.lock"
+
     def result_path(self, request_id: str) -> Path:
-        """The result file of one request."""
+        """The answer file of one request."""
         return self.done / f"{request_id}.json"
+
+    def request_path(self, request_id: str) -> Path:
+        """Where a request waits for the daemon."""
+        return self.incoming / f"{request_id}.json"
 
 
 def new_request_id() -> str:
@@ -110,13 +179,8 @@ def prepare(spool: Spool, group: int) -> None:
         path.chmod(mode)
 
 
-def submit(spool: Spool, body: bytes) -> str:
-    """Validate `body`, then drop it into incoming/ atomically; return the request id."""
-    parse_config(body, "request")
-    if not spool.incoming.is_dir():
-        raise SpoolError(f"{spool.incoming} does not exist: is wizard-runnerd installed and "
-                         "started?")
-    request_id = new_request_id()
+def _drop(spool: Spool, request_id: str, body: bytes) -> None:
+    """Write the request under a hidden name, then rename it into place."""
     temp = spool.incoming / f".{request_id}.tmp"
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -126,27 +190,181 @@ def submit(spool: Spool, body: bytes) -> str:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(temp, spool.incoming / f"{request_id}.json")
+        os.rename(temp, spool.request_path(request_id))
     except OSError as error:
         with contextlib.suppress(OSError):
             temp.unlink()
         raise SpoolError(f"{spool.incoming}: cannot submit: {error.strerror}") from error
+
+
+def submit(spool: Spool, body: bytes) -> str:
+    """Validate `body`, then drop it into incoming/ atomically; return the request id.
+
+    Stop signals are held back during the drop; one that came meanwhile withdraws the request
+    and raises SubmitInterruptedError, so a stopped submitter leaves nothing queued.
+    """
+    parse_config(body, "request")
+    if not spool.incoming.is_dir():
+        raise SpoolError(f"{spool.incoming} does not exist: is wizard-runnerd installed and "
+                         "started?")
+    request_id = new_request_id()
+    dropped: str | None = None
+    try:
+        with deferred_stop_signals():
+            _drop(spool, request_id, body)
+            dropped = request_id
+    except (KeyboardInterrupt, RunInterrupted) as stop:
+        raise _interrupted(spool, dropped, stop) from stop
     return request_id
 
 
-def wait_result(spool: Spool, request_id: str, timeout: float | None) -> dict[str, Any]:
-    """Wait for a request's result; SpoolError when it does not come in time."""
+def submit_and_wait(spool: Spool, body: bytes, timeout: float | None,
+                    grace: float | None = None) -> dict[str, Any]:
+    """Submit `body` and wait for its answer, as `wait_result` does; a stop signal at any point
+    withdraws the request if the daemon has not claimed it (SubmitInterruptedError)."""
+    request_id: str | None = None
+    try:
+        # Held back until the id is known: a stop is then always answered by a withdrawal.
+        with deferred_stop_signals():
+            request_id = submit(spool, body)
+        return _wait(spool, request_id, timeout, grace)
+    except (KeyboardInterrupt, RunInterrupted) as stop:
+        raise _interrupted(spool, request_id, stop) from stop
+
+
+def wait_result(spool: Spool, request_id: str, timeout: float | None,
+                grace: float | None = None) -> dict[str, Any]:
+    """Wait for a request's answer and return it.
+
+    Gives up, withdrawing the request if the daemon has not claimed it yet, when `timeout`
+    seconds pass (AnswerTimeoutError), when no daemon has served the spool for `grace` seconds
+    (NoDaemonError; `grace` defaults to DAEMON_GRACE_SECONDS), or on a stop signal
+    (SubmitInterruptedError); all are SpoolErrors whose message says whether the request was
+    withdrawn or where its answer will be.
+    """
+    try:
+        return _wait(spool, request_id, timeout, grace)
+    except (KeyboardInterrupt, RunInterrupted) as stop:
+        raise _interrupted(spool, request_id, stop) from stop
+
+
+def _wait(spool: Spool, request_id: str, timeout: float | None,
+          grace: float | None) -> dict[str, Any]:
+    grace = DAEMON_GRACE_SECONDS if grace is None else grace
     path = spool.result_path(request_id)
-    deadline = None if timeout is None else time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    seen = next_check = started  # the grace runs from the start: a daemon never seen is gone
     while True:
-        with contextlib.suppress(FileNotFoundError):
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict):
-                return data
-        if deadline is not None and time.monotonic() >= deadline:
-            raise SpoolError(f"no result for request {request_id} within {timeout:g} s "
-                             f"({path} does not exist yet)")
-        time.sleep(0.02)
+        answer = read_answer(path)
+        if answer is not None:
+            return answer
+        current = time.monotonic()
+        if deadline is not None and current >= deadline:
+            return _give_up(spool, request_id, AnswerTimeoutError,
+                            f"no answer to request {request_id} within {timeout:g} s")
+        if current >= next_check:
+            next_check = current + PRESENCE_CHECK_SECONDS
+            if daemon_present(spool.presence):
+                seen = current
+            elif current - seen >= grace:
+                return _give_up(spool, request_id, NoDaemonError,
+                                f"no daemon is serving {spool.base}")
+        time.sleep(ANSWER_POLL_SECONDS)
+
+
+def read_answer(path: Path) -> dict[str, Any] | None:
+    """The answer stored at `path`, or None while there is none."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise SpoolError(f"{path}: cannot read the answer: {error.strerror}") from error
+    except ValueError as error:
+        raise SpoolError(f"{path}: not a valid answer: {error}") from error
+    if not isinstance(data, dict):
+        raise SpoolError(f"{path}: not a valid answer: not a JSON object")
+    return data
+
+
+def _give_up(spool: Spool, request_id: str, kind: type[NotAnsweredError],
+             why: str) -> dict[str, Any]:
+    """Withdraw the request, or return its answer if it came meanwhile, or say where it will
+    be; raises `kind` unless the answer is there."""
+    answer = spool.result_path(request_id)
+    if withdraw(spool, request_id):
+        hint = " (start wizard-runnerd)" if kind is NoDaemonError else ""
+        raise kind(f"{why}: request {request_id} withdrawn, nothing was run{hint}",
+                   request_id=request_id, status="withdrawn", answer=None)
+    found = read_answer(answer)
+    if found is not None:
+        return found
+    if kind is NoDaemonError:
+        message = (f"{why}: request {request_id} was claimed before the daemon stopped: its "
+                   f"answer will be in {answer} when the daemon restarts")
+    else:
+        message = f"{why}: request {request_id} is already running: its answer will be in {answer}"
+    raise kind(message, request_id=request_id, status="claimed", answer=answer)
+
+
+def stop_signal(stop: KeyboardInterrupt | RunInterrupted) -> int:
+    """The signal a stop stands for (KeyboardInterrupt is Python's SIGINT)."""
+    return stop.signum if isinstance(stop, RunInterrupted) else signal.SIGINT
+
+
+def not_submitted(stop: KeyboardInterrupt | RunInterrupted) -> SubmitInterruptedError:
+    """What a stop before the request was handed over becomes."""
+    signum = stop_signal(stop)
+    return SubmitInterruptedError(
+        f"interrupted by {signal.Signals(signum).name} before the request was submitted: "
+        "nothing was run", request_id=None, status="not_submitted", answer=None,
+        exit_code=exit_for_signal(signum))
+
+
+def _interrupted(spool: Spool, request_id: str | None,
+                 stop: KeyboardInterrupt | RunInterrupted) -> SubmitInterruptedError:
+    """What a stop signal while submitting or waiting becomes, after withdrawing the request."""
+    if request_id is None:
+        return not_submitted(stop)
+    signum = stop_signal(stop)
+    why = f"interrupted by {signal.Signals(signum).name}"
+    code = exit_for_signal(signum)
+    with ignored_stop_signals():  # a second Ctrl-C must not cut the withdrawal short
+        withdrawn = withdraw(spool, request_id)
+    if withdrawn:
+        return SubmitInterruptedError(f"{why}: request {request_id} withdrawn, nothing was run",
+                                      request_id=request_id, status="withdrawn", answer=None,
+                                      exit_code=code)
+    answer = spool.result_path(request_id)
+    return SubmitInterruptedError(
+        f"{why}: request {request_id} is already running: its answer will be in {answer}",
+        request_id=request_id, status="claimed", answer=answer, exit_code=code)
+
+
+def withdraw(spool: Spool, request_id: str) -> bool:
+    """Take back a request the daemon has not claimed; False when it has.
+
+    The request is renamed to a hidden name first (the daemon never claims those, and clears
+    them should this process die before the unlink), so that the daemon's claim and the
+    withdrawal cannot both succeed: whichever rename comes second finds nothing.
+    """
+    source = spool.request_path(request_id)
+    hidden = spool.incoming / f".{request_id}.withdrawn"
+    try:
+        os.rename(source, hidden)
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        raise SpoolError(f"{source}: cannot withdraw the request: {error.strerror}") from error
+    with contextlib.suppress(OSError):
+        hidden.unlink()
+    return True
+
+
+def daemon_serving(spool: Spool) -> bool:
+    """Whether a daemon serves the spool right now (asked without taking any lock)."""
+    return daemon_present(spool.presence)
 
 
 @dataclass(frozen=True)
@@ -242,20 +460,76 @@ def remove_stale_temps(spool: Spool, older_than: float = STALE_TEMP_SECONDS) -> 
             discard(spool, path)
 
 
-def prune_done(spool: Spool, days: float = RETENTION_DAYS, count: int = RETENTION_COUNT) -> int:
-    """Remove results older than `days`, then the oldest beyond `count`; return how many."""
+def _submitter(path: str) -> int | None:
+    """The uid an answer was submitted by (None for an answer that does not say)."""
+    try:
+        with open(path, "rb") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    owner = data.get("submitted_by") if isinstance(data, dict) else None
+    return owner if isinstance(owner, int) else None
+
+
+def prune_done(spool: Spool, days: float = RETENTION_DAYS,
+               per_submitter: int = RETENTION_PER_SUBMITTER,
+               safe_age: float = RETENTION_SAFE_SECONDS) -> int:
+    """Remove answers older than `days`; of the others, keep each submitter's latest
+    `per_submitter`, and never remove by count one younger than `safe_age` seconds. Hidden
+    files (an interrupted write's temp) go after `safe_age`. Return how many were removed."""
     try:
         with os.scandir(spool.done) as listing:
-            entries = [(entry.stat().st_mtime, entry) for entry in listing
+            entries = [(entry.stat(follow_symlinks=False).st_mtime, entry) for entry in listing
                        if entry.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return 0
-    entries.sort(key=lambda item: item[0])
-    limit = time.time() - days * 86400
-    doomed = [entry for mtime, entry in entries if mtime < limit]
-    kept = [entry for mtime, entry in entries if mtime >= limit]
-    doomed += kept[: max(len(kept) - count, 0)]
+    entries.sort(key=lambda item: item[0], reverse=True)  # newest first
+    current = time.time()
+    aged, young = current - days * 86400, current - safe_age
+    doomed = [entry for mtime, entry in entries if mtime < aged
+              or (entry.name.startswith(".") and mtime < young)]
+    kept = [(mtime, entry) for mtime, entry in entries
+            if mtime >= aged and not entry.name.startswith(".")]
+    if len(kept) > per_submitter:  # only then can one submitter have too many
+        counts: dict[int | None, int] = {}
+        for mtime, entry in kept:
+            owner = _submitter(entry.path)
+            counts[owner] = counts.get(owner, 0) + 1
+            if counts[owner] > per_submitter and mtime < young:
+                doomed.append(entry)
     for entry in doomed:
         with contextlib.suppress(OSError):
             os.unlink(entry.path)
     return len(doomed)
+
+
+def closed_marker(layout: Layout) -> Path:
+    """The root-owned file that says the spool is closed (the appliance is configured)."""
+    return layout.state_dir / CLOSED_MARKER
+
+
+def spool_closed(layout: Layout) -> bool:
+    """Whether a request's run has succeeded and no admin has reopened the spool since."""
+    return os.path.lexists(closed_marker(layout))
+
+
+def close_spool(layout: Layout, request_id: str, run_id: str) -> None:
+    """Record that the appliance is configured: from now on requests are rejected (OSError
+    when it cannot be written)."""
+    ensure_dir(layout.state_dir, 0o755)
+    data = {"closed_at": now().isoformat(timespec="seconds"), "request_id": request_id,
+            "run_id": run_id}
+    atomic_replace(closed_marker(layout), (json.dumps(data, indent=2) + "\n").encode(),
+                   Ownership(0o644, os.geteuid(), os.getegid()))
+
+
+def reopen_spool(layout: Layout) -> bool:
+    """Let requests be run again; False when the spool was not closed."""
+    marker = closed_marker(layout)
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        raise SpoolError(f"{marker}: cannot reopen the spool: {error.strerror}") from error
+    return True
