@@ -102,9 +102,12 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def restore_signals() -> Iterator[None]:
     """Put SIGTERM/SIGINT/SIGHUP handlers back after a test that installs the CLI's."""
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    wakeup = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup)
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+    signal.set_wakeup_fd(wakeup)
 
 
 # --- long suites and the reliability report ------------------------------------------------

@@ -14,7 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import needs_root
-from wizard_runner.discovery import (
+from wizard_runner.errors import EXIT_NO_INPUT, EXIT_PRIVILEGES
+from wizard_runner.runuser import RunUser, resolve_user
+from wizard_runner.scripts.discovery import (
     Decision,
     Entry,
     Kind,
@@ -26,8 +28,6 @@ from wizard_runner.discovery import (
     scan,
     unsafe_problems,
 )
-from wizard_runner.errors import EXIT_NO_INPUT, EXIT_PRIVILEGES
-from wizard_runner.runuser import RunUser, resolve_user
 
 ROOT = RunUser("root", 0, 0, (0,), "/root")
 WWW = RunUser("www-data", 33, 33, (33,), "/var/www")

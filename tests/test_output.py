@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wizard_runner.output import MAX_LINE, TAIL_BYTES, LineSplitter, OutputRecord, shown_line
+from wizard_runner.scripts.output import (
+    MAX_LINE,
+    TAIL_BYTES,
+    LineSplitter,
+    OutputRecord,
+    shown_line,
+)
 
 
 def feed_all(splitter: LineSplitter, chunks: list[bytes]) -> list[bytes]:

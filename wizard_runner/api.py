@@ -24,7 +24,6 @@ from typing import Any
 
 from wizard_runner.config import LANGUAGES, WizardConfig, config_from_data, parse_config
 from wizard_runner.defaults import DEFAULT_TIMEOUT
-from wizard_runner.discovery import ScriptsDirMissingError as ScriptsDirMissingBeforeRun
 from wizard_runner.errors import (
     EXIT_CANT_APPLY,
     EXIT_FAILED,
@@ -45,6 +44,7 @@ from wizard_runner.log import quiet_logger
 from wizard_runner.result import RunResult, RunStatus, ScriptOutcome
 from wizard_runner.runner import Preview, RunOptions, execute, preview
 from wizard_runner.runuser import DEFAULT_USER
+from wizard_runner.scripts.discovery import ScriptsDirMissingError as ScriptsDirMissingBeforeRun
 from wizard_runner.spool import (
     AnswerTimeoutError,
     NoDaemonError,

@@ -570,8 +570,8 @@ def _reopen(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
 
 
 def _list(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
-    from wizard_runner.discovery import Verdict, scan, unsafe_problems
     from wizard_runner.runuser import resolve_user
+    from wizard_runner.scripts.discovery import Verdict, scan, unsafe_problems
 
     user = resolve_user(args.user)
     layout = Layout.under(args.root)

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, TextIO
 from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import WizardConfig
-from wizard_runner.discovery import Verdict
 from wizard_runner.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -41,6 +40,7 @@ from wizard_runner.result import (
     now,
 )
 from wizard_runner.scripts import ScriptsOptions, failure_message, run_scripts
+from wizard_runner.scripts.discovery import Verdict
 from wizard_runner.signals import arm_stops, deferred_stop_signals, interruptible, settle_stops
 from wizard_runner.state import save_config, write_result
 
@@ -173,10 +173,11 @@ def _scripts_step(run: _Run) -> ScriptOutcome | None:
     def keep(outcomes: list[ScriptOutcome]) -> None:
         progress.scripts = list(outcomes)
 
-    with interruptible():
-        outcomes = run_scripts(config=run.config, layout=run.layout, run_id=run.run_id,
-                               options=scripts_options, log=log, progress=run.options.progress,
-                               record=keep)
+    # Stops stay held: the step's event loop sees them, stops the script, and raises
+    # RunInterrupted once every outcome is recorded.
+    outcomes = run_scripts(config=run.config, layout=run.layout, run_id=run.run_id,
+                           options=scripts_options, log=log, progress=run.options.progress,
+                           record=keep)
     return next((outcome for outcome in outcomes if outcome.failed), None)
 
 

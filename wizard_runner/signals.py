@@ -11,9 +11,11 @@ the clean-up short, and a written result is never contradicted.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -28,11 +30,13 @@ STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 class _Stops:
     """The process's stop: how many deferred sections are open, the request held back, and
-    whether the stop is over (raised once already, or the outcome settled)."""
+    whether the stop is over (raised once already, or the outcome settled); and the pipe the
+    kernel-level handler writes a byte into for every signal, which event loops poll."""
 
     depth = 0
     pending: int | None = None
     over = False
+    wakeup: tuple[int, int] | None = None
 
 
 def _reset() -> None:
@@ -68,6 +72,34 @@ def stop_pending() -> bool:
     return _Stops.pending is not None
 
 
+def pending_stop() -> int | None:
+    """The stop signal held back right now, if any (an event loop acts on it)."""
+    return _Stops.pending
+
+
+def take_stop() -> int | None:
+    """Act on the stop held back: it is over (later signals are ignored); its signal."""
+    held = _Stops.pending
+    if held is not None:
+        _Stops.over = True
+        _Stops.pending = None
+    return held
+
+
+def wakeup_fileno() -> int | None:
+    """A descriptor that becomes readable when a signal arrives (with wizard-runner's handlers
+    installed), for an event loop to poll; None when embedded."""
+    return _Stops.wakeup[0] if _Stops.wakeup is not None and _handlers_defer() else None
+
+
+def drain_wakeup() -> None:
+    """Empty the wake-up pipe once its bytes have woken the loop."""
+    if _Stops.wakeup is not None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(_Stops.wakeup[0], 4096):
+                pass
+
+
 def settle_stops() -> int | None:
     """The run's outcome is decided: later stop signals are ignored. Returns the stop that was
     held back until now (its result must say interrupted), or None."""
@@ -84,12 +116,21 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 _raise_interrupted.defers_stops = True  # type: ignore[attr-defined]
 
 
+def install_handler(handler: Callable[[int, FrameType | None], None]) -> None:
+    """Install `handler` (marked `defers_stops`) for the stop signals, with the wake-up pipe
+    that lets an event loop see a signal at once. Starts a fresh stop."""
+    _reset()
+    if _Stops.wakeup is None:
+        _Stops.wakeup = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(_Stops.wakeup[1], warn_on_full_buffer=False)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
+
+
 def install_stop_handlers() -> None:
     """Turn SIGTERM, SIGINT and SIGHUP into RunInterrupted (the CLI does this; the API does
     not). Starts a fresh stop: nothing held, nothing over."""
-    _reset()
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _raise_interrupted)
+    install_handler(_raise_interrupted)
 
 
 def _handlers_defer() -> bool:

@@ -1,4 +1,5 @@
-"""A script's output: split into lines, kept in its log file up to a cap, its tail in memory."""
+"""A script's output: split into lines, logged as events up to a budget, kept in its log file up
+to a cap, its tail in memory."""
 
 from __future__ import annotations
 
@@ -7,13 +8,23 @@ import hashlib
 import os
 from collections import deque
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
+
+from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.escape import OUTPUT, OUTPUT_LINES
+
+if TYPE_CHECKING:
+    from wizard_runner.result import ScriptOutcome
 
 MAX_LINE: Final = 16 * 1024
 TAIL_BYTES: Final = 4096
 DEFAULT_CAP: Final = 16 * 1024 * 1024
+#: How much of one script's output also becomes log events, counted as the size those events
+#: take in the JSON log (text plus about EVENT_OVERHEAD bytes of fields each); the rest is in
+#: the script's own log file only, so that a chatty script cannot flood the main log.
+EVENT_CAP: Final = 1024 * 1024
+EVENT_OVERHEAD: Final = 200
 
 
 def shown_line(data: bytes) -> str:
@@ -191,3 +202,80 @@ class OutputRecord:
             except OSError as error:
                 self.error = self.error or f"{self.path}: {error.strerror}"
             self._file = None
+
+
+class Progress(Protocol):
+    """Something that shows the step as it goes (the CLI on a terminal)."""
+
+    def started(self, index: int, total: int, name: str) -> None:
+        """A script starts."""
+
+    def output(self, name: str, stream: str, line: str) -> None:
+        """A script printed a line (already escaped)."""
+
+    def finished(self, outcome: ScriptOutcome) -> None:
+        """A script ended."""
+
+
+class ScriptOutput:
+    """Where one script's output goes as it is read: split into lines, each a `script_output`
+    event (up to EVENT_CAP, counted as the JSON log's size) and a progress line, all of them
+    in the script's log file (capped) and the tail. Past both caps only the tail is kept, from
+    raw chunks: a flood costs little more than reading it."""
+
+    def __init__(self, name: str, log_dir: Path | None, log: FilteringBoundLogger,
+                 progress: Progress | None = None, cap: int = DEFAULT_CAP) -> None:
+        self.name = name
+        self.log = log
+        self.progress = progress
+        self.path = script_log_path(log_dir, name) if log_dir is not None else None
+        self.record = OutputRecord(self.path, cap)
+        self.splitters = {"stdout": LineSplitter(), "stderr": LineSplitter()}
+        self.events = 0
+        self.over_budget = False
+
+    @property
+    def bulk(self) -> bool:
+        """Past both caps: only the tail is left to keep."""
+        return self.over_budget and self.record.full
+
+    def feed(self, stream: str, data: bytes) -> None:
+        """Take a chunk read from one stream."""
+        if self.bulk:
+            self._emit(stream, self.splitters[stream].flush())
+            self.record.add_raw(data)
+        else:
+            self._emit(stream, self.splitters[stream].feed(data))
+
+    def end(self, stream: str) -> None:
+        """The stream is closed: its last, unterminated line."""
+        self._emit(stream, self.splitters[stream].flush())
+
+    def _emit(self, stream: str, lines: list[bytes]) -> None:
+        for index, raw in enumerate(lines):
+            if self.over_budget:
+                self.record.add_lines(stream, lines[index:])  # one batch: the file only
+                return
+            line = shown_line(raw)
+            self.record.add(stream, line)
+            self.events += len(line) + EVENT_OVERHEAD
+            if self.events <= EVENT_CAP:
+                self.log.info("script_output", stream=stream, line=line)
+                if self.progress is not None:
+                    self.progress.output(self.name, stream, line)
+            else:
+                self.over_budget = True
+                self.log.warning("script_output_not_logged", after_bytes=EVENT_CAP,
+                                 full_output=str(self.path) if self.path else None)
+                if self.progress is not None:
+                    self.progress.output(self.name, "stderr", "[more output: see the script's log]")
+
+    def close(self) -> str:
+        """Close the log file (saying so when it could not be written whole); the tail."""
+        for stream in self.splitters:
+            self.end(stream)
+        self.record.close()
+        if self.record.error is not None:
+            self.log.warning("script_log_incomplete", error=self.record.error,
+                             reason="the output is in this log (first MiB) and output_tail only")
+        return self.record.tail

@@ -1,0 +1,276 @@
+"""The helper that starts the scripts, already the run user: its whole program, and the
+protocol both ends speak.
+
+The runner starts it once per scripts step, as root: `python -I -S helper.py PARENT_PID
+[UID GID GROUPS]`, its control socket on fd 3, and puts it in the step's containment. It
+becomes a subreaper (whatever a script leaves running is re-parented to it), drops to the run
+user, and says READY. Then it serves the runner in lock-step: for each RUN it starts that one
+script with posix_spawn (vfork and exec: what run-parts does), hands back the read ends of
+its output, waits for it, and says how it ended and whether anything it started still runs.
+It never starts anything on its own, so the runner always knows what runs.
+
+It imports a few standard modules only, all before it drops privileges (the run user may not
+be able to read them), so it starts fast; the runner imports it for the protocol.
+
+One SOCK_SEQPACKET datagram per message; the first byte is its kind:
+
+    runner -> helper   ENV      the scripts' environment (NUL-separated KEY=value)
+                       RUN      index, then the script's path
+    helper -> runner   READY
+                       STARTED  index, pid, start time (ns)   + the read ends of its output
+                       FAILED   index, errno                  it could not be started
+                       EXITED   index, pid, wait status, anything left (0/1), end time (ns)
+                       ERROR    text                          it cannot go on (and exits)
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs a helper that must start fast; only mypy needs it
+    from collections.abc import Sequence
+
+CONTROL_FD = 3
+MAX_MESSAGE = 64 * 1024
+#: The scripts' output pipes (what an unprivileged user may ask for: fs.pipe-max-size).
+PIPE_SIZE = 1024 * 1024
+#: The helper's exit status when it cannot go on (EX_SOFTWARE: it says why in ERROR).
+HELPER_FAILED = 70
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_FDS = struct.Struct("2i")
+_ANCILLARY = socket.CMSG_SPACE(_FDS.size)
+# Plain ints: the socket module's flag enums cost microseconds per use, twice per script.
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
+
+
+class Kind(enum.Enum):
+    """What a message is: its first byte."""
+
+    ENV = b"V"
+    RUN = b"N"
+    READY = b"R"
+    STARTED = b"P"
+    FAILED = b"F"
+    EXITED = b"W"
+    ERROR = b"E"
+
+
+#: The fixed numbers each kind carries before its text, if any.
+_NUMBERS = {
+    Kind.RUN: struct.Struct("!I"),
+    Kind.STARTED: struct.Struct("!Iiq"),
+    Kind.FAILED: struct.Struct("!Ii"),
+    Kind.EXITED: struct.Struct("!IiiBq"),
+}
+
+
+class MalformedError(ValueError):
+    """A message that is not one of the protocol's."""
+
+
+def encode(kind: Kind, numbers: Sequence[int] = (), text: bytes = b"") -> bytes:
+    """One message: the kind's byte, its numbers, its text."""
+    layout = _NUMBERS.get(kind)
+    return kind.value + (layout.pack(*numbers) if layout is not None else b"") + text
+
+
+def decode(data: bytes) -> tuple[Kind, tuple[int, ...], bytes]:
+    """The kind, numbers and text of a message; EOFError for the end of the stream."""
+    if not data:
+        raise EOFError
+    try:
+        kind = Kind(data[:1])
+        layout = _NUMBERS.get(kind)
+        if layout is None:
+            return kind, (), data[1:]
+        return kind, layout.unpack(data[1:1 + layout.size]), data[1 + layout.size:]
+    except (ValueError, struct.error) as error:
+        raise MalformedError(f"malformed message {data[:16]!r}") from error
+
+
+def send(control: socket.socket, message: bytes, fds: Sequence[int] = ()) -> None:
+    """Send one message, with descriptors when given."""
+    if fds:
+        control.sendmsg([message], [(_SOL_SOCKET, _SCM_RIGHTS, _FDS.pack(*fds))])
+    else:
+        control.send(message)
+
+
+def receive(control: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
+    """One message and the descriptors it carries (close-on-exec)."""
+    data, ancillary, _, _ = control.recvmsg(MAX_MESSAGE, _ANCILLARY, flags | _CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds += list(struct.unpack(f"{usable // 4}i", payload[:usable]))
+    return data, fds
+
+
+# --- the helper's side --------------------------------------------------------------------------
+
+
+def _prctl(option: int, value: int) -> None:
+    import ctypes  # noqa: PLC0415 - before the drop, on the first call; the runner never needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"prctl({option}): {os.strerror(code)}")
+
+
+def _become(argv: Sequence[str]) -> None:
+    """Adopt orphans, ignore stop signals (the runner orchestrates stops), drop to the user."""
+    parent = int(argv[0])
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    if len(argv) > 1:
+        uid, gid = int(argv[1]), int(argv[2])
+        os.setgroups([int(group) for group in argv[3].split(",") if group])
+        os.setgid(gid)
+        os.setuid(uid)
+        if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+            raise OSError(f"still uid {os.getresuid()} gid {os.getresgid()} after the switch")
+    # Changing ids clears the parent-death signal: set it afterwards, then close the race.
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        raise OSError("the runner exited while the helper started")
+    os.chdir("/")
+    os.umask(0o022)
+
+
+def _ignored_signals() -> tuple[int, ...]:
+    """Signals the helper ignores, which exec would pass on: scripts get them by default."""
+    found = []
+    for signum in signal.valid_signals():
+        if signum in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                found.append(int(signum))
+        except (OSError, ValueError):
+            continue
+    return tuple(found)
+
+
+def anything_left() -> bool:
+    """Whether the helper still has a child: reap the ones that exited, one syscall each."""
+    while True:
+        try:
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        if ended is None:
+            return True
+        os.waitpid(ended.si_pid, 0)
+
+
+def _widen(pipe: int) -> None:
+    """Let a chatty script's output pile up to PIPE_SIZE: the runner then reads it in big
+    chunks, with few wakeups."""
+    try:
+        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        return  # over the user's pipe budget (pipe-user-pages-soft): the default size will do
+
+
+class _Helper:
+    """Runs the script the runner names, one at a time."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.env: dict[str, str] = {}
+        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.defaults = _ignored_signals()
+
+    def serve(self) -> None:
+        """Answer the runner until it closes its end (EOFError)."""
+        while True:
+            data, fds = receive(self.control)
+            for fd in fds:
+                os.close(fd)  # the runner sends none: never keep a stray one
+            kind, numbers, text = decode(data)
+            if kind is Kind.ENV:
+                pairs = [item.split(b"=", 1) for item in text.split(b"\0") if item]
+                self.env = {os.fsdecode(key): os.fsdecode(value) for key, value in pairs}
+            elif kind is Kind.RUN:
+                self.run(numbers[0], text)
+            else:
+                raise MalformedError(f"unexpected {kind.name} from the runner")
+
+    def run(self, index: int, path: bytes) -> None:
+        """Start one script, hand its output over, wait for it, say how it ended."""
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        for pipe in (out_w, err_w):
+            _widen(pipe)
+        started = time.monotonic_ns()
+        try:
+            pid = os.posix_spawn(
+                path, [path], self.env,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, self.devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                ],
+                setsid=True, setsigmask=(), setsigdef=self.defaults,
+            )
+        except OSError as error:
+            send(self.control, encode(Kind.FAILED, (index, error.errno or 0)))
+            return
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        try:
+            send(self.control, encode(Kind.STARTED, (index, pid, started)), (out_r, err_r))
+        except OSError:
+            os.killpg(pid, signal.SIGKILL)  # nobody would know it runs
+            raise
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+        _, status = os.waitpid(pid, 0)
+        ended = time.monotonic_ns()
+        send(self.control, encode(Kind.EXITED, (index, pid, status, anything_left(), ended)))
+
+
+def main(argv: Sequence[str]) -> int:
+    """The helper's entry point: set up, say ready, serve; report any failure to the runner."""
+    # Nothing the runner's process happened to leave inheritable may reach a script.
+    os.closerange(CONTROL_FD + 1, os.sysconf("SC_OPEN_MAX"))
+    control = socket.socket(fileno=CONTROL_FD)
+    os.set_inheritable(CONTROL_FD, False)
+    try:
+        _become(argv)
+        helper = _Helper(control)
+        send(control, encode(Kind.READY))
+        helper.serve()
+    except EOFError:
+        return 0
+    except BaseException as error:
+        # The run user may not be able to read the standard library: no traceback, a message.
+        text = f"{type(error).__name__}: {error}".encode(errors="replace")
+        try:
+            send(control, encode(Kind.ERROR, (), text))
+        except OSError:
+            return HELPER_FAILED  # the runner is gone: nobody to tell
+        return HELPER_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
