@@ -386,3 +386,44 @@ def test_root_may_enter_any_directory() -> None:
     """Run as root, a 0700 wizard.d owned by root is not a problem."""
     directory = entry("wizard.d", Kind.DIRECTORY, 0o700)
     assert unsafe_problems(directory, [], ROOT) == []
+
+
+@pytest.mark.parametrize(
+    ("item", "verdict", "reason"),
+    [
+        pytest.param(Entry("10-host", Kind.OUTSIDE, symlink=True, link="/usr/bin/id"), Verdict.FAIL,
+                     "a symlink out of the root (to /usr/bin/id); under --root only scripts "
+                     "inside the root run", id="fails"),
+        pytest.param(Entry(".10-host", Kind.OUTSIDE, symlink=True, link="/usr/bin/id"),
+                     Verdict.SKIP, "hidden name", id="hidden-is-skipped"),
+        pytest.param(Entry("10-host.dpkg-old", Kind.OUTSIDE, symlink=True, link="/usr/bin/id"),
+                     Verdict.SKIP, "package or editor leftover", id="leftover-is-skipped"),
+    ],
+)
+def test_symlink_out_of_the_root_fails(item: Entry, verdict: Verdict, reason: str) -> None:
+    """A script linked out of a sandbox root fails at its place (unless its name is skipped)."""
+    decision = only([item])
+    assert (decision.verdict, decision.reason) == (verdict, reason)
+
+
+def test_scan_does_not_follow_a_script_out_of_the_root(tmp_path: Path) -> None:
+    """With the root as `top`, a link out of it is not run nor checked; one inside still runs."""
+    root = tmp_path / "root"
+    directory = root / "etc/xivo/wizard.d"
+    directory.mkdir(parents=True)
+    outside = executable(tmp_path / "host-tool", mode=0o777)  # writable by others: not looked at
+    inside = executable(root / "usr-tool")
+    (directory / "10-outside").symlink_to(outside)
+    (directory / "20-inside").symlink_to("../../../usr-tool")
+    (directory / "30-relative-out").symlink_to("../../../../host-tool")
+    found = scan(directory, current_user(), top=root)
+    assert [(d.name, d.verdict) for d in found.decisions] == [
+        ("10-outside", Verdict.FAIL), ("20-inside", Verdict.RUN), ("30-relative-out", Verdict.FAIL),
+    ]
+    assert found.decisions[0].reason == (
+        f"a symlink out of the root (to {outside}); under --root only scripts inside the root run"
+    )
+    assert inside.exists()
+    check_safe(found, current_user())  # the outside target's 0777 is not a reason to refuse
+    on_real_root = scan(directory, current_user(), top=Path("/"))
+    assert {d.verdict for d in on_real_root.decisions} == {Verdict.RUN}

@@ -30,7 +30,7 @@ from tests.test_scripts import (
 from tests.test_scripts import root as script_root  # noqa: F401 - the fixture, re-used
 from wizard_runner import api, sysconf
 from wizard_runner.config import WizardConfig
-from wizard_runner.fsio import Ownership, WriteMethod, atomic_replace
+from wizard_runner.fsio import At, Ownership, WriteMethod, replace_at
 from wizard_runner.result import FileAction, RunStatus
 from wizard_runner.runner import RunOptions, execute
 
@@ -57,17 +57,17 @@ def test_write_errors_at_each_write(
         trial_root = root / f"t{nth}"
         seed_root(trial_root)
         before = {k: v[0] for k, v in snapshot(trial_root / "etc").items()}
-        writes: list[Path] = []
+        writes: list[str] = []
 
-        def failing(path: Path, data: bytes, owner: Ownership, nth: int = nth,
-                    writes: list[Path] = writes) -> WriteMethod:
-            if "backups" not in path.parts:
-                writes.append(path)
+        def failing(at: At, data: bytes, owner: Ownership, nth: int = nth,
+                    writes: list[str] = writes) -> WriteMethod:
+            if not at.shown.startswith("/var/backups/"):
+                writes.append(at.shown)
                 if len(writes) == nth:
-                    raise OSError(code, os.strerror(code), str(path))
-            return atomic_replace(path, data, owner)
+                    raise OSError(code, os.strerror(code), at.shown)
+            return replace_at(at, data, owner)
 
-        monkeypatch.setattr(sysconf, "atomic_replace", failing)
+        monkeypatch.setattr(sysconf, "replace_at", failing)
         with open(os.devnull, "w") as sink:
             result = execute(config, RunOptions(root=trial_root, check_with_tools=False),
                              stream=sink)

@@ -70,7 +70,7 @@ def test_rename_ebusy_falls_back_to_in_place(
     """A bind-mounted target (rename gives EBUSY) is overwritten in place, shorter or longer."""
     fs.create_file("/etc/resolv.conf", contents="nameserver 10.0.0.1\nsearch a.very.long.example\n")
 
-    def busy(src: str, dst: str) -> None:
+    def busy(src: str, dst: str, **dir_fds: int) -> None:
         raise OSError(errno.EBUSY, "Device or resource busy", dst)
 
     monkeypatch.setattr("wizard_runner.fsio.os.rename", busy)
@@ -84,7 +84,7 @@ def test_other_rename_errors_propagate(fs: FakeFilesystem, monkeypatch: pytest.M
     """EROFS on rename is an error, the original stays, the temp is removed."""
     fs.create_file("/etc/hostname", contents="old\n")
 
-    def read_only(src: str, dst: str) -> None:
+    def read_only(src: str, dst: str, **dir_fds: int) -> None:
         raise OSError(errno.EROFS, "Read-only file system", dst)
 
     monkeypatch.setattr("wizard_runner.fsio.os.rename", read_only)
@@ -99,10 +99,13 @@ def test_remove_stale_temps(fs: FakeFilesystem) -> None:
     fs.create_file(f"/etc/.hosts.abcd1234{TMP_SUFFIX}")
     fs.create_file("/etc/.hosts.swp")
     fs.create_file("/etc/hosts")
-    removed = remove_stale_temps(Path("/etc"))
-    assert removed == [Path(f"/etc/.hosts.abcd1234{TMP_SUFFIX}")]
+    fd = os.open("/etc", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        removed = remove_stale_temps(fd)
+    finally:
+        os.close(fd)
+    assert removed == [f".hosts.abcd1234{TMP_SUFFIX}"]
     assert sorted(os.listdir("/etc")) == [".hosts.swp", "hosts"]
-    assert remove_stale_temps(Path("/nowhere")) == []
 
 
 def test_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:

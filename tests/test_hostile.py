@@ -4,6 +4,7 @@ files that read back right and pass the real tools; injection strings are refuse
 from __future__ import annotations
 
 import copy
+import io
 import ipaddress
 import json
 import os
@@ -18,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import EXAMPLES, Reliability, needs_root, needs_tool
+from tests.conftest import EXAMPLES, Reliability, needs_root, needs_tool, seed_root, snapshot
 from tests.test_render import parse_hosts, parse_interfaces, parse_main_cf, parse_resolv
+from wizard_runner.cli import main
 from wizard_runner.config import WizardConfig, config_from_data, parse_config
 from wizard_runner.errors import ConfigError
 from wizard_runner.render import RENDERERS
@@ -240,6 +242,119 @@ def test_getent_resolves_the_fqdn_in_a_private_namespace(network: dict[str, Any]
     assert lines[0].split()[0] == net.ip_address
     assert lines[1].split()[0] == net.ip_address
     SEEN["getent"] += 1
+
+
+# --- hostile roots: the root is a fence, end to end through the CLI ---------------------------
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory beside the sandbox root, with a secret: no run may read or change it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "main.cf").write_text("myhostname = elsewhere\n")
+    (elsewhere / "shadow").write_text("root:$6$SECRET-HASH:19000:0:99999:7:::\n")
+    return elsewhere
+
+
+def run_cli(root: Path, *extra: str) -> tuple[int, str, str]:
+    """`wizard-runner run` on `root` in this process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(root),
+                 "--no-scripts", "--json", *extra], stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def holding(root: Path, secret: bytes) -> list[str]:
+    """Every file under `root` whose bytes contain `secret` (backups, logs, results included)."""
+    return [str(path) for path in root.rglob("*")
+            if path.is_file() and not path.is_symlink() and secret in path.read_bytes()]
+
+
+@pytest.mark.processes
+@pytest.mark.usefixtures("restore_signals")
+def test_run_refuses_a_symlinked_postfix_directory(tmp_path: Path, outside: Path) -> None:
+    """etc/postfix -> a directory outside: exit 73 naming it; nothing written in or out."""
+    root = seed_root(tmp_path / "root")
+    shutil.rmtree(root / "etc/postfix")
+    (root / "etc/postfix").symlink_to(outside)
+    before_etc, before_outside = snapshot(root / "etc"), snapshot(outside)
+    code, out, err = run_cli(root)
+    assert code == 73
+    error = json.loads(out)["error"]
+    assert error.startswith(f"/etc/postfix: is a symlink (to {outside}); refusing to follow it "
+                            f"out of the root {root}")
+    assert "/etc/postfix: is a symlink" in err
+    assert snapshot(root / "etc") == before_etc
+    assert snapshot(outside) == before_outside
+    assert not (root / "var/backups/wizard-runner").exists()
+
+
+@pytest.mark.processes
+@pytest.mark.usefixtures("restore_signals")
+def test_replace_symlinks_never_reads_the_link_target(tmp_path: Path, outside: Path) -> None:
+    """etc/hosts -> a secret outside, --replace-symlinks: new hosts, the secret nowhere inside."""
+    root = seed_root(tmp_path / "root")
+    (root / "etc/hosts").unlink()
+    (root / "etc/hosts").symlink_to(outside / "shadow")
+    before_outside = snapshot(outside)
+    code, out, err = run_cli(root, "--replace-symlinks")
+    assert code == 0, err
+    hosts = root / "etc/hosts"
+    assert not hosts.is_symlink()
+    assert "192.168.50.10\tpbx.acme.example\tpbx" in hosts.read_text()
+    assert holding(root, b"SECRET-HASH") == []
+    assert snapshot(outside) == before_outside
+    backup = Path(json.loads(out)["system_conf"]["backup_dir"])
+    manifest = json.loads((backup / "manifest.json").read_text())
+    assert {"path": "/etc/hosts", "existed": False, "link": str(outside / "shadow")} in (
+        manifest["files"])
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(20)
+@pytest.mark.usefixtures("restore_signals")
+def test_symlink_to_a_fifo_never_hangs(tmp_path: Path, outside: Path) -> None:
+    """etc/resolv.conf -> a FIFO: --dry-run and run both finish at once; a FIFO in place is 73."""
+    root = seed_root(tmp_path / "root")
+    os.mkfifo(outside / "fifo")
+    (root / "etc/resolv.conf").unlink()
+    (root / "etc/resolv.conf").symlink_to(outside / "fifo")
+    code, out, err = run_cli(root, "--dry-run")
+    assert code == 0, err
+    planned = {f["path"]: f for f in json.loads(out)["files"]}
+    assert planned["/etc/resolv.conf"]["plan"] == "skip"
+    code, out, err = run_cli(root, "--replace-symlinks")
+    assert code == 0, err
+    assert "nameserver 9.9.9.9" in (root / "etc/resolv.conf").read_text()
+    (root / "etc/mailname").unlink()
+    os.mkfifo(root / "etc/mailname")
+    code, out, err = run_cli(root, "--dry-run")
+    assert code == 73
+    assert "/etc/mailname: not a regular file (a FIFO); refusing to replace it" in err
+
+
+@pytest.mark.processes
+@pytest.mark.usefixtures("restore_signals")
+def test_unusual_includes_give_an_answer_not_a_traceback(tmp_path: Path) -> None:
+    """`source-directory ../interfaces.d` and `source /` are read under the root: a pass, then a
+    conflict named in /etc/interfaces.d, never an internal error."""
+    root = seed_root(tmp_path / "root")
+    interfaces = root / "etc/network/interfaces"
+    interfaces.write_text("source-directory ../interfaces.d\nsource /\n" + interfaces.read_text())
+    (root / "etc/interfaces.d").mkdir()
+    (root / "etc/interfaces.d/eth1").write_text("iface eth1 inet dhcp\n")
+    code, out, err = run_cli(root)
+    assert code == 0, err
+    (root / "etc/network/interfaces").write_text(
+        (root / "etc/network/interfaces").read_text().replace("192.168.50.10", "192.168.50.11"))
+    (root / "etc/interfaces.d/eth0").write_text("iface eth0 inet dhcp\n")
+    code, out, err = run_cli(root)
+    assert code == 73
+    assert json.loads(out)["error"].startswith(
+        "/etc/network/interfaces: /etc/interfaces.d/eth0 (included by "
+        "`source-directory ../interfaces.d`) also configures eth0")
+    assert "internal error" not in err
 
 
 def test_example_body_is_still_valid() -> None:

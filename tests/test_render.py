@@ -24,6 +24,7 @@ from wizard_runner.render import (
     render_mailname,
     render_main_cf,
     render_resolv_conf,
+    without_sources,
 )
 from wizard_runner.tools import ToolOutput, find_tool, run_tool
 
@@ -745,3 +746,27 @@ def test_hosts_keeps_other_loopback_names_and_ipv6(config: WizardConfig) -> None
     assert hosts["tools.local"] == "127.0.1.2"
     assert "2001:db8::10 pbx.acme.example pbx" in out
     assert hosts["pbx.acme.example"] == "192.168.50.10"
+
+
+def test_without_sources_comments_out_every_include() -> None:
+    """Each source line, its continuation lines too, is commented out; the rest is kept."""
+    text = (
+        "source /etc/network/interfaces.d/*\n"
+        "auto lo\n"
+        "iface lo inet loopback\n"
+        "  source-directory-like-option kept\n"
+        "source-directory \\\n"
+        "  interfaces.d\n"
+        "# source /commented\n"
+        "source-dir /x\n"
+    )
+    assert without_sources(text) == (
+        "# source /etc/network/interfaces.d/*\n"
+        "auto lo\n"
+        "iface lo inet loopback\n"
+        "  source-directory-like-option kept\n"
+        "# source-directory \\\n"
+        "#   interfaces.d\n"
+        "# source /commented\n"
+        "# source-dir /x\n"
+    )

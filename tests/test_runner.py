@@ -15,7 +15,7 @@ from tests.conftest import MANAGED, snapshot
 from wizard_runner import sysconf
 from wizard_runner.config import WizardConfig, config_from_data
 from wizard_runner.errors import LockedError, PrivilegeError
-from wizard_runner.fsio import Ownership, RunLock, WriteMethod, atomic_replace
+from wizard_runner.fsio import At, Ownership, RunLock, WriteMethod, replace_at
 from wizard_runner.layout import Layout
 from wizard_runner.result import FileAction, RunStatus
 from wizard_runner.runner import RunOptions, execute, preview
@@ -129,12 +129,12 @@ def test_failed_write_is_reported_and_restored(
     """A write failing midway gives a failed result, exit 73, and the restored files."""
     before = snapshot(sandbox / "etc")
 
-    def fail_on_main_cf(path: Path, data: bytes, owner: Ownership) -> WriteMethod:
-        if path.name == "main.cf" and "backups" not in path.parts:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return atomic_replace(path, data, owner)
+    def fail_on_main_cf(at: At, data: bytes, owner: Ownership) -> WriteMethod:
+        if at.shown == "/etc/postfix/main.cf":
+            raise OSError(errno.ENOSPC, "No space left on device", at.shown)
+        return replace_at(at, data, owner)
 
-    monkeypatch.setattr(sysconf, "atomic_replace", fail_on_main_cf)
+    monkeypatch.setattr(sysconf, "replace_at", fail_on_main_cf)
     result = run(config, sandbox)
     assert result.status is RunStatus.FAILED
     assert result.exit_code == 73
@@ -155,15 +155,15 @@ def test_sigterm_during_writes_is_held_until_all_are_done(
 ) -> None:
     """SIGTERM in the middle of the replacements lets them finish, then records the stop."""
     install_stop_handlers()
-    sent: list[Path] = []
+    sent: list[str] = []
 
-    def signal_midway(path: Path, data: bytes, owner: Ownership) -> WriteMethod:
-        if path.name == "mailname" and "backups" not in path.parts:
+    def signal_midway(at: At, data: bytes, owner: Ownership) -> WriteMethod:
+        if at.shown == "/etc/mailname":
             os.kill(os.getpid(), signal.SIGTERM)
-            sent.append(path)
-        return atomic_replace(path, data, owner)
+            sent.append(at.shown)
+        return replace_at(at, data, owner)
 
-    monkeypatch.setattr(sysconf, "atomic_replace", signal_midway)
+    monkeypatch.setattr(sysconf, "replace_at", signal_midway)
     result = run(config, sandbox)
     assert sent
     assert result.status is RunStatus.INTERRUPTED

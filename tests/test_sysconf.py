@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,10 +15,10 @@ import structlog
 from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.helpers import set_uid
 
-from tests.conftest import DEBIAN_ROOT, MANAGED, Reliability
+from tests.conftest import DEBIAN_ROOT, MANAGED, Reliability, snapshot
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import ApplyError, PrivilegeError
-from wizard_runner.fsio import Ownership, WriteMethod, atomic_replace
+from wizard_runner.fsio import At, Ownership, WriteMethod, replace_at
 from wizard_runner.layout import Layout
 from wizard_runner.render import RENDERERS
 from wizard_runner.result import FileAction
@@ -57,7 +58,7 @@ def plan(config: WizardConfig, root: Path, **options: bool) -> tuple[FileChange,
 
 
 def apply(
-    config: WizardConfig, root: Path, replacer: Callable[..., WriteMethod] = atomic_replace
+    config: WizardConfig, root: Path, replacer: Callable[..., WriteMethod] = replace_at
 ) -> tuple[FileChange, ...]:
     """Plan and apply under `root`; return the plan."""
     changes = plan(config, root)
@@ -117,18 +118,18 @@ def test_mode_and_owner_kept(config: WizardConfig, root: Path) -> None:
 
 def failing_on(
     nth: int, error: int = errno.EIO, also_fail: Sequence[str] = ()
-) -> Callable[[Path, bytes, Ownership], WriteMethod]:
+) -> Callable[[At, bytes, Ownership], WriteMethod]:
     """A replacer that fails on the nth write of a managed file, and on restores of `also_fail`."""
-    writes: list[Path] = []
+    writes: list[str] = []
 
-    def replace(path: Path, data: bytes, owner: Ownership) -> WriteMethod:
-        if "backups" not in path.parts:
-            if path in writes and path.name in also_fail:
-                raise OSError(error, os.strerror(error), str(path))
-            writes.append(path)
+    def replace(at: At, data: bytes, owner: Ownership) -> WriteMethod:
+        if not at.shown.startswith("/var/backups/"):
+            if at.shown in writes and at.name in also_fail:
+                raise OSError(error, os.strerror(error), at.shown)
+            writes.append(at.shown)
             if len(writes) == nth:
-                raise OSError(error, os.strerror(error), str(path))
-        return atomic_replace(path, data, owner)
+                raise OSError(error, os.strerror(error), at.shown)
+        return replace_at(at, data, owner)
 
     return replace
 
@@ -351,3 +352,196 @@ def test_damaged_file_is_named_and_nothing_written(config: WizardConfig, root: P
     with pytest.raises(ApplyError, match=r"^/etc/hosts: line 1: the wizard-runner block opened"):
         apply(config, root)
     assert contents(root) == before
+
+
+# --- the root is a fence (real trees under tmp_path) ----------------------------------------
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory beside the sandbox root that no run may read or change."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "main.cf").write_text("myhostname = elsewhere\n")
+    (elsewhere / "interfaces").write_text("iface eth0 inet dhcp\n")
+    (elsewhere / "secret").write_text("root:$6$SECRET-HASH:19000:0:99999:7:::\n")
+    return elsewhere
+
+
+def swap_for_link(path: Path, target: Path) -> None:
+    """Move `path` aside and put a symlink to `target` in its place."""
+    path.rename(path.with_name(f"{path.name}.moved"))
+    path.symlink_to(target)
+
+
+@pytest.mark.parametrize(
+    ("link", "shown"),
+    [
+        pytest.param("etc", "/etc", id="etc"),
+        pytest.param("etc/network", "/etc/network", id="etc-network"),
+        pytest.param("etc/postfix", "/etc/postfix", id="etc-postfix"),
+    ],
+)
+def test_symlinked_directory_is_refused_before_any_write(
+    config: WizardConfig, sandbox: Path, outside: Path, link: str, shown: str
+) -> None:
+    """A directory on the way that is a symlink stops the step at the read, naming it (exit 73)."""
+    swap_for_link(sandbox / link, outside)
+    before, before_outside = snapshot(sandbox), snapshot(outside)
+    with pytest.raises(ApplyError) as caught:
+        plan(config, sandbox)
+    assert str(caught.value) == (
+        f"{shown}: is a symlink (to {outside}); refusing to follow it out of the root "
+        f"{sandbox}: under --root, the runner reaches files only through real directories"
+    )
+    assert caught.value.exit_code == 73
+    assert snapshot(sandbox) == before
+    assert snapshot(outside) == before_outside
+
+
+def test_directory_swapped_after_the_plan_is_refused(
+    config: WizardConfig, sandbox: Path, outside: Path
+) -> None:
+    """A directory turned into a symlink between plan and apply is refused before any write."""
+    changes = plan(config, sandbox)
+    swap_for_link(sandbox / "etc/postfix", outside)
+    before, before_outside = snapshot(sandbox), snapshot(outside)
+    with pytest.raises(ApplyError, match=r"^/etc/postfix: is a symlink"):
+        apply_changes(Layout.under(sandbox), RUN_ID, changes, LOG)
+    assert snapshot(sandbox) == before
+    assert snapshot(outside) == before_outside
+
+
+@pytest.mark.parametrize(
+    "link",
+    [pytest.param("var/backups", id="var-backups"),
+     pytest.param("var/backups/wizard-runner", id="var-backups-wizard-runner")],
+)
+def test_symlinked_backup_directory_is_refused(
+    config: WizardConfig, sandbox: Path, outside: Path, link: str
+) -> None:
+    """Backups are not carried out of the root by a symlinked /var/backups; nothing is written."""
+    (sandbox / link).parent.mkdir(parents=True, exist_ok=True)
+    (sandbox / link).symlink_to(outside)
+    before, before_outside = snapshot(sandbox), snapshot(outside)
+    with pytest.raises(ApplyError) as caught:
+        apply(config, sandbox)
+    message = str(caught.value)
+    assert message.startswith("could not back up the system files into ")
+    assert f"(/{link}: is a symlink (to {outside})" in message
+    assert message.endswith("nothing was changed")
+    assert snapshot(sandbox) == before
+    assert snapshot(outside) == before_outside
+
+
+def test_replaced_symlink_is_never_read_through(
+    config: WizardConfig, sandbox: Path, outside: Path
+) -> None:
+    """--replace-symlinks with /etc/hosts -> a secret outside: a new hosts, the secret nowhere."""
+    secret = outside / "secret"
+    (sandbox / "etc/hosts").unlink()
+    (sandbox / "etc/hosts").symlink_to(secret)
+    before_outside = snapshot(outside)
+    changes = {c.path: c for c in plan(config, sandbox, replace_symlinks=True)}
+    hosts = changes["/etc/hosts"]
+    assert hosts.plan is Plan.WRITE
+    assert hosts.current.data is None
+    assert hosts.current.link == str(secret)
+    assert "--- /dev/null\n+++ b/etc/hosts\n" in unified_diff(tuple(changes.values()))
+    applied = apply_changes(Layout.under(sandbox), RUN_ID, tuple(changes.values()), LOG)
+    written = sandbox / "etc/hosts"
+    assert not written.is_symlink()
+    assert "pbx.acme.example" in written.read_text()
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+    assert applied.backup_dir is not None
+    manifest = json.loads((applied.backup_dir / "manifest.json").read_text())
+    entry = next(e for e in manifest["files"] if e["path"] == "/etc/hosts")
+    assert entry == {"path": "/etc/hosts", "existed": False, "link": str(secret)}
+    assert not (applied.backup_dir / "etc/hosts").exists()
+    leaked = [p for p in sandbox.rglob("*") if p.is_file() and b"SECRET-HASH" in p.read_bytes()]
+    assert leaked == []
+    assert snapshot(outside) == before_outside
+
+
+def test_replaced_symlink_comes_back_on_a_failure(
+    config: WizardConfig, sandbox: Path, outside: Path
+) -> None:
+    """A later failed write puts the symlink back as it was; its target is untouched."""
+    (sandbox / "etc/hosts").unlink()
+    (sandbox / "etc/hosts").symlink_to(outside / "secret")
+    before_outside = snapshot(outside)
+    changes = plan(config, sandbox, replace_symlinks=True)
+    with pytest.raises(FilesNotAppliedError) as caught:
+        apply_changes(Layout.under(sandbox), RUN_ID, changes, LOG, replacer=failing_on(4))
+    assert os.readlink(sandbox / "etc/hosts") == str(outside / "secret")
+    assert ("/etc/hosts", FileAction.RESTORED) in [(f.path, f.action) for f in caught.value.files]
+    assert snapshot(outside) == before_outside
+
+
+def make_fifo(path: Path) -> None:
+    """A FIFO nobody writes to: opening it for reading would block."""
+    os.mkfifo(path)
+
+
+def make_socket(path: Path) -> None:
+    """A bound unix socket."""
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(str(path))
+
+
+def make_device(path: Path) -> None:
+    """/dev/null's character device (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a device node")
+    os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        pytest.param(make_fifo, "a FIFO", id="fifo"),
+        pytest.param(make_socket, "a socket", id="socket"),
+        pytest.param(make_device, "a character device", id="device"),
+        pytest.param(Path.mkdir, "a directory", id="directory"),
+    ],
+)
+def test_special_target_is_refused_at_once(
+    config: WizardConfig, sandbox: Path, make: Callable[[Path], None], kind: str
+) -> None:
+    """A FIFO, socket, device or directory where a managed file should be fails at the read."""
+    (sandbox / "etc/mailname").unlink()
+    make(sandbox / "etc/mailname")
+    before = snapshot(sandbox)
+    with pytest.raises(ApplyError) as caught:
+        plan(config, sandbox)
+    assert str(caught.value) == f"/etc/mailname: not a regular file ({kind}); refusing to replace it"
+    assert snapshot(sandbox) == before
+
+
+@pytest.mark.timeout(10)
+def test_symlink_to_a_fifo_never_blocks(
+    config: WizardConfig, sandbox: Path, outside: Path
+) -> None:
+    """A target symlinked to a FIFO is skipped at once, or replaced by a file; the FIFO stays."""
+    os.mkfifo(outside / "fifo")
+    (sandbox / "etc/resolv.conf").unlink()
+    (sandbox / "etc/resolv.conf").symlink_to(outside / "fifo")
+    skipped = {c.path: c for c in plan(config, sandbox)}["/etc/resolv.conf"]
+    assert skipped.plan is Plan.SKIP
+    apply(config, sandbox)
+    assert (sandbox / "etc/resolv.conf").is_symlink()
+    changes = plan(config, sandbox, replace_symlinks=True)
+    apply_changes(Layout.under(sandbox), "replace", changes, LOG)
+    assert "nameserver 9.9.9.9" in (sandbox / "etc/resolv.conf").read_text()
+    assert stat.S_ISFIFO(os.lstat(outside / "fifo").st_mode)
+
+
+def test_file_where_a_directory_should_be(config: WizardConfig, sandbox: Path) -> None:
+    """A file named /etc/postfix is an error naming it, not a crash nor a silent skip."""
+    for name in ("main.cf", "canonical"):
+        (sandbox / "etc/postfix" / name).unlink()
+    (sandbox / "etc/postfix").rmdir()
+    (sandbox / "etc/postfix").write_text("not a directory\n")
+    with pytest.raises(ApplyError, match=r"^/etc/postfix: not a directory \(a regular file\)$"):
+        plan(config, sandbox)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +193,158 @@ def test_included_files_of_other_interfaces_are_fine(config: WizardConfig, sandb
     with pytest.raises(ApplyError, match=r"/etc/network/interfaces.d/eth0 \(included by "
                        r"`source-directory interfaces.d`\)"):
         check_included_interfaces(config, Layout(sandbox), text)
+
+
+# --- includes and master.cf are read under the root only ------------------------------------
+
+EXPECTED_REFUSAL = "/etc/network/interfaces: `{line}` cannot be checked for another eth0 stanza: "
+STATIC = "iface eth0 inet static\n  address 192.168.50.10/24\n"
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory beside the sandbox root, holding a stanza for eth0 that must not be read."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "eth0").write_text("iface eth0 inet dhcp\n")
+    return elsewhere
+
+
+@pytest.mark.parametrize(
+    ("line", "placed", "found"),
+    [
+        pytest.param("source-directory ../interfaces.d", "etc/interfaces.d/eth0",
+                     "/etc/interfaces.d/eth0", id="source-directory-dotdot"),
+        pytest.param("source ../interfaces.d/*", "etc/interfaces.d/eth0",
+                     "/etc/interfaces.d/eth0", id="source-dotdot-glob"),
+        pytest.param("source ../../../../../../etc/eth0", "etc/eth0", "/etc/eth0",
+                     id="dotdot-stops-at-the-root"),
+        pytest.param("source /*/network/interfaces.d/e*", "etc/network/interfaces.d/eth0",
+                     "/etc/network/interfaces.d/eth0", id="glob-in-a-directory"),
+        pytest.param("source-dir interfaces.d", "etc/network/interfaces.d/eth0",
+                     "/etc/network/interfaces.d/eth0", id="source-dir"),
+    ],
+)
+def test_includes_resolve_from_etc_network_inside_the_root(
+    config: WizardConfig, sandbox: Path, line: str, placed: str, found: str
+) -> None:
+    """Relative includes start at /etc/network and `..` stops at the root: the file is found there."""
+    (sandbox / placed).parent.mkdir(parents=True, exist_ok=True)
+    (sandbox / placed).write_text("iface eth0 inet dhcp\n")
+    with pytest.raises(ApplyError) as caught:
+        check_included_interfaces(config, Layout.under(sandbox), f"{line}\n{STATIC}".encode())
+    assert str(caught.value).startswith(
+        f"/etc/network/interfaces: {found} (included by `{line}`) also configures eth0"
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param("source /", id="source-root"),
+        pytest.param("source /*", id="source-root-glob"),
+        pytest.param("source /etc/*", id="directories-matched"),
+        pytest.param("source-directory /", id="source-directory-root"),
+        pytest.param("source-directory /etc/hostname", id="source-directory-file"),
+        pytest.param("source /etc/hostname/*", id="below-a-file"),
+        pytest.param("source /nowhere/*", id="nothing"),
+        pytest.param("source /etc/network/../../../etc/./network//interfaces.d/*", id="winding"),
+    ],
+)
+def test_unusual_includes_are_handled(config: WizardConfig, sandbox: Path, line: str) -> None:
+    """Includes naming the root, directories or nothing read only regular files, and pass."""
+    check_included_interfaces(config, Layout.under(sandbox), f"{line}\n{STATIC}".encode())
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("line", "make", "reason"),
+    [
+        pytest.param("source-directory interfaces.d",
+                     lambda root, out: (root / "etc/network/interfaces.d/eth0").symlink_to(out / "eth0"),
+                     "/etc/network/interfaces.d/eth0: is a symlink (to {out}/eth0); not followed",
+                     id="symlinked-file"),
+        pytest.param("source /etc/network/interfaces.d/*",
+                     lambda root, out: (root / "etc/network/interfaces.d/eth0").symlink_to(out / "eth0"),
+                     "/etc/network/interfaces.d/eth0: is a symlink (to {out}/eth0); not followed",
+                     id="symlinked-file-by-glob"),
+        pytest.param("source-directory interfaces.d",
+                     lambda root, out: swap(root / "etc/network/interfaces.d", out),
+                     "/etc/network/interfaces.d: is a symlink (to {out}); refusing to follow it",
+                     id="symlinked-directory"),
+        pytest.param("source /etc/network/interfaces.d/*",
+                     lambda root, out: os.mkfifo(root / "etc/network/interfaces.d/eth9"),
+                     "/etc/network/interfaces.d/eth9: not a regular file (a FIFO)", id="fifo"),
+        pytest.param("source-directory interfaces.d",
+                     lambda root, out: fifo_link(root / "etc/network/interfaces.d/eth9", out),
+                     "/etc/network/interfaces.d/eth9: is a symlink (to {out}/fifo)",
+                     id="symlink-to-a-fifo"),
+    ],
+)
+def test_includes_never_leave_the_root(
+    config: WizardConfig, sandbox: Path, outside: Path, line: str,
+    make: Callable[[Path, Path], object], reason: str,
+) -> None:
+    """An include through a symlink, or a FIFO, is refused at once naming the line and why."""
+    make(sandbox, outside)
+    with pytest.raises(ApplyError) as caught:
+        check_included_interfaces(config, Layout.under(sandbox), f"{line}\n{STATIC}".encode())
+    assert str(caught.value).startswith(
+        EXPECTED_REFUSAL.format(line=line) + reason.format(out=outside)
+    )
+
+
+def swap(path: Path, target: Path) -> None:
+    """Replace the directory `path` by a symlink to `target`."""
+    path.rmdir()
+    path.symlink_to(target)
+
+
+def fifo_link(path: Path, outside: Path) -> None:
+    """A symlink at `path` to a FIFO outside the root."""
+    os.mkfifo(outside / "fifo")
+    path.symlink_to(outside / "fifo")
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(lambda path, out: path.symlink_to(out / "eth0"),
+                     "/etc/postfix/master.cf: is a symlink (to {out}/eth0); not followed under "
+                     "the root", id="symlink"),
+        pytest.param(lambda path, out: os.mkfifo(path),
+                     "/etc/postfix/master.cf: not a regular file (a FIFO)", id="fifo"),
+    ],
+)
+def test_master_cf_is_read_under_the_root_only(
+    config: WizardConfig, sandbox: Path, outside: Path, monkeypatch: pytest.MonkeyPatch,
+    make: Callable[[Path, Path], object], message: str,
+) -> None:
+    """master.cf, read for the postconf check, follows the same rules as an include."""
+    monkeypatch.setattr("wizard_runner.toolcheck.find_tool", lambda name: None)
+    master_cf = sandbox / "etc/postfix/master.cf"
+    master_cf.unlink(missing_ok=True)
+    make(master_cf, outside)
+    with pytest.raises(ApplyError) as caught:
+        ToolChecker(config, Layout.under(sandbox), LOG)(writes(config, sandbox))
+    assert str(caught.value).startswith(message.format(out=outside))
+
+
+@needs_tool("ifquery")
+@pytest.mark.timeout(30)
+def test_ifquery_does_not_follow_includes_out_of_the_root(
+    config: WizardConfig, sandbox: Path, outside: Path
+) -> None:
+    """Under --root, ifquery checks the new file without its includes, which name host paths:
+    a FIFO out there (where ifquery would block) does not stop the check."""
+    os.mkfifo(outside / "eth9")
+    interfaces = sandbox / "etc/network/interfaces"
+    interfaces.write_text(f"source-directory {outside}\n" + interfaces.read_text())
+    ToolChecker(config, Layout.under(sandbox), LOG)(writes(config, sandbox))
+
+
+def test_nul_byte_in_an_include_is_an_error(config: WizardConfig, sandbox: Path) -> None:
+    """A NUL byte in an include's path gives an error naming the line, not a traceback."""
+    with pytest.raises(ApplyError, match=r"^/etc/network/interfaces: `source /etc/a\x00b` cannot be checked: embedded null byte"):
+        check_included_interfaces(config, Layout.under(sandbox), b"source /etc/a\x00b\n" + STATIC.encode())

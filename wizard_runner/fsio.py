@@ -1,4 +1,4 @@
-"""File-system primitives of the shell: atomic replace, reading a target, the run lock."""
+"""File-system primitives of the shell: atomic replace relative to a directory fd, the run lock."""
 
 from __future__ import annotations
 
@@ -42,13 +42,16 @@ class WriteMethod(Enum):
     IN_PLACE = "in_place"  # rename refused with EBUSY: a bind-mounted file, as in containers
 
 
-def fsync_dir(directory: Path) -> None:
-    """Flush a directory entry change (a rename, a new file) to disk."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class At:
+    """A name inside an open directory: the `*_at` functions act there, resolving nothing again.
+
+    `shown` is how messages and logs name it (a system path such as /etc/hosts).
+    """
+
+    dir_fd: int
+    name: str
+    shown: str
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -59,9 +62,9 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _write_in_place(path: Path, data: bytes) -> None:
+def _write_in_place(at: At, data: bytes) -> None:
     """Overwrite a file whose name cannot be replaced; write first, then cut, never empty it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    fd = os.open(at.name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=at.dir_fd)
     try:
         write_all(fd, data)
         os.ftruncate(fd, len(data))
@@ -70,22 +73,23 @@ def _write_in_place(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def temp_name(path: Path) -> Path:
-    """A fresh temporary name beside `path`, hidden and recognisable as the runner's."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+def temp_name(name: str) -> str:
+    """A fresh temporary name beside `name`, hidden and recognisable as the runner's."""
+    return f".{name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
 
 
-def atomic_replace(path: Path, data: bytes, owner: Ownership) -> WriteMethod:
-    """Replace `path` with `data` so readers see the old or the new file, never a mix.
+def replace_at(at: At, data: bytes, owner: Ownership) -> WriteMethod:
+    """Replace the file `at` names with `data` so readers see the old or the new file, never a mix.
 
     Temp file in the same directory, write, fchmod, fchown, fsync, rename, fsync of the
-    directory. A rename refused with EBUSY falls back to an in-place write.
+    directory, all relative to the directory's descriptor. A rename refused with EBUSY falls
+    back to an in-place write. A symlink at the name is replaced, never followed.
     """
-    tmp = temp_name(path)
+    tmp = temp_name(at.name)
     try:
         # Inside the try: should the create itself fail half-way, the name is still cleaned up.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     0o600)
+                     0o600, dir_fd=at.dir_fd)
         try:
             write_all(fd, data)
             os.fchmod(fd, stat.S_IMODE(owner.mode))
@@ -96,30 +100,62 @@ def atomic_replace(path: Path, data: bytes, owner: Ownership) -> WriteMethod:
         finally:
             os.close(fd)
         try:
-            os.rename(tmp, path)
+            os.rename(tmp, at.name, src_dir_fd=at.dir_fd, dst_dir_fd=at.dir_fd)
         except OSError as error:
             if error.errno != errno.EBUSY:
                 raise
-            _write_in_place(path, data)
-            os.unlink(tmp)
+            _write_in_place(at, data)
+            os.unlink(tmp, dir_fd=at.dir_fd)
             return WriteMethod.IN_PLACE
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=at.dir_fd)
         raise
-    fsync_dir(path.parent)
+    os.fsync(at.dir_fd)
     return WriteMethod.RENAMED
 
 
-def remove_stale_temps(directory: Path) -> list[Path]:
-    """Delete temp files a killed run left in `directory`; return what was removed."""
-    removed: list[Path] = []
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for entry in directory.iterdir():
-            if entry.name.startswith(".") and entry.name.endswith(TMP_SUFFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    entry.unlink()
-                    removed.append(entry)
+def symlink_at(at: At, target: str) -> None:
+    """Make `at` a symlink to `target` atomically (a temp link renamed over the name)."""
+    tmp = temp_name(at.name)
+    os.symlink(target, tmp, dir_fd=at.dir_fd)
+    try:
+        os.rename(tmp, at.name, src_dir_fd=at.dir_fd, dst_dir_fd=at.dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=at.dir_fd)
+        raise
+    os.fsync(at.dir_fd)
+
+
+def unlink_at(at: At) -> None:
+    """Remove the name `at` (already gone is fine) and flush the directory."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(at.name, dir_fd=at.dir_fd)
+    os.fsync(at.dir_fd)
+
+
+def atomic_replace(path: Path, data: bytes, owner: Ownership) -> WriteMethod:
+    """Replace `path` with `data` atomically: `replace_at` in `path`'s directory.
+
+    For the runner's own files, whose directories `Layout.own` has checked; system files go
+    through `fence.Fence`, which reaches their directories without following symlinks.
+    """
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return replace_at(At(dir_fd, path.name, str(path)), data, owner)
+    finally:
+        os.close(dir_fd)
+
+
+def remove_stale_temps(dir_fd: int) -> list[str]:
+    """Delete temp files a killed run left in the open directory; return the names removed."""
+    removed: list[str] = []
+    for name in os.listdir(dir_fd):
+        if name.startswith(".") and name.endswith(TMP_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=dir_fd)
+                removed.append(name)
     return removed
 
 

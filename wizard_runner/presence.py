@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from wizard_runner.fsio import fsync_dir, temp_name
+from wizard_runner.fsio import temp_name
 
 #: struct flock on 64-bit Linux (what Debian's amd64 and arm64 appliances run): l_type,
 #: l_whence, l_start, l_len, l_pid, padded to the C struct's 32 bytes. OFD locks want l_pid 0.
@@ -30,6 +30,26 @@ _FLOCK: Final = struct.Struct("@hhqqi4x")
 
 def _whole_file(kind: int) -> bytes:
     return _FLOCK.pack(kind, os.SEEK_SET, 0, 0, 0)
+
+
+def _publish(directory: int, name: str) -> int:
+    """A fresh file, locked, then renamed into place as `name`: its open descriptor."""
+    temp = temp_name(name)
+    fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o600, dir_fd=directory)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _whole_file(fcntl.F_WRLCK))
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))  # for an admin's eyes only
+        os.fchmod(fd, 0o644)
+        os.rename(temp, name, src_dir_fd=directory, dst_dir_fd=directory)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=directory)
+        raise
+    with contextlib.suppress(OSError):
+        os.fsync(directory)
+    return fd
 
 
 class PresenceLock:
@@ -41,22 +61,11 @@ class PresenceLock:
 
     def acquire(self) -> None:
         """Create, lock and publish a fresh presence file (OSError if that is impossible)."""
-        temp = temp_name(self.path)
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     0o600)
+        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _whole_file(fcntl.F_WRLCK))
-            os.write(fd, f"{os.getpid()}\n".encode("ascii"))  # for an admin's eyes only
-            os.fchmod(fd, 0o644)
-            os.rename(temp, self.path)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
-        with contextlib.suppress(OSError):
-            fsync_dir(self.path.parent)
-        self._fd = fd
+            self._fd = _publish(directory, self.path.name)
+        finally:
+            os.close(directory)
 
     def release(self) -> None:
         """Stop announcing: closing the only descriptor drops the lock (as a crash would)."""

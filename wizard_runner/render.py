@@ -378,14 +378,29 @@ class _InterfacesScan:
         self.out.extend(group)
 
 
+_SOURCE_KEYWORDS: Final = frozenset({"source", "source-directory", "source-dir"})
+
+
 def interfaces_sources(text: str) -> list[tuple[str, str]]:
     """The `source` patterns and `source-directory` directories an interfaces file includes."""
     found = []
     for group in _logical_lines(text.splitlines()):
         words = _joined(group).split()
-        if len(words) == 2 and words[0] in {"source", "source-directory", "source-dir"}:
+        if len(words) == 2 and words[0] in _SOURCE_KEYWORDS:
             found.append((words[0], words[1]))
     return found
+
+
+def without_sources(text: str) -> str:
+    """`text` with every `source` and `source-directory` line commented out, continuations too."""
+    lines: list[str] = []
+    for group in _logical_lines(text.splitlines()):
+        words = _joined(group).split()
+        if words and words[0] in _SOURCE_KEYWORDS:
+            lines.extend(f"# {line}" for line in group)
+        else:
+            lines.extend(group)
+    return "".join(f"{line}\n" for line in lines)
 
 
 def interface_conflicts(text: str, interface: str) -> list[str]:

@@ -128,7 +128,7 @@ class Spool:
     @classmethod
     def of(cls, layout: Layout) -> Spool:
         """The spool of `layout`."""
-        return cls(layout.host("/var/spool/wizard-runner"))
+        return cls(layout.spool_dir)
 
     @property
     def incoming(self) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import os
@@ -16,18 +15,25 @@ from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import ApplyError, PrivilegeError, RenderError
+from wizard_runner.fence import (
+    Fence,
+    FenceError,
+    cannot,
+    describe,
+    open_fence,
+    read_regular_at,
+)
 from wizard_runner.fsio import (
-    MAX_TARGET_BYTES,
+    At,
     Ownership,
     WriteMethod,
-    atomic_replace,
-    ensure_dir,
-    fsync_dir,
     new_file_owner,
     remove_stale_temps,
-    temp_name,
+    replace_at,
+    symlink_at,
+    unlink_at,
 )
-from wizard_runner.layout import Layout
+from wizard_runner.layout import BACKUP_DIR, Layout
 from wizard_runner.render import RENDERERS
 from wizard_runner.result import FileAction, FileOutcome
 
@@ -47,7 +53,7 @@ class TargetKind(Enum):
 
 @dataclass(frozen=True)
 class Current:
-    """A managed file as found: its kind, bytes (through a symlink too) and ownership."""
+    """A managed file as found: its kind, bytes and ownership (a symlink: its target, no bytes)."""
 
     kind: TargetKind
     data: bytes | None = None
@@ -85,7 +91,7 @@ class FileChange:
 
 
 Validator = Callable[[Sequence[FileChange]], None]
-Replacer = Callable[[Path, bytes, Ownership], WriteMethod]
+Replacer = Callable[[At, bytes, Ownership], WriteMethod]
 
 
 class FilesNotAppliedError(ApplyError):
@@ -100,41 +106,47 @@ class FilesNotAppliedError(ApplyError):
 # --- reading (shell) ----------------------------------------------------------------------------
 
 
-def _read_bytes(path: Path, system_path: str) -> bytes:
+def _inspect(dir_fd: int, system_path: str) -> Current:
+    name = PurePosixPath(system_path).name
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_TARGET_BYTES + 1)
-    except PermissionError as error:
-        raise PrivilegeError(f"{system_path}: cannot read: {error.strerror}") from error
-    except OSError as error:
-        raise ApplyError(f"{system_path}: cannot read: {error.strerror}") from error
-    if len(data) > MAX_TARGET_BYTES:
-        raise ApplyError(f"{system_path}: over {MAX_TARGET_BYTES} bytes, not a config file")
-    return data
-
-
-def read_current(layout: Layout, system_path: str) -> Current:
-    """Find out what `system_path` is under the layout's root, without following a final link."""
-    path = layout.host(system_path)
-    try:
-        info = os.lstat(path)
+        info = os.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:
-        if not path.parent.is_dir():
-            return Current(TargetKind.NO_PARENT)
         return Current(TargetKind.MISSING)
-    owner = Ownership(stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
     if stat.S_ISLNK(info.st_mode):
-        link = os.readlink(path)
-        data = _read_bytes(path, system_path) if path.exists() else None
-        return Current(TargetKind.SYMLINK, data, new_file_owner(), link)
+        # Never read through it: the link may lead out of the root, or to a FIFO. Replacing
+        # it (--replace-symlinks) writes the new content as for a new file.
+        return Current(TargetKind.SYMLINK, None, new_file_owner(),
+                       os.readlink(name, dir_fd=dir_fd))
     if not stat.S_ISREG(info.st_mode):
-        raise ApplyError(f"{system_path}: not a regular file; refusing to replace it")
-    return Current(TargetKind.FILE, _read_bytes(path, system_path), owner)
+        raise FenceError(f"{system_path}: not a regular file ({describe(info.st_mode)}); "
+                         "refusing to replace it")
+    data, opened = read_regular_at(dir_fd, name, system_path)
+    if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+        raise FenceError(f"{system_path}: replaced while it was being read; run again")
+    # The same inode: the mode and owner the lstat saw are those of the bytes just read.
+    return Current(TargetKind.FILE, data,
+                   Ownership(stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid))
+
+
+def read_current(fence: Fence, system_path: str) -> Current:
+    """Find out what `system_path` is under the fence's root, following no symlink to it.
+
+    A symlinked directory on the way (under a sandbox root) or a target that is not a regular
+    file (a FIFO, a device) raises FenceError at once; nothing is opened that could block.
+    """
+    try:
+        with fence.directory(PurePosixPath(system_path).parent) as dir_fd:
+            if dir_fd is None:
+                return Current(TargetKind.NO_PARENT)
+            return _inspect(dir_fd, system_path)
+    except OSError as error:
+        raise cannot(system_path, "read", error) from error
 
 
 def read_targets(layout: Layout, paths: Iterable[str] = RENDERERS) -> dict[str, Current]:
     """Read every managed file; an unreadable or unusual target fails before any write."""
-    return {path: read_current(layout, path) for path in paths}
+    with open_fence(layout) as fence:
+        return {path: read_current(fence, path) for path in paths}
 
 
 # --- planning (pure) ----------------------------------------------------------------------------
@@ -204,57 +216,76 @@ def unified_diff(changes: Sequence[FileChange]) -> str:
 # --- applying (shell) ---------------------------------------------------------------------------
 
 
-def _check_writable(layout: Layout, changes: Sequence[FileChange]) -> None:
-    for change in changes:
-        parent = layout.host(change.path).parent
-        if not os.access(parent, os.W_OK):
-            raise PrivilegeError(
-                f"{change.path}: cannot write in {parent} (run as root, or use --root DIR)"
-            )
+def _parents(changes: Sequence[FileChange]) -> list[PurePosixPath]:
+    return sorted({PurePosixPath(change.path).parent for change in changes})
+
+
+def _prepare(fence: Fence, changes: Sequence[FileChange], log: FilteringBoundLogger) -> None:
+    """Before any write: reach each target directory, check it is writable, clear stale temps."""
+    for parent in _parents(changes):
+        try:
+            with fence.directory(parent) as dir_fd:
+                if dir_fd is None:
+                    continue  # gone since the plan: the write itself reports it
+                if not os.access(".", os.W_OK, dir_fd=dir_fd):
+                    path = next(c.path for c in changes if PurePosixPath(c.path).parent == parent)
+                    raise PrivilegeError(f"{path}: cannot write in {fence.host(parent)} "
+                                         "(run as root, or use --root DIR)")
+                for name in remove_stale_temps(dir_fd):
+                    log.warning("stale_temp_removed", path=str(parent / name))
+        except OSError as error:
+            raise cannot(str(parent), "prepare the writes in it", error) from error
 
 
 def _backup(
-    layout: Layout, run_id: str, changes: Sequence[FileChange], replacer: Replacer
-) -> Path:
-    """Copy every file about to be replaced into the run's backup directory, with a manifest."""
-    directory = layout.backup_dir / run_id
-    ensure_dir(layout.backup_dir, 0o700)
-    ensure_dir(directory, 0o700)
+    fence: Fence, run_id: str, changes: Sequence[FileChange], replacer: Replacer
+) -> None:
+    """Copy every file about to be replaced into the run's backup directory, with a manifest.
+
+    Written through the fence like the system files: under a sandbox root, a symlinked
+    /var/backups cannot carry them out of it.
+    """
+    directory = BACKUP_DIR / run_id
+    with fence.directory(BACKUP_DIR.parent, create_mode=0o755):
+        pass  # /var/backups as a plain directory if missing; the rest is the runner's, 0700
     manifest = []
     for change in changes:
         existed = change.current.data is not None and change.current.kind is TargetKind.FILE
         manifest.append({"path": change.path, "existed": existed, "link": change.current.link})
         if change.current.data is None or change.current.owner is None:
             continue
-        target = directory.joinpath(*PurePosixPath(change.path).parts[1:])
-        ensure_dir(target.parent, 0o700)
-        replacer(target, change.current.data, change.current.owner)
-    replacer(
-        directory / "manifest.json",
-        (json.dumps({"run_id": run_id, "files": manifest}, indent=2) + "\n").encode(),
-        Ownership(0o600, os.geteuid(), os.getegid()),
-    )
-    return directory
+        copy = directory.joinpath(*PurePosixPath(change.path).parts[1:])
+        with fence.at(str(copy), create_mode=0o700) as at:
+            replacer(at, change.current.data, change.current.owner)
+    with fence.at(str(directory / "manifest.json"), create_mode=0o700) as at:
+        replacer(
+            at,
+            (json.dumps({"run_id": run_id, "files": manifest}, indent=2) + "\n").encode(),
+            Ownership(0o600, os.geteuid(), os.getegid()),
+        )
 
 
-def _restore_one(layout: Layout, change: FileChange, replacer: Replacer) -> None:
-    path = layout.host(change.path)
+def _restore_one(fence: Fence, change: FileChange, replacer: Replacer) -> None:
     current = change.current
-    if current.kind is TargetKind.FILE and current.data is not None and current.owner is not None:
-        replacer(path, current.data, current.owner)
-    elif current.kind is TargetKind.SYMLINK and current.link is not None:
-        tmp = temp_name(path)
-        os.symlink(current.link, tmp)
-        os.rename(tmp, path)
-        fsync_dir(path.parent)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        fsync_dir(path.parent)
+    with fence.at(change.path) as at:
+        if (current.kind is TargetKind.FILE and current.data is not None
+                and current.owner is not None):
+            replacer(at, current.data, current.owner)
+        elif current.kind is TargetKind.SYMLINK and current.link is not None:
+            symlink_at(at, current.link)
+        else:
+            unlink_at(at)
+
+
+def _why(error: OSError | FenceError) -> str:
+    """The reason a write failed, in the words of the error (strerror, or the fence's refusal)."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return str(error)
 
 
 def _roll_back(
-    layout: Layout,
+    fence: Fence,
     done: Sequence[FileChange],
     replacer: Replacer,
     log: FilteringBoundLogger,
@@ -262,8 +293,8 @@ def _roll_back(
     restored, lost = [], []
     for change in reversed(done):
         try:
-            _restore_one(layout, change, replacer)
-        except OSError as error:
+            _restore_one(fence, change, replacer)
+        except (OSError, FenceError) as error:
             log.error("file_restore_failed", path=change.path, error=str(error))
             lost.append(change.path)
         else:
@@ -276,7 +307,7 @@ def _failure_outcomes(
     changes: Sequence[FileChange],
     done: Sequence[FileChange],
     failed: FileChange,
-    error: OSError,
+    why: str,
     lost: Sequence[str],
 ) -> list[FileOutcome]:
     done_paths = {change.path for change in done}
@@ -286,7 +317,7 @@ def _failure_outcomes(
         if change.path == failed.path:
             reached_failure = True
             outcomes.append(FileOutcome(
-                change.path, FileAction.SKIPPED, f"write failed ({error.strerror}); left as it was"
+                change.path, FileAction.SKIPPED, f"write failed ({why}); left as it was"
             ))
         elif change.path in done_paths:
             if change.path in lost:
@@ -313,7 +344,7 @@ class Applied:
 
 
 def _replace_all(
-    layout: Layout,
+    fence: Fence,
     changes: Sequence[FileChange],
     backup_dir: Path,
     replacer: Replacer,
@@ -323,16 +354,18 @@ def _replace_all(
     done: list[FileChange] = []
     for change in (c for c in changes if c.plan is Plan.WRITE):
         try:
-            method = replacer(layout.host(change.path), change.new or b"", _owner_for(change))
-        except OSError as error:
-            log.error("file_write_failed", path=change.path, error=str(error))
-            restored, lost = _roll_back(layout, done, replacer, log)
-            message = f"{change.path}: could not be written ({error.strerror})"
+            with fence.at(change.path) as at:
+                method = replacer(at, change.new or b"", _owner_for(change))
+        except (OSError, FenceError) as error:
+            why = _why(error)
+            log.error("file_write_failed", path=change.path, error=why)
+            restored, lost = _roll_back(fence, done, replacer, log)
+            message = f"{change.path}: could not be written ({why})"
             if restored:
                 message += f"; restored {', '.join(restored)} from {backup_dir}"
             if lost:
                 message += f"; COULD NOT RESTORE {', '.join(lost)}: copy them from {backup_dir}"
-            files = _failure_outcomes(changes, done, change, error, lost)
+            files = _failure_outcomes(changes, done, change, why, lost)
             raise FilesNotAppliedError(message, files, backup_dir) from error
         done.append(change)
         if method is WriteMethod.IN_PLACE:
@@ -351,8 +384,11 @@ def apply_changes(
     validator: Validator | None = None,
     replacer: Replacer | None = None,
 ) -> Applied:
-    """Validate, back up and replace every planned file, or restore them all and raise."""
-    replacer = replacer or atomic_replace
+    """Validate, back up and replace every planned file, or restore them all and raise.
+
+    Every file, the backups included, is reached through one fence on the layout's root.
+    """
+    replacer = replacer or replace_at
     writes = [change for change in changes if change.plan is Plan.WRITE]
     for change in changes:
         if change.plan is not Plan.WRITE:
@@ -361,19 +397,18 @@ def apply_changes(
         return Applied(planned_outcomes(changes), None, frozenset())
     if validator is not None:
         validator(writes)
-    _check_writable(layout, writes)
-    for parent in {layout.host(change.path).parent for change in writes}:
-        for stale in remove_stale_temps(parent):
-            log.warning("stale_temp_removed", path=str(stale))
-    try:
-        backup_dir = _backup(layout, run_id, writes, replacer)
-    except OSError as error:
-        raise ApplyError(
-            f"could not back up the system files into {layout.backup_dir / run_id} "
-            f"({error.strerror}); nothing was changed"
-        ) from error
-    log.info("files_backed_up", backup_dir=str(backup_dir), count=len(writes))
-    _replace_all(layout, changes, backup_dir, replacer, log)
+    backup_dir = layout.host(BACKUP_DIR / run_id)
+    with open_fence(layout) as fence:
+        _prepare(fence, writes, log)
+        try:
+            _backup(fence, run_id, writes, replacer)
+        except (OSError, FenceError) as error:
+            raise ApplyError(
+                f"could not back up the system files into {backup_dir} ({_why(error)}); "
+                "nothing was changed"
+            ) from error
+        log.info("files_backed_up", backup_dir=str(backup_dir), count=len(writes))
+        _replace_all(fence, changes, backup_dir, replacer, log)
     return Applied(planned_outcomes(changes), backup_dir, frozenset(c.path for c in writes))
 
 

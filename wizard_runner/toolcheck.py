@@ -2,59 +2,144 @@
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import os
+import posixpath
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Final
 
 from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import ApplyError
+from wizard_runner.fence import Fence, FenceError, NotDirectoryError, open_fence
 from wizard_runner.layout import Layout
-from wizard_runner.render import interface_conflicts, interfaces_sources
+from wizard_runner.render import interface_conflicts, interfaces_sources, without_sources
 from wizard_runner.sysconf import FileChange
 from wizard_runner.tools import ToolOutput, find_tool, run_tool
 
 #: ifupdown reads the files of a source-directory whose names match this (run-parts style).
 _SOURCE_DIR_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
+#: ifupdown resolves a relative include against the directory of the file naming it.
+_NETWORK_DIR: Final = "/etc/network"
+_GLOB_MAGIC: Final = re.compile(r"[*?[]")
+INTERFACES: Final = "/etc/network/interfaces"
 
 
-def _included_files(layout: Layout, kind: str, pattern: str) -> list[Path]:
-    system = pattern if pattern.startswith("/") else f"/etc/network/{pattern}"
-    if kind == "source":
-        base = layout.host("/")
-        return sorted(p for p in base.glob(system.lstrip("/")) if p.is_file())
-    directory = layout.host(system)
-    if not directory.is_dir():
+def include_path(pattern: str) -> PurePosixPath:
+    """The absolute path an include names, relative ones from /etc/network.
+
+    `..` is resolved by name and stops at the root, as it does at `/`: whatever the pattern, it
+    stays under the root (`../interfaces.d` is /etc/interfaces.d, `../../..` is `/`).
+    """
+    normal = posixpath.normpath(posixpath.join(_NETWORK_DIR, pattern))
+    return PurePosixPath("/" + normal.lstrip("/"))
+
+
+def _glob_match(name: str, pattern: str) -> bool:
+    """A shell glob on one name: a leading dot must be matched by a leading dot, as in sh."""
+    if name.startswith(".") and not pattern.startswith("."):
+        return False
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def _may_be_dir(dir_fd: int, name: str) -> bool:
+    with contextlib.suppress(OSError):
+        mode = os.lstat(name, dir_fd=dir_fd).st_mode
+        # A symlink is kept so that the walk past it says it is refused (or follows it on /).
+        return stat.S_ISDIR(mode) or stat.S_ISLNK(mode)
+    return False
+
+
+def _glob(fence: Fence, target: PurePosixPath) -> list[PurePosixPath]:
+    """The paths a `source` pattern names under the root, directory by directory."""
+    found = [PurePosixPath("/")]
+    parts = target.parts[1:]
+    for index, part in enumerate(parts):
+        if not _GLOB_MAGIC.search(part):
+            found = [base / part for base in found]
+            continue
+        inner = index < len(parts) - 1
+        matched: list[PurePosixPath] = []
+        for base in found:
+            try:
+                with fence.directory(base) as dir_fd:
+                    if dir_fd is None:
+                        continue
+                    names = sorted(name for name in os.listdir(dir_fd) if _glob_match(name, part)
+                                   and (not inner or _may_be_dir(dir_fd, name)))
+            except NotDirectoryError:
+                continue
+            matched.extend(base / name for name in names)
+        found = matched
+    return found
+
+
+def _source_directory(fence: Fence, target: PurePosixPath) -> list[tuple[str, bytes]]:
+    """The files of a source-directory ifupdown reads: run-parts names, regular files only."""
+    try:
+        with fence.directory(target) as dir_fd:
+            if dir_fd is None:
+                return []
+            read = []
+            for name in sorted(os.listdir(dir_fd)):
+                if _SOURCE_DIR_NAME.fullmatch(name):
+                    data = fence.read_entry(dir_fd, name, str(target / name))
+                    if data is not None:
+                        read.append((str(target / name), data))
+            return read
+    except NotDirectoryError:
         return []
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and _SOURCE_DIR_NAME.fullmatch(p.name))
+
+
+def _included_files(fence: Fence, kind: str, pattern: str) -> list[tuple[str, bytes]]:
+    """Each file an include line names, read under the root: (system path, bytes)."""
+    target = include_path(pattern)
+    if kind != "source":
+        return _source_directory(fence, target)
+    read = []
+    for path in _glob(fence, target):
+        data = fence.read_file(path)
+        if data is not None:  # missing, or a directory: ifupdown says so and goes on
+            read.append((str(path), data))
+    return read
 
 
 def check_included_interfaces(config: WizardConfig, layout: Layout, interfaces: bytes) -> None:
     """Refuse a run when a file included by interfaces also configures the wizard's interface.
 
     ifquery accepts two `iface eth0 inet` stanzas and ifup then applies both; this catches it.
+    Included files are read under the root like the system files: only regular files, no
+    symlink followed under a sandbox root; one that cannot be read so stops the run.
     """
     interface = config.network.interface
     text = interfaces.decode("utf-8", "surrogateescape")
-    for kind, pattern in interfaces_sources(text):
-        for path in _included_files(layout, kind, pattern):
+    with open_fence(layout) as fence:
+        for kind, pattern in interfaces_sources(text):
+            line = f"`{kind} {pattern}`"
             try:
-                included = path.read_text("utf-8", "surrogateescape")
+                included = _included_files(fence, kind, pattern)
+            except FenceError as error:
+                raise ApplyError(f"{INTERFACES}: {line} cannot be checked for another {interface} "
+                                 f"stanza: {error}") from error
             except OSError as error:
-                raise ApplyError(f"{path}: cannot read: {error.strerror}") from error
-            conflicts = interface_conflicts(included, interface)
-            if conflicts:
-                shown_path = "/" + str(path.relative_to(layout.root))
-                raise ApplyError(
-                    f"/etc/network/interfaces: {shown_path} (included by `{kind} {pattern}`) "
-                    f"also configures {interface}: {'; '.join(conflicts)}; remove it there"
-                )
+                raise ApplyError(f"{INTERFACES}: {line} cannot be checked: "
+                                 f"{error.strerror}") from error
+            except ValueError as error:  # a NUL byte in the path: no file can have that name
+                raise ApplyError(f"{INTERFACES}: {line} cannot be checked: {error}") from error
+            for shown_path, data in included:
+                conflicts = interface_conflicts(data.decode("utf-8", "surrogateescape"), interface)
+                if conflicts:
+                    raise ApplyError(
+                        f"{INTERFACES}: {shown_path} (included by {line}) "
+                        f"also configures {interface}: {'; '.join(conflicts)}; remove it there"
+                    )
 
 
 def _write_settled(path: Path, data: bytes) -> None:
@@ -80,12 +165,13 @@ class ToolChecker:
     def __call__(self, writes: Sequence[FileChange]) -> None:
         """Raise ApplyError with the tool's message if any tool rejects a planned file."""
         new = {change.path: change.new or b"" for change in writes}
-        with tempfile.TemporaryDirectory(prefix="wizard-runner-check-") as scratch:
+        with (tempfile.TemporaryDirectory(prefix="wizard-runner-check-") as scratch,
+              open_fence(self.layout) as fence):
             workdir = Path(scratch)
-            if "/etc/network/interfaces" in new:
-                self._check_interfaces(workdir, new["/etc/network/interfaces"])
+            if INTERFACES in new:
+                self._check_interfaces(workdir, new[INTERFACES])
             if "/etc/postfix/main.cf" in new:
-                self._prepare_postfix_dir(workdir / "postfix", new)
+                self._prepare_postfix_dir(fence, workdir / "postfix", new)
                 self._check_main_cf(workdir / "postfix")
             if "/etc/postfix/canonical" in new:
                 self._prepare_table_dir(workdir / "table", new["/etc/postfix/canonical"])
@@ -99,10 +185,15 @@ class ToolChecker:
         return found
 
     def _check_interfaces(self, workdir: Path, data: bytes) -> None:
-        path = "/etc/network/interfaces"
+        path = INTERFACES
         ifquery = self._tool("ifquery", path)
         if ifquery is None:
             return
+        if not self.layout.is_real_root:
+            # ifquery would follow the includes on this machine's /, outside the root (and
+            # could block there on a FIFO); check_included_interfaces reads them under it.
+            text = without_sources(data.decode("utf-8", "surrogateescape"))
+            data = text.encode("utf-8", "surrogateescape")
         candidate = workdir / "interfaces"
         _write_settled(candidate, data)
         net = self.config.network
@@ -114,12 +205,13 @@ class ToolChecker:
                             f"for {net.interface}: {output.stdout.strip()!r}")
         self.log.info("file_validated", path=path, tool="ifquery")
 
-    def _prepare_postfix_dir(self, directory: Path, new: dict[str, bytes]) -> None:
+    def _prepare_postfix_dir(self, fence: Fence, directory: Path, new: dict[str, bytes]) -> None:
         directory.mkdir()
         _write_settled(directory / "main.cf", new["/etc/postfix/main.cf"])
-        master_cf = self.layout.host("/etc/postfix/master.cf")
-        if master_cf.is_file():
-            _write_settled(directory / "master.cf", master_cf.read_bytes())
+        # Read as an include is: a regular file under the root, or a clear refusal.
+        master_cf = fence.read_file("/etc/postfix/master.cf")
+        if master_cf is not None:
+            _write_settled(directory / "master.cf", master_cf)
 
     def _prepare_table_dir(self, directory: Path, table: bytes) -> None:
         # The table alone is checked, against a minimal main.cf: the real one may point at

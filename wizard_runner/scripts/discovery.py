@@ -17,6 +17,7 @@ from typing import Final
 
 from wizard_runner.errors import EXIT_NO_INPUT, PrivilegeError, WizardRunnerError
 from wizard_runner.escape import printable
+from wizard_runner.layout import is_inside
 from wizard_runner.runuser import RunUser, group_name, may_execute, may_search, user_name
 
 _LEFTOVER: Final = re.compile(
@@ -49,6 +50,7 @@ class Kind(StrEnum):
     DIRECTORY = "directory"
     OTHER = "other"
     DANGLING = "dangling"
+    OUTSIDE = "outside"  # a symlink whose target resolves outside a sandbox root: not followed
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Entry:
     uid: int = 0
     gid: int = 0
     symlink: bool = False
+    link: str | None = None  # a symlink's target, as written
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ _SKIP_RULES: Final = (
     (lambda e: e.kind is Kind.DIRECTORY, "a directory"),
     (lambda e: e.kind is Kind.DANGLING, "a symlink to nothing"),
     (lambda e: e.kind is Kind.OTHER, "not a regular file"),
-    (lambda e: not e.mode & _EXEC_BITS, "not executable (no execute bit)"),
+    (lambda e: e.kind is Kind.FILE and not e.mode & _EXEC_BITS,
+     "not executable (no execute bit)"),
 )
 
 
@@ -100,6 +104,16 @@ def decide_one(entry: Entry, user: RunUser) -> Decision:
     reason = _skip_reason(entry)
     if reason is not None:
         return Decision(entry.name, Verdict.SKIP, reason, entry)
+    if entry.kind is Kind.OUTSIDE:
+        # A fail, not a skip: run-parts would run it on the real system, so the sandbox run
+        # must not pass quietly without it; and it must not run the host's program either.
+        return Decision(
+            entry.name,
+            Verdict.FAIL,
+            f"a symlink out of the root (to {entry.link}); under --root only scripts inside "
+            "the root run",
+            entry,
+        )
     if not may_execute(entry.mode, entry.uid, entry.gid, user):
         return Decision(
             entry.name,
@@ -155,7 +169,8 @@ def unsafe_problems(
         problems.append(f"{user.name} cannot enter wizard.d (mode {mode:04o})")
     for decision in decisions:
         entry = decision.entry
-        if decision.verdict is Verdict.SKIP or entry is None:
+        # An entry out of the root is never run nor looked at (its mode is not read).
+        if decision.verdict is Verdict.SKIP or entry is None or entry.kind is Kind.OUTSIDE:
             continue
         strangers = _writable_by_strangers(entry, user)
         if strangers is not None:
@@ -171,13 +186,17 @@ def unsafe_problems(
     return problems
 
 
-def _entry(directory: Path, name: str) -> Entry:
+def _entry(directory: Path, name: str, top: Path | None = None) -> Entry:
     path = directory / name
     try:
         link = os.lstat(path)
     except FileNotFoundError:
         return Entry(name, Kind.DANGLING)
     symlink = stat.S_ISLNK(link.st_mode)
+    if symlink and top is not None:
+        target = os.path.realpath(path)
+        if not is_inside(target, os.path.realpath(top)):
+            return Entry(name, Kind.OUTSIDE, symlink=True, link=os.readlink(path))
     try:
         info = os.stat(path) if symlink else link
     except OSError:
@@ -218,7 +237,8 @@ def scan(directory: Path, user: RunUser, top: Path | None = None) -> Scan:
     """Read wizard.d and decide every entry; a missing directory is an error naming it.
 
     With `top`, the directories from wizard.d's parent up to `top` are read too, for
-    `check_safe`: whoever can replace one of them can replace the scripts.
+    `check_safe`: whoever can replace one of them can replace the scripts. `top` is the run's
+    root: a symlinked script whose target resolves outside it is not followed (Kind.OUTSIDE).
     """
     try:
         info = os.stat(directory)
@@ -231,7 +251,7 @@ def scan(directory: Path, user: RunUser, top: Path | None = None) -> Scan:
         raise ScriptsDirMissingError(f"{directory}: not a directory") from None
     except PermissionError as error:
         raise PrivilegeError(f"{directory}: cannot read: {error.strerror}") from error
-    decisions = decide([_entry(directory, name) for name in names], user)
+    decisions = decide([_entry(directory, name, top) for name in names], user)
     itself = Entry(directory.name, Kind.DIRECTORY, info.st_mode, info.st_uid, info.st_gid)
     return Scan(directory, itself, tuple(decisions), _parents(directory, top))
 
