@@ -1,1 +1,1 @@
-"""Benchmarks: `python bench/run.py` writes BENCHMARKS.md; the tests share its memory probe."""
+"""Benchmarks: `python bench/run.py` writes BENCHMARKS.md."""

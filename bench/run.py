@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+from tests.helpers import peak_rss_kib
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = Path(sys.executable).parent / "wizard-runner"
@@ -177,21 +178,6 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
             "",
         ]
     return lines
-
-
-def peak_rss_kib(process: subprocess.Popen[Any]) -> int:
-    """Poll a process's VmHWM until it exits: the peak RSS of its own program image, in KiB
-    (the tests use it too). wait4's ru_maxrss would also count the pages it shared with its
-    parent between fork and exec."""
-    peak = 0
-    while process.poll() is None:
-        try:
-            status = Path(f"/proc/{process.pid}/status").read_text()
-            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
-        except (OSError, IndexError, ValueError):
-            pass
-        time.sleep(0.02)
-    return peak
 
 
 def bench_output(base: Path, size: int, reps: int) -> list[str]:

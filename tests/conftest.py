@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,18 @@ def seed_root(root: Path) -> Path:
     # Empty on a fresh Debian, so git cannot carry it.
     (root / "etc/network/interfaces.d").mkdir(exist_ok=True)
     return root
+
+
+@pytest.fixture
+def script_root() -> Iterator[Path]:
+    """A root every user can traverse (pytest's own tmp dirs are 0700), with an empty wizard.d."""
+    base = Path(tempfile.mkdtemp(prefix="wizard-runner-test-", dir="/tmp"))
+    base.chmod(0o755)
+    (base / "etc/xivo/wizard.d").mkdir(parents=True)
+    for part in ("etc", "etc/xivo", "etc/xivo/wizard.d"):
+        (base / part).chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

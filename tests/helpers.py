@@ -6,11 +6,29 @@ import json
 import os
 import pwd
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import snapshot
+from wizard_runner.config import WizardConfig
+from wizard_runner.errors import WizardRunnerError
+from wizard_runner.layout import Layout
+from wizard_runner.result import RunResult
+from wizard_runner.runner import RunOptions, execute
+from wizard_runner.spool import Spool
+
+#: The console script of the test environment.
+SCRIPT = Path(sys.executable).parent / "wizard-runner"
 
 
 def www_data() -> tuple[int, int]:
@@ -60,3 +78,210 @@ def traversable_dir() -> Iterator[Path]:
         yield base
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def write_script(directory: Path, name: str, body: str, mode: int = 0o755) -> Path:
+    """A /bin/sh script `name` in `directory` running `body`."""
+    path = directory / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(mode)
+    return path
+
+
+def alive(marker: str) -> list[int]:
+    """The live (not zombie) processes whose command line contains `marker`."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if marker in " ".join(process.info["cmdline"] or []) and \
+                process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process.pid)
+    return found
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 20.0,
+               what: str = "condition") -> None:
+    """Poll until `condition()` is true (a handshake: a file a script makes, a log line);
+    an OSError while looking counts as not yet. AssertionError naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def peak_rss_kib(process: subprocess.Popen[Any]) -> int:
+    """Poll a process's VmHWM until it exits: the peak RSS of its own program image, in KiB.
+    wait4's ru_maxrss would also count the pages it shared with its parent between fork and
+    exec."""
+    peak = 0
+    while process.poll() is None:
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]))
+        except (OSError, IndexError, ValueError):
+            pass
+        time.sleep(0.02)
+    return peak
+
+
+# --- scripts steps ------------------------------------------------------------------------
+
+
+def current_user() -> str:
+    """The name of the user running the tests."""
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+ROOT = os.geteuid() == 0
+#: Who scripts run as in the tests: www-data when they run as root.
+USER = "www-data" if ROOT else current_user()
+
+
+def add_script(root: Path, name: str, body: str, mode: int = 0o755) -> Path:
+    """Put a /bin/sh script into wizard.d."""
+    path = root / "etc/xivo/wizard.d" / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(mode)
+    return path
+
+
+def run_step(config: WizardConfig, root: Path, **options: Any) -> RunResult:
+    """Run only the scripts step on `root`, as the test user (www-data when root)."""
+    settings: dict[str, Any] = {
+        "root": root, "handle_system_conf": False, "run_scripts": True,
+        "check_with_tools": False, "user": USER, "timeout": 30.0, **options,
+    }
+    with open(os.devnull, "w") as sink:
+        return execute(config, RunOptions(**settings), json_logs=True, stream=sink)
+
+
+def refused(config: WizardConfig, root: Path, **options: Any) -> WizardRunnerError:
+    """Run, expecting a refusal before anything is written: no result, no log, no saved body."""
+    with pytest.raises(WizardRunnerError) as caught:
+        run_step(config, root, **options)
+    for written in ("var/lib/wizard-runner", "var/log/wizard-runner"):
+        assert not (root / written).exists(), written
+    return caught.value
+
+
+def refused_again(config: WizardConfig, root: Path, **options: Any) -> WizardRunnerError:
+    """Run after earlier runs, expecting a refusal that changes no stored state."""
+    before = snapshot(root / "var")
+    with pytest.raises(WizardRunnerError) as caught:
+        run_step(config, root, **options)
+    assert snapshot(root / "var") == before
+    return caught.value
+
+
+def scripts_of(result: RunResult) -> dict[str, dict[str, Any]]:
+    """The result's scripts by name."""
+    return {script["name"]: script for script in result.to_dict()["scripts"]}
+
+
+def no_process_with(marker: str) -> bool:
+    """True when no process's command line contains `marker`."""
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if marker in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+            return False
+    return True
+
+
+# --- the daemon ---------------------------------------------------------------------------
+
+
+@contextmanager
+def daemon(root: Path, *extra: str, env: dict[str, str] | None = None,
+           command: list[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `wizard-runner serve` on `root` until the block ends (then SIGTERM it); its log
+    is appended to root/daemon.log."""
+    log = root / "daemon.log"
+    ready = log.read_text().count('"daemon_ready"') if log.exists() else 0
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [*(command or [str(SCRIPT)]), "serve", "--root", str(root), "--user", USER,
+             "--log-format", "json", *extra],
+            stdout=subprocess.DEVNULL, stderr=sink, env=env,
+        )
+    try:
+        wait_until(lambda: log.read_text().count('"daemon_ready"') > ready, what="daemon_ready")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+def daemon_result(root: Path, request_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The daemon's result for a request, once written."""
+    path = Spool.of(Layout(root)).result_path(request_id)
+    wait_until(path.exists, timeout, f"the result of {request_id}")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+# --- independent parsers, to read the rendered files back -----------------------------------
+
+
+def parse_hosts(text: str) -> dict[str, str]:
+    """Map each host name to its address, as the resolver reads /etc/hosts (first wins)."""
+    names: dict[str, str] = {}
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        for name in fields[1:]:
+            names.setdefault(name, fields[0])
+    return names
+
+
+def parse_resolv(text: str) -> tuple[list[str], list[str]]:
+    """The search domains and name servers of a resolv.conf."""
+    search: list[str] = []
+    servers: list[str] = []
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["search"]:
+            search = words[1:]
+        elif words[:1] == ["nameserver"]:
+            servers.append(words[1])
+    return search, servers
+
+
+def parse_main_cf(text: str) -> dict[str, str]:
+    """main.cf parameters, joining continuation lines; the last setting wins."""
+    params: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and name:
+            params[name] += " " + line.strip()
+            continue
+        name, _, value = line.partition("=")
+        name = name.strip()
+        params[name] = value.strip()
+    return params
+
+
+def parse_interfaces(text: str) -> dict[str, dict[str, str]]:
+    """iface (name, family) stanzas and their options, plus the 'auto' list under key '@auto'."""
+    stanzas: dict[str, dict[str, str]] = {"@auto": {}}
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "iface":
+            current = stanzas.setdefault(f"{words[1]} {words[2]}", {"method": words[3]})
+        elif words[0] == "auto" or words[0].startswith("allow-"):
+            for name in words[1:]:
+                stanzas["@auto"][name] = words[0]
+            current = None
+        elif words[0] in {"source", "source-directory", "mapping"}:
+            current = None
+        elif current is not None:
+            current[words[0]] = " ".join(words[1:])
+    return stanzas

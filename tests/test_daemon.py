@@ -13,8 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,8 +22,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, REPO, Reliability, seed_root
-from tests.test_scripts import USER, no_process_with
-from tests.test_scripts import root as script_root  # noqa: F401 - the fixture, re-used
+from tests.helpers import USER, daemon, daemon_result, no_process_with, wait_until
 from wizard_runner import api
 from wizard_runner import daemon as daemon_module
 from wizard_runner.cli import main
@@ -58,44 +56,9 @@ INJECT = REPO / "tests" / "inject"
 
 
 @pytest.fixture
-def root(script_root: Path) -> Path:  # noqa: F811 - wraps the imported fixture
+def root(script_root: Path) -> Path:
     """A traversable root seeded with Debian's files and an empty wizard.d."""
     return seed_root(script_root)
-
-
-@contextmanager
-def daemon(root: Path, *extra: str, env: dict[str, str] | None = None,
-           command: list[str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `wizard-runner serve` on `root` until the block ends (then SIGTERM it); its log
-    is appended to root/daemon.log."""
-    log = root / "daemon.log"
-    ready = log.read_text().count('"daemon_ready"') if log.exists() else 0
-    with log.open("ab") as sink:
-        process = subprocess.Popen(
-            [*(command or [str(SCRIPT)]), "serve", "--root", str(root), "--user", USER,
-             "--log-format", "json", *extra],
-            stdout=subprocess.DEVNULL, stderr=sink, env=env,
-        )
-    try:
-        wait_for(lambda: log.read_text().count('"daemon_ready"') > ready, what="daemon_ready")
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
-
-
-def wait_for(condition: Any, timeout: float = 20, what: str = "condition") -> None:
-    """Poll until `condition()` is true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -114,14 +77,6 @@ def drop(root: Path, name: str, data: bytes, owner: int = 33) -> Path:
     final = incoming / name
     temp.rename(final)
     return final
-
-
-def result(root: Path, request_id: str, timeout: float = 60) -> dict[str, Any]:
-    """The daemon's result for a request, once written."""
-    path = Spool.of(Layout(root)).result_path(request_id)
-    wait_for(path.exists, timeout, f"the result of {request_id}")
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
 
 
 # --- the daemon's bookkeeping, in-process ------------------------------------------------------
@@ -506,7 +461,7 @@ def test_submit_through_the_api_and_a_failing_script(root: Path, body: dict[str,
     with daemon(root):
         request_id = api.submit(body, root=root)
         assert isinstance(request_id, str)
-        record = result(root, request_id)
+        record = daemon_result(root, request_id)
         waited = api.submit(body, root=root, wait=True, timeout=60)
     assert record["status"] == "failed"
     assert record["exit_code"] == 1
@@ -529,7 +484,7 @@ def test_www_data_submits_to_a_root_daemon(root: Path) -> None:
              f"mv {incoming}/.{request_id}.tmp {incoming}/{request_id}.json"],
             input=EXAMPLE.read_bytes(), check=True, timeout=30,
         )
-        record = result(root, request_id)
+        record = daemon_result(root, request_id)
         assert record["status"] == "succeeded"
         read = subprocess.run([*runuser, "cat", str(spool.result_path(request_id))],
                               capture_output=True, check=False, timeout=30)
@@ -575,11 +530,11 @@ def test_flood_of_bad_requests(root: Path, body: dict[str, Any],
             "20261125T000009Z-aaaaaaaaaaa9": "nested too deeply",
         }
         for request_id, reason in reasons.items():
-            record = result(root, request_id)
+            record = daemon_result(root, request_id)
             assert record["status"] == "rejected", request_id
             assert reason in record["reason"], (request_id, record["reason"])
             assert record["result"] is None
-        assert "hunter2" not in result(root, "20261125T000008Z-aaaaaaaaaaa8")["reason"]
+        assert "hunter2" not in daemon_result(root, "20261125T000008Z-aaaaaaaaaaa8")["reason"]
         good = api.submit(body, root=root, wait=True, timeout=60)
         assert isinstance(good, dict)
         assert good["status"] == "succeeded"
@@ -609,12 +564,12 @@ def test_sigkill_mid_run_then_restart(root: Path, body: dict[str, Any],
     with daemon(root) as process:
         request_id = api.submit(body, root=root)
         assert isinstance(request_id, str)
-        wait_for((ran / "count").exists, what="the script to start")
+        wait_until((ran / "count").exists, what="the script to start")
         process.kill()
         process.wait(timeout=10)
     subprocess.run(["pkill", "-f", marker], check=False)
     with daemon(root):
-        record = result(root, request_id)
+        record = daemon_result(root, request_id)
     assert record["status"] == "interrupted"
     assert "it may have partly run, and was not run again" in record["reason"]
     assert (ran / "count").read_text() == "x\n"
@@ -640,13 +595,13 @@ def test_stop_signal_during_a_run(root: Path, body: dict[str, Any],
     with daemon(root) as process:
         request_id = api.submit(body, root=root)
         assert isinstance(request_id, str)
-        wait_for((ran / "started").exists, what="the script to start")
+        wait_until((ran / "started").exists, what="the script to start")
         started = time.monotonic()
         process.send_signal(signum)
         process.wait(timeout=20)
         assert time.monotonic() - started < 10
         assert process.returncode == 0
-    record = result(root, request_id, timeout=5)
+    record = daemon_result(root, request_id, timeout=5)
     assert record["status"] == "interrupted"
     assert record["exit_code"] == 128 + signum
     assert record["result"]["scripts"][0]["status"] == "failed"
@@ -673,7 +628,7 @@ def test_waits_for_a_manual_run(root: Path, body: dict[str, Any]) -> None:
             released = time.time()
         finally:
             lock.release()
-        record = result(root, request_id)
+        record = daemon_result(root, request_id)
     assert record["status"] == "succeeded"
     started = record["result"]["started_at"]
     assert datetime.fromisoformat(started).timestamp() >= released
@@ -686,7 +641,7 @@ def test_requests_waiting_at_start_are_served(root: Path, body: dict[str, Any]) 
     request_id = api.submit(body, root=root)
     assert isinstance(request_id, str)
     with daemon(root):
-        assert result(root, request_id)["status"] == "succeeded"
+        assert daemon_result(root, request_id)["status"] == "succeeded"
 
 
 @pytest.mark.processes
@@ -735,12 +690,12 @@ def test_hostile_names_do_not_stop_the_daemon(root: Path, body: dict[str, Any]) 
                         f'mkdir -p "{incoming}/.d/$(printf "a/%.0s" $(seq 300))"; '
                         f'mkdir "{incoming}/20261125T000010Z-bbbbbbbbbbbb.json"'],
                        check=True, timeout=60)
-        record = result(root, "20261125T000010Z-bbbbbbbbbbbb")
+        record = daemon_result(root, "20261125T000010Z-bbbbbbbbbbbb")
         assert record["status"] == "rejected"
         good = api.submit(body, root=root, wait=True, timeout=60)
         assert isinstance(good, dict)
         assert good["status"] == "succeeded"
-        wait_for(lambda: os.listdir(incoming) == [], what="incoming/ to be cleared")
+        wait_until(lambda: os.listdir(incoming) == [], what="incoming/ to be cleared")
         assert process.poll() is None
 
 
@@ -781,14 +736,14 @@ def test_crash_at_each_step_of_answering(root: Path, body: dict[str, Any],
         with daemon(root, env=paused_at(step, handshake), command=MODULE) as process:
             request_id = api.submit(body, root=root)
             assert isinstance(request_id, str)
-            wait_for(handshake.exists, what=f"the daemon to pause at {step}")
+            wait_until(handshake.exists, what=f"the daemon to pause at {step}")
             process.kill()
             process.wait(timeout=10)
         answer = spool.result_path(request_id)
         before = answer.read_bytes() if answer.exists() else None
         assert (before is not None) == (step == "answered")
         with daemon(root):
-            record = result(root, request_id)
+            record = daemon_result(root, request_id)
         counted = (shared / "count").read_text().count("x") if (shared / "count").exists() else 0
         if (record["status"], counted) != (status, runs) or os.listdir(spool.processing) or (
                 before is not None and answer.read_bytes() != before):
@@ -828,7 +783,7 @@ def test_wait_when_the_daemon_dies_after_the_claim(root: Path) -> None:
         client = subprocess.Popen(
             [str(SCRIPT), "submit", "--config", str(EXAMPLE), "--root", str(root), "--wait",
              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for(handshake.exists, what="the claim")
+        wait_until(handshake.exists, what="the claim")
         process.kill()
         process.wait(timeout=10)
         out, err = client.communicate(timeout=60)
@@ -838,7 +793,7 @@ def test_wait_when_the_daemon_dies_after_the_claim(root: Path) -> None:
     assert (record["status"], record["answer"]) == ("claimed", str(answer))
     assert err.endswith(f"its answer will be in {answer} when the daemon restarts\n")
     with daemon(root):
-        assert result(root, record["request_id"])["status"] == "interrupted"
+        assert daemon_result(root, record["request_id"])["status"] == "interrupted"
 
 
 @pytest.mark.processes
@@ -856,7 +811,7 @@ def test_a_timed_out_request_is_never_run(root: Path) -> None:
     with daemon(root):
         # A later request (by name) answered means the daemon's pass has looked at incoming/.
         drop(root, "99991231T235959Z-ffffffffffff.json", b"{not json", owner=os.geteuid())
-        assert result(root, "99991231T235959Z-ffffffffffff")["status"] == "rejected"
+        assert daemon_result(root, "99991231T235959Z-ffffffffffff")["status"] == "rejected"
     assert os.listdir(spool.done) == ["99991231T235959Z-ffffffffffff.json"]
     assert not Layout(root).last_run.exists()
 
@@ -872,7 +827,7 @@ def test_a_stop_while_waiting_withdraws(root: Path, signum: int, code: int) -> N
     client = subprocess.Popen(
         [str(SCRIPT), "submit", "--config", str(EXAMPLE), "--root", str(root), "--wait",
          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: any(name.endswith(".json") for name in os.listdir(spool.incoming)),
+    wait_until(lambda: any(name.endswith(".json") for name in os.listdir(spool.incoming)),
              what="the request")
     client.send_signal(signum)
     out, err = client.communicate(timeout=30)
@@ -898,7 +853,7 @@ def test_submit_without_a_daemon_warns_and_queues(root: Path) -> None:
                            "starts\n")
     assert os.listdir(spool.incoming) == [f"{record['request_id']}.json"]
     with daemon(root):
-        assert result(root, record["request_id"])["status"] == "succeeded"
+        assert daemon_result(root, record["request_id"])["status"] == "succeeded"
         served = cli("submit", "--config", str(EXAMPLE), "--root", str(root), "--json")
     assert json.loads(served.stdout)["daemon_serving"] is True
     assert served.stderr == ""

@@ -15,19 +15,18 @@ from typing import Any
 
 import pytest
 
-from bench.run import peak_rss_kib
 from tests.conftest import EXAMPLES, MANAGED, Reliability, seed_root, snapshot
-from tests.test_daemon import daemon
-from tests.test_daemon import result as daemon_result
-from tests.test_scripts import (
+from tests.helpers import (
     ROOT,
     USER,
     add_script,
+    daemon,
+    daemon_result,
     no_process_with,
-    run,
-    scripts,
+    peak_rss_kib,
+    run_step,
+    scripts_of,
 )
-from tests.test_scripts import root as script_root  # noqa: F401 - the fixture, re-used
 from wizard_runner import api, sysconf
 from wizard_runner.config import WizardConfig
 from wizard_runner.fsio import At, Ownership, WriteMethod, replace_at
@@ -39,7 +38,7 @@ SCRIPT = Path(sys.executable).parent / "wizard-runner"
 
 
 @pytest.fixture
-def root(script_root: Path) -> Path:  # noqa: F811 - wraps the imported fixture
+def root(script_root: Path) -> Path:
     """A traversable root with Debian's files and an empty wizard.d."""
     return seed_root(script_root)
 
@@ -121,7 +120,7 @@ def test_script_faults(
     add_script(root, "10-fault", script)
     add_script(root, "20-after", "echo after")
     started = time.monotonic()
-    found = scripts(run(config, root, timeout=2.0))
+    found = scripts_of(run_step(config, root, timeout=2.0))
     elapsed = time.monotonic() - started
     after = "succeeded" if status == "succeeded" else "not_run"
     ok = (found["10-fault"]["status"] == status and found["20-after"]["status"] == after
@@ -222,8 +221,8 @@ def test_what_a_script_can_touch(config: WizardConfig, root: Path,
              for what, command in targets.items()]
     lines.append('id -G | tr " " "\\n" | grep -qx 0 && echo "HAS root group" || echo "no root group"')
     add_script(root, "10-probe", "\n".join(lines))
-    result = run(config, root)
-    tail = scripts(result)["10-probe"]["output_tail"]
+    result = run_step(config, root)
+    tail = scripts_of(result)["10-probe"]["output_tail"]
     breaches = [line for line in tail.splitlines() if line.startswith(("CAN", "HAS"))]
     reliability.record(area="privilege", fault="a script reaching for the runner's files",
                        injection="as www-data: read config/spool/backups, write result/state/"
@@ -265,8 +264,8 @@ def test_script_deleting_wizard_d(config: WizardConfig, root: Path,
     add_script(root, "10-vandal", 'rm -rf "$(dirname "$0")"; echo removed')
     add_script(root, "20-next", "echo next")
     add_script(root, "30-last", "echo last")
-    result = run(config, root, user="root")
-    found = scripts(result)
+    result = run_step(config, root, user="root")
+    found = scripts_of(result)
     ok = (found["10-vandal"]["status"] == "succeeded"
           and found["20-next"]["status"] == "failed"
           and found["20-next"]["reason"].startswith("cannot execute: No such file")

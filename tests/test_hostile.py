@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import EXAMPLES, Reliability, needs_root, needs_tool, seed_root, snapshot
-from tests.test_render import parse_hosts, parse_interfaces, parse_main_cf, parse_resolv
+from tests.helpers import parse_hosts, parse_interfaces, parse_main_cf, parse_resolv
 from wizard_runner.cli import main
 from wizard_runner.config import WizardConfig, config_from_data, parse_config
 from wizard_runner.errors import ConfigError

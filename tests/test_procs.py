@@ -1,4 +1,4 @@
-"""Stopping process trees and finding what a script left behind."""
+"""Stopping processes, the one way: SIGTERM and SIGCONT, the grace, SIGKILL all at once."""
 
 from __future__ import annotations
 
@@ -6,73 +6,117 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 
-import psutil
 import pytest
 
-from wizard_runner.procs import (
-    descendants,
-    describe,
-    signal_group,
-    stop_all,
-    wait_group_gone,
-)
+from tests.helpers import wait_until
+from wizard_runner.procs import describe, stop
 
 pytestmark = pytest.mark.processes
 
 
-def test_descendants_are_the_whole_live_tree() -> None:
-    """Children and grandchildren count, whatever their session; the process itself does not."""
-    parent = subprocess.Popen(["sh", "-c", "setsid sleep 30 & (sleep 31 & wait) & wait"],
-                              start_new_session=True)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            found = {" ".join(p.cmdline()) for p in descendants(parent.pid)}
-            if {"sleep 30", "sleep 31"} <= found:
-                break
-            time.sleep(0.02)
-        assert {"sleep 30", "sleep 31"} <= found
-        assert parent.pid not in {p.pid for p in descendants(parent.pid)}
-    finally:
-        for process in descendants(parent.pid):
+class Listed:
+    """A set of processes given by hand; `kill` sends SIGKILL to each (and counts calls)."""
+
+    def __init__(self, *processes: subprocess.Popen[bytes]) -> None:
+        self.processes = list(processes)
+        self.kills = 0
+
+    def members(self) -> list[int]:
+        """The ones that have not exited (reaped as they exit)."""
+        return [p.pid for p in self.processes if p.poll() is None]
+
+    def kill(self, spare: int | None = None) -> None:
+        """SIGKILL all but `spare`."""
+        self.kills += 1
+        for pid in self.members():
+            if pid != spare:
+                os.kill(pid, signal.SIGKILL)
+
+
+Sleeper = Callable[..., subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+def sleeper() -> Iterator[Sleeper]:
+    """Start processes that sleep for a minute (optionally deaf to SIGTERM), each once it says
+    so; whatever is left is killed and reaped after the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*, ignore_term: bool = False) -> subprocess.Popen[bytes]:
+        trap = "trap '' TERM; " if ignore_term else ""
+        process = subprocess.Popen(["sh", "-c", f"{trap}echo ready; exec sleep 60"],
+                                   stdout=subprocess.PIPE)
+        started.append(process)
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"ready\n"
+        wait_until(lambda: describe(process.pid).cmdline == "sleep 60", what="the exec")
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
             process.kill()
-        parent.kill()
-        parent.wait()
-    assert descendants(parent.pid) == []
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
-def test_zombies_are_not_descendants() -> None:
-    """A child that exited but was not reaped yet is dead already: not a leftover."""
-    zombie = subprocess.Popen(["true"])
-    deadline = time.monotonic() + 10
-    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert zombie.pid not in {p.pid for p in descendants(os.getpid())}
-    zombie.wait()
+def test_sigterm_is_enough_for_a_process_that_listens(sleeper: Sleeper) -> None:
+    """A process that ends on SIGTERM is not killed; it is reported with its command line."""
+    process = sleeper()
+    listed = Listed(process)
+    found = stop(listed, grace=5)
+    assert process.wait(timeout=5) == -signal.SIGTERM
+    assert listed.kills == 0
+    assert [(leftover.pid, leftover.cmdline) for leftover in found] == [
+        (process.pid, "sleep 60")]
 
 
-def test_stop_all_escalates_to_kill() -> None:
-    """A process ignoring SIGTERM is killed after the grace period, and described first."""
-    stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 30 & wait"],
-                                start_new_session=True)
-    time.sleep(0.2)
-    target = psutil.Process(stubborn.pid)
+def test_a_process_deaf_to_sigterm_is_killed_after_the_grace(sleeper: Sleeper) -> None:
+    """SIGTERM ignored: SIGKILL once the grace has passed, not before."""
+    process = sleeper(ignore_term=True)
     started = time.monotonic()
-    found = stop_all([target], grace=0.5)
-    stubborn.wait(timeout=10)
-    assert time.monotonic() - started < 5
-    assert found[0].pid == stubborn.pid
-    assert "trap" in found[0].cmdline
-    signal_group(stubborn.pid, signal.SIGKILL)
+    stop(Listed(process), grace=0.5)
+    assert process.wait(timeout=5) == -signal.SIGKILL
+    assert time.monotonic() - started >= 0.5
 
 
-def test_group_helpers() -> None:
-    """A group is signalled while it lives; once gone, the helpers say so."""
-    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
-    assert signal_group(child.pid, signal.SIGTERM) is True
-    child.wait(timeout=10)
-    assert wait_group_gone(child.pid, 2) is True
-    assert signal_group(child.pid, signal.SIGTERM) is False
-    assert describe(psutil.Process()).pid == os.getpid()
+def test_a_stopped_process_is_continued_so_that_it_sees_sigterm(sleeper: Sleeper) -> None:
+    """A process stopped with SIGSTOP still ends on SIGTERM (SIGCONT goes with it)."""
+    process = sleeper()
+    os.kill(process.pid, signal.SIGSTOP)
+    listed = Listed(process)
+    stop(listed, grace=5)
+    assert process.wait(timeout=5) == -signal.SIGTERM
+    assert listed.kills == 0
+
+
+def test_the_spared_process_is_left_alone(sleeper: Sleeper) -> None:
+    """`spare` (the helper) gets no signal at all."""
+    spared, other = sleeper(ignore_term=True), sleeper(ignore_term=True)
+    stop(Listed(spared, other), grace=0.2, spare=spared.pid)
+    assert other.wait(timeout=5) == -signal.SIGKILL
+    assert spared.poll() is None
+
+
+def test_members_that_never_go_are_an_error(sleeper: Sleeper) -> None:
+    """A set that still lists members after SIGKILL (stuck in the kernel) raises, naming them."""
+
+    class Stuck(Listed):
+        def kill(self, spare: int | None = None) -> None:
+            self.kills += 1  # as if the kernel could not deliver it
+
+    process = sleeper(ignore_term=True)
+    with pytest.raises(OSError, match=f"processes {process.pid} did not end after SIGKILL"):
+        stop(Stuck(process), grace=0.1)
+
+
+def test_describe_says_what_runs_or_that_it_is_gone(sleeper: Sleeper) -> None:
+    """pid and command line; `?` once the process is gone."""
+    process = sleeper()
+    assert describe(process.pid).cmdline == "sleep 60"
+    process.kill()
+    process.wait()
+    assert describe(process.pid).cmdline == "?"

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import DEBIAN_ROOT, MANAGED, needs_tool
+from tests.helpers import parse_hosts, parse_interfaces, parse_main_cf, parse_resolv
 from wizard_runner.config import WizardConfig, config_from_data
 from wizard_runner.errors import RenderError
 from wizard_runner.render import (
@@ -38,69 +39,6 @@ def other_config(body: dict[str, Any], **network: object) -> WizardConfig:
     """The example config with some network values changed."""
     body["network"].update(network)
     return config_from_data(body)
-
-
-# --- independent parsers, to read the rendered files back -----------------------------------
-
-
-def parse_hosts(text: str) -> dict[str, str]:
-    """Map each host name to its address, as the resolver reads /etc/hosts (first wins)."""
-    names: dict[str, str] = {}
-    for line in text.splitlines():
-        fields = line.split("#", 1)[0].split()
-        for name in fields[1:]:
-            names.setdefault(name, fields[0])
-    return names
-
-
-def parse_resolv(text: str) -> tuple[list[str], list[str]]:
-    """The search domains and name servers of a resolv.conf."""
-    search: list[str] = []
-    servers: list[str] = []
-    for line in text.splitlines():
-        words = line.split()
-        if words[:1] == ["search"]:
-            search = words[1:]
-        elif words[:1] == ["nameserver"]:
-            servers.append(words[1])
-    return search, servers
-
-
-def parse_main_cf(text: str) -> dict[str, str]:
-    """main.cf parameters, joining continuation lines; the last setting wins."""
-    params: dict[str, str] = {}
-    name = None
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if line[0].isspace() and name:
-            params[name] += " " + line.strip()
-            continue
-        name, _, value = line.partition("=")
-        name = name.strip()
-        params[name] = value.strip()
-    return params
-
-
-def parse_interfaces(text: str) -> dict[str, dict[str, str]]:
-    """iface (name, family) stanzas and their options, plus the 'auto' list under key '@auto'."""
-    stanzas: dict[str, dict[str, str]] = {"@auto": {}}
-    current: dict[str, str] | None = None
-    for line in text.splitlines():
-        words = line.split()
-        if not words or words[0].startswith("#"):
-            continue
-        if words[0] == "iface":
-            current = stanzas.setdefault(f"{words[1]} {words[2]}", {"method": words[3]})
-        elif words[0] == "auto" or words[0].startswith("allow-"):
-            for name in words[1:]:
-                stanzas["@auto"][name] = words[0]
-            current = None
-        elif words[0] in {"source", "source-directory", "mapping"}:
-            current = None
-        elif current is not None:
-            current[words[0]] = " ".join(words[1:])
-    return stanzas
 
 
 # --- exact output for a fresh Debian install --------------------------------------------------

@@ -4,115 +4,55 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from bench.run import peak_rss_kib
-from tests.conftest import EXAMPLES, REPO, Reliability, seed_root, snapshot
+from tests.conftest import EXAMPLES, REPO, Reliability, seed_root
+from tests.helpers import (
+    ROOT,
+    USER,
+    add_script,
+    no_process_with,
+    peak_rss_kib,
+    refused,
+    refused_again,
+    run_step,
+    scripts_of,
+)
 from wizard_runner.config import WizardConfig
-from wizard_runner.errors import PrivilegeError, RunInterrupted, WizardRunnerError
+from wizard_runner.errors import PrivilegeError, RunInterrupted
 from wizard_runner.layout import Layout
 from wizard_runner.log import make_logger
 from wizard_runner.result import RunResult, RunStatus
-from wizard_runner.runner import RunOptions, execute
 from wizard_runner.runuser import require_switch_allowed, resolve_user
 from wizard_runner.scripts import ScriptsOptions, run_scripts
 from wizard_runner.signals import install_stop_handlers
 
 pytestmark = pytest.mark.processes
-ROOT = os.geteuid() == 0
-
-
-def current_user() -> str:
-    """The name of the user running the tests."""
-    return pwd.getpwuid(os.geteuid()).pw_name
-
-
-USER = "www-data" if ROOT else current_user()
 
 
 @pytest.fixture
-def root() -> Iterator[Path]:
-    """A root every user can traverse (pytest's own tmp dirs are 0700), with an empty wizard.d."""
-    base = Path(tempfile.mkdtemp(prefix="wizard-runner-test-", dir="/tmp"))
-    base.chmod(0o755)
-    (base / "etc/xivo/wizard.d").mkdir(parents=True)
-    for part in ("etc", "etc/xivo", "etc/xivo/wizard.d"):
-        (base / part).chmod(0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
-
-
-def add_script(root: Path, name: str, body: str, mode: int = 0o755) -> Path:
-    """Put a /bin/sh script into wizard.d."""
-    path = root / "etc/xivo/wizard.d" / name
-    path.write_text(f"#!/bin/sh\n{body}\n")
-    path.chmod(mode)
-    return path
-
-
-def run(config: WizardConfig, root: Path, **options: Any) -> RunResult:
-    """Run only the scripts step on `root`, as the test user (www-data when root)."""
-    settings: dict[str, Any] = {
-        "root": root, "handle_system_conf": False, "run_scripts": True,
-        "check_with_tools": False, "user": USER, "timeout": 30.0, **options,
-    }
-    with open(os.devnull, "w") as sink:
-        return execute(config, RunOptions(**settings), json_logs=True, stream=sink)
-
-
-def refused(config: WizardConfig, root: Path, **options: Any) -> WizardRunnerError:
-    """Run, expecting a refusal before anything is written: no result, no log, no saved body."""
-    with pytest.raises(WizardRunnerError) as caught:
-        run(config, root, **options)
-    for written in ("var/lib/wizard-runner", "var/log/wizard-runner"):
-        assert not (root / written).exists(), written
-    return caught.value
-
-
-def refused_again(config: WizardConfig, root: Path, **options: Any) -> WizardRunnerError:
-    """Run after earlier runs, expecting a refusal that changes no stored state."""
-    before = snapshot(root / "var")
-    with pytest.raises(WizardRunnerError) as caught:
-        run(config, root, **options)
-    assert snapshot(root / "var") == before
-    return caught.value
-
-
-def scripts(result: RunResult) -> dict[str, dict[str, Any]]:
-    """The result's scripts by name."""
-    return {script["name"]: script for script in result.to_dict()["scripts"]}
-
-
-def no_process_with(marker: str) -> bool:
-    """True when no process's command line contains `marker`."""
-    for process in psutil.process_iter(["cmdline", "status"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if marker in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
-            return False
-    return True
+def root(script_root: Path) -> Path:
+    """A traversable root with an empty wizard.d."""
+    return script_root
 
 
 @pytest.mark.skipif(not ROOT, reason="needs root to switch to www-data")
 def test_runs_as_www_data_with_a_clean_environment(config: WizardConfig, root: Path) -> None:
     """uid, gid and groups are www-data's only; umask 022, cwd /, the documented environment."""
     add_script(root, "10-who", 'echo "$(id -u) $(id -g) $(id -G)"; umask; pwd; env | sort')
-    result = run(config, root)
+    result = run_step(config, root)
     assert result.status is RunStatus.SUCCEEDED
-    lines = scripts(result)["10-who"]["output_tail"].splitlines()
+    lines = scripts_of(result)["10-who"]["output_tail"].splitlines()
     www = resolve_user("www-data")
     assert lines[0] == f"{www.uid} {www.gid} " + " ".join(str(g) for g in www.groups)
     assert lines[1] == "0022"
@@ -137,11 +77,11 @@ def test_no_inherited_descriptors_and_stdin_at_eof(config: WizardConfig, root: P
     """The script holds none of the runner's files open, and reading stdin ends at once."""
     add_script(root, "10-fds", 'for fd in /proc/$$/fd/*; do readlink "$fd"; done\n'
                                'if read -r line; then echo "got $line"; else echo "eof"; fi')
-    result = run(config, root)
-    tail = scripts(result)["10-fds"]["output_tail"]
+    result = run_step(config, root)
+    tail = scripts_of(result)["10-fds"]["output_tail"]
     assert "wizard-runner" not in tail.replace(str(root / "etc/xivo/wizard.d"), "")
     assert tail.splitlines()[-1] == "eof"
-    assert scripts(result)["10-fds"]["duration_s"] < 5
+    assert scripts_of(result)["10-fds"]["duration_s"] < 5
 
 
 def test_ascii_order_and_skips(config: WizardConfig, root: Path) -> None:
@@ -156,10 +96,10 @@ def test_ascii_order_and_skips(config: WizardConfig, root: Path) -> None:
     add_script(root, "old~", "exit 1")
     add_script(root, "x.dpkg-old", "exit 1")
     (root / "etc/xivo/wizard.d/subdir").mkdir()
-    result = run(config, root)
+    result = run_step(config, root)
     assert result.status is RunStatus.SUCCEEDED
     assert log.read_text().split() == ["10-x.sh", "9", "B", "Z_z", "_under", "a-1", "b"]
-    reasons = {n: s["reason"] for n, s in scripts(result).items() if s["status"] == "skipped"}
+    reasons = {n: s["reason"] for n, s in scripts_of(result).items() if s["status"] == "skipped"}
     assert reasons == {
         ".hidden": "hidden name",
         "README": "not executable (no execute bit)",
@@ -175,10 +115,10 @@ def test_first_failure_stops_the_rest(config: WizardConfig, root: Path, code: in
     add_script(root, "10-ok", "echo fine")
     add_script(root, "20-bad", f"echo 'cannot reach provd' >&2; exit {code}")
     add_script(root, "30-later", "touch /tmp/should-not-exist-$WIZARD_RUN_ID")
-    result = run(config, root)
+    result = run_step(config, root)
     assert result.status is RunStatus.FAILED
     assert result.exit_code == 1
-    found = scripts(result)
+    found = scripts_of(result)
     assert [found[n]["status"] for n in ("10-ok", "20-bad", "30-later")] == [
         "succeeded", "failed", "not_run"
     ]
@@ -200,7 +140,7 @@ def test_first_failure_stops_the_rest(config: WizardConfig, root: Path, code: in
 def test_death_by_signal(config: WizardConfig, root: Path, sig: str) -> None:
     """A script killed by a signal is a failure naming the signal."""
     add_script(root, "10-dies", f"kill -{sig} $$")
-    found = scripts(run(config, root))["10-dies"]
+    found = scripts_of(run_step(config, root))["10-dies"]
     assert found["status"] == "failed"
     assert found["signal"] == f"SIG{sig}"
     assert found["exit_code"] is None
@@ -212,7 +152,7 @@ def test_exec_failure_without_shebang(config: WizardConfig, root: Path) -> None:
     path = root / "etc/xivo/wizard.d/10-noshebang"
     path.write_text("echo hello\n")
     path.chmod(0o755)
-    found = scripts(run(config, root))["10-noshebang"]
+    found = scripts_of(run_step(config, root))["10-noshebang"]
     assert found["status"] == "failed"
     assert found["reason"] == "cannot execute: Exec format error (no #! line?)"
 
@@ -222,7 +162,7 @@ def test_timeout_kills_the_whole_tree(config: WizardConfig, root: Path) -> None:
     marker = f"sleep 3{os.getpid() % 1000}1"
     add_script(root, "10-hang", f"{marker} & {marker}")
     started = time.monotonic()
-    found = scripts(run(config, root, timeout=1.0))["10-hang"]
+    found = scripts_of(run_step(config, root, timeout=1.0))["10-hang"]
     assert time.monotonic() - started < 10
     assert found["status"] == "timed_out"
     assert found["reason"] == "timed out after 1 s"
@@ -233,7 +173,7 @@ def test_sigterm_ignored_still_killed(config: WizardConfig, root: Path) -> None:
     """A script that ignores SIGTERM is killed after the grace period."""
     add_script(root, "10-stubborn", "trap '' TERM; while :; do sleep 0.1; done")
     started = time.monotonic()
-    found = scripts(run(config, root, timeout=1.0))["10-stubborn"]
+    found = scripts_of(run_step(config, root, timeout=1.0))["10-stubborn"]
     assert found["status"] == "timed_out"
     assert time.monotonic() - started < 15
 
@@ -244,9 +184,9 @@ def test_leftover_holding_stdout_is_killed_and_logged(config: WizardConfig, root
     add_script(root, "10-bg", f"{marker} & echo started")
     add_script(root, "20-next", "echo next")
     started = time.monotonic()
-    result = run(config, root)
+    result = run_step(config, root)
     assert time.monotonic() - started < 10
-    found = scripts(result)
+    found = scripts_of(result)
     assert found["10-bg"]["status"] == "succeeded"
     assert found["20-next"]["status"] == "succeeded"
     assert len(found["10-bg"]["leftovers"]) == 1
@@ -259,9 +199,9 @@ def test_double_forked_daemon_is_killed(config: WizardConfig, root: Path) -> Non
     marker = f"sleep 2{os.getpid() % 1000}3"
     add_script(root, "10-daemon", f"setsid sh -c '{marker} & wait' > /dev/null 2>&1 < /dev/null &"
                "\nsleep 0.2; echo done")
-    result = run(config, root)
-    assert scripts(result)["10-daemon"]["status"] == "succeeded"
-    assert any(marker in leftover for leftover in scripts(result)["10-daemon"]["leftovers"])
+    result = run_step(config, root)
+    assert scripts_of(result)["10-daemon"]["status"] == "succeeded"
+    assert any(marker in leftover for leftover in scripts_of(result)["10-daemon"]["leftovers"])
     assert no_process_with(marker)
 
 
@@ -269,15 +209,15 @@ def test_200_sleepers_are_all_killed(config: WizardConfig, root: Path) -> None:
     """A script that forks 200 sleepers leaves none behind."""
     marker = f"sleep 4{os.getpid() % 1000}9"
     add_script(root, "10-forks", f"i=0; while [ $i -lt 200 ]; do {marker} & i=$((i+1)); done")
-    result = run(config, root)
-    assert len(scripts(result)["10-forks"]["leftovers"]) == 200
+    result = run_step(config, root)
+    assert len(scripts_of(result)["10-forks"]["leftovers"]) == 200
     assert no_process_with(marker)
 
 
 def test_invalid_utf8_and_long_lines(config: WizardConfig, root: Path) -> None:
     """Bytes that are not UTF-8 are shown escaped; a line without newline still arrives."""
     add_script(root, "10-bin", r"printf 'caf\351 ok\n\377\376 end'")
-    found = scripts(run(config, root))["10-bin"]
+    found = scripts_of(run_step(config, root))["10-bin"]
     assert found["status"] == "succeeded"
     assert found["output_tail"] == "caf\\xe9 ok\n\\xff\\xfe end"
 
@@ -285,8 +225,8 @@ def test_invalid_utf8_and_long_lines(config: WizardConfig, root: Path) -> None:
 def test_output_is_capped_and_tail_kept(config: WizardConfig, root: Path) -> None:
     """A chatty script's log stops at the cap with a notice; the tail holds the last lines."""
     add_script(root, "10-chatty", "seq 1 200000")
-    result = run(config, root)
-    found = scripts(result)["10-chatty"]
+    result = run_step(config, root)
+    found = scripts_of(result)["10-chatty"]
     assert found["output_tail"].splitlines()[-1] == "200000"
     assert len(found["output_tail"]) <= 4096
     per_script = (root / "var/log/wizard-runner" / result.run_id / "10-chatty.log").read_text()
@@ -303,8 +243,8 @@ def test_script_deleting_itself_and_wizard_d(config: WizardConfig, root: Path) -
     os.chown(wizard_d, 0, 33)
     add_script(root, "10-vanish", 'rm -f "$0"; echo gone')
     add_script(root, "20-after", "echo after")
-    result = run(config, root)
-    found = scripts(result)
+    result = run_step(config, root)
+    found = scripts_of(result)
     assert found["10-vanish"]["status"] == "succeeded"
     assert found["20-after"]["status"] == "succeeded"
 
@@ -320,7 +260,7 @@ def test_missing_wizard_d_is_exit_66(config: WizardConfig, root: Path) -> None:
 
 def test_empty_wizard_d_succeeds(config: WizardConfig, root: Path) -> None:
     """An empty wizard.d is a success with no scripts."""
-    result = run(config, root)
+    result = run_step(config, root)
     assert result.status is RunStatus.SUCCEEDED
     assert result.scripts == ()
 
@@ -357,7 +297,7 @@ def test_not_executable_by_the_user_fails_in_place(config: WizardConfig, root: P
     add_script(root, "10-ok", "echo ok")
     add_script(root, "20-private", "echo secret", mode=0o700)
     add_script(root, "30-later", "echo later")
-    found = scripts(run(config, root))
+    found = scripts_of(run_step(config, root))
     assert found["10-ok"]["status"] == "succeeded"
     assert found["20-private"]["status"] == "failed"
     assert found["20-private"]["reason"] == (
@@ -386,16 +326,16 @@ def test_from_and_resume(config: WizardConfig, root: Path) -> None:
     add_script(root, "10-a", "echo a")
     add_script(root, "20-b", f'test -e {flag} || {{ echo "flag missing"; exit 4; }}')
     add_script(root, "30-c", "echo c")
-    first = run(config, root)
-    assert scripts(first)["20-b"]["status"] == "failed"
+    first = run_step(config, root)
+    assert scripts_of(first)["20-b"]["status"] == "failed"
     flag.touch()
-    resumed = run(config, root, resume=True)
-    found = scripts(resumed)
+    resumed = run_step(config, root, resume=True)
+    found = scripts_of(resumed)
     assert [found[n]["status"] for n in ("10-a", "20-b", "30-c")] == [
         "not_run", "succeeded", "succeeded"
     ]
     assert found["10-a"]["reason"] == "resuming at 20-b"
-    started_late = scripts(run(config, root, start_at="30-c"))
+    started_late = scripts_of(run_step(config, root, start_at="30-c"))
     assert started_late["20-b"]["status"] == "not_run"
     assert started_late["20-b"]["reason"] == "before --from 30-c"
     stored = (root / "var/lib/wizard-runner/last-run.json").read_bytes()
@@ -489,7 +429,7 @@ def test_timeout_applies_after_the_output_is_closed(config: WizardConfig, root: 
     marker = f"sleep 6{os.getpid() % 1000}1"
     add_script(root, "10-quiet", f"exec >/dev/null 2>&1\n{marker}")
     started = time.monotonic()
-    found = scripts(run(config, root, timeout=1.0))["10-quiet"]
+    found = scripts_of(run_step(config, root, timeout=1.0))["10-quiet"]
     assert time.monotonic() - started < 10
     assert found["status"] == "timed_out"
     assert no_process_with(marker)
@@ -522,9 +462,9 @@ def test_embedded_run_finds_a_daemon_that_left_everything(config: WizardConfig,
     marker = f"sleep 6{os.getpid() % 1000}9"
     add_script(root, "10-daemon", f"setsid env -i {marker} >/dev/null 2>&1 </dev/null &")
     add_script(root, "20-after", "echo after")
-    result = run(config, root)
+    result = run_step(config, root)
     assert result.exit_code == 0
-    found = scripts(result)
+    found = scripts_of(result)
     assert any(marker in leftover for leftover in found["10-daemon"]["leftovers"])
     assert found["20-after"]["status"] == "succeeded"
     assert no_process_with(marker)
@@ -537,8 +477,8 @@ def test_a_helper_that_cannot_start_fails_the_first_script_clearly(
     add_script(root, "10-first", "echo never")
     add_script(root, "20-second", "echo never")
     monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
-    result = run(config, root)
-    found = scripts(result)
+    result = run_step(config, root)
+    found = scripts_of(result)
     assert result.exit_code == 1
     assert found["10-first"]["status"] == "failed"
     assert "/nonexistent/python3" in found["10-first"]["reason"]
@@ -593,7 +533,7 @@ def test_closed_stderr_does_not_break_the_run(root: Path) -> None:
 def test_chatty_script_cannot_flood_the_main_log(config: WizardConfig, root: Path) -> None:
     """Past a cap, output lines stay in the script's own log, not the main JSON log."""
     add_script(root, "10-flood", "yes | head -n 300000")
-    result = run(config, root)
+    result = run_step(config, root)
     main_log = root / "var/log/wizard-runner/wizard-runner.log"
     assert main_log.stat().st_size < 2 * 1024 * 1024
     events = [json.loads(line) for line in main_log.read_text().splitlines()]
@@ -633,7 +573,7 @@ def test_stopped_script_still_times_out(config: WizardConfig, root: Path) -> Non
     """A script that stopped itself (SIGSTOP) is continued so that SIGTERM ends it in time."""
     add_script(root, "10-stopped", "kill -STOP $$; echo resumed")
     started = time.monotonic()
-    found = scripts(run(config, root, timeout=1.0))["10-stopped"]
+    found = scripts_of(run_step(config, root, timeout=1.0))["10-stopped"]
     assert found["status"] == "timed_out"
     assert time.monotonic() - started < 4
 
@@ -643,7 +583,7 @@ def test_missing_interpreter_is_explained(config: WizardConfig, root: Path) -> N
     path = root / "etc/xivo/wizard.d/10-php"
     path.write_text("#!/nonexistent/php\n")
     path.chmod(0o755)
-    found = scripts(run(config, root))["10-php"]
+    found = scripts_of(run_step(config, root))["10-php"]
     assert found["reason"] == (
         "cannot execute: No such file or directory (is the #! interpreter installed?)"
     )
@@ -726,7 +666,7 @@ def run_stopped_after(seconds: float, config: WizardConfig, root: Path,
     timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     try:
-        return run(config, root, **options)
+        return run_step(config, root, **options)
     finally:
         timer.cancel()
 
@@ -746,7 +686,7 @@ def test_stop_while_the_helper_is_ahead_reports_what_ran(config: WizardConfig,
     add_script(root, "40-never", f"echo 40 >> {trace}")
     result = run_stopped_after(0.8, config, root, progress=SlowProgress(per_line=0.5))
     ran = trace.read_text().split()
-    found = scripts(result)
+    found = scripts_of(result)
     assert result.status is RunStatus.INTERRUPTED
     assert "40" not in ran
     for name in ("20-quick", "30-long"):
@@ -765,8 +705,8 @@ def test_a_timed_out_script_that_exits_0_on_sigterm_stops_the_step(config: Wizar
     marker = root / "next-ran"
     add_script(root, "10-slow", "trap 'exit 0' TERM; while :; do sleep 0.05; done")
     add_script(root, "20-next", f"touch {marker}; sleep 3")
-    result = run(config, root, timeout=1.0, progress=SlowProgress(per_end=0.3))
-    found = scripts(result)
+    result = run_step(config, root, timeout=1.0, progress=SlowProgress(per_end=0.3))
+    found = scripts_of(result)
     assert found["10-slow"]["status"] == "timed_out"
     assert found["20-next"]["status"] == "not_run"
     assert not marker.exists()
@@ -780,12 +720,12 @@ def test_inheritable_descriptors_of_the_caller_do_not_reach_scripts(config: Wiza
     os.set_inheritable(writable, True)
     ours = f"pipe:[{os.fstat(writable).st_ino}]"
     try:
-        result = run(config, root)
+        result = run_step(config, root)
     finally:
         os.close(readable)
         os.close(writable)
     assert result.exit_code == 0
-    targets = scripts(result)["10-fds"]["output_tail"].splitlines()
+    targets = scripts_of(result)["10-fds"]["output_tail"].splitlines()
     assert targets
     assert ours not in targets
 
@@ -795,8 +735,8 @@ def test_a_helper_dying_after_a_script_is_a_failure_not_a_crash(config: WizardCo
     """The helper killed right after it reported the end: the run ends failed, with a result."""
     add_script(root, "10-kill-helper", "H=$PPID; (sleep 0.05; kill -9 $H) & exit 0")
     add_script(root, "20-after", "sleep 0.5")
-    result = run(config, root)
-    found = scripts(result)
+    result = run_step(config, root)
+    found = scripts_of(result)
     assert result.exit_code == 1
     assert any(script["status"] == "failed" and "helper" in (script["reason"] or "")
                for script in found.values()), found
@@ -809,7 +749,7 @@ def test_a_leftover_holding_one_pipe_keeps_its_last_line(config: WizardConfig, r
     """A child still writing after the script exited: its last, unterminated line is kept."""
     add_script(root, "10-child", f"{closing}\n(sleep 0.1; echo from-child; "
                "printf tail-no-newline) &\nexit 0")
-    found = scripts(run(config, root))["10-child"]
+    found = scripts_of(run_step(config, root))["10-child"]
     assert found["status"] == "succeeded"
     assert found["output_tail"].endswith("from-child\ntail-no-newline"), found
 
@@ -856,7 +796,7 @@ def test_a_stop_between_scripts_keeps_every_entry_once(config: WizardConfig,
     add_script(root, "30-c", "exit 0")
     add_script(root, "40-d", "exit 0")
     install_stop_handlers()
-    result = run(config, root, progress=StopAtStart("30-c"))
+    result = run_step(config, root, progress=StopAtStart("30-c"))
     assert result.status is RunStatus.INTERRUPTED
     found = [(s["name"], s["status"]) for s in result.to_dict()["scripts"]]
     assert [name for name, _ in found] == ["10-a", "20-b", "25-data", "30-c", "40-d"]
@@ -901,8 +841,8 @@ def test_a_late_look_at_a_timed_out_script_still_says_timed_out(config: WizardCo
     add_script(root, "10-first", "exit 0")
     add_script(root, "20-slow", "sleep 1.5")
     add_script(root, "30-after", "exit 0")
-    result = run(config, root, timeout=1.0, progress=SlowProgress(per_end=2.5))
-    found = scripts(result)
+    result = run_step(config, root, timeout=1.0, progress=SlowProgress(per_end=2.5))
+    found = scripts_of(result)
     assert found["20-slow"]["status"] == "timed_out"
     assert result.exit_code == 1
     assert found["30-after"]["status"] in {"not_run", "succeeded"}  # succeeded: it ran ahead
@@ -915,4 +855,4 @@ def test_a_stop_after_the_end_judges_the_script_as_it_ended(config: WizardConfig
     add_script(root, "10-chatty", "echo a; echo b; echo c")
     result = run_stopped_after(0.6, config, root, progress=SlowProgress(per_line=0.5))
     assert result.status is RunStatus.INTERRUPTED
-    assert scripts(result)["10-chatty"]["status"] == "succeeded"
+    assert scripts_of(result)["10-chatty"]["status"] == "succeeded"

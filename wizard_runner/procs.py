@@ -63,14 +63,20 @@ def _send(pids: list[int], signum: int) -> None:
 
 def _wait_empty(members: Callable[[], list[int]], seconds: float,
                 seen: dict[int, Leftover]) -> list[int]:
-    """Wait until nothing is left, up to `seconds`; note every member seen meanwhile."""
+    """Wait until nothing is left, up to `seconds`; note every member seen meanwhile. Empty
+    counts when two looks a moment apart agree: a list walked by parentage can miss a process
+    that is being re-parented while it is read."""
     deadline = time.monotonic() + seconds
+    empty_once = False
     while True:
         alive = members()
         for pid in alive:
             if pid not in seen:
                 seen[pid] = describe(pid)
-        if not alive or time.monotonic() >= deadline:
+        if not alive and empty_once:
+            return alive
+        empty_once = not alive
+        if time.monotonic() >= deadline:
             return alive
         time.sleep(_LOOK)
 
@@ -79,8 +85,8 @@ def stop(processes: ProcessSet, grace: float = GRACE, *, spare: int | None = Non
          ) -> list[Leftover]:
     """Stop every member of `processes` but `spare`: SIGTERM and SIGCONT (a stopped process
     must see it), up to `grace` seconds to end, then SIGKILL all at once. Returns every
-    process seen; raises ProcessLookupError-free, but OSError("... keep coming back") if
-    members are still there `grace` seconds after SIGKILL (stuck in the kernel)."""
+    process seen; OSError if some are still there `grace` seconds after SIGKILL (stuck in
+    the kernel)."""
 
     def members() -> list[int]:
         return [pid for pid in processes.members() if pid != spare]

@@ -255,14 +255,15 @@ class Subreaper:
             stopped.update(fresh)
         for pid in stopped:
             _signal(pid, signal.SIGKILL)
-        self._reap()
+        self._reap(stopped)
 
-    def _reap(self) -> None:
-        """Reap what the runner adopted (the helper's orphans) once they are dead."""
-        for pid in _children(os.getpid()):
-            if pid not in self.ours and not _alive(pid):
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(pid, os.WNOHANG)
+    def _reap(self, killed: set[int]) -> None:
+        """Reap what the runner adopted (a dead helper's orphans) and killed; the helper
+        itself is its spawner's to reap."""
+        adopted = set(_children(os.getpid())) & killed - {self.helper}
+        for pid in adopted:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)  # dying now; a later call reaps a late one
 
     def close(self) -> None:
         """Kill what is left, reap it, and stop being a subreaper if the runner was not."""

@@ -146,7 +146,10 @@ class Spawner:
 
     def run(self, index: int, path: str) -> Started:
         """Have the helper start one script; OSError when it could not."""
-        helper.send(self.control, helper.encode(Kind.RUN, (index,), os.fsencode(path)))
+        try:
+            helper.send(self.control, helper.encode(Kind.RUN, (index,), os.fsencode(path)))
+        except OSError as error:
+            raise self.failure(f"broke off ({error.strerror})") from error
         kind, numbers, fds = self.expect((Kind.STARTED, Kind.FAILED), f"start {path}")
         if kind is Kind.FAILED:
             code = numbers[1]
@@ -172,7 +175,7 @@ class Spawner:
             data, fds = helper.receive(self.control, socket.MSG_DONTWAIT)
             kind, numbers, text = helper.decode(data)
         except (EOFError, BlockingIOError, OSError, helper.MalformedError) as error:
-            raise self.failure(f"broke off ({error or 'the connection closed'})") from error
+            raise self.failure(f"broke off ({str(error) or 'the connection closed'})") from error
         if kind is Kind.ERROR:
             for fd in fds:
                 os.close(fd)
@@ -222,7 +225,9 @@ class Spawner:
         return f"exited with {info.si_status}"
 
     def failure(self, why: str) -> HelperError:
-        """The error for a helper that went wrong, saying how."""
+        """The error for a helper that went wrong, saying how: what became of it, when it
+        ends within a moment (a broken connection is the first sign of its death)."""
+        select.select([self.pidfd], [], [], 0.5)
         return HelperError(f"the script helper {self.state() or why}")
 
     def close(self) -> None:

@@ -108,7 +108,8 @@ def judge(name: str, script: Started, seen: Watched, tail: str) -> ScriptOutcome
     return ScriptOutcome(
         name, status, code if code is not None and code >= 0 else None,
         _signal_name(code or 0), round(max(ended - script.started, 0.0), 3), tail, reason,
-        tuple(str(found) for found in seen.leftovers),
+        tuple(str(found) for found in seen.leftovers) + (
+            (f"... and {seen.more_leftovers} more",) if seen.more_leftovers else ()),
     )
 
 

@@ -36,6 +36,8 @@ HELPER_LOOK: Final = 0.1
 #: Past both caps, after a read that emptied the pipe: a pause far below any human notice that
 #: turns a flood of small writes into few large reads.
 BULK_PAUSE: Final = 0.0002
+#: How many leftovers of one script are logged and kept in the result one by one.
+MAX_LEFTOVERS: Final = 500
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Watched:
     stopped_by: int | None = None  # the stop signal the runner stopped it for
     broken: str | None = None  # the helper failed while the script ran: how
     leftovers: list[Leftover] = field(default_factory=list)
+    more_leftovers: int = 0  # killed past MAX_LEFTOVERS, counted only
     deadline: float | None = None
     stopped_at: float | None = None  # when the runner began to stop it (timeout or signal)
     ended_at: float | None = None  # when the runner gave up on it, when no end was reported
@@ -222,9 +225,15 @@ class Watch:
             self.seen.broken = str(error)
 
     def _note_leftovers(self, found: list[Leftover]) -> None:
-        for leftover in found:
+        """Log and keep each leftover, up to MAX_LEFTOVERS (a fork bomb leaves thousands);
+        the rest are counted."""
+        room = max(MAX_LEFTOVERS - len(self.seen.leftovers), 0)
+        for leftover in found[:room]:
             self.log.warning("leftover_killed", pid=leftover.pid, cmdline=leftover.cmdline)
-        self.seen.leftovers += found
+        self.seen.leftovers += found[:room]
+        if len(found) > room:
+            self.log.warning("leftovers_killed_more", count=len(found) - room)
+            self.seen.more_leftovers += len(found) - room
 
     def _helper_failed(self) -> None:
         self.seen.broken = self._how_broken(self.spawner.state() or "stopped answering")
@@ -235,5 +244,6 @@ class Watch:
         if state == STOPPED:
             return "the script stopped the helper that ran it"
         if state.startswith(KILLED):
-            return f"the script killed the helper that ran it ({state.removeprefix(KILLED + ' by ')})"
+            how = state.removeprefix(f"{KILLED} by ")
+            return f"the script killed the helper that ran it ({how})"
         return f"the helper that ran it {state}"

@@ -1,0 +1,157 @@
+"""The step's containment: a cgroup of its own where one can be made, else the fallback that
+follows parentage; both list every process the step started and kill them all at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from wizard_runner.scripts.containment import (
+    PREFIX,
+    Cgroup,
+    Containment,
+    Subreaper,
+    _cgroup_parent,
+    cgroup2_mount,
+    contain,
+    own_cgroup,
+)
+
+CGROUP_PARENT = _cgroup_parent()
+needs_cgroup = pytest.mark.skipif(CGROUP_PARENT is None,
+                                  reason="needs a writable cgroup v2 (root, delegation)")
+
+MOUNTINFO = """\
+25 30 0:23 / /sys rw,nosuid - sysfs sysfs rw
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(MOUNTINFO, (Path("/sys/fs/cgroup/unified"), "/"), id="hybrid-unified"),
+        pytest.param("29 23 0:26 /init.scope /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+                     (Path("/sys/fs/cgroup"), "/init.scope"), id="namespaced-root"),
+        pytest.param("25 30 0:23 / /sys rw,nosuid - sysfs sysfs rw\n", None, id="none"),
+    ],
+)
+def test_the_cgroup2_mount_is_found_wherever_it_is(text: str,
+                                                   expected: tuple[Path, str] | None) -> None:
+    """/sys/fs/cgroup on Debian 12, /sys/fs/cgroup/unified on hybrid hosts, or none."""
+    assert cgroup2_mount(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("0::/system.slice/wizard-runnerd.service\n",
+                     "/system.slice/wizard-runnerd.service", id="unit"),
+        pytest.param("4:memory:/x\n0::/\n", "/", id="hybrid-root"),
+        pytest.param("4:memory:/x\n", None, id="v1-only"),
+    ],
+)
+def test_the_own_cgroup_is_the_v2_line(text: str, expected: str | None) -> None:
+    """The `0::` line of /proc/self/cgroup, the v1 lines ignored."""
+    assert own_cgroup(text) == expected
+
+
+@pytest.fixture(params=[pytest.param("cgroup", marks=needs_cgroup), "subreaper"])
+def box(request: pytest.FixtureRequest) -> Iterator[Containment]:
+    """A containment of each kind (the cgroup one where it can be made)."""
+    made: Containment
+    if request.param == "cgroup":
+        assert CGROUP_PARENT is not None
+        made = Cgroup.create(CGROUP_PARENT, f"test{os.getpid()}")
+    else:
+        made = Subreaper()
+    yield made
+    made.close()
+
+
+def forker(box: Containment, script: str) -> subprocess.Popen[bytes]:
+    """A shell running `script`, put in `box` before it starts anything (it waits for a line
+    on stdin), started once it said so on stdout."""
+    process = subprocess.Popen(["sh", "-c", f"read go; {script}"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE)
+    box.adopt(process.pid)
+    assert process.stdin is not None
+    process.stdin.write(b"go\n")
+    process.stdin.close()
+    return process
+
+
+def settle(box: Containment, count: int) -> list[int]:
+    """The members once there are `count` of them (5 s at most)."""
+    deadline = time.monotonic() + 5
+    while len(members := box.members()) != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return members
+
+
+@pytest.mark.processes
+def test_members_are_everything_started_within(box: Containment) -> None:
+    """What the adopted process starts is a member too, even after it left its session."""
+    process = forker(box, "setsid sleep 60 & sleep 60 & echo ready; wait")
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"ready\n"
+    assert len(settle(box, 3)) == 3
+    box.kill()
+    assert process.wait(timeout=10) == -signal.SIGKILL
+    assert settle(box, 0) == []
+    process.stdout.close()
+
+
+@pytest.mark.processes
+def test_a_fork_hopper_is_killed_at_once(box: Containment, tmp_path: Path) -> None:
+    """Each generation forks the next and exits within milliseconds, deaf to SIGTERM: one
+    kill ends them all, nothing comes back."""
+    hop = tmp_path / "hop.sh"
+    hop.write_text("trap '' TERM\nsleep 0.002\nsh \"$0\" &\n")
+    process = forker(box, f"trap '' TERM; sh {hop} & echo ready; sleep 60")
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"ready\n"
+    time.sleep(0.3)  # let generations come and go
+    box.kill(spare=process.pid)
+    time.sleep(0.3)  # any survivor would have forked again by now
+    assert [pid for pid in box.members() if pid != process.pid] == []
+    process.kill()
+    process.wait()
+    process.stdout.close()
+
+
+@needs_cgroup
+@pytest.mark.processes
+def test_a_cgroup_left_by_a_killed_runner_is_cleared() -> None:
+    """A step cgroup whose runner is gone is emptied and removed by the next step's start."""
+    assert CGROUP_PARENT is not None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    renamed = CGROUP_PARENT / f"{PREFIX}{dead.pid}.stale"
+    renamed.mkdir()
+    orphan = subprocess.Popen(["sleep", "60"])
+    (renamed / "cgroup.procs").write_text(f"{orphan.pid}\n")
+    fresh = Cgroup.create(CGROUP_PARENT, "fresh")
+    try:
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+        assert not renamed.exists()
+    finally:
+        fresh.close()
+    assert not fresh.path.exists()
+
+
+def test_the_fallback_is_chosen_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WIZARD_RUNNER_CONTAINMENT=subreaper makes the step use the fallback."""
+    monkeypatch.setenv("WIZARD_RUNNER_CONTAINMENT", "subreaper")
+    chosen = contain("test")
+    try:
+        assert chosen.name == "subreaper"
+    finally:
+        chosen.close()
