@@ -17,8 +17,10 @@ from types import FrameType
 import pytest
 
 from tests.conftest import EXAMPLES, MANAGED, Reliability, seed_root, snapshot
+from tests.helpers import USER, alive, write_script
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import RunInterrupted
+from wizard_runner.result import RunResult
 from wizard_runner.signals import (
     deferred_stop_signals,
     ignored_stop_signals,
@@ -27,6 +29,7 @@ from wizard_runner.signals import (
 
 pytestmark = pytest.mark.usefixtures("restore_signals")
 SCRIPT = Path(sys.executable).parent / "wizard-runner"
+LAST_RUN = "var/lib/wizard-runner/last-run.json"
 
 
 def test_a_stop_is_raised_at_once_outside_a_section() -> None:
@@ -247,3 +250,76 @@ def test_a_stop_before_any_code_runs_does_nothing(sandbox: Path, signum: int) ->
     assert child.returncode in {-signum, 128 + signum}
     assert "Traceback" not in stderr
     assert snapshot(sandbox) == before
+
+
+# --- a scripts step stopped at random moments ---------------------------------------------
+
+STEP_SCRIPTS = {
+    "10-quick": "echo quick",
+    "20-leave": "{marker} >/dev/null 2>&1 & echo left one running",
+    "30-slow": "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.05; done",
+    "40-last": "echo last",
+}
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("trials", [pytest.param(12, id="quick"),
+                                    pytest.param(100, id="long", marks=[
+                                        pytest.mark.long, pytest.mark.timeout(900)])])
+def test_stop_signals_at_random_moments_of_the_scripts_step(
+    script_root: Path, reliability: Reliability, trials: int
+) -> None:
+    """SIGTERM, SIGINT or SIGHUP at a random moment of a scripts step: nothing left running,
+    a valid result matching the exit code, the script it hit and the rest reported, no
+    traceback."""
+    chooser = random.Random(20261206)  # noqa: S311 - reproducible moments, not secrets
+    marker = f"sleep 7{os.getpid() % 1000}1"
+    wizard_d = script_root / "etc/xivo/wizard.d"
+    for name, body in STEP_SCRIPTS.items():
+        write_script(wizard_d, name, body.format(marker=marker))
+    failures: dict[str, list[str]] = {}
+    for _ in range(trials):
+        signum = chooser.choice([signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+        delay = round(chooser.uniform(0.03, 0.8), 3)
+        child = subprocess.Popen(
+            [str(SCRIPT), "run", "--config", str(EXAMPLES / "wizard.json"), "--root",
+             str(script_root), "--no-system-conf", "--scripts", "--user", USER, "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        child.send_signal(signum)
+        stdout, stderr = child.communicate(timeout=60)
+        problems = step_problems(script_root, child.returncode, stdout, stderr, signum)
+        if alive(marker):
+            problems.append("a process the scripts started is still running")
+            subprocess.run(["pkill", "-f", marker], check=False)
+        if problems:
+            failures[f"{signal.Signals(signum).name} after {delay} s"] = problems
+    reliability.record(area="signals", fault="a stop signal during the scripts step",
+                       injection=f"SIGTERM, SIGINT or SIGHUP 30-800 ms into a step of four "
+                       f"scripts ({trials} seeded)", trials=trials, lost=len(failures),
+                       outcome="nothing left running; result valid and = exit code")
+    assert failures == {}
+
+
+def step_problems(root: Path, code: int, stdout: str, stderr: str, signum: int) -> list[str]:
+    """What is wrong after one stopped scripts step."""
+    problems = []
+    if "Traceback" in stderr:
+        problems.append("traceback")
+    if code not in {0, 128 + signum}:
+        problems.append(f"exit {code}")
+    try:
+        printed = json.loads(stdout)
+    except ValueError:
+        return [*problems, "no JSON object on stdout"]
+    if printed["exit_code"] != code:
+        problems.append("the printed result contradicts the exit code")
+    if printed.get("run_id") is None:
+        return problems  # stopped before the run began: nothing was run
+    stored = RunResult.from_dict(json.loads((root / LAST_RUN).read_text()), "last-run.json")
+    if stored.run_id != printed["run_id"] or stored.exit_code != code:
+        problems.append("the stored result is not this run's, or contradicts the exit code")
+    statuses = [script.status.value for script in stored.scripts]
+    if code != 0 and "not_run" not in statuses and statuses[-1:] != ["failed"]:
+        problems.append(f"stopped, but every script reported as run: {statuses}")
+    return problems

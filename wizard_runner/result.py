@@ -151,6 +151,7 @@ class RunResult:
     root: str = "/"
     run_scripts: bool = False  # the effective flag, after the command line's overrides
     request_id: str | None = None  # the spool request this run served, if any
+    containment: str | None = None  # how the scripts step held what it started, if it ran
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -165,6 +166,7 @@ class RunResult:
             "handle_system_conf": self.system_conf.handled,
             "run_scripts": self.run_scripts,
             "changed": self.changed,
+            "containment": self.containment,
             "system_conf": self.system_conf.to_dict(),
             "scripts": [outcome.to_dict() for outcome in self.scripts],
             "error": self.error,

@@ -58,6 +58,7 @@ class _Progress:
 
     system: SystemConfResult | None = None
     scripts: list[ScriptOutcome] = field(default_factory=list)
+    containment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,11 +174,14 @@ def _scripts_step(run: _Run) -> ScriptOutcome | None:
     def keep(outcomes: list[ScriptOutcome]) -> None:
         progress.scripts = list(outcomes)
 
+    def contained(how: str) -> None:
+        progress.containment = how
+
     # Stops stay held: the step's event loop sees them, stops the script, and raises
     # RunInterrupted once every outcome is recorded.
     outcomes = run_scripts(config=run.config, layout=run.layout, run_id=run.run_id,
                            options=scripts_options, log=log, progress=run.options.progress,
-                           record=keep)
+                           record=keep, contained=contained)
     return next((outcome for outcome in outcomes if outcome.failed), None)
 
 
@@ -275,6 +279,7 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
         root=str(plan.layout.root),
         run_scripts=plan.run_scripts,
         request_id=run.options.request_id,
+        containment=run.progress.containment,
     )
     try:
         write_result(plan.layout, result)

@@ -67,11 +67,6 @@ def request_stop(signum: int) -> None:
     _raise(signum)
 
 
-def stop_pending() -> bool:
-    """Whether a stop request is being held back by a deferred section right now."""
-    return _Stops.pending is not None
-
-
 def pending_stop() -> int | None:
     """The stop signal held back right now, if any (an event loop acts on it)."""
     return _Stops.pending

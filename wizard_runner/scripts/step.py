@@ -25,7 +25,7 @@ from wizard_runner.scripts.containment import Containment, contain
 from wizard_runner.scripts.discovery import Decision, Verdict, check_safe, scan
 from wizard_runner.scripts.output import DEFAULT_CAP, Progress, ScriptOutput
 from wizard_runner.scripts.spawner import HelperError, Spawner, Started, Switch
-from wizard_runner.scripts.watch import Watch, Watched
+from wizard_runner.scripts.watch import Watch, Watched, how_broken
 from wizard_runner.signals import pending_stop, take_stop
 
 SCRIPT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -146,13 +146,15 @@ class _Step:
     """The step under way: its helper (started with the first script), what ended it."""
 
     def __init__(self, *, env: dict[str, str], options: ScriptsOptions, layout: Layout,
-                 run_id: str, log: FilteringBoundLogger, progress: Progress | None) -> None:
+                 run_id: str, log: FilteringBoundLogger, progress: Progress | None,
+                 contained: Callable[[str], None] | None = None) -> None:
         self.env = env
         self.options = options
         self.layout = layout
         self.run_id = run_id
         self.log = log
         self.progress = progress
+        self.contained = contained
         self.box: Containment | None = None
         self.spawner: Spawner | None = None
         self.ended_by: str | None = None  # why the rest does not run
@@ -163,6 +165,8 @@ class _Step:
         if self.spawner is None:
             self.box = contain(self.run_id)
             self.log.info("scripts_contained", containment=self.box.name)
+            if self.contained is not None:
+                self.contained(self.box.name)
             user = self.options.user
             switch = None if user.is_current else Switch(user.uid, user.gid, user.groups)
             spawner = Spawner(self.env, switch, self.box)
@@ -177,6 +181,12 @@ class _Step:
         if self.box is not None:
             self.box.close()
 
+    def _broken(self, name: str) -> None:
+        """The helper failed: end everything the step started, the helper too, at once."""
+        if self.box is not None:
+            self.box.kill()
+        self.ended_by = f"not run: the script helper failed at {printable(name)}"
+
     def run(self, decision: Decision, position: tuple[int, int]) -> ScriptOutcome:
         """Run one script to its end and judge it."""
         name = decision.name
@@ -189,13 +199,18 @@ class _Step:
         try:
             spawner = self.helper()
             script = spawner.run(position[0], path)
-        except (HelperError, OSError) as error:
+        except HelperError as error:
             output.close()
             log.info("script_started", path=path, user=self.options.user.name)
-            reason = (f"cannot start: {error}" if isinstance(error, HelperError) else
-                      f"cannot execute: {error.strerror}{_exec_hint(error.errno)}")
-            if isinstance(error, HelperError):
-                self.ended_by = f"not run: the script helper failed at {printable(name)}"
+            # Stopped or killed as it started the script: the script may well have done it.
+            state = self.spawner.state() if self.spawner is not None else None
+            reason = how_broken(state) if state else f"cannot start: {error}"
+            self._broken(name)
+            return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason, duration_s=0.0)
+        except OSError as error:
+            output.close()
+            log.info("script_started", path=path, user=self.options.user.name)
+            reason = f"cannot execute: {error.strerror}{_exec_hint(error.errno)}"
             return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason, duration_s=0.0)
         assert self.box is not None  # noqa: S101 - helper() made it
         log.info("script_started", path=path, user=self.options.user.name, pid=script.pid)
@@ -206,8 +221,7 @@ class _Step:
         seen = watch.run()
         outcome = judge(name, script, seen, output.close())
         if seen.broken is not None:
-            self.box.kill()  # the helper too: nothing of the step may go on unwatched
-            self.ended_by = f"not run: the script helper failed at {printable(name)}"
+            self._broken(name)
         if seen.stopped_by is not None:
             self.stopped = seen.stopped_by
         return outcome
@@ -232,10 +246,13 @@ def run_scripts(
     log: FilteringBoundLogger,
     progress: Progress | None = None,
     record: Callable[[list[ScriptOutcome]], None] | None = None,
+    contained: Callable[[str], None] | None = None,
 ) -> list[ScriptOutcome]:
     """Run every script of wizard.d in order; the first failure stops the rest.
 
-    `record` is called with the outcomes so far after each entry. A stop signal (with
+    `record` is called with the outcomes so far after each entry, `contained` with the name
+    of the containment (`cgroup` or `subreaper`) as the first script is about to start. A
+    stop signal (with
     wizard-runner's handlers) stops the running script, reports the rest `not_run`, and
     raises RunInterrupted once every outcome is recorded.
     """
@@ -246,7 +263,7 @@ def run_scripts(
     start = _start_index(decisions, options.start_at)
     total = sum(1 for d in decisions[start:] if d.verdict is not Verdict.SKIP)
     step = _Step(env=script_env(config, options.user, run_id, layout.root), options=options,
-                 layout=layout, run_id=run_id, log=log, progress=progress)
+                 layout=layout, run_id=run_id, log=log, progress=progress, contained=contained)
     outcomes: list[ScriptOutcome] = []
     position = 0
     try:

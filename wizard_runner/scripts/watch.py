@@ -139,7 +139,8 @@ class Watch:
             message = self.spawner.receive()
             self.seen.exited = self.spawner.exited(message, self.script.index)
         except HelperError as error:
-            self.seen.broken = str(error)
+            state = self.spawner.state()
+            self.seen.broken = how_broken(state) if state else str(error)
             self.seen.ended_at = time.monotonic()
             return
         self.exited_at = time.monotonic()
@@ -236,14 +237,14 @@ class Watch:
             self.seen.more_leftovers += len(found) - room
 
     def _helper_failed(self) -> None:
-        self.seen.broken = self._how_broken(self.spawner.state() or "stopped answering")
+        self.seen.broken = how_broken(self.spawner.state() or "stopped answering")
         self.seen.ended_at = time.monotonic()
 
-    @staticmethod
-    def _how_broken(state: str) -> str:
-        if state == STOPPED:
-            return "the script stopped the helper that ran it"
-        if state.startswith(KILLED):
-            how = state.removeprefix(f"{KILLED} by ")
-            return f"the script killed the helper that ran it ({how})"
-        return f"the helper that ran it {state}"
+
+def how_broken(state: str) -> str:
+    """What a helper's state (`Spawner.state`) says of the script it was running."""
+    if state == STOPPED:
+        return "the script stopped the helper that ran it"
+    if state.startswith(KILLED):
+        return f"the script killed the helper that ran it ({state.removeprefix(KILLED + ' by ')})"
+    return f"the helper that ran it {state}"

@@ -1,0 +1,104 @@
+"""One script's watch under both containments: a script cannot escape it, stall it or outlive
+it, whatever it does to the helper that ran it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import add_script, no_process_with, run_step, scripts_of
+from wizard_runner.config import WizardConfig
+from wizard_runner.result import RunStatus
+from wizard_runner.scripts.containment import CONTAINMENT_ENV, _cgroup_parent
+
+pytestmark = pytest.mark.processes
+
+
+@pytest.fixture(params=[
+    pytest.param("cgroup", marks=pytest.mark.skipif(
+        _cgroup_parent() is None, reason="needs a writable cgroup v2 (root, delegation)")),
+    "subreaper",
+])
+def containment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each containment in turn: the step's own cgroup, and the subreaper fallback."""
+    if request.param == "subreaper":
+        monkeypatch.setenv(CONTAINMENT_ENV, "subreaper")
+    else:
+        monkeypatch.delenv(CONTAINMENT_ENV, raising=False)
+    return str(request.param)
+
+
+@pytest.fixture
+def root(script_root: Path) -> Path:
+    """A traversable root with an empty wizard.d."""
+    return script_root
+
+
+def marker(tag: str) -> str:
+    """A command line no other process has: `sleep 3<pid><tag>`."""
+    return f"sleep 3{os.getpid() % 1000}{tag}"
+
+
+def test_a_script_that_kills_its_helper(config: WizardConfig, root: Path,
+                                        containment: str) -> None:
+    """`kill -KILL $PPID` after leaving a daemon behind: the script fails naming it, the rest
+    are not run, and nothing is left running."""
+    sleeper = marker("1")
+    add_script(root, "10-escape", f"setsid {sleeper} </dev/null >/dev/null 2>&1 & "
+               "sleep 0.3; kill -KILL $PPID; sleep 5")
+    add_script(root, "20-after", "echo never")
+    result = run_step(config, root)
+    found = scripts_of(result)
+    assert result.status is RunStatus.FAILED
+    assert found["10-escape"]["status"] == "failed"
+    assert found["10-escape"]["reason"] == "the script killed the helper that ran it (SIGKILL)"
+    assert found["20-after"]["status"] == "not_run"
+    assert no_process_with(sleeper)
+
+
+def test_a_fork_hopper_deaf_to_sigterm(config: WizardConfig, root: Path,
+                                       containment: str) -> None:
+    """Generations of ~2 ms each, ignoring SIGTERM: all of them are gone when the step ends,
+    within the grace and a little more."""
+    hop = root / "hop.sh"
+    hop.write_text(f"trap '' TERM\n{marker('2')}.002\nsh \"$0\" &\n")
+    hop.chmod(0o755)
+    add_script(root, "10-hopper", f"trap '' TERM; sh {hop} & echo started")
+    started = time.monotonic()
+    result = run_step(config, root)
+    assert time.monotonic() - started < 8
+    found = scripts_of(result)["10-hopper"]
+    assert found["status"] == "succeeded"
+    assert found["leftovers"]
+    time.sleep(0.1)  # a survivor would fork again
+    assert no_process_with(str(hop))
+
+
+def test_a_script_that_stops_its_helper_with_no_timeout(config: WizardConfig, root: Path,
+                                                        containment: str) -> None:
+    """`kill -STOP $PPID` with no time limit cannot hang the step: it fails within seconds,
+    naming what the script did, and nothing is left stopped."""
+    add_script(root, "10-stop", f"{marker('3')} & kill -STOP $PPID; exit 0")
+    add_script(root, "20-after", "echo never")
+    started = time.monotonic()
+    result = run_step(config, root, timeout=None)
+    assert time.monotonic() - started < 5
+    found = scripts_of(result)
+    assert found["10-stop"]["status"] == "failed"
+    assert found["10-stop"]["reason"] == "the script stopped the helper that ran it"
+    assert found["20-after"]["reason"] == "not run: the script helper failed at 10-stop"
+    assert no_process_with(marker("3"))
+
+
+def test_the_result_says_which_containment(config: WizardConfig, root: Path,
+                                           containment: str) -> None:
+    """The result and the log name the containment the step used."""
+    add_script(root, "10-ok", "true")
+    result = run_step(config, root)
+    log = (root / "var/log/wizard-runner/wizard-runner.log").read_text()
+    assert result.status is RunStatus.SUCCEEDED
+    assert result.containment == containment
+    assert f'"containment": "{containment}"' in log
