@@ -146,10 +146,18 @@ class Spawner:
 
     def run(self, index: int, path: str) -> Started:
         """Have the helper start one script; OSError when it could not."""
+        self.order(index, path)
+        return self.started(index, path)
+
+    def order(self, index: int, path: str) -> None:
+        """Tell the helper to start a script (`started` hears that it did)."""
         try:
             helper.send(self.control, helper.encode(Kind.RUN, (index,), os.fsencode(path)))
         except OSError as error:
             raise self.failure(f"broke off ({error.strerror})") from error
+
+    def started(self, index: int, path: str) -> Started:
+        """The script ordered last, once started; OSError when it could not be."""
         kind, numbers, fds = self.expect((Kind.STARTED, Kind.FAILED), f"start {path}")
         if kind is Kind.FAILED:
             code = numbers[1]

@@ -6,6 +6,7 @@ run user, inside the step's containment; the first failure, a stop or a broken h
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -159,6 +160,9 @@ class _Step:
         self.spawner: Spawner | None = None
         self.ended_by: str | None = None  # why the rest does not run
         self.stopped: int | None = None
+        self.ordered: int | None = None  # the script ordered ahead (its position)
+        self.wizard_d = layout.wizard_d
+        self.log_dir = layout.log_dir / run_id
 
     def helper(self) -> Spawner:
         """The step's helper, started in its containment on first use."""
@@ -187,18 +191,23 @@ class _Step:
             self.box.kill()
         self.ended_by = f"not run: the script helper failed at {printable(name)}"
 
-    def run(self, decision: Decision, position: tuple[int, int]) -> ScriptOutcome:
-        """Run one script to its end and judge it."""
+    def run(self, decision: Decision, position: tuple[int, int],
+            follow: Decision | None) -> ScriptOutcome:
+        """Run one script to its end and judge it. When it ended cleanly, `follow` (the next
+        script) is ordered at once, before this one's outcome is logged: the helper starts it
+        while the runner writes, and no runner wakes a helper gone idle meanwhile."""
         name = decision.name
         log = self.log.bind(script=name)
-        path = str(self.layout.wizard_d / name)
+        path = str(self.wizard_d / name)
         if self.progress is not None:
             self.progress.started(*position, name)
-        output = ScriptOutput(name, self.layout.log_dir / self.run_id, log, self.progress,
-                              self.options.output_cap)
+        output = ScriptOutput(name, self.log_dir, log, self.progress, self.options.output_cap)
         try:
             spawner = self.helper()
-            script = spawner.run(position[0], path)
+            if self.ordered == position[0]:
+                script = spawner.started(position[0], path)
+            else:
+                script = spawner.run(position[0], path)
         except HelperError as error:
             output.close()
             log.info("script_started", path=path, user=self.options.user.name)
@@ -219,12 +228,24 @@ class _Step:
         watch = Watch(spawner, self.box, script, output, deadline=deadline,
                       grace=self.options.grace, log=log)
         seen = watch.run()
+        if follow is not None and _clean(seen) and pending_stop() is None:
+            with contextlib.suppress(HelperError):  # said when its start is awaited
+                spawner.order(position[0] + 1, str(self.wizard_d / follow.name))
+                self.ordered = position[0] + 1
         outcome = judge(name, script, seen, output.close())
         if seen.broken is not None:
             self._broken(name)
         if seen.stopped_by is not None:
             self.stopped = seen.stopped_by
         return outcome
+
+
+def _clean(seen: Watched) -> bool:
+    """Ended by itself with 0, in time, leaving nothing: the next script may start."""
+    exited = seen.exited
+    return (exited is not None and exited.returncode == 0 and seen.broken is None and
+            seen.stopped_by is None and not seen.leftovers and not seen.more_leftovers and
+            (seen.deadline is None or exited.ended <= seen.deadline))
 
 
 def _log_outcome(outcome: ScriptOutcome, log: FilteringBoundLogger) -> None:
@@ -272,7 +293,7 @@ def run_scripts(
                 position += 1
             outcome = _next(step, decision, index < start, position, total)
             if outcome is None:
-                outcome = step.run(decision, (position, total))
+                outcome = step.run(decision, (position, total), _following(decisions, index))
                 _log_outcome(outcome, log)
                 if progress is not None:
                     progress.finished(outcome)
@@ -291,6 +312,14 @@ def run_scripts(
     return outcomes
 
 
+def _following(decisions: Sequence[Decision], index: int) -> Decision | None:
+    """The entry that runs after `index` if all goes well (None: none, or one that fails)."""
+    for decision in decisions[index + 1:]:
+        if decision.verdict is not Verdict.SKIP:
+            return decision if decision.verdict is Verdict.RUN else None
+    return None
+
+
 def _next(step: _Step, decision: Decision, before_start: bool, position: int,
           total: int) -> ScriptOutcome | None:
     """The outcome of an entry that does not run (skipped, before the start, after the end,
@@ -303,7 +332,7 @@ def _next(step: _Step, decision: Decision, before_start: bool, position: int,
         return ScriptOutcome(decision.name, ScriptStatus.NOT_RUN,
                              reason=options.start_note or f"before --from {options.start_at}")
     stop = pending_stop()
-    if step.ended_by is None and stop is not None:
+    if step.ended_by is None and stop is not None and step.ordered != position:
         step.stopped = stop
         step.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
     if step.ended_by is not None:
