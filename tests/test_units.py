@@ -32,7 +32,7 @@ def directives(name: str) -> dict[str, list[str]]:
 @pytest.mark.parametrize("name", ["wizard-runner.service", "wizard-runnerd.service"])
 def test_units_verify_cleanly(tmp_path: Path, name: str) -> None:
     """systemd-analyze verify accepts each unit without a single warning."""
-    text = (UNITS / name).read_text().replace("/usr/local/bin/wizard-runner", str(SCRIPT))
+    text = (UNITS / name).read_text().replace("/usr/bin/wizard-runner", str(SCRIPT))
     unit = tmp_path / name
     unit.write_text(text)
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
@@ -55,7 +55,7 @@ def test_oneshot_unit() -> None:
     """The one-shot reruns the saved body, bounded in time, under its own journal name."""
     unit = directives("wizard-runner.service")
     assert unit["Type"] == ["oneshot"]
-    assert unit["ExecStart"] == ["/usr/local/bin/wizard-runner run"]
+    assert unit["ExecStart"] == ["/usr/bin/wizard-runner run"]
     assert unit["ConditionPathExists"] == ["/var/lib/wizard-runner/config.json"]
     assert unit["TimeoutStartSec"] == ["45min"]
     assert unit["SyslogIdentifier"] == ["wizard-runner"]
@@ -65,7 +65,7 @@ def test_daemon_unit() -> None:
     """The daemon notifies readiness, restarts on failure and is hardened."""
     unit = directives("wizard-runnerd.service")
     assert unit["Type"] == ["notify"]
-    assert unit["ExecStart"] == ["/usr/local/bin/wizard-runner serve"]
+    assert unit["ExecStart"] == ["/usr/bin/wizard-runner serve"]
     assert unit["Restart"] == ["on-failure"]
     for option in ("ProtectHome", "PrivateTmp", "ProtectKernelTunables", "RestrictSUIDSGID",
                    "ProtectKernelModules", "ProtectControlGroups", "LockPersonality"):

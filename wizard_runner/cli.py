@@ -186,6 +186,18 @@ def _add_run(commands: Any) -> None:
                      help="on a terminal, show every log event, not only warnings")
 
 
+def _add_setup_dirs(commands: Any) -> None:
+    setup = commands.add_parser(
+        "setup-dirs", help="create the spool, state, log and backup directories (as root)",
+        description="Create the runner's directories with the owners and modes it uses, and "
+        "put back any that drifted; the Debian package runs it on every install and upgrade.",
+    )
+    _add_root(setup)
+    setup.add_argument("--user", default=DEFAULT_USER,
+                       help=f"the user scripts run as, whose group may submit requests "
+                       f"(default {DEFAULT_USER})")
+
+
 def build_parser() -> _Parser:
     """The argument parser, with one sub-command per job."""
     parser = _Parser(
@@ -218,6 +230,7 @@ def build_parser() -> _Parser:
     status = commands.add_parser("status", help="show the last run")
     _add_root(status)
     status.add_argument("--json", action="store_true", help="print the stored result as is")
+    _add_setup_dirs(commands)
     parser.commands = dict(commands.choices)
     return parser
 
@@ -617,6 +630,15 @@ def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
     return EXIT_OK if last.status is RunStatus.SUCCEEDED else EXIT_FAILED
 
 
+def _setup_dirs(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
+    from wizard_runner.dirs import prepare_dirs
+    from wizard_runner.runuser import resolve_user
+
+    for prepared in prepare_dirs(Layout.under(args.root), resolve_user(args.user).gid):
+        out.write(prepared.describe() + "\n")
+    return EXIT_OK
+
+
 Command = Callable[[argparse.Namespace, TextIO, TextIO, TextIO], int]
 _COMMANDS: Final[dict[str, Command]] = {
     "validate": _validate,
@@ -626,6 +648,7 @@ _COMMANDS: Final[dict[str, Command]] = {
     "submit": _submit,
     "serve": _serve,
     "reopen": _reopen,
+    "setup-dirs": _setup_dirs,
 }
 
 

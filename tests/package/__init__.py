@@ -1,0 +1,1 @@
+"""Tests of the installed Debian package (see conftest.py)."""
