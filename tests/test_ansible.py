@@ -53,13 +53,17 @@ pytestmark = [
 def collections_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The collection built from ansible/ and installed into a temporary collections path."""
     work = tmp_path_factory.mktemp("collection")
+    # ansible-galaxy's cache and temporary files go there too, not under ~/.ansible.
+    env = {**os.environ, "ANSIBLE_HOME": str(work / "ansible-home"),
+           "ANSIBLE_LOCAL_TEMP": str(work / "ansible-home/tmp")}
     subprocess.run([str(_tool("ansible-galaxy")), "collection", "build", str(COLLECTION),
-                    "--output-path", str(work)], check=True, capture_output=True, timeout=120)
+                    "--output-path", str(work)], env=env, check=True, capture_output=True,
+                   timeout=120)
     tarballs = list(work.glob("xivo-wizard-*.tar.gz"))
     assert len(tarballs) == 1, tarballs
     installed = work / "collections"
     subprocess.run([str(_tool("ansible-galaxy")), "collection", "install", "-p", str(installed),
-                    str(tarballs[0])], check=True, capture_output=True, timeout=120)
+                    str(tarballs[0])], env=env, check=True, capture_output=True, timeout=120)
     return installed
 
 
