@@ -1,0 +1,427 @@
+"""The xivo.wizard collection under the real Ansible engine: check and diff mode, an honest
+`changed`, failures that say why, the admin password kept out of every output, the fleet
+example, ansible-doc and ansible-test sanity."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, seed_root, snapshot
+
+BIN = Path(sys.executable).parent
+WIZARD_RUNNER = BIN / "wizard-runner"
+COLLECTION = REPO / "ansible"
+FLEET_EXAMPLE = COLLECTION / "examples/fleet"
+# Distinctive, so that finding it in an output can only mean a leak.
+PASSWORD = "Fl33t-S3cret-qZ7w"
+MASKED = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+# pytest's tmp dirs are 0700: www-data could not reach the scripts there, so these runs use the
+# current user; the fleet example runs as www-data, in a tree it can reach.
+RUN_USER = pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _tool(name: str) -> str | None:
+    """The ansible-core command of this venv, else the one on PATH."""
+    beside = BIN / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+_MISSING = [name for name in ("ansible-playbook", "ansible-galaxy", "ansible-doc", "ansible-vault")
+            if _tool(name) is None]
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.skipif(bool(_MISSING), reason=f"needs ansible-core ({', '.join(_MISSING)} "
+                       "not found): pip install -e '.[test]'"),
+]
+
+
+@pytest.fixture(scope="module")
+def collections_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The collection built from ansible/ and installed into a temporary collections path."""
+    work = tmp_path_factory.mktemp("collection")
+    # ansible-galaxy's cache and temporary files go there too, not under ~/.ansible.
+    env = {**os.environ, "ANSIBLE_HOME": str(work / "ansible-home"),
+           "ANSIBLE_LOCAL_TEMP": str(work / "ansible-home/tmp")}
+    subprocess.run([str(_tool("ansible-galaxy")), "collection", "build", str(COLLECTION),
+                    "--output-path", str(work)], env=env, check=True, capture_output=True,
+                   timeout=120)
+    tarballs = list(work.glob("xivo-wizard-*.tar.gz"))
+    assert len(tarballs) == 1, tarballs
+    installed = work / "collections"
+    subprocess.run([str(_tool("ansible-galaxy")), "collection", "install", "-p", str(installed),
+                    str(tarballs[0])], env=env, check=True, capture_output=True, timeout=120)
+    return installed
+
+
+@pytest.fixture
+def ansible_env(collections_path: Path, tmp_path: Path) -> dict[str, str]:
+    """An environment for the Ansible commands: the built collection, no user config, and every
+    file Ansible keeps under a temporary home."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
+    env.update(
+        ANSIBLE_COLLECTIONS_PATH=str(collections_path),
+        ANSIBLE_HOME=str(tmp_path / "ansible-home"),
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-home/tmp"),
+        ANSIBLE_REMOTE_TEMP=str(tmp_path / "ansible-home/remote-tmp"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_RETRY_FILES_ENABLED="0",
+        ANSIBLE_LOCALHOST_WARNING="0",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+        # wizard-runner of this venv first, for the fleet example that looks it up by name.
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    return env
+
+
+def ansible_playbook(
+    env: dict[str, str], cwd: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ansible-playbook at -vvv and check that nothing it printed holds the password."""
+    done = subprocess.run([str(_tool("ansible-playbook")), "-vvv", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    # -vvv prints every module's arguments and results: any leak of the password shows here.
+    assert PASSWORD not in done.stdout + done.stderr
+    return done
+
+
+@dataclass(frozen=True)
+class Played:
+    """A playbook run: its exit code, all it printed, and the results its tasks registered."""
+
+    rc: int
+    output: str
+    results: dict[str, Any]
+
+
+def play(env: dict[str, str], tmp_path: Path, tasks: list[dict[str, Any]]) -> Played:
+    """Run `tasks` on localhost (local connection); each registers its result under its name."""
+    dump = tmp_path / "registered.json"
+    names = ", ".join(f"'{task['register']}': {task['register']}" for task in tasks)
+    keep = {
+        "name": "keep the registered results for the test",
+        "ansible.builtin.copy": {"content": "{{ {" + names + "} | to_json }}", "dest": str(dump)},
+        "check_mode": False,
+    }
+    # JSON is YAML: the playbook is written as the data it is.
+    playbook = tmp_path / "playbook.yml"
+    playbook.write_text(json.dumps([{"name": "wizard", "hosts": "localhost", "gather_facts": False,
+                                     "tasks": [*tasks, keep]}]))
+    done = ansible_playbook(env, tmp_path, str(playbook))
+    results = json.loads(dump.read_text()) if dump.exists() else {}
+    return Played(done.returncode, done.stdout + done.stderr, results)
+
+
+def wizard_task(name: str, root: Path, **options: Any) -> dict[str, Any]:
+    """A task of the module on `root` with this venv's wizard-runner; keyword options prefixed
+    `task_` are the task's own (check_mode, diff, ignore_errors)."""
+    own = {key[len("task_"):]: value for key, value in options.items() if key.startswith("task_")}
+    args = {key: value for key, value in options.items() if not key.startswith("task_")}
+    return {
+        "name": name,
+        "xivo.wizard.wizard_runner": {"root": str(root), "executable": str(WIZARD_RUNNER),
+                                      "user": RUN_USER, **args},
+        "register": name,
+        **own,
+    }
+
+
+def seed_appliance(root: Path) -> Path:
+    """A sandbox appliance: a fresh Debian's files and the shipped wizard.d."""
+    seed_root(root)
+    shutil.copytree(REPO / "etc/xivo", root / "etc/xivo")
+    return root
+
+
+def add_script(root: Path, name: str, text: str) -> None:
+    """Put an executable script into the sandbox's wizard.d."""
+    script = root / "etc/xivo/wizard.d" / name
+    script.write_text(text)
+    script.chmod(0o755)
+
+
+@pytest.fixture
+def appliance(tmp_path: Path) -> Path:
+    """A sandbox appliance under the test's tmp dir."""
+    return seed_appliance(tmp_path / "appliance")
+
+
+@pytest.fixture
+def secret_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The example body with the distinctive password."""
+    body["admin_password"] = PASSWORD
+    return body
+
+
+def test_check_mode_previews_and_writes_nothing(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """Check mode reports changed, the dry run's diff and each script's fate, and writes nothing."""
+    before = snapshot(appliance)
+    played = play(ansible_env, tmp_path, [
+        wizard_task("preview", appliance, config=secret_body, run_scripts=True,
+                    task_check_mode=True, task_diff=True),
+    ])
+    assert played.rc == 0, played.output
+    preview = played.results["preview"]
+    assert preview["changed"] is True
+    assert "--- a/etc/hostname\n+++ b/etc/hostname\n@@ -1 +1 @@\n-debian\n+pbx\n" in (
+        preview["diff"]["prepared"])
+    # Diff mode shows it to whoever runs the playbook.
+    assert "+++ b/etc/network/interfaces" in played.output
+    scripts = {entry["name"]: entry for entry in preview["result"]["scripts"]}
+    assert scripts["10-check-identity"]["action"] == "run"
+    assert scripts["README"]["action"] == "skip"
+    assert "not executable" in scripts["README"]["reason"]
+    assert "would skip README (not executable" in preview["msg"]
+    assert "run_id" not in preview
+    assert snapshot(appliance) == before
+
+
+def test_run_is_changed_and_the_same_run_again_is_not(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """A real run reports changed with its diff; the same body again without scripts, from a file
+    or the saved body, reports not changed."""
+    body_file = tmp_path / "wizard.json"
+    body_file.write_text(json.dumps(secret_body))
+    body_file.chmod(0o600)
+    played = play(ansible_env, tmp_path, [
+        wizard_task("run", appliance, config=secret_body, run_scripts=True, task_diff=True),
+        wizard_task("again", appliance, config_file=str(body_file), run_scripts=False),
+        wizard_task("saved", appliance, task_check_mode=True, task_diff=True),
+    ])
+    assert played.rc == 0, played.output
+    run, again, saved = (played.results[name] for name in ("run", "again", "saved"))
+
+    assert run["changed"] is True
+    assert run["run_id"] == run["result"]["run_id"]
+    assert {entry["action"] for entry in run["result"]["system_conf"]["files"]} == {"written"}
+    assert [(entry["name"], entry["status"]) for entry in run["result"]["scripts"]][:2] == [
+        ("10-check-identity", "succeeded"), ("50-summary.sh", "succeeded")]
+    assert "+pbx.acme.example\n" in run["diff"]["prepared"]
+    assert (appliance / "etc/hostname").read_text() == "pbx\n"
+
+    assert again["changed"] is False
+    assert {entry["action"] for entry in again["result"]["system_conf"]["files"]} == {"unchanged"}
+    assert again["run_id"] != run["run_id"]
+
+    assert saved["changed"] is False
+    assert saved["diff"]["prepared"] == ""
+
+
+def test_failing_script_fails_the_task_with_its_output(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """A failing script fails the task with rc 1, its name, reason and last output lines."""
+    add_script(appliance, "20-provision", "#!/bin/sh\necho working\necho 'provd unreachable' >&2\n"
+                                          "exit 3\n")
+    played = play(ansible_env, tmp_path, [
+        wizard_task("run", appliance, config=secret_body, run_scripts=True,
+                    task_ignore_errors=True),
+    ])
+    run = played.results["run"]
+    assert run["failed"] is True
+    assert run["rc"] == 1
+    assert run["msg"].startswith("wizard-runner: script 20-provision failed (exited with 3)")
+    assert run["msg"].endswith("last output:\n  working\n  provd unreachable")
+    assert run["result"]["status"] == "failed"
+    # The files were written and scripts ran: the failed task still changed the appliance.
+    assert run["changed"] is True
+    assert "provd unreachable" in played.output
+
+
+def test_invalid_body_fails_with_every_problem(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """An invalid body fails the task with rc 65, every problem in the message, nothing written."""
+    secret_body["network"]["gateway"] = "10.0.0.1"
+    secret_body["timezone"] = "Mars/Olympus"
+    secret_body["run_script"] = True
+    before = snapshot(appliance)
+    played = play(ansible_env, tmp_path, [
+        wizard_task("run", appliance, config=secret_body, task_ignore_errors=True),
+    ])
+    run = played.results["run"]
+    assert run["failed"] is True
+    assert run["rc"] == 65
+    assert len(run["problems"]) == 3
+    assert run["msg"].startswith("wizard-runner: the wizard body is invalid (3 problems): ")
+    for problem in ("network.gateway: 10.0.0.1 is not in 192.168.50.0/24", "timezone: ",
+                    "run_script: unknown key"):
+        assert problem in run["msg"]
+    assert snapshot(appliance) == before
+
+
+def test_held_lock_has_its_own_message(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """A run while another holds the lock fails with rc 75 and says so; nothing is written."""
+    lock = appliance / "run/wizard-runner/lock"
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        played = play(ansible_env, tmp_path, [
+            wizard_task("run", appliance, config=secret_body, task_ignore_errors=True),
+        ])
+    run = played.results["run"]
+    assert run["rc"] == 75
+    assert run["msg"].startswith("wizard-runner: another run holds the lock on this appliance, "
+                                 "so nothing was done")
+    assert "pid 4242" in run["msg"]
+    assert (appliance / "etc/hostname").read_text() == "debian\n"
+
+
+def test_missing_executable_is_named(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """A wizard-runner that is not there fails the task naming the path looked for."""
+    played = play(ansible_env, tmp_path, [
+        wizard_task("run", appliance, config=secret_body, executable="/nonexistent/wizard-runner",
+                    task_ignore_errors=True),
+    ])
+    run = played.results["run"]
+    assert run["failed"] is True
+    assert run["msg"].startswith("wizard-runner not found: /nonexistent/wizard-runner is not an "
+                                 "executable file")
+
+
+def test_password_is_in_no_output(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """At -vvv, check mode, a run with its diff and a failed run print the module's arguments
+    with the password masked, and the rest of the body as it is; no file holds it."""
+    add_script(appliance, "20-provision", "#!/bin/sh\nexit 1\n")
+    played = play(ansible_env, tmp_path, [
+        wizard_task("preview", appliance, config=secret_body, task_check_mode=True,
+                    task_diff=True),
+        wizard_task("run", appliance, config=secret_body, run_scripts=True, task_diff=True,
+                    task_ignore_errors=True),
+    ])
+    assert played.results["run"]["rc"] == 1
+    # What -vvv prints includes the arguments, the password masked (ansible_playbook checked
+    # that the password itself is absent)...
+    assert f'"admin_password": "{MASKED}"' in played.output
+    # ...and only the password: Ansible would mask every string of a no_log dict, the host name
+    # in the diff and the arguments included.
+    assert "+pbx\n" in played.output
+    assert '"hostname": "pbx"' in played.output
+    assert "********" not in json.dumps(played.results)
+    for path in [*appliance.rglob("*"), *(tmp_path / "ansible-home").rglob("*")]:
+        if path.is_file() and not path.is_symlink():
+            assert PASSWORD.encode() not in path.read_bytes(), path
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A directory www-data can traverse, for scripts run as www-data."""
+    try:
+        pwd.getpwnam("www-data")
+    except KeyError:
+        pytest.skip("needs the www-data user (Debian's base-passwd has it)")
+    if os.geteuid() != 0:
+        pytest.skip("needs root: scripts switch to www-data")
+    # pytest's tmp dirs are 0700 all the way up; mkdtemp's is too until opened up here.
+    made = Path(tempfile.mkdtemp(prefix="wizard-fleet-"))
+    made.chmod(0o755)
+    yield made
+    shutil.rmtree(made)
+
+
+def test_fleet_example_stops_the_rollout_at_a_failure(
+    ansible_env: dict[str, str], tmp_path: Path, reachable_dir: Path
+) -> None:
+    """The fleet example, its password from Ansible Vault, sets up the first two appliances and
+    stops before the third when one of the first two fails."""
+    example = tmp_path / "fleet"
+    shutil.copytree(FLEET_EXAMPLE, example)
+    vault_key = tmp_path / "vault-key"
+    vault_key.write_text("a vault key for this test\n")
+    vault = example / "group_vars/xivo_appliances/vault.yml"
+    vault.write_text(f"vault_wizard_admin_password: {PASSWORD}\n")
+    subprocess.run([str(_tool("ansible-vault")), "encrypt", "--vault-password-file",
+                    str(vault_key), str(vault)], env=ansible_env, check=True,
+                   capture_output=True, timeout=60)
+    assert PASSWORD.encode() not in vault.read_bytes()
+    roots = {name: seed_appliance(reachable_dir / name) for name in ("pbx-a", "pbx-b", "pbx-c")}
+    add_script(roots["pbx-b"], "20-provision", "#!/bin/sh\necho 'provd unreachable' >&2\nexit 3\n")
+    untouched = snapshot(roots["pbx-c"])
+    # Local stand-ins for the appliances: each its own sandbox root.
+    inventory = example / "test-inventory.ini"
+    inventory.write_text("[xivo_appliances]\n" + "".join(
+        f"{name} ansible_connection=local ansible_python_interpreter={sys.executable} "
+        f"wizard_ip_address=192.168.50.{10 + number} wizard_root={root}\n"
+        for number, (name, root) in enumerate(roots.items())
+    ))
+    done = ansible_playbook(ansible_env, example, "-i", str(inventory), "site.yml",
+                            "--vault-password-file", str(vault_key))
+    assert done.returncode == 2, done.stdout
+    assert (roots["pbx-a"] / "etc/hostname").read_text() == "pbx-a\n"
+    # The example leaves the scripts' user to wizard-runner: www-data.
+    assert ", as www-data" in (roots["pbx-a"] / "var/lib/wizard-runner/last-run.json").read_text()
+    assert "provd unreachable" in done.stdout
+    assert snapshot(roots["pbx-c"]) == untouched
+    assert "pbx-c" not in done.stdout.split("PLAY RECAP")[1]
+
+
+def test_ansible_doc_renders_the_module(ansible_env: dict[str, str], tmp_path: Path) -> None:
+    """ansible-doc shows the module's options, examples and return values."""
+    done = subprocess.run([str(_tool("ansible-doc")), "xivo.wizard.wizard_runner"], cwd=tmp_path,
+                          env=ansible_env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    for option in ("config", "config_file", "handle_system_conf", "run_scripts", "resume",
+                   "from_script", "timeout", "user", "replace_symlinks", "apply_network",
+                   "root", "executable"):
+        assert re.search(rf"^[-=] {option}\s", done.stdout, re.MULTILINE), option
+    for section in ("EXAMPLES:", "RETURN VALUES:", "ATTRIBUTES:"):
+        assert section in done.stdout, section
+
+
+@pytest.mark.long
+@pytest.mark.timeout(900)
+def test_ansible_test_sanity(tmp_path: Path) -> None:
+    """ansible-test sanity passes on the collection."""
+    tool = _tool("ansible-test")
+    assert tool is not None
+    tree = tmp_path / "ansible_collections/xivo/wizard"
+    shutil.copytree(COLLECTION, tree)
+    home = tmp_path / "home"
+    # ansible-test bootstraps pip in each of its venvs with a get-pip script it downloads from
+    # its own CI file server, which this machine cannot reach. This stand-in, at the path where
+    # ansible-test looks for the cached script, installs the same pinned pip with the
+    # interpreter's bundled ensurepip and PyPI instead.
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    pip = subprocess.run(
+        [sys.executable, "-c", "import types; from ansible_test._internal.python_requirements "
+         "import get_venv_packages as v; "
+         f"print(v(types.SimpleNamespace(version='{python}'))['pip'])"],
+        capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    cache = home / ".ansible/test/cache"
+    cache.mkdir(parents=True)
+    (cache / f"get_pip_{pip.replace('.', '_')}.py").write_text(
+        "import subprocess, sys\n"
+        "subprocess.check_call([sys.executable, '-m', 'ensurepip', '--upgrade'])\n"
+        "sys.exit(subprocess.call([sys.executable, '-m', 'pip', 'install', *sys.argv[1:]]))\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ANSIBLE_")}
+    env.update(HOME=str(home), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    done = subprocess.run([tool, "sanity", "--local", "--python", python, "--color", "no"],
+                          cwd=tree, env=env, capture_output=True, text=True, timeout=850,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    assert 'Running sanity test "validate-modules"' in done.stdout + done.stderr
