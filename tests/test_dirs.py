@@ -48,7 +48,7 @@ def mode_of(path: Path) -> int:
 @pytest.mark.parametrize(("relative", "mode"), DOCUMENTED)
 def test_each_directory_gets_its_documented_mode(tmp_path: Path, relative: str,
                                                  mode: int) -> None:
-    """Every directory the README lists is made with its mode."""
+    """Every directory docs/operations.md lists is made with its mode."""
     prepare_dirs(Layout.under(tmp_path), os.getegid())
     assert mode_of(tmp_path / relative) == mode
 

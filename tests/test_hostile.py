@@ -50,8 +50,15 @@ INJECTIONS = [
 ]
 
 
-#: Examples each property saw in this run, reported by the last test of the file.
-SEEN: dict[str, int] = {"json": 0, "field": 0, "read_back": 0, "tools": 0, "getent": 0}
+class Count:
+    """How many examples a property checked (each test records its own row from it)."""
+
+    def __init__(self) -> None:
+        self.examples = 0
+
+    def add(self) -> None:
+        """One more example checked."""
+        self.examples += 1
 
 
 def with_field(path: tuple[str, ...], value: object) -> dict[str, Any]:
@@ -66,24 +73,45 @@ def with_field(path: tuple[str, ...], value: object) -> dict[str, Any]:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(JSON_VALUES)
-def test_any_json_value_validates_or_is_a_config_error(value: object) -> None:
+def any_json_value(seen: Count, value: object) -> None:
     """Whatever the JSON, validation either succeeds or raises ConfigError, nothing else."""
-    SEEN["json"] += 1
+    seen.add()
     try:
         config_from_data(value)
     except ConfigError as error:
         assert error.problems
 
 
+def test_any_json_value_validates_or_is_a_config_error(reliability: Reliability) -> None:
+    """Whatever the JSON, validation either succeeds or raises ConfigError, nothing else."""
+    seen = Count()
+    any_json_value(seen)
+    reliability.record(area="hostile input", fault="any JSON value as the body",
+                       injection="hypothesis: nested null/bool/number/string/list/object",
+                       trials=seen.examples, lost=0,
+                       outcome="valid, or the config error listing problems; never another "
+                       "exception")
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(FIELDS), JSON_VALUES)
-def test_any_value_in_any_field(path: tuple[str, ...], value: object) -> None:
+def any_value_in_any_field(seen: Count, path: tuple[str, ...], value: object) -> None:
     """Any JSON value in any field validates or names that field in the error."""
-    SEEN["field"] += 1
+    seen.add()
     try:
         config_from_data(with_field(path, value))
     except ConfigError as error:
         assert any(problem.startswith(path[0]) for problem in error.problems), error.problems
+
+
+def test_any_value_in_any_field(reliability: Reliability) -> None:
+    """Any JSON value in any field validates or names that field in the error."""
+    seen = Count()
+    any_value_in_any_field(seen)
+    reliability.record(area="hostile input", fault="any JSON value in any field",
+                       injection=f"hypothesis: each of {len(FIELDS)} fields",
+                       trials=seen.examples, lost=0,
+                       outcome="valid, or the config error naming that field")
 
 
 def rendered(config: WizardConfig) -> dict[str, str]:
@@ -153,14 +181,24 @@ def accepted(network: dict[str, Any]) -> WizardConfig | None:
         return None
 
 
+def test_accepted_configs_read_back(reliability: Reliability) -> None:
+    """Every accepted config renders files that parse back to the same values."""
+    seen = Count()
+    accepted_configs_read_back(seen)
+    reliability.record(area="hostile input", fault="accepted configs, read back",
+                       injection="hypothesis: networks /8 to /29, VLANs",
+                       trials=seen.examples, lost=0,
+                       outcome="every file parses back to the config's values")
+
+
 @settings(max_examples=150, deadline=None)
 @given(networks())
-def test_accepted_configs_read_back(network: dict[str, Any]) -> None:
+def accepted_configs_read_back(seen: Count, network: dict[str, Any]) -> None:
     """Every accepted config renders files that parse back to the same values."""
     config = accepted(network)
     if config is None:
         return
-    SEEN["read_back"] += 1
+    seen.add()
     files = rendered(config)
     net = config.network
     assert files["/etc/hostname"] == f"{net.hostname}\n"
@@ -184,14 +222,23 @@ def settle(directory: Path) -> None:
 @needs_tool("ifquery")
 @needs_tool("postconf")
 @needs_tool("postmap")
+def test_accepted_configs_pass_the_real_tools(reliability: Reliability) -> None:
+    """ifquery, postconf and postmap accept what any accepted config renders."""
+    seen = Count()
+    accepted_configs_pass_the_real_tools(seen)
+    reliability.record(area="hostile input", fault="accepted configs, real tools",
+                       injection="hypothesis: rendered files through ifquery, postconf, postmap",
+                       trials=seen.examples, lost=0, outcome="all accepted, values read back")
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(networks())
-def test_accepted_configs_pass_the_real_tools(network: dict[str, Any]) -> None:
+def accepted_configs_pass_the_real_tools(seen: Count, network: dict[str, Any]) -> None:
     """ifquery, postconf and postmap accept what any accepted config renders."""
     config = accepted(network)
     if config is None:
         return
-    SEEN["tools"] += 1
+    seen.add()
     files = rendered(config)
     net = config.network
     with tempfile.TemporaryDirectory() as scratch:
@@ -217,11 +264,21 @@ def test_accepted_configs_pass_the_real_tools(network: dict[str, Any]) -> None:
 @pytest.mark.processes
 @needs_root
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(networks())
-def test_getent_resolves_the_fqdn_in_a_private_namespace(network: dict[str, Any]) -> None:
+def test_getent_resolves_the_fqdn_in_a_private_namespace(reliability: Reliability) -> None:
     """With the rendered /etc/hosts bind-mounted in a private mount namespace, the resolver
     itself maps the FQDN and the short name to ip_address."""
+    seen = Count()
+    getent_resolves_the_fqdn(seen)
+    reliability.record(area="hostile input", fault="accepted configs, the resolver",
+                       injection="rendered /etc/hosts bind-mounted in a private mount "
+                       "namespace, getent hosts", trials=seen.examples, lost=0,
+                       outcome="FQDN and short name resolve to ip_address")
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(networks())
+def getent_resolves_the_fqdn(seen: Count, network: dict[str, Any]) -> None:
+    """The resolver maps the FQDN and the short name of an accepted config to ip_address."""
     config = accepted(network)
     if config is None:
         return
@@ -241,7 +298,7 @@ def test_getent_resolves_the_fqdn_in_a_private_namespace(network: dict[str, Any]
     lines = done.stdout.splitlines()
     assert lines[0].split()[0] == net.ip_address
     assert lines[1].split()[0] == net.ip_address
-    SEEN["getent"] += 1
+    seen.add()
 
 
 # --- hostile roots: the root is a fence, end to end through the CLI ---------------------------
@@ -361,24 +418,3 @@ def test_example_body_is_still_valid() -> None:
     """The fixtures above start from a valid body."""
     parse_config((EXAMPLES / "wizard.json").read_bytes())
 
-
-def test_zz_report_the_properties(reliability: Reliability) -> None:
-    """Record what the property tests above checked (they passed, or this file failed)."""
-    if not any(SEEN.values()):
-        pytest.skip("the property tests above did not run in this session")
-    rows = [
-        ("json", "any JSON value as the body", "hypothesis: nested null/bool/number/string/"
-         "list/object", "valid, or the config error listing problems; never another exception"),
-        ("field", "any JSON value in any field", f"hypothesis: each of {len(FIELDS)} fields",
-         "valid, or the config error naming that field"),
-        ("read_back", "accepted configs, read back", "hypothesis: networks /8 to /29, VLANs",
-         "every file parses back to the config's values"),
-        ("tools", "accepted configs, real tools", "hypothesis: rendered files through ifquery, "
-         "postconf, postmap", "all accepted, values read back"),
-        ("getent", "accepted configs, the resolver", "rendered /etc/hosts bind-mounted in a "
-         "private mount namespace, getent hosts", "FQDN and short name resolve to ip_address"),
-    ]
-    for key, fault, injection, outcome in rows:
-        if SEEN[key]:
-            reliability.record(area="hostile input", fault=fault, injection=injection,
-                               trials=SEEN[key], lost=0, outcome=outcome)

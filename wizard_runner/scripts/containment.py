@@ -1,17 +1,16 @@
 """Everything the scripts step started, as one set: a cgroup of its own, or the fallback.
 
-A cgroup is the kernel's answer to "everything this started": no process can leave it, so
-its member list says whether anything is left after a script, and freezing it then killing
-its members ends everything at once, however fast it forks. The runner creates one per
-scripts step under its own cgroup (cgroup v2, wherever it is mounted), puts the helper in it
-(scripts and all they start follow), and removes it at the end of the step; one a killed
-runner left behind is emptied and removed by the next run.
+A cgroup is the kernel's answer to "everything this started": no process leaves it, its list
+says what is left after a script, and freezing it before killing its members ends them all at
+once however fast they fork. The step makes one under the runner's own cgroup (cgroup v2,
+wherever mounted), puts the helper in it, and removes it at its end; one a killed runner left
+is emptied and removed by the next step.
 
-Where no writable cgroup v2 exists (a container, an embedding without delegation), or when
-WIZARD_RUNNER_CONTAINMENT=subreaper asks for it, the fallback follows parentage: the helper
-is the subreaper of what the scripts start, and the runner is one for the step's duration, so
-that what a killed helper left is re-parented to the runner and still found. Stopping
-everything there means SIGSTOP sweeps until nothing runs, then SIGKILL.
+Without a writable cgroup v2 (a container, an embedding without delegation), or with
+WIZARD_RUNNER_CONTAINMENT=subreaper, the fallback follows parentage: the helper is the
+subreaper of what the scripts start, and the runner one for the step, so that what a killed
+helper left comes to the runner. Killing there is SIGSTOP sweeps until nothing runs, then
+SIGKILL.
 """
 
 from __future__ import annotations
@@ -27,11 +26,11 @@ from typing import Final, Protocol
 #: Set to `subreaper` to use the fallback even where a cgroup could be made.
 CONTAINMENT_ENV: Final = "WIZARD_RUNNER_CONTAINMENT"
 PREFIX: Final = "wizard-runner."
-_PR_SET_CHILD_SUBREAPER: Final = 36
-_PR_GET_CHILD_SUBREAPER: Final = 37
-#: How long a kill may take to empty the set, and how often to look meanwhile.
+#: How long a freeze or a removal may take, and how often to look meanwhile.
 SETTLE: Final = 5.0
 _LOOK: Final = 0.005
+_PR_SET_CHILD_SUBREAPER: Final = 36
+_PR_GET_CHILD_SUBREAPER: Final = 37
 
 
 class Containment(Protocol):
@@ -57,28 +56,20 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-# --- cgroup v2 ----------------------------------------------------------------------------------
-
-
 def cgroup2_mount(mountinfo: str) -> tuple[Path, str] | None:
-    """Where the cgroup v2 hierarchy is mounted and which of its directories that mount shows
-    (the 4th field), from /proc/self/mountinfo's text."""
+    """Where cgroup v2 is mounted and which of its directories the mount shows (field 4),
+    from /proc/self/mountinfo."""
     for line in mountinfo.splitlines():
-        fields = line.split()
-        if " - " not in line or len(fields) < 10:
-            continue
-        after = line.split(" - ", 1)[1].split()
-        if after and after[0] == "cgroup2":
-            return Path(fields[4]), fields[3]
+        fields, _, after = line.partition(" - ")
+        if after.split()[:1] == ["cgroup2"] and len(fields.split()) >= 5:
+            return Path(fields.split()[4]), fields.split()[3]
     return None
 
 
 def own_cgroup(proc_cgroup: str) -> str | None:
     """The process's cgroup v2 path (`0::/path` in /proc/self/cgroup)."""
-    for line in proc_cgroup.splitlines():
-        if line.startswith("0::"):
-            return line[3:] or "/"
-    return None
+    return next((line[3:] or "/" for line in proc_cgroup.splitlines()
+                 if line.startswith("0::")), None)
 
 
 def _cgroup_parent() -> Path | None:
@@ -88,23 +79,11 @@ def _cgroup_parent() -> Path | None:
         path = own_cgroup(Path("/proc/self/cgroup").read_text())
     except OSError:
         return None
-    if mount is None or path is None:
-        return None
-    point, shown = mount
-    relative = os.path.relpath(path, shown)
-    if relative.startswith(".."):
-        return None  # our cgroup lies outside what this mount shows (a namespace)
-    parent = (point / relative).resolve()
-    if not (parent / "cgroup.procs").exists() or not os.access(parent, os.W_OK):
-        return None
-    return parent
-
-
-def _read_pids(path: Path) -> list[int]:
-    try:
-        return [int(line) for line in path.read_text().split()]
-    except (OSError, ValueError):
-        return []
+    if mount is None or path is None or os.path.relpath(path, mount[1]).startswith(".."):
+        return None  # none, or ours lies outside what the mount shows (a namespace)
+    parent = (mount[0] / os.path.relpath(path, mount[1])).resolve()
+    ok = (parent / "cgroup.procs").exists() and os.access(parent, os.W_OK)
+    return parent if ok else None
 
 
 class Cgroup:
@@ -131,12 +110,15 @@ class Cgroup:
         (self.path / "cgroup.procs").write_text(f"{pid}\n")
 
     def members(self) -> list[int]:
-        """The live processes in it (an exited one leaves the cgroup before it is reaped)."""
-        return _read_pids(self.path / "cgroup.procs")
+        """The live processes in it (an exited one leaves it before it is reaped)."""
+        try:
+            return [int(pid) for pid in (self.path / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return []
 
     def _freeze(self, frozen: bool) -> None:
-        """Freeze or thaw; freezing waits (briefly) until every member is frozen, so that none
-        forks after the members are listed."""
+        """Freeze (waiting until every member is, so that none forks after the list is read)
+        or thaw."""
         with contextlib.suppress(OSError):
             (self.path / "cgroup.freeze").write_text("1\n" if frozen else "0\n")
         deadline = time.monotonic() + SETTLE
@@ -150,8 +132,8 @@ class Cgroup:
             time.sleep(_LOOK)
 
     def kill(self, spare: int | None = None) -> None:
-        """Freeze it, SIGKILL every member but `spare`, thaw: a frozen process cannot fork,
-        and a killed one dies as it thaws."""
+        """cgroup.kill when nothing is spared; else freeze, SIGKILL all but `spare`, thaw (a
+        frozen process cannot fork, and a killed one dies as it thaws)."""
         if spare is None and (self.path / "cgroup.kill").exists():
             with contextlib.suppress(OSError):
                 (self.path / "cgroup.kill").write_text("1\n")
@@ -165,7 +147,7 @@ class Cgroup:
             self._freeze(False)
 
     def close(self) -> None:
-        """Kill everything in it, wait until it is empty, remove it."""
+        """Kill everything in it, then remove it once it is empty."""
         self.kill()
         deadline = time.monotonic() + SETTLE
         while time.monotonic() < deadline:
@@ -179,11 +161,8 @@ class Cgroup:
                 return
 
 
-# --- the fallback -------------------------------------------------------------------------------
-
-
 def _children(pid: int) -> list[int]:
-    """A process's direct children, from /proc (threads' lists merged)."""
+    """A process's direct children, from /proc (all its threads' lists)."""
     found: list[int] = []
     with contextlib.suppress(OSError):
         for task in os.listdir(f"/proc/{pid}/task"):
@@ -201,17 +180,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _set_subreaper(on: bool) -> bool:
-    """Make the runner a child subreaper (or stop being one); False where it cannot."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0)
-
-
-def _is_subreaper() -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    value = ctypes.c_int(0)
-    return bool(libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) == 0
-                and value.value)
+def _prctl(option: int, value: int | ctypes.c_int) -> int:
+    arg = ctypes.byref(value) if isinstance(value, ctypes.c_int) else value
+    return int(ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0))
 
 
 class Subreaper:
@@ -222,8 +193,9 @@ class Subreaper:
     def __init__(self) -> None:
         self.helper: int | None = None
         self.ours = set(_children(os.getpid()))  # the runner's own children before the step
-        self.was_subreaper = _is_subreaper()
-        _set_subreaper(True)
+        was = ctypes.c_int(0)
+        self.was_subreaper = _prctl(_PR_GET_CHILD_SUBREAPER, was) == 0 and bool(was.value)
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
     def adopt(self, pid: int) -> None:
         """Remember the helper: its descendants are the set."""
@@ -236,14 +208,14 @@ class Subreaper:
         found: list[int] = []
         while pending:
             pid = pending.pop()
-            if pid in found:
-                continue
-            found.append(pid)
-            pending += _children(pid)
+            if pid not in found:
+                found.append(pid)
+                pending += _children(pid)
         return [pid for pid in found if _alive(pid)]
 
     def kill(self, spare: int | None = None) -> None:
-        """SIGSTOP sweeps until no member runs (a stopped process cannot fork), then SIGKILL."""
+        """SIGSTOP sweeps until no member runs (a stopped process cannot fork), then SIGKILL;
+        what the runner adopted is reaped (the helper is its spawner's to reap)."""
         deadline = time.monotonic() + SETTLE
         stopped: set[int] = set()
         while time.monotonic() < deadline:
@@ -255,21 +227,15 @@ class Subreaper:
             stopped.update(fresh)
         for pid in stopped:
             _signal(pid, signal.SIGKILL)
-        self._reap(stopped)
-
-    def _reap(self, killed: set[int]) -> None:
-        """Reap what the runner adopted (a dead helper's orphans) and killed; the helper
-        itself is its spawner's to reap."""
-        adopted = set(_children(os.getpid())) & killed - {self.helper}
-        for pid in adopted:
+        for pid in set(_children(os.getpid())) & stopped - {self.helper}:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)  # dying now; a later call reaps a late one
 
     def close(self) -> None:
-        """Kill what is left, reap it, and stop being a subreaper if the runner was not."""
+        """Kill what is left, and stop being a subreaper if the runner was not one."""
         self.kill()
         if not self.was_subreaper:
-            _set_subreaper(False)
+            _prctl(_PR_SET_CHILD_SUBREAPER, 0)
 
 
 def contain(tag: str) -> Containment:

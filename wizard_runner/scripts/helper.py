@@ -1,26 +1,23 @@
-"""The helper that starts the scripts, already the run user: its whole program, and the
-protocol both ends speak.
+"""The helper that starts the scripts, already the run user: its program, and the protocol
+both ends speak.
 
-The runner starts it once per scripts step, as root: `python -I -S helper.py PARENT_PID
-[UID GID GROUPS]`, its control socket on fd 3, and puts it in the step's containment. It
-becomes a subreaper (whatever a script leaves running is re-parented to it), drops to the run
-user, and says READY. Then it serves the runner in lock-step: for each RUN it starts that one
-script with posix_spawn (vfork and exec: what run-parts does), hands back the read ends of
-its output, waits for it, and says how it ended and whether anything it started still runs.
-It never starts anything on its own, so the runner always knows what runs.
+The runner starts it once per step, as root (`python -I -S helper.py PARENT_PID [UID GID
+GROUPS]`, its socket on fd 3) and puts it in the step's containment. It becomes a subreaper,
+drops to the run user, says READY, then serves in lock-step: for each RUN it starts that one
+script (posix_spawn: vfork and exec, like run-parts), hands back the read ends of its output
+(STARTED), waits for it and says how it ended and whether anything it started still runs
+(EXITED). It starts nothing on its own. It imports a few standard modules, all before it
+drops privileges (the run user may not be able to read them).
 
-It imports a few standard modules only, all before it drops privileges (the run user may not
-be able to read them), so it starts fast; the runner imports it for the protocol.
+One SOCK_SEQPACKET datagram per message, its kind the first byte:
 
-One SOCK_SEQPACKET datagram per message; the first byte is its kind:
-
-    runner -> helper   ENV      the scripts' environment (NUL-separated KEY=value)
-                       RUN      index, then the script's path
+    runner -> helper   ENV      the environment (NUL-separated KEY=value)
+                       RUN      index; the script's path
     helper -> runner   READY
-                       STARTED  index, pid, start time (ns)   + the read ends of its output
-                       FAILED   index, errno                  it could not be started
-                       EXITED   index, pid, wait status, anything left (0/1), end time (ns)
-                       ERROR    text                          it cannot go on (and exits)
+                       STARTED  index, pid, start (ns); the read ends of stdout and stderr
+                       FAILED   index, errno (it could not start)
+                       EXITED   index, pid, wait status, anything left (0/1), end (ns)
+                       ERROR    text (it cannot go on, and exits)
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ run user, inside the step's containment; the first failure, a stop or a broken h
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ from wizard_runner.scripts.discovery import Decision, Verdict, check_safe, scan
 from wizard_runner.scripts.output import DEFAULT_CAP, Progress, ScriptOutput
 from wizard_runner.scripts.spawner import HelperError, Spawner, Started, Switch
 from wizard_runner.scripts.watch import Watch, Watched, how_broken
-from wizard_runner.signals import pending_stop, take_stop
+from wizard_runner.signals import pending_stop, settle_stops
 
 SCRIPT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_EXEC_HINTS: Final = {errno.ENOEXEC: " (no #! line?)",
+                      errno.ENOENT: " (is the #! interpreter installed?)"}
 
 
 @dataclass(frozen=True)
@@ -48,23 +51,13 @@ def script_env(config: WizardConfig, user: RunUser, run_id: str, root: Path) -> 
     """The whole environment of a script: basics plus the non-secret wizard values."""
     net = config.network
     return {
-        "PATH": SCRIPT_PATH,
-        "HOME": user.home,
-        "USER": user.name,
-        "LOGNAME": user.name,
-        "LANG": "C.UTF-8",
-        "WIZARD_HOSTNAME": net.hostname,
-        "WIZARD_DOMAIN": net.domain,
-        "WIZARD_FQDN": net.fqdn,
-        "WIZARD_INTERFACE": net.interface,
-        "WIZARD_IP_ADDRESS": net.ip_address,
-        "WIZARD_NETMASK": net.netmask,
-        "WIZARD_GATEWAY": net.gateway,
-        "WIZARD_NAMESERVERS": " ".join(net.nameservers),
-        "WIZARD_TIMEZONE": config.timezone,
-        "WIZARD_LANGUAGE": config.language,
-        "WIZARD_ENTITY_NAME": config.entity_name,
-        "WIZARD_RUN_ID": run_id,
+        "PATH": SCRIPT_PATH, "HOME": user.home, "USER": user.name, "LOGNAME": user.name,
+        "LANG": "C.UTF-8", "WIZARD_HOSTNAME": net.hostname, "WIZARD_DOMAIN": net.domain,
+        "WIZARD_FQDN": net.fqdn, "WIZARD_INTERFACE": net.interface,
+        "WIZARD_IP_ADDRESS": net.ip_address, "WIZARD_NETMASK": net.netmask,
+        "WIZARD_GATEWAY": net.gateway, "WIZARD_NAMESERVERS": " ".join(net.nameservers),
+        "WIZARD_TIMEZONE": config.timezone, "WIZARD_LANGUAGE": config.language,
+        "WIZARD_ENTITY_NAME": config.entity_name, "WIZARD_RUN_ID": run_id,
         "WIZARD_ROOT": str(root),
     }
 
@@ -72,8 +65,8 @@ def script_env(config: WizardConfig, user: RunUser, run_id: str, root: Path) -> 
 # --- judging one script (pure) ------------------------------------------------------------------
 
 
-def _signal_name(returncode: int) -> str | None:
-    if returncode >= 0:
+def _signal_name(returncode: int | None) -> str | None:
+    if returncode is None or returncode >= 0:
         return None
     try:
         return signal.Signals(-returncode).name
@@ -81,88 +74,65 @@ def _signal_name(returncode: int) -> str | None:
         return f"signal {-returncode}"
 
 
-def _verdict(seen: Watched, started: float, signal_name: str | None
-             ) -> tuple[ScriptStatus, str | None]:
+def _verdict(seen: Watched, started: float) -> tuple[ScriptStatus, str | None]:
     exited = seen.exited
-    if seen.broken is not None:
-        return ScriptStatus.FAILED, seen.broken
-    if exited is None:
-        return ScriptStatus.FAILED, "no exit status came from the helper"
+    if seen.broken is not None or exited is None:
+        return ScriptStatus.FAILED, seen.broken or "no exit status came from the helper"
     if seen.deadline is not None and exited.ended > seen.deadline:
         return ScriptStatus.TIMED_OUT, f"timed out after {seen.deadline - started:g} s"
-    if seen.stopped_by is not None and (seen.stopped_at is None or
-                                        exited.ended >= seen.stopped_at):
+    if seen.stopped_by is not None and exited.ended >= (seen.stopped_at or 0.0):
         return ScriptStatus.FAILED, f"stopped: wizard-runner was {RunInterrupted(seen.stopped_by)}"
     code = exited.returncode
     if code < 0:
-        return ScriptStatus.FAILED, f"killed by {signal_name}"
+        return ScriptStatus.FAILED, f"killed by {_signal_name(code)}"
     return (ScriptStatus.FAILED, f"exited with {code}") if code else (ScriptStatus.SUCCEEDED, None)
 
 
 def judge(name: str, script: Started, seen: Watched, tail: str) -> ScriptOutcome:
     """What became of a script, from what its watch saw. Times are the helper's: a script that
     ended past its deadline timed out, one that ended before a stop ended by itself."""
-    exited = seen.exited
-    code = exited.returncode if exited is not None else None
-    ended = exited.ended if exited is not None else seen.ended_at or script.started
-    status, reason = _verdict(seen, script.started, _signal_name(code or 0))
-    return ScriptOutcome(
-        name, status, code if code is not None and code >= 0 else None,
-        _signal_name(code or 0), round(max(ended - script.started, 0.0), 3), tail, reason,
-        tuple(str(found) for found in seen.leftovers) + (
-            (f"... and {seen.more_leftovers} more",) if seen.more_leftovers else ()),
-    )
+    code = seen.exited.returncode if seen.exited is not None else None
+    ended = seen.exited.ended if seen.exited is not None else seen.ended_at or script.started
+    status, reason = _verdict(seen, script.started)
+    more = (f"... and {seen.more_leftovers} more",) if seen.more_leftovers else ()
+    return ScriptOutcome(name, status, code if code is not None and code >= 0 else None,
+                         _signal_name(code), round(max(ended - script.started, 0.0), 3), tail,
+                         reason, tuple(str(found) for found in seen.leftovers) + more)
+
+
+def _clean(seen: Watched) -> bool:
+    """Ended by itself with 0, in time, leaving nothing: the next script may start."""
+    return _verdict(seen, 0.0)[0] is ScriptStatus.SUCCEEDED and seen.stopped_by is None and \
+        not seen.leftovers and not seen.more_leftovers
 
 
 def failure_message(outcome: ScriptOutcome, lines: int = 10) -> str:
     """The run's error for a failed script: which, why, and its last lines of output."""
     message = f"script {printable(outcome.name)} failed: {outcome.reason}"
     tail = outcome.output_tail.splitlines()[-lines:]
-    if tail:
-        message += "; last output:\n" + "\n".join(f"  {line}" for line in tail)
-    return message
-
-
-def _exec_hint(code: int | None) -> str:
-    if code == 8:  # ENOEXEC
-        return " (no #! line?)"
-    if code == 2:  # ENOENT
-        return " (is the #! interpreter installed?)"
-    return ""
+    return message + ("; last output:\n" + "\n".join(f"  {line}" for line in tail)
+                      if tail else "")
 
 
 # --- the sequence (shell) -----------------------------------------------------------------------
 
 
-def _start_index(decisions: Sequence[Decision], start_at: str | None) -> int:
-    if start_at is None:
-        return 0
-    for index, decision in enumerate(decisions):
-        if decision.name == start_at and decision.verdict is not Verdict.SKIP:
-            return index
-    raise UsageError(f"--from {printable(start_at)}: no such script in wizard.d")
-
-
+@dataclass
 class _Step:
     """The step under way: its helper (started with the first script), what ended it."""
 
-    def __init__(self, *, env: dict[str, str], options: ScriptsOptions, layout: Layout,
-                 run_id: str, log: FilteringBoundLogger, progress: Progress | None,
-                 contained: Callable[[str], None] | None = None) -> None:
-        self.env = env
-        self.options = options
-        self.layout = layout
-        self.run_id = run_id
-        self.log = log
-        self.progress = progress
-        self.contained = contained
-        self.box: Containment | None = None
-        self.spawner: Spawner | None = None
-        self.ended_by: str | None = None  # why the rest does not run
-        self.stopped: int | None = None
-        self.ordered: int | None = None  # the script ordered ahead (its position)
-        self.wizard_d = layout.wizard_d
-        self.log_dir = layout.log_dir / run_id
+    env: dict[str, str]
+    options: ScriptsOptions
+    layout: Layout
+    run_id: str
+    log: FilteringBoundLogger
+    progress: Progress | None
+    contained: Callable[[str], None] | None
+    box: Containment | None = None
+    spawner: Spawner | None = None
+    ended_by: str | None = None  # why the rest does not run
+    stopped: int | None = None  # the stop signal that ended the step
+    ordered: int | None = None  # the position of the script ordered ahead
 
     def helper(self) -> Spawner:
         """The step's helper, started in its containment on first use."""
@@ -173,9 +143,8 @@ class _Step:
                 self.contained(self.box.name)
             user = self.options.user
             switch = None if user.is_current else Switch(user.uid, user.gid, user.groups)
-            spawner = Spawner(self.env, switch, self.box)
-            spawner.start()
-            self.spawner = spawner
+            self.spawner = Spawner(self.env, switch, self.box)
+            self.spawner.start()
         return self.spawner
 
     def close(self) -> None:
@@ -191,71 +160,86 @@ class _Step:
             self.box.kill()
         self.ended_by = f"not run: the script helper failed at {printable(name)}"
 
-    def run(self, decision: Decision, position: tuple[int, int],
-            follow: Decision | None) -> ScriptOutcome:
-        """Run one script to its end and judge it. When it ended cleanly, `follow` (the next
-        script) is ordered at once, before this one's outcome is logged: the helper starts it
-        while the runner writes, and no runner wakes a helper gone idle meanwhile."""
-        name = decision.name
-        log = self.log.bind(script=name)
-        path = str(self.wizard_d / name)
-        if self.progress is not None:
-            self.progress.started(*position, name)
-        output = ScriptOutput(name, self.log_dir, log, self.progress, self.options.output_cap)
-        try:
-            spawner = self.helper()
-            if self.ordered == position[0]:
-                script = spawner.started(position[0], path)
-            else:
-                script = spawner.run(position[0], path)
-        except HelperError as error:
-            output.close()
-            log.info("script_started", path=path, user=self.options.user.name)
+    def _not_started(self, name: str, error: HelperError | OSError) -> ScriptOutcome:
+        self.log.info("script_started", script=name, user=self.options.user.name)
+        if isinstance(error, HelperError):
             # Stopped or killed as it started the script: the script may well have done it.
             state = self.spawner.state() if self.spawner is not None else None
             reason = how_broken(state) if state else f"cannot start: {error}"
             self._broken(name)
-            return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason, duration_s=0.0)
-        except OSError as error:
+        else:
+            reason = f"cannot execute: {error.strerror}{_EXEC_HINTS.get(error.errno or 0, '')}"
+        return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason, duration_s=0.0)
+
+    def run(self, name: str, position: int, follow: str | None) -> ScriptOutcome:
+        """Run one script to its end and judge it. When it ended cleanly, `follow` (the next
+        script) is ordered at once, before this outcome is logged: the helper starts it while
+        the runner writes, instead of waiting idle for the runner's word."""
+        log, path = self.log.bind(script=name), str(self.layout.wizard_d / name)
+        output = ScriptOutput(name, self.layout.log_dir / self.run_id, log, self.progress,
+                              self.options.output_cap)
+        try:
+            spawner = self.helper()
+            script = (spawner.started(position, path) if self.ordered == position
+                      else spawner.run(position, path))
+        except (HelperError, OSError) as error:
             output.close()
-            log.info("script_started", path=path, user=self.options.user.name)
-            reason = f"cannot execute: {error.strerror}{_exec_hint(error.errno)}"
-            return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason, duration_s=0.0)
+            return self._not_started(name, error)
         assert self.box is not None  # noqa: S101 - helper() made it
         log.info("script_started", path=path, user=self.options.user.name, pid=script.pid)
-        timeout = self.options.timeout
-        deadline = script.started + timeout if timeout else None
-        watch = Watch(spawner, self.box, script, output, deadline=deadline,
-                      grace=self.options.grace, log=log)
-        seen = watch.run()
+        deadline = script.started + self.options.timeout if self.options.timeout else None
+        seen = Watch(spawner, self.box, script, output, deadline=deadline,
+                     grace=self.options.grace, log=log).run()
         if follow is not None and _clean(seen) and pending_stop() is None:
             with contextlib.suppress(HelperError):  # said when its start is awaited
-                spawner.order(position[0] + 1, str(self.wizard_d / follow.name))
-                self.ordered = position[0] + 1
-        outcome = judge(name, script, seen, output.close())
+                spawner.order(position + 1, str(self.layout.wizard_d / follow))
+                self.ordered = position + 1
         if seen.broken is not None:
             self._broken(name)
-        if seen.stopped_by is not None:
-            self.stopped = seen.stopped_by
+        self.stopped = seen.stopped_by or self.stopped
+        return judge(name, script, seen, output.close())
+
+    def entry(self, decision: Decision, position: int, follow: str | None) -> ScriptOutcome:
+        """What becomes of one entry of wizard.d past the start point."""
+        name = decision.name
+        stop = pending_stop()
+        if self.ended_by is None and stop is not None and self.ordered != position:
+            self.stopped = stop  # no script starts once a stop is held
+        if self.stopped is not None:
+            self.ended_by = f"not run: wizard-runner was {RunInterrupted(self.stopped)}"
+        if self.ended_by is not None:
+            return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
+        if decision.verdict is Verdict.FAIL:
+            outcome = ScriptOutcome(name, ScriptStatus.FAILED, reason=decision.reason)
+        else:
+            outcome = self.run(name, position, follow)
+        details = {"exit_code": outcome.exit_code, "signal": outcome.signal,
+                   "duration_s": outcome.duration_s, "reason": outcome.reason}
+        if outcome.failed:
+            self.ended_by = self.ended_by or f"not run: {printable(name)} failed"
+            self.log.error("script_failed", script=name, output_tail=outcome.output_tail,
+                           **details)
+        else:
+            self.log.info("script_succeeded", script=name, **details)
+        if self.stopped is not None:
+            self.ended_by = f"not run: wizard-runner was {RunInterrupted(self.stopped)}"
         return outcome
 
 
-def _clean(seen: Watched) -> bool:
-    """Ended by itself with 0, in time, leaving nothing: the next script may start."""
-    exited = seen.exited
-    return (exited is not None and exited.returncode == 0 and seen.broken is None and
-            seen.stopped_by is None and not seen.leftovers and not seen.more_leftovers and
-            (seen.deadline is None or exited.ended <= seen.deadline))
+def _start_index(decisions: Sequence[Decision], start_at: str | None) -> int:
+    for index, decision in enumerate(decisions):
+        if start_at is None or (decision.name == start_at and decision.verdict is not
+                                Verdict.SKIP):
+            return index
+    raise UsageError(f"--from {printable(start_at or '')}: no such script in wizard.d")
 
 
-def _log_outcome(outcome: ScriptOutcome, log: FilteringBoundLogger) -> None:
-    details = {"exit_code": outcome.exit_code, "signal": outcome.signal,
-               "duration_s": outcome.duration_s, "reason": outcome.reason}
-    if outcome.failed:
-        log.error("script_failed", script=outcome.name, output_tail=outcome.output_tail,
-                  **details)
-    else:
-        log.info("script_succeeded", script=outcome.name, **details)
+def _following(decisions: Sequence[Decision], index: int) -> str | None:
+    """The entry that runs after `index` if all goes well (None: none, or one that fails)."""
+    for decision in decisions[index + 1:]:
+        if decision.verdict is not Verdict.SKIP:
+            return decision.name if decision.verdict is Verdict.RUN else None
+    return None
 
 
 def run_scripts(
@@ -271,9 +255,8 @@ def run_scripts(
 ) -> list[ScriptOutcome]:
     """Run every script of wizard.d in order; the first failure stops the rest.
 
-    `record` is called with the outcomes so far after each entry, `contained` with the name
-    of the containment (`cgroup` or `subreaper`) as the first script is about to start. A
-    stop signal (with
+    `record` gets the outcomes so far after each entry, `contained` the containment's name
+    (`cgroup` or `subreaper`) as the first script is about to start. A stop signal (with
     wizard-runner's handlers) stops the running script, reports the rest `not_run`, and
     raises RunInterrupted once every outcome is recorded.
     """
@@ -283,68 +266,32 @@ def run_scripts(
     decisions = found.decisions
     start = _start_index(decisions, options.start_at)
     total = sum(1 for d in decisions[start:] if d.verdict is not Verdict.SKIP)
-    step = _Step(env=script_env(config, options.user, run_id, layout.root), options=options,
-                 layout=layout, run_id=run_id, log=log, progress=progress, contained=contained)
+    step = _Step(script_env(config, options.user, run_id, layout.root), options, layout,
+                 run_id, log, progress, contained)
     outcomes: list[ScriptOutcome] = []
     position = 0
     try:
         for index, decision in enumerate(decisions):
-            if index >= start and decision.verdict is not Verdict.SKIP:
+            if decision.verdict is Verdict.SKIP:
+                log.info("script_skipped", script=decision.name, reason=decision.reason)
+                outcome = ScriptOutcome(decision.name, ScriptStatus.SKIPPED,
+                                        reason=decision.reason)
+            elif index < start:
+                outcome = ScriptOutcome(decision.name, ScriptStatus.NOT_RUN, reason=(
+                    options.start_note or f"before --from {options.start_at}"))
+            else:
                 position += 1
-            outcome = _next(step, decision, index < start, position, total)
-            if outcome is None:
-                outcome = step.run(decision, (position, total), _following(decisions, index))
-                _log_outcome(outcome, log)
-                if progress is not None:
+                if progress is not None and step.ended_by is None and pending_stop() is None:
+                    progress.started(position, total, decision.name)
+                outcome = step.entry(decision, position, _following(decisions, index))
+                if progress is not None and outcome.status is not ScriptStatus.NOT_RUN:
                     progress.finished(outcome)
-                if outcome.failed and step.ended_by is None:
-                    step.ended_by = f"not run: {printable(decision.name)} failed"
-                if step.stopped is not None:
-                    step.ended_by = f"not run: wizard-runner was {RunInterrupted(step.stopped)}"
             outcomes.append(outcome)
             if record is not None:
                 record(outcomes)
     finally:
         step.close()
     if step.stopped is not None:
-        take_stop()
+        settle_stops()
         raise RunInterrupted(step.stopped)
     return outcomes
-
-
-def _following(decisions: Sequence[Decision], index: int) -> Decision | None:
-    """The entry that runs after `index` if all goes well (None: none, or one that fails)."""
-    for decision in decisions[index + 1:]:
-        if decision.verdict is not Verdict.SKIP:
-            return decision if decision.verdict is Verdict.RUN else None
-    return None
-
-
-def _next(step: _Step, decision: Decision, before_start: bool, position: int,
-          total: int) -> ScriptOutcome | None:
-    """The outcome of an entry that does not run (skipped, before the start, after the end,
-    failing at its place), or None when it runs."""
-    options, log = step.options, step.log
-    if decision.verdict is Verdict.SKIP:
-        log.info("script_skipped", script=decision.name, reason=decision.reason)
-        return ScriptOutcome(decision.name, ScriptStatus.SKIPPED, reason=decision.reason)
-    if before_start:
-        return ScriptOutcome(decision.name, ScriptStatus.NOT_RUN,
-                             reason=options.start_note or f"before --from {options.start_at}")
-    stop = pending_stop()
-    if step.ended_by is None and stop is not None and step.ordered != position:
-        step.stopped = stop
-        step.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
-    if step.ended_by is not None:
-        return ScriptOutcome(decision.name, ScriptStatus.NOT_RUN, reason=step.ended_by)
-    if decision.verdict is Verdict.FAIL:
-        log.error("script_failed", script=decision.name, reason=decision.reason)
-        step.ended_by = f"not run: {printable(decision.name)} failed"
-        if step.progress is not None:
-            step.progress.started(position, total, decision.name)
-        failed = ScriptOutcome(decision.name, ScriptStatus.FAILED, reason=decision.reason)
-        if step.progress is not None:
-            step.progress.finished(failed)
-        return failed
-    return None
-
