@@ -320,6 +320,8 @@ def step_problems(root: Path, code: int, stdout: str, stderr: str, signum: int) 
     if stored.run_id != printed["run_id"] or stored.exit_code != code:
         problems.append("the stored result is not this run's, or contradicts the exit code")
     statuses = [script.status.value for script in stored.scripts]
-    if code != 0 and "not_run" not in statuses and statuses[-1:] != ["failed"]:
+    finished = (stored.error or "").endswith("after every step of the run had completed")
+    if code != 0 and "not_run" not in statuses and statuses[-1:] != ["failed"] and \
+            not finished:
         problems.append(f"stopped, but every script reported as run: {statuses}")
     return problems

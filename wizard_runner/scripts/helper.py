@@ -47,7 +47,6 @@ _PR_SET_CHILD_SUBREAPER = 36
 _FDS = struct.Struct("2i")
 _ANCILLARY = socket.CMSG_SPACE(_FDS.size)
 # Plain ints: the socket module's flag enums cost microseconds per use, twice per script.
-_DONTWAIT = int(socket.MSG_DONTWAIT)
 _CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
