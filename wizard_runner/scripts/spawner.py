@@ -132,7 +132,7 @@ class Spawner:
                 )
         except OSError as error:
             ours.close()
-            raise HelperError(f"cannot start the script helper {self.python}: "
+            raise HelperError(f"the script helper {self.python} could not be started: "
                               f"{error.strerror}") from error
         self._control = ours
         self.pidfd = os.pidfd_open(self.pid)
@@ -219,6 +219,8 @@ class Spawner:
     def state(self) -> str | None:
         """None while the helper runs; else what became of it: `was stopped`, `was killed by
         SIGKILL`, `exited with 70`, `is gone`."""
+        if not self.pid:
+            return None  # never started: what went wrong was said when it was started
         try:
             info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WSTOPPED | os.WNOHANG |
                              os.WNOWAIT)

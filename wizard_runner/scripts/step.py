@@ -227,11 +227,12 @@ class _Step:
 
 
 def _start_index(decisions: Sequence[Decision], start_at: str | None) -> int:
+    if start_at is None:
+        return 0
     for index, decision in enumerate(decisions):
-        if start_at is None or (decision.name == start_at and decision.verdict is not
-                                Verdict.SKIP):
+        if decision.name == start_at and decision.verdict is not Verdict.SKIP:
             return index
-    raise UsageError(f"--from {printable(start_at or '')}: no such script in wizard.d")
+    raise UsageError(f"--from {printable(start_at)}: no such script in wizard.d")
 
 
 def _following(decisions: Sequence[Decision], index: int) -> str | None:
