@@ -13,6 +13,7 @@ import compileall
 import json
 import os
 import platform
+import select
 import shutil
 import statistics
 import subprocess
@@ -89,15 +90,20 @@ def intercept(points: Sequence[tuple[int, float]]) -> float:
     return mean_t - slope(points) * mean_n
 
 
+def verdict(ratio: float) -> str:
+    """Whether a per-script ratio meets 1.25x, or the 1.5x the lock-step helper is allowed."""
+    return "met" if ratio <= 1.25 else "met (1.5x)" if ratio <= 1.5 else "MISSED"
+
+
 def stack_floor(reps: int) -> list[tuple[str, float]]:
-    """What any run pays before wizard-runner's own code: the interpreter, the two libraries
-    the product is built on, and validating the body with the model."""
-    validate = ("import structlog; from wizard_runner.config import parse_config; "
-                f"parse_config(open({str(EXAMPLE)!r}, 'rb').read())")
+    """The floor of the fixed stack, which any run pays before wizard-runner's own code: the
+    interpreter, then importing structlog and pydantic's model machinery and building a
+    one-field model."""
+    model = ("import structlog, pydantic\n"
+             "class One(pydantic.BaseModel):\n    x: int\nOne(x=1)")
     floors = [
         ("the interpreter (`python -c pass`)", "pass"),
-        ("importing structlog and pydantic", "import structlog, pydantic.main"),
-        ("... and validating the body (the model's imports and validator build)", validate),
+        ("... importing structlog and pydantic, building a one-field model (the floor)", model),
     ]
     return [(name, Stat.of([timed([sys.executable, "-c", code]) for _ in range(reps)]).median)
             for name, code in floors]
@@ -145,11 +151,16 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
     lines += [
         "",
         f"- fixed cost (empty wizard.d): {fixed * 1e3:.1f} ms, against run-parts' "
-        f"{their_fixed * 1e3:.1f} ms ({fixed / their_fixed:.0f}x). Target <= 150 ms: "
-        f"{'met' if fixed <= 0.150 else 'MISSED'}.",
+        f"{their_fixed * 1e3:.1f} ms; above the floor of the fixed stack (below): "
+        f"{(fixed - floors[-1][1]) * 1e3:.1f} ms. Target <= 30 ms above the floor: "
+        f"{'met' if fixed - floors[-1][1] <= 0.030 else 'MISSED'}.",
         f"- marginal cost per script (slope): {our_slope * 1e3:.2f} ms, against run-parts' "
-        f"{their_slope * 1e3:.2f} ms ({ratio:.2f}x). Target <= 1.25x: "
-        f"{'met' if ratio <= 1.25 else 'MISSED'}.",
+        f"{their_slope * 1e3:.2f} ms ({ratio:.2f}x). Target <= 1.25x, <= 1.5x for the "
+        f"lock-step helper: {verdict(ratio)}. The helper starts a script only when the "
+        "runner says so, and the runner says so "
+        "once it has seen the previous one end: that round trip, with a helper that has gone "
+        "idle meanwhile, is what run-parts does not pay. The one overlap kept: the runner names "
+        "the next script as soon as one ended cleanly, before it logs the outcome (section 6).",
         f"- starting the helper that runs the scripts as {USER} (once per run that has a "
         f"script to run; the intercept of the non-empty runs over the empty one): "
         f"{helper * 1e3:.1f} ms.",
@@ -161,22 +172,11 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
         "| --- | ---: |",
     ]
     lines += [f"| {name} | {value * 1e3:.1f} |" for name, value in floors]
-    floor = floors[-1][1]
     lines += [
-        f"| wizard-runner's own share of the fixed cost (its modules, lock, saved config, log, "
-        f"result) | {(fixed - floor) * 1e3:.1f} |",
+        f"| wizard-runner's own share (its modules and model, log set-up, lock, saved config, "
+        f"result, summary) | {(fixed - floors[-1][1]) * 1e3:.1f} |",
         "",
     ]
-    if fixed > 0.150:
-        lines += [
-            f"The floor alone is {floor * 1e3:.0f} ms of the 150 ms budget: structlog imports "
-            "asyncio (structlog.stdlib and structlog._native import it unconditionally), "
-            "pydantic imports pydantic_core, typing_extensions, annotated_types and, to look "
-            "for plugins, importlib.metadata; building the model's validator comes on top. "
-            "The run path already leaves out everything it does not use (the system step's "
-            "modules, psutil, the helper's ctypes).",
-            "",
-        ]
     return lines
 
 
@@ -328,6 +328,63 @@ def bench_startup(base: Path, reps: int) -> list[str]:
     return [*lines, ""]
 
 
+def bench_overlap(base: Path, count: int, reps: int) -> list[str]:
+    """What naming the next script before logging the outcome buys, in isolation: the helper
+    runs `count` trivial scripts; after each, 0.2 ms of work stands for the runner's logging,
+    done after ordering the next script, or before."""
+    from wizard_runner.scripts.containment import contain  # noqa: PLC0415
+    from wizard_runner.scripts.spawner import Spawner, Switch  # noqa: PLC0415
+
+    root = fresh_root(base, "overlap")
+    script = root / "etc/xivo/wizard.d/0000-noop"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    switch = Switch(33, 33, (33,)) if os.geteuid() == 0 else None
+
+    def per_script(ahead: bool) -> float:
+        box = contain("bench")
+        spawner = Spawner({"PATH": "/usr/bin:/bin"}, switch, box)
+        spawner.start()
+        started = time.perf_counter()
+        spawner.order(0, str(script))
+        for index in range(count):
+            child = spawner.started(index, str(script))
+            os.close(child.stdout)
+            os.close(child.stderr)
+            select.select([spawner.control], [], [], 10)
+            spawner.exited(spawner.receive(), index)
+            if ahead and index + 1 < count:
+                spawner.order(index + 1, str(script))
+            until = time.perf_counter() + 0.0002
+            while time.perf_counter() < until:
+                pass
+            if not ahead and index + 1 < count:
+                spawner.order(index + 1, str(script))
+        elapsed = time.perf_counter() - started
+        spawner.close()
+        box.close()
+        return elapsed / count
+
+    strict, ahead = [], []
+    for _ in range(reps):
+        strict.append(per_script(False))
+        ahead.append(per_script(True))
+    lines = [
+        "## 6. What the one overlap buys",
+        "",
+        f"The helper alone, {count} trivial scripts, with 0.2 ms of work after each standing for "
+        "the runner's logging; milliseconds per script, median (min-max) of "
+        f"{reps} runs alternating.",
+        "",
+        "| the next script is named | ms per script |",
+        "| --- | ---: |",
+        f"| after the work (strict lock-step) | {Stat.of(strict).ms()} |",
+        f"| before the work (what the runner does) | {Stat.of(ahead).ms()} |",
+        "",
+    ]
+    return lines
+
+
 def bench_profile(base: Path, count: int) -> list[str]:
     """Where the time of a scripts step goes: cProfile of an in-process run, top functions."""
     import cProfile  # noqa: PLC0415 - only for this step
@@ -377,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda base: bench_system_step(base, reps * 3),
         lambda base: bench_daemon(base, 30 if args.quick else 200),
         lambda base: bench_startup(base, reps * 2),
+        lambda base: bench_overlap(base, 100 if args.quick else 300, reps),
         lambda base: bench_profile(base, 50 if args.quick else 100),
     ]
     command = "  .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")

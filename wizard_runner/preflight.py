@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from wizard_runner.config import WizardConfig
 from wizard_runner.defaults import DEFAULT_TIMEOUT, DEFAULT_USER
@@ -16,9 +17,11 @@ from wizard_runner.errors import PrivilegeError, RootError, UsageError
 from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
 from wizard_runner.runuser import RunUser, require_switch_allowed, resolve_user
-from wizard_runner.scripts import Progress
 from wizard_runner.scripts.discovery import Decision, Scan, Verdict, check_safe, scan
 from wizard_runner.state import resume_point
+
+if TYPE_CHECKING:
+    from wizard_runner.scripts.output import Progress
 
 
 @dataclass(frozen=True)

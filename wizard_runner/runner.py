@@ -39,7 +39,6 @@ from wizard_runner.result import (
     new_run_id,
     now,
 )
-from wizard_runner.scripts import ScriptsOptions, failure_message, run_scripts
 from wizard_runner.scripts.discovery import Verdict
 from wizard_runner.signals import arm_stops, deferred_stop_signals, interruptible, settle_stops
 from wizard_runner.state import save_config, write_result
@@ -155,8 +154,11 @@ def _system_step(run: _Run) -> None:
         )
 
 
-def _scripts_step(run: _Run) -> ScriptOutcome | None:
-    """Run wizard.d when asked to; return the script that failed, if one did."""
+def _scripts_step(run: _Run) -> str | None:
+    """Run wizard.d when asked to; the run's error when a script failed."""
+    # Only a run that runs scripts needs these (and their imports' start-up time).
+    from wizard_runner.scripts.step import ScriptsOptions, failure_message, run_scripts
+
     plan, log, progress = run.plan, run.log, run.progress
     if not plan.run_scripts or plan.user is None:
         log.info("scripts_step_skipped", reason="run_scripts=false")
@@ -182,7 +184,8 @@ def _scripts_step(run: _Run) -> ScriptOutcome | None:
     outcomes = run_scripts(config=run.config, layout=run.layout, run_id=run.run_id,
                            options=scripts_options, log=log, progress=run.options.progress,
                            record=keep, contained=contained)
-    return next((outcome for outcome in outcomes if outcome.failed), None)
+    failed = next((outcome for outcome in outcomes if outcome.failed), None)
+    return None if failed is None else failure_message(failed)
 
 
 def execute(
@@ -252,7 +255,7 @@ def _outcome(run: _Run) -> tuple[RunStatus, int, str | None]:
         run.log.error(f"{step}_failed", error=message, exit_code=RunnerIOError.exit_code)
         return RunStatus.FAILED, RunnerIOError.exit_code, message
     if failed is not None:
-        return RunStatus.FAILED, EXIT_FAILED, failure_message(failed)
+        return RunStatus.FAILED, EXIT_FAILED, failed
     return RunStatus.SUCCEEDED, EXIT_OK, None
 
 

@@ -8,12 +8,7 @@
     helper.py       the helper's program (already the run user) and the protocol of both ends
     containment.py  everything the step started, as one set: its own cgroup, or the fallback
 
-Stopping processes, the one way, is `wizard_runner.procs.stop`.
+Stopping processes, the one way, is `wizard_runner.procs.stop`. The step's entry points are in
+step.py (`run_scripts`, `ScriptsOptions`, `failure_message`); this package imports nothing on
+its own, so that a run without scripts loads none of it.
 """
-
-from __future__ import annotations
-
-from wizard_runner.scripts.output import Progress
-from wizard_runner.scripts.step import ScriptsOptions, failure_message, run_scripts, script_env
-
-__all__ = ["Progress", "ScriptsOptions", "failure_message", "run_scripts", "script_env"]

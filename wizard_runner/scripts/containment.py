@@ -16,7 +16,6 @@ SIGKILL.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import time
@@ -180,9 +179,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _prctl(option: int, value: int | ctypes.c_int) -> int:
-    arg = ctypes.byref(value) if isinstance(value, ctypes.c_int) else value
-    return int(ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0))
+def _prctl(option: int, value: int) -> bool:
+    """prctl(2) with an int argument; whether it succeeded."""
+    import ctypes  # noqa: PLC0415 - the fallback alone needs it: off the cgroup's path
+
+    return int(ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)) == 0
+
+
+def _is_subreaper() -> bool:
+    import ctypes  # noqa: PLC0415 - the fallback alone needs it: off the cgroup's path
+
+    was = ctypes.c_int(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0) == 0 and bool(
+        was.value)
 
 
 class Subreaper:
@@ -193,8 +203,7 @@ class Subreaper:
     def __init__(self) -> None:
         self.helper: int | None = None
         self.ours = set(_children(os.getpid()))  # the runner's own children before the step
-        was = ctypes.c_int(0)
-        self.was_subreaper = _prctl(_PR_GET_CHILD_SUBREAPER, was) == 0 and bool(was.value)
+        self.was_subreaper = _is_subreaper()
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
     def adopt(self, pid: int) -> None:

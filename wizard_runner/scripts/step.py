@@ -12,7 +12,7 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from structlog.typing import FilteringBoundLogger
 
@@ -23,12 +23,14 @@ from wizard_runner.layout import Layout
 from wizard_runner.procs import GRACE
 from wizard_runner.result import ScriptOutcome, ScriptStatus
 from wizard_runner.runuser import RunUser, require_switch_allowed
-from wizard_runner.scripts.containment import Containment, contain
 from wizard_runner.scripts.discovery import Decision, Verdict, check_safe, scan
 from wizard_runner.scripts.output import DEFAULT_CAP, Progress, ScriptOutput
-from wizard_runner.scripts.spawner import HelperError, Spawner, Started, Switch
-from wizard_runner.scripts.watch import Watch, Watched, how_broken
 from wizard_runner.signals import pending_stop, settle_stops
+
+if TYPE_CHECKING:
+    from wizard_runner.scripts.containment import Containment
+    from wizard_runner.scripts.spawner import Spawner, Started
+    from wizard_runner.scripts.watch import Watched
 
 SCRIPT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _EXEC_HINTS: Final = {errno.ENOEXEC: " (no #! line?)",
@@ -136,6 +138,10 @@ class _Step:
 
     def helper(self) -> Spawner:
         """The step's helper, started in its containment on first use."""
+        # Only a step with a script to run needs these (and their imports' start-up time).
+        from wizard_runner.scripts.containment import contain
+        from wizard_runner.scripts.spawner import Spawner, Switch
+
         if self.spawner is None:
             self.box = contain(self.run_id)
             self.log.info("scripts_contained", containment=self.box.name)
@@ -160,9 +166,11 @@ class _Step:
             self.box.kill()
         self.ended_by = f"not run: the script helper failed at {printable(name)}"
 
-    def _not_started(self, name: str, error: HelperError | OSError) -> ScriptOutcome:
+    def _not_started(self, name: str, error: OSError | Exception) -> ScriptOutcome:
+        from wizard_runner.scripts.watch import how_broken
+
         self.log.info("script_started", script=name, user=self.options.user.name)
-        if isinstance(error, HelperError):
+        if not isinstance(error, OSError):  # the helper failed
             # Stopped or killed as it started the script: the script may well have done it.
             state = self.spawner.state() if self.spawner is not None else None
             reason = how_broken(state) if state else f"cannot start: {error}"
@@ -175,6 +183,9 @@ class _Step:
         """Run one script to its end and judge it. When it ended cleanly, `follow` (the next
         script) is ordered at once, before this outcome is logged: the helper starts it while
         the runner writes, instead of waiting idle for the runner's word."""
+        from wizard_runner.scripts.spawner import HelperError
+        from wizard_runner.scripts.watch import Watch
+
         log, path = self.log.bind(script=name), str(self.layout.wizard_d / name)
         output = ScriptOutput(name, self.layout.log_dir / self.run_id, log, self.progress,
                               self.options.output_cap)

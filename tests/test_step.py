@@ -34,7 +34,7 @@ from wizard_runner.layout import Layout
 from wizard_runner.log import make_logger
 from wizard_runner.result import RunResult, RunStatus
 from wizard_runner.runuser import require_switch_allowed, resolve_user
-from wizard_runner.scripts import ScriptsOptions, run_scripts
+from wizard_runner.scripts.step import ScriptsOptions, run_scripts
 from wizard_runner.signals import install_stop_handlers
 
 pytestmark = pytest.mark.processes
