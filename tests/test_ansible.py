@@ -425,3 +425,13 @@ def test_ansible_test_sanity(tmp_path: Path) -> None:
                           check=False)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     assert 'Running sanity test "validate-modules"' in done.stdout + done.stderr
+
+
+def test_the_collection_carries_the_runners_version() -> None:
+    """galaxy.yml's version is wizard_runner.__version__: one version for the whole product."""
+    import wizard_runner  # noqa: PLC0415 - the one source of the version
+
+    galaxy = (REPO / "ansible" / "galaxy.yml").read_text()
+    found = re.search(r"^version: *(\S+)$", galaxy, re.MULTILINE)
+    assert found is not None
+    assert found.group(1) == wizard_runner.__version__
