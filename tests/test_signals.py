@@ -306,6 +306,8 @@ def step_problems(root: Path, code: int, stdout: str, stderr: str, signum: int) 
     problems = []
     if "Traceback" in stderr:
         problems.append("traceback")
+    if code == -signum and not stdout:
+        return problems  # in the interpreter's own first milliseconds: nothing was done
     if code not in {0, 128 + signum}:
         problems.append(f"exit {code}")
     try:
