@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import alive
 from wizard_runner.scripts.containment import (
     PREFIX,
     Cgroup,
@@ -122,6 +123,7 @@ def test_a_fork_hopper_is_killed_at_once(box: Containment, tmp_path: Path) -> No
     box.kill(spare=process.pid)
     time.sleep(0.3)  # any survivor would have forked again by now
     assert [pid for pid in box.members() if pid != process.pid] == []
+    assert alive(str(hop)) == []  # none escaped either (to init, say)
     process.kill()
     process.wait()
     process.stdout.close()

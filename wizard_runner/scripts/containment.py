@@ -227,13 +227,15 @@ class Subreaper:
         what the runner adopted is reaped (the helper is its spawner's to reap)."""
         deadline = time.monotonic() + SETTLE
         stopped: set[int] = set()
-        while time.monotonic() < deadline:
+        quiet = 0  # sweeps in a row that found nothing new: one can miss a child in transit
+        while quiet < 2 and time.monotonic() < deadline:
             fresh = [pid for pid in self.members() if pid != spare and pid not in stopped]
-            if not fresh:
-                break
             for pid in fresh:
                 _signal(pid, signal.SIGSTOP)
             stopped.update(fresh)
+            quiet = 0 if fresh else quiet + 1
+            if not fresh:
+                time.sleep(_LOOK)
         for pid in stopped:
             _signal(pid, signal.SIGKILL)
         for pid in set(_children(os.getpid())) & stopped - {self.helper}:
