@@ -7,6 +7,8 @@ import os
 import pwd
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -285,3 +287,24 @@ def parse_interfaces(text: str) -> dict[str, dict[str, str]]:
         elif current is not None:
             current[words[0]] = " ".join(words[1:])
     return stanzas
+
+
+# --- special files ------------------------------------------------------------------------
+
+
+def make_fifo(path: Path) -> None:
+    """A FIFO nobody writes to: opening it for reading would block."""
+    os.mkfifo(path)
+
+
+def make_socket(path: Path) -> None:
+    """A bound unix socket."""
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(str(path))
+
+
+def make_device(path: Path) -> None:
+    """/dev/null's character device, made in place (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a device node")
+    os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))

@@ -4,7 +4,6 @@ blocking, on real trees under tmp_path."""
 from __future__ import annotations
 
 import os
-import socket
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import snapshot
+from tests.helpers import make_device, make_fifo, make_socket
 from wizard_runner.fence import Fence, FenceError, NotDirectoryError, describe, open_fence
 from wizard_runner.fsio import MAX_TARGET_BYTES
 from wizard_runner.layout import Layout
@@ -112,24 +112,6 @@ def test_creating_does_not_follow_a_symlink(root: Path, outside: Path, fence: Fe
     with pytest.raises(FenceError, match=r"^/var: is a symlink"):
         fence.open_dir("/var/backups/wizard-runner", create_mode=0o700)
     assert snapshot(outside) == before
-
-
-def make_fifo(path: Path) -> None:
-    """A FIFO nobody writes to: opening it for reading would block."""
-    os.mkfifo(path)
-
-
-def make_socket(path: Path) -> None:
-    """A bound unix socket."""
-    with socket.socket(socket.AF_UNIX) as bound:
-        bound.bind(str(path))
-
-
-def make_device(path: Path) -> None:
-    """/dev/null's character device, made in place (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a device node")
-    os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
 
 
 @pytest.mark.timeout(10)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.helpers import set_uid
 
 from tests.conftest import DEBIAN_ROOT, MANAGED, Reliability, snapshot
+from tests.helpers import make_device, make_fifo, make_socket
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import ApplyError, PrivilegeError
 from wizard_runner.fsio import At, Ownership, WriteMethod, replace_at
@@ -476,24 +476,6 @@ def test_replaced_symlink_comes_back_on_a_failure(
     assert os.readlink(sandbox / "etc/hosts") == str(outside / "secret")
     assert ("/etc/hosts", FileAction.RESTORED) in [(f.path, f.action) for f in caught.value.files]
     assert snapshot(outside) == before_outside
-
-
-def make_fifo(path: Path) -> None:
-    """A FIFO nobody writes to: opening it for reading would block."""
-    os.mkfifo(path)
-
-
-def make_socket(path: Path) -> None:
-    """A bound unix socket."""
-    with socket.socket(socket.AF_UNIX) as bound:
-        bound.bind(str(path))
-
-
-def make_device(path: Path) -> None:
-    """/dev/null's character device (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a device node")
-    os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
 
 
 @pytest.mark.timeout(10)

@@ -41,6 +41,14 @@ class Leftover:
         return f"{self.pid} {self.cmdline}"
 
 
+def signal_name(signum: int) -> str:
+    """A signal's name (`SIGKILL`), or `signal N` for one without."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 def describe(pid: int) -> Leftover:
     """pid and command line, as far as they can still be read."""
     try:

@@ -12,9 +12,9 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Final
 
+from wizard_runner.procs import signal_name
 from wizard_runner.scripts import helper
 from wizard_runner.scripts.containment import Containment
 from wizard_runner.scripts.helper import Kind
@@ -93,14 +93,6 @@ class Spawner:
         self.pid = 0
         self.pidfd = -1
         self._control: socket.socket | None = None
-
-    def __enter__(self) -> Spawner:
-        self.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self.close()
 
     @property
     def control(self) -> socket.socket:
@@ -231,7 +223,7 @@ class Spawner:
         if info.si_code in (os.CLD_STOPPED, os.CLD_TRAPPED):
             return STOPPED
         if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
-            return f"{KILLED} by {_signal_name(info.si_status)}"
+            return f"{KILLED} by {signal_name(info.si_status)}"
         return f"exited with {info.si_status}"
 
     def failure(self, why: str) -> HelperError:
@@ -255,10 +247,3 @@ class Spawner:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"

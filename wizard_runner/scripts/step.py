@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from wizard_runner.config import WizardConfig
 from wizard_runner.errors import RunInterrupted, UsageError
 from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
-from wizard_runner.procs import GRACE
+from wizard_runner.procs import GRACE, signal_name
 from wizard_runner.result import ScriptOutcome, ScriptStatus
 from wizard_runner.runuser import RunUser, require_switch_allowed
 from wizard_runner.scripts.discovery import Decision, Verdict, check_safe, scan
@@ -68,12 +67,7 @@ def script_env(config: WizardConfig, user: RunUser, run_id: str, root: Path) -> 
 
 
 def _signal_name(returncode: int | None) -> str | None:
-    if returncode is None or returncode >= 0:
-        return None
-    try:
-        return signal.Signals(-returncode).name
-    except ValueError:
-        return f"signal {-returncode}"
+    return None if returncode is None or returncode >= 0 else signal_name(-returncode)
 
 
 def _verdict(seen: Watched, started: float) -> tuple[ScriptStatus, str | None]:
