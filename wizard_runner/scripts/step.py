@@ -130,6 +130,11 @@ class _Step:
     stopped: int | None = None  # the stop signal that ended the step
     ordered: int | None = None  # the position of the script ordered ahead
 
+    def __post_init__(self) -> None:
+        # Each of the layout's accessors checks its path against the root: once per step.
+        self.wizard_d = self.layout.wizard_d
+        self.log_dir = self.layout.log_dir / self.run_id
+
     def helper(self) -> Spawner:
         """The step's helper, started in its containment on first use."""
         # Only a step with a script to run needs these (and their imports' start-up time).
@@ -180,9 +185,8 @@ class _Step:
         from wizard_runner.scripts.spawner import HelperError
         from wizard_runner.scripts.watch import Watch
 
-        log, path = self.log.bind(script=name), str(self.layout.wizard_d / name)
-        output = ScriptOutput(name, self.layout.log_dir / self.run_id, log, self.progress,
-                              self.options.output_cap)
+        log, path = self.log.bind(script=name), str(self.wizard_d / name)
+        output = ScriptOutput(name, self.log_dir, log, self.progress, self.options.output_cap)
         try:
             spawner = self.helper()
             script = (spawner.started(position, path) if self.ordered == position
@@ -197,7 +201,7 @@ class _Step:
                      grace=self.options.grace, log=log).run()
         if follow is not None and _clean(seen) and pending_stop() is None:
             with contextlib.suppress(HelperError):  # said when its start is awaited
-                spawner.order(position + 1, str(self.layout.wizard_d / follow))
+                spawner.order(position + 1, str(self.wizard_d / follow))
                 self.ordered = position + 1
         if seen.broken is not None:
             self._broken(name)
