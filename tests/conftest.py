@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,10 +118,12 @@ def restore_signals() -> Iterator[None]:
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     wakeup = signal.set_wakeup_fd(-1)
     signal.set_wakeup_fd(wakeup)
+    unraisable = sys.unraisablehook
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
     signal.set_wakeup_fd(wakeup)
+    sys.unraisablehook = unraisable
 
 
 # --- long suites and the reliability report ------------------------------------------------

@@ -22,9 +22,11 @@ from wizard_runner.config import WizardConfig
 from wizard_runner.errors import RunInterrupted
 from wizard_runner.result import RunResult
 from wizard_runner.signals import (
+    arm_stops,
     deferred_stop_signals,
     ignored_stop_signals,
     install_stop_handlers,
+    swallowed_stop,
 )
 
 pytestmark = pytest.mark.usefixtures("restore_signals")
@@ -68,6 +70,23 @@ def test_a_foreign_handler_is_swapped_for_the_section() -> None:
         assert seen == []
     assert seen == [signal.SIGTERM]
     assert signal.getsignal(signal.SIGTERM) is theirs
+
+
+def test_a_stop_swallowed_by_a_finalizer_is_raised_when_the_run_arms() -> None:
+    """A stop raised inside a finalizer (where Python only prints it) is not lost: the next
+    run raises it again before it starts."""
+    install_stop_handlers()
+
+    class Finalized:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.sigtimedwait([], 0)  # the handler runs here, inside the finalizer
+
+    Finalized()  # collected at once: its RunInterrupted is swallowed
+    assert swallowed_stop() == signal.SIGTERM
+    with pytest.raises(RunInterrupted) as caught:
+        arm_stops()
+    assert caught.value.signum == signal.SIGTERM
 
 
 def test_ignored_while_stopping() -> None:
@@ -233,6 +252,8 @@ def test_stop_signals_at_random_moments(
         stdout, stderr = child.communicate(timeout=60)
         done = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
         problems = judge(root, done, signum, old, new)
+        if problems:
+            problems.append(f"stderr ends: {stderr[-600:]!r}, stdout: {stdout[:400]!r}")
         started = '"run_started"' in stderr  # after that, stderr carries the run's log
         if done.returncode > 0 and not started and stderr.count("\n") != 1:
             problems.append(f"not one line on stderr: {stderr!r}")
@@ -313,7 +334,7 @@ def test_stop_signals_at_random_moments_of_the_scripts_step(
 
 def step_problems(root: Path, code: int, stdout: str, stderr: str, signum: int) -> list[str]:
     """What is wrong after one stopped scripts step."""
-    problems = []
+    problems: list[str] = []
     if before_our_code(code, stdout, stderr, signum):
         return problems  # nothing was done
     if "Traceback" in stderr:

@@ -12,30 +12,40 @@ import signal
 import sys
 
 from wizard_runner.errors import RunInterrupted, failure_object
-from wizard_runner.signals import STOP_SIGNALS, install_stop_handlers
+from wizard_runner.signals import STOP_SIGNALS, install_stop_handlers, swallowed_stop
+
+
+def _say(stop: RunInterrupted, message: str, *, as_json: bool) -> int:
+    # No terminal left (SIGHUP), or no stderr at all: the exit code says it.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.write(f"wizard-runner: {message}\n")
+        if as_json:
+            import json  # noqa: PLC0415 - only on this path
+
+            sys.stdout.write(json.dumps(failure_object("interrupted", stop.exit_code, message),
+                                        indent=2) + "\n")
+            sys.stdout.flush()
+    return stop.exit_code
 
 
 def main() -> int:
     """Install the stop handlers, then run the command line; its exit code stands."""
-    install_stop_handlers()
     try:
+        install_stop_handlers()
         from wizard_runner.cli import main as command_line  # noqa: PLC0415 - after the handlers
 
-        return command_line()
-    except RunInterrupted as stop:  # while the command line's modules were still loading
-        message = f"{stop}; nothing was run"
-        # No terminal left (SIGHUP), or no stderr at all: the exit code says it.
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            sys.stderr.write(f"wizard-runner: {message}\n")
-            if "--json" in sys.argv:
-                import json  # noqa: PLC0415 - only on this path
-
-                failure = failure_object("interrupted", stop.exit_code, message)
-                sys.stdout.write(json.dumps(failure, indent=2) + "\n")
-                sys.stdout.flush()
-        return stop.exit_code
+        code = command_line()
+    except (RunInterrupted, KeyboardInterrupt) as caught:  # while loading (or installing)
+        stop = caught if isinstance(caught, RunInterrupted) else RunInterrupted(signal.SIGINT)
+        return _say(stop, f"{stop}; nothing was run", as_json="--json" in sys.argv)
     finally:
         # The outcome is said: a stop signal now must not kill the exiting interpreter, which
         # puts default handlers back as it shuts down (ignored ones it leaves alone).
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+    swallowed = swallowed_stop()
+    if swallowed is None:
+        return code
+    # It landed where Python could only print it (a finalizer) and the command went on.
+    stop = RunInterrupted(swallowed)
+    return _say(stop, f"{stop} (the command had finished)", as_json=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ class _Stop:
     depth = 0
     held: int | None = None
     over = False
+    swallowed: int | None = None  # raised where Python could only print it (a finalizer)
     wakeup: tuple[int, int] | None = None
 
 
@@ -69,6 +71,7 @@ def install_handler(handler: Handler = _handle) -> None:
     """Install `handler` (marked `defers_stops`) for the stop signals, with the wake-up pipe;
     a fresh stop begins. Without an argument: the CLI's, which raises RunInterrupted."""
     arm_stops(force=True)
+    sys.unraisablehook = _quiet_unraisable
     if _Stop.wakeup is None:
         _Stop.wakeup = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(_Stop.wakeup[1], warn_on_full_buffer=False)
@@ -80,9 +83,26 @@ install_stop_handlers = install_handler
 
 
 def arm_stops(*, force: bool = False) -> None:
-    """A run begins (the daemon serves many): a stop from now on is this run's."""
+    """A run begins (the daemon serves many): a stop from now on is this run's. A stop raised
+    before but swallowed on its way (in a finalizer) is raised again here."""
+    if not force and _ours() and _Stop.swallowed is not None:
+        raise RunInterrupted(_Stop.swallowed)
     if force or _ours():
-        _Stop.depth, _Stop.held, _Stop.over = 0, None, False
+        _Stop.depth, _Stop.held, _Stop.over, _Stop.swallowed = 0, None, False, None
+
+
+def swallowed_stop() -> int | None:
+    """A stop raised where Python could only print it (a finalizer), never acted on."""
+    return _Stop.swallowed
+
+
+def _quiet_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """A stop raised where Python can only print it (a finalizer) is kept for the next known
+    point (`arm_stops`, the end of the command), not printed as a traceback."""
+    if isinstance(unraisable.exc_value, RunInterrupted):
+        _Stop.swallowed = unraisable.exc_value.signum
+    else:
+        sys.__unraisablehook__(unraisable)
 
 
 def pending_stop() -> int | None:
