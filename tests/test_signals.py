@@ -357,4 +357,6 @@ def step_problems(root: Path, code: int, stdout: str, stderr: str, signum: int) 
     if code != 0 and "not_run" not in statuses and statuses[-1:] != ["failed"] and \
             not finished:
         problems.append(f"stopped, but every script reported as run: {statuses}")
+    if code == 0 and statuses != ["succeeded"] * len(STEP_SCRIPTS):
+        problems.append(f"exit 0, but not every script succeeded: {statuses}")
     return problems

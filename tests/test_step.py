@@ -35,6 +35,7 @@ from wizard_runner.log import make_logger
 from wizard_runner.result import RunResult, RunStatus
 from wizard_runner.runuser import require_switch_allowed, resolve_user
 from wizard_runner.scripts.step import ScriptsOptions, run_scripts
+from wizard_runner.scripts.watch import Watch
 from wizard_runner.signals import install_stop_handlers
 
 pytestmark = pytest.mark.processes
@@ -832,6 +833,36 @@ def test_a_stop_during_a_clean_up_starts_nothing_more(config: WizardConfig,
         timer.cancel()
     assert not marker.exists()
     assert no_process_with(stubborn)
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_stop_seen_before_the_last_scripts_exit_cuts_nothing_short(
+    config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM lands as the last script's exit is on its way: the runner sees the stop first,
+    yet the script had ended by itself. The scripts say they succeeded; the run says it was
+    stopped after every step had completed, not that a script was cut short."""
+    add_script(root, "10-first", "exit 0")
+    add_script(root, "20-last", "exit 0")
+    read_exit = Watch._message
+    lagged: list[int] = []
+
+    def stop_before_reading_the_exit(watch: Watch) -> None:
+        if watch.script.index == 2 and not lagged:
+            lagged.append(watch.script.index)
+            os.kill(os.getpid(), signal.SIGTERM)  # the exit waits in the pipe, unread
+            return
+        read_exit(watch)
+
+    monkeypatch.setattr(Watch, "_message", stop_before_reading_the_exit)
+    install_stop_handlers()
+    result = run_step(config, root)
+    assert lagged == [2]
+    assert result.status is RunStatus.INTERRUPTED
+    assert result.exit_code == 128 + signal.SIGTERM
+    assert [(s.name, s.status.value) for s in result.scripts] == [("10-first", "succeeded"),
+                                                                 ("20-last", "succeeded")]
+    assert (result.error or "").endswith("after every step of the run had completed"), result
 
 
 def test_a_late_look_at_a_timed_out_script_still_says_timed_out(config: WizardConfig,

@@ -268,7 +268,8 @@ def run_scripts(
     `record` gets the outcomes so far after each entry, `contained` the containment's name
     (`cgroup` or `subreaper`) as the first script is about to start. A stop signal (with
     wizard-runner's handlers) stops the running script, reports the rest `not_run`, and
-    raises RunInterrupted once every outcome is recorded.
+    raises RunInterrupted once every outcome is recorded; one that came as the last script
+    ended by itself is left held for the caller.
     """
     require_switch_allowed(options.user)
     found = scan(layout.wizard_d, options.user, top=layout.root)
@@ -280,6 +281,7 @@ def run_scripts(
                  run_id, log, progress, contained)
     outcomes: list[ScriptOutcome] = []
     position = 0
+    complete = True  # every script past the start point ran and succeeded
     try:
         for index, decision in enumerate(decisions):
             if decision.verdict is Verdict.SKIP:
@@ -294,6 +296,7 @@ def run_scripts(
                 if progress is not None and step.ended_by is None and pending_stop() is None:
                     progress.started(position, total, decision.name)
                 outcome = step.entry(decision, position, _following(decisions, index))
+                complete = complete and outcome.status is ScriptStatus.SUCCEEDED
                 if progress is not None and outcome.status is not ScriptStatus.NOT_RUN:
                     progress.finished(outcome)
             outcomes.append(outcome)
@@ -301,7 +304,9 @@ def run_scripts(
                 record(outcomes)
     finally:
         step.close()
-    if step.stopped is not None:
+    if step.stopped is not None and not complete:
         settle_stops()
         raise RunInterrupted(step.stopped)
+    # A stop that came as the last script ended by itself cut nothing short: it stays held,
+    # and the run reports it as coming after every step had completed.
     return outcomes
