@@ -104,6 +104,9 @@ def stack_floor(reps: int) -> list[tuple[str, float]]:
     floors = [
         ("the interpreter (`python -c pass`)", "pass"),
         ("... importing structlog and pydantic, building a one-field model (the floor)", model),
+        ("... the same with the collector treated as the console script treats it: off "
+         "while it starts, no last collection (the floor the target is judged against)",
+         f"import gc\ngc.disable()\n{model}\ngc.freeze()"),
     ]
     return [(name, Stat.of([timed([sys.executable, "-c", code]) for _ in range(reps)]).median)
             for name, code in floors]
@@ -151,9 +154,13 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
     lines += [
         "",
         f"- fixed cost (empty wizard.d): {fixed * 1e3:.1f} ms, against run-parts' "
-        f"{their_fixed * 1e3:.1f} ms; above the floor of the fixed stack (below): "
-        f"{(fixed - floors[-1][1]) * 1e3:.1f} ms. Target <= 30 ms above the floor: "
-        f"{'met' if fixed - floors[-1][1] <= 0.030 else 'MISSED'}.",
+        f"{their_fixed * 1e3:.1f} ms; above the floor of the fixed stack, its collector "
+        f"treated the same way (below): {(fixed - floors[-1][1]) * 1e3:.1f} ms (above the "
+        f"plain floor: {(fixed - floors[-2][1]) * 1e3:.1f} ms). Target <= 30 ms above the floor: "
+        f"{'met' if fixed - floors[-1][1] <= 0.030 else 'MISSED'}. The console script "
+        "collects no garbage while it starts and skips the interpreter's last collection "
+        "(`collector.py`); the floor is given the same treatment, so that what that saves "
+        "in the stack's share is not counted as ours.",
         f"- marginal cost per script (slope): {our_slope * 1e3:.2f} ms, against run-parts' "
         f"{their_slope * 1e3:.2f} ms ({ratio:.2f}x). Target <= 1.25x, <= 1.5x for the "
         f"lock-step helper: {verdict(ratio)}. The helper starts a script only when the "

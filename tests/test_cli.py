@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, MANAGED, snapshot
-from wizard_runner.cli import TerminalProgress
+from wizard_runner.cli import TerminalProgress, build_parser, parse
 from wizard_runner.result import ScriptOutcome, ScriptStatus
 
 pytestmark = pytest.mark.processes
@@ -527,3 +527,22 @@ def test_console_log_lines_are_readable(sandbox: Path) -> None:
         assert f" {field}" in failed
     assert "None" not in done.stderr
     assert "'" not in failed
+
+
+#: A command line for each command.
+SAMPLE_ARGUMENTS = {
+    "validate": ["--config", "x"], "run": ["--config", "x", "--no-scripts", "--timeout", "5"],
+    "submit": ["--config", "x", "--wait"], "serve": ["--timeout", "0"], "reopen": ["--root", "/r"],
+    "list": ["--json"], "status": ["--json"], "setup-dirs": ["--user", "nobody"],
+}
+
+
+@pytest.mark.parametrize("command", list(build_parser().commands))
+def test_a_command_parsed_alone_reads_as_with_every_command(command: str) -> None:
+    """Only the command about to run gets its arguments built: its help and its reading of
+    a command line are the same as with every command built."""
+    whole = build_parser().commands[command]
+    alone = build_parser(command).commands[command]
+    assert alone.format_help() == whole.format_help()
+    line = SAMPLE_ARGUMENTS[command]
+    assert vars(parse([command, *line])) == {**vars(whole.parse_args(line)), "command": command}

@@ -17,8 +17,9 @@ from wizard_runner.config import WizardConfig, config_from_data
 from wizard_runner.errors import LockedError, PrivilegeError
 from wizard_runner.fsio import At, Ownership, RunLock, WriteMethod, replace_at
 from wizard_runner.layout import Layout
+from wizard_runner.preview import preview
 from wizard_runner.result import FileAction, RunStatus
-from wizard_runner.runner import RunOptions, execute, preview
+from wizard_runner.runner import RunOptions, execute
 from wizard_runner.signals import install_stop_handlers
 
 NO_TOOLS = {"check_with_tools": False}

@@ -41,8 +41,9 @@ from wizard_runner.errors import (
 )
 from wizard_runner.layout import Layout
 from wizard_runner.log import quiet_logger
+from wizard_runner.preview import Preview, preview
 from wizard_runner.result import RunResult, RunStatus, ScriptOutcome
-from wizard_runner.runner import Preview, RunOptions, execute, preview
+from wizard_runner.runner import RunOptions, execute
 from wizard_runner.runuser import DEFAULT_USER
 from wizard_runner.scripts.discovery import ScriptsDirMissingError as ScriptsDirMissingBeforeRun
 from wizard_runner.spool import (

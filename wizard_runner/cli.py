@@ -40,8 +40,9 @@ from wizard_runner.streams import SafeStream
 if TYPE_CHECKING:
     from wizard_runner.config import WizardConfig
     from wizard_runner.errors import RunInterrupted
+    from wizard_runner.preview import Preview
     from wizard_runner.result import RunResult, ScriptOutcome
-    from wizard_runner.runner import Preview, RunOptions
+    from wizard_runner.runner import RunOptions
     from wizard_runner.spool import NotAnsweredError
 
 # Each command imports what it needs when it runs: `--help` stays fast.
@@ -111,48 +112,13 @@ def log_style(choice: str) -> LogStyle:
     return LogStyle({"json": True, "console": False}.get(choice), choice == "journal")
 
 
-def _add_spool_commands(commands: Any) -> None:
-    from wizard_runner.defaults import DAEMON_GRACE_SECONDS
-
-    submit = commands.add_parser(
-        "submit", help="hand a wizard body to the daemon (as www-data: confd's way in)",
-        description="Validate the body, drop it into the daemon's spool and print the request "
-        "id; with --wait, wait for the result and exit as `run` would.",
-    )
-    submit.add_argument("--config", "-c", required=True, metavar="FILE|-",
-                        help="the wizard body as JSON: a file, or - for standard input")
-    _add_root(submit)
-    submit.add_argument("--wait", action="store_true", help="wait for the result")
-    submit.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
-                        help="with --wait: give up after this long (default: as long as a "
-                        "daemon serves)")
-    submit.add_argument("--json", action="store_true", help="print JSON")
-    submit.epilog = (
-        f"With --wait: exits as the run did; 69 when no daemon has served the spool for "
-        f"{DAEMON_GRACE_SECONDS:g} s or --timeout passed, 128+N on signal N. Either way the "
-        "request is withdrawn (nothing runs) unless the daemon had claimed it, whose answer "
-        "then comes to done/ID.json.")
-    serve = commands.add_parser("serve", help="the daemon: run the requests of the spool")
-    _add_root(serve)
-    serve.add_argument("--user", default=DEFAULT_USER,
-                       help=f"run the scripts as this user (default {DEFAULT_USER})")
-    serve.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                       help=f"per-script time limit, 0 for none (default {DEFAULT_TIMEOUT:g})")
-    _add_log_format(serve)
-    reopen = commands.add_parser(
-        "reopen", help="let the daemon run requests again (as root)",
-        description="Once a request's run has succeeded, the daemon rejects every new request "
-        "(the appliance is configured). This lets requests be run again.",
-    )
-    _add_root(reopen)
+def _validate_arguments(validate: argparse.ArgumentParser) -> None:
+    validate.add_argument("--config", "-c", required=True, metavar="FILE|-",
+                          help="the wizard body as JSON: a file, or - for standard input")
+    validate.add_argument("--json", action="store_true", help="print the verdict as JSON")
 
 
-def _add_run(commands: Any) -> None:
-    run = commands.add_parser(
-        "run", help="apply a wizard body: the system files, then the scripts",
-        description="Without --config, repeat the last run: its body (saved without its "
-        "password in /var/lib/wizard-runner/config.json) with the flags it ran with.",
-    )
+def _run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--config", "-c", metavar="FILE|-",
                      help="the wizard body as JSON: a file, or - for standard input")
     _add_root(run)
@@ -186,20 +152,79 @@ def _add_run(commands: Any) -> None:
                      help="on a terminal, show every log event, not only warnings")
 
 
-def _add_setup_dirs(commands: Any) -> None:
-    setup = commands.add_parser(
-        "setup-dirs", help="create the spool, state, log and backup directories (as root)",
-        description="Create the runner's directories with the owners and modes it uses, and "
-        "put back any that drifted; the Debian package runs it on every install and upgrade.",
-    )
+def _submit_arguments(submit: argparse.ArgumentParser) -> None:
+    from wizard_runner.defaults import DAEMON_GRACE_SECONDS
+
+    submit.add_argument("--config", "-c", required=True, metavar="FILE|-",
+                        help="the wizard body as JSON: a file, or - for standard input")
+    _add_root(submit)
+    submit.add_argument("--wait", action="store_true", help="wait for the result")
+    submit.add_argument("--timeout", type=_timeout, default=None, metavar="SECONDS",
+                        help="with --wait: give up after this long (default: as long as a "
+                        "daemon serves)")
+    submit.add_argument("--json", action="store_true", help="print JSON")
+    submit.epilog = (
+        f"With --wait: exits as the run did; 69 when no daemon has served the spool for "
+        f"{DAEMON_GRACE_SECONDS:g} s or --timeout passed, 128+N on signal N. Either way the "
+        "request is withdrawn (nothing runs) unless the daemon had claimed it, whose answer "
+        "then comes to done/ID.json.")
+
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
+    _add_root(serve)
+    serve.add_argument("--user", default=DEFAULT_USER,
+                       help=f"run the scripts as this user (default {DEFAULT_USER})")
+    serve.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"per-script time limit, 0 for none (default {DEFAULT_TIMEOUT:g})")
+    _add_log_format(serve)
+
+
+def _list_arguments(listing: argparse.ArgumentParser) -> None:
+    _add_root(listing)
+    listing.add_argument("--user", default=DEFAULT_USER, help="the user scripts would run as")
+    listing.add_argument("--json", action="store_true", help="print the list as JSON")
+
+
+def _status_arguments(status: argparse.ArgumentParser) -> None:
+    _add_root(status)
+    status.add_argument("--json", action="store_true", help="print the stored result as is")
+
+
+def _setup_dirs_arguments(setup: argparse.ArgumentParser) -> None:
     _add_root(setup)
     setup.add_argument("--user", default=DEFAULT_USER,
                        help=f"the user scripts run as, whose group may submit requests "
                        f"(default {DEFAULT_USER})")
 
 
-def build_parser() -> _Parser:
-    """The argument parser, with one sub-command per job."""
+_AddArguments = Callable[[argparse.ArgumentParser], None]
+
+#: Each sub-command: what `--help` says of it, its description, the function adding its
+#: arguments.
+_SUBCOMMANDS: Final[dict[str, tuple[str, str | None, _AddArguments]]] = {
+    "validate": ("check a wizard body; print every problem", None, _validate_arguments),
+    "run": ("apply a wizard body: the system files, then the scripts",
+            "Without --config, repeat the last run: its body (saved without its password in "
+            "/var/lib/wizard-runner/config.json) with the flags it ran with.", _run_arguments),
+    "submit": ("hand a wizard body to the daemon (as www-data: confd's way in)",
+               "Validate the body, drop it into the daemon's spool and print the request id; "
+               "with --wait, wait for the result and exit as `run` would.", _submit_arguments),
+    "serve": ("the daemon: run the requests of the spool", None, _serve_arguments),
+    "reopen": ("let the daemon run requests again (as root)",
+               "Once a request's run has succeeded, the daemon rejects every new request (the "
+               "appliance is configured). This lets requests be run again.", _add_root),
+    "list": ("show what the scripts step would do, and why", None, _list_arguments),
+    "status": ("show the last run", None, _status_arguments),
+    "setup-dirs": ("create the spool, state, log and backup directories (as root)",
+                   "Create the runner's directories with the owners and modes it uses, and put "
+                   "back any that drifted; the Debian package runs it on every install and "
+                   "upgrade.", _setup_dirs_arguments),
+}
+
+
+def build_parser(command: str | None = None) -> _Parser:
+    """The argument parser, with one sub-command per job; given the command about to run,
+    only that one's arguments are added (the others are only listed)."""
     parser = _Parser(
         prog=PROG,
         description="Carry out the XiVO wizard on this machine: the system files, then the "
@@ -213,31 +238,19 @@ def build_parser() -> _Parser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    validate = commands.add_parser("validate", help="check a wizard body; print every problem")
-    validate.add_argument("--config", "-c", required=True, metavar="FILE|-",
-                          help="the wizard body as JSON: a file, or - for standard input")
-    validate.add_argument("--json", action="store_true", help="print the verdict as JSON")
-
-    _add_run(commands)
-    _add_spool_commands(commands)
-
-    listing = commands.add_parser("list", help="show what the scripts step would do, and why")
-    _add_root(listing)
-    listing.add_argument("--user", default=DEFAULT_USER, help="the user scripts would run as")
-    listing.add_argument("--json", action="store_true", help="print the list as JSON")
-
-    status = commands.add_parser("status", help="show the last run")
-    _add_root(status)
-    status.add_argument("--json", action="store_true", help="print the stored result as is")
-    _add_setup_dirs(commands)
+    for name, (summary, description, add_arguments) in _SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=description)
+        if command in (None, name):
+            add_arguments(sub)
     parser.commands = dict(commands.choices)
     return parser
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """Parse the command line; a mistake raises CommandLineError with its command's usage."""
-    parser = build_parser()
+    # The command is the first word that is not an option: no option before it takes a value.
+    word = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(word if word in _SUBCOMMANDS else None)
     args, extras = parser.parse_known_args(argv)
     if extras:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extras)}")
@@ -421,7 +434,7 @@ def show_preview(shown: Preview, out: TextIO) -> None:
 def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
     from wizard_runner.log import make_logger
     from wizard_runner.preflight import require_system_tree
-    from wizard_runner.runner import execute, preview
+    from wizard_runner.runner import execute
     from wizard_runner.signals import install_stop_handlers
     from wizard_runner.state import load_saved_config
 
@@ -435,6 +448,8 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
         config = read_config(args.config, stdin)
     style = log_style(args.log_format)
     if args.dry_run:
+        from wizard_runner.preview import preview
+
         shown = preview(config, options, log=make_logger(err, json_lines=style.json_lines,
                                                          journal=style.journal))
         if args.json:

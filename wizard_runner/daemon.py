@@ -17,6 +17,7 @@ from typing import Any, Final, TextIO
 import watchfiles
 from structlog.typing import FilteringBoundLogger
 
+from wizard_runner import collector
 from wizard_runner.config import parse_config
 from wizard_runner.defaults import DEFAULT_TIMEOUT
 from wizard_runner.errors import (
@@ -445,6 +446,7 @@ def install_daemon_signals(stop: threading.Event, daemon: Callable[[], Daemon | 
 
 def serve(settings: DaemonSettings, log: FilteringBoundLogger) -> None:
     """Run the daemon until SIGTERM, SIGINT or SIGHUP."""
+    collector.resume()  # a daemon lives long
     daemon = Daemon(settings, log)
     install_daemon_signals(settings.stop, lambda: daemon)
     started = time.monotonic()

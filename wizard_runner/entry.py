@@ -11,6 +11,7 @@ import contextlib
 import signal
 import sys
 
+from wizard_runner import collector
 from wizard_runner.errors import RunInterrupted, failure_object
 from wizard_runner.signals import STOP_SIGNALS, install_stop_handlers, swallowed_stop
 
@@ -30,6 +31,7 @@ def _say(stop: RunInterrupted, message: str, *, as_json: bool) -> int:
 
 def main() -> int:
     """Install the stop handlers, then run the command line; its exit code stands."""
+    collector.pause()  # until a part that may last begins
     try:
         install_stop_handlers()
         from wizard_runner.cli import main as command_line  # noqa: PLC0415 - after the handlers
@@ -43,6 +45,7 @@ def main() -> int:
         # puts default handlers back as it shuts down (ignored ones it leaves alone).
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
+        collector.skip_at_exit()
     swallowed = swallowed_stop()
     if swallowed is None:
         return code

@@ -15,6 +15,11 @@ LOG_DIR = PurePosixPath("/var/log/wizard-runner")
 RUN_DIR = PurePosixPath("/run/wizard-runner")
 SPOOL_DIR = PurePosixPath("/var/spool/wizard-runner")
 REAL_ROOT = Path("/")
+#: The system files the system step manages, in the order it plans, writes and reports them.
+SYSTEM_FILES = (
+    "/etc/hostname", "/etc/hosts", "/etc/mailname", "/etc/resolv.conf", "/etc/postfix/main.cf",
+    "/etc/postfix/canonical", "/etc/network/interfaces",
+)
 
 
 class OutsideRootError(RunnerIOError):

@@ -15,6 +15,7 @@ from typing import Final
 
 from wizard_runner.config import RESERVED_HOSTNAMES, WizardConfig, vlan_raw_device
 from wizard_runner.errors import RenderError
+from wizard_runner.layout import SYSTEM_FILES
 
 RERUN: Final = "edit the wizard settings and rerun `wizard-runner run`"
 BLOCK_BEGIN: Final = f"# BEGIN wizard-runner managed block: {RERUN} to change it"
@@ -570,13 +571,8 @@ def render_canonical(config: WizardConfig, current: str | None) -> str:
     return _join_sections(keep(split.before), block, keep(split.after))
 
 
-#: Every managed file, in the order the system step writes them.
-RENDERERS: Final[dict[str, Renderer]] = {
-    "/etc/hostname": render_hostname,
-    "/etc/hosts": render_hosts,
-    "/etc/mailname": render_mailname,
-    "/etc/resolv.conf": render_resolv_conf,
-    "/etc/postfix/main.cf": render_main_cf,
-    "/etc/postfix/canonical": render_canonical,
-    "/etc/network/interfaces": render_interfaces,
-}
+#: The renderer of each managed file (layout.SYSTEM_FILES, in the order the step writes them).
+RENDERERS: Final[dict[str, Renderer]] = dict(zip(SYSTEM_FILES, (
+    render_hostname, render_hosts, render_mailname, render_resolv_conf, render_main_cf,
+    render_canonical, render_interfaces,
+), strict=True))

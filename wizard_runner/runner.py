@@ -8,7 +8,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, TextIO
 
 from structlog.typing import FilteringBoundLogger
@@ -25,10 +24,9 @@ from wizard_runner.errors import (
     exit_for_signal,
 )
 from wizard_runner.fsio import RunLock
-from wizard_runner.layout import Layout
+from wizard_runner.layout import SYSTEM_FILES, Layout
 from wizard_runner.log import make_logger, run_log_file, stdlib_logger
 from wizard_runner.preflight import RunOptions, RunPlan, prepare
-from wizard_runner.render import RENDERERS
 from wizard_runner.result import (
     FileAction,
     FileOutcome,
@@ -39,14 +37,13 @@ from wizard_runner.result import (
     new_run_id,
     now,
 )
-from wizard_runner.scripts.discovery import Verdict
 from wizard_runner.signals import arm_stops, deferred_stop_signals, interruptible, settle_stops
 from wizard_runner.state import save_config, write_result
 
 if TYPE_CHECKING:
     from wizard_runner.sysconf import FileChange
 
-__all__ = ["PlannedScript", "Preview", "RunOptions", "ScriptAction", "execute", "preview"]
+__all__ = ["RunOptions", "execute"]
 
 SKIPPED_BY_CONFIG = "handle_system_conf=false"
 
@@ -88,6 +85,22 @@ def plan_system(
     )
 
 
+def check_writes(config: WizardConfig, layout: Layout, options: RunOptions,
+                 changes: tuple[FileChange, ...], log: FilteringBoundLogger) -> list[FileChange]:
+    """The planned writes, checked before any is made: the interfaces files
+    /etc/network/interfaces includes, then the Debian tools (unless told not to)."""
+    from wizard_runner.sysconf import Plan
+    from wizard_runner.toolcheck import ToolChecker, check_included_interfaces
+
+    writes = [change for change in changes if change.plan is Plan.WRITE]
+    for change in writes:
+        if change.path == "/etc/network/interfaces":
+            check_included_interfaces(config, layout, change.new or b"")
+    if writes and options.check_with_tools:
+        ToolChecker(config, layout, log)(writes)
+    return writes
+
+
 def _not_written(changes: tuple[FileChange, ...], error: WizardRunnerError) -> SystemConfResult:
     from wizard_runner.sysconf import Plan
 
@@ -104,7 +117,8 @@ def _not_written(changes: tuple[FileChange, ...], error: WizardRunnerError) -> S
 
 
 def _skip_system_step(run: _Run) -> None:
-    skipped = tuple(FileOutcome(path, FileAction.SKIPPED, SKIPPED_BY_CONFIG) for path in RENDERERS)
+    skipped = tuple(FileOutcome(path, FileAction.SKIPPED, SKIPPED_BY_CONFIG)
+                    for path in SYSTEM_FILES)
     for outcome in skipped:
         run.log.info("file_skipped", path=outcome.path, reason=SKIPPED_BY_CONFIG)
     run.progress.system = SystemConfResult(False, skipped)
@@ -119,8 +133,7 @@ def _system_step(run: _Run) -> None:
     )
     # Only a run that writes the files needs these (and their imports' start-up time).
     from wizard_runner.activate import follow_up
-    from wizard_runner.sysconf import FilesNotAppliedError, Plan, apply_changes
-    from wizard_runner.toolcheck import ToolChecker, check_included_interfaces
+    from wizard_runner.sysconf import FilesNotAppliedError, apply_changes
 
     changes: tuple[FileChange, ...] = ()
     progress.system = SystemConfResult(True)
@@ -130,12 +143,7 @@ def _system_step(run: _Run) -> None:
         with interruptible():
             changes = plan_system(config, layout, options)
             progress.system = _not_written(changes, ApplyError("the step did not finish"))
-            writes = [change for change in changes if change.plan is Plan.WRITE]
-            for change in writes:
-                if change.path == "/etc/network/interfaces":
-                    check_included_interfaces(config, layout, change.new or b"")
-            if writes and options.check_with_tools:
-                ToolChecker(config, layout, log)(writes)
+            check_writes(config, layout, options, changes, log)
         with deferred_stop_signals():
             applied = apply_changes(layout, run.run_id, changes, log)
             backup = str(applied.backup_dir) if applied.backup_dir else None
@@ -318,114 +326,3 @@ def what_was_done(result: RunResult) -> str:
         scripts = "no script ran"
     why = f" ({result.error.splitlines()[0]})" if result.error else ""
     return f"the run {result.status.value}{why}: {files}; {scripts}"
-
-
-class ScriptAction(StrEnum):
-    """What a run would do with one entry of wizard.d."""
-
-    RUN = "run"
-    SKIP = "skip"
-    FAIL = "fail"
-    NOT_RUN = "not_run"
-
-
-@dataclass(frozen=True)
-class PlannedScript:
-    """One entry of wizard.d in a dry run: what the run would do with it, and why."""
-
-    name: str
-    action: ScriptAction
-    reason: str | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        return {"name": self.name, "action": self.action.value, "reason": self.reason}
-
-
-@dataclass(frozen=True)
-class Preview:
-    """A dry run: the planned changes, their unified diff and the scripts' fate; nothing was
-    written."""
-
-    changes: tuple[FileChange, ...]
-    diff: str
-    handled: bool
-    run_scripts: bool = False
-    scripts: tuple[PlannedScript, ...] = ()
-    files_to_write: tuple[str, ...] = ()
-
-    @property
-    def changed(self) -> bool:
-        """Whether the run would do anything: write a file or run a script."""
-        return bool(self.files_to_write) or any(
-            script.action is ScriptAction.RUN for script in self.scripts)
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        return {
-            "dry_run": True,
-            "handle_system_conf": self.handled,
-            "run_scripts": self.run_scripts,
-            "changed": self.changed,
-            "files": [
-                {"path": c.path, "plan": c.plan.value, "reason": c.reason} for c in self.changes
-            ],
-            "diff": self.diff,
-            "scripts": [script.to_dict() for script in self.scripts],
-        }
-
-
-def scripts_preview(plan: RunPlan) -> tuple[PlannedScript, ...]:
-    """What the scripts step would do with each entry of wizard.d: run, skip (and why), fail
-    at its place, or not run (before the start point, or after a failure)."""
-    if plan.scripts is None:
-        return ()
-    rows: list[PlannedScript] = []
-    reached = plan.start is None
-    failing: str | None = None
-    for decision in plan.scripts.decisions:
-        if plan.start is not None and decision.name == plan.start.name:
-            reached = True
-        if decision.verdict is Verdict.SKIP:
-            rows.append(PlannedScript(decision.name, ScriptAction.SKIP, decision.reason))
-        elif not reached and plan.start is not None:
-            rows.append(PlannedScript(decision.name, ScriptAction.NOT_RUN, plan.start.note))
-        elif failing is not None:
-            rows.append(PlannedScript(decision.name, ScriptAction.NOT_RUN,
-                                      f"not run: {failing} would fail"))
-        elif decision.verdict is Verdict.FAIL:
-            rows.append(PlannedScript(decision.name, ScriptAction.FAIL, decision.reason))
-            failing = decision.name
-        else:
-            rows.append(PlannedScript(decision.name, ScriptAction.RUN))
-    return tuple(rows)
-
-
-def preview(
-    config: WizardConfig,
-    options: RunOptions | None = None,
-    *,
-    log: FilteringBoundLogger | None = None,
-) -> Preview:
-    """Plan (and tool-check) the system step and list the scripts without writing anything,
-    not even the result; the same usage checks as a run."""
-    from wizard_runner.sysconf import Plan, unified_diff
-    from wizard_runner.toolcheck import ToolChecker, check_included_interfaces
-
-    options = options or RunOptions()
-    plan = prepare(config, options)
-    layout = plan.layout
-    log = log or make_logger(sys.stderr)
-    scripts = scripts_preview(plan)
-    if not plan.handle_system_conf:
-        return Preview((), f"# {SKIPPED_BY_CONFIG}: no system file would be touched\n", False,
-                       plan.run_scripts, scripts)
-    changes = plan_system(config, layout, options)
-    writes = [change for change in changes if change.plan is Plan.WRITE]
-    for change in writes:
-        if change.path == "/etc/network/interfaces":
-            check_included_interfaces(config, layout, change.new or b"")
-    if writes and options.check_with_tools:
-        ToolChecker(config, layout, log)(writes)
-    return Preview(changes, unified_diff(changes), True, plan.run_scripts, scripts,
-                   tuple(change.path for change in writes))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from wizard_runner import collector
 from wizard_runner.config import parse_config
 from wizard_runner.defaults import DAEMON_GRACE_SECONDS, MAX_CONFIG_BYTES
 from wizard_runner.errors import (
@@ -250,6 +251,7 @@ def wait_result(spool: Spool, request_id: str, timeout: float | None,
 
 def _wait(spool: Spool, request_id: str, timeout: float | None,
           grace: float | None) -> dict[str, Any]:
+    collector.resume()  # the answer may be long in coming
     grace = DAEMON_GRACE_SECONDS if grace is None else grace
     path = spool.result_path(request_id)
     started = time.monotonic()

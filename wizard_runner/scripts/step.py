@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from structlog.typing import FilteringBoundLogger
 
+from wizard_runner import collector
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import RunInterrupted, UsageError
 from wizard_runner.escape import printable
@@ -142,6 +143,7 @@ class _Step:
         from wizard_runner.scripts.spawner import Spawner, Switch
 
         if self.spawner is None:
+            collector.resume()  # scripts may run for long, and write without end
             self.box = contain(self.run_id)
             self.log.info("scripts_contained", containment=self.box.name)
             if self.contained is not None:
