@@ -24,7 +24,7 @@ def collector_restored() -> Iterator[None]:
     """Each test leaves the test process's collector as it found it."""
     enabled = gc.isenabled()
     yield
-    collector._State.paused = False  # the module's one piece of state
+    collector._State.ours = collector._State.paused = False  # the module's state
     gc.unfreeze()
     if enabled:
         gc.enable()
@@ -48,7 +48,7 @@ def test_paused_then_resumed_with_start_up_frozen() -> None:
 
 @pytest.mark.parametrize("enabled", [True, False], ids=["app-collects", "app-paused"])
 def test_an_embedding_applications_collector_is_left_alone(enabled: bool) -> None:
-    """Not paused by the console script: resume neither enables nor freezes."""
+    """Not paused by the console script: resume and the exit neither switch nor freeze."""
     gc.unfreeze()
     if enabled:
         gc.enable()
@@ -56,6 +56,7 @@ def test_an_embedding_applications_collector_is_left_alone(enabled: bool) -> Non
         gc.disable()
         collector.pause()  # already off: it was not paused here
     collector.resume()
+    collector.skip_at_exit()
     assert gc.isenabled() is enabled
     assert gc.get_freeze_count() == 0
 

@@ -61,6 +61,17 @@ def test_oneshot_unit() -> None:
     assert unit["SyslogIdentifier"] == ["wizard-runner"]
 
 
+@pytest.mark.parametrize("name", ["wizard-runner.service", "wizard-runnerd.service"])
+def test_a_stop_reaches_the_runner_alone(name: str) -> None:
+    """SIGTERM goes to the runner, which stops its script and records it; the rest of the
+    unit is killed only after the runner's grace and its result (systemd as PID 1 is needed
+    to see it happen: the package suite skips that there)."""
+    unit = directives(name)
+    assert unit["KillMode"] == ["mixed"]
+    assert unit["TimeoutStopSec"] == ["20s"]
+    assert unit["Delegate"] == ["yes"]
+
+
 def test_daemon_unit() -> None:
     """The daemon notifies readiness, restarts on failure and is hardened."""
     unit = directives("wizard-runnerd.service")

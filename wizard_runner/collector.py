@@ -15,14 +15,15 @@ import gc
 
 
 class _State:
-    paused = False  # the console script turned the collector off for its start-up
+    ours = False  # the console script took the collector over (it was on)
+    paused = False  # ... and keeps it off until a part that may last begins
 
 
 def pause() -> None:
     """The console script starts: no collection until a part that may last begins."""
     if gc.isenabled():
         gc.disable()
-        _State.paused = True
+        _State.ours = _State.paused = True
 
 
 def resume() -> None:
@@ -36,6 +37,8 @@ def resume() -> None:
 
 def skip_at_exit() -> None:
     """The outcome is said: the interpreter's last collection would only walk objects the
-    process is about to drop (those in reference cycles are left to the kernel)."""
-    gc.disable()
-    gc.freeze()
+    process is about to drop (those in reference cycles are left to the kernel). Nothing when
+    the collector was not taken over here."""
+    if _State.ours:
+        gc.disable()
+        gc.freeze()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from structlog.typing import FilteringBoundLogger
 
@@ -14,7 +15,9 @@ from wizard_runner.log import make_logger
 from wizard_runner.preflight import RunOptions, RunPlan, prepare
 from wizard_runner.runner import SKIPPED_BY_CONFIG, check_writes, plan_system
 from wizard_runner.scripts.discovery import Verdict
-from wizard_runner.sysconf import FileChange, unified_diff
+
+if TYPE_CHECKING:
+    from wizard_runner.sysconf import FileChange
 
 
 class ScriptAction(StrEnum):
@@ -106,6 +109,8 @@ def preview(
 ) -> Preview:
     """Plan (and tool-check) the system step and list the scripts without writing anything,
     not even the result; the same usage checks as a run."""
+    from wizard_runner.sysconf import unified_diff
+
     options = options or RunOptions()
     plan = prepare(config, options)
     layout = plan.layout
