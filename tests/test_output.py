@@ -331,3 +331,17 @@ def test_bulk_mode_tail_follows_the_lines(tmp_path: Path) -> None:
     assert len(record.tail.encode()) <= TAIL_BYTES
     assert record.tail.splitlines()[-1] == "y" * 99
     record.close()
+
+
+@pytest.mark.parametrize("chunk", [100, 4096, 8192, 1024 * 1024], ids=lambda n: f"{n}B")
+def test_bulk_mode_tail_does_not_depend_on_chunk_sizes(tmp_path: Path, chunk: int) -> None:
+    """A flood read in big or small chunks leaves the same tail: its last lines, full."""
+    data = b"".join(f"line {n:07d} {'z' * 80}\n".encode() for n in range(30000))
+    record = OutputRecord(tmp_path / "x.log", cap=0)
+    for at in range(0, len(data), chunk):
+        record.add_raw(data[at : at + chunk])
+    expected = "\n".join(f"line {n:07d} {'z' * 80}" for n in range(30000))
+    tail = record.tail
+    assert expected.endswith(tail)
+    assert len(tail.encode()) > TAIL_BYTES - 100  # as full as the limit allows
+    record.close()

@@ -179,8 +179,12 @@ class OutputRecord:
         self._keep_raw(data)
 
     def _keep_raw(self, data: bytes) -> None:
+        keep = 2 * self.tail_limit
+        if len(data) >= keep:  # a big chunk: only its end can reach the tail
+            self._raw[:] = data[-keep:]
+            return
         self._raw += data
-        if len(self._raw) > 2 * self.tail_limit:
+        if len(self._raw) > keep:
             del self._raw[: -self.tail_limit]
 
     @property
