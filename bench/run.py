@@ -95,10 +95,10 @@ def verdict(ratio: float) -> str:
     return "met" if ratio <= 1.25 else "met (1.5x)" if ratio <= 1.5 else "MISSED"
 
 
-def stack_floor(reps: int) -> list[tuple[str, float]]:
-    """The floor of the fixed stack, which any run pays before wizard-runner's own code: the
-    interpreter, then importing structlog and pydantic's model machinery and building a
-    one-field model."""
+def stack_floor(empty_run: list[str], reps: int) -> tuple[float, list[tuple[str, float]]]:
+    """The run with an empty wizard.d, and the floor of the fixed stack which any run pays
+    before wizard-runner's own code (the interpreter, then importing structlog and pydantic's
+    model machinery and building a one-field model), timed in turn, `reps` rounds: medians."""
     model = ("import structlog, pydantic\n"
              "class One(pydantic.BaseModel):\n    x: int\nOne(x=1)")
     floors = [
@@ -108,14 +108,21 @@ def stack_floor(reps: int) -> list[tuple[str, float]]:
          "while it starts, no last collection (the floor the target is judged against)",
          f"import gc\ngc.disable()\n{model}\ngc.freeze()"),
     ]
-    return [(name, Stat.of([timed([sys.executable, "-c", code]) for _ in range(reps)]).median)
-            for name, code in floors]
+    ours: list[float] = []
+    theirs: list[list[float]] = [[] for _ in floors]
+    for _ in range(reps):
+        ours.append(timed(empty_run))
+        for times, (_, code) in zip(theirs, floors, strict=True):
+            times.append(timed([sys.executable, "-c", code]))
+    return Stat.of(ours).median, [(name, Stat.of(times).median)
+                                  for times, (name, _) in zip(theirs, floors, strict=True)]
 
 
 def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
     """Per-script cost against run-parts, runs alternating."""
     runner_times: dict[int, Stat] = {}
     parts_times: dict[int, Stat] = {}
+    commands: dict[int, list[str]] = {}
     for count in sizes:
         root = fresh_root(base, f"scripts-{count}")
         wizard_d = root / "etc/xivo/wizard.d"
@@ -128,17 +135,18 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
         parts = ["run-parts", "--exit-on-error", str(wizard_d)]
         if os.geteuid() == 0:
             parts = ["runuser", "-u", USER, "--", *parts]
+        commands[count] = runner
         ours, theirs = [], []
         for _ in range(reps):
             ours.append(timed(runner))
             theirs.append(timed(parts))
         runner_times[count], parts_times[count] = Stat.of(ours), Stat.of(theirs)
+    fixed, floors = stack_floor(commands[0], 3 * reps)
     nonzero = [n for n in sizes if n]
     our_slope = slope([(n, runner_times[n].median) for n in nonzero])
     helper = intercept([(n, runner_times[n].median) for n in nonzero]) - runner_times[0].median
-    floors = stack_floor(reps)
     their_slope = slope([(n, parts_times[n].median) for n in nonzero])
-    fixed, their_fixed = runner_times[0].median, parts_times[0].median
+    their_fixed = parts_times[0].median
     lines = [
         "## 1. Per-script cost against run-parts",
         "",
@@ -153,7 +161,8 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
     ratio = our_slope / their_slope if their_slope > 0 else float("inf")
     lines += [
         "",
-        f"- fixed cost (empty wizard.d): {fixed * 1e3:.1f} ms, against run-parts' "
+        f"- fixed cost (empty wizard.d, timed in turn with the floors below): "
+        f"{fixed * 1e3:.1f} ms, against run-parts' "
         f"{their_fixed * 1e3:.1f} ms; above the floor of the fixed stack, its collector "
         f"treated the same way (below): {(fixed - floors[-1][1]) * 1e3:.1f} ms (above the "
         f"plain floor: {(fixed - floors[-2][1]) * 1e3:.1f} ms). Target <= 30 ms above the floor: "
@@ -173,7 +182,8 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
         f"{helper * 1e3:.1f} ms.",
         "",
         "What the fixed cost is made of: the floor any run pays before wizard-runner's own "
-        f"code, each measured alone ({reps} runs, medians):",
+        f"code, each timed in turn with the run with an empty wizard.d ({3 * reps} rounds, "
+        "medians):",
         "",
         "| | ms |",
         "| --- | ---: |",

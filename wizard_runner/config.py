@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -441,10 +442,15 @@ class WizardConfig(_Model):
         return self.model_dump(mode="json", exclude={"admin_password"})
 
 
-class SavedConfig(WizardConfig):
-    """A body as stored for reruns: the same rules, but the password was left out on purpose."""
+@functools.cache
+def saved_config_model() -> type[WizardConfig]:
+    """The model of a body as stored for reruns: the same rules, but the password was left
+    out on purpose. Made on first use: only a rerun without --config reads a stored body."""
 
-    admin_password: Password | None = None  # type: ignore[assignment]
+    class SavedConfig(WizardConfig):
+        admin_password: Password | None = None  # type: ignore[assignment]
+
+    return SavedConfig
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -530,7 +536,7 @@ def config_from_data(data: object, source: str = "config") -> WizardConfig:
 def saved_config_from_data(data: object, source: str) -> WizardConfig:
     """Validate a stored body (no password); raise ConfigError listing every problem."""
     try:
-        return SavedConfig.model_validate(data)
+        return saved_config_model().model_validate(data)
     except ValidationError as error:
         problems = problems_of(error)
     raise ConfigError(problems, source)

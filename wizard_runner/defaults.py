@@ -14,3 +14,7 @@ MAX_CONFIG_BYTES: Final = 64 * 1024
 #: A waiting `submit` gives up when no daemon has served the spool for this long (seconds):
 #: longer than a systemd restart (RestartSec=2s plus the start), so a restart costs no request.
 DAEMON_GRACE_SECONDS: Final = 5.0
+#: Seconds a process has to end after SIGTERM before SIGKILL.
+GRACE: Final = 5.0
+#: Bytes of one script's output its log file keeps (the rest: its tail in the result).
+DEFAULT_CAP: Final = 16 * 1024 * 1024

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-#: Seconds a process has to end after SIGTERM before SIGKILL.
-GRACE: Final = 5.0
+from wizard_runner.defaults import GRACE
+
 _LOOK: Final = 0.01
 
 

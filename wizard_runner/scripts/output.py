@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
+from wizard_runner.defaults import DEFAULT_CAP
 from wizard_runner.escape import OUTPUT, OUTPUT_LINES
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 MAX_LINE: Final = 16 * 1024
 TAIL_BYTES: Final = 4096
-DEFAULT_CAP: Final = 16 * 1024 * 1024
 #: How much of one script's output also becomes log events, counted as the size those events
 #: take in the JSON log (text plus about EVENT_OVERHEAD bytes of fields each); the rest is in
 #: the script's own log file only, so that a chatty script cannot flood the main log.

@@ -17,18 +17,18 @@ from structlog.typing import FilteringBoundLogger
 
 from wizard_runner import collector
 from wizard_runner.config import WizardConfig
+from wizard_runner.defaults import DEFAULT_CAP, GRACE
 from wizard_runner.errors import RunInterrupted, UsageError
 from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
-from wizard_runner.procs import GRACE, signal_name
 from wizard_runner.result import ScriptOutcome, ScriptStatus
 from wizard_runner.runuser import RunUser, require_switch_allowed
 from wizard_runner.scripts.discovery import Decision, Verdict, check_safe, scan
-from wizard_runner.scripts.output import DEFAULT_CAP, Progress, ScriptOutput
 from wizard_runner.signals import pending_stop, settle_stops
 
 if TYPE_CHECKING:
     from wizard_runner.scripts.containment import Containment
+    from wizard_runner.scripts.output import Progress
     from wizard_runner.scripts.spawner import Spawner, Started
     from wizard_runner.scripts.watch import Watched
 
@@ -68,6 +68,8 @@ def script_env(config: WizardConfig, user: RunUser, run_id: str, root: Path) -> 
 
 
 def _signal_name(returncode: int | None) -> str | None:
+    from wizard_runner.procs import signal_name
+
     return None if returncode is None or returncode >= 0 else signal_name(-returncode)
 
 
@@ -188,6 +190,8 @@ class _Step:
         from wizard_runner.scripts.watch import Watch
 
         log, path = self.log.bind(script=name), str(self.wizard_d / name)
+        from wizard_runner.scripts.output import ScriptOutput
+
         output = ScriptOutput(name, self.log_dir, log, self.progress, self.options.output_cap)
         try:
             spawner = self.helper()
