@@ -539,8 +539,8 @@ SAMPLE_ARGUMENTS = {
 
 @pytest.mark.parametrize("command", list(build_parser().commands))
 def test_a_command_parsed_alone_reads_as_with_every_command(command: str) -> None:
-    """Only the command about to run gets its arguments built: its help and its reading of
-    a command line are the same as with every command built."""
+    """Only the command about to run gets its parser built: its help and its reading of a
+    command line are the same as with every command built."""
     whole = build_parser().commands[command]
     alone = build_parser(command).commands[command]
     assert alone.format_help() == whole.format_help()

@@ -224,7 +224,7 @@ _SUBCOMMANDS: Final[dict[str, tuple[str, str | None, _AddArguments]]] = {
 
 def build_parser(command: str | None = None) -> _Parser:
     """The argument parser, with one sub-command per job; given the command about to run,
-    only that one's arguments are added (the others are only listed)."""
+    with that one alone."""
     parser = _Parser(
         prog=PROG,
         description="Carry out the XiVO wizard on this machine: the system files, then the "
@@ -239,18 +239,18 @@ def build_parser(command: str | None = None) -> _Parser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (summary, description, add_arguments) in _SUBCOMMANDS.items():
-        sub = commands.add_parser(name, help=summary, description=description)
         if command in (None, name):
-            add_arguments(sub)
+            add_arguments(commands.add_parser(name, help=summary, description=description))
     parser.commands = dict(commands.choices)
     return parser
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     """Parse the command line; a mistake raises CommandLineError with its command's usage."""
-    # The command is the first word that is not an option: no option before it takes a value.
-    word = next((arg for arg in argv if not arg.startswith("-")), None)
-    parser = build_parser(word if word in _SUBCOMMANDS else None)
+    # A command line that starts with a command needs that command's parser alone; any other
+    # (--help, --version, a mistake) gets them all, to list them.
+    first = argv[0] if argv else None
+    parser = build_parser(first if first in _SUBCOMMANDS else None)
     args, extras = parser.parse_known_args(argv)
     if extras:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extras)}")
