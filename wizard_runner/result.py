@@ -8,11 +8,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from wizard_runner.errors import StateFileError
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 
 class FileAction(StrEnum):
@@ -223,4 +226,6 @@ def new_run_id(at: datetime) -> str:
 @functools.cache
 def _adapter() -> TypeAdapter[RunResult]:
     # Built on first use: only `status`, `--resume` and the daemon's recovery read results.
+    from pydantic import TypeAdapter  # noqa: PLC0415 - and so is pydantic's adapter module
+
     return TypeAdapter(RunResult)
