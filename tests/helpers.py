@@ -308,3 +308,20 @@ def make_device(path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to create a device node")
     os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+
+
+#: Files no run may open as a regular file, each with the name its refusal gives it.
+SPECIAL_FILES = [
+    pytest.param(make_fifo, "a FIFO", id="fifo"),
+    pytest.param(make_socket, "a socket", id="socket"),
+    pytest.param(make_device, "a character device", id="device"),
+]
+
+
+def outside_dir(tmp_path: Path, files: dict[str, str]) -> Path:
+    """A directory beside a sandbox root, holding `files`: no run may read or change it."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name, text in files.items():
+        (elsewhere / name).write_text(text)
+    return elsewhere

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import snapshot
-from tests.helpers import make_device, make_fifo, make_socket
+from tests.helpers import SPECIAL_FILES, make_fifo, outside_dir
 from wizard_runner.fence import Fence, FenceError, NotDirectoryError, describe, open_fence
 from wizard_runner.fsio import MAX_TARGET_BYTES
 from wizard_runner.layout import Layout
@@ -20,10 +20,7 @@ from wizard_runner.layout import Layout
 @pytest.fixture
 def outside(tmp_path: Path) -> Path:
     """A directory beside the root, with a secret, that nothing may read or change."""
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "main.cf").write_text("secret = outside\n")
-    return elsewhere
+    return outside_dir(tmp_path, {"main.cf": "secret = outside\n"})
 
 
 @pytest.fixture
@@ -117,11 +114,7 @@ def test_creating_does_not_follow_a_symlink(root: Path, outside: Path, fence: Fe
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize(
     ("make", "kind"),
-    [
-        pytest.param(make_fifo, "a FIFO", id="fifo"),
-        pytest.param(make_socket, "a socket", id="socket"),
-        pytest.param(make_device, "a character device", id="device"),
-    ],
+    SPECIAL_FILES,
 )
 def test_special_file_is_refused_at_once(
     root: Path, fence: Fence, make: Callable[[Path], None], kind: str

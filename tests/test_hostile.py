@@ -20,7 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import EXAMPLES, Reliability, needs_root, needs_tool, seed_root, snapshot
-from tests.helpers import parse_hosts, parse_interfaces, parse_main_cf, parse_resolv
+from tests.helpers import (
+    outside_dir,
+    parse_hosts,
+    parse_interfaces,
+    parse_main_cf,
+    parse_resolv,
+)
 from wizard_runner.cli import main
 from wizard_runner.config import WizardConfig, config_from_data, parse_config
 from wizard_runner.errors import ConfigError
@@ -307,11 +313,8 @@ def getent_resolves_the_fqdn(seen: Count, network: dict[str, Any]) -> None:
 @pytest.fixture
 def outside(tmp_path: Path) -> Path:
     """A directory beside the sandbox root, with a secret: no run may read or change it."""
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "main.cf").write_text("myhostname = elsewhere\n")
-    (elsewhere / "shadow").write_text("root:$6$SECRET-HASH:19000:0:99999:7:::\n")
-    return elsewhere
+    return outside_dir(tmp_path, {"main.cf": "myhostname = elsewhere\n",
+                                  "shadow": "root:$6$SECRET-HASH:19000:0:99999:7:::\n"})
 
 
 def run_cli(root: Path, *extra: str) -> tuple[int, str, str]:

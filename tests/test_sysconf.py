@@ -15,7 +15,7 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from pyfakefs.helpers import set_uid
 
 from tests.conftest import DEBIAN_ROOT, MANAGED, Reliability, snapshot
-from tests.helpers import make_device, make_fifo, make_socket
+from tests.helpers import SPECIAL_FILES, outside_dir
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import ApplyError, PrivilegeError
 from wizard_runner.fsio import At, Ownership, WriteMethod, replace_at
@@ -360,12 +360,9 @@ def test_damaged_file_is_named_and_nothing_written(config: WizardConfig, root: P
 @pytest.fixture
 def outside(tmp_path: Path) -> Path:
     """A directory beside the sandbox root that no run may read or change."""
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "main.cf").write_text("myhostname = elsewhere\n")
-    (elsewhere / "interfaces").write_text("iface eth0 inet dhcp\n")
-    (elsewhere / "secret").write_text("root:$6$SECRET-HASH:19000:0:99999:7:::\n")
-    return elsewhere
+    return outside_dir(tmp_path, {"main.cf": "myhostname = elsewhere\n",
+                                  "interfaces": "iface eth0 inet dhcp\n",
+                                  "secret": "root:$6$SECRET-HASH:19000:0:99999:7:::\n"})
 
 
 def swap_for_link(path: Path, target: Path) -> None:
@@ -481,12 +478,7 @@ def test_replaced_symlink_comes_back_on_a_failure(
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize(
     ("make", "kind"),
-    [
-        pytest.param(make_fifo, "a FIFO", id="fifo"),
-        pytest.param(make_socket, "a socket", id="socket"),
-        pytest.param(make_device, "a character device", id="device"),
-        pytest.param(Path.mkdir, "a directory", id="directory"),
-    ],
+    [*SPECIAL_FILES, pytest.param(Path.mkdir, "a directory", id="directory")],
 )
 def test_special_target_is_refused_at_once(
     config: WizardConfig, sandbox: Path, make: Callable[[Path], None], kind: str

@@ -12,6 +12,7 @@ import pytest
 import structlog
 
 from tests.conftest import needs_tool
+from tests.helpers import outside_dir
 from wizard_runner.config import WizardConfig, config_from_data
 from wizard_runner.errors import ApplyError
 from wizard_runner.layout import Layout
@@ -204,10 +205,7 @@ STATIC = "iface eth0 inet static\n  address 192.168.50.10/24\n"
 @pytest.fixture
 def outside(tmp_path: Path) -> Path:
     """A directory beside the sandbox root, holding a stanza for eth0 that must not be read."""
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "eth0").write_text("iface eth0 inet dhcp\n")
-    return elsewhere
+    return outside_dir(tmp_path, {"eth0": "iface eth0 inet dhcp\n"})
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,10 @@ needs_deb = pytest.mark.skipif(
 )
 #: Every package test: the package is there, the test runs real processes.
 PACKAGE_TEST = [pytest.mark.processes, needs_package]
+#: A test that changes the installed package (purge, upgrade): root, the .deb to put back,
+#: and the package put back after it.
+CHANGES_THE_PACKAGE = [*PACKAGE_TEST, needs_root, needs_deb, pytest.mark.timeout(600),
+                       pytest.mark.usefixtures("reinstall_after")]
 
 
 def run(argv: Sequence[str | os.PathLike[str]], *, input_text: str | None = None,

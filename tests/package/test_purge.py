@@ -9,17 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.package.conftest import (
-    PACKAGE_TEST,
+    CHANGES_THE_PACKAGE,
     WIZARD_D,
     dpkg,
-    needs_deb,
-    needs_root,
     package_status,
     run,
 )
 
-pytestmark = [*PACKAGE_TEST, needs_root, needs_deb, pytest.mark.timeout(600),
-              pytest.mark.usefixtures("reinstall_after")]
+pytestmark = CHANGES_THE_PACKAGE
 BACKUP = Path("/var/backups/wizard-runner/20261205T010101Z-0a1b2c3d")
 MADE_BY_RUNS = [
     Path("/var/lib/wizard-runner/last-run.json"),

@@ -14,19 +14,16 @@ from pathlib import Path
 import pytest
 
 from tests.package.conftest import (
+    CHANGES_THE_PACKAGE,
     DPKG_ENV,
-    PACKAGE_TEST,
     WIZARD_D,
     dpkg,
     mode_owner,
-    needs_deb,
-    needs_root,
     package_version,
     run,
 )
 
-pytestmark = [*PACKAGE_TEST, needs_root, needs_deb, pytest.mark.timeout(600),
-              pytest.mark.usefixtures("reinstall_after")]
+pytestmark = CHANGES_THE_PACKAGE
 #: What the new version changes in a conffile an admin also edited: dpkg must ask.
 NEW_LINE = "# a line the next version adds\n"
 ADMIN_LINE = "# an admin's line\n"
