@@ -15,9 +15,6 @@ lock: it lives on a tmpfs that every boot empties.
 
 from __future__ import annotations
 
-import grp
-import os
-import pwd
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,14 +22,10 @@ from pathlib import Path
 from typing import Final
 
 from wizard_runner.errors import PrivilegeError, RunnerIOError
-from wizard_runner.layout import Layout
+from wizard_runner.fsio import prepare_dir
+from wizard_runner.layout import BACKUP_DIR_MODE, LOG_DIR_MODE, STATE_DIR_MODE, Layout
+from wizard_runner.runuser import group_name, user_name
 from wizard_runner.spool import Spool, prepare
-
-#: The modes the runner creates these with (state.py, log.py, sysconf.py); a test keeps the
-#: two in step.
-STATE_DIR_MODE: Final = 0o755
-LOG_DIR_MODE: Final = 0o750
-BACKUP_DIR_MODE: Final = 0o700
 
 _ROOT_OWNED: Final[tuple[tuple[Callable[[Layout], Path], int], ...]] = (
     (lambda layout: layout.state_dir, STATE_DIR_MODE),
@@ -52,30 +45,7 @@ class PreparedDir:
 
     def describe(self) -> str:
         """`/var/spool/wizard-runner/incoming  1730 root:www-data`."""
-        return f"{self.path!s:<40} {self.mode:04o} {_user(self.uid)}:{_group(self.gid)}"
-
-
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
-def _root_owned_dir(path: Path, mode: int) -> None:
-    """Create `path` if missing, then give it `mode` (and root's ownership, as root)."""
-    # Made 0700 first: never wider than meant, even for the moment before the chmod.
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        os.chown(path, 0, 0)
-    path.chmod(mode)
+        return f"{self.path!s:<40} {self.mode:04o} {user_name(self.uid)}:{group_name(self.gid)}"
 
 
 def _stat(path: Path) -> PreparedDir:
@@ -89,10 +59,11 @@ def prepare_dirs(layout: Layout, group: int) -> list[PreparedDir]:
     spool = Spool.of(layout)
     try:
         prepare(spool, group)
-        for where, mode in _ROOT_OWNED:
-            _root_owned_dir(where(layout), mode)
+        owned = [(where(layout), mode) for where, mode in _ROOT_OWNED]
+        for path, mode in owned:
+            prepare_dir(path, mode)
         paths = [spool.base, spool.incoming, spool.processing, spool.done]
-        return [_stat(path) for path in paths + [where(layout) for where, _ in _ROOT_OWNED]]
+        return [_stat(path) for path in paths + [path for path, _ in owned]]
     except PermissionError as error:
         raise PrivilegeError(f"{error.filename}: cannot prepare the runner's directories: "
                              f"{error.strerror} (run as root, or use --root DIR)") from error

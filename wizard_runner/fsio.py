@@ -167,6 +167,15 @@ def ensure_dir(path: Path, mode: int) -> None:
         raise PrivilegeError(f"{path}: cannot create directory: {error.strerror}") from error
 
 
+def prepare_dir(path: Path, mode: int, gid: int = 0) -> None:
+    """Create `path` if missing, then give it `mode` (and, as root, owner root and group
+    `gid`); it is made 0700 first, never wider than meant even for a moment."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(path, 0, gid)
+    path.chmod(mode)
+
+
 class RunLock:
     """An exclusive, non-blocking flock held for a whole run; the holder's pid is in the file.
 

@@ -15,6 +15,10 @@ LOG_DIR = PurePosixPath("/var/log/wizard-runner")
 RUN_DIR = PurePosixPath("/run/wizard-runner")
 SPOOL_DIR = PurePosixPath("/var/spool/wizard-runner")
 REAL_ROOT = Path("/")
+#: The modes the runner's own directories are made with (runs, setup-dirs alike).
+STATE_DIR_MODE = 0o755
+LOG_DIR_MODE = 0o750
+BACKUP_DIR_MODE = 0o700
 #: The system files the system step manages, in the order it plans, writes and reports them.
 SYSTEM_FILES = (
     "/etc/hostname", "/etc/hosts", "/etc/mailname", "/etc/resolv.conf", "/etc/postfix/main.cf",

@@ -21,6 +21,7 @@ from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from wizard_runner.errors import PrivilegeError, RunnerIOError
 from wizard_runner.escape import printable
+from wizard_runner.layout import LOG_DIR_MODE
 from wizard_runner.streams import SafeStream
 
 _SECRET_KEY: Final = re.compile(r"pass(word)?|secret|token", re.IGNORECASE)
@@ -98,7 +99,7 @@ def console_renderer(_logger: WrappedLogger, method: str, event: EventDict) -> s
 
 def open_log_file(path: Path) -> TextIO:
     """Open the JSON-lines log for appending (0640), creating its directory (0750)."""
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    path.parent.mkdir(mode=LOG_DIR_MODE, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 

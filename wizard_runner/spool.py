@@ -39,8 +39,8 @@ from wizard_runner.errors import (
     WizardRunnerError,
     exit_for_signal,
 )
-from wizard_runner.fsio import Ownership, atomic_replace, ensure_dir, write_all
-from wizard_runner.layout import Layout
+from wizard_runner.fsio import Ownership, atomic_replace, ensure_dir, prepare_dir, write_all
+from wizard_runner.layout import STATE_DIR_MODE, Layout
 from wizard_runner.presence import daemon_present
 from wizard_runner.result import now
 from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals
@@ -174,10 +174,7 @@ def prepare(spool: Spool, group: int) -> None:
         (spool.done, 0o750, group),
     )
     for path, mode, gid in layout:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            os.chown(path, 0, gid)
-        path.chmod(mode)
+        prepare_dir(path, mode, gid)
 
 
 def _drop(spool: Spool, request_id: str, body: bytes) -> None:
@@ -518,7 +515,7 @@ def spool_closed(layout: Layout) -> bool:
 def close_spool(layout: Layout, request_id: str, run_id: str) -> None:
     """Record that the appliance is configured: from now on requests are rejected (OSError
     when it cannot be written)."""
-    ensure_dir(layout.state_dir, 0o755)
+    ensure_dir(layout.state_dir, STATE_DIR_MODE)
     data = {"closed_at": now().isoformat(timespec="seconds"), "request_id": request_id,
             "run_id": run_id}
     atomic_replace(closed_marker(layout), (json.dumps(data, indent=2) + "\n").encode(),

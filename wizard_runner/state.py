@@ -21,14 +21,14 @@ from wizard_runner.errors import (
     UsageError,
 )
 from wizard_runner.fsio import Ownership, atomic_replace, ensure_dir
-from wizard_runner.layout import Layout
+from wizard_runner.layout import STATE_DIR_MODE, Layout
 from wizard_runner.result import RunResult, RunStatus, now
 
 
 def _store(layout: Layout, path: Path, data: bytes, mode: int, what: str) -> None:
     """Replace one of the runner's state files; any failure names the file and the reason."""
     try:
-        ensure_dir(layout.state_dir, 0o755)
+        ensure_dir(layout.state_dir, STATE_DIR_MODE)
         atomic_replace(path, data, Ownership(mode, os.geteuid(), os.getegid()))
     except PrivilegeError:
         raise

@@ -33,7 +33,7 @@ from wizard_runner.fsio import (
     symlink_at,
     unlink_at,
 )
-from wizard_runner.layout import BACKUP_DIR, Layout
+from wizard_runner.layout import BACKUP_DIR, BACKUP_DIR_MODE, Layout
 from wizard_runner.render import RENDERERS
 from wizard_runner.result import FileAction, FileOutcome
 
@@ -255,9 +255,9 @@ def _backup(
         if change.current.data is None or change.current.owner is None:
             continue
         copy = directory.joinpath(*PurePosixPath(change.path).parts[1:])
-        with fence.at(str(copy), create_mode=0o700) as at:
+        with fence.at(str(copy), create_mode=BACKUP_DIR_MODE) as at:
             replacer(at, change.current.data, change.current.owner)
-    with fence.at(str(directory / "manifest.json"), create_mode=0o700) as at:
+    with fence.at(str(directory / "manifest.json"), create_mode=BACKUP_DIR_MODE) as at:
         replacer(
             at,
             (json.dumps({"run_id": run_id, "files": manifest}, indent=2) + "\n").encode(),

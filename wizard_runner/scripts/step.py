@@ -17,7 +17,7 @@ from structlog.typing import FilteringBoundLogger
 
 from wizard_runner import collector
 from wizard_runner.config import WizardConfig
-from wizard_runner.defaults import DEFAULT_CAP, GRACE
+from wizard_runner.defaults import DEFAULT_CAP, DEFAULT_TIMEOUT, GRACE
 from wizard_runner.errors import RunInterrupted, UsageError
 from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
@@ -42,7 +42,7 @@ class ScriptsOptions:
     """How the scripts step runs."""
 
     user: RunUser
-    timeout: float | None = 600.0  # None: no limit
+    timeout: float | None = DEFAULT_TIMEOUT  # None: no limit
     start_at: str | None = None
     start_note: str | None = None  # why the scripts before start_at do not run
     output_cap: int = DEFAULT_CAP
