@@ -812,6 +812,44 @@ def test_a_stop_between_scripts_keeps_every_entry_once(config: WizardConfig,
     assert late not in (["not_run", "succeeded"], ["not_run", "failed"])
 
 
+class StopAtEnd(SlowProgress):
+    """Records what is shown; sends SIGTERM to the runner as one script's end is shown."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.shown: list[str] = []
+
+    def started(self, index: int, total: int, name: str) -> None:
+        """Record it."""
+        self.shown.append(f"started {name}")
+
+    def finished(self, outcome: Any) -> None:
+        """Record it; stop the runner after the chosen script."""
+        self.shown.append(f"finished {outcome.name}")
+        if outcome.name == self.name:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_script_shown_ending_was_shown_starting(config: WizardConfig, root: Path) -> None:
+    """Stopped as 10's end is shown, when 20 is already on its way (named ahead): whatever
+    becomes of 20, the view never shows it end without having shown it start."""
+    add_script(root, "10-a", "exit 0")
+    add_script(root, "20-b", "sleep 5")
+    add_script(root, "30-c", "exit 0")
+    view = StopAtEnd("10-a")
+    install_stop_handlers()
+    result = run_step(config, root, progress=view)
+    assert result.status is RunStatus.INTERRUPTED
+    for line in view.shown:
+        if line.startswith("finished "):
+            started = f"started {line.removeprefix('finished ')}"
+            assert started in view.shown[: view.shown.index(line)], view.shown
+    assert view.shown[:2] == ["started 10-a", "finished 10-a"]
+    assert "started 30-c" not in view.shown
+
+
 @pytest.mark.usefixtures("restore_signals")
 def test_a_stop_during_a_clean_up_starts_nothing_more(config: WizardConfig,
                                                       root: Path) -> None:

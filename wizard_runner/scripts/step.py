@@ -214,9 +214,14 @@ class _Step:
         self.stopped = seen.stopped_by or self.stopped
         return judge(name, script, seen, output.close())
 
-    def entry(self, decision: Decision, position: int, follow: str | None) -> ScriptOutcome:
-        """What becomes of one entry of wizard.d past the start point."""
+    def entry(self, decision: Decision, position: int, total: int,
+              follow: str | None) -> ScriptOutcome:
+        """What becomes of one entry of wizard.d past the start point (shown as it starts
+        and ends, unless it does not run)."""
         name = decision.name
+        if self.progress is not None and self.ended_by is None and (
+                pending_stop() is None or self.ordered == position):  # it starts (see below)
+            self.progress.started(position, total, name)
         stop = pending_stop()
         if self.ended_by is None and stop is not None and self.ordered != position:
             self.stopped = stop  # no script starts once a stop is held
@@ -236,6 +241,8 @@ class _Step:
                            **details)
         else:
             self.log.info("script_succeeded", script=name, **details)
+        if self.progress is not None:
+            self.progress.finished(outcome)
         if self.stopped is not None:
             self.ended_by = f"not run: wizard-runner was {RunInterrupted(self.stopped)}"
         return outcome
@@ -299,12 +306,8 @@ def run_scripts(
                     options.start_note or f"before --from {options.start_at}"))
             else:
                 position += 1
-                if progress is not None and step.ended_by is None and pending_stop() is None:
-                    progress.started(position, total, decision.name)
-                outcome = step.entry(decision, position, _following(decisions, index))
+                outcome = step.entry(decision, position, total, _following(decisions, index))
                 complete = complete and outcome.status is ScriptStatus.SUCCEEDED
-                if progress is not None and outcome.status is not ScriptStatus.NOT_RUN:
-                    progress.finished(outcome)
             outcomes.append(outcome)
             if record is not None:
                 record(outcomes)
