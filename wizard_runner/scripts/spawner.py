@@ -226,6 +226,19 @@ class Spawner:
             return f"{KILLED} by {signal_name(info.si_status)}"
         return f"exited with {info.si_status}"
 
+    def how_broken(self, otherwise: str) -> str:
+        """What the helper's state says of the script it was running; `otherwise` while the
+        helper runs on."""
+        state = self.state()
+        if state is None:
+            return otherwise
+        if state == STOPPED:
+            return "the script stopped the helper that ran it"
+        if state.startswith(KILLED):
+            signal_used = state.removeprefix(f"{KILLED} by ")
+            return f"the script killed the helper that ran it ({signal_used})"
+        return f"the helper that ran it {state}"
+
     def failure(self, why: str) -> HelperError:
         """The error for a helper that went wrong, saying how: what became of it, when it
         ends within a moment (a broken connection is the first sign of its death)."""

@@ -170,13 +170,12 @@ class _Step:
         self.ended_by = f"not run: the script helper failed at {printable(name)}"
 
     def _not_started(self, name: str, error: OSError | Exception) -> ScriptOutcome:
-        from wizard_runner.scripts.watch import how_broken
-
         self.log.info("script_started", script=name, user=self.options.user.name)
         if not isinstance(error, OSError):  # the helper failed
             # Stopped or killed as it started the script: the script may well have done it.
-            state = self.spawner.state() if self.spawner is not None else None
-            reason = how_broken(state) if state else f"cannot start: {error}"
+            reason = f"cannot start: {error}"
+            if self.spawner is not None:
+                reason = self.spawner.how_broken(reason)
             self._broken(name)
         else:
             reason = f"cannot execute: {error.strerror}{_EXEC_HINTS.get(error.errno or 0, '')}"

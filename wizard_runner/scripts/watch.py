@@ -24,7 +24,7 @@ from wizard_runner.procs import Leftover
 from wizard_runner.scripts.containment import Containment
 from wizard_runner.scripts.helper import PIPE_SIZE
 from wizard_runner.scripts.output import ScriptOutput
-from wizard_runner.scripts.spawner import KILLED, STOPPED, Exited, HelperError, Spawner, Started
+from wizard_runner.scripts.spawner import Exited, HelperError, Spawner, Started
 from wizard_runner.signals import drain_wakeup, pending_stop, wakeup_fileno
 
 #: After a script exits, how long its pipes may stay open before what holds them is looked
@@ -139,8 +139,7 @@ class Watch:
             message = self.spawner.receive()
             self.seen.exited = self.spawner.exited(message, self.script.index)
         except HelperError as error:
-            state = self.spawner.state()
-            self.seen.broken = how_broken(state) if state else str(error)
+            self.seen.broken = self.spawner.how_broken(str(error))
             self.seen.ended_at = time.monotonic()
             return
         self.exited_at = time.monotonic()
@@ -237,14 +236,6 @@ class Watch:
             self.seen.more_leftovers += len(found) - room
 
     def _helper_failed(self) -> None:
-        self.seen.broken = how_broken(self.spawner.state() or "stopped answering")
+        self.seen.broken = self.spawner.how_broken("the helper that ran it stopped answering")
         self.seen.ended_at = time.monotonic()
 
-
-def how_broken(state: str) -> str:
-    """What a helper's state (`Spawner.state`) says of the script it was running."""
-    if state == STOPPED:
-        return "the script stopped the helper that ran it"
-    if state.startswith(KILLED):
-        return f"the script killed the helper that ran it ({state.removeprefix(KILLED + ' by ')})"
-    return f"the helper that ran it {state}"
