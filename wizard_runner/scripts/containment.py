@@ -59,9 +59,10 @@ def cgroup2_mount(mountinfo: str) -> tuple[Path, str] | None:
     """Where cgroup v2 is mounted and which of its directories the mount shows (field 4),
     from /proc/self/mountinfo."""
     for line in mountinfo.splitlines():
-        fields, _, after = line.partition(" - ")
-        if after.split()[:1] == ["cgroup2"] and len(fields.split()) >= 5:
-            return Path(fields.split()[4]), fields.split()[3]
+        before, _, after = line.partition(" - ")
+        fields = before.split()
+        if after.split()[:1] == ["cgroup2"] and len(fields) >= 5:
+            return Path(fields[4]), fields[3]
     return None
 
 
@@ -78,9 +79,12 @@ def _cgroup_parent() -> Path | None:
         path = own_cgroup(Path("/proc/self/cgroup").read_text())
     except OSError:
         return None
-    if mount is None or path is None or os.path.relpath(path, mount[1]).startswith(".."):
-        return None  # none, or ours lies outside what the mount shows (a namespace)
-    parent = (mount[0] / os.path.relpath(path, mount[1])).resolve()
+    if mount is None or path is None:
+        return None
+    below = os.path.relpath(path, mount[1])
+    if below.startswith(".."):
+        return None  # ours lies outside what the mount shows (a namespace)
+    parent = (mount[0] / below).resolve()
     ok = (parent / "cgroup.procs").exists() and os.access(parent, os.W_OK)
     return parent if ok else None
 
@@ -179,20 +183,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _prctl(option: int, value: int) -> bool:
-    """prctl(2) with an int argument; whether it succeeded."""
+def _prctl(option: int, value: int | None = None) -> int | None:
+    """prctl(2) with an int argument, or (`value` None) one it fills in: the value filled
+    in, 0 when set; None when it failed."""
     import ctypes  # noqa: PLC0415 - the fallback alone needs it: off the cgroup's path
 
-    return int(ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)) == 0
-
-
-def _is_subreaper() -> bool:
-    import ctypes  # noqa: PLC0415 - the fallback alone needs it: off the cgroup's path
-
-    was = ctypes.c_int(0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0) == 0 and bool(
-        was.value)
+    filled = ctypes.c_int(0)
+    argument = ctypes.byref(filled) if value is None else value
+    if ctypes.CDLL(None, use_errno=True).prctl(option, argument, 0, 0, 0) != 0:
+        return None
+    return filled.value
 
 
 class Subreaper:
@@ -203,7 +203,7 @@ class Subreaper:
     def __init__(self) -> None:
         self.helper: int | None = None
         self.ours = set(_children(os.getpid()))  # the runner's own children before the step
-        self.was_subreaper = _is_subreaper()
+        self.was_subreaper = bool(_prctl(_PR_GET_CHILD_SUBREAPER))
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
     def adopt(self, pid: int) -> None:
