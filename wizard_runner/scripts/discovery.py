@@ -186,7 +186,8 @@ def unsafe_problems(
     return problems
 
 
-def _entry(directory: Path, name: str, top: Path | None = None) -> Entry:
+def _entry(directory: Path, name: str, top: str | None = None) -> Entry:
+    """One entry of wizard.d; with `top` (resolved), a symlink leading out of it is OUTSIDE."""
     path = directory / name
     try:
         link = os.lstat(path)
@@ -195,7 +196,7 @@ def _entry(directory: Path, name: str, top: Path | None = None) -> Entry:
     symlink = stat.S_ISLNK(link.st_mode)
     if symlink and top is not None:
         target = os.path.realpath(path)
-        if not is_inside(target, os.path.realpath(top)):
+        if not is_inside(target, top):
             return Entry(name, Kind.OUTSIDE, symlink=True, link=os.readlink(path))
     try:
         info = os.stat(path) if symlink else link
@@ -251,7 +252,8 @@ def scan(directory: Path, user: RunUser, top: Path | None = None) -> Scan:
         raise ScriptsDirMissingError(f"{directory}: not a directory") from None
     except PermissionError as error:
         raise PrivilegeError(f"{directory}: cannot read: {error.strerror}") from error
-    decisions = decide([_entry(directory, name, top) for name in names], user)
+    resolved_top = os.path.realpath(top) if top is not None else None
+    decisions = decide([_entry(directory, name, resolved_top) for name in names], user)
     itself = Entry(directory.name, Kind.DIRECTORY, info.st_mode, info.st_uid, info.st_gid)
     return Scan(directory, itself, tuple(decisions), _parents(directory, top))
 

@@ -185,12 +185,11 @@ class _Step:
         """Run one script to its end and judge it. When it ended cleanly, `follow` (the next
         script) is ordered at once, before this outcome is logged: the helper starts it while
         the runner writes, instead of waiting idle for the runner's word."""
+        from wizard_runner.scripts.output import ScriptOutput
         from wizard_runner.scripts.spawner import HelperError
         from wizard_runner.scripts.watch import Watch
 
         log, path = self.log.bind(script=name), str(self.wizard_d / name)
-        from wizard_runner.scripts.output import ScriptOutput
-
         output = ScriptOutput(name, self.log_dir, log, self.progress, self.options.output_cap)
         try:
             spawner = self.helper()
