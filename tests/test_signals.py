@@ -84,9 +84,12 @@ def test_a_stop_swallowed_by_a_finalizer_is_raised_when_the_run_arms() -> None:
 
     Finalized()  # collected at once: its RunInterrupted is swallowed
     assert swallowed_stop() == signal.SIGTERM
+    install_stop_handlers()  # as each command does again after the console script did
     with pytest.raises(RunInterrupted) as caught:
         arm_stops()
     assert caught.value.signum == signal.SIGTERM
+    assert swallowed_stop() is None
+    arm_stops()  # raised once: the next run is not stopped by it again
 
 
 def test_ignored_while_stopping() -> None:

@@ -67,10 +67,11 @@ def _handle(signum: int, _frame: FrameType | None) -> None:
 _handle.defers_stops = True  # type: ignore[attr-defined]
 
 
-def install_handler(handler: Handler = _handle) -> None:
+def install_stop_handlers(handler: Handler = _handle) -> None:
     """Install `handler` (marked `defers_stops`) for the stop signals, with the wake-up pipe;
-    a fresh stop begins. Without an argument: the CLI's, which raises RunInterrupted."""
-    arm_stops(force=True)
+    no section is open, no stop held. Without an argument: the CLI's, which raises
+    RunInterrupted. A stop swallowed before (in a finalizer) is kept for `arm_stops`."""
+    _Stop.depth, _Stop.held, _Stop.over = 0, None, False
     sys.unraisablehook = _quiet_unraisable
     if _Stop.wakeup is None:
         _Stop.wakeup = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -79,16 +80,15 @@ def install_handler(handler: Handler = _handle) -> None:
         signal.signal(signum, handler)
 
 
-install_stop_handlers = install_handler
-
-
-def arm_stops(*, force: bool = False) -> None:
+def arm_stops() -> None:
     """A run begins (the daemon serves many): a stop from now on is this run's. A stop raised
-    before but swallowed on its way (in a finalizer) is raised again here."""
-    if not force and _ours() and _Stop.swallowed is not None:
-        raise RunInterrupted(_Stop.swallowed)
-    if force or _ours():
-        _Stop.depth, _Stop.held, _Stop.over, _Stop.swallowed = 0, None, False, None
+    before but swallowed on its way (in a finalizer) is raised again here, once."""
+    if not _ours():
+        return
+    swallowed, _Stop.swallowed = _Stop.swallowed, None
+    if swallowed is not None:
+        raise RunInterrupted(swallowed)
+    _Stop.depth, _Stop.held, _Stop.over = 0, None, False
 
 
 def swallowed_stop() -> int | None:
