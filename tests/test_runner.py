@@ -6,6 +6,8 @@ import errno
 import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +195,28 @@ def test_sigint_before_writes_changes_nothing(
     assert result.exit_code == 130
     assert snapshot(sandbox / "etc") == before
     assert {f.action for f in result.system_conf.files} == {FileAction.SKIPPED}
+
+
+@pytest.mark.processes
+@pytest.mark.usefixtures("restore_signals")
+def test_a_stop_cuts_a_hanging_check_at_once(config: WizardConfig, sandbox: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Debian tool that hangs while the files are checked is cut by SIGTERM where it waits,
+    not after its 30 s: the run says interrupted and nothing was written."""
+    install_stop_handlers()
+    before = snapshot(sandbox / "etc")
+    hanging = sandbox.parent / "hanging-tool"
+    hanging.write_text("#!/bin/sh\nexec sleep 60\n")
+    hanging.chmod(0o755)
+    monkeypatch.setattr("wizard_runner.toolcheck.find_tool", lambda name: str(hanging))
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    started = time.monotonic()
+    timer.start()
+    result = execute(config, RunOptions(root=sandbox), json_logs=True)
+    timer.join()
+    assert time.monotonic() - started < 15
+    assert (result.status, result.exit_code) == (RunStatus.INTERRUPTED, 143)
+    assert snapshot(sandbox / "etc") == before
 
 
 def test_preview_writes_nothing(config: WizardConfig, sandbox: Path) -> None:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -26,7 +27,9 @@ from wizard_runner.signals import (
     deferred_stop_signals,
     ignored_stop_signals,
     install_stop_handlers,
-    swallowed_stop,
+    interruptible,
+    pending_stop,
+    stop_here,
 )
 
 pytestmark = pytest.mark.usefixtures("restore_signals")
@@ -34,13 +37,57 @@ SCRIPT = Path(sys.executable).parent / "wizard-runner"
 LAST_RUN = "var/lib/wizard-runner/last-run.json"
 
 
-def test_a_stop_is_raised_at_once_outside_a_section() -> None:
-    """With the runner's handlers, SIGTERM becomes RunInterrupted right away."""
+def test_a_stop_is_recorded_where_it_lands_and_raised_at_a_stop_point() -> None:
+    """With the runner's handlers, SIGTERM is recorded, not thrown into the code running;
+    the next stop point raises it as RunInterrupted, once."""
     install_stop_handlers()
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.sigtimedwait([], 0)  # let the handler run
+    assert pending_stop() == signal.SIGTERM
     with pytest.raises(RunInterrupted) as caught:
-        os.kill(os.getpid(), signal.SIGTERM)
-        signal.sigtimedwait([], 0)  # let the handler run
+        stop_here()
     assert caught.value.exit_code == 143
+    assert pending_stop() is None
+    stop_here()  # raised once
+
+
+def test_a_stop_while_a_class_is_built_is_not_an_internal_error() -> None:
+    """A stop landing in `__set_name__` (a dataclass field, as a module loads) must not come
+    out as Python's RuntimeError wrapping it: it is recorded and the class is built."""
+    install_stop_handlers()
+
+    class Landing:
+        def __set_name__(self, owner: type, name: str) -> None:
+            os.kill(os.getpid(), signal.SIGHUP)
+            signal.sigtimedwait([], 0)  # the handler runs here, inside __set_name__
+
+    class Built:
+        field = Landing()
+
+    assert isinstance(Built.__dict__["field"], Landing)
+    with pytest.raises(RunInterrupted) as caught:
+        arm_stops()  # the run does not begin
+    assert caught.value.signum == signal.SIGHUP
+
+
+def test_an_interruptible_wait_is_cut_at_once() -> None:
+    """Inside `interruptible` (a tool, a pause), even within a deferred section, a stop ends
+    the wait where it lands; one recorded before is raised on entry."""
+    install_stop_handlers()
+    started = time.monotonic()
+    with pytest.raises(RunInterrupted), deferred_stop_signals(), interruptible():
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+        time.sleep(10)
+    assert time.monotonic() - started < 5
+    os.kill(os.getpid(), signal.SIGTERM)  # the stop is over: ignored
+    signal.sigtimedwait([], 0)
+    assert pending_stop() is None
+    install_stop_handlers()
+    os.kill(os.getpid(), signal.SIGHUP)
+    signal.sigtimedwait([], 0)
+    with pytest.raises(RunInterrupted) as caught, interruptible():
+        pytest.fail("the wait began after a stop")
+    assert caught.value.signum == signal.SIGHUP
 
 
 def test_a_deferred_stop_comes_at_the_end_of_the_outermost_section() -> None:
@@ -73,8 +120,9 @@ def test_a_foreign_handler_is_swapped_for_the_section() -> None:
 
 
 def test_a_stop_swallowed_by_a_finalizer_is_raised_when_the_run_arms() -> None:
-    """A stop raised inside a finalizer (where Python only prints it) is not lost: the next
-    run raises it again before it starts."""
+    """A stop raised inside a finalizer that ran in an interruptible wait (where Python only
+    prints it) is not lost: it is recorded again, and the next run raises it before it
+    starts."""
     install_stop_handlers()
 
     class Finalized:
@@ -82,13 +130,14 @@ def test_a_stop_swallowed_by_a_finalizer_is_raised_when_the_run_arms() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
             signal.sigtimedwait([], 0)  # the handler runs here, inside the finalizer
 
-    Finalized()  # collected at once: its RunInterrupted is swallowed
-    assert swallowed_stop() == signal.SIGTERM
+    with interruptible():
+        Finalized()  # collected at once: its RunInterrupted is swallowed
+    assert pending_stop() == signal.SIGTERM
     install_stop_handlers()  # as each command does again after the console script did
     with pytest.raises(RunInterrupted) as caught:
         arm_stops()
     assert caught.value.signum == signal.SIGTERM
-    assert swallowed_stop() is None
+    assert pending_stop() is None
     arm_stops()  # raised once: the next run is not stopped by it again
 
 
@@ -97,9 +146,11 @@ def test_ignored_while_stopping() -> None:
     install_stop_handlers()
     with ignored_stop_signals():
         os.kill(os.getpid(), signal.SIGINT)
+    assert pending_stop() is None
+    os.kill(os.getpid(), signal.SIGINT)
+    signal.sigtimedwait([], 0)
     with pytest.raises(RunInterrupted):
-        os.kill(os.getpid(), signal.SIGINT)
-        signal.sigtimedwait([], 0)
+        stop_here()
 
 
 # --- whole runs: a stop signal at every moment of the system step ---------------------------
@@ -268,6 +319,93 @@ def test_stop_signals_at_random_moments(
                        trials=trials, lost=len(failures),
                        outcome="one line, no traceback; files as a whole; result = exit code")
     assert failures == {}
+
+
+# The console script, signalled while Python builds the classes of a module it loads.
+LOADING = textwrap.dedent("""\
+    import dataclasses, os, signal, sys
+    module, signum = sys.argv[1], int(sys.argv[2])
+    set_name = dataclasses.Field.__set_name__
+
+    def landing(self, owner, name):
+        if owner.__module__ == module:
+            os.kill(os.getpid(), signum)  # the handler runs here, inside __set_name__
+        return set_name(self, owner, name)
+
+    dataclasses.Field.__set_name__ = landing
+    sys.argv = ["wizard-runner", *sys.argv[3:]]
+    from wizard_runner.entry import main
+    sys.exit(main())
+    """)
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize(("module", "signum"), [("wizard_runner.runner", signal.SIGHUP),
+                                                ("wizard_runner.preflight", signal.SIGTERM)])
+def test_a_stop_while_modules_load_is_an_interruption(sandbox: Path, module: str,
+                                                       signum: int) -> None:
+    """A stop landing while the command's modules are built (in a dataclass field's
+    `__set_name__`, where Python 3.11 wraps an exception in RuntimeError) ends the run before
+    it starts, in one line: not an internal error."""
+    before = snapshot(sandbox)
+    done = subprocess.run([sys.executable, "-c", LOADING, module, str(signum), "run", "--config",
+                           str(EXAMPLES / "wizard.json"), "--root", str(sandbox), "--json"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    name = signal.Signals(signum).name
+    assert done.stderr == f"wizard-runner: interrupted by {name}; nothing was run\n"
+    assert done.returncode == 128 + signum
+    assert json.loads(done.stdout)["status"] == "interrupted"
+    assert snapshot(sandbox) == before
+
+
+# The console script, with `status` replaced by a command that gets a stop as it ends.
+FINISHING = textwrap.dedent("""\
+    import os, signal, sys
+    import wizard_runner.cli as cli
+    code = int(sys.argv[1])
+
+    def finishing(args, out, stdin, err):
+        os.kill(os.getpid(), signal.SIGTERM)
+        out.write("the command's output\\n")
+        return code
+
+    cli._COMMANDS["status"] = finishing
+    sys.argv = ["wizard-runner", "status"]
+    from wizard_runner.entry import main
+    sys.exit(main())
+    """)
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize(("code", "exit_code", "said"), [
+    (0, 143, "wizard-runner: interrupted by SIGTERM (the command had finished)\n"),
+    (3, 3, ""),
+])
+def test_a_stop_as_a_command_ends_is_said_unless_it_failed(code: int, exit_code: int,
+                                                            said: str) -> None:
+    """A stop no point of the command acted on: after a success it is said (and its exit
+    code); after a failure the failure stands."""
+    done = subprocess.run([sys.executable, "-c", FINISHING, str(code)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (exit_code, "the command's output\n",
+                                                           said)
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("source", ["fifo", "-"])
+def test_a_stop_cuts_the_wait_for_the_body(sandbox: Path, tmp_path: Path, source: str) -> None:
+    """`--config` naming a FIFO nobody writes, or standard input nobody closes: a stop ends
+    the wait in one line, nothing run."""
+    fifo = tmp_path / "body"
+    os.mkfifo(fifo)
+    with subprocess.Popen([str(SCRIPT), "run", "--config", str(fifo) if source == "fifo" else "-",
+                           "--root", str(sandbox)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        time.sleep(0.5)  # well into the wait
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=30)
+    assert (child.returncode, stderr) == (143, "wizard-runner: interrupted by SIGTERM; nothing "
+                                               "was run\n")
 
 
 @pytest.mark.processes

@@ -35,6 +35,7 @@ from wizard_runner.errors import (
 )
 from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
+from wizard_runner.signals import interruptible
 from wizard_runner.streams import SafeStream
 
 if TYPE_CHECKING:
@@ -258,7 +259,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def read_body(source: str, stdin: TextIO) -> bytes:
-    """The raw body from a file or `-` (standard input), read up to just past the size limit."""
+    """The raw body from a file or `-` (standard input), read up to just past the size limit;
+    a stop cuts the wait for it (a terminal, a FIFO with no writer)."""
+    with interruptible():
+        return _read_body(source, stdin)
+
+
+def _read_body(source: str, stdin: TextIO) -> bytes:
     if source == "-":
         buffer = getattr(stdin, "buffer", None)
         if buffer is None:

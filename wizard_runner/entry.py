@@ -13,7 +13,7 @@ import sys
 
 from wizard_runner import collector
 from wizard_runner.errors import RunInterrupted, failure_object
-from wizard_runner.signals import STOP_SIGNALS, install_stop_handlers, swallowed_stop
+from wizard_runner.signals import STOP_SIGNALS, install_stop_handlers, settle_stops
 
 
 def _say(stop: RunInterrupted, message: str, *, as_json: bool) -> int:
@@ -37,8 +37,8 @@ def main() -> int:
         from wizard_runner.cli import main as command_line  # noqa: PLC0415 - after the handlers
 
         code = command_line()
-    except (RunInterrupted, KeyboardInterrupt) as caught:  # while loading (or installing)
-        stop = caught if isinstance(caught, RunInterrupted) else RunInterrupted(signal.SIGINT)
+    except KeyboardInterrupt:  # SIGINT before the handlers were installed
+        stop = RunInterrupted(signal.SIGINT)
         return _say(stop, f"{stop}; nothing was run", as_json="--json" in sys.argv)
     finally:
         # The outcome is said: a stop signal now must not kill the exiting interpreter, which
@@ -46,9 +46,9 @@ def main() -> int:
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         collector.skip_at_exit()
-    swallowed = swallowed_stop()
-    if swallowed is None:
-        return code
-    # It landed where Python could only print it (a finalizer) and the command went on.
-    stop = RunInterrupted(swallowed)
+    held = settle_stops()
+    if held is None or code != 0:
+        return code  # a failure stands: the stop cut nothing short
+    # It came where a command that succeeded had no point left to act on it.
+    stop = RunInterrupted(held)
     return _say(stop, f"{stop} (the command had finished)", as_json=False)

@@ -37,7 +37,7 @@ from wizard_runner.result import (
     new_run_id,
     now,
 )
-from wizard_runner.signals import arm_stops, deferred_stop_signals, interruptible, settle_stops
+from wizard_runner.signals import arm_stops, deferred_stop_signals, settle_stops, stop_here
 from wizard_runner.state import save_config, write_result
 
 if TYPE_CHECKING:
@@ -138,12 +138,12 @@ def _system_step(run: _Run) -> None:
     changes: tuple[FileChange, ...] = ()
     progress.system = SystemConfResult(True)
     try:
-        # Reading and checking (the Debian tools can take seconds) may be cut by a stop at
-        # once: nothing is written yet. The replacements and the live follow-ups may not.
-        with interruptible():
-            changes = plan_system(config, layout, options)
-            progress.system = _not_written(changes, ApplyError("the step did not finish"))
-            check_writes(config, layout, options, changes, log)
+        # A stop may cut the reading and checking (the Debian tools' runs at once): nothing
+        # is written yet. It may not cut the replacements nor the live follow-ups.
+        changes = plan_system(config, layout, options)
+        progress.system = _not_written(changes, ApplyError("the step did not finish"))
+        check_writes(config, layout, options, changes, log)
+        stop_here()
         with deferred_stop_signals():
             applied = apply_changes(layout, run.run_id, changes, log)
             backup = str(applied.backup_dir) if applied.backup_dir else None

@@ -1,11 +1,14 @@
 """Stop signals: SIGTERM, SIGINT and SIGHUP become one recorded stop, acted on where it is safe.
 
 With wizard-runner's handlers (the CLI installs them on its first line, the daemon its own), a
-stop raises RunInterrupted at once outside a run. Inside one it is held: the scripts step's
-event loop sees it through the wake-up pipe and stops the script there; the system step lets
-it cut the file checks but never the replacements nor the live follow-ups; the end of the run
-settles it. Once raised or settled, later stop signals are ignored, so nothing cuts the
-clean-up short and a written result is never contradicted.
+stop is recorded, never raised where it lands: an exception thrown into arbitrary code (an
+import, a class being built, a finalizer) would come out as something else. It is raised as
+RunInterrupted at known points only: a run's start (`arm_stops`), the end of the outermost
+deferred section, `stop_here`, and inside `interruptible` waits (a tool, a pause, reading the
+body), which a stop cuts at once. The scripts step's event loop sees it through the wake-up
+pipe and stops the script there; the end of the run settles it; the console script reports
+one still recorded when its command ends. Once raised or settled, later stop signals are
+ignored, so nothing cuts the clean-up short and a written result is never contradicted.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ Handler = Callable[[int, FrameType | None], None]
 
 
 class _Stop:
-    """The process's stop: open hold sections, the signal held, whether it is over; and the
-    pipe the interpreter writes a byte into for each signal, which event loops poll."""
+    """The process's stop: open deferred sections, whether a wait may be cut at once, the
+    signal recorded, whether it is over; and the pipe the interpreter writes a byte into for
+    each signal, which event loops poll."""
 
     depth = 0
+    cut = False
     held: int | None = None
     over = False
-    swallowed: int | None = None  # raised where Python could only print it (a finalizer)
     wakeup: tuple[int, int] | None = None
 
 
@@ -50,14 +54,14 @@ def _raise(signum: int) -> None:
 
 
 def request_stop(signum: int) -> None:
-    """What a stop handler does: raise RunInterrupted, or hold it while a section is open;
-    nothing once the stop is over."""
+    """What a stop handler does: record the first stop; raise it inside an `interruptible`
+    wait; nothing once the stop is over."""
     if _Stop.over:
         return
-    if not _Stop.depth:
-        _raise(signum)
     if _Stop.held is None:
         _Stop.held = signum
+    if _Stop.cut:
+        _raise(_Stop.held)
 
 
 def _handle(signum: int, _frame: FrameType | None) -> None:
@@ -69,9 +73,11 @@ _handle.defers_stops = True  # type: ignore[attr-defined]
 
 def install_stop_handlers(handler: Handler = _handle) -> None:
     """Install `handler` (marked `defers_stops`) for the stop signals, with the wake-up pipe;
-    no section is open, no stop held. Without an argument: the CLI's, which raises
-    RunInterrupted. A stop swallowed before (in a finalizer) is kept for `arm_stops`."""
-    _Stop.depth, _Stop.held, _Stop.over = 0, None, False
+    no section is open. Without an argument: the CLI's. A stop recorded under the same handler
+    before (a command installs them again after the console script did) is kept."""
+    if signal.getsignal(signal.SIGTERM) is not handler:
+        _Stop.held = None
+    _Stop.depth, _Stop.cut, _Stop.over = 0, False, False
     sys.unraisablehook = _quiet_unraisable
     if _Stop.wakeup is None:
         _Stop.wakeup = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -80,39 +86,37 @@ def install_stop_handlers(handler: Handler = _handle) -> None:
         signal.signal(signum, handler)
 
 
+def stop_here() -> None:
+    """A point where the work may end: the stop recorded so far is raised as RunInterrupted."""
+    if _Stop.held is not None and not _Stop.over and _ours():
+        _raise(_Stop.held)
+
+
 def arm_stops() -> None:
-    """A run begins (the daemon serves many): a stop from now on is this run's. A stop raised
-    before but swallowed on its way (in a finalizer) is raised again here, once."""
-    if not _ours():
-        return
-    swallowed, _Stop.swallowed = _Stop.swallowed, None
-    if swallowed is not None:
-        raise RunInterrupted(swallowed)
-    _Stop.depth, _Stop.held, _Stop.over = 0, None, False
-
-
-def swallowed_stop() -> int | None:
-    """A stop raised where Python could only print it (a finalizer), never acted on."""
-    return _Stop.swallowed
+    """A run begins (the daemon serves many): a stop recorded before is raised, so the run
+    does not start; from now on a stop is this run's."""
+    if _ours():
+        stop_here()
+        _Stop.depth, _Stop.cut, _Stop.held, _Stop.over = 0, False, None, False
 
 
 def _quiet_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
-    """A stop raised where Python can only print it (a finalizer) is kept for the next known
-    point (`arm_stops`, the end of the command), not printed as a traceback."""
+    """A stop raised where Python can only print it (a finalizer that ran inside an
+    `interruptible` wait) is recorded again for the next known point, not printed."""
     if isinstance(unraisable.exc_value, RunInterrupted):
-        _Stop.swallowed = unraisable.exc_value.signum
+        _Stop.held, _Stop.over = unraisable.exc_value.signum, False
     else:
         sys.__unraisablehook__(unraisable)
 
 
 def pending_stop() -> int | None:
-    """The stop signal held right now, if any (an event loop acts on it)."""
+    """The stop signal recorded right now, if any (an event loop acts on it)."""
     return _Stop.held
 
 
 def settle_stops() -> int | None:
-    """The outcome is decided: later stop signals are ignored. The stop held until now (its
-    result must say interrupted), or None."""
+    """The outcome is decided: later stop signals are ignored. The stop recorded until now
+    (the outcome must say interrupted), or None."""
     held, _Stop.held, _Stop.over = _Stop.held, None, True
     return held
 
@@ -149,17 +153,17 @@ def _swapped(handler: Handler | signal.Handlers) -> Iterator[None]:
 
 @contextmanager
 def deferred_stop_signals(*, foreign: bool = True) -> Iterator[None]:
-    """Hold stop signals back while the block runs; a stop held is raised when the outermost
-    section ends. With an embedding application's handlers (`foreign`, main thread only) the
-    signals are recorded meanwhile and sent again after the block."""
+    """A block no stop may cut: one recorded meanwhile is raised when the outermost section
+    ends. With an embedding application's handlers (`foreign`, main thread only) the signals
+    are recorded meanwhile and sent again after the block."""
     if _ours():
         _Stop.depth += 1
         try:
             yield
         finally:
             _Stop.depth -= 1
-            if not _Stop.depth and _Stop.held is not None and not _Stop.over:
-                _raise(_Stop.held)
+            if not _Stop.depth:
+                stop_here()
         return
     if not foreign or not _swappable():
         yield
@@ -173,18 +177,18 @@ def deferred_stop_signals(*, foreign: bool = True) -> Iterator[None]:
 
 @contextmanager
 def interruptible() -> Iterator[None]:
-    """Inside held sections, a part of the run a stop may cut at once (the Debian tools'
-    checks): a stop held so far is raised on entry."""
+    """A wait a stop may cut at once (a tool, a pause, reading the body), also inside deferred
+    sections: a stop recorded so far is raised on entry, one arriving meanwhile where it lands.
+    Keep the block to the wait: stdlib code that cleans up after KeyboardInterrupt."""
     if not _ours():
         yield
         return
-    depth, _Stop.depth = _Stop.depth, 0
+    stop_here()
+    cut, _Stop.cut = _Stop.cut, True
     try:
-        if _Stop.held is not None and not _Stop.over:
-            _raise(_Stop.held)
         yield
     finally:
-        _Stop.depth = depth
+        _Stop.cut = cut
 
 
 @contextmanager

@@ -43,7 +43,7 @@ from wizard_runner.fsio import Ownership, atomic_replace, ensure_dir, prepare_di
 from wizard_runner.layout import STATE_DIR_MODE, Layout
 from wizard_runner.presence import daemon_present
 from wizard_runner.result import now
-from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals
+from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals, interruptible
 
 REQUEST_ID: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
 #: The hidden name a submitter writes a request under before renaming it into place.
@@ -269,7 +269,8 @@ def _wait(spool: Spool, request_id: str, timeout: float | None,
             elif current - seen >= grace:
                 return _give_up(spool, request_id, NoDaemonError,
                                 f"no daemon is serving {spool.base}")
-        time.sleep(ANSWER_POLL_SECONDS)
+        with interruptible():
+            time.sleep(ANSWER_POLL_SECONDS)
 
 
 def read_answer(path: Path) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from wizard_runner.errors import ApplyError
 from wizard_runner.fence import Fence, FenceError, NotDirectoryError, open_fence
 from wizard_runner.layout import Layout
 from wizard_runner.render import interface_conflicts, interfaces_sources, without_sources
+from wizard_runner.signals import interruptible
 from wizard_runner.sysconf import FileChange
 from wizard_runner.tools import ToolOutput, find_tool, run_tool
 
@@ -30,6 +31,12 @@ _SOURCE_DIR_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 _NETWORK_DIR: Final = "/etc/network"
 _GLOB_MAGIC: Final = re.compile(r"[*?[]")
 INTERFACES: Final = "/etc/network/interfaces"
+
+
+def _check_run(argv: Sequence[str]) -> ToolOutput:
+    """A check's tool run: nothing is written yet, so a stop may cut it at once."""
+    with interruptible():
+        return run_tool(argv)
 
 
 def include_path(pattern: str) -> PurePosixPath:
@@ -197,7 +204,7 @@ class ToolChecker:
         candidate = workdir / "interfaces"
         _write_settled(candidate, data)
         net = self.config.network
-        output = run_tool([ifquery, "--interfaces", str(candidate), net.interface])
+        output = _check_run([ifquery, "--interfaces", str(candidate), net.interface])
         if output.returncode != 0:
             raise _rejected(path, "ifquery", output)
         if f"address: {net.ip_address}" not in output.stdout.splitlines():
@@ -230,8 +237,8 @@ class ToolChecker:
         postconf = self._tool("postconf", path)
         if postconf is None:
             return
-        output = run_tool([postconf, "-c", str(directory), "-h", "myhostname", "mydomain",
-                           "myorigin"])
+        output = _check_run([postconf, "-c", str(directory), "-h", "myhostname", "mydomain",
+                             "myorigin"])
         if output.returncode != 0:
             raise _rejected(path, "postconf", output)
         net = self.config.network
@@ -246,12 +253,12 @@ class ToolChecker:
         if postmap is None:
             return
         table = f"hash:{directory / 'canonical'}"
-        output = run_tool([postmap, "-c", str(directory), table])
+        output = _check_run([postmap, "-c", str(directory), table])
         # postmap exits 0 even when it skips malformed lines; its warnings count as rejections.
         if output.returncode != 0 or "warning:" in output.stderr:
             raise _rejected(path, "postmap", output)
         net = self.config.network
-        query = run_tool([postmap, "-c", str(directory), "-q", f"@{net.hostname}", table])
+        query = _check_run([postmap, "-c", str(directory), "-q", f"@{net.hostname}", table])
         if query.stdout.strip() != f"@{net.fqdn}":
             raise _rejected(path, "postmap", f"@{net.hostname} maps to {query.stdout.strip()!r}")
         self.log.info("file_validated", path=path, tool="postmap")
