@@ -117,7 +117,6 @@ class RunInterrupted(BaseException):
     def __init__(self, signum: int) -> None:
         self.signum = signum
         self.exit_code = exit_for_signal(signum)
-        self.partial: object | None = None  # what the interrupted step had done, if anything
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
