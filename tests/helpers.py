@@ -33,6 +33,31 @@ from wizard_runner.spool import Spool
 SCRIPT = Path(sys.executable).parent / "wizard-runner"
 
 
+# The console script, signalled while Python builds the classes of a module it loads (in a
+# dataclass field's __set_name__, where Python 3.11 wraps an exception in RuntimeError).
+_LOADING = """\
+import dataclasses, os, signal, sys
+module, signum = sys.argv[1], int(sys.argv[2])
+set_name = dataclasses.Field.__set_name__
+
+def landing(self, owner, name):
+    if owner.__module__ == module:
+        os.kill(os.getpid(), signum)  # the handler runs here, inside __set_name__
+    return set_name(self, owner, name)
+
+dataclasses.Field.__set_name__ = landing
+sys.argv = ["wizard-runner", *sys.argv[3:]]
+from wizard_runner.entry import main
+sys.exit(main())
+"""
+
+
+def signalled_while_loading(module: str, signum: int) -> list[str]:
+    """The command that runs the console script (its arguments follow) and sends it `signum`
+    while `module` builds its dataclasses."""
+    return [sys.executable, "-c", _LOADING, module, str(signum)]
+
+
 def www_data() -> tuple[int, int]:
     """The uid and gid of www-data on this machine."""
     entry = pwd.getpwnam("www-data")

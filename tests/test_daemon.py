@@ -22,7 +22,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, REPO, Reliability, seed_root
-from tests.helpers import USER, daemon, daemon_result, no_process_with, wait_until
+from tests.helpers import (
+    USER,
+    daemon,
+    daemon_result,
+    no_process_with,
+    signalled_while_loading,
+    wait_until,
+)
 from wizard_runner import api
 from wizard_runner import daemon as daemon_module
 from wizard_runner.cli import main
@@ -576,6 +583,19 @@ def test_sigkill_mid_run_then_restart(root: Path, body: dict[str, Any],
     reliability.record(area="daemon", fault="SIGKILL mid-run", injection="kill -9 the daemon "
                        "while a script runs, then restart it", trials=1, lost=0,
                        outcome="the request answered `interrupted`, not run twice")
+
+
+@pytest.mark.processes
+def test_a_stop_while_the_daemon_starts_ends_it(root: Path) -> None:
+    """SIGTERM while `serve` loads its modules (systemd stopping a unit that is starting):
+    the daemon ends, having served nothing, instead of serving on."""
+    done = subprocess.run([*signalled_while_loading("wizard_runner.daemon", signal.SIGTERM),
+                           "serve", "--root", str(root), "--user", USER, "--log-format",
+                           "json"], capture_output=True, text=True, timeout=60, check=False)
+    events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
+    assert done.returncode == 0, done.stderr
+    assert events[-1] == "daemon_exit"
+    assert "daemon_stopped" in events
 
 
 @pytest.mark.processes

@@ -18,7 +18,7 @@ from types import FrameType
 import pytest
 
 from tests.conftest import EXAMPLES, MANAGED, Reliability, seed_root, snapshot
-from tests.helpers import USER, alive, write_script
+from tests.helpers import USER, alive, signalled_while_loading, write_script
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import RunInterrupted
 from wizard_runner.result import RunResult
@@ -321,22 +321,6 @@ def test_stop_signals_at_random_moments(
     assert failures == {}
 
 
-# The console script, signalled while Python builds the classes of a module it loads.
-LOADING = textwrap.dedent("""\
-    import dataclasses, os, signal, sys
-    module, signum = sys.argv[1], int(sys.argv[2])
-    set_name = dataclasses.Field.__set_name__
-
-    def landing(self, owner, name):
-        if owner.__module__ == module:
-            os.kill(os.getpid(), signum)  # the handler runs here, inside __set_name__
-        return set_name(self, owner, name)
-
-    dataclasses.Field.__set_name__ = landing
-    sys.argv = ["wizard-runner", *sys.argv[3:]]
-    from wizard_runner.entry import main
-    sys.exit(main())
-    """)
 
 
 @pytest.mark.processes
@@ -348,7 +332,7 @@ def test_a_stop_while_modules_load_is_an_interruption(sandbox: Path, module: str
     `__set_name__`, where Python 3.11 wraps an exception in RuntimeError) ends the run before
     it starts, in one line: not an internal error."""
     before = snapshot(sandbox)
-    done = subprocess.run([sys.executable, "-c", LOADING, module, str(signum), "run", "--config",
+    done = subprocess.run([*signalled_while_loading(module, signum), "run", "--config",
                            str(EXAMPLES / "wizard.json"), "--root", str(sandbox), "--json"],
                           capture_output=True, text=True, timeout=60, check=False)
     name = signal.Signals(signum).name

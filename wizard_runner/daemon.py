@@ -37,7 +37,7 @@ from wizard_runner.presence import PresenceLock
 from wizard_runner.result import RunStatus, now
 from wizard_runner.runner import RunOptions, execute
 from wizard_runner.runuser import RunUser
-from wizard_runner.signals import install_stop_handlers, request_stop
+from wizard_runner.signals import install_stop_handlers, pending_stop, request_stop
 from wizard_runner.spool import (
     REQUEST_ID,
     RequestRejectedError,
@@ -441,6 +441,8 @@ def install_daemon_signals(stop: threading.Event, daemon: Callable[[], Daemon | 
             request_stop(signum)
 
     handle.defers_stops = True  # type: ignore[attr-defined]
+    if pending_stop() is not None:  # it came as the daemon started: it stops before serving
+        stop.set()
     install_stop_handlers(handle)
 
 
