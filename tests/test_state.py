@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,19 @@ def test_status_resume_and_rerun_on_damaged_state(sandbox: Path) -> None:
             assert json.loads(done.stdout)["exit_code"] == 74
     assert sorted(path.name for path in state.iterdir()) == ["config.json", "last-run.json"]
     assert not (sandbox / "var/log").exists()
+
+
+@pytest.mark.processes
+def test_state_files_that_are_fifos_are_refused_not_waited_on(sandbox: Path) -> None:
+    """A FIFO (or any special file) where last-run.json or config.json should be: status and
+    a rerun say so at once instead of waiting for a writer that never comes."""
+    state = sandbox / "var/lib/wizard-runner"
+    state.mkdir(parents=True)
+    (sandbox / "etc/xivo/wizard.d").mkdir(parents=True)
+    os.mkfifo(state / "last-run.json")
+    os.mkfifo(state / "config.json")
+    for args, code in ((["status"], 74), (["run"], 66)):
+        done = subprocess.run([str(SCRIPT), *args, "--root", str(sandbox)], capture_output=True,
+                              text=True, timeout=30, check=False)
+        assert (done.returncode, done.stderr.count("\n")) == (code, 1), (args, done.stderr)
+        assert "not a regular file" in done.stderr

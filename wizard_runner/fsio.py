@@ -54,6 +54,21 @@ class At:
     shown: str
 
 
+def read_regular(path: Path) -> bytes:
+    """A regular file's bytes. A FIFO, device or directory is refused (OSError "not a
+    regular file") without a read that could block."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks = []
+        while chunk := os.read(fd, 1024 * 1024):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write every byte of `data` to `fd`, however many calls that takes."""
     view = memoryview(data)

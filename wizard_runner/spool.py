@@ -39,7 +39,14 @@ from wizard_runner.errors import (
     WizardRunnerError,
     exit_for_signal,
 )
-from wizard_runner.fsio import Ownership, atomic_replace, ensure_dir, prepare_dir, write_all
+from wizard_runner.fsio import (
+    Ownership,
+    atomic_replace,
+    ensure_dir,
+    prepare_dir,
+    read_regular,
+    write_all,
+)
 from wizard_runner.layout import STATE_DIR_MODE, Layout
 from wizard_runner.presence import daemon_present
 from wizard_runner.result import now
@@ -276,7 +283,7 @@ def _wait(spool: Spool, request_id: str, timeout: float | None,
 def read_answer(path: Path) -> dict[str, Any] | None:
     """The answer stored at `path`, or None while there is none."""
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_regular(path))
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -463,8 +470,7 @@ def remove_stale_temps(spool: Spool, older_than: float = STALE_TEMP_SECONDS) -> 
 def _submitter(path: str) -> int | None:
     """The uid an answer was submitted by (None for an answer that does not say)."""
     try:
-        with open(path, "rb") as handle:
-            data = json.load(handle)
+        data = json.loads(read_regular(Path(path)))
     except (OSError, ValueError):
         return None
     owner = data.get("submitted_by") if isinstance(data, dict) else None

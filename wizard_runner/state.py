@@ -20,7 +20,7 @@ from wizard_runner.errors import (
     StateFileError,
     UsageError,
 )
-from wizard_runner.fsio import Ownership, atomic_replace, ensure_dir
+from wizard_runner.fsio import Ownership, atomic_replace, ensure_dir, read_regular
 from wizard_runner.layout import STATE_DIR_MODE, Layout
 from wizard_runner.result import RunResult, RunStatus, now
 
@@ -48,7 +48,7 @@ def load_saved_config(layout: Layout) -> WizardConfig:
     """The body saved by the last run; a clear error when there is none or it is damaged."""
     path = layout.saved_config
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)
     except FileNotFoundError:
         raise ConfigUnreadableError(
             f"no saved config at {path}: pass --config FILE (the wizard body)"
@@ -71,7 +71,7 @@ def read_last_result(layout: Layout) -> RunResult | None:
     """The stored result of the last run, or None when there was none."""
     path = layout.last_run
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path)
     except FileNotFoundError:
         return None
     except OSError as error:
