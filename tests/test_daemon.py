@@ -32,16 +32,19 @@ from tests.helpers import (
 )
 from wizard_runner import api
 from wizard_runner import daemon as daemon_module
+from wizard_runner import runner as runner_module
 from wizard_runner.cli import main
-from wizard_runner.daemon import CLOSED, Daemon, DaemonSettings
+from wizard_runner.daemon import CLOSED, Daemon, DaemonSettings, install_daemon_signals
 from wizard_runner.errors import (
     ApplyError,
+    RunInterrupted,
     RunnerIOError,
     UsageError,
 )
 from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
 from wizard_runner.log import make_logger
+from wizard_runner.preflight import prepare as prepare_run
 from wizard_runner.result import RunResult, RunStatus, SystemConfResult, now
 from wizard_runner.runuser import resolve_user
 from wizard_runner.spool import (
@@ -186,6 +189,32 @@ def test_whatever_execute_raises_is_answered(served: Served, quick: dict[str, An
         assert (found["status"], found["exit_code"], found["reason"]) == ("failed", code, reason)
         assert found["problems"] == []
     assert os.listdir(served.spool.processing) == []
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_stop_before_a_later_run_begins_keeps_it_from_running(
+    served: Served, quick: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM as the daemon's second request is prepared (the first run's settled outcome
+    is long over): that run does not begin, the request is answered interrupted."""
+    install_daemon_signals(served.daemon.settings.stop)
+    served.request("20261125T000001Z-aaaaaaaaaaa1", quick)
+    served.daemon.serve_pending()
+    assert served.answer("20261125T000001Z-aaaaaaaaaaa1")["status"] == "succeeded"
+    reopen_spool(served.layout)  # a success closes it
+
+    def prepare_then_signal(*args: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return prepare_run(*args)
+
+    monkeypatch.setattr(runner_module, "prepare", prepare_then_signal)
+    served.request("20261125T000002Z-aaaaaaaaaaa2", quick)
+    with pytest.raises(RunInterrupted):  # answered, then the daemon ends
+        served.daemon.serve_pending()
+    found = served.answer("20261125T000002Z-aaaaaaaaaaa2")
+    assert (found["status"], found["exit_code"]) == ("interrupted", 143)
+    assert found.get("result") is None  # no run began
+    assert served.daemon.settings.stop.is_set()
 
 
 @pytest.mark.parametrize(
@@ -652,6 +681,30 @@ def test_waits_for_a_manual_run(root: Path, body: dict[str, Any]) -> None:
     assert record["status"] == "succeeded"
     started = record["result"]["started_at"]
     assert datetime.fromisoformat(started).timestamp() >= released
+
+
+@pytest.mark.processes
+def test_a_stop_while_a_request_waits_for_the_lock_ends_the_daemon_cleanly(
+    root: Path, body: dict[str, Any]
+) -> None:
+    """SIGTERM while a claimed request waits for a manual run's lock: the request is answered
+    interrupted, and the daemon exits 0 as on any stop, saying nothing more."""
+    log = root / "daemon.log"
+    lock = RunLock(Layout(root).lock_file)
+    lock.acquire()
+    try:
+        with daemon(root) as process:
+            request_id = api.submit(body, root=root)
+            assert isinstance(request_id, str)
+            wait_until(lambda: not list(Spool.of(Layout(root)).incoming.iterdir()),
+                       what="the claim")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        record = daemon_result(root, request_id)
+    finally:
+        lock.release()
+    assert record["status"] == "interrupted"
+    assert "too late" not in log.read_text()
 
 
 @pytest.mark.processes

@@ -15,10 +15,12 @@ import pytest
 
 from tests.conftest import needs_root
 from tests.helpers import as_www_data, traversable_dir, www_data
+from wizard_runner.config import parse_config
 from wizard_runner.errors import ConfigError, RunInterrupted
 from wizard_runner.fsio import write_all
 from wizard_runner.layout import Layout
 from wizard_runner.presence import PresenceLock
+from wizard_runner.signals import install_stop_handlers
 from wizard_runner.spool import (
     REQUEST_ID,
     AnswerTimeoutError,
@@ -252,6 +254,33 @@ def test_a_stop_during_the_drop_leaves_nothing(spool: Spool, body: dict[str, Any
     assert caught.value.status == "withdrawn"
     assert isinstance(caught.value.__cause__, KeyboardInterrupt)
     assert os.listdir(spool.incoming) == []
+
+
+@pytest.mark.parametrize("wait", [False, True], ids=["submit", "submit-and-wait"])
+def test_a_stop_while_the_body_is_checked_queues_nothing(
+    spool: Spool, body: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+    restore_signals: None, wait: bool,
+) -> None:
+    """SIGTERM while the body is validated (the runner's handlers record it): nothing is
+    dropped into incoming/, so a daemon can never claim it in between."""
+    install_stop_handlers()
+    dropped: list[str] = []
+
+    def check_then_signal(data: bytes, source: str) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return parse_config(data, source)
+
+    monkeypatch.setattr("wizard_runner.spool.parse_config", check_then_signal)
+    monkeypatch.setattr("wizard_runner.spool._drop", lambda *args: dropped.append("dropped"))
+    data = json.dumps(body).encode()
+    with pytest.raises(SubmitInterruptedError) as caught:
+        if wait:
+            submit_and_wait(spool, data, None)
+        else:
+            submit(spool, data)
+    assert caught.value.status == "not_submitted"
+    assert caught.value.exit_code == 143
+    assert dropped == []
 
 
 def test_withdraw_loses_to_the_claim(spool: Spool, body: dict[str, Any]) -> None:

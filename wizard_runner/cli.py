@@ -35,7 +35,7 @@ from wizard_runner.errors import (
 )
 from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
-from wizard_runner.signals import interruptible
+from wizard_runner.signals import interruptible, settle_stops
 from wizard_runner.streams import SafeStream
 
 if TYPE_CHECKING:
@@ -746,7 +746,15 @@ def main(
     # A closed pipe on stdout or stderr must not stop a run from finishing and cleaning up.
     out = cast(TextIO, SafeStream(stdout or sys.stdout))
     err = cast(TextIO, SafeStream(stderr or sys.stderr))
-    arguments = list(sys.argv[1:] if argv is None else argv)
+    code = _command_line(list(sys.argv[1:] if argv is None else argv), out, stdin, err)
+    held = settle_stops()  # the command is over
+    if held is not None:  # it came where nothing was left to cut short
+        err.write(f"{PROG}: {RunInterrupted(held)}, too late to cut the command short: its "
+                  "outcome stands\n")
+    return code
+
+
+def _command_line(arguments: list[str], out: TextIO, stdin: TextIO, err: TextIO) -> int:
     command: str | None = None
     try:
         args = parse(arguments)

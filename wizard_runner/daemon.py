@@ -8,7 +8,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -37,7 +36,12 @@ from wizard_runner.presence import PresenceLock
 from wizard_runner.result import RunStatus, now
 from wizard_runner.runner import RunOptions, execute
 from wizard_runner.runuser import RunUser
-from wizard_runner.signals import install_stop_handlers, pending_stop, request_stop
+from wizard_runner.signals import (
+    install_stop_handlers,
+    pending_stop,
+    request_stop,
+    settle_stops,
+)
 from wizard_runner.spool import (
     REQUEST_ID,
     RequestRejectedError,
@@ -144,7 +148,6 @@ class Daemon:
         self.settings = settings
         self.spool = Spool.of(settings.layout)
         self.log = log
-        self.running = False
         #: Answers that could not be written yet (a full disk), retried on every pass; their
         #: requests stay in processing/ meanwhile.
         self.unanswered: dict[str, tuple[_Request, dict[str, Any]]] = {}
@@ -409,7 +412,6 @@ class Daemon:
         )
         while True:
             try:
-                self.running = True
                 result = execute(config, options, stream=self.settings.stream,
                                  json_logs=self.settings.json_logs,
                                  journal=self.settings.journal)
@@ -420,8 +422,6 @@ class Daemon:
                         "interrupted", exit_for_signal(signal.SIGTERM),
                         reason="the daemon was stopped before the request could run")
                 continue
-            finally:
-                self.running = False
             if result.status is RunStatus.SUCCEEDED:
                 # Before the answer: a crash in between is recovered from last-run.json, which
                 # closes the spool again, so a success is never followed by a second run.
@@ -430,27 +430,27 @@ class Daemon:
                                   result=result.to_dict())
 
 
-def install_daemon_signals(stop: threading.Event, daemon: Callable[[], Daemon | None]) -> None:
-    """SIGTERM/SIGINT/SIGHUP set the stop flag; during a run they also interrupt it (its tree
-    is stopped and its result says interrupted)."""
+def install_daemon_signals(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT/SIGHUP set the stop flag, and stop the run under way (its tree is
+    stopped and its result says interrupted) or keep the next one from starting. A stop
+    that came as the daemon started sets the flag at once."""
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         stop.set()
-        current = daemon()
-        if current is not None and current.running:
-            request_stop(signum)
+        request_stop(signum)
 
     handle.defers_stops = True  # type: ignore[attr-defined]
-    if pending_stop() is not None:  # it came as the daemon started: it stops before serving
+    install_stop_handlers(handle)  # keeps a stop recorded by the console script's handlers
+    if pending_stop() is not None:
         stop.set()
-    install_stop_handlers(handle)
 
 
 def serve(settings: DaemonSettings, log: FilteringBoundLogger) -> None:
     """Run the daemon until SIGTERM, SIGINT or SIGHUP."""
     collector.resume()  # a daemon lives long
     daemon = Daemon(settings, log)
-    install_daemon_signals(settings.stop, lambda: daemon)
+    install_daemon_signals(settings.stop)
     started = time.monotonic()
     daemon.serve()
+    settle_stops()  # acted on: the daemon stopped
     log.info("daemon_exit", uptime_s=round(time.monotonic() - started, 1))

@@ -13,7 +13,7 @@ import sys
 
 from wizard_runner import collector
 from wizard_runner.errors import RunInterrupted, failure_object
-from wizard_runner.signals import STOP_SIGNALS, install_stop_handlers, settle_stops
+from wizard_runner.signals import STOP_SIGNALS, install_stop_handlers
 
 
 def _say(stop: RunInterrupted, message: str, *, as_json: bool) -> int:
@@ -46,9 +46,4 @@ def main() -> int:
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         collector.skip_at_exit()
-    held = settle_stops()
-    if held is None or code != 0:
-        return code  # a failure stands: the stop cut nothing short
-    # It came where a command that succeeded had no point left to act on it.
-    stop = RunInterrupted(held)
-    return _say(stop, f"{stop} (the command had finished)", as_json=False)
+    return code

@@ -37,7 +37,7 @@ from wizard_runner.result import (
     new_run_id,
     now,
 )
-from wizard_runner.signals import arm_stops, deferred_stop_signals, settle_stops, stop_here
+from wizard_runner.signals import deferred_stop_signals, run_stops, settle_stops, stop_here
 from wizard_runner.state import save_config, write_result
 
 if TYPE_CHECKING:
@@ -220,29 +220,28 @@ def execute(
     plan = prepare(config, options)
     layout = plan.layout
     # 0600: flock works on any descriptor; a lock others can open, others can hold.
-    with RunLock(layout.lock_file, mode=0o600):
-        arm_stops()
-        # The run's bookkeeping holds stops back: a stop lands where the run can record it.
-        with deferred_stop_signals(foreign=False):
-            started = now()
-            run_id = new_run_id(started)
-            with run_log_file(layout.log_file) as log_handle:
-                if logger is not None:
-                    log = stdlib_logger(logger, log_file=log_handle, run_id=run_id)
-                else:
-                    log = make_logger(stream or sys.stderr, json_lines=json_logs,
-                                      log_file=log_handle, stream_level=stream_level,
-                                      stream_skips=stream_skips, journal=journal,
-                                      run_id=run_id)
-                if options.save_config:
-                    try:
-                        save_config(layout, plan.config_as_run(config))
-                    except WizardRunnerError as error:
-                        log.error("run_not_started", error=str(error))
-                        settle_stops()
-                        raise
-                run = _Run(config, options, plan, run_id, log, _Progress())
-                return _run_locked(run, started)
+    # The run's bookkeeping holds stops back: a stop lands where the run can record it.
+    with RunLock(layout.lock_file, mode=0o600), run_stops(), \
+            deferred_stop_signals(foreign=False):
+        started = now()
+        run_id = new_run_id(started)
+        with run_log_file(layout.log_file) as log_handle:
+            if logger is not None:
+                log = stdlib_logger(logger, log_file=log_handle, run_id=run_id)
+            else:
+                log = make_logger(stream or sys.stderr, json_lines=json_logs,
+                                  log_file=log_handle, stream_level=stream_level,
+                                  stream_skips=stream_skips, journal=journal,
+                                  run_id=run_id)
+            if options.save_config:
+                try:
+                    save_config(layout, plan.config_as_run(config))
+                except WizardRunnerError as error:
+                    log.error("run_not_started", error=str(error))
+                    settle_stops()
+                    raise
+            run = _Run(config, options, plan, run_id, log, _Progress())
+            return _run_locked(run, started)
 
 
 def _outcome(run: _Run) -> tuple[RunStatus, int, str | None]:

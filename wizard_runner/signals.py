@@ -3,7 +3,7 @@
 With wizard-runner's handlers (the CLI installs them on its first line, the daemon its own), a
 stop is recorded, never raised where it lands: an exception thrown into arbitrary code (an
 import, a class being built, a finalizer) would come out as something else. It is raised as
-RunInterrupted at known points only: a run's start (`arm_stops`), the end of the outermost
+RunInterrupted at known points only: a run's start (`run_stops`), the end of the outermost
 deferred section, `stop_here`, and inside `interruptible` waits (a tool, a pause, reading the
 body), which a stop cuts at once. The scripts step's event loop sees it through the wake-up
 pipe and stops the script there; the end of the run settles it; the console script reports
@@ -73,9 +73,9 @@ _handle.defers_stops = True  # type: ignore[attr-defined]
 
 def install_stop_handlers(handler: Handler = _handle) -> None:
     """Install `handler` (marked `defers_stops`) for the stop signals, with the wake-up pipe;
-    no section is open. Without an argument: the CLI's. A stop recorded under the same handler
-    before (a command installs them again after the console script did) is kept."""
-    if signal.getsignal(signal.SIGTERM) is not handler:
+    no section is open. Without an argument: the CLI's. A stop recorded by wizard-runner's
+    handlers before (the console script's, as the command loaded) is kept."""
+    if not _ours():
         _Stop.held = None
     _Stop.depth, _Stop.cut, _Stop.over = 0, False, False
     sys.unraisablehook = _quiet_unraisable
@@ -92,12 +92,20 @@ def stop_here() -> None:
         _raise(_Stop.held)
 
 
-def arm_stops() -> None:
-    """A run begins (the daemon serves many): a stop recorded before is raised, so the run
-    does not start; from now on a stop is this run's."""
-    if _ours():
-        stop_here()
-        _Stop.depth, _Stop.cut, _Stop.held, _Stop.over = 0, False, None, False
+@contextmanager
+def run_stops() -> Iterator[None]:
+    """A run's span (the daemon serves many): a stop recorded before is raised on entry, so the
+    run does not begin; inside, a stop is this run's; once the run has ended, the next stop is
+    recorded again (for the next run, or the command's end)."""
+    if not _ours():
+        yield
+        return
+    stop_here()
+    _Stop.depth, _Stop.cut, _Stop.held, _Stop.over = 0, False, None, False
+    try:
+        yield
+    finally:
+        _Stop.over = False
 
 
 def _quiet_unraisable(unraisable: sys.UnraisableHookArgs) -> None:

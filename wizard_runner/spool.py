@@ -50,7 +50,12 @@ from wizard_runner.fsio import (
 from wizard_runner.layout import STATE_DIR_MODE, Layout
 from wizard_runner.presence import daemon_present
 from wizard_runner.result import now
-from wizard_runner.signals import deferred_stop_signals, ignored_stop_signals, interruptible
+from wizard_runner.signals import (
+    deferred_stop_signals,
+    ignored_stop_signals,
+    interruptible,
+    stop_here,
+)
 
 REQUEST_ID: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
 #: The hidden name a submitter writes a request under before renaming it into place.
@@ -216,6 +221,7 @@ def submit(spool: Spool, body: bytes) -> str:
     dropped: str | None = None
     try:
         with deferred_stop_signals():
+            stop_here()  # one that came while the body was checked: nothing is queued
             _drop(spool, request_id, body)
             dropped = request_id
     except (KeyboardInterrupt, RunInterrupted) as stop:
