@@ -9,6 +9,8 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from wizard_runner.log import REDACTED, JsonLinesFile, make_logger, open_log_file, quiet_logger
 
 
@@ -44,6 +46,22 @@ def test_file_gets_json_whatever_the_terminal_shows(tmp_path: Path) -> None:
     events = [json.loads(line) for line in path.read_text().splitlines()]
     assert [event["run_id"] for event in events] == ["a", "b"]
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("reader", [False, True], ids=["fifo", "fifo-with-a-reader"])
+def test_a_log_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path,
+                                                            reader: bool) -> None:
+    """A FIFO where the log should be is refused, whether or not something reads it: never
+    a wait for a reader, never the run's events sent into a pipe."""
+    path = tmp_path / "wizard-runner.log"
+    os.mkfifo(path)
+    held = os.open(path, os.O_RDONLY | os.O_NONBLOCK) if reader else None
+    try:
+        with pytest.raises(OSError, match="not a regular file"):
+            open_log_file(path)
+    finally:
+        if held is not None:
+            os.close(held)
 
 
 def test_secrets_are_redacted() -> None:

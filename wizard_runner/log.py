@@ -7,10 +7,12 @@ imports wizard-runner (xivo-confd) keeps its own structlog configuration.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,9 +100,19 @@ def console_renderer(_logger: WrappedLogger, method: str, event: EventDict) -> s
 
 
 def open_log_file(path: Path) -> TextIO:
-    """Open the JSON-lines log for appending (0640), creating its directory (0750)."""
+    """Open the JSON-lines log for appending (0640), creating its directory (0750). Anything
+    but a regular file there (a FIFO, a device) is refused, never waited on."""
     path.parent.mkdir(mode=LOG_DIR_MODE, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    not_regular = OSError(errno.EINVAL, "not a regular file", str(path))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
+                     0o640)
+    except OSError as error:
+        raise (not_regular if error.errno == errno.ENXIO else error) from None  # ENXIO: a FIFO
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise not_regular
+    os.set_blocking(fd, True)
     return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
 
