@@ -171,6 +171,32 @@ def test_ignored_while_stopping() -> None:
         stop_here()
 
 
+# A command's output, bigger than a pipe holds, written while nothing reads the pipe yet.
+BIG_OUTPUT = textwrap.dedent("""\
+    import sys
+    from wizard_runner.signals import install_stop_handlers
+    from wizard_runner.streams import SafeStream
+    install_stop_handlers()
+    SafeStream(sys.stdout).write("x" * 200_000 + "\\n")
+    sys.stdout.flush()
+    """)
+
+
+@pytest.mark.processes
+def test_a_stop_during_a_blocked_write_loses_no_output() -> None:
+    """SIGTERM while the output waits for a slow reader (a pipe full): the handler only
+    records it, and all of the output still arrives (Python ends a big write short when a
+    signal interrupts it, and would drop the rest)."""
+    with subprocess.Popen([sys.executable, "-c", BIG_OUTPUT], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as child:
+        time.sleep(0.5)  # the pipe is full, the write blocked
+        child.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        stdout, stderr = child.communicate(timeout=30)
+    assert (child.returncode, stderr) == (0, b"")
+    assert len(stdout) == 200_001
+
+
 # --- whole runs: a stop signal at every moment of the system step ---------------------------
 
 # The child is the console script with every os-level file operation counted; at operation

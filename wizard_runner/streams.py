@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import Final, TextIO
+
+#: Characters per write: at most 4 bytes each in UTF-8, within io.DEFAULT_BUFFER_SIZE (8 KiB).
+_PIECE: Final = 2048
 
 
 class SafeStream:
@@ -14,10 +17,13 @@ class SafeStream:
         self.broken = False
 
     def write(self, text: str) -> int:
-        """Write unless the stream already failed once."""
+        """Write unless the stream already failed once; in pieces that fit the buffer: a
+        bigger write goes straight to the pipe, and a signal that interrupts it there ends
+        it short, the rest silently dropped."""
         if not self.broken:
             try:
-                self.stream.write(text)
+                for start in range(0, len(text), _PIECE):
+                    self.stream.write(text[start:start + _PIECE])
             except (OSError, ValueError):
                 self.broken = True
         return len(text)
