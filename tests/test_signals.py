@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -19,6 +20,7 @@ import pytest
 
 from tests.conftest import EXAMPLES, MANAGED, Reliability, seed_root, snapshot
 from tests.helpers import USER, alive, signalled_while_loading, write_script
+from wizard_runner.cli import main as cli_main
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import RunInterrupted
 from wizard_runner.result import RunResult
@@ -171,30 +173,64 @@ def test_ignored_while_stopping() -> None:
         stop_here()
 
 
+@pytest.mark.processes
+def test_a_command_after_a_run_in_the_same_process_is_stopped_as_the_first(
+    sandbox: Path, tmp_path: Path
+) -> None:
+    """cli.main called again in one process (an embedding, a test): what the first command's
+    run settled does not make the next one deaf to a stop (here while it waits on a FIFO)."""
+    quiet = {"stdout": io.StringIO(), "stderr": io.StringIO()}
+    assert cli_main(["run", "--config", str(EXAMPLES / "wizard.json"), "--root", str(sandbox),
+                     "--no-scripts"], **quiet) == 0, quiet["stderr"].getvalue()
+    fifo = tmp_path / "body"
+    os.mkfifo(fifo)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    code = cli_main(["validate", "--config", str(fifo)], **quiet)
+    timer.join()
+    assert code == 143
+
+
 # A command's output, bigger than a pipe holds, written while nothing reads the pipe yet.
 BIG_OUTPUT = textwrap.dedent("""\
     import sys
     from wizard_runner.signals import install_stop_handlers
     from wizard_runner.streams import SafeStream
     install_stop_handlers()
-    SafeStream(sys.stdout).write("x" * 200_000 + "\\n")
-    sys.stdout.flush()
+    SafeStream(sys.stdout).write("x" * 400_000 + "\\n")
+    sys.stderr.write("ended\\n")
     """)
 
 
 @pytest.mark.processes
-def test_a_stop_during_a_blocked_write_loses_no_output() -> None:
-    """SIGTERM while the output waits for a slow reader (a pipe full): the handler only
-    records it, and all of the output still arrives (Python ends a big write short when a
-    signal interrupts it, and would drop the rest)."""
+def test_a_stop_during_a_blocked_write_loses_no_output_a_reader_takes() -> None:
+    """SIGTERM while the output waits for a slow reader (a pipe full): the reader, reading
+    a moment later, gets all of it (Python ends a big write short when a signal interrupts
+    it, and drops the rest)."""
     with subprocess.Popen([sys.executable, "-c", BIG_OUTPUT], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE) as child:
         time.sleep(0.5)  # the pipe is full, the write blocked
         child.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         stdout, stderr = child.communicate(timeout=30)
-    assert (child.returncode, stderr) == (0, b"")
-    assert len(stdout) == 200_001
+    assert (child.returncode, stderr, len(stdout)) == (0, b"ended\n", 400_001)
+
+
+@pytest.mark.processes
+def test_a_stop_ends_a_command_whose_reader_does_not_read() -> None:
+    """SIGTERM while the output waits for a reader that never reads: the stream is given up
+    and the command ends (not a wait until someone reads, or SIGKILL)."""
+    with subprocess.Popen([sys.executable, "-c", BIG_OUTPUT], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as child:
+        time.sleep(0.5)
+        child.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = child.wait(timeout=30)  # the pipe is never read meanwhile
+        waited = time.monotonic() - started
+        stdout, stderr = child.communicate(timeout=30)
+    assert (code, stderr) == (0, b"ended\n")
+    assert waited < 10
+    assert len(stdout) < 400_001
 
 
 # --- whole runs: a stop signal at every moment of the system step ---------------------------

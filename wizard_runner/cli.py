@@ -35,7 +35,7 @@ from wizard_runner.errors import (
 )
 from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
-from wizard_runner.signals import interruptible, settle_stops
+from wizard_runner.signals import interruptible, take_stop
 from wizard_runner.streams import SafeStream
 
 if TYPE_CHECKING:
@@ -499,17 +499,15 @@ def _submit(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
     )
 
     install_stop_handlers()  # first: a stop at any point ends in a message, never a traceback
-    handed: str | dict[str, Any] | None = None  # the request id, or its answer
     try:
         spool = Spool.of(Layout.under(args.root))
         body = read_body(args.config, stdin)
         if args.wait:
-            handed = submit_and_wait(spool, body, args.timeout)
-            return _print_answer(handed, args.json, out)
-        handed = submit(spool, body)
-        return _print_submitted(handed, spool.base, serving=daemon_serving(spool),
+            return _print_answer(submit_and_wait(spool, body, args.timeout), args.json, out)
+        request_id = submit(spool, body)
+        return _print_submitted(request_id, spool.base, serving=daemon_serving(spool),
                                 as_json=args.json, out=out, err=err)
-    except NotAnsweredError as error:
+    except NotAnsweredError as error:  # a stop or a timeout: withdrawn, or where it is
         return _not_answered(error, args.json, out, err)
     except WizardRunnerError as error:  # not submitted: an invalid body, no spool
         err.write(f"{PROG}: {error}\n")
@@ -519,10 +517,8 @@ def _submit(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
                          "exit_code": error.exit_code, "reason": str(error),
                          "problems": problems, "answer": None, "result": None}, out)
         return error.exit_code
-    except (KeyboardInterrupt, RunInterrupted) as stop:
-        if handed is None:
-            return _not_answered(not_submitted(stop), args.json, out, err)
-        return _stopped_after(stop, handed, err)
+    except RunInterrupted as stop:  # while the body was read
+        return _not_answered(not_submitted(stop), args.json, out, err)
 
 
 def _print_answer(record: dict[str, Any], as_json: bool, out: TextIO) -> int:
@@ -555,24 +551,6 @@ def _not_answered(error: NotAnsweredError, as_json: bool, out: TextIO, err: Text
         _print_json(error.to_dict(), out)
     err.write(f"{PROG}: {error}\n")
     return error.exit_code
-
-
-def _stopped_after(stop: KeyboardInterrupt | RunInterrupted, handed: str | dict[str, Any],
-                   err: TextIO) -> int:
-    """A stop once the request was queued (no --wait) or answered: it stays as it is."""
-    import signal
-
-    from wizard_runner.errors import exit_for_signal
-    from wizard_runner.spool import stop_signal
-
-    signum = stop_signal(stop)
-    name = signal.Signals(signum).name
-    if isinstance(handed, str):
-        err.write(f"{PROG}: interrupted by {name}: request {handed} stays queued\n")
-    else:
-        err.write(f"{PROG}: interrupted by {name} after request {handed.get('request_id')} "
-                  f"was answered: {handed.get('status')} (exit {handed.get('exit_code')})\n")
-    return exit_for_signal(signum)
 
 
 def _serve(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
@@ -747,7 +725,7 @@ def main(
     out = cast(TextIO, SafeStream(stdout or sys.stdout))
     err = cast(TextIO, SafeStream(stderr or sys.stderr))
     code = _command_line(list(sys.argv[1:] if argv is None else argv), out, stdin, err)
-    held = settle_stops()  # the command is over
+    held = take_stop()
     if held is not None:  # it came where nothing was left to cut short
         err.write(f"{PROG}: {RunInterrupted(held)}, too late to cut the command short: its "
                   "outcome stands\n")

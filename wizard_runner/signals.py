@@ -129,6 +129,14 @@ def settle_stops() -> int | None:
     return held
 
 
+def take_stop() -> int | None:
+    """A command is over: the stop recorded and never acted on, if any (it came too late to
+    cut anything short). The next command in the process starts with none."""
+    held = _Stop.held
+    _Stop.depth, _Stop.cut, _Stop.held, _Stop.over = 0, False, None, False
+    return held
+
+
 def wakeup_fileno() -> int | None:
     """A descriptor readable once a signal arrived, for an event loop to poll (None when
     embedded: the application's handlers are left alone)."""
@@ -192,8 +200,9 @@ def interruptible() -> Iterator[None]:
         yield
         return
     stop_here()
-    cut, _Stop.cut = _Stop.cut, True
+    cut = _Stop.cut
     try:
+        _Stop.cut = True
         yield
     finally:
         _Stop.cut = cut

@@ -1,29 +1,46 @@
-"""Output streams that a closed pipe or a full disk cannot turn into a crash."""
+"""Output streams that a closed pipe, a full disk or a reader that stopped reading cannot turn
+into a crash or a hang."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 from typing import Final, TextIO
 
-#: Characters per write: at most 4 bytes each in UTF-8, within io.DEFAULT_BUFFER_SIZE (8 KiB).
-_PIECE: Final = 2048
+from wizard_runner.signals import drain_wakeup, pending_stop, wakeup_fileno
+
+#: Characters per write: at most 6 bytes each once encoded (`\udcff` for a byte that is not
+#: UTF-8), so that a piece fits what a pipe that polls writable takes without blocking (a page).
+_PIECE: Final = 512
+#: Once a stop came, how long a reader that does not read is waited for before giving up.
+_SLOW_READER: Final = 1.0
 
 
 class SafeStream:
     """A stream whose write errors (a closed pipe, a full disk) are ignored: logging must never
-    break a run, nor stop it from cleaning up and writing its result."""
+    break a run, nor stop it from cleaning up and writing its result.
+
+    Each write goes out in small pieces, each flushed once the stream takes it: a pipe whose
+    reader stopped reading is waited on, but a stop signal (recorded by wizard-runner's
+    handlers) gives the stream up, pointed at /dev/null, so that the command still ends and
+    says how. (A big write blocked on a pipe would go on after a signal; one Python ends
+    short there drops the rest silently.)"""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.broken = False
 
     def write(self, text: str) -> int:
-        """Write unless the stream already failed once; in pieces that fit the buffer: a
-        bigger write goes straight to the pipe, and a signal that interrupts it there ends
-        it short, the rest silently dropped."""
+        """Write unless the stream already failed, or was given up."""
         if not self.broken:
             try:
                 for start in range(0, len(text), _PIECE):
+                    if not self._ready():
+                        self._give_up()
+                        break
                     self.stream.write(text[start:start + _PIECE])
+                    self.stream.flush()
             except (OSError, ValueError):
                 self.broken = True
         return len(text)
@@ -42,3 +59,44 @@ class SafeStream:
             return self.stream.isatty()
         except (OSError, ValueError):
             return False
+
+    def fileno(self) -> int:
+        """The stream's descriptor (OSError or ValueError when it has none)."""
+        return self.stream.fileno()
+
+    def _descriptor(self) -> int | None:
+        try:
+            return self.stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            return None  # an in-memory stream: it never blocks
+
+    def _ready(self) -> bool:
+        """Wait until the stream takes a piece; False when, a stop having come, it still does
+        not a moment later (a reader only slow gets that moment)."""
+        fd = self._descriptor()
+        if fd is None:
+            return True
+        stopped = False
+        while not select.select([], [fd], [], 0)[1]:
+            if pending_stop() is not None:
+                if stopped:
+                    return False
+                stopped = True
+                select.select([], [fd], [], _SLOW_READER)
+                continue
+            wakeup = wakeup_fileno()
+            woken, _, _ = select.select([] if wakeup is None else [wakeup], [fd], [])
+            if woken:
+                drain_wakeup()  # the stop it says is in pending_stop, for every reader
+        return True
+
+    def _give_up(self) -> None:
+        """Point the descriptor at /dev/null: what is still buffered, and the interpreter's
+        last flush, go nowhere instead of waiting on a reader that does not read."""
+        self.broken = True
+        fd = self._descriptor()
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+                os.dup2(null, fd)
+                os.close(null)
