@@ -196,7 +196,7 @@ def make_logger(
             else console_renderer
         )
     logger: FilteringBoundLogger = structlog.wrap_logger(
-        structlog.PrintLogger(SafeStream(stream)),  # type: ignore[arg-type]
+        structlog.PrintLogger(SafeStream.over(stream)),  # type: ignore[arg-type]
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         context_class=dict,

@@ -30,6 +30,15 @@ class SafeStream:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.broken = False
+        try:
+            self.fd: int | None = stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            self.fd = None  # an in-memory stream: it never blocks
+
+    @classmethod
+    def over(cls, stream: TextIO | SafeStream) -> SafeStream:
+        """`stream` made safe (itself when it is already)."""
+        return stream if isinstance(stream, SafeStream) else cls(stream)
 
     def write(self, text: str) -> int:
         """Write unless the stream already failed, or was given up."""
@@ -64,16 +73,10 @@ class SafeStream:
         """The stream's descriptor (OSError or ValueError when it has none)."""
         return self.stream.fileno()
 
-    def _descriptor(self) -> int | None:
-        try:
-            return self.stream.fileno()
-        except (OSError, ValueError, AttributeError):
-            return None  # an in-memory stream: it never blocks
-
     def _ready(self) -> bool:
         """Wait until the stream takes a piece; False when, a stop having come, it still does
         not a moment later (a reader only slow gets that moment)."""
-        fd = self._descriptor()
+        fd = self.fd
         if fd is None:
             return True
         stopped = False
@@ -94,7 +97,7 @@ class SafeStream:
         """Point the descriptor at /dev/null: what is still buffered, and the interpreter's
         last flush, go nowhere instead of waiting on a reader that does not read."""
         self.broken = True
-        fd = self._descriptor()
+        fd = self.fd
         if fd is not None:
             with contextlib.suppress(OSError):
                 null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
