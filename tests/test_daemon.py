@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,13 @@ from wizard_runner import api
 from wizard_runner import daemon as daemon_module
 from wizard_runner import runner as runner_module
 from wizard_runner.cli import main
-from wizard_runner.daemon import CLOSED, Daemon, DaemonSettings, install_daemon_signals
+from wizard_runner.daemon import (
+    CLOSED,
+    Daemon,
+    DaemonSettings,
+    StopFlag,
+    install_daemon_signals,
+)
 from wizard_runner.errors import (
     ApplyError,
     RunInterrupted,
@@ -189,6 +196,21 @@ def test_whatever_execute_raises_is_answered(served: Served, quick: dict[str, An
         assert (found["status"], found["exit_code"], found["reason"]) == ("failed", code, reason)
         assert found["problems"] == []
     assert os.listdir(served.spool.processing) == []
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_stop_ends_the_daemons_waits_at_once() -> None:
+    """The daemon's waits (for a manual run's lock, after a watcher failure) end within a
+    moment of SIGTERM; its handler sets the flag without a lock the wait might hold."""
+    flag = StopFlag()
+    install_daemon_signals(flag)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM))
+    started = time.monotonic()
+    timer.start()
+    assert flag.wait(30) is True
+    timer.join()
+    assert time.monotonic() - started < 5
+    assert StopFlag().wait(0.05) is False  # unset: the whole timeout
 
 
 @pytest.mark.usefixtures("restore_signals")

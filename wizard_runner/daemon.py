@@ -6,7 +6,6 @@ import contextlib
 import os
 import signal
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +63,8 @@ STEP_MS: Final = 5
 #: Wake up this often even without events, to check the stop flag and catch missed events.
 TICK_MS: Final = 1000
 LOCK_RETRY: Final = 0.25
+#: How often a wait looks whether the daemon is to stop.
+STOP_LOOK: Final = 0.05
 #: done/ is pruned at most this often (seconds): pruning reads the answers of a flood.
 PRUNE_INTERVAL: Final = 60.0
 INTERRUPTED: Final = ("the daemon stopped during this request (crash or kill): it may have "
@@ -88,6 +89,29 @@ def sd_notify(state: str) -> bool:
     return True
 
 
+class StopFlag:
+    """The daemon's stop, set by its signal handler. Not a threading.Event: setting one takes
+    its lock, which the main thread may hold in a wait at the moment the signal lands."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        """Stop (from the handler, or from another thread)."""
+        self._set = True
+
+    def is_set(self) -> bool:
+        """Whether the daemon is to stop (watchfiles asks this too)."""
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to `timeout` seconds, less once set; whether it is set."""
+        deadline = time.monotonic() + timeout
+        while not self._set and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, STOP_LOOK))
+        return self._set
+
+
 @dataclass
 class DaemonSettings:
     """What the daemon decides for every request (a request cannot)."""
@@ -98,7 +122,7 @@ class DaemonSettings:
     stream: TextIO | None = None
     json_logs: bool | None = None
     journal: bool = False
-    stop: threading.Event = field(default_factory=threading.Event)
+    stop: StopFlag = field(default_factory=StopFlag)
 
 
 @dataclass(frozen=True)
@@ -430,7 +454,7 @@ class Daemon:
                                   result=result.to_dict())
 
 
-def install_daemon_signals(stop: threading.Event) -> None:
+def install_daemon_signals(stop: StopFlag) -> None:
     """SIGTERM/SIGINT/SIGHUP set the stop flag, and stop the run under way (its tree is
     stopped and its result says interrupted) or keep the next one from starting. A stop
     that came as the daemon started sets the flag at once."""
