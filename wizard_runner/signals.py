@@ -6,8 +6,8 @@ import, a class being built, a finalizer) would come out as something else. It i
 RunInterrupted at known points only: a run's start (`run_stops`), the end of the outermost
 deferred section, `stop_here`, and inside `interruptible` waits (a tool, a pause, reading the
 body), which a stop cuts at once. The scripts step's event loop sees it through the wake-up
-pipe and stops the script there; the end of the run settles it; the console script reports
-one still recorded when its command ends. Once raised or settled, later stop signals are
+pipe and stops the script there; the end of the run settles it; the command line says one
+still recorded when its command ends (`take_stop`). Once raised or settled, later stop signals are
 ignored, so nothing cuts the clean-up short and a written result is never contradicted.
 """
 
@@ -44,6 +44,11 @@ class _Stop:
     wakeup: tuple[int, int] | None = None
 
 
+def _fresh(held: int | None = None) -> None:
+    """No section open, no wait to cut, nothing settled; `held` recorded."""
+    _Stop.depth, _Stop.cut, _Stop.held, _Stop.over = 0, False, held, False
+
+
 def _ours() -> bool:
     return getattr(signal.getsignal(signal.SIGTERM), "defers_stops", False) is True
 
@@ -75,9 +80,7 @@ def install_stop_handlers(handler: Handler = _handle) -> None:
     """Install `handler` (marked `defers_stops`) for the stop signals, with the wake-up pipe;
     no section is open. Without an argument: the CLI's. A stop recorded by wizard-runner's
     handlers before (the console script's, as the command loaded) is kept."""
-    if not _ours():
-        _Stop.held = None
-    _Stop.depth, _Stop.cut, _Stop.over = 0, False, False
+    _fresh(_Stop.held if _ours() else None)
     sys.unraisablehook = _quiet_unraisable
     if _Stop.wakeup is None:
         _Stop.wakeup = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -101,7 +104,7 @@ def run_stops() -> Iterator[None]:
         yield
         return
     stop_here()
-    _Stop.depth, _Stop.cut, _Stop.held, _Stop.over = 0, False, None, False
+    _fresh()
     try:
         yield
     finally:
@@ -133,7 +136,7 @@ def take_stop() -> int | None:
     """A command is over: the stop recorded and never acted on, if any (it came too late to
     cut anything short). The next command in the process starts with none."""
     held = _Stop.held
-    _Stop.depth, _Stop.cut, _Stop.held, _Stop.over = 0, False, None, False
+    _fresh()
     return held
 
 

@@ -69,10 +69,6 @@ class SafeStream:
         except (OSError, ValueError):
             return False
 
-    def fileno(self) -> int:
-        """The stream's descriptor (OSError or ValueError when it has none)."""
-        return self.stream.fileno()
-
     def _ready(self) -> bool:
         """Wait until the stream takes a piece; False when, a stop having come, it still does
         not a moment later (a reader only slow gets that moment)."""
