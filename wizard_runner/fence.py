@@ -24,13 +24,12 @@ from pathlib import Path, PurePosixPath
 from typing import Final
 
 from wizard_runner.errors import ApplyError, PrivilegeError
-from wizard_runner.fsio import MAX_TARGET_BYTES, At
+from wizard_runner.fsio import MAX_TARGET_BYTES, At, NotRegularFileError, read_regular
 from wizard_runner.layout import Layout, is_inside
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # O_NONBLOCK: opening or reading a FIFO or a device that slipped in after the lstat returns at
 # once instead of waiting for a writer; fstat then refuses it.
-_READ_FLAGS: Final = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class FenceError(ApplyError):
@@ -73,26 +72,14 @@ def read_regular_at(dir_fd: int, name: str, shown: str, *, follow: bool = False
                     ) -> tuple[bytes, os.stat_result]:
     """Open `name` in `dir_fd` without blocking (nor following a link, unless `follow`) and read
     it whole; it must be a regular file of at most MAX_TARGET_BYTES. OSError passes through."""
-    flags = _READ_FLAGS if follow else _READ_FLAGS | os.O_NOFOLLOW
-    fd = os.open(name, flags, dir_fd=dir_fd)
     try:
-        info = os.fstat(fd)
         # Checked with lstat before, but it may have been swapped since: fstat is what counts.
-        if not stat.S_ISREG(info.st_mode):
-            raise FenceError(f"{shown}: not a regular file ({describe(info.st_mode)})")
-        chunks: list[bytes] = []
-        size = 0
-        while size <= MAX_TARGET_BYTES:
-            chunk = os.read(fd, MAX_TARGET_BYTES + 1 - size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    if size > MAX_TARGET_BYTES:
+        data, info = read_regular(name, dir_fd=dir_fd, follow=follow, limit=MAX_TARGET_BYTES)
+    except NotRegularFileError as error:
+        raise FenceError(f"{shown}: not a regular file ({describe(error.mode)})") from None
+    if len(data) > MAX_TARGET_BYTES:
         raise FenceError(f"{shown}: over {MAX_TARGET_BYTES} bytes, not a config file")
-    return b"".join(chunks), info
+    return data, info
 
 
 def cannot(shown: str, what: str, error: OSError) -> ApplyError | PrivilegeError:

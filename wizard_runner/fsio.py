@@ -54,17 +54,34 @@ class At:
     shown: str
 
 
-def read_regular(path: Path) -> bytes:
-    """A regular file's bytes. A FIFO, device or directory is refused (OSError "not a
-    regular file") without a read that could block."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+class NotRegularFileError(OSError):
+    """A FIFO, device, directory... where a regular file should be; `mode` says which."""
+
+    def __init__(self, path: str, mode: int) -> None:
+        super().__init__(errno.EINVAL, "not a regular file", path)
+        self.mode = mode
+
+
+def read_regular(path: str | Path, *, dir_fd: int | None = None, follow: bool = True,
+                 limit: int | None = None) -> tuple[bytes, os.stat_result]:
+    """A regular file's bytes (up to `limit` + 1 when given, so that a caller can tell it is
+    too big) and its fstat. Anything else is refused (NotRegularFileError) without a read that
+    could block; with `follow` False, a symlink too (ELOOP)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags, dir_fd=dir_fd)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        chunks = []
-        while chunk := os.read(fd, 1024 * 1024):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFileError(str(path), info.st_mode)
+        chunks: list[bytes] = []
+        size = 0
+        while limit is None or size <= limit:
+            chunk = os.read(fd, 1024 * 1024 if limit is None else limit + 1 - size)
+            if not chunk:
+                break
             chunks.append(chunk)
-        return b"".join(chunks)
+            size += len(chunk)
+        return b"".join(chunks), info
     finally:
         os.close(fd)
 

@@ -289,7 +289,7 @@ def _wait(spool: Spool, request_id: str, timeout: float | None,
 def read_answer(path: Path) -> dict[str, Any] | None:
     """The answer stored at `path`, or None while there is none."""
     try:
-        data = json.loads(read_regular(path))
+        data = json.loads(read_regular(path)[0])
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -476,7 +476,7 @@ def remove_stale_temps(spool: Spool, older_than: float = STALE_TEMP_SECONDS) -> 
 def _submitter(path: str) -> int | None:
     """The uid an answer was submitted by (None for an answer that does not say)."""
     try:
-        data = json.loads(read_regular(Path(path)))
+        data = json.loads(read_regular(path)[0])
     except (OSError, ValueError):
         return None
     owner = data.get("submitted_by") if isinstance(data, dict) else None

@@ -48,7 +48,7 @@ def load_saved_config(layout: Layout) -> WizardConfig:
     """The body saved by the last run; a clear error when there is none or it is damaged."""
     path = layout.saved_config
     try:
-        raw = read_regular(path)
+        raw = read_regular(path)[0]
     except FileNotFoundError:
         raise ConfigUnreadableError(
             f"no saved config at {path}: pass --config FILE (the wizard body)"
@@ -71,7 +71,7 @@ def read_last_result(layout: Layout) -> RunResult | None:
     """The stored result of the last run, or None when there was none."""
     path = layout.last_run
     try:
-        raw = read_regular(path)
+        raw = read_regular(path)[0]
     except FileNotFoundError:
         return None
     except OSError as error:
