@@ -40,12 +40,17 @@ SCRIPT = Path(sys.executable).parent / "wizard-runner"
 LAST_RUN = "var/lib/wizard-runner/last-run.json"
 
 
+def deliver(signum: int) -> None:
+    """Send the process a signal and let its handler run here."""
+    os.kill(os.getpid(), signum)
+    signal.sigtimedwait([], 0)
+
+
 def test_a_stop_is_recorded_where_it_lands_and_raised_at_a_stop_point() -> None:
     """With the runner's handlers, SIGTERM is recorded, not thrown into the code running;
     the next stop point raises it as RunInterrupted, once."""
     install_stop_handlers()
-    os.kill(os.getpid(), signal.SIGTERM)
-    signal.sigtimedwait([], 0)  # let the handler run
+    deliver(signal.SIGTERM)  # let the handler run
     assert pending_stop() == signal.SIGTERM
     with pytest.raises(RunInterrupted) as caught:
         stop_here()
@@ -61,8 +66,7 @@ def test_a_stop_while_a_class_is_built_is_not_an_internal_error() -> None:
 
     class Landing:
         def __set_name__(self, owner: type, name: str) -> None:
-            os.kill(os.getpid(), signal.SIGHUP)
-            signal.sigtimedwait([], 0)  # the handler runs here, inside __set_name__
+            deliver(signal.SIGHUP)  # the handler runs here, inside __set_name__
 
     class Built:
         field = Landing()
@@ -82,12 +86,10 @@ def test_an_interruptible_wait_is_cut_at_once() -> None:
         threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
         time.sleep(10)
     assert time.monotonic() - started < 5
-    os.kill(os.getpid(), signal.SIGTERM)  # the stop is over: ignored
-    signal.sigtimedwait([], 0)
+    deliver(signal.SIGTERM)  # the stop is over: ignored
     assert pending_stop() is None
     install_stop_handlers()
-    os.kill(os.getpid(), signal.SIGHUP)
-    signal.sigtimedwait([], 0)
+    deliver(signal.SIGHUP)
     with pytest.raises(RunInterrupted) as caught, interruptible():
         pytest.fail("the wait began after a stop")
     assert caught.value.signum == signal.SIGHUP
@@ -99,11 +101,9 @@ def test_a_stop_after_a_run_is_recorded_for_the_next() -> None:
     install_stop_handlers()
     with run_stops():
         settle_stops()
-        os.kill(os.getpid(), signal.SIGTERM)
-        signal.sigtimedwait([], 0)
+        deliver(signal.SIGTERM)
         assert pending_stop() is None  # the outcome stands
-    os.kill(os.getpid(), signal.SIGHUP)
-    signal.sigtimedwait([], 0)
+    deliver(signal.SIGHUP)
     with pytest.raises(RunInterrupted) as caught, run_stops():
         pytest.fail("the next run began")
     assert caught.value.signum == signal.SIGHUP
@@ -146,8 +146,7 @@ def test_a_stop_swallowed_by_a_finalizer_is_raised_when_the_run_arms() -> None:
 
     class Finalized:
         def __del__(self) -> None:
-            os.kill(os.getpid(), signal.SIGTERM)
-            signal.sigtimedwait([], 0)  # the handler runs here, inside the finalizer
+            deliver(signal.SIGTERM)  # the handler runs here, inside the finalizer
 
     with interruptible():
         Finalized()  # collected at once: its RunInterrupted is swallowed
@@ -167,8 +166,7 @@ def test_ignored_while_stopping() -> None:
     with ignored_stop_signals():
         os.kill(os.getpid(), signal.SIGINT)
     assert pending_stop() is None
-    os.kill(os.getpid(), signal.SIGINT)
-    signal.sigtimedwait([], 0)
+    deliver(signal.SIGINT)
     with pytest.raises(RunInterrupted):
         stop_here()
 
