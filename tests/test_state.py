@@ -58,6 +58,23 @@ def test_a_result_reads_back_as_written(tmp_path: Path) -> None:
     assert read_last_result(Layout(tmp_path / "none")) is None
 
 
+def test_a_result_with_keys_it_does_not_know_reads_back(tmp_path: Path) -> None:
+    """A last-run.json with keys this version does not know (written by a newer one, at any
+    depth) is read, not called damaged: the keys it knows are what counts."""
+    layout = Layout(tmp_path)
+    stored = a_result(ScriptOutcome("10-a", ScriptStatus.FAILED, 2, reason="exited with 2"))
+    data = stored.to_dict()
+    data["new_field"] = 1
+    data["system_conf"]["new_field"] = {"x": 1}
+    data["system_conf"]["files"][0]["new_field"] = "y"
+    data["scripts"][0]["new_field"] = [1]
+    layout.state_dir.mkdir(parents=True)
+    layout.last_run.write_text(json.dumps(data))
+    read = read_last_result(layout)
+    assert read is not None
+    assert read.to_dict() == stored.to_dict()
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

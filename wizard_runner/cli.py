@@ -10,9 +10,8 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO, cast
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, NoReturn, TextIO, cast
 
 from wizard_runner import __version__
 from wizard_runner.defaults import DEFAULT_TIMEOUT, DEFAULT_USER, MAX_CONFIG_BYTES
@@ -98,8 +97,7 @@ def _add_log_format(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass(frozen=True)
-class LogStyle:
+class LogStyle(NamedTuple):
     """How stderr logs look."""
 
     json_lines: bool | None
@@ -671,8 +669,7 @@ def _where(error: BaseException) -> str:
     return f"{Path(code.co_filename).name}:{trace.tb_lineno} in {code.co_name}"
 
 
-@dataclass(frozen=True)
-class Failure:
+class Failure(NamedTuple):
     """How a command ended when it did not return: the status word, exit code and message."""
 
     status: str

@@ -8,11 +8,10 @@ import fcntl
 import os
 import secrets
 import stat
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, NamedTuple
 
 from wizard_runner.errors import LockedError, PrivilegeError, RunnerIOError
 
@@ -21,8 +20,7 @@ MAX_TARGET_BYTES: Final = 4 * 1024 * 1024
 TMP_SUFFIX: Final = ".wizard-runner-tmp"
 
 
-@dataclass(frozen=True)
-class Ownership:
+class Ownership(NamedTuple):
     """The mode bits and owner a replaced file keeps."""
 
     mode: int
@@ -42,8 +40,7 @@ class WriteMethod(Enum):
     IN_PLACE = "in_place"  # rename refused with EBUSY: a bind-mounted file, as in containers
 
 
-@dataclass(frozen=True)
-class At:
+class At(NamedTuple):
     """A name inside an open directory: the `*_at` functions act there, resolving nothing again.
 
     `shown` is how messages and logs name it (a system path such as /etc/hosts).

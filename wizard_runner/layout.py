@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from wizard_runner.errors import RunnerIOError, UsageError
 
@@ -44,8 +44,7 @@ def is_inside(path: str, root: str) -> bool:
     return root in {"/", path} or path.startswith(root + "/")
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """The runner's view of the file system: system paths placed under `root` (default `/`)."""
 
     root: Path

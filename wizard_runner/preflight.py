@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from wizard_runner.config import WizardConfig
 from wizard_runner.defaults import DEFAULT_TIMEOUT, DEFAULT_USER
@@ -43,8 +43,7 @@ class RunOptions:
     progress: Progress | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True)
-class Start:
+class Start(NamedTuple):
     """Where the scripts step starts, and how the run says so."""
 
     name: str
@@ -56,8 +55,7 @@ class Start:
         return f"resuming at {self.name}" if self.resumed else f"before --from {self.name}"
 
 
-@dataclass(frozen=True)
-class RunPlan:
+class RunPlan(NamedTuple):
     """A run's decisions, made before anything is written."""
 
     layout: Layout

@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from structlog.typing import FilteringBoundLogger
 
@@ -57,8 +57,7 @@ class _Progress:
     containment: str | None = None
 
 
-@dataclass(frozen=True)
-class _Run:
+class _Run(NamedTuple):
     """One run under way: what it carries out, how, and what it has done so far."""
 
     config: WizardConfig

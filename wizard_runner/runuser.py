@@ -6,7 +6,7 @@ import grp
 import os
 import pwd
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from wizard_runner.defaults import DEFAULT_USER
 from wizard_runner.errors import PrivilegeError, UsageError
@@ -14,8 +14,7 @@ from wizard_runner.errors import PrivilegeError, UsageError
 __all__ = ["DEFAULT_USER", "RunUser", "may_execute", "may_search", "resolve_user"]
 
 
-@dataclass(frozen=True)
-class RunUser:
+class RunUser(NamedTuple):
     """A resolved account: name, uid, primary gid, every group id, home directory."""
 
     name: str

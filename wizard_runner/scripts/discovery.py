@@ -10,10 +10,9 @@ import os
 import re
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from wizard_runner.errors import EXIT_NO_INPUT, PrivilegeError, WizardRunnerError
 from wizard_runner.escape import printable
@@ -53,8 +52,7 @@ class Kind(StrEnum):
     OUTSIDE = "outside"  # a symlink whose target resolves outside a sandbox root: not followed
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One directory entry as the shell found it (a symlink is described by its target)."""
 
     name: str
@@ -66,8 +64,7 @@ class Entry:
     link: str | None = None  # a symlink's target, as written
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """One entry's fate and the reason, in run order."""
 
     name: str
@@ -211,8 +208,7 @@ def _entry(directory: Path, name: str, top: str | None = None) -> Entry:
     return Entry(name, kind, info.st_mode, info.st_uid, info.st_gid, symlink)
 
 
-@dataclass(frozen=True)
-class Scan:
+class Scan(NamedTuple):
     """wizard.d as read: its own mode and owner, and every decision in run order."""
 
     directory: Path

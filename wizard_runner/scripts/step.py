@@ -11,7 +11,7 @@ import errno
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from structlog.typing import FilteringBoundLogger
 
@@ -37,8 +37,7 @@ _EXEC_HINTS: Final = {errno.ENOEXEC: " (no #! line?)",
                       errno.ENOENT: " (is the #! interpreter installed?)"}
 
 
-@dataclass(frozen=True)
-class ScriptsOptions:
+class ScriptsOptions(NamedTuple):
     """How the scripts step runs."""
 
     user: RunUser
