@@ -363,20 +363,20 @@ def bench_overlap(base: Path, count: int, reps: int) -> list[str]:
         spawner = Spawner({"PATH": "/usr/bin:/bin"}, switch, box)
         spawner.start()
         started = time.perf_counter()
-        spawner.order(0, str(script))
+        pipes = spawner.order(0, str(script))
         for index in range(count):
-            child = spawner.started(index, str(script))
-            os.close(child.stdout)
-            os.close(child.stderr)
-            select.select([spawner.control], [], [], 10)
-            spawner.exited(spawner.receive(), index)
+            for fd in pipes:
+                os.close(fd)
+            for _ in range(2):  # STARTED, then EXITED
+                select.select([spawner.control], [], [], 10)
+                spawner.receive()
             if ahead and index + 1 < count:
-                spawner.order(index + 1, str(script))
+                pipes = spawner.order(index + 1, str(script))
             until = time.perf_counter() + 0.0002
             while time.perf_counter() < until:
                 pass
             if not ahead and index + 1 < count:
-                spawner.order(index + 1, str(script))
+                pipes = spawner.order(index + 1, str(script))
         elapsed = time.perf_counter() - started
         spawner.close()
         box.close()

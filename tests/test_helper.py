@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import socket
+import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +21,7 @@ from wizard_runner.scripts.helper import Kind, MalformedError, decode, encode
 @pytest.mark.parametrize(
     ("kind", "numbers", "text"),
     [
-        pytest.param(Kind.ENV, (), b"PATH=/bin\0LANG=C.UTF-8", id="env"),
         pytest.param(Kind.RUN, (7,), b"/etc/xivo/wizard.d/20-x", id="run"),
-        pytest.param(Kind.READY, (), b"", id="ready"),
         pytest.param(Kind.STARTED, (3, 4242, 123456789), b"", id="started"),
         pytest.param(Kind.FAILED, (3, errno.ENOEXEC), b"", id="failed"),
         pytest.param(Kind.EXITED, (3, 4242, 256, 1, 987654321), b"", id="exited"),
@@ -62,9 +61,14 @@ class Talk:
         """Its exit code, once it ended."""
         return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
 
-    def send(self, kind: Kind, numbers: tuple[int, ...] = (), text: bytes = b"") -> None:
-        """Send one order."""
-        helper.send(self.control, encode(kind, numbers, text))
+    def run(self, index: int, path: Path) -> tuple[int, int]:
+        """Order one script: the read ends of its stdout and stderr."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        helper.send(self.control, encode(Kind.RUN, (index,), os.fsencode(path)), (out_w, err_w))
+        os.close(out_w)
+        os.close(err_w)
+        return out_r, err_r
 
     def receive(self) -> tuple[Kind, tuple[int, ...], bytes, list[int]]:
         """Wait for one message (5 s at most)."""
@@ -75,33 +79,37 @@ class Talk:
 
 @pytest.fixture
 def talk() -> Iterator[Talk]:
-    """The helper, as the runner starts it (as ourselves: no user switch), READY read."""
+    """The helper, as the runner starts it (as ourselves: no user switch), with an
+    environment of its own for the scripts."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-S", helper.__file__,
-                                          str(os.getpid())], {},
+                                          str(os.getpid())], {"PATH": "/usr/bin:/bin", "ONLY": "this"},
                          file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), helper.CONTROL_FD)])
     theirs.close()
     conversation = Talk(pid, ours)
-    assert conversation.receive()[0] is Kind.READY
     yield conversation
     ours.close()
     with contextlib.suppress(ChildProcessError):
         conversation.wait()
 
 
+def read_all(fd: int) -> bytes:
+    """Everything a pipe gives until its end."""
+    with os.fdopen(fd, "rb") as pipe:
+        return pipe.read()
+
+
 @pytest.mark.processes
 def test_one_order_one_script(talk: Talk) -> None:
-    """RUN starts the script, hands its output over, and EXITED says how it ended."""
+    """RUN starts the script on the pipes it carries, in the helper's environment; STARTED
+    says so and EXITED says how it ended."""
     with traversable_dir() as place:
-        script = write_script(place, "10-hello", "echo hello; echo oops >&2; exit 3")
-        talk.send(Kind.ENV, (), b"PATH=/usr/bin:/bin")
-        talk.send(Kind.RUN, (0,), os.fsencode(script))
+        script = write_script(place, "10-hello", "echo hello $ONLY; echo oops >&2; exit 3")
+        out, err = talk.run(0, script)
         kind, numbers, _, fds = talk.receive()
-        assert kind is Kind.STARTED
-        assert numbers[0] == 0
-        with os.fdopen(fds[0], "rb") as stdout, os.fdopen(fds[1], "rb") as stderr:
-            assert stdout.read() == b"hello\n"
-            assert stderr.read() == b"oops\n"
+        assert (kind, numbers[0], fds) == (Kind.STARTED, 0, [])
+        assert read_all(out) == b"hello this\n"
+        assert read_all(err) == b"oops\n"
         kind, numbers, _, _ = talk.receive()
         assert kind is Kind.EXITED
         assert os.waitstatus_to_exitcode(numbers[2]) == 3
@@ -113,34 +121,45 @@ def test_what_a_script_leaves_is_reported(talk: Talk) -> None:
     """A script that leaves a child running: EXITED says something is left."""
     with traversable_dir() as place:
         script = write_script(place, "10-leave", "sleep 30 >/dev/null 2>&1 &")
-        talk.send(Kind.RUN, (0,), os.fsencode(script))
-        kind, _, _, fds = talk.receive()
-        for fd in fds:
+        for fd in talk.run(0, script):
             os.close(fd)
+        assert talk.receive()[0] is Kind.STARTED
         kind, numbers, _, _ = talk.receive()
         assert (kind, numbers[3]) == (Kind.EXITED, 1)
 
 
 @pytest.mark.processes
 def test_a_script_that_cannot_start_is_failed_with_its_errno(talk: Talk) -> None:
-    """No #! line: FAILED with ENOEXEC; the helper waits for the next order."""
+    """No #! line: FAILED with ENOEXEC, its pipes closed; the helper waits for the next
+    order."""
     with traversable_dir() as place:
         script = place / "10-no-shebang"
         script.write_text("echo hi\n")
         script.chmod(0o755)
-        talk.send(Kind.RUN, (0,), os.fsencode(script))
+        out, err = talk.run(0, script)
         assert talk.receive()[:2] == (Kind.FAILED, (0, errno.ENOEXEC))
-        talk.send(Kind.RUN, (1,), os.fsencode(Path("/bin/true")))
+        assert (read_all(out), read_all(err)) == (b"", b"")
+        for fd in talk.run(1, Path("/bin/true")):
+            os.close(fd)
         assert talk.receive()[0] is Kind.STARTED
 
 
 @pytest.mark.processes
-def test_an_order_it_does_not_know_ends_it_with_error(talk: Talk) -> None:
-    """The helper is sent READY: it answers ERROR and exits 70."""
-    talk.send(Kind.READY)
+@pytest.mark.parametrize(("kind", "fds"), [(Kind.EXITED, 0), (Kind.RUN, 0), (Kind.RUN, 1)])
+def test_an_order_it_does_not_know_ends_it_with_error(talk: Talk, kind: Kind, fds: int) -> None:
+    """An EXITED sent to the helper, or a RUN without its two pipes: it answers ERROR and
+    exits 70."""
+    pipes = [os.pipe() for _ in range(fds)]
+    writes = [write for _, write in pipes]
+    message = encode(kind, (0, 1, 2, 0, 3) if kind is Kind.EXITED else (0,), b"/bin/true")
+    talk.control.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                      struct.pack(f"{len(writes)}i", *writes))] if writes else [])
+    for read, write in pipes:
+        os.close(read)
+        os.close(write)
     kind, _, text, _ = talk.receive()
     assert kind is Kind.ERROR
-    assert b"unexpected READY" in text
+    assert b"unexpected " in text
     assert talk.wait() == helper.HELPER_FAILED
 
 

@@ -48,43 +48,56 @@ def spawner() -> Iterator[Spawner]:
     box.close()
 
 
-def until_exited(spawner: Spawner, index: int) -> tuple[int, bool]:
-    """Wait for the EXITED of script `index`: its exit code and whether anything is left."""
+def answer(spawner: Spawner) -> tuple[Kind, tuple[int, ...]]:
+    """The helper's next message (10 s at most)."""
     assert select.select([spawner.control], [], [], 10)[0]
-    exited = spawner.exited(spawner.receive(), index)
-    return exited.returncode, exited.left
+    return spawner.receive()
+
+
+def read_all(fd: int) -> bytes:
+    """Everything a pipe gives until its end."""
+    with os.fdopen(fd, "rb") as pipe:
+        return pipe.read()
 
 
 def test_runs_a_script_as_the_run_user(spawner: Spawner, place: Path) -> None:
-    """The script runs as the switched user; its output comes through the pipes handed back."""
-    script = write_script(place, "10-id", "id -u")
-    started = spawner.run(0, str(script))
-    with os.fdopen(started.stdout, "rb") as out, os.fdopen(started.stderr, "rb"):
-        expected = str(www_data().uid if ROOT else os.geteuid())  # type: ignore[union-attr]
-        assert out.read().decode().strip() == expected
-    assert until_exited(spawner, 0) == (0, False)
+    """The script runs as the switched user; its output comes through the pipes of the order;
+    the helper says it started, then how it ended."""
+    out, err = spawner.order(0, str(write_script(place, "10-id", "id -u")))
+    kind, numbers = answer(spawner)
+    assert (kind, numbers[0]) == (Kind.STARTED, 0)
+    expected = str(www_data().uid if ROOT else os.geteuid())  # type: ignore[union-attr]
+    assert read_all(out).decode().strip() == expected
+    assert read_all(err) == b""
+    kind, numbers = answer(spawner)
+    assert (kind, numbers[0], os.waitstatus_to_exitcode(numbers[2]), numbers[3]) == \
+        (Kind.EXITED, 0, 0, 0)
 
 
-def test_a_script_that_cannot_start_is_an_os_error(spawner: Spawner, place: Path) -> None:
-    """No #! line: OSError ENOEXEC naming the path; the helper goes on."""
+def test_a_script_that_cannot_start_is_said_with_its_errno(spawner: Spawner,
+                                                          place: Path) -> None:
+    """No #! line: FAILED with ENOEXEC; the helper goes on."""
     script = place / "10-plain"
     script.write_text("echo hi\n")
     script.chmod(0o755)
-    with pytest.raises(OSError) as caught:
-        spawner.run(0, str(script))
-    assert caught.value.errno == errno.ENOEXEC
-    assert caught.value.filename == str(script)
-    started = spawner.run(1, "/bin/true")
-    os.close(started.stdout)
-    os.close(started.stderr)
-    assert until_exited(spawner, 1) == (0, False)
+    for fd in spawner.order(0, str(script)):
+        os.close(fd)
+    assert answer(spawner) == (Kind.FAILED, (0, errno.ENOEXEC))
+    for fd in spawner.order(1, "/bin/true"):
+        os.close(fd)
+    assert answer(spawner)[0] is Kind.STARTED
+    assert answer(spawner)[0] is Kind.EXITED
 
 
 def test_a_killed_helper_is_named(spawner: Spawner, place: Path) -> None:
-    """The helper killed: the next order fails saying it was killed by SIGKILL."""
+    """The helper killed: the next order, or the wait for its answer, says it was killed by
+    SIGKILL."""
     os.kill(spawner.pid, signal.SIGKILL)
+    assert select.select([spawner.pidfd], [], [], 10)[0]
     with pytest.raises(HelperError, match="the script helper was killed by SIGKILL"):
-        spawner.run(0, str(write_script(place, "10-x", "true")))
+        for fd in spawner.order(0, str(write_script(place, "10-x", "true"))):
+            os.close(fd)
+        answer(spawner)
 
 
 def test_a_stopped_helper_is_seen_at_once(spawner: Spawner) -> None:
@@ -96,31 +109,23 @@ def test_a_stopped_helper_is_seen_at_once(spawner: Spawner) -> None:
     os.kill(spawner.pid, signal.SIGKILL)
 
 
-def test_an_answer_out_of_turn_is_a_helper_error(spawner: Spawner, place: Path) -> None:
-    """An EXITED for another script than the one running is refused."""
-    started = spawner.run(0, str(write_script(place, "10-x", "true")))
-    os.close(started.stdout)
-    os.close(started.stderr)
-    assert select.select([spawner.control], [], [], 10)[0]
-    with pytest.raises(HelperError, match="said EXITED while script #5 ran"):
-        message = spawner.receive()
-        spawner.exited((message[0], (9, *message[1][1:]), message[2]), 5)
-    assert Kind.EXITED is message[0]
-
-
 @pytest.mark.parametrize(
     ("env", "message"),
     [
         pytest.param({"A\0B": "x"}, "cannot be passed on", id="nul"),
         pytest.param({"A=B": "x"}, "cannot be passed on", id="equals"),
-        pytest.param({"BIG": "x" * 70000}, "more than the 65536 the helper takes", id="size"),
+        pytest.param({"BIG": "x" * 200_000}, "Argument list too long", id="size"),
     ],
 )
 def test_an_environment_the_helper_cannot_take_is_named(env: dict[str, str],
                                                         message: str) -> None:
-    """The scripts' environment is checked before the helper starts."""
-    with pytest.raises(HelperError, match=message):
-        Spawner(env, None, Subreaper())
+    """An environment the helper cannot be started with is named, and nothing runs."""
+    box = Subreaper()
+    try:
+        with pytest.raises(HelperError, match=message):
+            Spawner(env, None, box).start()
+    finally:
+        box.close()
 
 
 def test_no_interpreter_is_a_helper_error() -> None:
@@ -134,13 +139,16 @@ def test_no_interpreter_is_a_helper_error() -> None:
 
 
 def test_a_helper_that_cannot_switch_says_why(place: Path) -> None:
-    """A helper that fails before READY (here: an unknown group list) is named with its
-    reason, not a timeout."""
+    """A helper that fails as it starts (here: an unknown group list) says why in its answer
+    to the first order, not a timeout."""
     box = Subreaper()
     broken = Spawner({}, Switch(65534, 65534, (-5,)), box)
     try:
+        broken.start()
         with pytest.raises(HelperError, match="the script helper failed: "):
-            broken.start()
+            for fd in broken.order(0, "/bin/true"):
+                os.close(fd)
+            answer(broken)
     finally:
         broken.close()
         box.close()

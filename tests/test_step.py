@@ -886,8 +886,8 @@ def test_a_stop_seen_before_the_last_scripts_exit_cuts_nothing_short(
     lagged: list[int] = []
 
     def stop_before_reading_the_exit(watch: Watch) -> None:
-        if watch.script.index == 2 and not lagged:
-            lagged.append(watch.script.index)
+        if watch.index == 2 and watch.seen.pid is not None and not lagged:  # started
+            lagged.append(watch.index)
             os.kill(os.getpid(), signal.SIGTERM)  # the exit waits in the pipe, unread
             return
         read_exit(watch)

@@ -2,19 +2,17 @@
 both ends speak.
 
 The runner starts it once per step, as root (`python -I -S helper.py PARENT_PID [UID GID
-GROUPS]`, its socket on fd 3) and puts it in the step's containment. It becomes a subreaper,
-drops to the run user, says READY, then serves in lock-step: for each RUN it starts that one
-script (posix_spawn: vfork and exec, like run-parts), hands back the read ends of its output
-(STARTED), waits for it and says how it ended and whether anything it started still runs
-(EXITED). It starts nothing on its own. It imports a few standard modules, all before it
-drops privileges (the run user may not be able to read them).
+GROUPS]`, its socket on fd 3, the scripts' environment as its own) and puts it in the step's
+containment. It becomes a subreaper and drops to the run user, then serves in lock-step: for
+each RUN it starts that one script (posix_spawn: vfork and exec, like run-parts) with the
+output pipes the order carries, says it started, waits for it and says how it ended and
+whether anything it started still runs. It starts nothing on its own. It imports a few
+standard modules, all before it drops privileges (the run user may not be able to read them).
 
 One SOCK_SEQPACKET datagram per message, its kind the first byte:
 
-    runner -> helper   ENV      the environment (NUL-separated KEY=value)
-                       RUN      index; the script's path
-    helper -> runner   READY
-                       STARTED  index, pid, start (ns); the read ends of stdout and stderr
+    runner -> helper   RUN      index; the script's path; the write ends of stdout and stderr
+    helper -> runner   STARTED  index, pid, start (ns)
                        FAILED   index, errno (it could not start)
                        EXITED   index, pid, wait status, anything left (0/1), end (ns)
                        ERROR    text (it cannot go on, and exits)
@@ -36,7 +34,7 @@ if TYPE_CHECKING:  # typing costs a helper that must start fast; only mypy needs
     from collections.abc import Sequence
 
 CONTROL_FD = 3
-MAX_MESSAGE = 64 * 1024
+MAX_MESSAGE = 8192  # a path (PATH_MAX is 4096) or an error's text
 #: The scripts' output pipes (what an unprivileged user may ask for: fs.pipe-max-size).
 PIPE_SIZE = 1024 * 1024
 #: The helper's exit status when it cannot go on (EX_SOFTWARE: it says why in ERROR).
@@ -55,9 +53,7 @@ _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 class Kind(enum.Enum):
     """What a message is: its first byte."""
 
-    ENV = b"V"
     RUN = b"N"
-    READY = b"R"
     STARTED = b"P"
     FAILED = b"F"
     EXITED = b"W"
@@ -175,7 +171,7 @@ def anything_left() -> bool:
         os.waitpid(ended.si_pid, 0)
 
 
-def _widen(pipe: int) -> None:
+def widen(pipe: int) -> None:
     """Let a chatty script's output pile up to PIPE_SIZE: the runner then reads it in big
     chunks, with few wakeups."""
     try:
@@ -189,7 +185,7 @@ class _Helper:
 
     def __init__(self, control: socket.socket) -> None:
         self.control = control
-        self.env: dict[str, str] = {}
+        self.env = dict(os.environ)
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.defaults = _ignored_signals()
 
@@ -197,23 +193,13 @@ class _Helper:
         """Answer the runner until it closes its end (EOFError)."""
         while True:
             data, fds = receive(self.control)
-            for fd in fds:
-                os.close(fd)  # the runner sends none: never keep a stray one
-            kind, numbers, text = decode(data)
-            if kind is Kind.ENV:
-                pairs = [item.split(b"=", 1) for item in text.split(b"\0") if item]
-                self.env = {os.fsdecode(key): os.fsdecode(value) for key, value in pairs}
-            elif kind is Kind.RUN:
-                self.run(numbers[0], text)
-            else:
+            kind, numbers, path = decode(data)
+            if kind is not Kind.RUN or len(fds) != 2:  # the helper ends, and its descriptors
                 raise MalformedError(f"unexpected {kind.name} from the runner")
+            self.run(numbers[0], path, fds[0], fds[1])
 
-    def run(self, index: int, path: bytes) -> None:
-        """Start one script, hand its output over, wait for it, say how it ended."""
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        for pipe in (out_w, err_w):
-            _widen(pipe)
+    def run(self, index: int, path: bytes, out_w: int, err_w: int) -> None:
+        """Start one script on the pipes it was given, wait for it, say how it ended."""
         started = time.monotonic_ns()
         try:
             pid = os.posix_spawn(
@@ -229,32 +215,27 @@ class _Helper:
             send(self.control, encode(Kind.FAILED, (index, error.errno or 0)))
             return
         finally:
-            os.close(out_w)
-            os.close(err_w)
+            os.close(out_w)  # the script has its own: its output ends when it (and what it
+            os.close(err_w)  # started) closes them
         try:
-            send(self.control, encode(Kind.STARTED, (index, pid, started)), (out_r, err_r))
+            send(self.control, encode(Kind.STARTED, (index, pid, started)))
         except OSError:
             os.killpg(pid, signal.SIGKILL)  # nobody would know it runs
             raise
-        finally:
-            os.close(out_r)
-            os.close(err_r)
         _, status = os.waitpid(pid, 0)
         ended = time.monotonic_ns()
         send(self.control, encode(Kind.EXITED, (index, pid, status, anything_left(), ended)))
 
 
 def main(argv: Sequence[str]) -> int:
-    """The helper's entry point: set up, say ready, serve; report any failure to the runner."""
+    """The helper's entry point: set up, serve; report any failure to the runner."""
     # Nothing the runner's process happened to leave inheritable may reach a script.
     os.closerange(CONTROL_FD + 1, os.sysconf("SC_OPEN_MAX"))
     control = socket.socket(fileno=CONTROL_FD)
     os.set_inheritable(CONTROL_FD, False)
     try:
         _become(argv)
-        helper = _Helper(control)
-        send(control, encode(Kind.READY))
-        helper.serve()
+        _Helper(control).serve()
     except EOFError:
         return 0
     except BaseException as error:

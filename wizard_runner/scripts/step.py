@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from wizard_runner.signals import pending_stop, settle_stops
 if TYPE_CHECKING:
     from wizard_runner.scripts.containment import Containment
     from wizard_runner.scripts.output import Progress
-    from wizard_runner.scripts.spawner import Spawner, Started
+    from wizard_runner.scripts.spawner import Spawner
     from wizard_runner.scripts.watch import Watched
 
 SCRIPT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -72,12 +73,16 @@ def _signal_name(returncode: int | None) -> str | None:
     return None if returncode is None or returncode >= 0 else signal_name(-returncode)
 
 
-def _verdict(seen: Watched, started: float) -> tuple[ScriptStatus, str | None]:
+def _verdict(seen: Watched) -> tuple[ScriptStatus, str | None]:
     exited = seen.exited
+    if seen.cannot_start is not None:
+        code = seen.cannot_start
+        return ScriptStatus.FAILED, (f"cannot execute: {os.strerror(code)}"
+                                     f"{_EXEC_HINTS.get(code, '')}")
     if seen.broken is not None or exited is None:
         return ScriptStatus.FAILED, seen.broken or "no exit status came from the helper"
     if seen.deadline is not None and exited.ended > seen.deadline:
-        return ScriptStatus.TIMED_OUT, f"timed out after {seen.deadline - started:g} s"
+        return ScriptStatus.TIMED_OUT, f"timed out after {seen.deadline - (seen.started or 0):g} s"
     if seen.stopped_by is not None and exited.ended >= (seen.stopped_at or 0.0):
         return ScriptStatus.FAILED, f"stopped: wizard-runner was {RunInterrupted(seen.stopped_by)}"
     code = exited.returncode
@@ -86,21 +91,22 @@ def _verdict(seen: Watched, started: float) -> tuple[ScriptStatus, str | None]:
     return (ScriptStatus.FAILED, f"exited with {code}") if code else (ScriptStatus.SUCCEEDED, None)
 
 
-def judge(name: str, script: Started, seen: Watched, tail: str) -> ScriptOutcome:
+def judge(name: str, seen: Watched, tail: str) -> ScriptOutcome:
     """What became of a script, from what its watch saw. Times are the helper's: a script that
     ended past its deadline timed out, one that ended before a stop ended by itself."""
     code = seen.exited.returncode if seen.exited is not None else None
-    ended = seen.exited.ended if seen.exited is not None else seen.ended_at or script.started
-    status, reason = _verdict(seen, script.started)
+    ended = seen.exited.ended if seen.exited is not None else seen.ended_at
+    took = ended - seen.started if ended is not None and seen.started is not None else 0.0
+    status, reason = _verdict(seen)
     more = (f"... and {seen.more_leftovers} more",) if seen.more_leftovers else ()
     return ScriptOutcome(name, status, code if code is not None and code >= 0 else None,
-                         _signal_name(code), round(max(ended - script.started, 0.0), 3), tail,
+                         _signal_name(code), round(max(took, 0.0), 3), tail,
                          reason, tuple(str(found) for found in seen.leftovers) + more)
 
 
 def _clean(seen: Watched) -> bool:
     """Ended by itself with 0, in time, leaving nothing: the next script may start."""
-    return _verdict(seen, 0.0)[0] is ScriptStatus.SUCCEEDED and seen.stopped_by is None and \
+    return _verdict(seen)[0] is ScriptStatus.SUCCEEDED and seen.stopped_by is None and \
         not seen.leftovers and not seen.more_leftovers
 
 
@@ -131,6 +137,7 @@ class _Step:
     ended_by: str | None = None  # why the rest does not run
     stopped: int | None = None  # the stop signal that ended the step
     ordered: int | None = None  # the position of the script ordered ahead
+    ahead: tuple[int, int] | None = None  # ... and the read ends of its output
 
     def __post_init__(self) -> None:
         # Each of the layout's accessors checks its path against the root: once per step.
@@ -157,6 +164,8 @@ class _Step:
 
     def close(self) -> None:
         """Stop the helper and everything left in the containment, remove it."""
+        for fd in self.ahead or ():
+            os.close(fd)  # ordered, never watched: a stop came first
         if self.spawner is not None:
             self.spawner.close()
         if self.box is not None:
@@ -168,16 +177,15 @@ class _Step:
             self.box.kill()
         self.ended_by = f"not run: the script helper failed at {printable(name)}"
 
-    def _not_started(self, name: str, error: OSError | Exception) -> ScriptOutcome:
+    def _not_ordered(self, name: str, error: Exception) -> ScriptOutcome:
+        """The helper could not be started or told (or no pipe could be made): the step ends
+        here."""
         self.log.info("script_started", script=name, user=self.options.user.name)
-        if not isinstance(error, OSError):  # the helper failed
-            # Stopped or killed as it started the script: the script may well have done it.
-            reason = f"cannot start: {error}"
-            if self.spawner is not None:
-                reason = self.spawner.how_broken(reason)
-            self._broken(name)
+        if isinstance(error, OSError):
+            reason = f"cannot start: {error.strerror}"
         else:
-            reason = f"cannot execute: {error.strerror}{_EXEC_HINTS.get(error.errno or 0, '')}"
+            reason = f"cannot start: {error}"
+            self._broken(name)
         return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason, duration_s=0.0)
 
     def run(self, name: str, position: int, follow: str | None) -> ScriptOutcome:
@@ -192,24 +200,25 @@ class _Step:
         output = ScriptOutput(name, self.log_dir, log, self.progress, self.options.output_cap)
         try:
             spawner = self.helper()
-            script = (spawner.started(position, path) if self.ordered == position
-                      else spawner.run(position, path))
+            if self.ordered == position and self.ahead is not None:
+                pipes, self.ahead = self.ahead, None
+            else:
+                pipes = spawner.order(position, path)
         except (HelperError, OSError) as error:
             output.close()
-            return self._not_started(name, error)
+            return self._not_ordered(name, error)
         assert self.box is not None  # noqa: S101 - helper() made it
-        log.info("script_started", path=path, user=self.options.user.name, pid=script.pid)
-        deadline = script.started + self.options.timeout if self.options.timeout else None
-        seen = Watch(spawner, self.box, script, output, deadline=deadline,
-                     grace=self.options.grace, log=log).run()
+        seen = Watch(spawner, self.box, position, pipes, output, timeout=self.options.timeout,
+                     grace=self.options.grace, log=log,
+                     shown={"path": path, "user": self.options.user.name}).run()
         if follow is not None and _clean(seen) and pending_stop() is None:
-            with contextlib.suppress(HelperError):  # said when its start is awaited
-                spawner.order(position + 1, str(self.wizard_d / follow))
+            with contextlib.suppress(HelperError, OSError):  # said when it is run
+                self.ahead = spawner.order(position + 1, str(self.wizard_d / follow))
                 self.ordered = position + 1
         if seen.broken is not None:
             self._broken(name)
         self.stopped = seen.stopped_by or self.stopped
-        return judge(name, script, seen, output.close())
+        return judge(name, seen, output.close())
 
     def entry(self, decision: Decision, position: int, total: int,
               follow: str | None) -> ScriptOutcome:

@@ -1,8 +1,10 @@
-"""One script's watch: one poll loop over its output, its helper and the runner's stop
-signals, one deadline; what it left running is stopped when it ends.
+"""One script's watch: one poll loop over the helper's word, the script's output, the helper's
+life and the runner's stop signals, one deadline; what the script left running is stopped
+when it ends.
 
-The loop learns everything as an event: output on either pipe, the helper's word that the
-script ended, the helper's death (its pidfd), a stop signal (the wake-up pipe the signal
+The loop learns everything as an event: the helper's word that the script started, could not
+start, or ended; output on either pipe (read once the start is heard, so that the output
+follows it); the helper's death (its pidfd); a stop signal (the wake-up pipe the signal
 handler writes to). A stopped helper sends no event: its state is looked at on every
 wake-up, and at least every HELPER_LOOK seconds.
 """
@@ -22,11 +24,14 @@ from structlog.typing import FilteringBoundLogger
 from wizard_runner import procs
 from wizard_runner.procs import Leftover
 from wizard_runner.scripts.containment import Containment
-from wizard_runner.scripts.helper import PIPE_SIZE
+from wizard_runner.scripts.helper import PIPE_SIZE, Kind
 from wizard_runner.scripts.output import ScriptOutput
-from wizard_runner.scripts.spawner import Exited, HelperError, Spawner, Started
+from wizard_runner.scripts.spawner import KILLED, STOPPED, Exited, HelperError, Spawner
 from wizard_runner.signals import drain_wakeup, pending_stop, wakeup_fileno
 
+#: How long the helper may take to start a script (its own start included: a loaded
+#: appliance) before it is taken for broken.
+ANSWER_TIMEOUT: Final = 30.0
 #: After a script exits, how long its pipes may stay open before what holds them is looked
 #: for, and how long in all before the runner stops reading a pipe something unknown holds.
 DRAIN: Final = 0.2
@@ -44,10 +49,13 @@ MAX_LEFTOVERS: Final = 500
 class Watched:
     """What the watch saw of one script."""
 
+    pid: int | None = None  # the script's, once started
+    started: float | None = None  # when it started, by the helper's clock
+    cannot_start: int | None = None  # the errno the helper could not start it with
     exited: Exited | None = None
     timed_out: bool = False
     stopped_by: int | None = None  # the stop signal the runner stopped it for
-    broken: str | None = None  # the helper failed while the script ran: how
+    broken: str | None = None  # the helper failed: how
     leftovers: list[Leftover] = field(default_factory=list)
     more_leftovers: int = 0  # killed past MAX_LEFTOVERS, counted only
     deadline: float | None = None
@@ -56,49 +64,54 @@ class Watched:
 
 
 class Watch:
-    """Follows one started script to its end (or its deadline, or a stop)."""
+    """Follows one ordered script from its start to its end (or its deadline, or a stop)."""
 
-    def __init__(self, spawner: Spawner, box: Containment, script: Started,
-                 output: ScriptOutput, *, deadline: float | None, grace: float,
-                 log: FilteringBoundLogger) -> None:
+    def __init__(self, spawner: Spawner, box: Containment, index: int,
+                 pipes: tuple[int, int], output: ScriptOutput, *, timeout: float | None,
+                 grace: float, log: FilteringBoundLogger, shown: dict[str, str]) -> None:
         self.spawner = spawner
         self.box = box
-        self.script = script
+        self.index = index
         self.output = output
-        self.deadline = deadline
+        self.timeout = timeout
         self.grace = grace
         self.log = log
-        self.seen = Watched(deadline=deadline)
-        self.pipes = {script.stdout: "stdout", script.stderr: "stderr"}
+        self.shown = shown  # what the script_started event says besides the pid
+        self.seen = Watched()
+        self.pipes = {pipes[0]: "stdout", pipes[1]: "stderr"}
         self.poller = select.poll()
+        self.answer_by = time.monotonic() + ANSWER_TIMEOUT
         self.exited_at: float | None = None  # when the runner heard of the end
         self.stop_done: float | None = None  # when the stop of the script was over
         self.looked_at = 0.0
         self.drained = False
 
     def run(self) -> Watched:
-        """Watch until the script ended and its output is read (or the helper failed)."""
-        for fd in self.pipes:
-            os.set_blocking(fd, False)
-            self.poller.register(fd, select.POLLIN)
+        """Watch until the script ended and its output is read, could not start, or the
+        helper failed."""
         self.poller.register(self.spawner.control.fileno(), select.POLLIN)
         self.poller.register(self.spawner.pidfd, select.POLLIN)
         wakeup = wakeup_fileno()
         if wakeup is not None:
             self.poller.register(wakeup, select.POLLIN)
         try:
-            while (self.pipes or self.seen.exited is None) and self.seen.broken is None:
+            while not self._over():
                 self._tick(time.monotonic())
-                if self.seen.broken is not None:
+                if self._over():
                     break
                 for fd, _ in self.poller.poll(self._wait() * 1000):
                     self._event(fd, wakeup)
-            if self.seen.broken is None:
+            if self.seen.broken is None and self.seen.pid is not None:
                 self._clear_leftovers()
         finally:
             for fd in list(self.pipes):
                 self._close(fd)
         return self.seen
+
+    def _over(self) -> bool:
+        seen = self.seen
+        return seen.broken is not None or seen.cannot_start is not None or (
+            seen.exited is not None and not self.pipes)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -108,9 +121,7 @@ class Watch:
         elif fd == self.spawner.control.fileno():
             self._message()
         elif fd == self.spawner.pidfd:
-            self._message_if_any()
-            if self.seen.exited is None:
-                self._helper_failed()
+            self._helper_gone()
         elif fd == wakeup:
             drain_wakeup()
 
@@ -135,55 +146,101 @@ class Watch:
             os.close(fd)
 
     def _message(self) -> None:
+        """What the helper says of the script: it started, could not, or ended."""
+        seen = self.seen
         try:
-            message = self.spawner.receive()
-            self.seen.exited = self.spawner.exited(message, self.script.index)
+            kind, numbers = self.spawner.receive()
         except HelperError as error:
-            self.seen.broken = self.spawner.how_broken(str(error))
-            self.seen.ended_at = time.monotonic()
+            self._broken(str(error))
             return
-        self.exited_at = time.monotonic()
-        self.poller.unregister(self.spawner.control.fileno())
+        wanted = (Kind.EXITED,) if seen.pid is not None else (Kind.STARTED, Kind.FAILED)
+        if kind not in wanted or numbers[0] != self.index:
+            self._broken(f"the helper said {kind.name} #{numbers[0]} while script "
+                         f"#{self.index} ran")
+            return
+        if kind is Kind.STARTED:
+            self._started(numbers[1], numbers[2] / 1e9)
+        elif kind is Kind.FAILED:
+            self.log.info("script_started", **self.shown)
+            seen.cannot_start = numbers[1]
+        else:
+            seen.exited = Exited(numbers[1], numbers[2], bool(numbers[3]), numbers[4] / 1e9)
+            self.exited_at = time.monotonic()
+            self.poller.unregister(self.spawner.control.fileno())
 
-    def _message_if_any(self) -> None:
-        """The helper died: what it said before, if anything, still counts."""
-        if self.seen.exited is None and select.select([self.spawner.control], [], [], 0)[0]:
+    def _started(self, pid: int, at: float) -> None:
+        self.seen.pid, self.seen.started = pid, at
+        if self.timeout:
+            self.seen.deadline = at + self.timeout
+        self.log.info("script_started", **self.shown, pid=pid)
+        for fd in self.pipes:
+            os.set_blocking(fd, False)
+            self.poller.register(fd, select.POLLIN)
+
+    def _helper_gone(self) -> None:
+        """The helper died or was stopped: what it said before still counts."""
+        seen = self.seen
+        while seen.exited is None and not self._over() and \
+                select.select([self.spawner.control], [], [], 0)[0]:
             self._message()
+        if self._over() or seen.exited is not None:
+            with contextlib.suppress(KeyError):  # a dead helper's pidfd stays readable
+                self.poller.unregister(self.spawner.pidfd)
+        else:
+            self._broken(f"the script helper {self.spawner.state() or 'stopped answering'}")
+
+    def _broken(self, why: str) -> None:
+        """The helper failed. Stopped or killed, the script did it (the helper's only child,
+        and the script already runs once it is ordered); else `why`, said of the script's
+        start when the start was not heard."""
+        state = self.spawner.state()
+        if state == STOPPED:
+            self.seen.broken = "the script stopped the helper that ran it"
+        elif state is not None and state.startswith(KILLED):
+            signal_used = state.removeprefix(f"{KILLED} by ")
+            self.seen.broken = f"the script killed the helper that ran it ({signal_used})"
+        else:
+            self.seen.broken = why if self.seen.pid is not None else f"cannot start: {why}"
+        self.seen.ended_at = time.monotonic()
 
     # --- the clock --------------------------------------------------------------------------
 
     def _wait(self) -> float:
         waits = [HELPER_LOOK]
         now = time.monotonic()
-        if self.deadline is not None and self.seen.stopped_at is None:
-            waits.append(self.deadline - now)
+        if self.seen.pid is None:
+            waits.append(self.answer_by - now)
+        elif self.seen.deadline is not None and self.seen.stopped_at is None:
+            waits.append(self.seen.deadline - now)
         if self.exited_at is not None:
             waits.append(DRAIN / 4)
         return max(min(waits), 0.0)
 
     def _tick(self, now: float) -> None:
-        """Act on what time and the runner's stop request say, and on the helper's state."""
+        """Act on the helper's state, what time says, and the runner's stop request."""
+        seen = self.seen
         if now - self.looked_at >= HELPER_LOOK:
             self.looked_at = now
-            if self.seen.exited is None and self.spawner.state() is not None:
-                self._message_if_any()
-                if self.seen.exited is None:
-                    self._helper_failed()
-                    return
-        if self.seen.exited is None and self.seen.stopped_at is None:
+            if seen.exited is None and self.spawner.state() is not None:
+                self._helper_gone()
+                return
+        if seen.pid is None:  # a stop or a deadline waits for the start, which comes at once
+            if now >= self.answer_by:
+                self._broken(f"the script helper did not start it within {ANSWER_TIMEOUT:g} s")
+            return
+        if seen.exited is None and seen.stopped_at is None:
             stop = pending_stop()
             if stop is not None:
-                self.seen.stopped_by = stop
+                seen.stopped_by = stop
                 self.log.warning("script_stopped", signal=signal.Signals(stop).name)
                 self._stop(now)
-            elif self.deadline is not None and now >= self.deadline:
-                self.seen.timed_out = True
-                self.log.error("script_timed_out", timeout_s=round(
-                    self.deadline - self.script.started, 3))
+            elif seen.deadline is not None and now >= seen.deadline:
+                seen.timed_out = True
+                self.log.error("script_timed_out", timeout_s=self.timeout)
                 self._stop(now)
-        elif self.seen.exited is None and self.stop_done is not None and \
+        elif seen.exited is None and self.stop_done is not None and \
                 now - self.stop_done > self.grace:
-            self.seen.broken = "it did not end after SIGKILL, or its helper no longer reports"
+            self._broken("it did not end after SIGKILL, or its helper no longer reports")
         if self.exited_at is not None and self.pipes:
             self._drain(now)
 
@@ -193,9 +250,9 @@ class Watch:
         try:
             stopped = procs.stop(self.box, self.grace, spare=self.spawner.pid)
         except OSError as error:
-            self.seen.broken = str(error)
+            self._broken(str(error))
             return
-        self._note_leftovers([found for found in stopped if found.pid != self.script.pid])
+        self._note_leftovers([found for found in stopped if found.pid != self.seen.pid])
         self.stop_done = time.monotonic()
 
     def _drain(self, now: float) -> None:
@@ -222,7 +279,7 @@ class Watch:
         try:
             self._note_leftovers(procs.stop(self.box, self.grace, spare=self.spawner.pid))
         except OSError as error:
-            self.seen.broken = str(error)
+            self._broken(str(error))
 
     def _note_leftovers(self, found: list[Leftover]) -> None:
         """Log and keep each leftover, up to MAX_LEFTOVERS (a fork bomb leaves thousands);
@@ -234,8 +291,3 @@ class Watch:
         if len(found) > room:
             self.log.warning("leftovers_killed_more", count=len(found) - room)
             self.seen.more_leftovers += len(found) - room
-
-    def _helper_failed(self) -> None:
-        self.seen.broken = self.spawner.how_broken("the helper that ran it stopped answering")
-        self.seen.ended_at = time.monotonic()
-
