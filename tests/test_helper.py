@@ -117,6 +117,19 @@ def test_one_order_one_script(talk: Talk) -> None:
 
 
 @pytest.mark.processes
+def test_a_script_gets_the_environment_exactly_as_passed(talk: Talk) -> None:
+    """No LANG: Python, starting in the C locale, adds LC_CTYPE to its own environment; the
+    scripts get the one the runner passed, nothing more (the shell adds PWD)."""
+    with traversable_dir() as place:
+        out, err = talk.run(0, write_script(place, "10-env", "env"))
+        assert talk.receive()[0] is Kind.STARTED
+        lines = read_all(out).decode().splitlines()
+        os.close(err)
+    assert sorted(line for line in lines if not line.startswith("PWD=")) == \
+        ["ONLY=this", "PATH=/usr/bin:/bin"]
+
+
+@pytest.mark.processes
 def test_what_a_script_leaves_is_reported(talk: Talk) -> None:
     """A script that leaves a child running: EXITED says something is left."""
     with traversable_dir() as place:

@@ -4,6 +4,8 @@ the helper can go wrong named as a HelperError."""
 from __future__ import annotations
 
 import errno
+import io
+import json
 import os
 import pwd
 import select
@@ -14,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import traversable_dir, write_script
+from wizard_runner.log import make_logger
 from wizard_runner.scripts.containment import Subreaper
 from wizard_runner.scripts.helper import Kind
+from wizard_runner.scripts.output import ScriptOutput
 from wizard_runner.scripts.spawner import HelperError, Spawner, Switch
+from wizard_runner.scripts.watch import Watch
 
 pytestmark = pytest.mark.processes
 ROOT = os.geteuid() == 0
@@ -138,17 +143,29 @@ def test_no_interpreter_is_a_helper_error() -> None:
         box.close()
 
 
-def test_a_helper_that_cannot_switch_says_why(place: Path) -> None:
+@pytest.mark.parametrize("watched", [False, True])
+def test_a_helper_that_cannot_switch_says_why(watched: bool) -> None:
     """A helper that fails as it starts (here: an unknown group list) says why in its answer
-    to the first order, not a timeout."""
+    to the first order, not a timeout; watched, the script cannot start for that reason, and
+    the log says it was to start."""
     box = Subreaper()
     broken = Spawner({}, Switch(65534, 65534, (-5,)), box)
     try:
         broken.start()
-        with pytest.raises(HelperError, match="the script helper failed: "):
-            for fd in broken.order(0, "/bin/true"):
+        pipes = broken.order(0, "/bin/true")
+        if not watched:
+            for fd in pipes:
                 os.close(fd)
-            answer(broken)
+            with pytest.raises(HelperError, match="the script helper failed: "):
+                answer(broken)
+            return
+        logs = io.StringIO()
+        log = make_logger(logs, json_lines=True)
+        seen = Watch(broken, box, 0, pipes, ScriptOutput("10-x", None, log), timeout=None,
+                     grace=1.0, log=log, shown={"path": "/bin/true"}).run()
+        assert (seen.broken or "").startswith("cannot start: the script helper failed: ")
+        events = [json.loads(line)["event"] for line in logs.getvalue().splitlines()]
+        assert events == ["script_started"]
     finally:
         broken.close()
         box.close()

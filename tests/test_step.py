@@ -27,6 +27,7 @@ from tests.helpers import (
     refused_again,
     run_step,
     scripts_of,
+    www_data,
 )
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import PrivilegeError, RunInterrupted
@@ -221,6 +222,17 @@ def test_invalid_utf8_and_long_lines(config: WizardConfig, root: Path) -> None:
     found = scripts_of(run_step(config, root))["10-bin"]
     assert found["status"] == "succeeded"
     assert found["output_tail"] == "caf\\xe9 ok\n\\xff\\xfe end"
+
+
+def test_a_script_may_reopen_its_own_output(config: WizardConfig, root: Path) -> None:
+    """/dev/stdout, /dev/stderr and /proc/self/fd/N open again for the run user, as they do
+    under run-parts: its output pipes are its own."""
+    add_script(root, "10-reopen", "set -e; echo one >/dev/stdout; echo two >/dev/stderr\n"
+               "echo three >/proc/self/fd/1; id -u")
+    found = scripts_of(run_step(config, root))["10-reopen"]
+    assert found["status"] == "succeeded", found
+    uid = str(www_data()[0] if ROOT else os.geteuid())
+    assert sorted(found["output_tail"].splitlines()) == sorted(["one", "two", "three", uid])
 
 
 def test_output_is_capped_and_tail_kept(config: WizardConfig, root: Path) -> None:

@@ -183,9 +183,9 @@ def widen(pipe: int) -> None:
 class _Helper:
     """Runs the script the runner names, one at a time."""
 
-    def __init__(self, control: socket.socket) -> None:
+    def __init__(self, control: socket.socket, env: dict[bytes, bytes]) -> None:
         self.control = control
-        self.env = dict(os.environ)
+        self.env = env
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.defaults = _ignored_signals()
 
@@ -234,8 +234,12 @@ def main(argv: Sequence[str]) -> int:
     control = socket.socket(fileno=CONTROL_FD)
     os.set_inheritable(CONTROL_FD, False)
     try:
+        # The environment as the runner passed it: Python may have added LC_CTYPE to its own
+        # as it started (a C locale). Read before the switch makes /proc/self root's.
+        with open("/proc/self/environ", "rb") as source:
+            env = dict(item.split(b"=", 1) for item in source.read().split(b"\0") if item)
         _become(argv)
-        _Helper(control).serve()
+        _Helper(control, env).serve()
     except EOFError:
         return 0
     except BaseException as error:

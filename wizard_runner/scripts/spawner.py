@@ -116,6 +116,8 @@ class Spawner:
             for _ in range(2):
                 pipes.append(os.pipe2(os.O_CLOEXEC))
                 helper.widen(pipes[-1][1])
+                if self.switch is not None:  # the script's own, as if it had made it:
+                    os.fchown(pipes[-1][1], self.switch.uid, self.switch.gid)  # /dev/stdout
             message = helper.encode(Kind.RUN, (index,), os.fsencode(path))
             try:
                 helper.send(self.control, message, [write for _, write in pipes])

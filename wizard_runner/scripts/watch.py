@@ -201,6 +201,8 @@ class Watch:
             self.seen.broken = f"the script killed the helper that ran it ({signal_used})"
         else:
             self.seen.broken = why if self.seen.pid is not None else f"cannot start: {why}"
+        if self.seen.pid is None:
+            self.log.info("script_started", **self.shown)  # and failed: the log says both
         self.seen.ended_at = time.monotonic()
 
     # --- the clock --------------------------------------------------------------------------
