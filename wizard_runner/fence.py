@@ -28,8 +28,6 @@ from wizard_runner.fsio import MAX_TARGET_BYTES, At, NotRegularFileError, read_r
 from wizard_runner.layout import Layout, is_inside
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-# O_NONBLOCK: opening or reading a FIFO or a device that slipped in after the lstat returns at
-# once instead of waiting for a writer; fstat then refuses it.
 
 
 class FenceError(ApplyError):

@@ -23,6 +23,7 @@ from structlog.typing import EventDict, FilteringBoundLogger, WrappedLogger
 
 from wizard_runner.errors import PrivilegeError, RunnerIOError
 from wizard_runner.escape import printable
+from wizard_runner.fsio import NotRegularFileError
 from wizard_runner.layout import LOG_DIR_MODE
 from wizard_runner.streams import SafeStream
 
@@ -103,15 +104,17 @@ def open_log_file(path: Path) -> TextIO:
     """Open the JSON-lines log for appending (0640), creating its directory (0750). Anything
     but a regular file there (a FIFO, a device) is refused, never waited on."""
     path.parent.mkdir(mode=LOG_DIR_MODE, parents=True, exist_ok=True)
-    not_regular = OSError(errno.EINVAL, "not a regular file", str(path))
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
                      0o640)
     except OSError as error:
-        raise (not_regular if error.errno == errno.ENXIO else error) from None  # ENXIO: a FIFO
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if error.errno == errno.ENXIO:  # a FIFO without a reader
+            raise NotRegularFileError(str(path), stat.S_IFIFO) from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
-        raise not_regular
+        raise NotRegularFileError(str(path), mode)
     os.set_blocking(fd, True)
     return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 

@@ -21,7 +21,6 @@ One SOCK_SEQPACKET datagram per message, its kind the first byte:
 from __future__ import annotations
 
 import enum
-import fcntl
 import os
 import signal
 import socket
@@ -35,8 +34,6 @@ if TYPE_CHECKING:  # typing costs a helper that must start fast; only mypy needs
 
 CONTROL_FD = 3
 MAX_MESSAGE = 8192  # a path (PATH_MAX is 4096) or an error's text
-#: The scripts' output pipes (what an unprivileged user may ask for: fs.pipe-max-size).
-PIPE_SIZE = 1024 * 1024
 #: The helper's exit status when it cannot go on (EX_SOFTWARE: it says why in ERROR).
 HELPER_FAILED = 70
 
@@ -169,15 +166,6 @@ def anything_left() -> bool:
         if ended is None:
             return True
         os.waitpid(ended.si_pid, 0)
-
-
-def widen(pipe: int) -> None:
-    """Let a chatty script's output pile up to PIPE_SIZE: the runner then reads it in big
-    chunks, with few wakeups."""
-    try:
-        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        return  # over the user's pipe budget (pipe-user-pages-soft): the default size will do
 
 
 class _Helper:

@@ -4,6 +4,7 @@ time with the pipes of its output, hear what it says, and tell how it ended when
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import signal
@@ -18,6 +19,8 @@ from wizard_runner.scripts import helper
 from wizard_runner.scripts.containment import Containment
 from wizard_runner.scripts.helper import Kind
 
+#: The scripts' output pipes (within fs.pipe-max-size, what an unprivileged user may ask for).
+PIPE_SIZE: Final = 1024 * 1024
 #: What `Spawner.state` says of a helper a script stopped, or killed (then `by SIGNAL`).
 STOPPED: Final = "was stopped"
 KILLED: Final = "was killed"
@@ -50,6 +53,13 @@ class Exited(NamedTuple):
     def returncode(self) -> int:
         """The exit code, or minus the signal that killed it."""
         return os.waitstatus_to_exitcode(self.status)
+
+
+def _widen(pipe: int) -> None:
+    """Let a chatty script's output pile up to PIPE_SIZE: the runner then reads it in big
+    chunks, with few wakeups."""
+    with contextlib.suppress(OSError):  # over the pipe budget: the default size will do
+        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 class Spawner:
@@ -115,7 +125,7 @@ class Spawner:
         try:
             for _ in range(2):
                 pipes.append(os.pipe2(os.O_CLOEXEC))
-                helper.widen(pipes[-1][1])
+                _widen(pipes[-1][1])
                 if self.switch is not None:  # the script's own, as if it had made it:
                     os.fchown(pipes[-1][1], self.switch.uid, self.switch.gid)  # /dev/stdout
             message = helper.encode(Kind.RUN, (index,), os.fsencode(path))
@@ -132,13 +142,17 @@ class Spawner:
                 os.close(write)  # the helper has its copies
         return pipes[0][0], pipes[1][0]
 
+    def _next(self) -> tuple[Kind, tuple[int, ...], bytes]:
+        """The next message, without waiting (it carries no descriptor: any is closed)."""
+        data, fds = helper.receive(self.control, socket.MSG_DONTWAIT)
+        for fd in fds:
+            os.close(fd)
+        return helper.decode(data)
+
     def receive(self) -> tuple[Kind, tuple[int, ...]]:
         """One message from the helper, which has something to say (the socket is readable)."""
         try:
-            data, fds = helper.receive(self.control, socket.MSG_DONTWAIT)
-            for fd in fds:
-                os.close(fd)  # the helper sends none
-            kind, numbers, text = helper.decode(data)
+            kind, numbers, text = self._next()
         except (EOFError, OSError, helper.MalformedError) as error:
             raise self.failure(f"broke off ({str(error) or 'the connection closed'})") from error
         if kind is Kind.ERROR:
@@ -169,10 +183,7 @@ class Spawner:
         connection is the first sign of its death)."""
         select.select([self.pidfd], [], [], 0.5)
         with contextlib.suppress(OSError, EOFError, helper.MalformedError):
-            data, fds = helper.receive(self.control, socket.MSG_DONTWAIT)
-            for fd in fds:
-                os.close(fd)
-            kind, _, text = helper.decode(data)
+            kind, _, text = self._next()
             if kind is Kind.ERROR:
                 return HelperError(f"the script helper failed: {text.decode(errors='replace')}")
         return HelperError(f"the script helper {self.state() or why}")
