@@ -17,22 +17,23 @@ import pytest
 
 from tests.helpers import traversable_dir, write_script
 from wizard_runner.log import make_logger
+from wizard_runner.runuser import RunUser
 from wizard_runner.scripts.containment import Subreaper
 from wizard_runner.scripts.helper import Kind
 from wizard_runner.scripts.output import ScriptOutput
-from wizard_runner.scripts.spawner import HelperError, Spawner, Switch
+from wizard_runner.scripts.spawner import HelperError, Spawner
 from wizard_runner.scripts.watch import Watch
 
 pytestmark = pytest.mark.processes
 ROOT = os.geteuid() == 0
 
 
-def www_data() -> Switch | None:
-    """The switch to www-data when the tests run as root, else none (scripts run as us)."""
+def www_data() -> RunUser | None:
+    """www-data when the tests run as root, else none (scripts run as us)."""
     if not ROOT:
         return None
     entry = pwd.getpwnam("www-data")
-    return Switch(entry.pw_uid, entry.pw_gid, (entry.pw_gid,))
+    return RunUser("www-data", entry.pw_uid, entry.pw_gid, (entry.pw_gid,), entry.pw_dir)
 
 
 @pytest.fixture
@@ -75,8 +76,7 @@ def test_runs_a_script_as_the_run_user(spawner: Spawner, place: Path) -> None:
     assert read_all(out).decode().strip() == expected
     assert read_all(err) == b""
     kind, numbers = answer(spawner)
-    assert (kind, numbers[0], os.waitstatus_to_exitcode(numbers[2]), numbers[3]) == \
-        (Kind.EXITED, 0, 0, 0)
+    assert (kind, numbers[0], os.waitstatus_to_exitcode(numbers[2])) == (Kind.EXITED, 0, 0)
 
 
 def test_a_script_that_cannot_start_is_said_with_its_errno(spawner: Spawner,
@@ -149,7 +149,7 @@ def test_a_helper_that_cannot_switch_says_why(watched: bool) -> None:
     to the first order, not a timeout; watched, the script cannot start for that reason, and
     the log says it was to start."""
     box = Subreaper()
-    broken = Spawner({}, Switch(65534, 65534, (-5,)), box)
+    broken = Spawner({}, RunUser("nobody", 65534, 65534, (-5,), "/"), box)
     try:
         broken.start()
         pipes = broken.order(0, "/bin/true")

@@ -63,7 +63,8 @@ def describe(pid: int) -> Leftover:
     return Leftover(pid, cmdline)
 
 
-def _send(pids: list[int], signum: int) -> None:
+def send(pids: list[int], signum: int) -> None:
+    """Send `signum` to each process that still exists."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signum)
@@ -105,8 +106,8 @@ def stop(processes: ProcessSet, grace: float = GRACE, *, spare: int | None = Non
         seen[pid] = describe(pid)
     if not first:
         return []
-    _send(first, signal.SIGTERM)
-    _send(first, signal.SIGCONT)
+    send(first, signal.SIGTERM)
+    send(first, signal.SIGCONT)
     if _wait_empty(members, grace, seen):
         processes.kill(spare)
         left = _wait_empty(members, grace, seen)

@@ -1,16 +1,11 @@
 """Everything the scripts step started, as one set: a cgroup of its own, or the fallback.
 
 A cgroup is the kernel's answer to "everything this started": no process leaves it, its list
-says what is left after a script, and freezing it before killing its members ends them all at
-once however fast they fork. The step makes one under the runner's own cgroup (cgroup v2,
-wherever mounted), puts the helper in it, and removes it at its end; one a killed runner left
-is emptied and removed by the next step.
-
-Without a writable cgroup v2 (a container, an embedding without delegation), or with
-WIZARD_RUNNER_CONTAINMENT=subreaper, the fallback follows parentage: the helper is the
-subreaper of what the scripts start, and the runner one for the step, so that what a killed
-helper left comes to the runner. Killing there is SIGSTOP sweeps until nothing runs, then
-SIGKILL.
+says what is left, and freezing it before killing ends its members however fast they fork.
+The step makes one under the runner's own cgroup (cgroup v2, wherever mounted) and removes it
+at its end; one a killed runner left is removed by the next step. Without a writable cgroup v2,
+or with WIZARD_RUNNER_CONTAINMENT=subreaper, the fallback follows parentage: the helper and the
+runner are subreapers, and killing is SIGSTOP sweeps until nothing runs, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -22,14 +17,15 @@ import time
 from pathlib import Path
 from typing import Final, Protocol
 
+from wizard_runner.procs import send
+from wizard_runner.scripts.helper import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, prctl
+
 #: Set to `subreaper` to use the fallback even where a cgroup could be made.
 CONTAINMENT_ENV: Final = "WIZARD_RUNNER_CONTAINMENT"
 PREFIX: Final = "wizard-runner."
 #: How long a freeze or a removal may take, and how often to look meanwhile.
 SETTLE: Final = 5.0
 _LOOK: Final = 0.005
-_PR_SET_CHILD_SUBREAPER: Final = 36
-_PR_GET_CHILD_SUBREAPER: Final = 37
 
 
 class Containment(Protocol):
@@ -48,11 +44,6 @@ class Containment(Protocol):
 
     def close(self) -> None:
         """Kill what is left and let the set go."""
-
-
-def _signal(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signum)
 
 
 def cgroup2_mount(mountinfo: str) -> tuple[Path, str] | None:
@@ -143,9 +134,7 @@ class Cgroup:
                 return
         self._freeze(True)
         try:
-            for pid in self.members():
-                if pid != spare:
-                    _signal(pid, signal.SIGKILL)
+            send([pid for pid in self.members() if pid != spare], signal.SIGKILL)
         finally:
             self._freeze(False)
 
@@ -183,18 +172,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _prctl(option: int, value: int | None = None) -> int | None:
-    """prctl(2) with an int argument, or (`value` None) one it fills in: the value filled
-    in, 0 when set; None when it failed."""
-    import ctypes  # noqa: PLC0415 - the fallback alone needs it: off the cgroup's path
-
-    filled = ctypes.c_int(0)
-    argument = ctypes.byref(filled) if value is None else value
-    if ctypes.CDLL(None, use_errno=True).prctl(option, argument, 0, 0, 0) != 0:
-        return None
-    return filled.value
-
-
 class Subreaper:
     """The fallback: the helper's descendants, and what a killed helper left to the runner."""
 
@@ -203,8 +180,8 @@ class Subreaper:
     def __init__(self) -> None:
         self.helper: int | None = None
         self.ours = set(_children(os.getpid()))  # the runner's own children before the step
-        self.was_subreaper = bool(_prctl(_PR_GET_CHILD_SUBREAPER))
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+        self.was_subreaper = bool(prctl(PR_GET_CHILD_SUBREAPER))
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
 
     def adopt(self, pid: int) -> None:
         """Remember the helper: its descendants are the set."""
@@ -230,14 +207,12 @@ class Subreaper:
         quiet = 0  # sweeps in a row that found nothing new: one can miss a child in transit
         while quiet < 2 and time.monotonic() < deadline:
             fresh = [pid for pid in self.members() if pid != spare and pid not in stopped]
-            for pid in fresh:
-                _signal(pid, signal.SIGSTOP)
+            send(fresh, signal.SIGSTOP)
             stopped.update(fresh)
             quiet = 0 if fresh else quiet + 1
             if not fresh:
                 time.sleep(_LOOK)
-        for pid in stopped:
-            _signal(pid, signal.SIGKILL)
+        send(list(stopped), signal.SIGKILL)
         for pid in set(_children(os.getpid())) & stopped - {self.helper}:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)  # dying now; a later call reaps a late one
@@ -246,7 +221,7 @@ class Subreaper:
         """Kill what is left, and stop being a subreaper if the runner was not one."""
         self.kill()
         if not self.was_subreaper:
-            _prctl(_PR_SET_CHILD_SUBREAPER, 0)
+            prctl(PR_SET_CHILD_SUBREAPER, 0)
 
 
 def contain(tag: str) -> Containment:

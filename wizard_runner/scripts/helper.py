@@ -1,20 +1,16 @@
-"""The helper that starts the scripts, already the run user: its program, and the protocol
-both ends speak.
+"""The helper that starts the scripts as the run user: its program, and the protocol both
+ends speak (docs/design.md tells the whole exchange).
 
-The runner starts it once per step, as root (`python -I -S helper.py PARENT_PID [UID GID
-GROUPS]`, its socket on fd 3, the scripts' environment as its own) and puts it in the step's
-containment. It becomes a subreaper and drops to the run user, then serves in lock-step: for
-each RUN it starts that one script (posix_spawn: vfork and exec, like run-parts) with the
-output pipes the order carries, says it started, waits for it and says how it ended and
-whether anything it started still runs. It starts nothing on its own. It imports a few
-standard modules, all before it drops privileges (the run user may not be able to read them).
-
+The runner starts it once per step as root (`python -I -S helper.py PARENT_PID [UID GID
+GROUPS]`, its socket on fd 3, the scripts' environment as its own). It drops to the run user,
+then serves in lock-step: each RUN starts one script (posix_spawn, like run-parts) on the
+pipes the order carries; it says STARTED (or FAILED), waits for the script, says EXITED.
 One SOCK_SEQPACKET datagram per message, its kind the first byte:
 
     runner -> helper   RUN      index; the script's path; the write ends of stdout and stderr
     helper -> runner   STARTED  index, pid, start (ns)
                        FAILED   index, errno (it could not start)
-                       EXITED   index, pid, wait status, anything left (0/1), end (ns)
+                       EXITED   index, pid, wait status, end (ns)
                        ERROR    text (it cannot go on, and exits)
 """
 
@@ -38,13 +34,10 @@ MAX_MESSAGE = 8192  # a path (PATH_MAX is 4096) or an error's text
 HELPER_FAILED = 70
 
 _PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-_FDS = struct.Struct("2i")
-_ANCILLARY = socket.CMSG_SPACE(_FDS.size)
-# Plain ints: the socket module's flag enums cost microseconds per use, twice per script.
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+# A plain int: the socket module's flag enums cost microseconds per use, twice per script.
 _CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
-_SOL_SOCKET = int(socket.SOL_SOCKET)
-_SCM_RIGHTS = int(socket.SCM_RIGHTS)
 
 
 class Kind(enum.Enum):
@@ -62,7 +55,7 @@ _NUMBERS = {
     Kind.RUN: struct.Struct("!I"),
     Kind.STARTED: struct.Struct("!Iiq"),
     Kind.FAILED: struct.Struct("!Ii"),
-    Kind.EXITED: struct.Struct("!IiiBq"),
+    Kind.EXITED: struct.Struct("!Iiiq"),
 }
 
 
@@ -90,41 +83,31 @@ def decode(data: bytes) -> tuple[Kind, tuple[int, ...], bytes]:
         raise MalformedError(f"malformed message {data[:16]!r}") from error
 
 
-def send(control: socket.socket, message: bytes, fds: Sequence[int] = ()) -> None:
-    """Send one message, with descriptors when given."""
-    if fds:
-        control.sendmsg([message], [(_SOL_SOCKET, _SCM_RIGHTS, _FDS.pack(*fds))])
-    else:
-        control.send(message)
-
-
 def receive(control: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
-    """One message and the descriptors it carries (close-on-exec)."""
-    data, ancillary, _, _ = control.recvmsg(MAX_MESSAGE, _ANCILLARY, flags | _CLOEXEC)
-    fds: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            fds += list(struct.unpack(f"{usable // 4}i", payload[:usable]))
+    """One message and the descriptors it carries (close-on-exec; two at most)."""
+    data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 2, flags | _CLOEXEC)
     return data, fds
+
+
+def prctl(option: int, value: int | None = None) -> int:
+    """prctl(2) with an int argument, or (`value` None) one it fills in, which it returns."""
+    import ctypes  # noqa: PLC0415 - only the helper and the fallback containment need it
+
+    filled = ctypes.c_int(0)
+    argument = ctypes.byref(filled) if value is None else value
+    if ctypes.CDLL(None, use_errno=True).prctl(option, argument, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"prctl({option}): {os.strerror(code)}")
+    return filled.value
 
 
 # --- the helper's side --------------------------------------------------------------------------
 
 
-def _prctl(option: int, value: int) -> None:
-    import ctypes  # noqa: PLC0415 - before the drop, on the first call; the runner never needs it
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"prctl({option}): {os.strerror(code)}")
-
-
 def _become(argv: Sequence[str]) -> None:
     """Adopt orphans, ignore stop signals (the runner orchestrates stops), drop to the user."""
     parent = int(argv[0])
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     if len(argv) > 1:
@@ -135,7 +118,7 @@ def _become(argv: Sequence[str]) -> None:
         if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
             raise OSError(f"still uid {os.getresuid()} gid {os.getresgid()} after the switch")
     # Changing ids clears the parent-death signal: set it afterwards, then close the race.
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         raise OSError("the runner exited while the helper started")
     os.chdir("/")
@@ -156,16 +139,13 @@ def _ignored_signals() -> tuple[int, ...]:
     return tuple(found)
 
 
-def anything_left() -> bool:
-    """Whether the helper still has a child: reap the ones that exited, one syscall each."""
-    while True:
-        try:
-            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return False
-        if ended is None:
-            return True
-        os.waitpid(ended.si_pid, 0)
+def _reap() -> None:
+    """Reap what the scripts left that has exited since (the helper adopts their orphans)."""
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:  # none left
+        return
 
 
 class _Helper:
@@ -200,19 +180,20 @@ class _Helper:
                 setsid=True, setsigmask=(), setsigdef=self.defaults,
             )
         except OSError as error:
-            send(self.control, encode(Kind.FAILED, (index, error.errno or 0)))
+            self.control.send(encode(Kind.FAILED, (index, error.errno or 0)))
             return
         finally:
             os.close(out_w)  # the script has its own: its output ends when it (and what it
             os.close(err_w)  # started) closes them
         try:
-            send(self.control, encode(Kind.STARTED, (index, pid, started)))
+            self.control.send(encode(Kind.STARTED, (index, pid, started)))
         except OSError:
             os.killpg(pid, signal.SIGKILL)  # nobody would know it runs
             raise
         _, status = os.waitpid(pid, 0)
         ended = time.monotonic_ns()
-        send(self.control, encode(Kind.EXITED, (index, pid, status, anything_left(), ended)))
+        _reap()
+        self.control.send(encode(Kind.EXITED, (index, pid, status, ended)))
 
 
 def main(argv: Sequence[str]) -> int:
@@ -234,7 +215,7 @@ def main(argv: Sequence[str]) -> int:
         # The run user may not be able to read the standard library: no traceback, a message.
         text = f"{type(error).__name__}: {error}".encode(errors="replace")
         try:
-            send(control, encode(Kind.ERROR, (), text))
+            control.send(encode(Kind.ERROR, (), text))
         except OSError:
             return HELPER_FAILED  # the runner is gone: nobody to tell
         return HELPER_FAILED

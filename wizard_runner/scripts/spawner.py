@@ -11,10 +11,10 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from wizard_runner.procs import signal_name
+from wizard_runner.runuser import RunUser
 from wizard_runner.scripts import helper
 from wizard_runner.scripts.containment import Containment
 from wizard_runner.scripts.helper import Kind
@@ -31,22 +31,12 @@ class HelperError(Exception):
     something it should not have."""
 
 
-@dataclass(frozen=True)
-class Switch:
-    """Who the helper becomes: uid, primary gid, every group."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-
-
 class Exited(NamedTuple):
-    """How a script ended: its wait status, whether anything it started still runs, when
-    (CLOCK_MONOTONIC seconds as the helper saw it, the runner's time.monotonic())."""
+    """How a script ended: its wait status, and when (the helper's CLOCK_MONOTONIC, which is
+    the runner's time.monotonic())."""
 
     pid: int
     status: int
-    left: bool
     ended: float
 
     @property
@@ -55,61 +45,46 @@ class Exited(NamedTuple):
         return os.waitstatus_to_exitcode(self.status)
 
 
-def _widen(pipe: int) -> None:
-    """Let a chatty script's output pile up to PIPE_SIZE: the runner then reads it in big
-    chunks, with few wakeups."""
-    with contextlib.suppress(OSError):  # over the pipe budget: the default size will do
-        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-
-
 class Spawner:
-    """The helper of one scripts step."""
+    """The helper of one scripts step; `user` None: the scripts run as the runner."""
 
-    def __init__(self, env: Mapping[str, str], switch: Switch | None, box: Containment,
+    def __init__(self, env: Mapping[str, str], user: RunUser | None, box: Containment,
                  python: str | None = None) -> None:
         self.env = dict(env)
-        self.switch = switch
+        self.user = user
         self.box = box
         self.python = python if python is not None else sys.executable
         self.pid = 0
         self.pidfd = -1
-        self._control: socket.socket | None = None
-
-    @property
-    def control(self) -> socket.socket:
-        """The control socket (the helper has started)."""
-        if self._control is None:
-            raise HelperError("the helper is not running")
-        return self._control
+        self.control, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
     def start(self) -> None:
         """Launch the helper with the scripts' environment, put it in the containment."""
         if not self.python:
+            self.close()
             raise HelperError("cannot start the script helper: no Python interpreter known "
                               "(sys.executable is empty)")
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [self.python, "-I", "-S", helper.__file__, str(os.getpid())]
-        if self.switch is not None:
-            groups = ",".join(str(group) for group in self.switch.groups)
-            argv += [str(self.switch.uid), str(self.switch.gid), groups]
+        if self.user is not None:
+            groups = ",".join(str(group) for group in self.user.groups)
+            argv += [str(self.user.uid), str(self.user.gid), groups]
         try:
-            with theirs:
+            with self._theirs:
                 self.pid = os.posix_spawn(
                     self.python, argv, self.env,
                     file_actions=[
                         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                        (os.POSIX_SPAWN_DUP2, theirs.fileno(), helper.CONTROL_FD),
+                        (os.POSIX_SPAWN_DUP2, self._theirs.fileno(), helper.CONTROL_FD),
                     ],
                     setsid=True,
                 )
         except (OSError, ValueError) as error:  # ValueError: an environment it cannot pass
-            ours.close()
+            self.control.close()
             why = (error.strerror if isinstance(error, OSError)
                    else f"the scripts' environment cannot be passed on ({error})")
             raise HelperError(f"the script helper {self.python} could not be started: "
                               f"{why}") from error
-        self._control = ours
         self.pidfd = os.pidfd_open(self.pid)
         try:
             self.box.adopt(self.pid)
@@ -119,18 +94,18 @@ class Spawner:
 
     def order(self, index: int, path: str) -> tuple[int, int]:
         """Tell the helper to start a script: the read ends of its stdout and stderr. What
-        became of the order comes as a message (`receive`); OSError when no pipe could be
-        made."""
+        became of the order comes as a message; OSError when no pipe could be made."""
         pipes: list[tuple[int, int]] = []
         try:
             for _ in range(2):
                 pipes.append(os.pipe2(os.O_CLOEXEC))
-                _widen(pipes[-1][1])
-                if self.switch is not None:  # the script's own, as if it had made it:
-                    os.fchown(pipes[-1][1], self.switch.uid, self.switch.gid)  # /dev/stdout
+                with contextlib.suppress(OSError):  # over the pipe budget: the default size
+                    fcntl.fcntl(pipes[-1][1], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+                if self.user is not None:  # the script's own, as if it had made it:
+                    os.fchown(pipes[-1][1], self.user.uid, self.user.gid)  # /dev/stdout
             message = helper.encode(Kind.RUN, (index,), os.fsencode(path))
             try:
-                helper.send(self.control, message, [write for _, write in pipes])
+                socket.send_fds(self.control, [message], [write for _, write in pipes])
             except OSError as error:
                 raise self.failure(f"broke off ({error.strerror})") from error
         except BaseException:
@@ -178,9 +153,8 @@ class Spawner:
         return f"exited with {info.si_status}"
 
     def failure(self, why: str) -> HelperError:
-        """The error for a helper that went wrong, saying how: why it failed, when it said so
-        before it ended, else what became of it, when it ends within a moment (a broken
-        connection is the first sign of its death)."""
+        """The error for a broken helper: its last word if it said why, else what became of
+        it once it ended (a broken connection is the first sign of its death), else `why`."""
         select.select([self.pidfd], [], [], 0.5)
         with contextlib.suppress(OSError, EOFError, helper.MalformedError):
             kind, _, text = self._next()
@@ -190,9 +164,8 @@ class Spawner:
 
     def close(self) -> None:
         """End the helper (closing its socket ends it; killed if it does not), reap it."""
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        self.control.close()
+        self._theirs.close()
         if self.pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if select.select([self.pidfd], [], [], 1.0)[0] == []:

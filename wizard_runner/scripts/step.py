@@ -148,7 +148,7 @@ class _Step:
         """The step's helper, started in its containment on first use."""
         # Only a step with a script to run needs these (and their imports' start-up time).
         from wizard_runner.scripts.containment import contain
-        from wizard_runner.scripts.spawner import Spawner, Switch
+        from wizard_runner.scripts.spawner import Spawner
 
         if self.spawner is None:
             collector.resume()  # scripts may run for long, and write without end
@@ -157,8 +157,7 @@ class _Step:
             if self.contained is not None:
                 self.contained(self.box.name)
             user = self.options.user
-            switch = None if user.is_current else Switch(user.uid, user.gid, user.groups)
-            self.spawner = Spawner(self.env, switch, self.box)
+            self.spawner = Spawner(self.env, None if user.is_current else user, self.box)
             self.spawner.start()
         return self.spawner
 
@@ -224,17 +223,14 @@ class _Step:
               follow: str | None) -> ScriptOutcome:
         """What becomes of one entry of wizard.d past the start point (shown as it starts
         and ends, unless it does not run)."""
-        name = decision.name
-        if self.progress is not None and self.ended_by is None and (
-                pending_stop() is None or self.ordered == position):  # it starts (see below)
-            self.progress.started(position, total, name)
-        stop = pending_stop()
+        name, stop = decision.name, pending_stop()
         if self.ended_by is None and stop is not None and self.ordered != position:
-            self.stopped = stop  # no script starts once a stop is held
-        if self.stopped is not None:
-            self.ended_by = f"not run: wizard-runner was {RunInterrupted(self.stopped)}"
+            self.stopped = stop  # no script starts once a stop is held (but one ordered)
+            self.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
         if self.ended_by is not None:
             return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
+        if self.progress is not None:
+            self.progress.started(position, total, name)
         if decision.verdict is Verdict.FAIL:
             outcome = ScriptOutcome(name, ScriptStatus.FAILED, reason=decision.reason)
         else:

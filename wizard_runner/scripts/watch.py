@@ -1,13 +1,7 @@
-"""One script's watch: one poll loop over the helper's word, the script's output, the helper's
-life and the runner's stop signals, one deadline; what the script left running is stopped
-when it ends.
-
-The loop learns everything as an event: the helper's word that the script started, could not
-start, or ended; output on either pipe (read once the start is heard, so that the output
-follows it); the helper's death (its pidfd); a stop signal (the wake-up pipe the signal
-handler writes to). A stopped helper sends no event: its state is looked at on every
-wake-up, and at least every HELPER_LOOK seconds.
-"""
+"""One script's watch: one poll loop, one deadline. Its events: the helper's word (started,
+could not start, ended), output on either pipe (read once the start is heard), the helper's
+death (its pidfd), a stop signal (the wake-up pipe). A stopped helper sends no event: its
+state is looked at every HELPER_LOOK seconds. What the script left running is stopped."""
 
 from __future__ import annotations
 
@@ -36,17 +30,17 @@ from wizard_runner.scripts.spawner import (
 )
 from wizard_runner.signals import drain_wakeup, pending_stop, wakeup_fileno
 
-#: How long the helper may take to start a script (its own start included: a loaded
-#: appliance) before it is taken for broken.
+#: How long the helper may take to start a script (its own start included) before it is
+#: taken for broken.
 ANSWER_TIMEOUT: Final = 30.0
-#: After a script exits, how long its pipes may stay open before what holds them is looked
-#: for, and how long in all before the runner stops reading a pipe something unknown holds.
+#: After a script exits: how long its pipes may stay open before what holds them is stopped,
+#: and before the runner gives up on a pipe something unknown holds.
 DRAIN: Final = 0.2
 DRAIN_LIMIT: Final = 3.0
 #: How often the helper's state is looked at while nothing happens (a stop sends no event).
 HELPER_LOOK: Final = 0.1
-#: Past both caps, after a read that emptied the pipe: a pause far below any human notice that
-#: turns a flood of small writes into few large reads.
+#: Past both caps, after a read that emptied the pipe: a pause that turns a flood of small
+#: writes into few large reads.
 BULK_PAUSE: Final = 0.0002
 #: How many leftovers of one script are logged and kept in the result one by one.
 MAX_LEFTOVERS: Final = 500
@@ -94,8 +88,8 @@ class Watch:
         self.drained = False
 
     def run(self) -> Watched:
-        """Watch until the script ended and its output is read, could not start, or the
-        helper failed."""
+        """Watch until the script ended and its output is read, or it could not start, or
+        the helper failed."""
         self.poller.register(self.spawner.control.fileno(), select.POLLIN)
         self.poller.register(self.spawner.pidfd, select.POLLIN)
         wakeup = wakeup_fileno()
@@ -171,7 +165,7 @@ class Watch:
             self.log.info("script_started", **self.shown)
             seen.cannot_start = numbers[1]
         else:
-            seen.exited = Exited(numbers[1], numbers[2], bool(numbers[3]), numbers[4] / 1e9)
+            seen.exited = Exited(numbers[1], numbers[2], numbers[3] / 1e9)
             self.exited_at = time.monotonic()
             self.poller.unregister(self.spawner.control.fileno())
 
@@ -197,9 +191,8 @@ class Watch:
             self._broken(f"the script helper {self.spawner.state() or 'stopped answering'}")
 
     def _broken(self, why: str) -> None:
-        """The helper failed. Stopped or killed, the script did it (the helper's only child,
-        and the script already runs once it is ordered); else `why`, said of the script's
-        start when the start was not heard."""
+        """The helper failed: stopped or killed, by the script (its only child, which runs
+        once ordered); else for `why`."""
         state = self.spawner.state()
         if state == STOPPED:
             self.seen.broken = "the script stopped the helper that ran it"
@@ -291,8 +284,8 @@ class Watch:
             self._broken(str(error))
 
     def _note_leftovers(self, found: list[Leftover]) -> None:
-        """Log and keep each leftover, up to MAX_LEFTOVERS (a fork bomb leaves thousands);
-        the rest are counted."""
+        """Log and keep each leftover up to MAX_LEFTOVERS (a fork bomb leaves thousands);
+        count the rest."""
         room = max(MAX_LEFTOVERS - len(self.seen.leftovers), 0)
         for leftover in found[:room]:
             self.log.warning("leftover_killed", pid=leftover.pid, cmdline=leftover.cmdline)
