@@ -10,6 +10,7 @@ import os
 import pwd
 import select
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from wizard_runner.scripts.helper import Kind
 from wizard_runner.scripts.output import ScriptOutput
 from wizard_runner.scripts.spawner import HelperError, Spawner
 from wizard_runner.scripts.watch import Watch
+from wizard_runner.signals import install_stop_handlers, request_stop, take_stop
 
 pytestmark = pytest.mark.processes
 ROOT = os.geteuid() == 0
@@ -169,3 +171,30 @@ def test_a_helper_that_cannot_switch_says_why(watched: bool) -> None:
     finally:
         broken.close()
         box.close()
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_stop_does_not_wait_for_a_hung_helper(place: Path) -> None:
+    """A helper that never says the script started (hung in its start): a stop is acted on
+    once its grace is over, not after the 30 s the helper is otherwise given."""
+    hung = write_script(place, "hung-python", "exec sleep 60")
+    box = Subreaper()
+    spawner = Spawner({}, None, box, python=str(hung))
+    logs = io.StringIO()
+    log = make_logger(logs, json_lines=True)
+    install_stop_handlers()
+    try:
+        spawner.start()
+        pipes = spawner.order(0, "/bin/true")
+        request_stop(signal.SIGTERM)
+        started = time.monotonic()
+        seen = Watch(spawner, box, 0, pipes, ScriptOutput("10-x", None, log), timeout=None,
+                     grace=0.5, log=log, shown={"path": "/bin/true"}).run()
+        took = time.monotonic() - started
+    finally:
+        take_stop()
+        spawner.close()
+        box.close()
+    assert seen.broken == "cannot start: the script helper did not start it within 0.5 s"
+    assert seen.stopped_by == signal.SIGTERM
+    assert took < 5, took

@@ -81,7 +81,8 @@ class Watch:
         self.seen = Watched()
         self.pipes = {pipes[0]: "stdout", pipes[1]: "stderr"}
         self.poller = select.poll()
-        self.answer_by = time.monotonic() + ANSWER_TIMEOUT
+        self.ordered_at = time.monotonic()
+        self.answer_by = self.ordered_at + ANSWER_TIMEOUT
         self.exited_at: float | None = None  # when the runner heard of the end
         self.stop_done: float | None = None  # when the stop of the script was over
         self.looked_at = 0.0
@@ -226,9 +227,14 @@ class Watch:
             if seen.exited is None and self.spawner.state() is not None:
                 self._helper_gone()
                 return
-        if seen.pid is None:  # a stop or a deadline waits for the start, which comes at once
+        if seen.pid is None:  # a stop waits for the start, which comes at once (unless the
+            stop = pending_stop()  # helper hangs: then the stop's grace is all it gets)
+            if stop is not None:
+                self.answer_by = min(self.answer_by, now + self.grace)
             if now >= self.answer_by:
-                self._broken(f"the script helper did not start it within {ANSWER_TIMEOUT:g} s")
+                seen.stopped_by = stop
+                waited = self.answer_by - self.ordered_at
+                self._broken(f"the script helper did not start it within {waited:.1f} s")
             return
         if seen.exited is None and seen.stopped_at is None:
             stop = pending_stop()
