@@ -502,6 +502,23 @@ def test_hostile_names_cannot_forge_a_row(sandbox: Path) -> None:
         assert "\n  20-forged" not in text
 
 
+def test_a_name_that_is_not_utf8_is_shown_escaped(sandbox: Path) -> None:
+    """A name holding bytes that are not UTF-8 (0x9b is an 8-bit CSI) is shown with each
+    such byte as \\xNN in list, the run's summary and status: no raw byte reaches the
+    terminal."""
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    script = wizard_d / os.fsdecode(b"10-raw\x9b2J\xff")
+    script.write_text("#!/bin/sh\nexit 4\n")
+    script.chmod(0o755)
+    user = ["--user", pwd.getpwuid(os.geteuid()).pw_name]
+    for args in (["list", *user], ["run", "--config", EXAMPLE, "--scripts", *user], ["status"]):
+        output = subprocess.run([str(SCRIPT), *args, "--root", str(sandbox)],
+                                capture_output=True, timeout=60, check=False).stdout
+        assert b"10-raw\\x9b2J\\xff" in output, output
+        assert b"\x9b" not in output and b"\xff" not in output
+
+
 def test_progress_escapes_names() -> None:
     """The terminal progress shows a script's name escaped."""
     out = io.StringIO()

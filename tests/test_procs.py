@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.helpers import wait_until
-from wizard_runner.procs import describe, stop
+from wizard_runner.procs import MAX_CMDLINE, describe, stop
 
 pytestmark = pytest.mark.processes
 
@@ -120,3 +120,26 @@ def test_describe_says_what_runs_or_that_it_is_gone(sleeper: Sleeper) -> None:
     process.kill()
     process.wait()
     assert describe(process.pid).cmdline == "?"
+
+
+def test_describe_reads_a_huge_command_line_only_in_part() -> None:
+    """A process may make its command line any size: only its first MAX_CMDLINE bytes are
+    read and kept, marked as cut."""
+    word = "x" * 100_000
+    inner = "sleep 60; :"  # the shell waits for sleep, its own command line kept
+    process = subprocess.Popen(["sh", "-c", f"echo ready; exec sh -c '{inner}' sh \"$@\"", "sh",
+                                word, word], stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"ready\n"
+        wait_until(lambda: describe(process.pid).cmdline.startswith(f"sh -c {inner}"),
+                   what="the exec")
+        cmdline = describe(process.pid).cmdline
+    finally:
+        process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+    assert cmdline.startswith(f"sh -c {inner} sh xxx")
+    assert cmdline.endswith(" ...")
+    assert len(cmdline) == MAX_CMDLINE + len(" ...")

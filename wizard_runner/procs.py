@@ -18,6 +18,8 @@ from typing import Final, Protocol
 from wizard_runner.defaults import GRACE
 
 _LOOK: Final = 0.01
+#: How much of a process's command line is read (and logged) at most.
+MAX_CMDLINE: Final = 4096
 
 
 class ProcessSet(Protocol):
@@ -50,11 +52,15 @@ def signal_name(signum: int) -> str:
 
 
 def describe(pid: int) -> Leftover:
-    """pid and command line, as far as they can still be read."""
+    """pid and command line (its first MAX_CMDLINE bytes: a process may make its own any
+    size), as far as they can still be read."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as source:
-            words = source.read().rstrip(b"\0").split(b"\0")
+            raw = source.read(MAX_CMDLINE + 1)
+        words = raw[:MAX_CMDLINE].rstrip(b"\0").split(b"\0")
         cmdline = " ".join(os.fsdecode(word) for word in words)
+        if len(raw) > MAX_CMDLINE:
+            cmdline += " ..."
         if not cmdline:
             with open(f"/proc/{pid}/comm", "rb") as source:
                 cmdline = f"[{os.fsdecode(source.read().strip())}]"
