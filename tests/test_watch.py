@@ -102,3 +102,35 @@ def test_the_result_says_which_containment(config: WizardConfig, root: Path,
     assert result.status is RunStatus.SUCCEEDED
     assert result.containment == containment
     assert f'"containment": "{containment}"' in log
+
+
+@pytest.mark.parametrize("signal_sent", ["STOP", "KILL"])
+def test_what_a_script_left_cannot_get_the_next_one_blamed(
+        config: WizardConfig, root: Path, containment: str, signal_sent: str) -> None:
+    """A leftover that signals the helper as it is stopped: the script that left it fails
+    for it, and the next one does not run (it is not blamed)."""
+    add_script(root, "10-leaver", f"H=$PPID; ( trap 'kill -{signal_sent} '$H'; exit 0' TERM; "
+               "exec >/dev/null 2>&1; while :; do sleep 0.05; done ) & echo left")
+    add_script(root, "20-innocent", "echo innocent")
+    result = run_step(config, root)
+    found = scripts_of(result)
+    assert found["10-leaver"]["status"] == "failed"
+    assert found["10-leaver"]["reason"] in {
+        "the script stopped the helper that ran it",
+        "the script killed the helper that ran it (SIGKILL)",
+        "the script, or what it left, signalled the helper that ran it"}
+    assert found["20-innocent"]["status"] == "not_run"
+    assert found["20-innocent"]["reason"] == "not run: the script helper failed at 10-leaver"
+
+
+def test_the_helper_ignores_every_signal_it_can(config: WizardConfig, root: Path,
+                                                containment: str) -> None:
+    """Signals that would end a process by default, sent to the helper by a script, change
+    nothing: only SIGSTOP and SIGKILL can reach it, and the watch looks for those."""
+    add_script(root, "10-noisy", "for s in TERM INT HUP USR1 USR2 ALRM PIPE TSTP TTIN QUIT; "
+               "do kill -$s $PPID; done; sleep 0.1; echo done")
+    add_script(root, "20-next", "echo next")
+    result = run_step(config, root)
+    found = scripts_of(result)
+    assert found["10-noisy"]["status"] == "succeeded", found["10-noisy"]
+    assert found["20-next"]["status"] == "succeeded"

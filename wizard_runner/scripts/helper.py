@@ -105,11 +105,9 @@ def prctl(option: int, value: int | None = None) -> int:
 
 
 def _become(argv: Sequence[str]) -> None:
-    """Adopt orphans, ignore stop signals (the runner orchestrates stops), drop to the user."""
+    """Adopt orphans, drop to the user."""
     parent = int(argv[0])
     prctl(PR_SET_CHILD_SUBREAPER, 1)
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
     if len(argv) > 1:
         uid, gid = int(argv[1]), int(argv[2])
         os.setgroups([int(group) for group in argv[3].split(",") if group])
@@ -125,18 +123,19 @@ def _become(argv: Sequence[str]) -> None:
     os.umask(0o022)
 
 
-def _ignored_signals() -> tuple[int, ...]:
-    """Signals the helper ignores, which exec would pass on: scripts get them by default."""
-    found = []
+def _ignore_signals() -> tuple[int, ...]:
+    """Ignore every signal but SIGCHLD (it waits for its scripts): the runner orchestrates
+    stops, and a script can only stop or kill the helper, which the runner sees. The signals
+    ignored, which exec would pass on: scripts get them by default."""
+    ignored = []
     for signum in signal.valid_signals():
-        if signum in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            if signal.getsignal(signum) == signal.SIG_IGN:
-                found.append(int(signum))
-        except (OSError, ValueError):
-            continue
-    return tuple(found)
+        if signum not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+            try:
+                signal.signal(signum, signal.SIG_IGN)
+            except (OSError, ValueError):  # reserved by the C library
+                continue
+            ignored.append(int(signum))
+    return tuple(ignored)
 
 
 def _reap() -> None:
@@ -155,7 +154,7 @@ class _Helper:
         self.control = control
         self.env = env
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self.defaults = _ignored_signals()
+        self.defaults = _ignore_signals()
 
     def serve(self) -> None:
         """Answer the runner until it closes its end (EOFError)."""

@@ -152,6 +152,22 @@ class Spawner:
             return f"{KILLED} by {signal_name(info.si_status)}"
         return f"exited with {info.si_status}"
 
+    def hit(self) -> bool:
+        """Whether the helper has ended or stopped, or has SIGKILL or SIGSTOP on its way (the
+        only signals it does not ignore): if so, what ran last did it."""
+        if self.state() is not None:
+            return True
+        try:
+            with open(f"/proc/{self.pid}/status") as status:
+                lines = status.read().splitlines()
+        except OSError:
+            return True
+        pending = 0
+        for line in lines:
+            if line.startswith(("SigPnd:", "ShdPnd:")):
+                pending |= int(line.split()[1], 16)
+        return any(pending >> (signum - 1) & 1 for signum in (signal.SIGKILL, signal.SIGSTOP))
+
     def failure(self, why: str) -> HelperError:
         """The error for a broken helper: its last word if it said why, else what became of
         it once it ended (a broken connection is the first sign of its death), else `why`."""

@@ -104,7 +104,9 @@ class Watch:
                 for fd, _ in self.poller.poll(self._wait() * 1000):
                     self._event(fd, wakeup)
             if self.seen.broken is None and self.seen.pid is not None:
-                self._clear_leftovers()
+                self._clear_leftovers()  # (what was left may signal the helper as it is stopped)
+                if self.seen.broken is None and self.spawner.hit():
+                    self._broken("the script, or what it left, signalled the helper that ran it")
         finally:
             for fd in list(self.pipes):
                 self._close(fd)
