@@ -294,6 +294,7 @@ set +e
 echo $? >"$OUT/code"
 cp -a "$ROOT/etc" "$OUT/etc"
 cp "$ROOT/var/lib/wizard-runner/last-run.json" "$OUT/" 2>/dev/null
+cp "$ROOT/var/log/wizard-runner/wizard-runner.log" "$OUT/" 2>/dev/null
 true
 """
 
@@ -331,6 +332,10 @@ def full_disk_problems(out: Path, old: dict[str, bytes], new: dict[str, bytes]) 
         return problems
     if printed["exit_code"] != code:
         problems.append("the printed result contradicts the exit code")
+    log = out / "wizard-runner.log"
+    logged = log.read_text(errors="replace") if log.exists() else ""
+    if code == 0 and not printed.get("warnings") and '"script_succeeded"' not in logged:
+        problems.append("the log lost lines and the result does not say so")
     stored = out / "last-run.json"
     if stored.exists():
         kept = json.loads(stored.read_text())
@@ -339,6 +344,38 @@ def full_disk_problems(out: Path, old: dict[str, bytes], new: dict[str, bytes]) 
     if files == new and code != 0 and "the system files were applied" not in stderr:
         problems.append("files applied but the message does not say so")
     return problems
+
+
+# The log directory alone on a small tmpfs of its own: the run's log fills it mid-run.
+FULL_LOG = """\
+set -e
+mkdir -p "$ROOT/var/log/wizard-runner"
+mount -t tmpfs -o size=64k tmpfs "$ROOT/var/log/wizard-runner"
+set +e
+"$SCRIPT" run --root "$ROOT" --config "$BODY" --no-system-conf --scripts --user root \
+    >"$OUT/stdout" 2>"$OUT/stderr"
+echo $? >"$OUT/code"
+"""
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to mount a tmpfs")
+def test_a_log_that_fills_its_disk_is_said(root: Path, tmp_path: Path) -> None:
+    """The log's disk fills up mid-run: the work still stands (exit 0), and the result and
+    the summary say the log lost lines, naming it and why."""
+    add_script(root, "10-chatty", "seq 1 5000")
+    add_script(root, "20-after", "echo after")
+    env = {"ROOT": str(root), "OUT": str(tmp_path), "SCRIPT": str(SCRIPT),
+           "BODY": str(EXAMPLES / "wizard.json"), "PATH": os.environ["PATH"]}
+    subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", FULL_LOG],
+                   env=env, check=True, timeout=120)
+    assert (tmp_path / "code").read_text().strip() == "0", (tmp_path / "stderr").read_text()
+    result = json.loads((root / "var/lib/wizard-runner/last-run.json").read_text())
+    assert [s["status"] for s in result["scripts"]] == ["succeeded", "succeeded"]
+    assert len(result["warnings"]) == 1
+    warning = result["warnings"][0]
+    assert warning.startswith(f"{root}/var/log/wizard-runner/wizard-runner.log: lines of this "
+                              "run's log could not be written (No space left on device)")
+    assert f"warning: {warning}\n" in (tmp_path / "stdout").read_text()
 
 
 @pytest.mark.skipif(not ROOT, reason="needs root to mount a tmpfs")

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from wizard_runner.log import REDACTED, JsonLinesFile, make_logger, open_log_file, quiet_logger
+from wizard_runner.log import (
+    REDACTED,
+    JsonLinesFile,
+    LogFile,
+    make_logger,
+    open_log_file,
+    quiet_logger,
+)
 
 
 def test_json_lines_with_bound_context() -> None:
@@ -42,7 +49,7 @@ def test_file_gets_json_whatever_the_terminal_shows(tmp_path: Path) -> None:
     path = tmp_path / "log" / "wizard-runner.log"
     for run in ("a", "b"):
         with open_log_file(path) as handle:
-            make_logger(io.StringIO(), json_lines=False, log_file=handle, run_id=run).info("x")
+            make_logger(io.StringIO(), json_lines=False, log_file=LogFile(handle), run_id=run).info("x")
     events = [json.loads(line) for line in path.read_text().splitlines()]
     assert [event["run_id"] for event in events] == ["a", "b"]
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
@@ -67,7 +74,7 @@ def test_a_log_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path,
 def test_secrets_are_redacted() -> None:
     """A field named like a secret is blanked in every output, file included."""
     stream, handle = io.StringIO(), io.StringIO()
-    log = make_logger(stream, json_lines=True, log_file=handle)
+    log = make_logger(stream, json_lines=True, log_file=LogFile(handle))
     log.info("oops", admin_password="Sup3rSecret!", token="t", path="/etc/hosts")
     for text in (stream.getvalue(), handle.getvalue()):
         assert "Sup3rSecret!" not in text
@@ -94,11 +101,11 @@ def test_broken_log_file_never_breaks_the_run(tmp_path: Path) -> None:
     handle = (tmp_path / "log").open("w")
     handle.close()
     stream = io.StringIO()
-    make_logger(stream, json_lines=True, log_file=handle).info("still_here")
+    make_logger(stream, json_lines=True, log_file=LogFile(handle)).info("still_here")
     assert "still_here" in stream.getvalue()
-    tee = JsonLinesFile(open(os.devnull, "w"))  # noqa: SIM115 - closed below
+    tee = JsonLinesFile(LogFile(open(os.devnull, "w")))  # noqa: SIM115 - closed below
     assert tee(None, "info", {"event": "x"}) == {"event": "x"}
-    tee.handle.close()
+    tee.file.handle.close()
 
 
 def test_quiet_logger_prints_nothing(capsys: object) -> None:
@@ -110,7 +117,7 @@ def test_quiet_logger_prints_nothing(capsys: object) -> None:
 def test_json_stream_and_file_get_the_same_line() -> None:
     """With both outputs in JSON, each event is rendered once: the same line lands in both."""
     stream, handle = io.StringIO(), io.StringIO()
-    log = make_logger(stream, json_lines=True, log_file=handle, run_id="r1")
+    log = make_logger(stream, json_lines=True, log_file=LogFile(handle), run_id="r1")
     log.info("script_output", line="héllo \x1b[31m", count=3)
     assert stream.getvalue() == handle.getvalue()
     event = json.loads(stream.getvalue())

@@ -384,6 +384,8 @@ def show_run(result: RunResult, out: TextIO, *, title: str = "run", details: boo
     idle = nothing_done(result)
     if idle is not None and result.status.value == "succeeded":
         out.write(f"{idle}\n")
+    for warning in result.warnings:
+        out.write(f"warning: {printable(warning)}\n")
     if result.error:
         out.write("error: " + "\n".join(printable(line) for line in result.error.splitlines())
                   + "\n")

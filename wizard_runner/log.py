@@ -39,25 +39,37 @@ def redact_secrets(_logger: WrappedLogger, _method: str, event: EventDict) -> Ev
     return event
 
 
-class JsonLinesFile:
-    """A processor that appends each event as one JSON line to an open file, then passes it on.
+class LogFile:
+    """The run's JSON-lines log file, and the first error writing it, if any (lines from
+    then on may be lost: the run's result says so)."""
 
-    As the last processor (`renders=True`) it hands the same line on to the stream instead,
-    so that an event bound for two JSON outputs is rendered once.
-    """
-
-    def __init__(self, handle: TextIO, *, renders: bool = False) -> None:
+    def __init__(self, handle: TextIO) -> None:
         self.handle = handle
-        self.renders = renders
+        self.lost: str | None = None
 
-    def __call__(self, _logger: WrappedLogger, _method: str, event: EventDict) -> Any:
-        """Write the event; a full disk or a closed file must never break the run itself."""
-        line = json.dumps(event, default=str, ensure_ascii=False)
+    def write(self, line: str) -> None:
+        """Append one line; a full disk or a closed file never breaks the run."""
         try:
             self.handle.write(line + "\n")
             self.handle.flush()
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as error:
+            if self.lost is None:
+                self.lost = getattr(error, "strerror", None) or str(error)
+
+
+class JsonLinesFile:
+    """A processor that appends each event as one JSON line to the log file, then passes it
+    on; as the last processor (`renders=True`) it hands the same line on to the stream
+    instead, so that an event bound for two JSON outputs is rendered once."""
+
+    def __init__(self, file: LogFile, *, renders: bool = False) -> None:
+        self.file = file
+        self.renders = renders
+
+    def __call__(self, _logger: WrappedLogger, _method: str, event: EventDict) -> Any:
+        """Write the event (see LogFile.write)."""
+        line = json.dumps(event, default=str, ensure_ascii=False)
+        self.file.write(line)
         return line if self.renders else event
 
 
@@ -120,7 +132,7 @@ def open_log_file(path: Path) -> TextIO:
 
 
 @contextmanager
-def run_log_file(path: Path) -> Iterator[TextIO]:
+def run_log_file(path: Path) -> Iterator[LogFile]:
     """The run's log file, open for the block: PrivilegeError or RunnerIOError (naming it)
     when it cannot be opened; closing it never fails the run (a full disk at the last
     flush loses log lines, not the run's outcome)."""
@@ -132,7 +144,7 @@ def run_log_file(path: Path) -> Iterator[TextIO]:
         raise RunnerIOError(f"{path}: the run's log could not be written: "
                             f"{error.strerror}") from error
     try:
-        yield handle
+        yield LogFile(handle)
     finally:
         with contextlib.suppress(OSError, ValueError):
             handle.close()
@@ -154,7 +166,7 @@ def journal_renderer(_logger: WrappedLogger, _method: str, event: EventDict) -> 
     return f"<{priority}>{name} {fields}".rstrip()
 
 
-def _common_processors(log_file: TextIO | None, *, renders: bool = False) -> list[Any]:
+def _common_processors(log_file: LogFile | None, *, renders: bool = False) -> list[Any]:
     """Level, UTC timestamp, redaction, then the JSON-lines file (when there is one)."""
     processors: list[Any] = [
         structlog.processors.add_log_level,
@@ -170,7 +182,7 @@ def make_logger(
     stream: TextIO,
     *,
     json_lines: bool | None = None,
-    log_file: TextIO | None = None,
+    log_file: LogFile | None = None,
     level: int = logging.INFO,
     stream_level: int | None = None,
     stream_skips: frozenset[str] = frozenset(),
@@ -225,7 +237,7 @@ def _to_stdlib(_logger: WrappedLogger, _method: str, event: EventDict) -> dict[s
 def stdlib_logger(
     target: logging.Logger,
     *,
-    log_file: TextIO | None = None,
+    log_file: LogFile | None = None,
     **context: Any,
 ) -> FilteringBoundLogger:
     """A logger that sends every event to a standard `logging.Logger` (confd's handlers)."""

@@ -155,6 +155,7 @@ class RunResult:
     run_scripts: bool = False  # the effective flag, after the command line's overrides
     request_id: str | None = None  # the spool request this run served, if any
     containment: str | None = None  # how the scripts step held what it started, if it ran
+    warnings: tuple[str, ...] = ()  # what went wrong beside the work (the log could not be written)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -173,6 +174,7 @@ class RunResult:
             "system_conf": self.system_conf.to_dict(),
             "scripts": [outcome.to_dict() for outcome in self.scripts],
             "error": self.error,
+            "warnings": list(self.warnings),
         }
 
     @property

@@ -25,7 +25,7 @@ from wizard_runner.errors import (
 )
 from wizard_runner.fsio import RunLock
 from wizard_runner.layout import SYSTEM_FILES, Layout
-from wizard_runner.log import make_logger, run_log_file, stdlib_logger
+from wizard_runner.log import LogFile, make_logger, run_log_file, stdlib_logger
 from wizard_runner.preflight import RunOptions, RunPlan, prepare
 from wizard_runner.result import (
     FileAction,
@@ -66,6 +66,7 @@ class _Run(NamedTuple):
     run_id: str
     log: FilteringBoundLogger
     progress: _Progress
+    log_file: LogFile
 
     @property
     def layout(self) -> Layout:
@@ -239,7 +240,7 @@ def execute(
                     log.error("run_not_started", error=str(error))
                     settle_stops()
                     raise
-            run = _Run(config, options, plan, run_id, log, _Progress())
+            run = _Run(config, options, plan, run_id, log, _Progress(), log_handle)
             return _run_locked(run, started)
 
 
@@ -276,6 +277,11 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
         status, exit_code = RunStatus.INTERRUPTED, exit_for_signal(held)
         error = f"{RunInterrupted(held)}, after every step of the run had completed"
         log.warning("run_interrupted", signal=held, step="finishing")
+    warnings: tuple[str, ...] = ()
+    if run.log_file.lost is not None:
+        warnings = (f"{plan.layout.log_file}: lines of this run's log could not be written "
+                    f"({run.log_file.lost}); this result is complete",)
+        log.warning("log_incomplete", path=str(plan.layout.log_file), error=run.log_file.lost)
     result = RunResult(
         run_id=run.run_id,
         started_at=started,
@@ -289,6 +295,7 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
         run_scripts=plan.run_scripts,
         request_id=run.options.request_id,
         containment=run.progress.containment,
+        warnings=warnings,
     )
     try:
         write_result(plan.layout, result)
