@@ -287,6 +287,25 @@ def test_held_lock_has_its_own_message(
     assert (appliance / "etc/hostname").read_text() == "debian\n"
 
 
+def test_a_warning_of_the_run_is_the_tasks(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """A succeeded run whose result carries a warning (its log lost lines): the task is ok
+    and Ansible shows the warning."""
+    stand_in = tmp_path / "wizard-runner"
+    stand_in.write_text(
+        f"#!/bin/sh\n{WIZARD_RUNNER} \"$@\" | {sys.executable} -c 'import json, sys; "
+        "r = json.load(sys.stdin); r[\"warnings\"] = [\"the log lost lines\"]; "
+        "print(json.dumps(r))'\n")
+    stand_in.chmod(0o755)
+    played = play(ansible_env, tmp_path, [
+        wizard_task("run", appliance, config=secret_body, executable=str(stand_in)),
+    ])
+    assert played.rc == 0, played.output
+    assert played.results["run"]["warnings"] == ["the log lost lines"]
+    assert "[WARNING]: the log lost lines" in played.output
+
+
 def test_missing_executable_is_named(
     ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
 ) -> None:

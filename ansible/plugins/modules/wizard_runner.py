@@ -471,6 +471,8 @@ def main() -> None:
     rc, result = call_wizard_runner(module, wizard_argv(executable, params, dry_run=False), body)
     if rc != 0:
         fail(module, rc, result, changed=run_changed(result))
+    for warning in result.get("warnings") or ():  # beside the work: the log lost lines, say
+        module.warn(str(warning))
     module.exit_json(changed=run_changed(result), msg=run_summary(result), result=result,
                      run_id=result.get("run_id"), **diff)
 
