@@ -3,6 +3,7 @@ follows parentage; both list every process the step started and kill them all at
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import alive
+from tests.helpers import add_script, alive, run_step
+from wizard_runner.config import WizardConfig
+from wizard_runner.procs import Leftover
+from wizard_runner.result import RunStatus
 from wizard_runner.scripts.containment import (
     PREFIX,
     Cgroup,
@@ -144,9 +148,33 @@ def test_a_cgroup_left_by_a_killed_runner_is_cleared() -> None:
     try:
         assert orphan.wait(timeout=10) == -signal.SIGKILL
         assert not renamed.exists()
+        assert fresh.cleared == [Leftover(orphan.pid, "sleep 60")]
     finally:
         fresh.close()
     assert not fresh.path.exists()
+
+
+@needs_cgroup
+@pytest.mark.processes
+def test_what_a_killed_runner_left_is_logged_as_it_is_killed(config: WizardConfig,
+                                                            script_root: Path) -> None:
+    """The next step kills what ran in a killed runner's cgroup, and logs each with its pid
+    and command line."""
+    assert CGROUP_PARENT is not None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = CGROUP_PARENT / f"{PREFIX}{dead.pid}.stale"
+    stale.mkdir()
+    orphan = subprocess.Popen(["sleep", "61"])
+    (stale / "cgroup.procs").write_text(f"{orphan.pid}\n")
+    add_script(script_root, "10-ok", "true")
+    result = run_step(config, script_root)
+    assert orphan.wait(timeout=10) == -signal.SIGKILL
+    assert result.status is RunStatus.SUCCEEDED
+    events = [json.loads(line) for line in
+              (script_root / "var/log/wizard-runner/wizard-runner.log").read_text().splitlines()]
+    assert {"pid": orphan.pid, "cmdline": "sleep 61", "of": "an earlier run that was killed"
+            }.items() <= next(e for e in events if e["event"] == "leftover_killed").items()
 
 
 def test_the_fallback_is_chosen_on_request(monkeypatch: pytest.MonkeyPatch) -> None:

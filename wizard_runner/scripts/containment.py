@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Final, Protocol
 
-from wizard_runner.procs import send
+from wizard_runner.procs import Leftover, describe, send
 from wizard_runner.scripts.helper import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, prctl
 
 #: Set to `subreaper` to use the fallback even where a cgroup could be made.
@@ -32,6 +32,8 @@ class Containment(Protocol):
     """The set of every process the scripts step started."""
 
     name: str
+    #: What ran in the sets of killed runners, killed as this one was made.
+    cleared: list[Leftover]
 
     def adopt(self, pid: int) -> None:
         """Put the helper (and so whatever it starts) in the set."""
@@ -87,17 +89,24 @@ class Cgroup:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.cleared: list[Leftover] = []
 
     @classmethod
     def create(cls, parent: Path, tag: str) -> Cgroup:
-        """Make the step's cgroup under `parent`, first clearing those killed runners left."""
+        """Make the step's cgroup under `parent`, first clearing those killed runners left
+        (what ran in them is in `cleared`)."""
+        cleared: list[Leftover] = []
         for stale in parent.glob(f"{PREFIX}*"):
             owner = stale.name.removeprefix(PREFIX).split(".", 1)[0]
             if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-                Cgroup(stale).close()
+                old = Cgroup(stale)
+                cleared += [describe(pid) for pid in old.members()]
+                old.close()
         path = parent / f"{PREFIX}{os.getpid()}.{tag}"
         path.mkdir(mode=0o755)
-        return cls(path)
+        made = cls(path)
+        made.cleared = cleared
+        return made
 
     def adopt(self, pid: int) -> None:
         """Move the helper in (it has started nothing yet)."""
@@ -178,6 +187,7 @@ class Subreaper:
     name = "subreaper"
 
     def __init__(self) -> None:
+        self.cleared: list[Leftover] = []
         self.helper: int | None = None
         self.ours = set(_children(os.getpid()))  # the runner's own children before the step
         self.was_subreaper = bool(prctl(PR_GET_CHILD_SUBREAPER))

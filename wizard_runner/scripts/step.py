@@ -154,6 +154,9 @@ class _Step:
             collector.resume()  # scripts may run for long, and write without end
             self.box = contain(self.run_id)
             self.log.info("scripts_contained", containment=self.box.name)
+            for found in self.box.cleared:  # a killed runner's, which nothing had stopped
+                self.log.warning("leftover_killed", pid=found.pid, cmdline=found.cmdline,
+                                 of="an earlier run that was killed")
             if self.contained is not None:
                 self.contained(self.box.name)
             user = self.options.user
