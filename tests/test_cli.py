@@ -519,6 +519,23 @@ def test_a_name_that_is_not_utf8_is_shown_escaped(sandbox: Path) -> None:
         assert b"\x9b" not in output and b"\xff" not in output
 
 
+@pytest.mark.parametrize("closed", [">&-", "2>&-", "<&- >&- 2>&-"])
+def test_a_closed_stdout_or_stderr_never_stops_a_run(sandbox: Path, tmp_path: Path,
+                                                     closed: str) -> None:
+    """Started with stdout, stderr or all three closed, a run does its work and exits 0;
+    `status --json` too; what would have gone there goes nowhere, and no traceback does."""
+    codes = tmp_path / "codes"
+    command = (f'"$0" run --config {EXAMPLE} --root {sandbox} {closed}; echo $? >>{codes}; '
+               f'"$0" status --root {sandbox} --json {closed}; echo $? >>{codes}')
+    done = subprocess.run(["sh", "-c", command, str(SCRIPT)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert codes.read_text().split() == ["0", "0"], done.stdout + done.stderr
+    assert (sandbox / "etc/hostname").read_text() == "pbx\n"
+    assert "Traceback" not in done.stdout + done.stderr
+    assert json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text())[
+        "status"] == "succeeded"
+
+
 def test_progress_escapes_names() -> None:
     """The terminal progress shows a script's name escaped."""
     out = io.StringIO()

@@ -711,6 +711,11 @@ class _ClosedInput:
         return False
 
 
+def _nowhere() -> TextIO:
+    """Where output goes when the process was started without stdout or stderr (`>&-`)."""
+    return open(os.devnull, "w", encoding="utf-8")
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -721,8 +726,8 @@ def main(
     """Run the command line and return the exit code; never raises, never shows a traceback."""
     stdin = stdin or sys.stdin or cast(TextIO, _ClosedInput())
     # A closed pipe on stdout or stderr must not stop a run from finishing and cleaning up.
-    out = cast(TextIO, SafeStream(stdout or sys.stdout))
-    err = cast(TextIO, SafeStream(stderr or sys.stderr))
+    out = cast(TextIO, SafeStream(stdout or sys.stdout or _nowhere()))
+    err = cast(TextIO, SafeStream(stderr or sys.stderr or _nowhere()))
     code = _command_line(list(sys.argv[1:] if argv is None else argv), out, stdin, err)
     held = take_stop()
     if held is not None:  # it came where nothing was left to cut short

@@ -8,6 +8,7 @@ signal's exit code, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 
@@ -29,9 +30,24 @@ def _say(stop: RunInterrupted, message: str, *, as_json: bool) -> int:
     return stop.exit_code
 
 
+def _open_standard_fds() -> None:
+    """A closed stdin, stdout or stderr (`>&-`) gets /dev/null, so that no file the command
+    opens takes its number (a tool would write into it). Python has already made the stream
+    None: the command line writes to /dev/null there, and says a closed stdin is closed."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def main() -> int:
     """Install the stop handlers, then run the command line; its exit code stands."""
     collector.pause()  # until a part that may last begins
+    _open_standard_fds()
     try:
         install_stop_handlers()
         from wizard_runner.cli import main as command_line  # noqa: PLC0415 - after the handlers
