@@ -536,6 +536,19 @@ def test_a_closed_stdout_or_stderr_never_stops_a_run(sandbox: Path, tmp_path: Pa
         "status"] == "succeeded"
 
 
+@pytest.mark.parametrize("command", ["run", "status", "list"])
+def test_an_empty_root_writes_nothing(sandbox: Path, monkeypatch: pytest.MonkeyPatch,
+                                      command: str) -> None:
+    """`--root ''` run from inside a root: exit 2 naming the option, nothing written there."""
+    monkeypatch.chdir(sandbox)
+    before = snapshot(sandbox)
+    args = ["--config", EXAMPLE] if command == "run" else []
+    done = cli(command, *args, "--root", "")
+    assert done.returncode == 2, done.stderr
+    assert "--root: the path is empty" in done.stderr
+    assert snapshot(sandbox) == before
+
+
 def test_progress_escapes_names() -> None:
     """The terminal progress shows a script's name escaped."""
     out = io.StringIO()

@@ -60,6 +60,13 @@ def test_relative_root_is_made_absolute(tmp_path: Path, monkeypatch: pytest.Monk
     assert Layout.under("sandbox/").root == tmp_path / "sandbox"
 
 
+def test_an_empty_root_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--root ''` (an unset variable) is a usage error, not the current directory."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="--root: the path is empty"):
+        Layout.under("")
+
+
 def test_root_must_be_a_directory(tmp_path: Path) -> None:
     """A missing root, or a file, is a usage error naming it as given."""
     (tmp_path / "file").write_text("")
