@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+import fcntl
 import io
 import json
 import os
@@ -10,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import termios
 import textwrap
 import threading
 import time
@@ -229,6 +232,34 @@ def test_a_stop_ends_a_command_whose_reader_does_not_read() -> None:
     assert (code, stderr) == (0, b"ended\n")
     assert waited < 10
     assert len(stdout) < 400_001
+
+
+def pipe_filled(fd: int) -> bool:
+    """Whether the pipe we read from is half full at least (its writer is about to block)."""
+    held = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, held)
+    return held[0] >= fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) // 2
+
+
+@pytest.mark.processes
+def test_a_stopped_run_ends_though_its_summary_waits_on_a_reader(script_root: Path) -> None:
+    """SIGTERM while a run's output fills a pipe nobody reads (`run ... 2>&1 | sleep`): the
+    run is settled as interrupted, and its summary, still waiting on the reader, gives up a
+    moment later: the command ends with 143."""
+    root = seed_root(script_root)
+    write_script(root / "etc/xivo/wizard.d", "30-chatty", "seq 1 20000; sleep 30")
+    with subprocess.Popen([str(SCRIPT), "run", "--config", str(EXAMPLES / "wizard.json"),
+                           "--root", str(root), "--scripts", "--user", USER],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as child:
+        assert child.stdout is not None
+        deadline = time.monotonic() + 30
+        while not pipe_filled(child.stdout.fileno()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child.send_signal(signal.SIGTERM)
+        code = child.wait(timeout=20)  # the pipe is never read meanwhile
+    assert code == 143
+    assert json.loads((root / "var/lib/wizard-runner/last-run.json").read_text())[
+        "status"] == "interrupted"
 
 
 # --- whole runs: a stop signal at every moment of the system step ---------------------------

@@ -41,12 +41,14 @@ class _Stop:
     cut = False
     held: int | None = None
     over = False
+    came = False  # a stop signal came, acted on or not (a blocked output gives up)
     wakeup: tuple[int, int] | None = None
 
 
 def _fresh(held: int | None = None) -> None:
     """No section open, no wait to cut, nothing settled; `held` recorded."""
     _Stop.depth, _Stop.cut, _Stop.held, _Stop.over = 0, False, held, False
+    _Stop.came = held is not None
 
 
 def _ours() -> bool:
@@ -61,6 +63,7 @@ def _raise(signum: int) -> None:
 def request_stop(signum: int) -> None:
     """What a stop handler does: record the first stop; raise it inside an `interruptible`
     wait; nothing once the stop is over."""
+    _Stop.came = True
     if _Stop.over:
         return
     if _Stop.held is None:
@@ -123,6 +126,12 @@ def _quiet_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
 def pending_stop() -> int | None:
     """The stop signal recorded right now, if any (an event loop acts on it)."""
     return _Stop.held
+
+
+def stop_came() -> bool:
+    """Whether a stop signal came since the run began (or the command), even one the run
+    settled or ignored: output that waits on a reader gives up."""
+    return _Stop.came
 
 
 def settle_stops() -> int | None:

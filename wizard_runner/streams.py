@@ -8,7 +8,7 @@ import os
 import select
 from typing import Final, TextIO
 
-from wizard_runner.signals import drain_wakeup, pending_stop, wakeup_fileno
+from wizard_runner.signals import drain_wakeup, stop_came, wakeup_fileno
 
 #: Characters per write: at most 6 bytes each once encoded (`\udcff` for a byte that is not
 #: UTF-8), so that a piece fits what a pipe that polls writable takes without blocking (a page).
@@ -77,7 +77,7 @@ class SafeStream:
             return True
         stopped = False
         while not select.select([], [fd], [], 0)[1]:
-            if pending_stop() is not None:
+            if stop_came():
                 if stopped:
                     return False
                 stopped = True
