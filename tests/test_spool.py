@@ -36,6 +36,7 @@ from wizard_runner.spool import (
     new_request_id,
     prepare,
     prune_done,
+    read_answer,
     read_request,
     remove_stale_temps,
     reopen_spool,
@@ -481,3 +482,24 @@ def test_read_request_returns_owner(tmp_path: Path) -> None:
     path.write_text("{}")
     found = read_request(path, {os.geteuid()})
     assert (found.data, found.owner) == (b"{}", os.geteuid())
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    pytest.param(None, "larger than 64 MiB", id="huge"),
+    pytest.param(b"[1]", "not a JSON object", id="a-list"),
+    pytest.param(b"{", "not a valid answer: Expecting", id="truncated"),
+])
+def test_an_answer_that_is_not_one_is_named(tmp_path: Path, content: bytes | None,
+                                            why: str) -> None:
+    """A huge (sparse, 3 GiB), non-object or cut answer: SpoolError naming it and why, the
+    huge one read only just past the limit."""
+    path = tmp_path / "answer.json"
+    if content is None:
+        path.touch()
+        os.truncate(path, 3 << 30)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(SpoolError, match=f"^{path}: not a valid answer: .*"):
+        read_answer(path)
+    with pytest.raises(SpoolError, match=why):
+        read_answer(path)

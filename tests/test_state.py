@@ -102,6 +102,20 @@ def test_a_damaged_result_is_named(tmp_path: Path, text: str, message: str) -> N
         resume_point(layout)
 
 
+def test_a_huge_state_file_is_damaged_not_read_whole(tmp_path: Path) -> None:
+    """A 3 GiB last-run.json or saved body (sparse: a disk error, a prank) is named damaged
+    for its size, after reading just past the limit, not loaded into memory."""
+    layout = Layout(tmp_path)
+    layout.state_dir.mkdir(parents=True)
+    for path in (layout.last_run, layout.saved_config):
+        path.touch()
+        os.truncate(path, 3 << 30)
+    with pytest.raises(StateFileError, match=r"last-run.json is damaged \(larger than 64 MiB\)"):
+        read_last_result(layout)
+    with pytest.raises(StateFileError, match=r"config.json is damaged \(larger than 128 KiB\)"):
+        load_saved_config(layout)
+
+
 @pytest.mark.parametrize(
     ("status", "scripts", "why"),
     [

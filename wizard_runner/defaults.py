@@ -11,6 +11,9 @@ DEFAULT_TIMEOUT: Final = 600.0
 #: A wizard body (or a request) larger than this is refused before parsing; a real one is
 #: under 2 KiB.
 MAX_CONFIG_BYTES: Final = 64 * 1024
+#: A stored result (last-run.json, a daemon's answer) larger than this is damaged: a real one,
+#: even with 500 leftovers of each script logged, is far below.
+MAX_RESULT_BYTES: Final = 64 * 1024 * 1024
 #: A waiting `submit` gives up when no daemon has served the spool for this long (seconds):
 #: longer than a systemd restart (RestartSec=2s plus the start), so a restart costs no request.
 DAEMON_GRACE_SECONDS: Final = 5.0

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from wizard_runner import collector
 from wizard_runner.config import parse_config
-from wizard_runner.defaults import DAEMON_GRACE_SECONDS, MAX_CONFIG_BYTES
+from wizard_runner.defaults import DAEMON_GRACE_SECONDS, MAX_CONFIG_BYTES, MAX_RESULT_BYTES
 from wizard_runner.errors import (
     EXIT_CONFIG,
     EXIT_PRIVILEGES,
@@ -289,11 +289,15 @@ def _wait(spool: Spool, request_id: str, timeout: float | None,
 def read_answer(path: Path) -> dict[str, Any] | None:
     """The answer stored at `path`, or None while there is none."""
     try:
-        data = json.loads(read_regular(path)[0])
+        raw = read_regular(path, limit=MAX_RESULT_BYTES)[0]
     except FileNotFoundError:
         return None
     except OSError as error:
         raise SpoolError(f"{path}: cannot read the answer: {error.strerror}") from error
+    if len(raw) > MAX_RESULT_BYTES:
+        raise SpoolError(f"{path}: not a valid answer: larger than {MAX_RESULT_BYTES >> 20} MiB")
+    try:
+        data = json.loads(raw)
     except ValueError as error:
         raise SpoolError(f"{path}: not a valid answer: {error}") from error
     if not isinstance(data, dict):
@@ -476,8 +480,8 @@ def remove_stale_temps(spool: Spool, older_than: float = STALE_TEMP_SECONDS) -> 
 def _submitter(path: str) -> int | None:
     """The uid an answer was submitted by (None for an answer that does not say)."""
     try:
-        data = json.loads(read_regular(path)[0])
-    except (OSError, ValueError):
+        data = json.loads(read_regular(path, limit=MAX_RESULT_BYTES)[0])
+    except (OSError, ValueError):  # too big: cut short, not JSON
         return None
     owner = data.get("submitted_by") if isinstance(data, dict) else None
     return owner if isinstance(owner, int) else None

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from wizard_runner.config import WizardConfig, decode_json, saved_config_from_data
+from wizard_runner.defaults import MAX_CONFIG_BYTES, MAX_RESULT_BYTES
 from wizard_runner.errors import (
     ConfigError,
     ConfigUnreadableError,
@@ -48,13 +49,16 @@ def load_saved_config(layout: Layout) -> WizardConfig:
     """The body saved by the last run; a clear error when there is none or it is damaged."""
     path = layout.saved_config
     try:
-        raw = read_regular(path)[0]
+        raw = read_regular(path, limit=2 * MAX_CONFIG_BYTES)[0]
     except FileNotFoundError:
         raise ConfigUnreadableError(
             f"no saved config at {path}: pass --config FILE (the wizard body)"
         ) from None
     except OSError as error:
         raise ConfigUnreadableError(f"{path}: cannot read: {error.strerror}") from error
+    if len(raw) > 2 * MAX_CONFIG_BYTES:  # the body and what the run added
+        raise StateFileError(f"{path} is damaged (larger than {2 * MAX_CONFIG_BYTES >> 10} "
+                             "KiB): pass --config FILE to run a body, which saves it again")
     try:
         data = decode_json(raw, str(path))
     except ConfigError as error:
@@ -71,11 +75,14 @@ def read_last_result(layout: Layout) -> RunResult | None:
     """The stored result of the last run, or None when there was none."""
     path = layout.last_run
     try:
-        raw = read_regular(path)[0]
+        raw = read_regular(path, limit=MAX_RESULT_BYTES)[0]
     except FileNotFoundError:
         return None
     except OSError as error:
         raise StateFileError(f"{path}: cannot read the last result: {error.strerror}") from error
+    if len(raw) > MAX_RESULT_BYTES:
+        raise StateFileError(f"{path} is damaged (larger than {MAX_RESULT_BYTES >> 20} MiB): "
+                             "remove it, or run again to replace it")
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as error:
