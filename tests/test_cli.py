@@ -549,6 +549,25 @@ def test_an_empty_root_writes_nothing(sandbox: Path, monkeypatch: pytest.MonkeyP
     assert snapshot(sandbox) == before
 
 
+def test_status_escapes_every_field_of_a_hand_edited_result(sandbox: Path) -> None:
+    """A last-run.json edited by hand, still valid: status shows its run id, request id,
+    paths and actions escaped, so that the file cannot drive the terminal."""
+    assert cli("run", "--config", EXAMPLE, "--root", str(sandbox)).returncode == 0
+    stored = sandbox / "var/lib/wizard-runner/last-run.json"
+    result = json.loads(stored.read_text())
+    result["run_id"] = "r\x1b[2J"
+    result["request_id"] = "q\u202e"
+    result["system_conf"]["files"][0]["path"] = "/etc/\x1b]0;title\x07x"
+    result["system_conf"]["actions"] = [{"name": "a\x1b[31m", "command": [],
+                                         "status": "ok\x07", "detail": None}]
+    stored.write_text(json.dumps(result))
+    shown = cli("status", "--root", str(sandbox))
+    assert shown.returncode == 0, shown.stderr
+    assert "r\\x1b[2J" in shown.stdout
+    assert "/etc/\\x1b]0;title\\x07x" in shown.stdout
+    assert not any(char in shown.stdout for char in "\x1b\x07\u202e")
+
+
 def test_progress_escapes_names() -> None:
     """The terminal progress shows a script's name escaped."""
     out = io.StringIO()

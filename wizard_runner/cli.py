@@ -353,20 +353,21 @@ def nothing_done(result: RunResult) -> str | None:
 def show_run(result: RunResult, out: TextIO, *, title: str = "run", details: bool = False) -> None:
     """A run as people read it, for `run`'s summary and `status`: its status, flags, each
     file and script, and what to look at (every name and reason escaped)."""
-    out.write(f"{title} {result.run_id}: {result.status.value} (exit {result.exit_code})\n")
+    out.write(f"{title} {printable(result.run_id)}: {result.status.value} "
+              f"(exit {result.exit_code})\n")
     if details:
         out.write(f"  started {result.started_at.isoformat(timespec='seconds')}, "
                   f"finished {result.finished_at.isoformat(timespec='seconds')}\n")
     system = result.system_conf
     out.write(f"  handle_system_conf={_flag(system.handled)} "
               f"run_scripts={_flag(result.run_scripts)}"
-              + (f" request={result.request_id}" if result.request_id else "") + "\n")
+              + (f" request={printable(result.request_id)}" if result.request_id else "") + "\n")
     for file in system.files:
         reason = f"  ({printable(file.reason)})" if file.reason else ""
-        out.write(f"  {file.path:<26} {file.action.value}{reason}\n")
+        out.write(f"  {printable(file.path):<26} {file.action.value}{reason}\n")
     for action in system.actions:
         detail = f"  ({printable(action.detail)})" if action.detail else ""
-        out.write(f"  action {action.name}: {action.status}{detail}\n")
+        out.write(f"  action {printable(action.name)}: {printable(action.status)}{detail}\n")
     for script in result.scripts:
         duration = f"{script.duration_s:.1f} s" if script.duration_s is not None else ""
         reason = f"  ({printable(script.reason)})" if script.reason else ""
