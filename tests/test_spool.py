@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import needs_root
 from tests.helpers import as_www_data, traversable_dir, www_data
 from wizard_runner.config import parse_config
-from wizard_runner.errors import ConfigError, RunInterrupted
+from wizard_runner.errors import ConfigError, RunInterrupted, RunnerIOError
 from wizard_runner.fsio import write_all
 from wizard_runner.layout import Layout
 from wizard_runner.presence import PresenceLock
@@ -395,6 +395,16 @@ def test_close_and_reopen(tmp_path: Path) -> None:
     assert not reopen_spool(layout)
 
 
+def test_a_marker_that_cannot_be_removed_is_named(tmp_path: Path) -> None:
+    """A directory where the closed marker is: reopening says so, exit 74 (the runner's own
+    files), not the 'no daemon' code."""
+    layout = Layout(tmp_path)
+    closed_marker(layout).mkdir(parents=True)
+    with pytest.raises(RunnerIOError, match="cannot reopen the spool: Is a directory") as caught:
+        reopen_spool(layout)
+    assert caught.value.exit_code == 74
+
+
 @needs_root
 def test_www_data_cannot_reopen() -> None:
     """www-data can see the spool is closed but cannot remove the marker."""
@@ -403,8 +413,8 @@ def test_www_data_cannot_reopen() -> None:
         close_spool(layout, "r1", "run1")
         assert as_www_data(lambda: spool_closed(layout)) == {"value": True}
         refused = as_www_data(lambda: reopen_spool(layout))
-        assert refused["error"] == (f"SpoolError: {closed_marker(layout)}: cannot reopen the "
-                                    "spool: Permission denied")
+        assert refused["error"] == (f"PrivilegeError: {closed_marker(layout)}: cannot reopen "
+                                    "the spool: Permission denied")
         assert spool_closed(layout)
 
 

@@ -35,7 +35,9 @@ from wizard_runner.errors import (
     EXIT_CONFIG,
     EXIT_PRIVILEGES,
     EXIT_UNAVAILABLE,
+    PrivilegeError,
     RunInterrupted,
+    RunnerIOError,
     WizardRunnerError,
     exit_for_signal,
 )
@@ -546,6 +548,8 @@ def reopen_spool(layout: Layout) -> bool:
         marker.unlink()
     except FileNotFoundError:
         return False
-    except OSError as error:
-        raise SpoolError(f"{marker}: cannot reopen the spool: {error.strerror}") from error
+    except PermissionError as error:
+        raise PrivilegeError(f"{marker}: cannot reopen the spool: {error.strerror}") from error
+    except OSError as error:  # a directory there, a read-only /var/lib
+        raise RunnerIOError(f"{marker}: cannot reopen the spool: {error.strerror}") from error
     return True
