@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, MANAGED, snapshot
+from tests.helpers import wait_until
 from wizard_runner.cli import TerminalProgress, build_parser, parse
 from wizard_runner.result import ScriptOutcome, ScriptStatus
 
@@ -612,3 +613,49 @@ def test_a_command_parsed_alone_reads_as_with_every_command(command: str) -> Non
     assert alone.format_help() == whole.format_help()
     line = SAMPLE_ARGUMENTS[command]
     assert vars(parse([command, *line])) == {**vars(whole.parse_args(line)), "command": command}
+
+
+@pytest.mark.processes
+def test_a_killed_run_is_what_status_says_and_the_next_run_notes(sandbox: Path,
+                                                                   tmp_path: Path) -> None:
+    """SIGKILL in the middle of a run (no result stored): status says a run is in progress
+    while it is, then that it was killed (exit 1), with the run before it; the next run
+    warns of it in its result, and status is back to that run."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert cli("run", "--config", EXAMPLE, "--root", str(sandbox)).returncode == 0
+    before = json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text())
+    started = tmp_path / "started"
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    (wizard_d / "10-long").write_text(
+        f"#!/bin/sh\n[ -e {started} ] && exit 0\ntouch {started}\nexec sleep 6{os.getpid()}\n")
+    (wizard_d / "10-long").chmod(0o755)
+    with subprocess.Popen([str(SCRIPT), "run", "--config", EXAMPLE, "--root", str(sandbox),
+                           "--scripts", "--user", user], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as running:
+        wait_until(started.exists, what="the script's start")
+        going = cli("status", "--root", str(sandbox))
+        running.kill()
+    lines = going.stdout.splitlines()
+    assert lines[0].startswith("a run is in progress: ")
+    killed_id = lines[0].split()[5]
+    assert lines[1].startswith(f"last run {before['run_id']}: succeeded")
+    shown = cli("status", "--root", str(sandbox))
+    assert shown.returncode == 1
+    assert shown.stdout.startswith(f"last run {killed_id}: killed (pid {running.pid})\n"
+                                   f"  run {killed_id} (pid {running.pid}) was killed before it "
+                                   "ended: its result was never stored")
+    assert f"the run before it: {before['run_id']}: succeeded" in shown.stdout
+    as_json = json.loads(cli("status", "--root", str(sandbox), "--json").stdout)
+    assert (as_json["status"], as_json["run_id"], as_json["pid"],
+            as_json["previous"]["run_id"]) == ("killed", killed_id, running.pid,
+                                               before["run_id"])
+    again = cli("run", "--root", str(sandbox), "--user", user, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["warnings"] == [
+        f"the run before this one ({killed_id}, pid {running.pid}) was killed before it ended; "
+        "its result was never stored"]
+    assert cli("status", "--root", str(sandbox)).stdout.startswith(
+        f"last run {json.loads(again.stdout)['run_id']}: succeeded")
+    # Under the fallback containment, the killed run's script outlives it (docs/usage.md).
+    subprocess.run(["pkill", "-f", f"sleep 6{os.getpid()}"], check=False)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from wizard_runner.result import RunResult, ScriptOutcome
     from wizard_runner.runner import RunOptions
     from wizard_runner.spool import NotAnsweredError
+    from wizard_runner.state import Unfinished
 
 # Each command imports what it needs when it runs: `--help` stays fast.
 
@@ -613,10 +614,16 @@ def _list(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> 
 
 def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
     from wizard_runner.result import RunStatus
-    from wizard_runner.state import read_last_result
+    from wizard_runner.state import read_last_result, unfinished_run
 
     layout = Layout.under(args.root)
     last = read_last_result(layout)
+    unfinished = unfinished_run(layout, last)
+    if unfinished is not None and not unfinished.running:
+        return _show_killed(unfinished, last, args.json, out)
+    if unfinished is not None and not args.json:
+        out.write(f"a run is in progress: {printable(unfinished.run_id)} "
+                  f"(pid {unfinished.pid})\n")
     if last is None:
         message = f"no run yet ({layout.last_run} does not exist)"
         if args.json:
@@ -629,6 +636,24 @@ def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
     else:
         show_run(last, out, title="last run", details=True)
     return EXIT_OK if last.status is RunStatus.SUCCEEDED else EXIT_FAILED
+
+
+def _show_killed(killed: Unfinished, before: RunResult | None, as_json: bool,
+                 out: TextIO) -> int:
+    """status after a run that was killed before it stored its result: that, then the run
+    before it, if any."""
+    message = (f"run {killed.run_id} (pid {killed.pid}) was killed before it ended: its "
+               "result was never stored, and the system files may be partly written; "
+               "`wizard-runner run` repeats its body")
+    if as_json:
+        _print_json({**failure_object("killed", EXIT_FAILED, message), "run_id": killed.run_id,
+                     "pid": killed.pid, "previous": before.to_dict() if before else None}, out)
+        return EXIT_FAILED
+    out.write(f"last run {printable(killed.run_id)}: killed (pid {killed.pid})\n  "
+              f"{printable(message)}\n")
+    if before is not None:
+        show_run(before, out, title="the run before it:", details=True)
+    return EXIT_FAILED
 
 
 def _setup_dirs(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:

@@ -206,7 +206,9 @@ def prepare_dir(path: Path, mode: int, gid: int = 0) -> None:
 
 
 class RunLock:
-    """An exclusive, non-blocking flock held for a whole run; the holder's pid is in the file.
+    """An exclusive, non-blocking flock held for a whole run; the holder's pid (and what it
+    notes, its run id) is in the file, emptied when it lets go. A holder that was killed
+    leaves its line there: the next one finds it in `previous`.
 
     flock() works on any open descriptor, whatever its access mode: whoever can open the file
     can hold the lock. `mode` 0600 keeps everyone but its owner from blocking the holder.
@@ -216,13 +218,14 @@ class RunLock:
         self.path = path
         self.what = what
         self.mode = mode
+        self.previous: str | None = None
         self._fd: int | None = None
 
     def _holder(self, fd: int) -> str:
         with contextlib.suppress(OSError, ValueError):
-            text = os.pread(fd, 32, 0).decode("ascii").strip()
+            text = os.pread(fd, 128, 0).decode("ascii").split()
             if text:
-                return f"pid {int(text)}"
+                return f"pid {int(text[0])}"
         return "unknown pid"
 
     def acquire(self) -> None:
@@ -246,11 +249,18 @@ class RunLock:
             raise LockedError(
                 f"another {self.what} ({holder}) holds {self.path}; wait for it to finish"
             ) from None
-        # The pid only tells a refused run who holds the lock: a full disk must not fail this.
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        with contextlib.suppress(OSError, ValueError):
+            self.previous = os.pread(fd, 128, 0).decode("ascii").strip() or None
         self._fd = fd
+        self.note()
+
+    def note(self, *words: str) -> None:
+        """Write the holder's pid, then `words`, into the file. It only tells a refused run
+        who holds the lock, or the next run who was killed: a full disk must not fail this."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, (" ".join([str(os.getpid()), *words]) + "\n").encode(), 0)
 
     def release(self) -> None:
         """Drop the lock; the file stays so that no two runs ever lock different inodes."""
@@ -259,6 +269,18 @@ class RunLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+
+    @staticmethod
+    def held(path: Path) -> bool:
+        """Whether a process holds the lock at `path` now (read from /proc/locks: testing it
+        by taking it could refuse a run that starts at that moment)."""
+        try:
+            info = os.stat(path)
+            with open("/proc/locks") as locks:
+                listed = locks.read().split()
+        except OSError:
+            return False
+        return f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}" in listed
 
     def __enter__(self) -> RunLock:
         self.acquire()

@@ -67,6 +67,7 @@ class _Run(NamedTuple):
     log: FilteringBoundLogger
     progress: _Progress
     log_file: LogFile
+    warnings: list[str]  # beside the work, for the result
 
     @property
     def layout(self) -> Layout:
@@ -221,10 +222,11 @@ def execute(
     layout = plan.layout
     # 0600: flock works on any descriptor; a lock others can open, others can hold.
     # The run's bookkeeping holds stops back: a stop lands where the run can record it.
-    with RunLock(layout.lock_file, mode=0o600), run_stops(), \
+    with RunLock(layout.lock_file, mode=0o600) as lock, run_stops(), \
             deferred_stop_signals(foreign=False):
         started = now()
         run_id = new_run_id(started)
+        lock.note(run_id)
         with run_log_file(layout.log_file) as log_handle:
             if logger is not None:
                 log = stdlib_logger(logger, log_file=log_handle, run_id=run_id)
@@ -240,8 +242,20 @@ def execute(
                     log.error("run_not_started", error=str(error))
                     settle_stops()
                     raise
-            run = _Run(config, options, plan, run_id, log, _Progress(), log_handle)
+            run = _Run(config, options, plan, run_id, log, _Progress(), log_handle,
+                       _after_killed(lock.previous, log))
             return _run_locked(run, started)
+
+
+def _after_killed(previous: str | None, log: FilteringBoundLogger) -> list[str]:
+    """The warning for a run whose lock its last holder never let go of: that run was killed
+    (SIGKILL, the OOM killer) before it could store its result."""
+    words = (previous or "").split()
+    if len(words) < 2:  # nothing left there, or not a run's line
+        return []
+    log.warning("previous_run_killed", pid=words[0], previous_run_id=words[1])
+    return [f"the run before this one ({words[1]}, pid {words[0]}) was killed before it "
+            "ended; its result was never stored"]
 
 
 def _outcome(run: _Run) -> tuple[RunStatus, int, str | None]:
@@ -277,10 +291,9 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
         status, exit_code = RunStatus.INTERRUPTED, exit_for_signal(held)
         error = f"{RunInterrupted(held)}, after every step of the run had completed"
         log.warning("run_interrupted", signal=held, step="finishing")
-    warnings: tuple[str, ...] = ()
     if run.log_file.lost is not None:
-        warnings = (f"{plan.layout.log_file}: lines of this run's log could not be written "
-                    f"({run.log_file.lost}); this result is complete",)
+        run.warnings.append(f"{plan.layout.log_file}: lines of this run's log could not be "
+                            f"written ({run.log_file.lost}); this result is complete")
         log.warning("log_incomplete", path=str(plan.layout.log_file), error=run.log_file.lost)
     result = RunResult(
         run_id=run.run_id,
@@ -295,7 +308,7 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
         run_scripts=plan.run_scripts,
         request_id=run.options.request_id,
         containment=run.progress.containment,
-        warnings=warnings,
+        warnings=tuple(run.warnings),
     )
     try:
         write_result(plan.layout, result)

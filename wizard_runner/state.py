@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from wizard_runner.config import WizardConfig, decode_json, saved_config_from_data
 from wizard_runner.defaults import MAX_CONFIG_BYTES, MAX_RESULT_BYTES
@@ -21,7 +22,7 @@ from wizard_runner.errors import (
     StateFileError,
     UsageError,
 )
-from wizard_runner.fsio import Ownership, atomic_replace, ensure_dir, read_regular
+from wizard_runner.fsio import Ownership, RunLock, atomic_replace, ensure_dir, read_regular
 from wizard_runner.layout import STATE_DIR_MODE, Layout
 from wizard_runner.result import RunResult, RunStatus, now
 
@@ -113,3 +114,24 @@ def resume_point(layout: Layout) -> str:
         why = f"failed before a script did ({last.error})"
     raise UsageError(f"--resume: nothing to resume: the last run ({last.run_id}) {why}; "
                      "run `wizard-runner run` to run it all again")
+
+
+class Unfinished(NamedTuple):
+    """A run the lock file names that has not stored its result: still going, or killed."""
+
+    pid: int
+    run_id: str
+    running: bool
+
+
+def unfinished_run(layout: Layout, last: RunResult | None) -> Unfinished | None:
+    """The run the lock file names, when its result is not `last`: it holds the lock (it is
+    going on) or nobody does (it was killed, by SIGKILL or the OOM killer, before it ended)."""
+    try:
+        words = read_regular(layout.lock_file, limit=128)[0].decode("ascii", "replace").split()
+    except OSError:  # none yet, or not ours to read
+        return None
+    if len(words) < 2 or not words[0].isdigit() or (last is not None and
+                                                    last.run_id == words[1]):
+        return None
+    return Unfinished(int(words[0]), words[1], RunLock.held(layout.lock_file))
