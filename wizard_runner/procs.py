@@ -12,8 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from wizard_runner.defaults import GRACE
 
@@ -32,8 +31,7 @@ class ProcessSet(Protocol):
         """SIGKILL them all at once (but `spare`)."""
 
 
-@dataclass(frozen=True)
-class Leftover:
+class Leftover(NamedTuple):
     """A process found running where nothing should, as it was when found."""
 
     pid: int
@@ -67,6 +65,15 @@ def describe(pid: int) -> Leftover:
     except OSError:
         cmdline = "?"
     return Leftover(pid, cmdline)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def send(pids: list[int], signum: int) -> None:

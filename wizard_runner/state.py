@@ -24,6 +24,7 @@ from wizard_runner.errors import (
 )
 from wizard_runner.fsio import Ownership, RunLock, atomic_replace, ensure_dir, read_regular
 from wizard_runner.layout import STATE_DIR_MODE, Layout
+from wizard_runner.procs import alive
 from wizard_runner.result import RunResult, RunStatus, now
 
 
@@ -134,4 +135,8 @@ def unfinished_run(layout: Layout, last: RunResult | None) -> Unfinished | None:
     if len(words) < 2 or not words[0].isdigit() or (last is not None and
                                                     last.run_id == words[1]):
         return None
-    return Unfinished(int(words[0]), words[1], RunLock.held(layout.lock_file))
+    pid = int(words[0])
+    # Where /proc/locks names the lock by another device's numbers (an overlay), the
+    # holder's life still says it runs.
+    return Unfinished(pid, words[1], RunLock.held(layout.lock_file) or alive(pid))
+

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Final, Protocol
 
-from wizard_runner.procs import Leftover, describe, send
+from wizard_runner.procs import Leftover, alive, describe, send
 from wizard_runner.scripts.helper import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, prctl
 
 #: Set to `subreaper` to use the fallback even where a cgroup could be made.
@@ -172,15 +172,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
-
-
 class Subreaper:
     """The fallback: the helper's descendants, and what a killed helper left to the runner."""
 
@@ -207,7 +198,7 @@ class Subreaper:
             if pid not in found:
                 found.append(pid)
                 pending += _children(pid)
-        return [pid for pid in found if _alive(pid)]
+        return [pid for pid in found if alive(pid)]
 
     def kill(self, spare: int | None = None) -> None:
         """SIGSTOP sweeps until no member runs (a stopped process cannot fork), then SIGKILL;
