@@ -5,7 +5,8 @@ The runner starts it once per step as root (`python -I -S helper.py PARENT_PID [
 GROUPS]`, its socket on fd 3, the scripts' environment as its own). It drops to the run user,
 then serves in lock-step: each RUN starts one script (posix_spawn, like run-parts) on the
 pipes the order carries; it says STARTED (or FAILED), waits for the script, says EXITED.
-One SOCK_SEQPACKET datagram per message, its kind the first byte:
+Every module it uses is imported before it drops privileges: the run user may not be able to
+read the standard library. One SOCK_SEQPACKET datagram per message, its kind the first byte:
 
     runner -> helper   RUN      index; the script's path; the write ends of stdout and stderr
     helper -> runner   STARTED  index, pid, start (ns)
@@ -16,6 +17,7 @@ One SOCK_SEQPACKET datagram per message, its kind the first byte:
 
 from __future__ import annotations
 
+import array  # noqa: F401 - socket.recv_fds imports it on its first call: after the drop
 import enum
 import os
 import signal
