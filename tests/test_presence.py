@@ -5,15 +5,18 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import stat
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import needs_root
-from tests.helpers import as_www_data, traversable_dir, www_data
+from tests.helpers import as_www_data, traversable_dir, wait_until, www_data
 from wizard_runner.errors import LockedError
 from wizard_runner.fsio import RunLock
 from wizard_runner.presence import PresenceLock, daemon_present
@@ -140,3 +143,28 @@ def test_an_old_lock_file_is_made_private(base: Path) -> None:
     path.chmod(0o644)
     with RunLock(path, "wizard-runner serve", mode=0o600):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.processes
+def test_a_stopped_daemon_does_not_serve(base: Path) -> None:
+    """A daemon stopped (SIGSTOP, a debugger) still holds its lock but serves nothing: it is
+    not present until continued, so that a waiting client gives up instead of waiting on."""
+    path = base / "serving.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path\n"
+         "from wizard_runner.presence import PresenceLock\n"
+         f"with PresenceLock(Path({str(path)!r})):\n"
+         "    print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"ready\n"
+        assert daemon_present(path)
+        holder.send_signal(signal.SIGSTOP)
+        wait_until(lambda: not daemon_present(path), what="the stop to take")
+        holder.send_signal(signal.SIGCONT)
+        wait_until(lambda: daemon_present(path), what="the daemon to be continued")
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()

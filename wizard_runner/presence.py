@@ -102,8 +102,19 @@ def daemon_present(path: Path) -> bool:
         # Asking about a read lock finds write locks only, which only the daemon can take
         # (the file is root's, 0644): a client's read lock cannot make a dead daemon look alive.
         answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _whole_file(fcntl.F_RDLCK))
+        held = _FLOCK.unpack(answer)[0] == fcntl.F_WRLCK
+        return held and not _stopped(os.pread(fd, 32, 0))
     except OSError:
         return True
     finally:
         os.close(fd)
-    return bool(_FLOCK.unpack(answer)[0] == fcntl.F_WRLCK)
+
+
+def _stopped(content: bytes) -> bool:
+    """Whether the daemon the presence file names is stopped (SIGSTOP, a debugger): it holds
+    the lock, but serves nothing until someone continues it."""
+    try:
+        with open(f"/proc/{int(content)}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, ValueError, IndexError):
+        return False
