@@ -662,3 +662,19 @@ def test_a_killed_run_is_what_status_says_and_the_next_run_notes(sandbox: Path,
     # Measured by coverage, the killed run left a data file cut short: not one to combine.
     for cut in Path.cwd().glob(f".coverage.*.pid{running.pid}.*"):
         cut.unlink()
+
+
+def test_a_run_killed_after_it_stored_its_result_cut_nothing_short(sandbox: Path) -> None:
+    """Killed between storing its result and letting go of the lock: status shows that
+    result, and the next run warns of nothing."""
+    assert cli("run", "--config", EXAMPLE, "--root", str(sandbox)).returncode == 0
+    stored = json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text())
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    holder = sandbox / "run/wizard-runner/lock.holder"
+    holder.write_text(f"{gone.pid} {stored['run_id']}\n")
+    shown = cli("status", "--root", str(sandbox))
+    assert (shown.returncode, shown.stdout.splitlines()[0]) == (
+        0, f"last run {stored['run_id']}: succeeded (exit 0)")
+    again = cli("run", "--root", str(sandbox), "--json")
+    assert json.loads(again.stdout)["warnings"] == []

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, needs_root
+from tests.helpers import as_www_data, traversable_dir
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import ConfigError, StateFileError, UsageError
+from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
 from wizard_runner.result import (
     FileAction,
@@ -25,10 +27,12 @@ from wizard_runner.result import (
     now,
 )
 from wizard_runner.state import (
+    Unfinished,
     load_saved_config,
     read_last_result,
     resume_point,
     save_config,
+    unfinished_run,
     write_result,
 )
 
@@ -206,3 +210,46 @@ def test_state_files_that_are_fifos_are_refused_not_waited_on(sandbox: Path) -> 
                               text=True, timeout=30, check=False)
         assert (done.returncode, done.stderr.count("\n")) == (code, 1), (args, done.stderr)
         assert "not a regular file" in done.stderr
+
+
+def holder_line(layout: Layout, text: str) -> None:
+    """Leave `text` as the run lock's holder line, as a run killed while it held the lock."""
+    layout.run_dir.mkdir(parents=True, exist_ok=True)
+    RunLock.holder_of(layout.lock_file).write_text(text)
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("hello world", id="no-pid"), pytest.param("0 20261205T120000Z-0123abcd", id="pid-0"),
+    pytest.param(f"{1 << 22} 20261205T120000Z-0123abcd", id="pid-too-big"),
+    pytest.param("42 not-a-run-id", id="bad-run-id"), pytest.param("42", id="pid-only"),
+    pytest.param("", id="empty"),
+])
+def test_a_holder_line_that_is_not_one_names_no_run(tmp_path: Path, text: str) -> None:
+    """A holder line that is not `PID RUN_ID` (tampered, cut short) is no run at all."""
+    layout = Layout(tmp_path)
+    holder_line(layout, text)
+    assert unfinished_run(layout) is None
+
+
+def test_a_holder_whose_pid_was_reused_is_killed(tmp_path: Path) -> None:
+    """The pid a killed run had now belongs to a process that started after the run did (this
+    one, for a run from 2020): not a run in progress, a killed one. The same pid with a run
+    that started after this process is one going on."""
+    layout = Layout(tmp_path)
+    holder_line(layout, f"{os.getpid()} 20200101T000000Z-0123abcd")
+    assert unfinished_run(layout) == Unfinished(os.getpid(), "20200101T000000Z-0123abcd", False)
+    holder_line(layout, f"{os.getpid()} 20991231T000000Z-0123abcd")
+    assert unfinished_run(layout) == Unfinished(os.getpid(), "20991231T000000Z-0123abcd", True)
+
+
+@needs_root
+def test_anyone_can_see_a_run_in_progress(config: WizardConfig) -> None:
+    """The lock is root's alone (0600); its holder line is not: www-data's status sees the
+    run going on, as root's does."""
+    with traversable_dir() as base:
+        layout = Layout(base)
+        with RunLock(layout.lock_file, mode=0o600) as lock:
+            lock.note("20991231T000000Z-0123abcd")
+            seen = as_www_data(lambda: list(unfinished_run(layout) or ()))
+        assert seen == {"value": [os.getpid(), "20991231T000000Z-0123abcd", True]}
+        assert RunLock.holder_of(layout.lock_file).read_text() == ""

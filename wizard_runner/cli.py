@@ -617,22 +617,26 @@ def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
     from wizard_runner.state import read_last_result, unfinished_run
 
     layout = Layout.under(args.root)
+    unfinished = unfinished_run(layout)  # first: a run that ends meanwhile has stored its result
     last = read_last_result(layout)
-    unfinished = unfinished_run(layout, last)
+    if unfinished is not None and last is not None and last.run_id == unfinished.run_id:
+        unfinished = None  # it stored its result: whatever came after cut nothing short
     if unfinished is not None and not unfinished.running:
         return _show_killed(unfinished, last, args.json, out)
+    going = {"in_progress": {"run_id": unfinished.run_id, "pid": unfinished.pid}
+             } if unfinished is not None else {}
     if unfinished is not None and not args.json:
         out.write(f"a run is in progress: {printable(unfinished.run_id)} "
                   f"(pid {unfinished.pid})\n")
     if last is None:
         message = f"no run yet ({layout.last_run} does not exist)"
         if args.json:
-            _print_json(failure_object("none", EXIT_NO_RUN, message), out)
+            _print_json({**failure_object("none", EXIT_NO_RUN, message), **going}, out)
         else:
             out.write(f"{message}\n")
         return EXIT_NO_RUN
     if args.json:
-        out.write(last.to_json())
+        _print_json({**last.to_dict(), **going}, out)
     else:
         show_run(last, out, title="last run", details=True)
     return EXIT_OK if last.status is RunStatus.SUCCEEDED else EXIT_FAILED

@@ -206,9 +206,10 @@ def prepare_dir(path: Path, mode: int, gid: int = 0) -> None:
 
 
 class RunLock:
-    """An exclusive, non-blocking flock held for a whole run; the holder's pid (and what it
-    notes, its run id) is in the file, emptied when it lets go. A holder that was killed
-    leaves its line there: the next one finds it in `previous`.
+    """An exclusive, non-blocking flock held for a whole run; the holder's pid is in the file.
+    What the holder notes (its run id) goes to `holder`, a sibling anyone may read (the lock
+    itself is 0600), emptied when it lets go: a holder that was killed leaves its line there,
+    and the next one finds it in `previous`.
 
     flock() works on any open descriptor, whatever its access mode: whoever can open the file
     can hold the lock. `mode` 0600 keeps everyone but its owner from blocking the holder.
@@ -216,16 +217,18 @@ class RunLock:
 
     def __init__(self, path: Path, what: str = "wizard-runner run", mode: int = 0o644) -> None:
         self.path = path
+        self.holder = self.holder_of(path)
         self.what = what
         self.mode = mode
         self.previous: str | None = None
         self._fd: int | None = None
+        self._noted = False
 
     def _holder(self, fd: int) -> str:
         with contextlib.suppress(OSError, ValueError):
-            text = os.pread(fd, 128, 0).decode("ascii").split()
+            text = os.pread(fd, 32, 0).decode("ascii").strip()
             if text:
-                return f"pid {int(text[0])}"
+                return f"pid {int(text)}"
         return "unknown pid"
 
     def acquire(self) -> None:
@@ -249,26 +252,47 @@ class RunLock:
             raise LockedError(
                 f"another {self.what} ({holder}) holds {self.path}; wait for it to finish"
             ) from None
+        # The pid only tells a refused run who holds the lock: a full disk must not fail this.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         with contextlib.suppress(OSError, ValueError):
-            self.previous = os.pread(fd, 128, 0).decode("ascii").strip() or None
+            self.previous = read_regular(self.holder, follow=False, limit=128)[0].decode(
+                "ascii").strip() or None
         self._fd = fd
-        self.note()
 
     def note(self, *words: str) -> None:
-        """Write the holder's pid, then `words`, into the file. It only tells a refused run
-        who holds the lock, or the next run who was killed: a full disk must not fail this."""
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-                os.pwrite(self._fd, (" ".join([str(os.getpid()), *words]) + "\n").encode(), 0)
+        """Write `pid words...` into `holder` (0644): who holds the lock, for anyone's status,
+        and for the next holder if this one is killed. Best effort: a full disk must not fail
+        the run for it."""
+        line = " ".join([str(os.getpid()), *words]) + "\n"
+        with contextlib.suppress(OSError):
+            fd = os.open(self.holder, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC |
+                         os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.fchmod(fd, 0o644)
+                    write_all(fd, line.encode())
+                    self._noted = True
+            finally:
+                os.close(fd)
 
     def release(self) -> None:
         """Drop the lock; the file stays so that no two runs ever lock different inodes."""
         if self._fd is not None:
+            if self._noted:
+                with contextlib.suppress(OSError):
+                    os.truncate(self.holder, 0)
+                self._noted = False
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+
+    @staticmethod
+    def holder_of(path: Path) -> Path:
+        """Where the holder of the lock at `path` notes who it is."""
+        return path.with_name(f"{path.name}.holder")
 
     @staticmethod
     def held(path: Path) -> bool:

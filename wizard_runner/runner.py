@@ -3,6 +3,7 @@ result; every failure ends as a WizardRunnerError or in the result, never as a t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -38,7 +39,7 @@ from wizard_runner.result import (
     now,
 )
 from wizard_runner.signals import deferred_stop_signals, run_stops, settle_stops, stop_here
-from wizard_runner.state import save_config, write_result
+from wizard_runner.state import parse_holder, read_last_result, save_config, write_result
 
 if TYPE_CHECKING:
     from wizard_runner.sysconf import FileChange
@@ -243,18 +244,24 @@ def execute(
                     settle_stops()
                     raise
             run = _Run(config, options, plan, run_id, log, _Progress(), log_handle,
-                       _after_killed(lock.previous, log))
+                       _after_killed(layout, lock.previous, log))
             return _run_locked(run, started)
 
 
-def _after_killed(previous: str | None, log: FilteringBoundLogger) -> list[str]:
-    """The warning for a run whose lock its last holder never let go of: that run was killed
-    (SIGKILL, the OOM killer) before it could store its result."""
-    words = (previous or "").split()
-    if len(words) < 2:  # nothing left there, or not a run's line
+def _after_killed(layout: Layout, previous: str | None,
+                  log: FilteringBoundLogger) -> list[str]:
+    """The warning for a run whose lock's holder line its last holder left: that run was
+    killed (SIGKILL, the OOM killer) before it ended, and before it stored its result unless
+    the stored one is its own."""
+    holder = parse_holder(previous)
+    if holder is None:
         return []
-    log.warning("previous_run_killed", pid=words[0], previous_run_id=words[1])
-    return [f"the run before this one ({words[1]}, pid {words[0]}) was killed before it "
+    with contextlib.suppress(WizardRunnerError):
+        stored = read_last_result(layout)
+        if stored is not None and stored.run_id == holder[1]:
+            return []  # killed after its result was stored: it cut nothing short
+    log.warning("previous_run_killed", pid=holder[0], previous_run_id=holder[1])
+    return [f"the run before this one ({holder[1]}, pid {holder[0]}) was killed before it "
             "ended; its result was never stored"]
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from wizard_runner.config import WizardConfig, decode_json, saved_config_from_data
 from wizard_runner.defaults import MAX_CONFIG_BYTES, MAX_RESULT_BYTES
@@ -24,7 +26,6 @@ from wizard_runner.errors import (
 )
 from wizard_runner.fsio import Ownership, RunLock, atomic_replace, ensure_dir, read_regular
 from wizard_runner.layout import STATE_DIR_MODE, Layout
-from wizard_runner.procs import alive
 from wizard_runner.result import RunResult, RunStatus, now
 
 
@@ -117,6 +118,11 @@ def resume_point(layout: Layout) -> str:
                      "run `wizard-runner run` to run it all again")
 
 
+#: A run id (`20261125T145428Z-3f9a1c2b`), and the highest pid Linux gives (2^22).
+_RUN_ID: Final = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
+_PID_LIMIT: Final = 1 << 22
+
+
 class Unfinished(NamedTuple):
     """A run the lock file names that has not stored its result: still going, or killed."""
 
@@ -125,18 +131,45 @@ class Unfinished(NamedTuple):
     running: bool
 
 
-def unfinished_run(layout: Layout, last: RunResult | None) -> Unfinished | None:
-    """The run the lock file names, when its result is not `last`: it holds the lock (it is
-    going on) or nobody does (it was killed, by SIGKILL or the OOM killer, before it ended)."""
-    try:
-        words = read_regular(layout.lock_file, limit=128)[0].decode("ascii", "replace").split()
-    except OSError:  # none yet, or not ours to read
-        return None
-    if len(words) < 2 or not words[0].isdigit() or (last is not None and
-                                                    last.run_id == words[1]):
+def parse_holder(text: str | None) -> tuple[int, str] | None:
+    """The pid and run id of a lock holder's line (`PID RUN_ID`); None for anything else."""
+    words = (text or "").split()
+    if len(words) != 2 or not words[0].isdigit() or not _RUN_ID.fullmatch(words[1]):
         return None
     pid = int(words[0])
-    # Where /proc/locks names the lock by another device's numbers (an overlay), the
-    # holder's life still says it runs.
-    return Unfinished(pid, words[1], RunLock.held(layout.lock_file) or alive(pid))
+    return (pid, words[1]) if 0 < pid < _PID_LIMIT else None
 
+
+def unfinished_run(layout: Layout) -> Unfinished | None:
+    """The run the lock's holder line names: going on (it holds the lock), or killed before it
+    ended. Read it before the last result: a run that ends meanwhile has stored its result
+    before it let go of the lock, so that result is then the one read."""
+    try:
+        raw = read_regular(RunLock.holder_of(layout.lock_file), follow=False, limit=128)[0]
+    except OSError:  # none yet
+        return None
+    holder = parse_holder(raw.decode("ascii", "replace"))
+    if holder is None:
+        return None
+    pid, run_id = holder
+    # Where /proc/locks names the lock by other device numbers (btrfs, an overlay), the
+    # holder's process still says it runs: if it started before the run did (not a reuse).
+    running = RunLock.held(layout.lock_file) or _started_by(pid, run_id)
+    return Unfinished(pid, run_id, running)
+
+
+def _started_by(pid: int, run_id: str) -> bool:
+    """Whether process `pid` lives and started no later than run `run_id` (a process that
+    took a killed run's pid starts after it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as source:
+            fields = source.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as source:
+            boot = next(int(line.split()[1]) for line in source if line.startswith(b"btime "))
+    except (OSError, IndexError, ValueError, StopIteration):
+        return False
+    if fields[0] == b"Z":
+        return False
+    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    run_start = datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return started <= run_start.timestamp() + 2  # boot time and the id are whole seconds
