@@ -23,8 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.helpers import peak_rss_kib
+
+if TYPE_CHECKING:
+    from wizard_runner.config import WizardConfig
+    from wizard_runner.runner import RunOptions
 
 REPO = Path(__file__).resolve().parent.parent
 RUNNER = Path(sys.executable).parent / "wizard-runner"
@@ -63,14 +68,28 @@ def timed(command: Sequence[str], **kwargs: object) -> float:
     return time.perf_counter() - started
 
 
-def fresh_root(base: Path, name: str) -> Path:
-    """A sandbox root: Debian's files and an empty wizard.d every user can reach."""
+def fresh_root(base: Path, name: str, scripts: int = 0) -> Path:
+    """A sandbox root: Debian's files and a wizard.d every user can reach, holding `scripts`
+    trivial scripts (`exit 0`)."""
     root = base / name
     shutil.copytree(SEED, root)
     (root / "etc/xivo/wizard.d").mkdir(parents=True)
     for path in (root, root / "etc", root / "etc/xivo", root / "etc/xivo/wizard.d"):
         path.chmod(0o755)
+    for index in range(scripts):
+        script = root / f"etc/xivo/wizard.d/{index:04d}-noop"
+        script.write_text("#!/bin/sh\nexit 0\n")
+        script.chmod(0o755)
     return root
+
+
+def in_process(root: Path) -> tuple[WizardConfig, RunOptions]:
+    """The example body and the options of a scripts-only run on `root`, for `execute`."""
+    from wizard_runner.config import parse_config  # noqa: PLC0415
+    from wizard_runner.runner import RunOptions  # noqa: PLC0415
+
+    options = RunOptions(root=root, handle_system_conf=False, run_scripts=True, user=USER)
+    return parse_config(EXAMPLE.read_bytes()), options
 
 
 def slope(points: Sequence[tuple[int, float]]) -> float:
@@ -123,12 +142,8 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
     parts_times: dict[int, Stat] = {}
     commands: dict[int, list[str]] = {}
     for count in sizes:
-        root = fresh_root(base, f"scripts-{count}")
+        root = fresh_root(base, f"scripts-{count}", count)
         wizard_d = root / "etc/xivo/wizard.d"
-        for index in range(count):
-            script = wizard_d / f"{index:04d}-noop"
-            script.write_text("#!/bin/sh\nexit 0\n")
-            script.chmod(0o755)
         runner = [str(RUNNER), "run", "--config", str(EXAMPLE), "--root", str(root),
                   "--no-system-conf", "--scripts", "--user", USER, "--log-format", "json"]
         parts = ["run-parts", "--exit-on-error", str(wizard_d)]
@@ -349,17 +364,10 @@ def bench_overlap(base: Path, count: int, reps: int) -> list[str]:
     `count` trivial scripts, in-process, as it runs and with the overlap turned off."""
     from unittest import mock  # noqa: PLC0415 - only for this step
 
-    from wizard_runner.config import parse_config  # noqa: PLC0415
-    from wizard_runner.runner import RunOptions, execute  # noqa: PLC0415
+    from wizard_runner.runner import execute  # noqa: PLC0415
     from wizard_runner.scripts import step  # noqa: PLC0415
 
-    root = fresh_root(base, "overlap")
-    for index in range(count):
-        script = root / f"etc/xivo/wizard.d/{index:04d}-noop"
-        script.write_text("#!/bin/sh\nexit 0\n")
-        script.chmod(0o755)
-    config = parse_config(EXAMPLE.read_bytes())
-    options = RunOptions(root=root, handle_system_conf=False, run_scripts=True, user=USER)
+    config, options = in_process(fresh_root(base, "overlap", count))
 
     def per_script(overlap: bool) -> float:
         with open(os.devnull, "w") as sink, \
@@ -400,16 +408,9 @@ def bench_profile(base: Path, count: int) -> list[str]:
     import io  # noqa: PLC0415
     import pstats  # noqa: PLC0415
 
-    from wizard_runner.config import parse_config  # noqa: PLC0415
-    from wizard_runner.runner import RunOptions, execute  # noqa: PLC0415
+    from wizard_runner.runner import execute  # noqa: PLC0415
 
-    root = fresh_root(base, "profile")
-    for index in range(count):
-        script = root / f"etc/xivo/wizard.d/{index:04d}-noop"
-        script.write_text("#!/bin/sh\nexit 0\n")
-        script.chmod(0o755)
-    config = parse_config(EXAMPLE.read_bytes())
-    options = RunOptions(root=root, handle_system_conf=False, run_scripts=True, user=USER)
+    config, options = in_process(fresh_root(base, "profile", count))
     profiler = cProfile.Profile()
     with open(os.devnull, "w") as sink:
         profiler.runcall(execute, config, options, stream=sink)

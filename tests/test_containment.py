@@ -133,17 +133,25 @@ def test_a_fork_hopper_is_killed_at_once(box: Containment, tmp_path: Path) -> No
     process.stdout.close()
 
 
+def stale_cgroup(*command: str) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A step cgroup as a killed runner leaves it (named for a pid that is gone), with
+    `command` running in it."""
+    assert CGROUP_PARENT is not None
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = CGROUP_PARENT / f"{PREFIX}{dead.pid}.stale"
+    stale.mkdir()
+    orphan = subprocess.Popen(list(command))
+    (stale / "cgroup.procs").write_text(f"{orphan.pid}\n")
+    return stale, orphan
+
+
 @needs_cgroup
 @pytest.mark.processes
 def test_a_cgroup_left_by_a_killed_runner_is_cleared() -> None:
     """A step cgroup whose runner is gone is emptied and removed by the next step's start."""
     assert CGROUP_PARENT is not None
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    renamed = CGROUP_PARENT / f"{PREFIX}{dead.pid}.stale"
-    renamed.mkdir()
-    orphan = subprocess.Popen(["sleep", "60"])
-    (renamed / "cgroup.procs").write_text(f"{orphan.pid}\n")
+    renamed, orphan = stale_cgroup("sleep", "60")
     fresh = Cgroup.create(CGROUP_PARENT, "fresh")
     try:
         assert orphan.wait(timeout=10) == -signal.SIGKILL
@@ -160,13 +168,7 @@ def test_what_a_killed_runner_left_is_logged_as_it_is_killed(config: WizardConfi
                                                             script_root: Path) -> None:
     """The next step kills what ran in a killed runner's cgroup, and logs each with its pid
     and command line."""
-    assert CGROUP_PARENT is not None
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    stale = CGROUP_PARENT / f"{PREFIX}{dead.pid}.stale"
-    stale.mkdir()
-    orphan = subprocess.Popen(["sleep", "61"])
-    (stale / "cgroup.procs").write_text(f"{orphan.pid}\n")
+    _, orphan = stale_cgroup("sleep", "61")
     add_script(script_root, "10-ok", "true")
     result = run_step(config, script_root)
     assert orphan.wait(timeout=10) == -signal.SIGKILL

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Final
 
 from wizard_runner.fsio import temp_name
+from wizard_runner.procs import proc_stat
 
 #: struct flock on 64-bit Linux (what Debian's amd64 and arm64 appliances run): l_type,
 #: l_whence, l_start, l_len, l_pid, padded to the C struct's 32 bytes. OFD locks want l_pid 0.
@@ -114,7 +115,7 @@ def _stopped(content: bytes) -> bool:
     """Whether the daemon the presence file names is stopped (SIGSTOP, a debugger): it holds
     the lock, but serves nothing until someone continues it."""
     try:
-        with open(f"/proc/{int(content)}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
-    except (OSError, ValueError, IndexError):
+        fields = proc_stat(int(content))
+    except ValueError:
         return False
+    return fields is not None and fields[0] in (b"T", b"t")

@@ -67,13 +67,21 @@ def describe(pid: int) -> Leftover:
     return Leftover(pid, cmdline)
 
 
-def alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
+def proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first, start time at 19),
+    or None when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+            fields = stat.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
-        return False
+        return None
+    return fields if len(fields) > 19 else None
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != b"Z"
 
 
 def send(pids: list[int], signum: int) -> None:

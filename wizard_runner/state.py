@@ -26,6 +26,7 @@ from wizard_runner.errors import (
 )
 from wizard_runner.fsio import Ownership, RunLock, atomic_replace, ensure_dir, read_regular
 from wizard_runner.layout import STATE_DIR_MODE, Layout
+from wizard_runner.procs import proc_stat
 from wizard_runner.result import RunResult, RunStatus, now
 
 
@@ -161,14 +162,13 @@ def unfinished_run(layout: Layout) -> Unfinished | None:
 def _started_by(pid: int, run_id: str) -> bool:
     """Whether process `pid` lives and started no later than run `run_id` (a process that
     took a killed run's pid starts after it)."""
+    fields = proc_stat(pid)
+    if fields is None or fields[0] == b"Z":
+        return False
     try:
-        with open(f"/proc/{pid}/stat", "rb") as source:
-            fields = source.read().rsplit(b")", 1)[1].split()
         with open("/proc/stat", "rb") as source:
             boot = next(int(line.split()[1]) for line in source if line.startswith(b"btime "))
     except (OSError, IndexError, ValueError, StopIteration):
-        return False
-    if fields[0] == b"Z":
         return False
     started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     run_start = datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)

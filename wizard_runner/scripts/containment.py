@@ -87,9 +87,9 @@ class Cgroup:
 
     name = "cgroup"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cleared: list[Leftover] | None = None) -> None:
         self.path = path
-        self.cleared: list[Leftover] = []
+        self.cleared = cleared or []
 
     @classmethod
     def create(cls, parent: Path, tag: str) -> Cgroup:
@@ -104,9 +104,7 @@ class Cgroup:
                 old.close()
         path = parent / f"{PREFIX}{os.getpid()}.{tag}"
         path.mkdir(mode=0o755)
-        made = cls(path)
-        made.cleared = cleared
-        return made
+        return cls(path, cleared)
 
     def adopt(self, pid: int) -> None:
         """Move the helper in (it has started nothing yet)."""
