@@ -635,10 +635,13 @@ def test_a_killed_run_is_what_status_says_and_the_next_run_notes(sandbox: Path,
                           stderr=subprocess.DEVNULL) as running:
         wait_until(started.exists, what="the script's start")
         going = cli("status", "--root", str(sandbox))
+        going_json = json.loads(cli("status", "--root", str(sandbox), "--json").stdout)
         running.kill()
     lines = going.stdout.splitlines()
     assert lines[0].startswith("a run is in progress: ")
     killed_id = lines[0].split()[5]
+    assert going_json["in_progress"] == {"run_id": killed_id, "pid": running.pid}
+    assert going_json["run_id"] == before["run_id"]
     assert lines[1].startswith(f"last run {before['run_id']}: succeeded")
     shown = cli("status", "--root", str(sandbox))
     assert shown.returncode == 1

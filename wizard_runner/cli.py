@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import math
@@ -741,9 +742,13 @@ class _ClosedInput:
         return False
 
 
-def _nowhere() -> TextIO:
-    """Where output goes when the process was started without stdout or stderr (`>&-`)."""
-    return open(os.devnull, "w", encoding="utf-8")
+class _Nowhere(io.TextIOBase):
+    """Where output goes when the process was started without stdout or stderr (`>&-`):
+    nothing to open, nothing that can fail."""
+
+    def write(self, text: str) -> int:
+        """Drop the text."""
+        return len(text)
 
 
 def main(
@@ -756,8 +761,8 @@ def main(
     """Run the command line and return the exit code; never raises, never shows a traceback."""
     stdin = stdin or sys.stdin or cast(TextIO, _ClosedInput())
     # A closed pipe on stdout or stderr must not stop a run from finishing and cleaning up.
-    out = cast(TextIO, SafeStream(stdout or sys.stdout or _nowhere()))
-    err = cast(TextIO, SafeStream(stderr or sys.stderr or _nowhere()))
+    out = cast(TextIO, SafeStream(stdout or sys.stdout or cast(TextIO, _Nowhere())))
+    err = cast(TextIO, SafeStream(stderr or sys.stderr or cast(TextIO, _Nowhere())))
     code = _command_line(list(sys.argv[1:] if argv is None else argv), out, stdin, err)
     held = take_stop()
     if held is not None:  # it came where nothing was left to cut short
