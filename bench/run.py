@@ -109,7 +109,7 @@ def intercept(points: Sequence[tuple[int, float]]) -> float:
 
 
 def verdict(ratio: float) -> str:
-    """Whether a per-script ratio meets 1.25x, or the 1.5x the lock-step helper is allowed."""
+    """Whether a per-script ratio meets 1.25x, or the 1.5x a simpler protocol is allowed."""
     return "met" if ratio <= 1.25 else "met (1.5x)" if ratio <= 1.5 else "MISSED"
 
 
@@ -185,12 +185,11 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
         "(`collector.py`); the floor is given the same treatment, so that what that saves "
         "in the stack's share is not counted as ours.",
         f"- marginal cost per script (slope): {our_slope * 1e3:.2f} ms, against run-parts' "
-        f"{their_slope * 1e3:.2f} ms ({ratio:.2f}x). Target <= 1.25x, <= 1.5x for the "
-        f"lock-step helper: {verdict(ratio)}. The helper starts a script only when the "
-        "runner says so, and the runner says so "
-        "once it has seen the previous one end: that round trip, with a helper that has gone "
-        "idle meanwhile, is what run-parts does not pay. The one overlap kept: the runner names "
-        "the next script as soon as one ended cleanly, before it logs the outcome (section 6).",
+        f"{their_slope * 1e3:.2f} ms ({ratio:.2f}x). Target <= 1.25x, <= 1.5x for a "
+        f"simpler protocol: {verdict(ratio)}. The one overlap: the runner names the next "
+        "script while one runs, and the helper starts it as soon as that one ended cleanly "
+        "(section 6); what is left over run-parts is the helper's two messages per script "
+        "and the runner's share of the machine's two cores.",
         f"- starting the helper that runs the scripts as {USER} (once per run that has a "
         f"script to run; the intercept of the non-empty runs over the empty one): "
         f"{helper * 1e3:.1f} ms.",
@@ -360,8 +359,8 @@ def bench_startup(base: Path, reps: int) -> list[str]:
 
 
 def bench_overlap(base: Path, count: int, reps: int) -> list[str]:
-    """What naming the next script before logging the outcome buys: a whole scripts step of
-    `count` trivial scripts, in-process, as it runs and with the overlap turned off."""
+    """What naming the next script while one runs buys: a whole scripts step of `count`
+    trivial scripts, in-process, as it runs and with the overlap turned off."""
     from unittest import mock  # noqa: PLC0415 - only for this step
 
     from wizard_runner.runner import execute  # noqa: PLC0415
@@ -393,11 +392,15 @@ def bench_overlap(base: Path, count: int, reps: int) -> list[str]:
         "",
         "| the next script is named | ms per script |",
         "| --- | ---: |",
-        f"| after the outcome is logged (strict lock-step) | {Stat.of(strict).ms()} |",
-        f"| as soon as one ended cleanly (what the runner does) | {Stat.of(ahead).ms()} |",
+        f"| once the last one is judged (strict lock-step) | {Stat.of(strict).ms()} |",
+        f"| while the last one runs, started by the helper after a clean end (what the runner "
+        f"does) | {Stat.of(ahead).ms()} |",
         "",
-        f"- the overlap saves {saved * 1e3:.2f} ms per script: the helper starts the next "
-        "script while the runner logs and records the last one.",
+        f"- the overlap saves {saved * 1e3:.2f} ms per script: after a clean end the helper "
+        "starts the next script at once, while the runner reads, judges, logs and records "
+        "the last one; in lock-step each script waits for that round trip. Any other end "
+        "(failure, timeout, leftovers, a stop) makes the helper hold the next script until "
+        "the runner's GO, as in lock-step.",
         "",
     ]
 

@@ -1,4 +1,5 @@
-"""The helper's protocol, and its program spoken to directly: one script per order."""
+"""The helper's protocol, and its program spoken to directly: one script per order, the next
+one started at once only after a clean end."""
 
 from __future__ import annotations
 
@@ -23,10 +24,11 @@ from wizard_runner.scripts.helper import Kind, MalformedError, decode, encode
 @pytest.mark.parametrize(
     ("kind", "numbers", "text"),
     [
-        pytest.param(Kind.RUN, (7,), b"/etc/xivo/wizard.d/20-x", id="run"),
+        pytest.param(Kind.RUN, (7, 600 * 10**9), b"/etc/xivo/wizard.d/20-x", id="run"),
+        pytest.param(Kind.GO, (), b"", id="go"),
         pytest.param(Kind.STARTED, (3, 4242, 123456789), b"", id="started"),
         pytest.param(Kind.FAILED, (3, errno.ENOEXEC), b"", id="failed"),
-        pytest.param(Kind.EXITED, (3, 4242, 256, 987654321), b"", id="exited"),
+        pytest.param(Kind.EXITED, (3, 4242, 256, 987654321, helper.LEFT), b"", id="exited"),
         pytest.param(Kind.ERROR, (), b"OSError: no", id="error"),
     ],
 )
@@ -63,21 +65,30 @@ class Talk:
         """Its exit code, once it ended."""
         return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
 
-    def run(self, index: int, path: Path) -> tuple[int, int]:
+    def run(self, index: int, path: Path, limit_ns: int = 0) -> tuple[int, int]:
         """Order one script: the read ends of its stdout and stderr."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        socket.send_fds(self.control, [encode(Kind.RUN, (index,), os.fsencode(path))],
+        socket.send_fds(self.control, [encode(Kind.RUN, (index, limit_ns), os.fsencode(path))],
                         [out_w, err_w])
         os.close(out_w)
         os.close(err_w)
         return out_r, err_r
+
+    def run_quietly(self, index: int, path: Path, limit_ns: int = 0) -> None:
+        """Order a script whose output nobody reads."""
+        for fd in self.run(index, path, limit_ns):
+            os.close(fd)
 
     def receive(self) -> tuple[Kind, tuple[int, ...], bytes, list[int]]:
         """Wait for one message (5 s at most)."""
         self.control.settimeout(5)
         data, fds = helper.receive(self.control)
         return (*decode(data), fds)
+
+    def silent_for(self, seconds: float) -> bool:
+        """Whether the helper says nothing for `seconds` (an order it holds)."""
+        return not select.select([self.control], [], [], seconds)[0]
 
 
 @pytest.fixture
@@ -132,8 +143,9 @@ def test_a_script_gets_the_environment_exactly_as_passed(talk: Talk) -> None:
 
 
 @pytest.mark.processes
-def test_what_a_script_leaves_is_reaped_by_the_helper(talk: Talk) -> None:
-    """The helper adopts what a script leaves; once that has ended, the end of the next
+def test_what_a_script_leaves_is_said_and_reaped_by_the_helper(talk: Talk) -> None:
+    """The helper adopts what a script leaves: EXITED says LEFT, and the next order waits for
+    GO (the runner stops what was left first). Once that has ended, the end of the next
     script reaps it: no zombie piles up over a step."""
     with traversable_dir() as place:
         out, err = talk.run(0, write_script(place, "10-leave",
@@ -141,20 +153,103 @@ def test_what_a_script_leaves_is_reaped_by_the_helper(talk: Talk) -> None:
         assert talk.receive()[0] is Kind.STARTED
         left = int(read_all(out))
         os.close(err)
-        assert talk.receive()[0] is Kind.EXITED
+        kind, numbers, _, _ = talk.receive()
+        assert (kind, os.waitstatus_to_exitcode(numbers[2]), numbers[4]) == (
+            Kind.EXITED, 0, helper.LEFT)
+        talk.run_quietly(1, Path("/bin/true"))
+        assert talk.silent_for(0.3)
         os.kill(left, signal.SIGKILL)
         while Path(f"/proc/{left}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
             select.select([], [], [], 0.01)  # dead, not yet reaped
-        for fd in talk.run(1, Path("/bin/true")):
-            os.close(fd)
+        talk.control.send(encode(Kind.GO))
         assert [talk.receive()[0] for _ in range(2)] == [Kind.STARTED, Kind.EXITED]
         assert not Path(f"/proc/{left}").exists()
 
 
+def exited(talk: Talk) -> tuple[int, int]:
+    """The next two messages are STARTED and EXITED: the exit code and the flags."""
+    assert talk.receive()[0] is Kind.STARTED
+    kind, numbers, _, _ = talk.receive()
+    assert kind is Kind.EXITED
+    return os.waitstatus_to_exitcode(numbers[2]), numbers[4]
+
+
+@pytest.mark.processes
+def test_after_a_clean_end_the_order_named_ahead_starts_at_once(talk: Talk) -> None:
+    """The runner names the next script while one runs: after an end with 0, in time and
+    with nothing left, the helper starts it without waiting for a word."""
+    with traversable_dir() as place:
+        release = place / "release"
+        os.mkfifo(release)
+        talk.run_quietly(0, write_script(place, "10-waits", f"read x < {release}"))
+        talk.run_quietly(1, write_script(place, "20-next", "exit 0"), limit_ns=10**10)
+        with open(release, "w") as fifo:  # the first is running: both orders are in
+            fifo.write("go\n")
+        assert exited(talk) == (0, 0)
+        assert exited(talk) == (0, 0)
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize(
+    ("body", "limit_ns", "expected"),
+    [
+        pytest.param("exit 4", 0, (4, 0), id="failed"),
+        pytest.param("sleep 0.1", 10**6, (0, helper.OVER_TIME), id="over-time"),
+        pytest.param("kill -TERM $$", 0, (-signal.SIGTERM, 0), id="killed"),
+    ],
+)
+def test_after_an_end_that_is_not_clean_the_next_order_waits_for_go(
+    talk: Talk, body: str, limit_ns: int, expected: tuple[int, int]
+) -> None:
+    """Failed, over its time limit (by the helper's clock) or killed: the order named ahead is
+    held until GO, which starts it."""
+    with traversable_dir() as place:
+        talk.run_quietly(0, write_script(place, "10-first", body), limit_ns=limit_ns)
+        talk.run_quietly(1, write_script(place, "20-next", "exit 0"))
+        assert exited(talk) == expected
+        assert talk.silent_for(0.3)
+        talk.control.send(encode(Kind.GO))
+        assert exited(talk) == (0, 0)
+
+
+@pytest.mark.processes
+def test_a_hold_before_the_end_holds_the_next_order(talk: Talk) -> None:
+    """HOLD (the runner is stopping the script) read before the end was seen: a clean end
+    says HELD, and the next order waits for GO."""
+    with traversable_dir() as place:
+        release = place / "release"
+        os.mkfifo(release)
+        talk.run_quietly(0, write_script(place, "10-waits", f"read x < {release}"))
+        assert talk.receive()[0] is Kind.STARTED
+        talk.run_quietly(1, write_script(place, "20-next", "exit 0"))
+        talk.control.send(encode(Kind.HOLD))
+        with open(release, "w") as fifo:
+            fifo.write("go\n")
+        kind, numbers, _, _ = talk.receive()
+        assert (kind, os.waitstatus_to_exitcode(numbers[2]), numbers[4]) == (
+            Kind.EXITED, 0, helper.HELD)
+        assert talk.silent_for(0.3)
+        talk.control.send(encode(Kind.GO))
+        assert exited(talk) == (0, 0)
+
+
+@pytest.mark.processes
+def test_a_second_order_while_one_is_held_ends_it(talk: Talk) -> None:
+    """The runner names one script ahead, never two: a second RUN while one is held is an
+    ERROR, and the helper exits."""
+    with traversable_dir() as place:
+        talk.run_quietly(0, write_script(place, "10-fails", "exit 1"))
+        assert exited(talk) == (1, 0)
+        talk.run_quietly(1, Path("/bin/true"))
+        talk.run_quietly(2, Path("/bin/true"))
+        kind, _, text, _ = talk.receive()
+    assert (kind, b"unexpected RUN" in text) == (Kind.ERROR, True)
+    assert talk.wait() == helper.HELPER_FAILED
+
+
 @pytest.mark.processes
 def test_a_script_that_cannot_start_is_failed_with_its_errno(talk: Talk) -> None:
-    """No #! line: FAILED with ENOEXEC, its pipes closed; the helper waits for the next
-    order."""
+    """No #! line: FAILED with ENOEXEC, its pipes closed; the next order waits for GO."""
     with traversable_dir() as place:
         script = place / "10-no-shebang"
         script.write_text("echo hi\n")
@@ -162,19 +257,23 @@ def test_a_script_that_cannot_start_is_failed_with_its_errno(talk: Talk) -> None
         out, err = talk.run(0, script)
         assert talk.receive()[:2] == (Kind.FAILED, (0, errno.ENOEXEC))
         assert (read_all(out), read_all(err)) == (b"", b"")
-        for fd in talk.run(1, Path("/bin/true")):
-            os.close(fd)
-        assert talk.receive()[0] is Kind.STARTED
+        talk.run_quietly(1, Path("/bin/true"))
+        assert talk.silent_for(0.3)
+        talk.control.send(encode(Kind.GO))
+        kind, numbers, _, _ = talk.receive()
+        assert (kind, numbers[0]) == (Kind.STARTED, 1)
 
 
 @pytest.mark.processes
-@pytest.mark.parametrize(("kind", "fds"), [(Kind.EXITED, 0), (Kind.RUN, 0), (Kind.RUN, 1)])
+@pytest.mark.parametrize(("kind", "fds"), [(Kind.EXITED, 0), (Kind.RUN, 0), (Kind.RUN, 1),
+                                           (Kind.GO, 1)])
 def test_an_order_it_does_not_know_ends_it_with_error(talk: Talk, kind: Kind, fds: int) -> None:
-    """An EXITED sent to the helper, or a RUN without its two pipes: it answers ERROR and
-    exits 70."""
+    """An EXITED sent to the helper, a RUN without its two pipes, a GO with one: it answers
+    ERROR and exits 70."""
     pipes = [os.pipe() for _ in range(fds)]
     writes = [write for _, write in pipes]
-    message = encode(kind, (0, 1, 2, 3) if kind is Kind.EXITED else (0,), b"/bin/true")
+    numbers = {Kind.EXITED: (0, 1, 2, 3, 0), Kind.RUN: (0, 0), Kind.GO: ()}[kind]
+    message = encode(kind, numbers, b"/bin/true" if kind is Kind.RUN else b"")
     talk.control.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                       struct.pack(f"{len(writes)}i", *writes))] if writes else [])
     for read, write in pipes:

@@ -10,6 +10,7 @@ import os
 import pwd
 import select
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,7 +84,7 @@ def test_runs_a_script_as_the_run_user(spawner: Spawner, place: Path) -> None:
 
 def test_a_script_that_cannot_start_is_said_with_its_errno(spawner: Spawner,
                                                           place: Path) -> None:
-    """No #! line: FAILED with ENOEXEC; the helper goes on."""
+    """No #! line: FAILED with ENOEXEC; the helper runs the next order on GO."""
     script = place / "10-plain"
     script.write_text("echo hi\n")
     script.chmod(0o755)
@@ -92,6 +93,7 @@ def test_a_script_that_cannot_start_is_said_with_its_errno(spawner: Spawner,
     assert answer(spawner) == (Kind.FAILED, (0, errno.ENOEXEC))
     for fd in spawner.order(1, "/bin/true"):
         os.close(fd)
+    spawner.go()
     assert answer(spawner)[0] is Kind.STARTED
     assert answer(spawner)[0] is Kind.EXITED
 
@@ -105,6 +107,17 @@ def test_a_killed_helper_is_named(spawner: Spawner, place: Path) -> None:
         for fd in spawner.order(0, str(write_script(place, "10-x", "true"))):
             os.close(fd)
         answer(spawner)
+
+
+def test_a_silent_helper_is_not_waited_for(spawner: Spawner) -> None:
+    """Why an exchange broke is looked for without blocking: a live helper that says nothing
+    leaves the runner's own reason."""
+    found: list[HelperError] = []
+    looking = threading.Thread(target=lambda: found.append(spawner.failure("broke off (x)")))
+    looking.start()
+    looking.join(10)
+    assert not looking.is_alive()
+    assert [str(error) for error in found] == ["the script helper broke off (x)"]
 
 
 def test_a_stopped_helper_is_seen_at_once(spawner: Spawner) -> None:

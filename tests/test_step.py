@@ -27,6 +27,7 @@ from tests.helpers import (
     refused_again,
     run_step,
     scripts_of,
+    wait_until,
     www_data,
 )
 from wizard_runner.config import WizardConfig
@@ -84,6 +85,14 @@ def test_no_inherited_descriptors_and_stdin_at_eof(config: WizardConfig, root: P
     assert "wizard-runner" not in tail.replace(str(root / "etc/xivo/wizard.d"), "")
     assert tail.splitlines()[-1] == "eof"
     assert scripts_of(result)["10-fds"]["duration_s"] < 5
+
+
+def test_a_script_holds_its_standard_descriptors_only(config: WizardConfig, root: Path) -> None:
+    """0, 1 and 2, nothing more (`ls` adds its own 3): no second copy of its output pipes,
+    which would keep the output open after a daemon it starts closed its own."""
+    add_script(root, "10-fds", "exec ls /proc/self/fd")
+    assert scripts_of(run_step(config, root))["10-fds"]["output_tail"].split() == \
+        ["0", "1", "2", "3"]
 
 
 def test_ascii_order_and_skips(config: WizardConfig, root: Path) -> None:
@@ -723,6 +732,38 @@ def test_a_timed_out_script_that_exits_0_on_sigterm_stops_the_step(config: Wizar
     assert found["10-slow"]["status"] == "timed_out"
     assert found["20-next"]["status"] == "not_run"
     assert not marker.exists()
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_script_that_ends_well_when_stopped_starts_nothing_more(config: WizardConfig,
+                                                                  root: Path) -> None:
+    """SIGTERM: the running script traps it and exits 0, leaving nothing. It was stopped, and
+    the next script (already named to the helper) does not start."""
+    shared = root / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    ready, ran = shared / "ready", shared / "ran"
+    add_script(root, "10-polite", f"trap 'exit 0' TERM; touch {ready}; "
+                                  "while :; do sleep 0.05; done")
+    add_script(root, "20-next", f"touch {ran}")
+    install_stop_handlers()
+
+    def stop_once_ready() -> None:
+        wait_until(ready.exists, what="10-polite to start")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_once_ready)
+    stopper.start()
+    try:
+        result = run_step(config, root)
+    finally:
+        stopper.join()
+    found = scripts_of(result)
+    assert result.status is RunStatus.INTERRUPTED
+    assert (found["10-polite"]["status"], found["10-polite"]["exit_code"]) == ("failed", 0)
+    assert "stopped" in found["10-polite"]["reason"]
+    assert found["20-next"]["status"] == "not_run"
+    assert not ran.exists()
 
 
 def test_inheritable_descriptors_of_the_caller_do_not_reach_scripts(config: WizardConfig,

@@ -3,21 +3,30 @@ ends speak (docs/design.md tells the whole exchange).
 
 The runner starts it once per step as root (`python -I -S helper.py PARENT_PID [UID GID
 GROUPS]`, its socket on fd 3, the scripts' environment as its own). It drops to the run user,
-then serves in lock-step: each RUN starts one script (posix_spawn, like run-parts) on the
-pipes the order carries; it says STARTED (or FAILED), waits for the script, says EXITED.
-Every module it uses is imported before it drops privileges: the run user may not be able to
-read the standard library. One SOCK_SEQPACKET datagram per message, its kind the first byte:
+then runs the scripts the runner names, one at a time: each RUN starts one script
+(posix_spawn, like run-parts) on the pipes the order carries; it says STARTED (or FAILED),
+waits for the script, says EXITED. The runner names the next script while one runs: the
+helper starts it as soon as the one before ended cleanly (exit 0, in time, nothing of it left
+running: its own check, exact since it adopts every orphan) and no HOLD came before its end
+was seen; else it holds it until GO. So a script that failed, ran over its time, left
+something or was being stopped never has the next one started before the runner has judged
+it and stopped what it left. Every module it uses is imported before it drops privileges:
+the run user may not be able to read the standard library. One SOCK_SEQPACKET datagram per
+message, its kind the first byte:
 
-    runner -> helper   RUN      index; the script's path; the write ends of stdout and stderr
+    runner -> helper   RUN      index, time limit (ns, 0: none); the script's path; the
+                                write ends of its stdout and stderr
+                       GO       start the order held
+                       HOLD     the script is being stopped: hold the next order
     helper -> runner   STARTED  index, pid, start (ns)
                        FAILED   index, errno (it could not start)
-                       EXITED   index, pid, wait status, end (ns)
+                       EXITED   index, pid, wait status, end (ns), OVER_TIME | LEFT | HELD
                        ERROR    text (it cannot go on, and exits)
 """
 
 from __future__ import annotations
 
-import array  # noqa: F401 - socket.recv_fds imports it on its first call: after the drop
+import array
 import enum
 import os
 import signal
@@ -31,6 +40,12 @@ if TYPE_CHECKING:  # typing costs a helper that must start fast; only mypy needs
     from collections.abc import Sequence
 
 CONTROL_FD = 3
+#: What EXITED says besides the status: the script ran past its time limit (the helper's
+#: clock is the one judge); processes it started still run; HOLD came before its end was seen.
+#: With none of them and status 0, the helper goes on to the next order.
+OVER_TIME = 1
+LEFT = 2
+HELD = 4
 MAX_MESSAGE = 8192  # a path (PATH_MAX is 4096) or an error's text
 #: The helper's exit status when it cannot go on (EX_SOFTWARE: it says why in ERROR).
 HELPER_FAILED = 70
@@ -46,6 +61,8 @@ class Kind(enum.Enum):
     """What a message is: its first byte."""
 
     RUN = b"N"
+    GO = b"G"
+    HOLD = b"H"
     STARTED = b"P"
     FAILED = b"F"
     EXITED = b"W"
@@ -54,10 +71,10 @@ class Kind(enum.Enum):
 
 #: The fixed numbers each kind carries before its text, if any.
 _NUMBERS = {
-    Kind.RUN: struct.Struct("!I"),
+    Kind.RUN: struct.Struct("!Iq"),
     Kind.STARTED: struct.Struct("!Iiq"),
     Kind.FAILED: struct.Struct("!Ii"),
-    Kind.EXITED: struct.Struct("!Iiiq"),
+    Kind.EXITED: struct.Struct("!IiiqB"),
 }
 
 
@@ -86,9 +103,15 @@ def decode(data: bytes) -> tuple[Kind, tuple[int, ...], bytes]:
 
 
 def receive(control: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
-    """One message and the descriptors it carries (close-on-exec; two at most)."""
-    data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 2, flags | _CLOEXEC)
-    return data, fds
+    """One message and the descriptors it carries (close-on-exec, or a script would inherit
+    them; two at most). Not socket.recv_fds: Python 3.11's drops `flags`."""
+    fds = array.array("i")
+    data, ancillary, _, _ = control.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(2 * fds.itemsize),
+                                            flags | _CLOEXEC)
+    for level, kind, payload in ancillary:
+        if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
 
 
 def prctl(option: int, value: int | None = None) -> int:
@@ -140,35 +163,53 @@ def _ignore_signals() -> tuple[int, ...]:
     return tuple(ignored)
 
 
-def _reap() -> None:
-    """Reap what the scripts left that has exited since (the helper adopts their orphans)."""
+def _reap() -> bool:
+    """Reap what the scripts left that has exited since (the helper adopts their orphans);
+    whether anything is still running."""
     try:
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
     except ChildProcessError:  # none left
-        return
+        return False
+    return True
 
 
 class _Helper:
-    """Runs the script the runner names, one at a time."""
+    """Runs the scripts the runner names, one at a time."""
 
     def __init__(self, control: socket.socket, env: dict[bytes, bytes]) -> None:
         self.control = control
         self.env = env
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.defaults = _ignore_signals()
+        self.held: tuple[tuple[int, ...], bytes, list[int]] | None = None  # the next order
+        self.clear = True  # it may start at once (else on GO)
 
     def serve(self) -> None:
         """Answer the runner until it closes its end (EOFError)."""
         while True:
-            data, fds = receive(self.control)
-            kind, numbers, path = decode(data)
-            if kind is not Kind.RUN or len(fds) != 2:  # the helper ends, and its descriptors
-                raise MalformedError(f"unexpected {kind.name} from the runner")
-            self.run(numbers[0], path, fds[0], fds[1])
+            if self.clear and self.held is not None:
+                (index, limit), path, (out_w, err_w) = self.held
+                self.held = None
+                self.run(index, limit, path, out_w, err_w)
+            else:
+                self.take(*receive(self.control))
 
-    def run(self, index: int, path: bytes, out_w: int, err_w: int) -> None:
-        """Start one script on the pipes it was given, wait for it, say how it ended."""
+    def take(self, data: bytes, fds: list[int]) -> None:
+        """Act on a message of the runner's: the next order, GO or HOLD."""
+        kind, numbers, text = decode(data)
+        if kind is Kind.RUN and len(fds) == 2 and self.held is None:
+            self.held = numbers, text, fds
+        elif kind in (Kind.GO, Kind.HOLD) and not fds:
+            self.clear = kind is Kind.GO
+        else:  # the helper ends, and its descendants
+            raise MalformedError(f"unexpected {kind.name} from the runner")
+
+    def run(self, index: int, limit: int, path: bytes, out_w: int, err_w: int) -> None:
+        """Start one script on the pipes it was given, wait for it, say how it ended; the next
+        order may start at once only if it ended cleanly and no HOLD came before its end
+        was seen."""
+        self.clear = False
         started = time.monotonic_ns()
         try:
             pid = os.posix_spawn(
@@ -191,10 +232,18 @@ class _Helper:
         except OSError:
             os.killpg(pid, signal.SIGKILL)  # nobody would know it runs
             raise
+        self.clear = True
         _, status = os.waitpid(pid, 0)
         ended = time.monotonic_ns()
-        _reap()
-        self.control.send(encode(Kind.EXITED, (index, pid, status, ended)))
+        try:  # what the runner said meanwhile, read after the end's time: a HOLD sent
+            while True:  # before it is seen
+                self.take(*receive(self.control, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            pass
+        flags = (OVER_TIME if limit and ended - started > limit else 0) | \
+            (LEFT if _reap() else 0) | (0 if self.clear else HELD)
+        self.control.send(encode(Kind.EXITED, (index, pid, status, ended, flags)))
+        self.clear = status == 0 and not flags
 
 
 def main(argv: Sequence[str]) -> int:

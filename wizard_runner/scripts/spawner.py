@@ -38,11 +38,23 @@ class Exited(NamedTuple):
     pid: int
     status: int
     ended: float
+    flags: int = 0  # helper.OVER_TIME, helper.LEFT, helper.HELD
 
     @property
     def returncode(self) -> int:
         """The exit code, or minus the signal that killed it."""
         return os.waitstatus_to_exitcode(self.status)
+
+    @property
+    def over_time(self) -> bool:
+        """It ran past its time limit (by the helper's clock, the one judge)."""
+        return bool(self.flags & helper.OVER_TIME)
+
+    @property
+    def went_on(self) -> bool:
+        """It ended cleanly (0, in time, nothing left) before it was being stopped: the helper
+        starts the next order at once, without waiting for GO."""
+        return self.status == 0 and not self.flags
 
 
 class Spawner:
@@ -92,9 +104,10 @@ class Spawner:
             raise HelperError(f"cannot put the script helper in its {self.box.name}: "
                               f"{error.strerror}") from error
 
-    def order(self, index: int, path: str) -> tuple[int, int]:
-        """Tell the helper to start a script: the read ends of its stdout and stderr. What
-        became of the order comes as a message; OSError when no pipe could be made."""
+    def order(self, index: int, path: str, timeout: float | None = None) -> tuple[int, int]:
+        """Tell the helper to start a script (at once, or once the script before it ended
+        cleanly, or on GO): the read ends of its stdout and stderr. What became of the order
+        comes as a message; OSError when no pipe could be made."""
         pipes: list[tuple[int, int]] = []
         try:
             for _ in range(2):
@@ -103,7 +116,8 @@ class Spawner:
                     fcntl.fcntl(pipes[-1][1], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
                 if self.user is not None:  # the script's own, as if it had made it:
                     os.fchown(pipes[-1][1], self.user.uid, self.user.gid)  # /dev/stdout
-            message = helper.encode(Kind.RUN, (index,), os.fsencode(path))
+            limit = round(timeout * 1e9) if timeout else 0
+            message = helper.encode(Kind.RUN, (index, limit), os.fsencode(path))
             try:
                 socket.send_fds(self.control, [message], [write for _, write in pipes])
             except OSError as error:
@@ -116,6 +130,21 @@ class Spawner:
             for _, write in pipes:
                 os.close(write)  # the helper has its copies
         return pipes[0][0], pipes[1][0]
+
+    def go(self) -> None:
+        """Let the helper start the order it holds (the script before it was not clean)."""
+        self._say(Kind.GO)
+
+    def hold(self) -> None:
+        """The script is being stopped: the helper holds the next order, unless it saw the
+        script end before this."""
+        self._say(Kind.HOLD)
+
+    def _say(self, kind: Kind) -> None:
+        try:
+            self.control.send(helper.encode(kind))
+        except OSError as error:
+            raise self.failure(f"broke off ({error.strerror})") from error
 
     def _next(self) -> tuple[Kind, tuple[int, ...], bytes]:
         """The next message, without waiting (it carries no descriptor: any is closed)."""

@@ -81,8 +81,10 @@ def _verdict(seen: Watched) -> tuple[ScriptStatus, str | None]:
                                      f"{_EXEC_HINTS.get(code, '')}")
     if seen.broken is not None or exited is None:
         return ScriptStatus.FAILED, seen.broken or "no exit status came from the helper"
-    if seen.deadline is not None and exited.ended > seen.deadline:
-        return ScriptStatus.TIMED_OUT, f"timed out after {seen.deadline - (seen.started or 0):g} s"
+    if exited.over_time:  # the helper's word: it holds the next script for it
+        took = (f" after {seen.deadline - seen.started:g} s" if seen.deadline is not None and
+                seen.started is not None else "")
+        return ScriptStatus.TIMED_OUT, f"timed out{took}"
     if seen.stopped_by is not None and exited.ended >= (seen.stopped_at or 0.0):
         return ScriptStatus.FAILED, f"stopped: wizard-runner was {RunInterrupted(seen.stopped_by)}"
     code = exited.returncode
@@ -102,12 +104,6 @@ def judge(name: str, seen: Watched, tail: str) -> ScriptOutcome:
     return ScriptOutcome(name, status, code if code is not None and code >= 0 else None,
                          _signal_name(code), round(max(took, 0.0), 3), tail,
                          reason, tuple(str(found) for found in seen.leftovers) + more)
-
-
-def _clean(seen: Watched) -> bool:
-    """Ended by itself with 0, in time, leaving nothing: the next script may start."""
-    return _verdict(seen)[0] is ScriptStatus.SUCCEEDED and seen.stopped_by is None and \
-        not seen.leftovers and not seen.more_leftovers
 
 
 def failure_message(outcome: ScriptOutcome, lines: int = 10) -> str:
@@ -136,8 +132,9 @@ class _Step:
     spawner: Spawner | None = None
     ended_by: str | None = None  # why the rest does not run
     stopped: int | None = None  # the stop signal that ended the step
-    ordered: int | None = None  # the position of the script ordered ahead
+    ordered: int | None = None  # the position of the script named ahead
     ahead: tuple[int, int] | None = None  # ... and the read ends of its output
+    released: int | None = None  # ... which the helper starts: it went on, or got GO
 
     def __post_init__(self) -> None:
         # Each of the layout's accessors checks its path against the root: once per step.
@@ -167,7 +164,7 @@ class _Step:
     def close(self) -> None:
         """Stop the helper and everything left in the containment, remove it."""
         for fd in self.ahead or ():
-            os.close(fd)  # ordered, never watched: a stop came first
+            os.close(fd)  # named ahead, never started: the step ended first
         if self.spawner is not None:
             self.spawner.close()
         if self.box is not None:
@@ -191,46 +188,57 @@ class _Step:
         return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason, duration_s=0.0)
 
     def run(self, name: str, position: int, follow: str | None) -> ScriptOutcome:
-        """Run one script to its end and judge it. When it ended cleanly, `follow` (the next
-        script) is ordered at once, before this outcome is logged: the helper starts it while
-        the runner writes, instead of waiting idle for the runner's word."""
+        """Run one script to its end and judge it. `follow` (the next script) is named to the
+        helper at once, to start as soon as this one ended cleanly: the helper does not wait
+        idle for the runner's word. Otherwise it starts only on GO, once this one is judged
+        and what it left is stopped."""
         from wizard_runner.scripts.output import ScriptOutput
         from wizard_runner.scripts.spawner import HelperError
         from wizard_runner.scripts.watch import Watch
 
         log, path = self.log.bind(script=name), str(self.wizard_d / name)
         output = ScriptOutput(name, self.log_dir, log, self.progress, self.options.output_cap)
+        timeout = self.options.timeout
         try:
             spawner = self.helper()
             if self.ordered == position and self.ahead is not None:
                 pipes, self.ahead = self.ahead, None
             else:
-                pipes = spawner.order(position, path)
+                pipes = spawner.order(position, path, timeout)
         except (HelperError, OSError) as error:
             output.close()
             return self._not_ordered(name, error)
+        if follow is not None and self.ended_by is None and pending_stop() is None:
+            with contextlib.suppress(HelperError, OSError):  # said when it is run
+                self.ahead = spawner.order(position + 1, str(self.wizard_d / follow), timeout)
+                self.ordered = position + 1
         assert self.box is not None  # noqa: S101 - helper() made it
-        seen = Watch(spawner, self.box, position, pipes, output, timeout=self.options.timeout,
+        seen = Watch(spawner, self.box, position, pipes, output, timeout=timeout,
                      grace=self.options.grace, log=log,
                      shown={"path": path, "user": self.options.user.name}).run()
-        if follow is not None and _clean(seen) and pending_stop() is None:
-            with contextlib.suppress(HelperError, OSError):  # said when it is run
-                self.ahead = spawner.order(position + 1, str(self.wizard_d / follow))
-                self.ordered = position + 1
         if seen.broken is not None:
             self._broken(name)
         self.stopped = seen.stopped_by or self.stopped
-        return judge(name, seen, output.close())
+        outcome = judge(name, seen, output.close())
+        if self.ahead is not None and seen.exited is not None and seen.exited.went_on:
+            self.released = position + 1
+        elif self.ahead is not None and outcome.status is ScriptStatus.SUCCEEDED and \
+                pending_stop() is None:
+            with contextlib.suppress(HelperError):  # the next script's watch hears of it
+                spawner.go()
+                self.released = position + 1
+        return outcome
 
     def entry(self, decision: Decision, position: int, total: int,
               follow: str | None) -> ScriptOutcome:
         """What becomes of one entry of wizard.d past the start point (shown as it starts
         and ends, unless it does not run)."""
         name, stop = decision.name, pending_stop()
-        if self.ended_by is None and stop is not None and self.ordered != position:
-            self.stopped = stop  # no script starts once a stop is held (but one ordered)
+        started = self.released == position  # by the helper, on its own: it must be watched
+        if self.ended_by is None and stop is not None and not started:
+            self.stopped = stop  # no script starts once a stop is held
             self.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
-        if self.ended_by is not None:
+        if self.ended_by is not None and not started:
             return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
         if self.progress is not None:
             self.progress.started(position, total, name)

@@ -1,7 +1,10 @@
 """One script's watch: one poll loop, one deadline. Its events: the helper's word (started,
 could not start, ended), output on either pipe (read once the start is heard), the helper's
 death (its pidfd), a stop signal (the wake-up pipe). A stopped helper sends no event: its
-state is looked at every HELPER_LOOK seconds. What the script left running is stopped."""
+state is looked at every HELPER_LOOK seconds. A timeout or a stop ends the script's process
+group; once the script ended, what it left anywhere in the set is stopped (the helper holds
+the next script meanwhile). When the helper says the script ended cleanly, it has gone on to
+the next one: the set is not touched."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from structlog.typing import FilteringBoundLogger
 
 from wizard_runner import procs
 from wizard_runner.procs import Leftover
-from wizard_runner.scripts.containment import Containment
+from wizard_runner.scripts.containment import Containment, Group
 from wizard_runner.scripts.helper import Kind
 from wizard_runner.scripts.output import ScriptOutput
 from wizard_runner.scripts.spawner import (
@@ -54,7 +57,6 @@ class Watched:
     started: float | None = None  # when it started, by the helper's clock
     cannot_start: int | None = None  # the errno the helper could not start it with
     exited: Exited | None = None
-    timed_out: bool = False
     stopped_by: int | None = None  # the stop signal the runner stopped it for
     broken: str | None = None  # the helper failed: how
     leftovers: list[Leftover] = field(default_factory=list)
@@ -103,14 +105,21 @@ class Watch:
                     break
                 for fd, _ in self.poller.poll(self._wait() * 1000):
                     self._event(fd, wakeup)
-            if self.seen.broken is None and self.seen.pid is not None:
-                self._clear_leftovers()  # (what was left may signal the helper as it is stopped)
+            # What was left may signal the helper as it is stopped. Gone on, the helper was
+            # not stopped by the script (it would have been before it saw the end).
+            if self.seen.broken is None and self.seen.pid is not None and not self._went_on():
+                self._clear_leftovers()
                 if self.seen.broken is None and self.spawner.hit():
                     self._broken("the script, or what it left, signalled the helper that ran it")
         finally:
             for fd in list(self.pipes):
                 self._close(fd)
         return self.seen
+
+    def _went_on(self) -> bool:
+        """The helper said the script ended cleanly and went on to the next order: nothing of
+        this script is left, and what runs now is the next one's."""
+        return self.seen.exited is not None and self.seen.exited.went_on
 
     def _over(self) -> bool:
         seen = self.seen
@@ -168,7 +177,7 @@ class Watch:
             self.log.info("script_started", **self.shown)
             seen.cannot_start = numbers[1]
         else:
-            seen.exited = Exited(numbers[1], numbers[2], numbers[3] / 1e9)
+            seen.exited = Exited(numbers[1], numbers[2], numbers[3] / 1e9, numbers[4])
             self.exited_at = time.monotonic()
             self.poller.unregister(self.spawner.control.fileno())
 
@@ -243,22 +252,29 @@ class Watch:
             if stop is not None:
                 seen.stopped_by = stop
                 self.log.warning("script_stopped", signal=signal.Signals(stop).name)
-                self._stop(now)
+                self._stop()
             elif seen.deadline is not None and now >= seen.deadline:
-                seen.timed_out = True
                 self.log.error("script_timed_out", timeout_s=self.timeout)
-                self._stop(now)
+                self._stop()
         elif seen.exited is None and self.stop_done is not None and \
                 now - self.stop_done > self.grace:
             self._broken("it did not end after SIGKILL, or its helper no longer reports")
         if self.exited_at is not None and self.pipes:
             self._drain(now)
 
-    def _stop(self, now: float) -> None:
-        """Stop the script and all it started: TERM, the grace, KILL (the helper is spared)."""
-        self.seen.stopped_at = now
+    def _stop(self) -> None:
+        """Stop the script and its process group: TERM, the grace, KILL. The helper holds the
+        next script first, so that what ends after this time was stopped; what the script
+        moved out of its group is stopped once it ended."""
+        assert self.seen.pid is not None  # noqa: S101 - _tick stops only a started script
         try:
-            stopped = procs.stop(self.box, self.grace, spare=self.spawner.pid)
+            self.spawner.hold()
+        except HelperError as error:
+            self._broken(str(error))
+            return
+        self.seen.stopped_at = time.monotonic()
+        try:
+            stopped = procs.stop(Group(self.box, self.seen.pid), self.grace)
         except OSError as error:
             self._broken(str(error))
             return
@@ -270,7 +286,7 @@ class Watch:
         assert self.exited_at is not None  # noqa: S101 - _tick calls this only after the end
         if now - self.exited_at < DRAIN:
             return
-        if not self.drained:
+        if not self.drained and not self._went_on():
             self.drained = True
             self._clear_leftovers()
         if now - self.exited_at >= DRAIN_LIMIT:
