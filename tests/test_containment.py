@@ -15,13 +15,12 @@ import pytest
 
 from tests.helpers import add_script, alive, run_step
 from wizard_runner.config import WizardConfig
-from wizard_runner.procs import Leftover, stop
+from wizard_runner.procs import Leftover
 from wizard_runner.result import RunStatus
 from wizard_runner.scripts.containment import (
     PREFIX,
     Cgroup,
     Containment,
-    Group,
     Subreaper,
     _cgroup_parent,
     cgroup2_mount,
@@ -132,36 +131,6 @@ def test_a_fork_hopper_is_killed_at_once(box: Containment, tmp_path: Path) -> No
     process.kill()
     process.wait()
     process.stdout.close()
-
-
-@pytest.mark.processes
-def test_stopping_a_group_spares_the_rest_of_the_set(box: Containment) -> None:
-    """A script's group (it leads its session), deaf to SIGTERM: TERM, then KILL for the
-    whole group; what left the group and what else is in the set live on."""
-    leader = subprocess.Popen(
-        ["sh", "-c", "read go; trap '' TERM; sleep 61 & echo in $!; "
-         "setsid sh -c 'echo moved $$; exec sleep 62' & echo ready; wait"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
-    box.adopt(leader.pid)
-    other = forker(box, "sleep 63 & echo ready; wait")
-    assert leader.stdin is not None and leader.stdout is not None
-    leader.stdin.write(b"go\n")
-    leader.stdin.close()
-    said = {words[0]: words[-1] for words in (leader.stdout.readline().split()
-                                              for _ in range(3))}  # in any order
-    in_group, moved = int(said[b"in"]), int(said[b"moved"])
-    assert other.stdout.readline() == b"ready\n"  # type: ignore[union-attr]
-    stopped = stop(Group(box, leader.pid), grace=0.5)
-    assert {found.pid for found in stopped} == {leader.pid, in_group}
-    assert leader.wait(timeout=10) == -signal.SIGKILL
-    members = box.members()
-    assert moved in members
-    assert other.pid in members
-    assert in_group not in members
-    box.kill()
-    assert other.wait(timeout=10) == -signal.SIGKILL
-    for process in (leader, other):
-        process.stdout.close()  # type: ignore[union-attr]
 
 
 def stale_cgroup(*command: str) -> tuple[Path, subprocess.Popen[bytes]]:

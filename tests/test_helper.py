@@ -24,7 +24,7 @@ from wizard_runner.scripts.helper import Kind, MalformedError, decode, encode
 @pytest.mark.parametrize(
     ("kind", "numbers", "text"),
     [
-        pytest.param(Kind.RUN, (7, 600 * 10**9), b"/etc/xivo/wizard.d/20-x", id="run"),
+        pytest.param(Kind.RUN, (7, 600 * 10**9, 1), b"/etc/xivo/wizard.d/20-x", id="run"),
         pytest.param(Kind.GO, (), b"", id="go"),
         pytest.param(Kind.STARTED, (3, 4242, 123456789), b"", id="started"),
         pytest.param(Kind.FAILED, (3, errno.ENOEXEC), b"", id="failed"),
@@ -65,26 +65,32 @@ class Talk:
         """Its exit code, once it ended."""
         return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
 
-    def run(self, index: int, path: Path, limit_ns: int = 0) -> tuple[int, int]:
-        """Order one script: the read ends of its stdout and stderr."""
+    def run(self, index: int, path: Path, limit_ns: int = 0, *,
+            now: bool = True) -> tuple[int, int]:
+        """Order one script (to start at once, or else after a clean end): the read ends of
+        its stdout and stderr."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        socket.send_fds(self.control, [encode(Kind.RUN, (index, limit_ns), os.fsencode(path))],
-                        [out_w, err_w])
+        message = encode(Kind.RUN, (index, limit_ns, now), os.fsencode(path))
+        socket.send_fds(self.control, [message], [out_w, err_w])
         os.close(out_w)
         os.close(err_w)
         return out_r, err_r
 
-    def run_quietly(self, index: int, path: Path, limit_ns: int = 0) -> None:
+    def run_quietly(self, index: int, path: Path, limit_ns: int = 0, *,
+                    now: bool = True) -> None:
         """Order a script whose output nobody reads."""
-        for fd in self.run(index, path, limit_ns):
+        for fd in self.run(index, path, limit_ns, now=now):
             os.close(fd)
 
-    def receive(self) -> tuple[Kind, tuple[int, ...], bytes, list[int]]:
-        """Wait for one message (5 s at most)."""
+    def receive(self) -> tuple[Kind, tuple[int, ...], bytes, int]:
+        """Wait for one message (5 s at most): its kind, numbers, text, and how many
+        descriptors it carried (closed)."""
         self.control.settimeout(5)
         data, fds = helper.receive(self.control)
-        return (*decode(data), fds)
+        for fd in fds:
+            os.close(fd)
+        return (*decode(data), len(fds))
 
     def silent_for(self, seconds: float) -> bool:
         """Whether the helper says nothing for `seconds` (an order it holds)."""
@@ -121,7 +127,7 @@ def test_one_order_one_script(talk: Talk) -> None:
         script = write_script(place, "10-hello", "echo hello $ONLY; echo oops >&2; exit 3")
         out, err = talk.run(0, script)
         kind, numbers, _, fds = talk.receive()
-        assert (kind, numbers[0], fds) == (Kind.STARTED, 0, [])
+        assert (kind, numbers[0], fds) == (Kind.STARTED, 0, 1)  # and the script's pidfd
         assert read_all(out) == b"hello this\n"
         assert read_all(err) == b"oops\n"
         kind, numbers, _, _ = talk.receive()
@@ -156,7 +162,7 @@ def test_what_a_script_leaves_is_said_and_reaped_by_the_helper(talk: Talk) -> No
         kind, numbers, _, _ = talk.receive()
         assert (kind, os.waitstatus_to_exitcode(numbers[2]), numbers[4]) == (
             Kind.EXITED, 0, helper.LEFT)
-        talk.run_quietly(1, Path("/bin/true"))
+        talk.run_quietly(1, Path("/bin/true"), now=False)
         assert talk.silent_for(0.3)
         os.kill(left, signal.SIGKILL)
         while Path(f"/proc/{left}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
@@ -182,7 +188,8 @@ def test_after_a_clean_end_the_order_named_ahead_starts_at_once(talk: Talk) -> N
         release = place / "release"
         os.mkfifo(release)
         talk.run_quietly(0, write_script(place, "10-waits", f"read x < {release}"))
-        talk.run_quietly(1, write_script(place, "20-next", "exit 0"), limit_ns=10**10)
+        talk.run_quietly(1, write_script(place, "20-next", "exit 0"), limit_ns=10**10,
+                         now=False)
         with open(release, "w") as fifo:  # the first is running: both orders are in
             fifo.write("go\n")
         assert exited(talk) == (0, 0)
@@ -205,7 +212,7 @@ def test_after_an_end_that_is_not_clean_the_next_order_waits_for_go(
     held until GO, which starts it."""
     with traversable_dir() as place:
         talk.run_quietly(0, write_script(place, "10-first", body), limit_ns=limit_ns)
-        talk.run_quietly(1, write_script(place, "20-next", "exit 0"))
+        talk.run_quietly(1, write_script(place, "20-next", "exit 0"), now=False)
         assert exited(talk) == expected
         assert talk.silent_for(0.3)
         talk.control.send(encode(Kind.GO))
@@ -221,7 +228,7 @@ def test_a_hold_before_the_end_holds_the_next_order(talk: Talk) -> None:
         os.mkfifo(release)
         talk.run_quietly(0, write_script(place, "10-waits", f"read x < {release}"))
         assert talk.receive()[0] is Kind.STARTED
-        talk.run_quietly(1, write_script(place, "20-next", "exit 0"))
+        talk.run_quietly(1, write_script(place, "20-next", "exit 0"), now=False)
         talk.control.send(encode(Kind.HOLD))
         with open(release, "w") as fifo:
             fifo.write("go\n")
@@ -234,14 +241,45 @@ def test_a_hold_before_the_end_holds_the_next_order(talk: Talk) -> None:
 
 
 @pytest.mark.processes
+def test_a_hold_read_while_idle_holds_nothing(talk: Talk) -> None:
+    """A HOLD read between scripts (a stop the runner sends as the helper has already said it
+    goes on) changes nothing: the order named ahead starts, as the runner expects."""
+    talk.run_quietly(0, Path("/bin/true"))
+    assert exited(talk) == (0, 0)  # clean: it goes on
+    talk.control.send(encode(Kind.HOLD))
+    talk.run_quietly(1, Path("/bin/true"), now=False)
+    assert exited(talk) == (0, 0)
+
+
+@pytest.mark.processes
+def test_started_carries_a_pidfd_of_the_script(talk: Talk) -> None:
+    """The runner can tell whether the script still runs, whatever became of its pid."""
+    with traversable_dir() as place:
+        release = place / "release"
+        os.mkfifo(release)
+        for fd in talk.run(0, write_script(place, "10-waits", f"read x < {release}")):
+            os.close(fd)
+        talk.control.settimeout(5)
+        data, fds = helper.receive(talk.control)
+        assert decode(data)[0] is Kind.STARTED
+        assert len(fds) == 1
+        assert not select.select([fds[0]], [], [], 0)[0]  # running
+        with open(release, "w") as fifo:
+            fifo.write("go\n")
+        assert select.select([fds[0]], [], [], 5)[0]  # ended
+        os.close(fds[0])
+        assert talk.receive()[0] is Kind.EXITED
+
+
+@pytest.mark.processes
 def test_a_second_order_while_one_is_held_ends_it(talk: Talk) -> None:
     """The runner names one script ahead, never two: a second RUN while one is held is an
     ERROR, and the helper exits."""
     with traversable_dir() as place:
         talk.run_quietly(0, write_script(place, "10-fails", "exit 1"))
         assert exited(talk) == (1, 0)
-        talk.run_quietly(1, Path("/bin/true"))
-        talk.run_quietly(2, Path("/bin/true"))
+        talk.run_quietly(1, Path("/bin/true"), now=False)
+        talk.run_quietly(2, Path("/bin/true"), now=False)
         kind, _, text, _ = talk.receive()
     assert (kind, b"unexpected RUN" in text) == (Kind.ERROR, True)
     assert talk.wait() == helper.HELPER_FAILED
@@ -257,7 +295,7 @@ def test_a_script_that_cannot_start_is_failed_with_its_errno(talk: Talk) -> None
         out, err = talk.run(0, script)
         assert talk.receive()[:2] == (Kind.FAILED, (0, errno.ENOEXEC))
         assert (read_all(out), read_all(err)) == (b"", b"")
-        talk.run_quietly(1, Path("/bin/true"))
+        talk.run_quietly(1, Path("/bin/true"), now=False)
         assert talk.silent_for(0.3)
         talk.control.send(encode(Kind.GO))
         kind, numbers, _, _ = talk.receive()
@@ -272,7 +310,7 @@ def test_an_order_it_does_not_know_ends_it_with_error(talk: Talk, kind: Kind, fd
     ERROR and exits 70."""
     pipes = [os.pipe() for _ in range(fds)]
     writes = [write for _, write in pipes]
-    numbers = {Kind.EXITED: (0, 1, 2, 3, 0), Kind.RUN: (0, 0), Kind.GO: ()}[kind]
+    numbers = {Kind.EXITED: (0, 1, 2, 3, 0), Kind.RUN: (0, 0, 1), Kind.GO: ()}[kind]
     message = encode(kind, numbers, b"/bin/true" if kind is Kind.RUN else b"")
     talk.control.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                       struct.pack(f"{len(writes)}i", *writes))] if writes else [])

@@ -58,9 +58,13 @@ def spawner() -> Iterator[Spawner]:
 
 
 def answer(spawner: Spawner) -> tuple[Kind, tuple[int, ...]]:
-    """The helper's next message (10 s at most)."""
+    """The helper's next message (10 s at most); STARTED's pidfd is closed."""
     assert select.select([spawner.control], [], [], 10)[0]
-    return spawner.receive()
+    kind, numbers, pidfd = spawner.receive()
+    assert (pidfd is not None) == (kind is Kind.STARTED)
+    if pidfd is not None:
+        os.close(pidfd)
+    return kind, numbers
 
 
 def read_all(fd: int) -> bytes:
@@ -91,8 +95,9 @@ def test_a_script_that_cannot_start_is_said_with_its_errno(spawner: Spawner,
     for fd in spawner.order(0, str(script)):
         os.close(fd)
     assert answer(spawner) == (Kind.FAILED, (0, errno.ENOEXEC))
-    for fd in spawner.order(1, "/bin/true"):
+    for fd in spawner.order(1, "/bin/true", now=False):
         os.close(fd)
+    assert not select.select([spawner.control], [], [], 0.3)[0]  # held
     spawner.go()
     assert answer(spawner)[0] is Kind.STARTED
     assert answer(spawner)[0] is Kind.EXITED
@@ -118,6 +123,40 @@ def test_a_silent_helper_is_not_waited_for(spawner: Spawner) -> None:
     looking.join(10)
     assert not looking.is_alive()
     assert [str(error) for error in found] == ["the script helper broke off (x)"]
+
+
+def test_a_look_for_why_leaves_the_helpers_word_for_the_watch(spawner: Spawner,
+                                                                place: Path) -> None:
+    """Looking for the helper's last word (ERROR) takes no other message away."""
+    for fd in spawner.order(0, str(write_script(place, "10-x", "exit 0"))):
+        os.close(fd)
+    assert select.select([spawner.control], [], [], 10)[0]
+    assert str(spawner.failure("broke off (x)")) == "the script helper broke off (x)"
+    assert answer(spawner)[0] is Kind.STARTED
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root (the helper switches to www-data)")
+def test_no_script_can_trace_the_helper() -> None:
+    """The helper runs as www-data like the scripts, yet is not dumpable, even where
+    fs.suid_dumpable would leave it so: its /proc entries stay root's, and no process of the
+    same user may read or trace it."""
+    knob = Path("/proc/sys/fs/suid_dumpable")
+    before = knob.read_text()
+    box = Subreaper()
+    started = Spawner({"PATH": "/usr/bin:/bin"}, www_data(), box)
+    try:
+        knob.write_text("1\n")  # a switch of user leaves the process dumpable
+        started.start()
+        for fd in started.order(0, "/bin/true"):
+            os.close(fd)
+        assert [answer(started)[0] for _ in range(2)] == [Kind.STARTED, Kind.EXITED]
+    finally:
+        knob.write_text(before)
+    try:
+        assert os.stat(f"/proc/{started.pid}/mem").st_uid == 0
+    finally:
+        started.close()
+        box.close()
 
 
 def test_a_stopped_helper_is_seen_at_once(spawner: Spawner) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -764,6 +765,162 @@ def test_a_script_that_ends_well_when_stopped_starts_nothing_more(config: Wizard
     assert "stopped" in found["10-polite"]["reason"]
     assert found["20-next"]["status"] == "not_run"
     assert not ran.exists()
+
+
+class StopThenRelease:
+    """A progress view that, on the first line of a script, sends the runner SIGTERM, lets
+    the script end (a line into its FIFO), then stays busy: the runner sees the stop late."""
+
+    def __init__(self, fifo: Path) -> None:
+        self.fifo = fifo
+        self.done = False
+
+    def started(self, index: int, total: int, name: str) -> None:
+        """Nothing to show."""
+
+    def output(self, name: str, stream: str, line: str) -> None:
+        """The stop, the script's end, a busy runner."""
+        if not self.done:
+            self.done = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            with open(self.fifo, "w") as fifo:
+                fifo.write("go\n")
+            time.sleep(0.5)
+
+    def finished(self, outcome: Any) -> None:
+        """Nothing to show."""
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_no_script_starts_after_a_stop_the_runner_is_too_busy_to_see(config: WizardConfig,
+                                                                     root: Path) -> None:
+    """SIGTERM while the runner is busy (a slow terminal); the running script then ends by
+    itself with 0. It succeeded; the next one, already named to the helper, never starts."""
+    shared = root / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    fifo, ran = shared / "fifo", shared / "ran"
+    os.mkfifo(fifo, 0o666)
+    fifo.chmod(0o666)
+    add_script(root, "10-waits", f"echo waiting; read x < {fifo}; exit 0")
+    add_script(root, "20-next", f"touch {ran}")
+    install_stop_handlers()
+    result = run_step(config, root, progress=StopThenRelease(fifo))
+    found = scripts_of(result)
+    assert result.status is RunStatus.INTERRUPTED
+    assert found["10-waits"]["status"] == "succeeded"
+    assert found["20-next"]["status"] == "not_run"
+    assert not ran.exists()
+
+
+def test_a_deadline_seen_after_the_script_ended_stops_nothing(
+    config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner looks at a script's deadline only after the script had ended in time (its
+    end unread): it stops nothing, and the next script, which the helper had started, runs on
+    unharmed."""
+    shared = root / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    fifo = shared / "fifo"
+    os.mkfifo(fifo, 0o666)
+    fifo.chmod(0o666)
+    add_script(root, "10-quick", "sleep 0.5")
+    add_script(root, "20-next", f"read x < {fifo}; echo done")
+    read_message = Watch._message
+    lagged: list[int] = []
+
+    def lag_past_the_deadline(watch: Watch) -> None:
+        if watch.index == 1 and watch.seen.deadline is not None and not lagged:
+            lagged.append(watch.index)
+            time.sleep(max(watch.seen.deadline - time.monotonic(), 0) + 0.05)
+            return  # the end waits unread: the next look is past the deadline
+        if watch.index == 2 and len(lagged) == 1:
+            lagged.append(watch.index)
+            with contextlib.suppress(OSError):  # no reader: 20-next was killed
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        read_message(watch)
+
+    monkeypatch.setattr(Watch, "_message", lag_past_the_deadline)
+    result = run_step(config, root, timeout=1.0)
+    found = scripts_of(result)
+    assert lagged == [1, 2]
+    assert (found["10-quick"]["status"], found["20-next"]["status"]) == ("succeeded",
+                                                                         "succeeded")
+    assert found["20-next"]["output_tail"] == "done"
+
+
+class StopAsShown:
+    """A progress view that sends the runner SIGTERM as it shows a script start."""
+
+    def started(self, index: int, total: int, name: str) -> None:
+        """The stop."""
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def output(self, name: str, stream: str, line: str) -> None:
+        """Nothing to show."""
+
+    def finished(self, outcome: Any) -> None:
+        """Nothing to show."""
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_stop_as_a_script_is_shown_starting_keeps_it_from_starting(config: WizardConfig,
+                                                                     root: Path) -> None:
+    """SIGTERM as the first script is shown starting (the helper not yet started): it does
+    not start, and says not_run."""
+    shared = root / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    add_script(root, "10-first", f"touch {shared / 'ran'}")
+    install_stop_handlers()
+    result = run_step(config, root, progress=StopAsShown())
+    assert result.status is RunStatus.INTERRUPTED
+    assert scripts_of(result)["10-first"]["status"] == "not_run"
+    assert not (shared / "ran").exists()
+
+
+TRACED = """#!/usr/bin/python3
+import ctypes, os, sys, time
+ready, told = os.pipe()
+if os.fork() == 0:  # a tracer in a session of its own, which never waits for the script
+    os.setsid()
+    ctypes.CDLL(None).ptrace(0x4206, os.getppid(), 0, 0)  # PTRACE_SEIZE
+    os.write(told, b"x")
+    os.close(1)
+    os.close(2)
+    time.sleep(60)
+    os._exit(0)
+os.read(ready, 1)
+sys.exit(0)
+"""
+
+
+def test_a_script_whose_end_a_tracer_hides_is_still_stopped(config: WizardConfig,
+                                                            root: Path) -> None:
+    """The script ended, but a tracer it started keeps its end from the helper: past the
+    deadline and the grace, everything is stopped, the tracer too, and the end comes."""
+    path = add_script(root, "10-traced", "")
+    path.write_text(TRACED)
+    add_script(root, "20-next", "exit 0")
+    options = ScriptsOptions(user=resolve_user(USER), timeout=0.5, grace=0.5)
+    with open(os.devnull, "w") as sink:
+        outcomes = run_scripts(config=config, layout=Layout.under(root), run_id="traced",
+                               options=options, log=make_logger(sink, json_lines=True))
+    found = {outcome.name: outcome for outcome in outcomes}
+    assert found["10-traced"].status.value == "timed_out", found["10-traced"]
+    assert found["20-next"].status.value == "not_run"
+    assert any("/usr/bin/python3" in left for left in found["10-traced"].leftovers)
+
+
+def test_a_time_limit_of_centuries_is_taken(config: WizardConfig, root: Path) -> None:
+    """A limit too long for the helper's clock is as good as none; a tiny one still times
+    out."""
+    add_script(root, "10-quick", "exit 0")
+    assert run_step(config, root, timeout=1e12).exit_code == 0
+    add_script(root, "20-slow", "sleep 1")
+    assert scripts_of(run_step(config, root, timeout=1e-12))["10-quick"]["status"] == \
+        "timed_out"
 
 
 def test_inheritable_descriptors_of_the_caller_do_not_reach_scripts(config: WizardConfig,

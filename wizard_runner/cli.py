@@ -319,7 +319,11 @@ class TerminalProgress:
 
     def finished(self, outcome: ScriptOutcome) -> None:
         """Show the verdict and the duration."""
+        from wizard_runner.result import ScriptStatus  # loaded by the run already
+
         verdict = "ok" if not outcome.failed else f"FAILED: {printable(outcome.reason or '')}"
+        if outcome.status is ScriptStatus.NOT_RUN:  # a stop came as it was shown
+            verdict = "not run"
         duration = f" ({outcome.duration_s:.1f} s)" if outcome.duration_s is not None else ""
         if not self.open_line:
             self.out.write(self.header + " ")

@@ -15,9 +15,9 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Final, NamedTuple, Protocol
+from typing import Final, Protocol
 
-from wizard_runner.procs import Leftover, alive, describe, proc_stat, send
+from wizard_runner.procs import Leftover, alive, describe, send
 from wizard_runner.scripts.helper import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, prctl
 
 #: Set to `subreaper` to use the fallback even where a cgroup could be made.
@@ -221,27 +221,6 @@ class Subreaper:
         self.kill()
         if not self.was_subreaper:
             prctl(PR_SET_CHILD_SUBREAPER, 0)
-
-
-class Group(NamedTuple):
-    """The members of one process group in the set: a script and what it started that stayed
-    in its group (a script leads its own session). Stopping it spares what the helper started
-    after the script, and what the script moved to a session of its own."""
-
-    box: Containment
-    pgid: int
-
-    def members(self) -> list[int]:
-        """The group's live processes in the set."""
-        return [pid for pid in self.box.members()
-                if (fields := proc_stat(pid)) is not None and int(fields[2]) == self.pgid]
-
-    def kill(self, spare: int | None = None) -> None:
-        """SIGKILL the whole group at once (the kernel lets no fork escape it), while it has
-        members: its id cannot have been taken again."""
-        if [pid for pid in self.members() if pid != spare]:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pgid, signal.SIGKILL)
 
 
 def contain(tag: str) -> Containment:

@@ -14,11 +14,13 @@ it and stopped what it left. Every module it uses is imported before it drops pr
 the run user may not be able to read the standard library. One SOCK_SEQPACKET datagram per
 message, its kind the first byte:
 
-    runner -> helper   RUN      index, time limit (ns, 0: none); the script's path; the
-                                write ends of its stdout and stderr
+    runner -> helper   RUN      index, time limit (ns, 0: none), now (start it at once: else
+                                after a clean end, or GO); the script's path; the write
+                                ends of its stdout and stderr
                        GO       start the order held
-                       HOLD     the script is being stopped: hold the next order
-    helper -> runner   STARTED  index, pid, start (ns)
+                       HOLD     a stop: hold the next order (counts when read after an
+                                end; GO, or a RUN to start now, lifts it)
+    helper -> runner   STARTED  index, pid, start (ns); a pidfd of the script
                        FAILED   index, errno (it could not start)
                        EXITED   index, pid, wait status, end (ns), OVER_TIME | LEFT | HELD
                        ERROR    text (it cannot go on, and exits)
@@ -51,6 +53,7 @@ MAX_MESSAGE = 8192  # a path (PATH_MAX is 4096) or an error's text
 HELPER_FAILED = 70
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 # A plain int: the socket module's flag enums cost microseconds per use, twice per script.
@@ -71,7 +74,7 @@ class Kind(enum.Enum):
 
 #: The fixed numbers each kind carries before its text, if any.
 _NUMBERS = {
-    Kind.RUN: struct.Struct("!Iq"),
+    Kind.RUN: struct.Struct("!IqB"),
     Kind.STARTED: struct.Struct("!Iiq"),
     Kind.FAILED: struct.Struct("!Ii"),
     Kind.EXITED: struct.Struct("!IiiqB"),
@@ -142,6 +145,7 @@ def _become(argv: Sequence[str]) -> None:
             raise OSError(f"still uid {os.getresuid()} gid {os.getresgid()} after the switch")
     # Changing ids clears the parent-death signal: set it afterwards, then close the race.
     prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(_PR_SET_DUMPABLE, 0)  # no script may trace it, whatever fs.suid_dumpable says
     if os.getppid() != parent:
         raise OSError("the runner exited while the helper started")
     os.chdir("/")
@@ -195,13 +199,16 @@ class _Helper:
             else:
                 self.take(*receive(self.control))
 
-    def take(self, data: bytes, fds: list[int]) -> None:
-        """Act on a message of the runner's: the next order, GO or HOLD."""
+    def take(self, data: bytes, fds: list[int], *, ended: bool = False) -> None:
+        """Act on a message of the runner's: the next order, GO, or HOLD; a HOLD counts only
+        as read after a script's end (`ended`). Read while idle it says nothing new: the
+        helper holds already, or it told the runner it goes on."""
         kind, numbers, text = decode(data)
         if kind is Kind.RUN and len(fds) == 2 and self.held is None:
-            self.held = numbers, text, fds
+            self.held = numbers[:2], text, fds
+            self.clear = self.clear or bool(numbers[2])
         elif kind in (Kind.GO, Kind.HOLD) and not fds:
-            self.clear = kind is Kind.GO
+            self.clear = kind is Kind.GO or (self.clear and not ended)
         else:  # the helper ends, and its descendants
             raise MalformedError(f"unexpected {kind.name} from the runner")
 
@@ -227,8 +234,13 @@ class _Helper:
         finally:
             os.close(out_w)  # the script has its own: its output ends when it (and what it
             os.close(err_w)  # started) closes them
-        try:
-            self.control.send(encode(Kind.STARTED, (index, pid, started)))
+        try:  # with a pidfd: the runner can tell whether it still runs, its pid reused or not
+            pidfd = os.pidfd_open(pid)
+            try:
+                socket.send_fds(self.control, [encode(Kind.STARTED, (index, pid, started))],
+                                [pidfd])
+            finally:
+                os.close(pidfd)
         except OSError:
             os.killpg(pid, signal.SIGKILL)  # nobody would know it runs
             raise
@@ -237,7 +249,7 @@ class _Helper:
         ended = time.monotonic_ns()
         try:  # what the runner said meanwhile, read after the end's time: a HOLD sent
             while True:  # before it is seen
-                self.take(*receive(self.control, socket.MSG_DONTWAIT))
+                self.take(*receive(self.control, socket.MSG_DONTWAIT), ended=True)
         except BlockingIOError:
             pass
         flags = (OVER_TIME if limit and ended - started > limit else 0) | \

@@ -25,7 +25,7 @@ from wizard_runner.layout import Layout
 from wizard_runner.result import ScriptOutcome, ScriptStatus
 from wizard_runner.runuser import RunUser, require_switch_allowed
 from wizard_runner.scripts.discovery import Decision, Verdict, check_safe, scan
-from wizard_runner.signals import pending_stop, settle_stops
+from wizard_runner.signals import on_stop, pending_stop, settle_stops
 
 if TYPE_CHECKING:
     from wizard_runner.scripts.containment import Containment
@@ -159,10 +159,18 @@ class _Step:
             user = self.options.user
             self.spawner = Spawner(self.env, None if user.is_current else user, self.box)
             self.spawner.start()
+            on_stop(self.hold)
         return self.spawner
+
+    def hold(self) -> None:
+        """A stop came (from the signal handler): the helper holds the next script at once,
+        even while the runner is busy elsewhere (a slow terminal)."""
+        if self.spawner is not None:
+            self.spawner.hold(quiet=True)
 
     def close(self) -> None:
         """Stop the helper and everything left in the containment, remove it."""
+        on_stop(None)
         for fd in self.ahead or ():
             os.close(fd)  # named ahead, never started: the step ended first
         if self.spawner is not None:
@@ -203,6 +211,11 @@ class _Step:
             spawner = self.helper()
             if self.ordered == position and self.ahead is not None:
                 pipes, self.ahead = self.ahead, None
+            elif (stop := pending_stop()) is not None:  # came as it was shown, or as the
+                output.close()  # helper started: it does not start
+                self.stopped = stop
+                self.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
+                return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
             else:
                 pipes = spawner.order(position, path, timeout)
         except (HelperError, OSError) as error:
@@ -210,7 +223,8 @@ class _Step:
             return self._not_ordered(name, error)
         if follow is not None and self.ended_by is None and pending_stop() is None:
             with contextlib.suppress(HelperError, OSError):  # said when it is run
-                self.ahead = spawner.order(position + 1, str(self.wizard_d / follow), timeout)
+                self.ahead = spawner.order(position + 1, str(self.wizard_d / follow), timeout,
+                                           now=False)
                 self.ordered = position + 1
         assert self.box is not None  # noqa: S101 - helper() made it
         seen = Watch(spawner, self.box, position, pipes, output, timeout=timeout,
@@ -246,6 +260,10 @@ class _Step:
             outcome = ScriptOutcome(name, ScriptStatus.FAILED, reason=decision.reason)
         else:
             outcome = self.run(name, position, follow)
+        if outcome.status is ScriptStatus.NOT_RUN:
+            if self.progress is not None:
+                self.progress.finished(outcome)
+            return outcome
         details = {"exit_code": outcome.exit_code, "signal": outcome.signal,
                    "duration_s": outcome.duration_s, "reason": outcome.reason}
         if outcome.failed:

@@ -1,10 +1,10 @@
 """One script's watch: one poll loop, one deadline. Its events: the helper's word (started,
 could not start, ended), output on either pipe (read once the start is heard), the helper's
 death (its pidfd), a stop signal (the wake-up pipe). A stopped helper sends no event: its
-state is looked at every HELPER_LOOK seconds. A timeout or a stop ends the script's process
-group; once the script ended, what it left anywhere in the set is stopped (the helper holds
-the next script meanwhile). When the helper says the script ended cleanly, it has gone on to
-the next one: the set is not touched."""
+state is looked at every HELPER_LOOK seconds. A timeout or a stop stops all the script
+started; what it left running when it ended is stopped too (the helper holds the next script
+meanwhile). When the helper says the script ended cleanly, it has gone on to the next one:
+the set is not touched."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from structlog.typing import FilteringBoundLogger
 
 from wizard_runner import procs
 from wizard_runner.procs import Leftover
-from wizard_runner.scripts.containment import Containment, Group
+from wizard_runner.scripts.containment import Containment
 from wizard_runner.scripts.helper import Kind
 from wizard_runner.scripts.output import ScriptOutput
 from wizard_runner.scripts.spawner import (
@@ -89,6 +89,8 @@ class Watch:
         self.stop_done: float | None = None  # when the stop of the script was over
         self.looked_at = 0.0
         self.drained = False
+        self.script_fd = -1  # the script's pidfd, from STARTED
+        self.stop_for: int | None = None  # the stop signal _stop acted on (None: a timeout)
 
     def run(self) -> Watched:
         """Watch until the script ended and its output is read, or it could not start, or
@@ -114,6 +116,8 @@ class Watch:
         finally:
             for fd in list(self.pipes):
                 self._close(fd)
+            if self.script_fd >= 0:
+                os.close(self.script_fd)
         return self.seen
 
     def _went_on(self) -> bool:
@@ -162,16 +166,20 @@ class Watch:
         """What the helper says of the script: it started, could not, or ended."""
         seen = self.seen
         try:
-            kind, numbers = self.spawner.receive()
+            kind, numbers, pidfd = self.spawner.receive()
         except HelperError as error:
             self._broken(str(error))
             return
         wanted = (Kind.EXITED,) if seen.pid is not None else (Kind.STARTED, Kind.FAILED)
-        if kind not in wanted or numbers[0] != self.index:
+        if kind not in wanted or numbers[0] != self.index or \
+                (pidfd is None) == (kind is Kind.STARTED):
+            if pidfd is not None:
+                os.close(pidfd)
             self._broken(f"the helper said {kind.name} #{numbers[0]} while script "
                          f"#{self.index} ran")
             return
-        if kind is Kind.STARTED:
+        if pidfd is not None:
+            self.script_fd = pidfd
             self._started(numbers[1], numbers[2] / 1e9)
         elif kind is Kind.FAILED:
             self.log.info("script_started", **self.shown)
@@ -224,7 +232,7 @@ class Watch:
         now = time.monotonic()
         if self.seen.pid is None:
             waits.append(self.answer_by - now)
-        elif self.seen.deadline is not None and self.seen.stopped_at is None:
+        elif self.seen.deadline is not None and self.stop_done is None:
             waits.append(self.seen.deadline - now)
         if self.exited_at is not None:
             waits.append(DRAIN / 4)
@@ -247,34 +255,42 @@ class Watch:
                 waited = self.answer_by - self.ordered_at
                 self._broken(f"the script helper did not start it within {waited:.1f} s")
             return
-        if seen.exited is None and seen.stopped_at is None:
+        if seen.exited is None and self.stop_done is None:
             stop = pending_stop()
-            if stop is not None:
-                seen.stopped_by = stop
-                self.log.warning("script_stopped", signal=signal.Signals(stop).name)
-                self._stop()
-            elif seen.deadline is not None and now >= seen.deadline:
-                self.log.error("script_timed_out", timeout_s=self.timeout)
-                self._stop()
+            if stop is not None or (seen.deadline is not None and now >= seen.deadline):
+                self._stop(stop)
         elif seen.exited is None and self.stop_done is not None and \
                 now - self.stop_done > self.grace:
-            self._broken("it did not end after SIGKILL, or its helper no longer reports")
+            if seen.stopped_at is None:  # it ended, yet something keeps its end from the
+                self._stop_all(self.stop_for)  # helper (a tracer): stop all after all
+            else:
+                self._broken("it did not end after SIGKILL, or its helper no longer reports")
         if self.exited_at is not None and self.pipes:
             self._drain(now)
 
-    def _stop(self) -> None:
-        """Stop the script and its process group: TERM, the grace, KILL. The helper holds the
-        next script first, so that what ends after this time was stopped; what the script
-        moved out of its group is stopped once it ended."""
-        assert self.seen.pid is not None  # noqa: S101 - _tick stops only a started script
+    def _stop(self, signum: int | None) -> None:
+        """A stop signal, or the deadline: the helper is told to HOLD the next script. Then,
+        unless the script had already ended by itself (its end is on its way), it and all it
+        started are stopped: TERM, the grace, KILL, the helper spared (it holds the next
+        script for a script that ends after HOLD: nothing the helper starts is hit)."""
         try:
             self.spawner.hold()
         except HelperError as error:
             self._broken(str(error))
             return
-        self.seen.stopped_at = time.monotonic()
+        self.stop_done, self.stop_for = time.monotonic(), signum  # its end is due in the grace
+        if not select.select([self.script_fd], [], [], 0)[0]:
+            self._stop_all(signum)
+
+    def _stop_all(self, signum: int | None) -> None:
+        """Stop the script and all it started (the helper holds the next script)."""
+        self.seen.stopped_at, self.seen.stopped_by = time.monotonic(), signum
+        if signum is not None:
+            self.log.warning("script_stopped", signal=signal.Signals(signum).name)
+        else:
+            self.log.error("script_timed_out", timeout_s=self.timeout)
         try:
-            stopped = procs.stop(Group(self.box, self.seen.pid), self.grace)
+            stopped = procs.stop(self.box, self.grace, spare=self.spawner.pid)
         except OSError as error:
             self._broken(str(error))
             return
