@@ -122,15 +122,17 @@ def test_a_fork_hopper_is_killed_at_once(box: Containment, tmp_path: Path) -> No
     hop.write_text("trap '' TERM\nsleep 0.002\nsh \"$0\" &\n")
     process = forker(box, f"trap '' TERM; sh {hop} & echo ready; sleep 60")
     assert process.stdout is not None
-    assert process.stdout.readline() == b"ready\n"
-    time.sleep(0.3)  # let generations come and go
-    box.kill(spare=process.pid)
-    time.sleep(0.3)  # any survivor would have forked again by now
-    assert [pid for pid in box.members() if pid != process.pid] == []
-    assert alive(str(hop)) == []  # none escaped either (to init, say)
-    process.kill()
-    process.wait()
-    process.stdout.close()
+    try:
+        assert process.stdout.readline() == b"ready\n"
+        time.sleep(0.3)  # let generations come and go
+        box.kill(spare=process.pid)
+        time.sleep(0.3)  # any survivor would have forked again by now
+        assert [pid for pid in box.members() if pid != process.pid] == []
+        assert alive(str(hop)) == []  # none escaped either (to init, say)
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
 
 
 def stale_cgroup(*command: str) -> tuple[Path, subprocess.Popen[bytes]]:

@@ -200,21 +200,26 @@ class Subreaper:
 
     def kill(self, spare: int | None = None) -> None:
         """SIGSTOP sweeps until no member runs (a stopped process cannot fork), then SIGKILL;
+        again while one is left (a list of children read while others exit can miss one);
         what the runner adopted is reaped (the helper is its spawner's to reap)."""
         deadline = time.monotonic() + SETTLE
         stopped: set[int] = set()
-        quiet = 0  # sweeps in a row that found nothing new: one can miss a child in transit
-        while quiet < 2 and time.monotonic() < deadline:
-            fresh = [pid for pid in self.members() if pid != spare and pid not in stopped]
-            send(fresh, signal.SIGSTOP)
-            stopped.update(fresh)
-            quiet = 0 if fresh else quiet + 1
-            if not fresh:
-                time.sleep(_LOOK)
-        send(list(stopped), signal.SIGKILL)
-        for pid in set(_children(os.getpid())) & stopped - {self.helper}:
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)  # dying now; a later call reaps a late one
+        while True:
+            quiet = 0  # sweeps in a row that found nothing new: one can miss a child in transit
+            while quiet < 2 and time.monotonic() < deadline:
+                fresh = [pid for pid in self.members() if pid != spare and pid not in stopped]
+                send(fresh, signal.SIGSTOP)
+                stopped.update(fresh)
+                quiet = 0 if fresh else quiet + 1
+                if not fresh:
+                    time.sleep(_LOOK)
+            send(list(stopped), signal.SIGKILL)
+            for pid in set(_children(os.getpid())) & stopped - {self.helper}:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)  # dying now; a later call reaps a late one
+            missed = [pid for pid in self.members() if pid != spare and pid not in stopped]
+            if not missed or time.monotonic() >= deadline:
+                return
 
     def close(self) -> None:
         """Kill what is left, and stop being a subreaper if the runner was not one."""
