@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
+import resource
 import shutil
 import signal
 import stat
@@ -911,6 +914,88 @@ def test_a_script_whose_end_a_tracer_hides_is_still_stopped(config: WizardConfig
     assert found["10-traced"].status.value == "timed_out", found["10-traced"]
     assert found["20-next"].status.value == "not_run"
     assert any("/usr/bin/python3" in left for left in found["10-traced"].leftovers)
+
+
+def test_a_runner_held_up_past_the_grace_still_hears_the_end_first(
+    config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline seen after the script had ended in time, then the runner held up past
+    the grace before it read the end: the end is read first, and the next script, which the
+    helper had started, is not stopped."""
+    shared = root / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    fifo = shared / "fifo"
+    os.mkfifo(fifo, 0o666)
+    fifo.chmod(0o666)
+    add_script(root, "10-quick", "sleep 0.8")
+    add_script(root, "20-next", f"read x < {fifo}; echo done")
+    read_message = Watch._message
+    lagged: list[int] = []
+
+    def lag(watch: Watch) -> None:
+        if watch.index == 1 and watch.seen.deadline is not None and len(lagged) < 2:
+            lagged.append(watch.index)
+            held_up = watch.grace + 0.1 if watch.stop_done is not None else 0.0
+            time.sleep(max(watch.seen.deadline - time.monotonic(), 0) + 0.05 + held_up)
+            return  # the end waits unread
+        if watch.index == 2 and len(lagged) == 2:
+            lagged.append(watch.index)
+            with contextlib.suppress(OSError):  # no reader: 20-next was killed
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        read_message(watch)
+
+    monkeypatch.setattr(Watch, "_message", lag)
+    options = ScriptsOptions(user=resolve_user(USER), timeout=1.5, grace=0.3)
+    with open(os.devnull, "w") as sink:
+        outcomes = run_scripts(config=config, layout=Layout.under(root), run_id="held-up",
+                               options=options, log=make_logger(sink, json_lines=True))
+    assert lagged == [1, 1, 2]
+    assert [(o.name, o.status.value) for o in outcomes] == [("10-quick", "succeeded"),
+                                                            ("20-next", "succeeded")]
+
+
+def test_descriptors_past_1023_do_not_break_a_stop(config: WizardConfig, root: Path) -> None:
+    """An embedding application holding over a thousand descriptors: a timeout still stops
+    the script, and the run ends with a result."""
+    add_script(root, "10-slow", "sleep 5")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"needs a descriptor limit of 2048 or more (the hard limit is {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        result = run_step(config, root, timeout=0.5)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert scripts_of(result)["10-slow"]["status"] == "timed_out"
+
+
+def test_a_helper_without_a_pidfd_is_a_failed_start(
+    config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pidfd for the helper (descriptors run out): the script fails to start, saying why,
+    and the helper is ended all the same."""
+    add_script(root, "10-first", "exit 0")
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    result = run_step(config, root)
+    found = scripts_of(result)["10-first"]
+    assert (found["status"], found["reason"]) == ("failed",
+                                                  "cannot start: Too many open files")
+
+
+def test_a_timeout_that_is_no_number_of_seconds_is_refused(config: WizardConfig,
+                                                           root: Path) -> None:
+    """Through the Python API as on the command line: inf, NaN or a negative timeout is a
+    usage error, before anything is written."""
+    for bad in (math.inf, math.nan, -1.0):
+        assert "timeout" in str(refused(config, root, timeout=bad))
 
 
 def test_a_time_limit_of_centuries_is_taken(config: WizardConfig, root: Path) -> None:

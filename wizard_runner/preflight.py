@@ -7,6 +7,7 @@ file, no saved config, no result, no log.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
@@ -129,6 +130,9 @@ def prepare(config: WizardConfig, options: RunOptions) -> RunPlan:
     require_privileges(layout)
     require_system_tree(layout)
     handle, scripts = effective_flags(config, options)
+    if options.timeout is not None and not 0 <= options.timeout < math.inf:
+        raise UsageError(f"timeout: {options.timeout!r} is not a number of seconds (0 or more; "
+                         "None for no limit)")
     if not scripts:
         return RunPlan(layout, handle, scripts)
     user = resolve_user(options.user)

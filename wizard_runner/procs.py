@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -82,6 +83,17 @@ def alive(pid: int) -> bool:
     """Whether a process exists and is not a zombie."""
     fields = proc_stat(pid)
     return fields is not None and fields[0] != b"Z"
+
+
+def readable(fd: int, seconds: float = 0.0) -> bool:
+    """Whether a descriptor (a pidfd: the process ended) is readable within `seconds`: by
+    poll, which takes any descriptor (select stops at 1023: an embedding application may hold
+    more); a negative one never is."""
+    if fd < 0:
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(seconds * 1000))
 
 
 def send(pids: list[int], signum: int) -> None:

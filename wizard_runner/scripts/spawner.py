@@ -6,14 +6,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import select
 import signal
 import socket
 import sys
 from collections.abc import Mapping
 from typing import Final, NamedTuple
 
-from wizard_runner.procs import signal_name
+from wizard_runner.procs import readable, signal_name
 from wizard_runner.runuser import RunUser
 from wizard_runner.scripts import helper
 from wizard_runner.scripts.containment import Containment
@@ -215,7 +214,7 @@ class Spawner:
     def failure(self, why: str) -> HelperError:
         """The error for a broken helper: its last word if it said why, else what became of
         it once it ended (a broken connection is the first sign of its death), else `why`."""
-        select.select([self.pidfd], [], [], 0.5)
+        readable(self.pidfd, 0.5)
         with contextlib.suppress(OSError, EOFError, helper.MalformedError):
             kind, _, text, pidfd = self._next(socket.MSG_PEEK)  # left for the watch
             if pidfd is not None:
@@ -230,7 +229,7 @@ class Spawner:
         self._theirs.close()
         if self.pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                if select.select([self.pidfd], [], [], 1.0)[0] == []:
+                if not readable(self.pidfd, 1.0):  # (no pidfd: killed at once)
                     os.kill(self.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)

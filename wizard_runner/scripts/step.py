@@ -171,12 +171,15 @@ class _Step:
     def close(self) -> None:
         """Stop the helper and everything left in the containment, remove it."""
         on_stop(None)
-        for fd in self.ahead or ():
+        ahead, self.ahead = self.ahead or (), None
+        for fd in ahead:
             os.close(fd)  # named ahead, never started: the step ended first
-        if self.spawner is not None:
-            self.spawner.close()
-        if self.box is not None:
-            self.box.close()
+        try:
+            if self.spawner is not None:
+                self.spawner.close()
+        finally:
+            if self.box is not None:
+                self.box.close()
 
     def _broken(self, name: str) -> None:
         """The helper failed: end everything the step started, the helper too, at once."""

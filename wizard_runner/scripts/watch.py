@@ -198,12 +198,16 @@ class Watch:
             os.set_blocking(fd, False)
             self.poller.register(fd, select.POLLIN)
 
+    def _catch_up(self) -> None:
+        """Read what the helper said and the loop has not yet heard, up to the script's end."""
+        while self.seen.exited is None and not self._over() and \
+                procs.readable(self.spawner.control.fileno()):
+            self._message()
+
     def _helper_gone(self) -> None:
         """The helper died or was stopped: what it said before still counts."""
         seen = self.seen
-        while seen.exited is None and not self._over() and \
-                select.select([self.spawner.control], [], [], 0)[0]:
-            self._message()
+        self._catch_up()
         if self._over() or seen.exited is not None:
             with contextlib.suppress(KeyError):  # a dead helper's pidfd stays readable
                 self.poller.unregister(self.spawner.pidfd)
@@ -261,10 +265,12 @@ class Watch:
                 self._stop(stop)
         elif seen.exited is None and self.stop_done is not None and \
                 now - self.stop_done > self.grace:
-            if seen.stopped_at is None:  # it ended, yet something keeps its end from the
-                self._stop_all(self.stop_for)  # helper (a tracer): stop all after all
-            else:
-                self._broken("it did not end after SIGKILL, or its helper no longer reports")
+            self._catch_up()  # (the runner may have been held up past the grace)
+            if seen.exited is None and not self._over():
+                if seen.stopped_at is None:  # it ended, yet something keeps its end from the
+                    self._stop_all(self.stop_for)  # helper (a tracer): stop all after all
+                else:
+                    self._broken("it did not end after SIGKILL, or its helper no longer reports")
         if self.exited_at is not None and self.pipes:
             self._drain(now)
 
@@ -279,7 +285,7 @@ class Watch:
             self._broken(str(error))
             return
         self.stop_done, self.stop_for = time.monotonic(), signum  # its end is due in the grace
-        if not select.select([self.script_fd], [], [], 0)[0]:
+        if not procs.readable(self.script_fd):
             self._stop_all(signum)
 
     def _stop_all(self, signum: int | None) -> None:
