@@ -107,6 +107,22 @@ def traversable_dir() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def shared_dir(root: Path) -> Path:
+    """`root/shared`, made: a directory every user (the run user's scripts) can write in."""
+    shared = root / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    return shared
+
+
+def shared_fifo(root: Path) -> Path:
+    """A FIFO in `shared_dir(root)` that every user can read and write."""
+    fifo = shared_dir(root) / "fifo"
+    os.mkfifo(fifo, 0o666)
+    fifo.chmod(0o666)
+    return fifo
+
+
 def write_script(directory: Path, name: str, body: str, mode: int = 0o755) -> Path:
     """A /bin/sh script `name` in `directory` running `body`."""
     path = directory / name

@@ -28,6 +28,7 @@ from tests.helpers import (
     daemon,
     daemon_result,
     no_process_with,
+    shared_dir,
     signalled_while_loading,
     wait_until,
 )
@@ -813,9 +814,7 @@ def test_crash_at_each_step_of_answering(root: Path, body: dict[str, Any],
     """A real daemon killed (SIGKILL) after the claim, after the run stored its result, or after
     the answer was written, then restarted: one answer each, the right one; nothing run
     twice, an existing answer kept byte for byte."""
-    shared = root / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
+    shared = shared_dir(root)
     wizard_d = root / "etc/xivo/wizard.d"
     (wizard_d / "10-count").write_text(f"#!/bin/sh\necho x >> {shared}/count\n")
     (wizard_d / "10-count").chmod(0o755)

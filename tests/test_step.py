@@ -31,6 +31,8 @@ from tests.helpers import (
     refused_again,
     run_step,
     scripts_of,
+    shared_dir,
+    shared_fifo,
     wait_until,
     www_data,
 )
@@ -390,9 +392,7 @@ def test_signal_to_the_runner_stops_the_script(
 ) -> None:
     """SIGTERM/SIGINT to the runner ends the running script's tree; the result says so."""
     marker = f"sleep 5{os.getpid() % 1000}{signum}"
-    shared = root / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
+    shared = shared_dir(root)
     ready = shared / "ready"
     add_script(root, "10-slow", f"touch {ready}; {marker} & {marker}")
     add_script(root, "20-never", "echo never")
@@ -514,9 +514,7 @@ def test_a_helper_that_cannot_start_fails_the_first_script_clearly(
 def test_second_signal_does_not_cut_the_clean_up(root: Path) -> None:
     """SIGTERM then SIGINT: the tree is still stopped and the script is in the result."""
     marker = f"sleep 8{os.getpid() % 1000}1"
-    shared = root / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
+    shared = shared_dir(root)
     ready = shared / "ready"
     add_script(root, "10-stubborn", f"trap '' TERM; setsid {marker} & touch {ready}\n"
                "while :; do sleep 0.2; done")
@@ -743,9 +741,7 @@ def test_a_script_that_ends_well_when_stopped_starts_nothing_more(config: Wizard
                                                                   root: Path) -> None:
     """SIGTERM: the running script traps it and exits 0, leaving nothing. It was stopped, and
     the next script (already named to the helper) does not start."""
-    shared = root / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
+    shared = shared_dir(root)
     ready, ran = shared / "ready", shared / "ran"
     add_script(root, "10-polite", f"trap 'exit 0' TERM; touch {ready}; "
                                   "while :; do sleep 0.05; done")
@@ -799,12 +795,8 @@ def test_no_script_starts_after_a_stop_the_runner_is_too_busy_to_see(config: Wiz
                                                                      root: Path) -> None:
     """SIGTERM while the runner is busy (a slow terminal); the running script then ends by
     itself with 0. It succeeded; the next one, already named to the helper, never starts."""
-    shared = root / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
-    fifo, ran = shared / "fifo", shared / "ran"
-    os.mkfifo(fifo, 0o666)
-    fifo.chmod(0o666)
+    fifo = shared_fifo(root)
+    ran = fifo.parent / "ran"
     add_script(root, "10-waits", f"echo waiting; read x < {fifo}; exit 0")
     add_script(root, "20-next", f"touch {ran}")
     install_stop_handlers()
@@ -816,130 +808,27 @@ def test_no_script_starts_after_a_stop_the_runner_is_too_busy_to_see(config: Wiz
     assert not ran.exists()
 
 
+@pytest.mark.parametrize("held_up", [False, True], ids=["read-at-once", "held-up-past-grace"])
 def test_a_deadline_seen_after_the_script_ended_stops_nothing(
-    config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch
+    config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch, held_up: bool
 ) -> None:
     """The runner looks at a script's deadline only after the script had ended in time (its
-    end unread): it stops nothing, and the next script, which the helper had started, runs on
-    unharmed."""
-    shared = root / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
-    fifo = shared / "fifo"
-    os.mkfifo(fifo, 0o666)
-    fifo.chmod(0o666)
-    add_script(root, "10-quick", "sleep 0.5")
-    add_script(root, "20-next", f"read x < {fifo}; echo done")
-    read_message = Watch._message
-    lagged: list[int] = []
-
-    def lag_past_the_deadline(watch: Watch) -> None:
-        if watch.index == 1 and watch.seen.deadline is not None and not lagged:
-            lagged.append(watch.index)
-            time.sleep(max(watch.seen.deadline - time.monotonic(), 0) + 0.05)
-            return  # the end waits unread: the next look is past the deadline
-        if watch.index == 2 and len(lagged) == 1:
-            lagged.append(watch.index)
-            with contextlib.suppress(OSError):  # no reader: 20-next was killed
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        read_message(watch)
-
-    monkeypatch.setattr(Watch, "_message", lag_past_the_deadline)
-    result = run_step(config, root, timeout=1.0)
-    found = scripts_of(result)
-    assert lagged == [1, 2]
-    assert (found["10-quick"]["status"], found["20-next"]["status"]) == ("succeeded",
-                                                                         "succeeded")
-    assert found["20-next"]["output_tail"] == "done"
-
-
-class StopAsShown:
-    """A progress view that sends the runner SIGTERM as it shows a script start."""
-
-    def started(self, index: int, total: int, name: str) -> None:
-        """The stop."""
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    def output(self, name: str, stream: str, line: str) -> None:
-        """Nothing to show."""
-
-    def finished(self, outcome: Any) -> None:
-        """Nothing to show."""
-
-
-@pytest.mark.usefixtures("restore_signals")
-def test_a_stop_as_a_script_is_shown_starting_keeps_it_from_starting(config: WizardConfig,
-                                                                     root: Path) -> None:
-    """SIGTERM as the first script is shown starting (the helper not yet started): it does
-    not start, and says not_run."""
-    shared = root / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
-    add_script(root, "10-first", f"touch {shared / 'ran'}")
-    install_stop_handlers()
-    result = run_step(config, root, progress=StopAsShown())
-    assert result.status is RunStatus.INTERRUPTED
-    assert scripts_of(result)["10-first"]["status"] == "not_run"
-    assert not (shared / "ran").exists()
-
-
-TRACED = """#!/usr/bin/python3
-import ctypes, os, sys, time
-ready, told = os.pipe()
-if os.fork() == 0:  # a tracer in a session of its own, which never waits for the script
-    os.setsid()
-    ctypes.CDLL(None).ptrace(0x4206, os.getppid(), 0, 0)  # PTRACE_SEIZE
-    os.write(told, b"x")
-    os.close(1)
-    os.close(2)
-    time.sleep(60)
-    os._exit(0)
-os.read(ready, 1)
-sys.exit(0)
-"""
-
-
-def test_a_script_whose_end_a_tracer_hides_is_still_stopped(config: WizardConfig,
-                                                            root: Path) -> None:
-    """The script ended, but a tracer it started keeps its end from the helper: past the
-    deadline and the grace, everything is stopped, the tracer too, and the end comes."""
-    path = add_script(root, "10-traced", "")
-    path.write_text(TRACED)
-    add_script(root, "20-next", "exit 0")
-    options = ScriptsOptions(user=resolve_user(USER), timeout=0.5, grace=0.5)
-    with open(os.devnull, "w") as sink:
-        outcomes = run_scripts(config=config, layout=Layout.under(root), run_id="traced",
-                               options=options, log=make_logger(sink, json_lines=True))
-    found = {outcome.name: outcome for outcome in outcomes}
-    assert found["10-traced"].status.value == "timed_out", found["10-traced"]
-    assert found["20-next"].status.value == "not_run"
-    assert any("/usr/bin/python3" in left for left in found["10-traced"].leftovers)
-
-
-def test_a_runner_held_up_past_the_grace_still_hears_the_end_first(
-    config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The deadline seen after the script had ended in time, then the runner held up past
-    the grace before it read the end: the end is read first, and the next script, which the
-    helper had started, is not stopped."""
-    shared = root / "shared"
-    shared.mkdir(mode=0o777)
-    shared.chmod(0o777)
-    fifo = shared / "fifo"
-    os.mkfifo(fifo, 0o666)
-    fifo.chmod(0o666)
+    end unread), and may then be held up past the grace before it reads the end: it stops
+    nothing, and the next script, which the helper had started, runs on unharmed."""
+    fifo = shared_fifo(root)
     add_script(root, "10-quick", "sleep 0.8")
     add_script(root, "20-next", f"read x < {fifo}; echo done")
     read_message = Watch._message
+    lags = 2 if held_up else 1
     lagged: list[int] = []
 
     def lag(watch: Watch) -> None:
-        if watch.index == 1 and watch.seen.deadline is not None and len(lagged) < 2:
+        if watch.index == 1 and watch.seen.deadline is not None and len(lagged) < lags:
+            extra = watch.grace + 0.1 if lagged else 0.0  # the second: past the grace
             lagged.append(watch.index)
-            held_up = watch.grace + 0.1 if watch.stop_done is not None else 0.0
-            time.sleep(max(watch.seen.deadline - time.monotonic(), 0) + 0.05 + held_up)
+            time.sleep(max(watch.seen.deadline - time.monotonic(), 0) + 0.05 + extra)
             return  # the end waits unread
-        if watch.index == 2 and len(lagged) == 2:
+        if watch.index == 2 and len(lagged) == lags:
             lagged.append(watch.index)
             with contextlib.suppress(OSError):  # no reader: 20-next was killed
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
@@ -948,11 +837,12 @@ def test_a_runner_held_up_past_the_grace_still_hears_the_end_first(
     monkeypatch.setattr(Watch, "_message", lag)
     options = ScriptsOptions(user=resolve_user(USER), timeout=1.5, grace=0.3)
     with open(os.devnull, "w") as sink:
-        outcomes = run_scripts(config=config, layout=Layout.under(root), run_id="held-up",
+        outcomes = run_scripts(config=config, layout=Layout.under(root), run_id="lagged",
                                options=options, log=make_logger(sink, json_lines=True))
-    assert lagged == [1, 1, 2]
+    assert lagged == [1] * lags + [2]
     assert [(o.name, o.status.value) for o in outcomes] == [("10-quick", "succeeded"),
                                                             ("20-next", "succeeded")]
+    assert outcomes[1].output_tail == "done"
 
 
 def test_descriptors_past_1023_do_not_break_a_stop(config: WizardConfig, root: Path) -> None:
