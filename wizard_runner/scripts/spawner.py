@@ -118,7 +118,7 @@ class Spawner:
                     fcntl.fcntl(pipes[-1][1], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
                 if self.user is not None:  # the script's own, as if it had made it:
                     os.fchown(pipes[-1][1], self.user.uid, self.user.gid)  # /dev/stdout
-            limit = min(max(round(timeout * 1e9), 1), MAX_LIMIT) if timeout else 0
+            limit = max(round(min(timeout * 1e9, MAX_LIMIT)), 1) if timeout else 0
             message = helper.encode(Kind.RUN, (index, limit, now), os.fsencode(path))
             try:
                 socket.send_fds(self.control, [message], [write for _, write in pipes])
