@@ -1,5 +1,5 @@
-"""The helper's protocol, and its program spoken to directly: one script per order, the next
-one started at once only after a clean end."""
+"""The helper's protocol, and its program spoken to directly: one script per order, nothing
+started without one."""
 
 from __future__ import annotations
 
@@ -24,11 +24,10 @@ from wizard_runner.scripts.helper import Kind, MalformedError, decode, encode
 @pytest.mark.parametrize(
     ("kind", "numbers", "text"),
     [
-        pytest.param(Kind.RUN, (7, 600 * 10**9, 1), b"/etc/xivo/wizard.d/20-x", id="run"),
-        pytest.param(Kind.GO, (), b"", id="go"),
+        pytest.param(Kind.RUN, (7,), b"/etc/xivo/wizard.d/20-x", id="run"),
         pytest.param(Kind.STARTED, (3, 4242, 123456789), b"", id="started"),
         pytest.param(Kind.FAILED, (3, errno.ENOEXEC), b"", id="failed"),
-        pytest.param(Kind.EXITED, (3, 4242, 256, 987654321, helper.LEFT), b"", id="exited"),
+        pytest.param(Kind.EXITED, (3, 256, 987654321, 1), b"", id="exited"),
         pytest.param(Kind.ERROR, (), b"OSError: no", id="error"),
     ],
 )
@@ -65,22 +64,19 @@ class Talk:
         """Its exit code, once it ended."""
         return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
 
-    def run(self, index: int, path: Path, limit_ns: int = 0, *,
-            now: bool = True) -> tuple[int, int]:
-        """Order one script (to start at once, or else after a clean end): the read ends of
-        its stdout and stderr."""
+    def run(self, index: int, path: Path) -> tuple[int, int]:
+        """Order one script: the read ends of its stdout and stderr."""
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        message = encode(Kind.RUN, (index, limit_ns, now), os.fsencode(path))
-        socket.send_fds(self.control, [message], [out_w, err_w])
+        socket.send_fds(self.control, [encode(Kind.RUN, (index,), os.fsencode(path))],
+                        [out_w, err_w])
         os.close(out_w)
         os.close(err_w)
         return out_r, err_r
 
-    def run_quietly(self, index: int, path: Path, limit_ns: int = 0, *,
-                    now: bool = True) -> None:
+    def run_quietly(self, index: int, path: Path) -> None:
         """Order a script whose output nobody reads."""
-        for fd in self.run(index, path, limit_ns, now=now):
+        for fd in self.run(index, path):
             os.close(fd)
 
     def receive(self) -> tuple[Kind, tuple[int, ...], bytes, int]:
@@ -93,7 +89,7 @@ class Talk:
         return (*decode(data), len(fds))
 
     def silent_for(self, seconds: float) -> bool:
-        """Whether the helper says nothing for `seconds` (an order it holds)."""
+        """Whether the helper says nothing for `seconds`."""
         return not select.select([self.control], [], [], seconds)[0]
 
 
@@ -127,12 +123,12 @@ def test_one_order_one_script(talk: Talk) -> None:
         script = write_script(place, "10-hello", "echo hello $ONLY; echo oops >&2; exit 3")
         out, err = talk.run(0, script)
         kind, numbers, _, fds = talk.receive()
-        assert (kind, numbers[0], fds) == (Kind.STARTED, 0, 1)  # and the script's pidfd
+        assert (kind, numbers[0], fds) == (Kind.STARTED, 0, 0)
         assert read_all(out) == b"hello this\n"
         assert read_all(err) == b"oops\n"
         kind, numbers, _, _ = talk.receive()
         assert kind is Kind.EXITED
-        assert os.waitstatus_to_exitcode(numbers[2]) == 3
+        assert os.waitstatus_to_exitcode(numbers[1]) == 3
 
 
 @pytest.mark.processes
@@ -148,11 +144,18 @@ def test_a_script_gets_the_environment_exactly_as_passed(talk: Talk) -> None:
         ["ONLY=this", "PATH=/usr/bin:/bin"]
 
 
+def exited(talk: Talk) -> tuple[int, int]:
+    """The next two messages are STARTED and EXITED: the exit code and `left`."""
+    assert talk.receive()[0] is Kind.STARTED
+    kind, numbers, _, _ = talk.receive()
+    assert kind is Kind.EXITED
+    return os.waitstatus_to_exitcode(numbers[1]), numbers[3]
+
+
 @pytest.mark.processes
 def test_what_a_script_leaves_is_said_and_reaped_by_the_helper(talk: Talk) -> None:
-    """The helper adopts what a script leaves: EXITED says LEFT, and the next order waits for
-    GO (the runner stops what was left first). Once that has ended, the end of the next
-    script reaps it: no zombie piles up over a step."""
+    """The helper adopts what a script leaves: EXITED says so. Once that has ended, the end
+    of the next script reaps it: no zombie piles up over a step."""
     with traversable_dir() as place:
         out, err = talk.run(0, write_script(place, "10-leave",
                                             "sleep 30 >/dev/null 2>&1 </dev/null & echo $!"))
@@ -160,134 +163,50 @@ def test_what_a_script_leaves_is_said_and_reaped_by_the_helper(talk: Talk) -> No
         left = int(read_all(out))
         os.close(err)
         kind, numbers, _, _ = talk.receive()
-        assert (kind, os.waitstatus_to_exitcode(numbers[2]), numbers[4]) == (
-            Kind.EXITED, 0, helper.LEFT)
-        talk.run_quietly(1, Path("/bin/true"), now=False)
-        assert talk.silent_for(0.3)
+        assert (kind, os.waitstatus_to_exitcode(numbers[1]), numbers[3]) == (Kind.EXITED, 0, 1)
         os.kill(left, signal.SIGKILL)
         while Path(f"/proc/{left}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
             select.select([], [], [], 0.01)  # dead, not yet reaped
-        talk.control.send(encode(Kind.GO))
-        assert [talk.receive()[0] for _ in range(2)] == [Kind.STARTED, Kind.EXITED]
+        talk.run_quietly(1, Path("/bin/true"))
+        assert exited(talk) == (0, 0)
         assert not Path(f"/proc/{left}").exists()
 
 
-def exited(talk: Talk) -> tuple[int, int]:
-    """The next two messages are STARTED and EXITED: the exit code and the flags."""
-    assert talk.receive()[0] is Kind.STARTED
-    kind, numbers, _, _ = talk.receive()
-    assert kind is Kind.EXITED
-    return os.waitstatus_to_exitcode(numbers[2]), numbers[4]
-
-
 @pytest.mark.processes
-def test_after_a_clean_end_the_order_named_ahead_starts_at_once(talk: Talk) -> None:
-    """The runner names the next script while one runs: after an end with 0, in time and
-    with nothing left, the helper starts it without waiting for a word."""
+@pytest.mark.parametrize("body", ["exit 0", "exit 4", "kill -TERM $$"])
+def test_nothing_starts_without_an_order(talk: Talk, body: str) -> None:
+    """However a script ended, the helper then waits for the runner's next order: the runner
+    judges each script before the next one starts."""
+    code = {"exit 0": 0, "exit 4": 4, "kill -TERM $$": -signal.SIGTERM}[body]
     with traversable_dir() as place:
-        release = place / "release"
-        os.mkfifo(release)
-        talk.run_quietly(0, write_script(place, "10-waits", f"read x < {release}"))
-        talk.run_quietly(1, write_script(place, "20-next", "exit 0"), limit_ns=10**10,
-                         now=False)
-        with open(release, "w") as fifo:  # the first is running: both orders are in
-            fifo.write("go\n")
-        assert exited(talk) == (0, 0)
-        assert exited(talk) == (0, 0)
-
-
-@pytest.mark.processes
-@pytest.mark.parametrize(
-    ("body", "limit_ns", "expected"),
-    [
-        pytest.param("exit 4", 0, (4, 0), id="failed"),
-        pytest.param("sleep 0.1", 10**6, (0, helper.OVER_TIME), id="over-time"),
-        pytest.param("kill -TERM $$", 0, (-signal.SIGTERM, 0), id="killed"),
-    ],
-)
-def test_after_an_end_that_is_not_clean_the_next_order_waits_for_go(
-    talk: Talk, body: str, limit_ns: int, expected: tuple[int, int]
-) -> None:
-    """Failed, over its time limit (by the helper's clock) or killed: the order named ahead is
-    held until GO, which starts it."""
-    with traversable_dir() as place:
-        talk.run_quietly(0, write_script(place, "10-first", body), limit_ns=limit_ns)
-        talk.run_quietly(1, write_script(place, "20-next", "exit 0"), now=False)
-        assert exited(talk) == expected
+        talk.run_quietly(0, write_script(place, "10-first", body))
+        assert exited(talk) == (code, 0)
         assert talk.silent_for(0.3)
-        talk.control.send(encode(Kind.GO))
+        talk.run_quietly(1, write_script(place, "20-next", "exit 0"))
         assert exited(talk) == (0, 0)
 
 
 @pytest.mark.processes
-def test_a_hold_before_the_end_holds_the_next_order(talk: Talk) -> None:
-    """HOLD (the runner is stopping the script) read before the end was seen: a clean end
-    says HELD, and the next order waits for GO."""
+def test_an_order_sent_while_a_script_runs_waits_for_its_end(talk: Talk) -> None:
+    """Orders are taken one at a time: a RUN that comes while a script runs starts only once
+    that script's end has been said."""
     with traversable_dir() as place:
         release = place / "release"
         os.mkfifo(release)
         talk.run_quietly(0, write_script(place, "10-waits", f"read x < {release}"))
         assert talk.receive()[0] is Kind.STARTED
-        talk.run_quietly(1, write_script(place, "20-next", "exit 0"), now=False)
-        talk.control.send(encode(Kind.HOLD))
+        talk.run_quietly(1, Path("/bin/true"))
+        assert talk.silent_for(0.3)
         with open(release, "w") as fifo:
             fifo.write("go\n")
         kind, numbers, _, _ = talk.receive()
-        assert (kind, os.waitstatus_to_exitcode(numbers[2]), numbers[4]) == (
-            Kind.EXITED, 0, helper.HELD)
-        assert talk.silent_for(0.3)
-        talk.control.send(encode(Kind.GO))
+        assert (kind, numbers[0]) == (Kind.EXITED, 0)
         assert exited(talk) == (0, 0)
 
 
 @pytest.mark.processes
-def test_a_hold_read_while_idle_holds_nothing(talk: Talk) -> None:
-    """A HOLD read between scripts (a stop the runner sends as the helper has already said it
-    goes on) changes nothing: the order named ahead starts, as the runner expects."""
-    talk.run_quietly(0, Path("/bin/true"))
-    assert exited(talk) == (0, 0)  # clean: it goes on
-    talk.control.send(encode(Kind.HOLD))
-    talk.run_quietly(1, Path("/bin/true"), now=False)
-    assert exited(talk) == (0, 0)
-
-
-@pytest.mark.processes
-def test_started_carries_a_pidfd_of_the_script(talk: Talk) -> None:
-    """The runner can tell whether the script still runs, whatever became of its pid."""
-    with traversable_dir() as place:
-        release = place / "release"
-        os.mkfifo(release)
-        for fd in talk.run(0, write_script(place, "10-waits", f"read x < {release}")):
-            os.close(fd)
-        talk.control.settimeout(5)
-        data, fds = helper.receive(talk.control)
-        assert decode(data)[0] is Kind.STARTED
-        assert len(fds) == 1
-        assert not select.select([fds[0]], [], [], 0)[0]  # running
-        with open(release, "w") as fifo:
-            fifo.write("go\n")
-        assert select.select([fds[0]], [], [], 5)[0]  # ended
-        os.close(fds[0])
-        assert talk.receive()[0] is Kind.EXITED
-
-
-@pytest.mark.processes
-def test_a_second_order_while_one_is_held_ends_it(talk: Talk) -> None:
-    """The runner names one script ahead, never two: a second RUN while one is held is an
-    ERROR, and the helper exits."""
-    with traversable_dir() as place:
-        talk.run_quietly(0, write_script(place, "10-fails", "exit 1"))
-        assert exited(talk) == (1, 0)
-        talk.run_quietly(1, Path("/bin/true"), now=False)
-        talk.run_quietly(2, Path("/bin/true"), now=False)
-        kind, _, text, _ = talk.receive()
-    assert (kind, b"unexpected RUN" in text) == (Kind.ERROR, True)
-    assert talk.wait() == helper.HELPER_FAILED
-
-
-@pytest.mark.processes
 def test_a_script_that_cannot_start_is_failed_with_its_errno(talk: Talk) -> None:
-    """No #! line: FAILED with ENOEXEC, its pipes closed; the next order waits for GO."""
+    """No #! line: FAILED with ENOEXEC, its pipes closed; the next order runs."""
     with traversable_dir() as place:
         script = place / "10-no-shebang"
         script.write_text("echo hi\n")
@@ -295,22 +214,20 @@ def test_a_script_that_cannot_start_is_failed_with_its_errno(talk: Talk) -> None
         out, err = talk.run(0, script)
         assert talk.receive()[:2] == (Kind.FAILED, (0, errno.ENOEXEC))
         assert (read_all(out), read_all(err)) == (b"", b"")
-        talk.run_quietly(1, Path("/bin/true"), now=False)
-        assert talk.silent_for(0.3)
-        talk.control.send(encode(Kind.GO))
+        talk.run_quietly(1, Path("/bin/true"))
         kind, numbers, _, _ = talk.receive()
         assert (kind, numbers[0]) == (Kind.STARTED, 1)
 
 
 @pytest.mark.processes
 @pytest.mark.parametrize(("kind", "fds"), [(Kind.EXITED, 0), (Kind.RUN, 0), (Kind.RUN, 1),
-                                           (Kind.GO, 1)])
+                                           (Kind.STARTED, 2)])
 def test_an_order_it_does_not_know_ends_it_with_error(talk: Talk, kind: Kind, fds: int) -> None:
-    """An EXITED sent to the helper, a RUN without its two pipes, a GO with one: it answers
-    ERROR and exits 70."""
+    """An EXITED sent to the helper, a RUN without its two pipes, a STARTED with two: it
+    answers ERROR and exits 70."""
     pipes = [os.pipe() for _ in range(fds)]
     writes = [write for _, write in pipes]
-    numbers = {Kind.EXITED: (0, 1, 2, 3, 0), Kind.RUN: (0, 0, 1), Kind.GO: ()}[kind]
+    numbers = {Kind.EXITED: (0, 1, 2, 0), Kind.RUN: (0,), Kind.STARTED: (0, 1, 2)}[kind]
     message = encode(kind, numbers, b"/bin/true" if kind is Kind.RUN else b"")
     talk.control.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                       struct.pack(f"{len(writes)}i", *writes))] if writes else [])

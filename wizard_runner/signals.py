@@ -6,10 +6,10 @@ import, a class being built, a finalizer) would come out as something else. It i
 RunInterrupted at known points only: a run's start (`run_stops`), the end of the outermost
 deferred section, `stop_here`, and inside `interruptible` waits (a tool, a pause, reading the
 body), which a stop cuts at once. The scripts step's event loop sees it through the wake-up
-pipe and stops the script there (its helper is told at once, from the handler: `on_stop`);
-the end of the run settles it; the command line says one still recorded when its command
-ends (`take_stop`). Once raised or settled, later stop signals are ignored, so nothing cuts
-the clean-up short and a written result is never contradicted.
+pipe and stops the script there; the end of the run settles it; the command line says one
+still recorded when its command ends (`take_stop`). Once raised or settled, later stop
+signals are ignored, so nothing cuts the clean-up short and a written result is never
+contradicted.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ class _Stop:
     over = False
     came = False  # a stop signal came, acted on or not (a blocked output gives up)
     wakeup: tuple[int, int] | None = None
-    hook: Callable[[], None] | None = None  # told at once of a stop (see on_stop)
 
 
 def _fresh(held: int | None = None) -> None:
@@ -70,8 +69,6 @@ def request_stop(signum: int) -> None:
         return
     if _Stop.held is None:
         _Stop.held = signum
-        if _Stop.hook is not None:
-            _Stop.hook()
     if _Stop.cut:
         _raise(_Stop.held)
 
@@ -125,13 +122,6 @@ def _quiet_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
         _Stop.held, _Stop.over = unraisable.exc_value.signum, False
     else:
         sys.__unraisablehook__(unraisable)
-
-
-def on_stop(hook: Callable[[], None] | None) -> None:
-    """Have `hook` called the moment a stop is recorded (None: no longer), from the signal
-    handler: it must neither block nor raise (the scripts step makes its helper hold the next
-    script, while the runner may be busy elsewhere)."""
-    _Stop.hook = hook
 
 
 def pending_stop() -> int | None:

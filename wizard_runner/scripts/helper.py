@@ -3,26 +3,20 @@ ends speak (docs/design.md tells the whole exchange).
 
 The runner starts it once per step as root (`python -I -S helper.py PARENT_PID [UID GID
 GROUPS]`, its socket on fd 3, the scripts' environment as its own). It drops to the run user,
-then runs the scripts the runner names, one at a time: each RUN starts one script
+then runs the scripts the runner orders, in lock-step: each RUN starts one script
 (posix_spawn, like run-parts) on the pipes the order carries; it says STARTED (or FAILED),
-waits for the script, says EXITED. The runner names the next script while one runs: the
-helper starts it as soon as the one before ended cleanly (exit 0, in time, nothing of it left
-running: its own check, exact since it adopts every orphan) and no HOLD came before its end
-was seen; else it holds it until GO. So a script that failed, ran over its time, left
-something or was being stopped never has the next one started before the runner has judged
-it and stopped what it left. Every module it uses is imported before it drops privileges:
-the run user may not be able to read the standard library. One SOCK_SEQPACKET datagram per
-message, its kind the first byte:
+waits for the script, says EXITED, and waits for the next order. Nothing starts that the
+runner did not order after judging the script before. Every module it uses is imported
+before it drops privileges: the run user may not be able to read the standard library. One
+SOCK_SEQPACKET datagram per message, its kind the first byte:
 
-    runner -> helper   RUN      index, time limit (ns, 0: none), now (start it at once: else
-                                after a clean end, or GO); the script's path; the write
-                                ends of its stdout and stderr
-                       GO       start the order held
-                       HOLD     a stop: hold the next order (counts when read after an
-                                end; GO, or a RUN to start now, lifts it)
-    helper -> runner   STARTED  index, pid, start (ns); a pidfd of the script
+    runner -> helper   RUN      index; the script's path; the write ends of its stdout and
+                                stderr
+    helper -> runner   STARTED  index, pid, start (ns)
                        FAILED   index, errno (it could not start)
-                       EXITED   index, pid, wait status, end (ns), OVER_TIME | LEFT | HELD
+                       EXITED   index, wait status, end (ns), left (1: processes the
+                                script started still run; exact, as the helper adopts every
+                                orphan)
                        ERROR    text (it cannot go on, and exits)
 """
 
@@ -42,12 +36,6 @@ if TYPE_CHECKING:  # typing costs a helper that must start fast; only mypy needs
     from collections.abc import Sequence
 
 CONTROL_FD = 3
-#: What EXITED says besides the status: the script ran past its time limit (the helper's
-#: clock is the one judge); processes it started still run; HOLD came before its end was seen.
-#: With none of them and status 0, the helper goes on to the next order.
-OVER_TIME = 1
-LEFT = 2
-HELD = 4
 MAX_MESSAGE = 8192  # a path (PATH_MAX is 4096) or an error's text
 #: The helper's exit status when it cannot go on (EX_SOFTWARE: it says why in ERROR).
 HELPER_FAILED = 70
@@ -64,8 +52,6 @@ class Kind(enum.Enum):
     """What a message is: its first byte."""
 
     RUN = b"N"
-    GO = b"G"
-    HOLD = b"H"
     STARTED = b"P"
     FAILED = b"F"
     EXITED = b"W"
@@ -74,10 +60,10 @@ class Kind(enum.Enum):
 
 #: The fixed numbers each kind carries before its text, if any.
 _NUMBERS = {
-    Kind.RUN: struct.Struct("!IqB"),
+    Kind.RUN: struct.Struct("!I"),
     Kind.STARTED: struct.Struct("!Iiq"),
     Kind.FAILED: struct.Struct("!Ii"),
-    Kind.EXITED: struct.Struct("!IiiqB"),
+    Kind.EXITED: struct.Struct("!IiqB"),
 }
 
 
@@ -179,44 +165,25 @@ def _reap() -> bool:
 
 
 class _Helper:
-    """Runs the scripts the runner names, one at a time."""
+    """Runs the scripts the runner orders, one at a time."""
 
     def __init__(self, control: socket.socket, env: dict[bytes, bytes]) -> None:
         self.control = control
         self.env = env
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.defaults = _ignore_signals()
-        self.held: tuple[tuple[int, ...], bytes, list[int]] | None = None  # the next order
-        self.clear = True  # it may start at once (else on GO)
 
     def serve(self) -> None:
-        """Answer the runner until it closes its end (EOFError)."""
+        """Run each order until the runner closes its end (EOFError)."""
         while True:
-            if self.clear and self.held is not None:
-                (index, limit), path, (out_w, err_w) = self.held
-                self.held = None
-                self.run(index, limit, path, out_w, err_w)
-            else:
-                self.take(*receive(self.control))
+            data, fds = receive(self.control)
+            kind, numbers, path = decode(data)
+            if kind is not Kind.RUN or len(fds) != 2:  # the helper ends, and its descendants
+                raise MalformedError(f"unexpected {kind.name} from the runner")
+            self.run(numbers[0], path, *fds)
 
-    def take(self, data: bytes, fds: list[int], *, ended: bool = False) -> None:
-        """Act on a message of the runner's: the next order, GO, or HOLD; a HOLD counts only
-        as read after a script's end (`ended`). Read while idle it says nothing new: the
-        helper holds already, or it told the runner it goes on."""
-        kind, numbers, text = decode(data)
-        if kind is Kind.RUN and len(fds) == 2 and self.held is None:
-            self.held = numbers[:2], text, fds
-            self.clear = self.clear or bool(numbers[2])
-        elif kind in (Kind.GO, Kind.HOLD) and not fds:
-            self.clear = kind is Kind.GO or (self.clear and not ended)
-        else:  # the helper ends, and its descendants
-            raise MalformedError(f"unexpected {kind.name} from the runner")
-
-    def run(self, index: int, limit: int, path: bytes, out_w: int, err_w: int) -> None:
-        """Start one script on the pipes it was given, wait for it, say how it ended; the next
-        order may start at once only if it ended cleanly and no HOLD came before its end
-        was seen."""
-        self.clear = False
+    def run(self, index: int, path: bytes, out_w: int, err_w: int) -> None:
+        """Start one script on the pipes it was given, wait for it, say how it ended."""
         started = time.monotonic_ns()
         try:
             pid = os.posix_spawn(
@@ -234,28 +201,14 @@ class _Helper:
         finally:
             os.close(out_w)  # the script has its own: its output ends when it (and what it
             os.close(err_w)  # started) closes them
-        try:  # with a pidfd: the runner can tell whether it still runs, its pid reused or not
-            pidfd = os.pidfd_open(pid)
-            try:
-                socket.send_fds(self.control, [encode(Kind.STARTED, (index, pid, started))],
-                                [pidfd])
-            finally:
-                os.close(pidfd)
+        try:
+            self.control.send(encode(Kind.STARTED, (index, pid, started)))
         except OSError:
             os.killpg(pid, signal.SIGKILL)  # nobody would know it runs
             raise
-        self.clear = True
         _, status = os.waitpid(pid, 0)
         ended = time.monotonic_ns()
-        try:  # what the runner said meanwhile, read after the end's time: a HOLD sent
-            while True:  # before it is seen
-                self.take(*receive(self.control, socket.MSG_DONTWAIT), ended=True)
-        except BlockingIOError:
-            pass
-        flags = (OVER_TIME if limit and ended - started > limit else 0) | \
-            (LEFT if _reap() else 0) | (0 if self.clear else HELD)
-        self.control.send(encode(Kind.EXITED, (index, pid, status, ended, flags)))
-        self.clear = status == 0 and not flags
+        self.control.send(encode(Kind.EXITED, (index, status, ended, _reap())))
 
 
 def main(argv: Sequence[str]) -> int:

@@ -20,8 +20,6 @@ from wizard_runner.scripts.helper import Kind
 
 #: The scripts' output pipes (within fs.pipe-max-size, what an unprivileged user may ask for).
 PIPE_SIZE: Final = 1024 * 1024
-#: The longest time limit a RUN carries (ns): a longer one is as good as none.
-MAX_LIMIT: Final = 2**63 - 1
 #: What `Spawner.state` says of a helper a script stopped, or killed (then `by SIGNAL`).
 STOPPED: Final = "was stopped"
 KILLED: Final = "was killed"
@@ -33,29 +31,17 @@ class HelperError(Exception):
 
 
 class Exited(NamedTuple):
-    """How a script ended: its wait status, and when (the helper's CLOCK_MONOTONIC, which is
-    the runner's time.monotonic())."""
+    """How a script ended: its wait status, when (the helper's CLOCK_MONOTONIC, which is the
+    runner's time.monotonic()), and whether processes it started still ran."""
 
-    pid: int
     status: int
     ended: float
-    flags: int = 0  # helper.OVER_TIME, helper.LEFT, helper.HELD
+    left: bool = False
 
     @property
     def returncode(self) -> int:
         """The exit code, or minus the signal that killed it."""
         return os.waitstatus_to_exitcode(self.status)
-
-    @property
-    def over_time(self) -> bool:
-        """It ran past its time limit (by the helper's clock, the one judge)."""
-        return bool(self.flags & helper.OVER_TIME)
-
-    @property
-    def went_on(self) -> bool:
-        """It ended cleanly (0, in time, nothing left) before it was being stopped: the helper
-        starts the next order at once, without waiting for GO."""
-        return self.status == 0 and not self.flags
 
 
 class Spawner:
@@ -105,11 +91,9 @@ class Spawner:
             raise HelperError(f"cannot put the script helper in its {self.box.name}: "
                               f"{error.strerror}") from error
 
-    def order(self, index: int, path: str, timeout: float | None = None, *,
-              now: bool = True) -> tuple[int, int]:
-        """Tell the helper to start a script, at once (`now`) or once the script before it
-        ended cleanly (else on GO): the read ends of its stdout and stderr. What became of
-        the order comes as a message; OSError when no pipe could be made."""
+    def order(self, index: int, path: str) -> tuple[int, int]:
+        """Tell the helper to start a script: the read ends of its stdout and stderr. What
+        became of the order comes as a message; OSError when no pipe could be made."""
         pipes: list[tuple[int, int]] = []
         try:
             for _ in range(2):
@@ -118,8 +102,7 @@ class Spawner:
                     fcntl.fcntl(pipes[-1][1], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
                 if self.user is not None:  # the script's own, as if it had made it:
                     os.fchown(pipes[-1][1], self.user.uid, self.user.gid)  # /dev/stdout
-            limit = max(round(min(timeout * 1e9, MAX_LIMIT)), 1) if timeout else 0
-            message = helper.encode(Kind.RUN, (index, limit, now), os.fsencode(path))
+            message = helper.encode(Kind.RUN, (index,), os.fsencode(path))
             try:
                 socket.send_fds(self.control, [message], [write for _, write in pipes])
             except OSError as error:
@@ -133,49 +116,23 @@ class Spawner:
                 os.close(write)  # the helper has its copies
         return pipes[0][0], pipes[1][0]
 
-    def go(self) -> None:
-        """Let the helper start the order it holds (the script before it was not clean)."""
-        self._say(Kind.GO)
-
-    def hold(self, *, quiet: bool = False) -> None:
-        """A stop: the helper holds the next order, unless it saw the script end before this.
-        `quiet` (from a signal handler): never block, never raise."""
-        if not quiet:
-            self._say(Kind.HOLD)
-            return
-        with contextlib.suppress(OSError):
-            self.control.send(helper.encode(Kind.HOLD), socket.MSG_DONTWAIT)
-
-    def _say(self, kind: Kind) -> None:
-        try:
-            self.control.send(helper.encode(kind))
-        except OSError as error:
-            raise self.failure(f"broke off ({error.strerror})") from error
-
-    def _next(self, flags: int = 0) -> tuple[Kind, tuple[int, ...], bytes, int | None]:
-        """The next message, without waiting, and the pidfd STARTED carries (any other
-        descriptor is closed)."""
+    def _next(self, flags: int = 0) -> tuple[Kind, tuple[int, ...], bytes]:
+        """The next message, without waiting (a descriptor it carries is closed)."""
         data, fds = helper.receive(self.control, flags | socket.MSG_DONTWAIT)
-        pidfd = fds.pop(0) if data[:1] == Kind.STARTED.value and fds else None
         for fd in fds:
             os.close(fd)
-        try:
-            return (*helper.decode(data), pidfd)
-        except BaseException:
-            if pidfd is not None:
-                os.close(pidfd)
-            raise
+        return helper.decode(data)
 
-    def receive(self) -> tuple[Kind, tuple[int, ...], int | None]:
+    def receive(self) -> tuple[Kind, tuple[int, ...]]:
         """One message from the helper, which has something to say (the socket is readable):
-        its kind, numbers, and the script's pidfd with STARTED (the caller's to close)."""
+        its kind and numbers."""
         try:
-            kind, numbers, text, pidfd = self._next()
+            kind, numbers, text = self._next()
         except (EOFError, OSError, helper.MalformedError) as error:
             raise self.failure(f"broke off ({str(error) or 'the connection closed'})") from error
         if kind is Kind.ERROR:
             raise HelperError(f"the script helper failed: {text.decode(errors='replace')}")
-        return kind, numbers, pidfd
+        return kind, numbers
 
     def state(self) -> str | None:
         """None while the helper runs; else what became of it: `was stopped`, `was killed by
@@ -216,9 +173,7 @@ class Spawner:
         it once it ended (a broken connection is the first sign of its death), else `why`."""
         readable(self.pidfd, 0.5)
         with contextlib.suppress(OSError, EOFError, helper.MalformedError):
-            kind, _, text, pidfd = self._next(socket.MSG_PEEK)  # left for the watch
-            if pidfd is not None:
-                os.close(pidfd)
+            kind, _, text = self._next(socket.MSG_PEEK)  # left for the watch
             if kind is Kind.ERROR:
                 return HelperError(f"the script helper failed: {text.decode(errors='replace')}")
         return HelperError(f"the script helper {self.state() or why}")

@@ -25,7 +25,7 @@ from wizard_runner.layout import Layout
 from wizard_runner.result import ScriptOutcome, ScriptStatus
 from wizard_runner.runuser import RunUser, require_switch_allowed
 from wizard_runner.scripts.discovery import Decision, Verdict, check_safe, scan
-from wizard_runner.signals import on_stop, pending_stop, settle_stops
+from wizard_runner.signals import pending_stop, settle_stops
 
 if TYPE_CHECKING:
     from wizard_runner.scripts.containment import Containment
@@ -81,10 +81,8 @@ def _verdict(seen: Watched) -> tuple[ScriptStatus, str | None]:
                                      f"{_EXEC_HINTS.get(code, '')}")
     if seen.broken is not None or exited is None:
         return ScriptStatus.FAILED, seen.broken or "no exit status came from the helper"
-    if exited.over_time:  # the helper's word: it holds the next script for it
-        took = (f" after {seen.deadline - seen.started:g} s" if seen.deadline is not None and
-                seen.started is not None else "")
-        return ScriptStatus.TIMED_OUT, f"timed out{took}"
+    if seen.deadline is not None and exited.ended > seen.deadline:  # by the helper's clock
+        return ScriptStatus.TIMED_OUT, f"timed out after {seen.deadline - (seen.started or 0):g} s"
     if seen.stopped_by is not None and exited.ended >= (seen.stopped_at or 0.0):
         return ScriptStatus.FAILED, f"stopped: wizard-runner was {RunInterrupted(seen.stopped_by)}"
     code = exited.returncode
@@ -132,9 +130,9 @@ class _Step:
     spawner: Spawner | None = None
     ended_by: str | None = None  # why the rest does not run
     stopped: int | None = None  # the stop signal that ended the step
-    ordered: int | None = None  # the position of the script named ahead
-    ahead: tuple[int, int] | None = None  # ... and the read ends of its output
-    released: int | None = None  # ... which the helper starts: it went on, or got GO
+    #: The next script, ordered as soon as the one before was judged: its position, and the
+    #: read ends of its output.
+    ahead: tuple[int, tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         # Each of the layout's accessors checks its path against the root: once per step.
@@ -159,21 +157,14 @@ class _Step:
             user = self.options.user
             self.spawner = Spawner(self.env, None if user.is_current else user, self.box)
             self.spawner.start()
-            on_stop(self.hold)
         return self.spawner
-
-    def hold(self) -> None:
-        """A stop came (from the signal handler): the helper holds the next script at once,
-        even while the runner is busy elsewhere (a slow terminal)."""
-        if self.spawner is not None:
-            self.spawner.hold(quiet=True)
 
     def close(self) -> None:
         """Stop the helper and everything left in the containment, remove it."""
-        on_stop(None)
-        ahead, self.ahead = self.ahead or (), None
-        for fd in ahead:
-            os.close(fd)  # named ahead, never started: the step ended first
+        _, pipes = self.ahead or (0, ())
+        self.ahead = None
+        for fd in pipes:
+            os.close(fd)  # ordered, never watched: the step ended first
         try:
             if self.spawner is not None:
                 self.spawner.close()
@@ -199,51 +190,43 @@ class _Step:
         return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason, duration_s=0.0)
 
     def run(self, name: str, position: int, follow: str | None) -> ScriptOutcome:
-        """Run one script to its end and judge it. `follow` (the next script) is named to the
-        helper at once, to start as soon as this one ended cleanly: the helper does not wait
-        idle for the runner's word. Otherwise it starts only on GO, once this one is judged
-        and what it left is stopped."""
+        """Run one script to its end and judge it. If it succeeded, `follow` (the next
+        script) is ordered at once, before this one is logged, shown and recorded: that
+        bookkeeping overlaps the next script, which starts all the same only once this one
+        is judged."""
         from wizard_runner.scripts.output import ScriptOutput
         from wizard_runner.scripts.spawner import HelperError
         from wizard_runner.scripts.watch import Watch
 
         log, path = self.log.bind(script=name), str(self.wizard_d / name)
         output = ScriptOutput(name, self.log_dir, log, self.progress, self.options.output_cap)
-        timeout = self.options.timeout
         try:
             spawner = self.helper()
-            if self.ordered == position and self.ahead is not None:
-                pipes, self.ahead = self.ahead, None
+            if self.ahead is not None and self.ahead[0] == position:
+                pipes, self.ahead = self.ahead[1], None
             elif (stop := pending_stop()) is not None:  # came as it was shown, or as the
                 output.close()  # helper started: it does not start
                 self.stopped = stop
                 self.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
                 return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
             else:
-                pipes = spawner.order(position, path, timeout)
+                pipes = spawner.order(position, path)
         except (HelperError, OSError) as error:
             output.close()
             return self._not_ordered(name, error)
-        if follow is not None and self.ended_by is None and pending_stop() is None:
-            with contextlib.suppress(HelperError, OSError):  # said when it is run
-                self.ahead = spawner.order(position + 1, str(self.wizard_d / follow), timeout,
-                                           now=False)
-                self.ordered = position + 1
         assert self.box is not None  # noqa: S101 - helper() made it
-        seen = Watch(spawner, self.box, position, pipes, output, timeout=timeout,
+        seen = Watch(spawner, self.box, position, pipes, output, timeout=self.options.timeout,
                      grace=self.options.grace, log=log,
                      shown={"path": path, "user": self.options.user.name}).run()
         if seen.broken is not None:
             self._broken(name)
         self.stopped = seen.stopped_by or self.stopped
         outcome = judge(name, seen, output.close())
-        if self.ahead is not None and seen.exited is not None and seen.exited.went_on:
-            self.released = position + 1
-        elif self.ahead is not None and outcome.status is ScriptStatus.SUCCEEDED and \
+        if follow is not None and outcome.status is ScriptStatus.SUCCEEDED and \
                 pending_stop() is None:
-            with contextlib.suppress(HelperError):  # the next script's watch hears of it
-                spawner.go()
-                self.released = position + 1
+            with contextlib.suppress(HelperError, OSError):  # said when it is run
+                self.ahead = position + 1, spawner.order(position + 1,
+                                                         str(self.wizard_d / follow))
         return outcome
 
     def entry(self, decision: Decision, position: int, total: int,
@@ -251,7 +234,7 @@ class _Step:
         """What becomes of one entry of wizard.d past the start point (shown as it starts
         and ends, unless it does not run)."""
         name, stop = decision.name, pending_stop()
-        started = self.released == position  # by the helper, on its own: it must be watched
+        started = self.ahead is not None and self.ahead[0] == position  # it must be watched
         if self.ended_by is None and stop is not None and not started:
             self.stopped = stop  # no script starts once a stop is held
             self.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"

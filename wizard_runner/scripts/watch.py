@@ -2,9 +2,8 @@
 could not start, ended), output on either pipe (read once the start is heard), the helper's
 death (its pidfd), a stop signal (the wake-up pipe). A stopped helper sends no event: its
 state is looked at every HELPER_LOOK seconds. A timeout or a stop stops all the script
-started; what it left running when it ended is stopped too (the helper holds the next script
-meanwhile). When the helper says the script ended cleanly, it has gone on to the next one:
-the set is not touched."""
+started; what it left running when it ended is stopped too. The helper starts nothing
+meanwhile: it waits for the runner's next order."""
 
 from __future__ import annotations
 
@@ -89,8 +88,6 @@ class Watch:
         self.stop_done: float | None = None  # when the stop of the script was over
         self.looked_at = 0.0
         self.drained = False
-        self.script_fd = -1  # the script's pidfd, from STARTED
-        self.stop_for: int | None = None  # the stop signal _stop acted on (None: a timeout)
 
     def run(self) -> Watched:
         """Watch until the script ended and its output is read, or it could not start, or
@@ -107,23 +104,18 @@ class Watch:
                     break
                 for fd, _ in self.poller.poll(self._wait() * 1000):
                     self._event(fd, wakeup)
-            # What was left may signal the helper as it is stopped. Gone on, the helper was
-            # not stopped by the script (it would have been before it saw the end).
-            if self.seen.broken is None and self.seen.pid is not None and not self._went_on():
+            # What was left may signal the helper as it is stopped. A script that left nothing
+            # cannot: a signal it sent is delivered before the helper sees its end.
+            exited = self.seen.exited
+            if self.seen.broken is None and exited is not None and (
+                    exited.left or self.seen.stopped_at is not None):
                 self._clear_leftovers()
                 if self.seen.broken is None and self.spawner.hit():
                     self._broken("the script, or what it left, signalled the helper that ran it")
         finally:
             for fd in list(self.pipes):
                 self._close(fd)
-            if self.script_fd >= 0:
-                os.close(self.script_fd)
         return self.seen
-
-    def _went_on(self) -> bool:
-        """The helper said the script ended cleanly and went on to the next order: nothing of
-        this script is left, and what runs now is the next one's."""
-        return self.seen.exited is not None and self.seen.exited.went_on
 
     def _over(self) -> bool:
         seen = self.seen
@@ -166,26 +158,21 @@ class Watch:
         """What the helper says of the script: it started, could not, or ended."""
         seen = self.seen
         try:
-            kind, numbers, pidfd = self.spawner.receive()
+            kind, numbers = self.spawner.receive()
         except HelperError as error:
             self._broken(str(error))
             return
         wanted = (Kind.EXITED,) if seen.pid is not None else (Kind.STARTED, Kind.FAILED)
-        if kind not in wanted or numbers[0] != self.index or \
-                (pidfd is None) == (kind is Kind.STARTED):
-            if pidfd is not None:
-                os.close(pidfd)
+        if kind not in wanted or numbers[0] != self.index:
             self._broken(f"the helper said {kind.name} #{numbers[0]} while script "
                          f"#{self.index} ran")
-            return
-        if pidfd is not None:
-            self.script_fd = pidfd
+        elif kind is Kind.STARTED:
             self._started(numbers[1], numbers[2] / 1e9)
         elif kind is Kind.FAILED:
             self.log.info("script_started", **self.shown)
             seen.cannot_start = numbers[1]
         else:
-            seen.exited = Exited(numbers[1], numbers[2], numbers[3] / 1e9, numbers[4])
+            seen.exited = Exited(numbers[1], numbers[2] / 1e9, bool(numbers[3]))
             self.exited_at = time.monotonic()
             self.poller.unregister(self.spawner.control.fileno())
 
@@ -262,34 +249,20 @@ class Watch:
         if seen.exited is None and self.stop_done is None:
             stop = pending_stop()
             if stop is not None or (seen.deadline is not None and now >= seen.deadline):
-                self._stop(stop)
+                self._catch_up()  # an end already said is judged as it is: nothing to stop
+                if seen.exited is None and not self._over():
+                    self._stop(stop)
         elif seen.exited is None and self.stop_done is not None and \
                 now - self.stop_done > self.grace:
             self._catch_up()  # (the runner may have been held up past the grace)
             if seen.exited is None and not self._over():
-                if seen.stopped_at is None:  # it ended, yet something keeps its end from the
-                    self._stop_all(self.stop_for)  # helper (a tracer): stop all after all
-                else:
-                    self._broken("it did not end after SIGKILL, or its helper no longer reports")
+                self._broken("it did not end after SIGKILL, or its helper no longer reports")
         if self.exited_at is not None and self.pipes:
             self._drain(now)
 
     def _stop(self, signum: int | None) -> None:
-        """A stop signal, or the deadline: the helper is told to HOLD the next script. Then,
-        unless the script had already ended by itself (its end is on its way), it and all it
-        started are stopped: TERM, the grace, KILL, the helper spared (it holds the next
-        script for a script that ends after HOLD: nothing the helper starts is hit)."""
-        try:
-            self.spawner.hold()
-        except HelperError as error:
-            self._broken(str(error))
-            return
-        self.stop_done, self.stop_for = time.monotonic(), signum  # its end is due in the grace
-        if not procs.readable(self.script_fd):
-            self._stop_all(signum)
-
-    def _stop_all(self, signum: int | None) -> None:
-        """Stop the script and all it started (the helper holds the next script)."""
+        """A stop signal, or the deadline: stop the script and all it started (TERM, the
+        grace, KILL; the helper spared)."""
         self.seen.stopped_at, self.seen.stopped_by = time.monotonic(), signum
         if signum is not None:
             self.log.warning("script_stopped", signal=signal.Signals(signum).name)
@@ -308,7 +281,7 @@ class Watch:
         assert self.exited_at is not None  # noqa: S101 - _tick calls this only after the end
         if now - self.exited_at < DRAIN:
             return
-        if not self.drained and not self._went_on():
+        if not self.drained:
             self.drained = True
             self._clear_leftovers()
         if now - self.exited_at >= DRAIN_LIMIT:
