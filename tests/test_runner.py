@@ -171,7 +171,7 @@ def test_sigterm_during_writes_is_held_until_all_are_done(
     assert sent
     assert result.status is RunStatus.INTERRUPTED
     assert result.exit_code == 143
-    assert result.error == "interrupted by SIGTERM, after every step of the run had completed"
+    assert result.error == "interrupted by SIGTERM; every step had completed before it was acted on"
     assert [f.action for f in result.system_conf.files] == [FileAction.WRITTEN] * 7
     assert (sandbox / "etc/network/interfaces").read_text().count("192.168.50.10") == 1
     stored = json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text())

@@ -584,7 +584,7 @@ def step_problems(root: Path, code: int, stdout: str, stderr: str, signum: int) 
     if stored.run_id != printed["run_id"] or stored.exit_code != code:
         problems.append("the stored result is not this run's, or contradicts the exit code")
     statuses = [script.status.value for script in stored.scripts]
-    finished = (stored.error or "").endswith("after every step of the run had completed")
+    finished = (stored.error or "").endswith("every step had completed before it was acted on")
     if code != 0 and "not_run" not in statuses and statuses[-1:] != ["failed"] and \
             not finished:
         problems.append(f"stopped, but every script reported as run: {statuses}")

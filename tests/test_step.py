@@ -40,7 +40,7 @@ from wizard_runner.config import WizardConfig
 from wizard_runner.errors import PrivilegeError, RunInterrupted
 from wizard_runner.layout import Layout
 from wizard_runner.log import make_logger
-from wizard_runner.result import RunResult, RunStatus
+from wizard_runner.result import RunResult, RunStatus, ScriptOutcome
 from wizard_runner.runuser import require_switch_allowed, resolve_user
 from wizard_runner.scripts.step import ScriptsOptions, run_scripts
 from wizard_runner.scripts.watch import Watch
@@ -1061,7 +1061,7 @@ def test_a_stop_seen_before_the_last_scripts_exit_cuts_nothing_short(
 ) -> None:
     """SIGTERM lands as the last script's exit is on its way: the runner sees the stop first,
     yet the script had ended by itself. The scripts say they succeeded; the run says it was
-    stopped after every step had completed, not that a script was cut short."""
+    stopped once every step had completed, not that a script was cut short."""
     add_script(root, "10-first", "exit 0")
     add_script(root, "20-last", "exit 0")
     read_exit = Watch._message
@@ -1082,13 +1082,14 @@ def test_a_stop_seen_before_the_last_scripts_exit_cuts_nothing_short(
     assert result.exit_code == 128 + signal.SIGTERM
     assert [(s.name, s.status.value) for s in result.scripts] == [("10-first", "succeeded"),
                                                                  ("20-last", "succeeded")]
-    assert (result.error or "").endswith("after every step of the run had completed"), result
+    assert (result.error or "").endswith("every step had completed before it was acted on"), result
 
 
 def test_a_late_look_at_a_timed_out_script_still_says_timed_out(config: WizardConfig,
                                                                 root: Path) -> None:
     """The runner lagged (slow terminal) and saw the end first: past its deadline by the
-    helper's clock, the script still timed out, and the step stopped there."""
+    helper's clock, the script still timed out, the log says so, and the step stopped
+    there."""
     add_script(root, "10-first", "exit 0")
     add_script(root, "20-slow", "sleep 1.5")
     add_script(root, "30-after", "exit 0")
@@ -1097,6 +1098,10 @@ def test_a_late_look_at_a_timed_out_script_still_says_timed_out(config: WizardCo
     assert found["20-slow"]["status"] == "timed_out"
     assert result.exit_code == 1
     assert found["30-after"]["status"] == "not_run"
+    said = [json.loads(line) for line in
+            (root / "var/log/wizard-runner/wizard-runner.log").read_text().splitlines()]
+    assert [(e.get("script"), e.get("seen")) for e in said
+            if e["event"] == "script_timed_out"] == [("20-slow", "at its end")]
 
 
 @pytest.mark.usefixtures("restore_signals")
@@ -1107,3 +1112,99 @@ def test_a_stop_after_the_end_judges_the_script_as_it_ended(config: WizardConfig
     result = run_stopped_after(0.6, config, root, progress=SlowProgress(per_line=0.5))
     assert result.status is RunStatus.INTERRUPTED
     assert scripts_of(result)["10-chatty"]["status"] == "succeeded"
+
+
+def test_a_timeout_acted_on_is_a_timeout_though_the_end_was_on_its_way(
+    config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner acts on the deadline (logs it, stops the set) while the script's end, taken
+    just before it, is still on its way: the verdict is what the log says, timed out, and
+    nothing more starts."""
+    ran = shared_dir(root) / "ran"
+    add_script(root, "10-quick", "sleep 0.5")
+    add_script(root, "20-next", f"touch {ran}")
+    read_message, catch_up = Watch._message, Watch._catch_up
+    lagged: list[str] = []
+
+    def lag(watch: Watch) -> None:
+        if watch.index == 1 and watch.seen.pid is not None and not lagged:
+            lagged.append("end")
+            time.sleep(max((watch.seen.deadline or 0) - time.monotonic(), 0) + 0.05)
+            return  # the end waits unread
+        read_message(watch)
+
+    def in_flight(watch: Watch) -> None:
+        if lagged == ["end"]:
+            lagged.append("unseen")  # as if the end were not readable yet
+            return
+        catch_up(watch)
+
+    monkeypatch.setattr(Watch, "_message", lag)
+    monkeypatch.setattr(Watch, "_catch_up", in_flight)
+    options = ScriptsOptions(user=resolve_user(USER), timeout=1.0, grace=0.3)
+    log = io.StringIO()
+    outcomes = run_scripts(config=config, layout=Layout.under(root), run_id="in-flight",
+                           options=options, log=make_logger(log, json_lines=True))
+    assert lagged == ["end", "unseen"]
+    assert [(o.name, o.status.value) for o in outcomes] == [("10-quick", "timed_out"),
+                                                            ("20-next", "not_run")]
+    assert "script_timed_out" in log.getvalue()
+    assert not ran.exists()
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_script_stopped_before_its_deadline_was_stopped_though_it_died_after(
+    config: WizardConfig, root: Path
+) -> None:
+    """SIGTERM before the deadline; the script ignores it and dies of SIGKILL only after its
+    deadline: it was stopped, not timed out."""
+    ready = shared_dir(root) / "ready"
+    add_script(root, "10-stubborn", f"trap '' TERM; touch {ready}; sleep 30")
+    options = ScriptsOptions(user=resolve_user(USER), timeout=1.0, grace=1.5)
+    install_stop_handlers()
+
+    def stop_once_ready() -> None:
+        wait_until(ready.exists, what="10-stubborn to start")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_once_ready)
+    stopper.start()
+    kept: list[ScriptOutcome] = []
+    try:
+        with open(os.devnull, "w") as sink, pytest.raises(RunInterrupted):
+            run_scripts(config=config, layout=Layout.under(root), run_id="stubborn",
+                        options=options, log=make_logger(sink, json_lines=True),
+                        record=lambda outcomes: kept.extend(outcomes[len(kept):]))
+    finally:
+        stopper.join()
+    assert [(o.name, o.status.value, o.reason) for o in kept] == [
+        ("10-stubborn", "failed", "stopped: wizard-runner was interrupted by SIGTERM")]
+    assert (kept[0].duration_s or 0.0) > 1.0  # it did die past its deadline
+
+
+class FailsAtEnd(SlowProgress):
+    """A progress view (an embedding application's) that raises as a script's end is shown."""
+
+    def finished(self, outcome: Any) -> None:
+        """Break."""
+        raise RuntimeError("the view broke")
+
+
+def test_a_step_broken_off_with_a_script_ordered_says_it_was_abandoned(
+    config: WizardConfig, root: Path
+) -> None:
+    """The next script is ordered as soon as the last is judged; if the step then breaks off
+    (the caller's progress view raises), the log names the script ordered, and nothing of it
+    is left running."""
+    marker = f"sleep 3{os.getpid() % 1000}9"
+    add_script(root, "10-first", "exit 0")
+    add_script(root, "20-next", marker)
+    options = ScriptsOptions(user=resolve_user(USER))
+    log = io.StringIO()
+    with pytest.raises(RuntimeError, match="the view broke"):
+        run_scripts(config=config, layout=Layout.under(root), run_id="abandoned",
+                    options=options, log=make_logger(log, json_lines=True),
+                    progress=FailsAtEnd())
+    said = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [e["script"] for e in said if e["event"] == "script_abandoned"] == ["20-next"]
+    assert no_process_with(marker)

@@ -296,7 +296,7 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
     held = settle_stops()  # from here on the outcome stands: later stops are ignored
     if held is not None and status is RunStatus.SUCCEEDED:
         status, exit_code = RunStatus.INTERRUPTED, exit_for_signal(held)
-        error = f"{RunInterrupted(held)}, after every step of the run had completed"
+        error = f"{RunInterrupted(held)}; every step had completed before it was acted on"
         log.warning("run_interrupted", signal=held, step="finishing")
     if run.log_file.lost is not None:
         run.warnings.append(f"{plan.layout.log_file}: lines of this run's log could not be "

@@ -81,10 +81,11 @@ def _verdict(seen: Watched) -> tuple[ScriptStatus, str | None]:
                                      f"{_EXEC_HINTS.get(code, '')}")
     if seen.broken is not None or exited is None:
         return ScriptStatus.FAILED, seen.broken or "no exit status came from the helper"
-    if seen.deadline is not None and exited.ended > seen.deadline:  # by the helper's clock
-        return ScriptStatus.TIMED_OUT, f"timed out after {seen.deadline - (seen.started or 0):g} s"
-    if seen.stopped_by is not None and exited.ended >= (seen.stopped_at or 0.0):
+    if seen.stopped_by is not None and seen.stopped_at is not None:  # the runner stopped it
         return ScriptStatus.FAILED, f"stopped: wizard-runner was {RunInterrupted(seen.stopped_by)}"
+    if seen.deadline is not None and (seen.stopped_at is not None or  # ... for its deadline
+                                      exited.ended > seen.deadline):  # (the helper's clock)
+        return ScriptStatus.TIMED_OUT, f"timed out after {seen.deadline - (seen.started or 0):g} s"
     code = exited.returncode
     if code < 0:
         return ScriptStatus.FAILED, f"killed by {_signal_name(code)}"
@@ -92,8 +93,9 @@ def _verdict(seen: Watched) -> tuple[ScriptStatus, str | None]:
 
 
 def judge(name: str, seen: Watched, tail: str) -> ScriptOutcome:
-    """What became of a script, from what its watch saw. Times are the helper's: a script that
-    ended past its deadline timed out, one that ended before a stop ended by itself."""
+    """What became of a script, from what its watch saw: a script the runner stopped was
+    stopped (for a stop signal) or timed out (for its deadline), as the log says; else one that
+    ended past its deadline by the helper's clock timed out; else its exit says."""
     code = seen.exited.returncode if seen.exited is not None else None
     ended = seen.exited.ended if seen.exited is not None else seen.ended_at
     took = ended - seen.started if ended is not None and seen.started is not None else 0.0
@@ -130,9 +132,9 @@ class _Step:
     spawner: Spawner | None = None
     ended_by: str | None = None  # why the rest does not run
     stopped: int | None = None  # the stop signal that ended the step
-    #: The next script, ordered as soon as the one before was judged: its position, and the
-    #: read ends of its output.
-    ahead: tuple[int, tuple[int, int]] | None = None
+    #: The next script, ordered as soon as the one before was judged: its position, name, and
+    #: the read ends of its output.
+    ahead: tuple[int, str, tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         # Each of the layout's accessors checks its path against the root: once per step.
@@ -161,10 +163,13 @@ class _Step:
 
     def close(self) -> None:
         """Stop the helper and everything left in the containment, remove it."""
-        _, pipes = self.ahead or (0, ())
-        self.ahead = None
-        for fd in pipes:
-            os.close(fd)  # ordered, never watched: the step ended first
+        if self.ahead is not None:  # ordered, never watched: the step broke off first
+            _, name, pipes = self.ahead
+            self.ahead = None
+            self.log.error("script_abandoned", script=name, reason="ordered as the step broke "
+                           "off; stopped with everything the step started")
+            for fd in pipes:
+                os.close(fd)
         try:
             if self.spawner is not None:
                 self.spawner.close()
@@ -203,7 +208,7 @@ class _Step:
         try:
             spawner = self.helper()
             if self.ahead is not None and self.ahead[0] == position:
-                pipes, self.ahead = self.ahead[1], None
+                pipes, self.ahead = self.ahead[2], None
             elif (stop := pending_stop()) is not None:  # came as it was shown, or as the
                 output.close()  # helper started: it does not start
                 self.stopped = stop
@@ -225,8 +230,8 @@ class _Step:
         if follow is not None and outcome.status is ScriptStatus.SUCCEEDED and \
                 pending_stop() is None:
             with contextlib.suppress(HelperError, OSError):  # said when it is run
-                self.ahead = position + 1, spawner.order(position + 1,
-                                                         str(self.wizard_d / follow))
+                self.ahead = position + 1, follow, spawner.order(position + 1,
+                                                                 str(self.wizard_d / follow))
         return outcome
 
     def entry(self, decision: Decision, position: int, total: int,
@@ -334,5 +339,5 @@ def run_scripts(
         settle_stops()
         raise RunInterrupted(step.stopped)
     # A stop that came as the last script ended by itself cut nothing short: it stays held,
-    # and the run reports it as coming after every step had completed.
+    # and the run reports that every step had completed before it was acted on.
     return outcomes

@@ -174,6 +174,9 @@ class Watch:
         else:
             seen.exited = Exited(numbers[1], numbers[2] / 1e9, bool(numbers[3]))
             self.exited_at = time.monotonic()
+            if seen.deadline is not None and seen.exited.ended > seen.deadline and \
+                    seen.stopped_at is None:  # the runner was held up past the deadline
+                self.log.error("script_timed_out", timeout_s=self.timeout, seen="at its end")
             self.poller.unregister(self.spawner.control.fileno())
 
     def _started(self, pid: int, at: float) -> None:
