@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,6 +155,23 @@ def wait_until(condition: Callable[[], object], timeout: float = 20.0,
             pass
         time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def sigterm_once(ready: Path, what: str) -> Iterator[None]:
+    """Send this process SIGTERM from a thread once `ready` exists (a script made it: the
+    handshake that it runs); the thread is joined as the block ends."""
+
+    def stop_once_ready() -> None:
+        wait_until(ready.exists, what=what)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_once_ready)
+    stopper.start()
+    try:
+        yield
+    finally:
+        stopper.join()
 
 
 def peak_rss_kib(process: subprocess.Popen[Any]) -> int:

@@ -33,7 +33,7 @@ from tests.helpers import (
     scripts_of,
     shared_dir,
     shared_fifo,
-    wait_until,
+    sigterm_once,
     www_data,
 )
 from wizard_runner.config import WizardConfig
@@ -747,17 +747,8 @@ def test_a_script_that_ends_well_when_stopped_starts_nothing_more(config: Wizard
                                   "while :; do sleep 0.05; done")
     add_script(root, "20-next", f"touch {ran}")
     install_stop_handlers()
-
-    def stop_once_ready() -> None:
-        wait_until(ready.exists, what="10-polite to start")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    stopper = threading.Thread(target=stop_once_ready)
-    stopper.start()
-    try:
+    with sigterm_once(ready, what="10-polite to start"):
         result = run_step(config, root)
-    finally:
-        stopper.join()
     found = scripts_of(result)
     assert result.status is RunStatus.INTERRUPTED
     assert (found["10-polite"]["status"], found["10-polite"]["exit_code"]) == ("failed", 0)
@@ -1162,21 +1153,12 @@ def test_a_script_stopped_before_its_deadline_was_stopped_though_it_died_after(
     add_script(root, "10-stubborn", f"trap '' TERM; touch {ready}; sleep 30")
     options = ScriptsOptions(user=resolve_user(USER), timeout=1.0, grace=1.5)
     install_stop_handlers()
-
-    def stop_once_ready() -> None:
-        wait_until(ready.exists, what="10-stubborn to start")
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    stopper = threading.Thread(target=stop_once_ready)
-    stopper.start()
     kept: list[ScriptOutcome] = []
-    try:
-        with open(os.devnull, "w") as sink, pytest.raises(RunInterrupted):
-            run_scripts(config=config, layout=Layout.under(root), run_id="stubborn",
-                        options=options, log=make_logger(sink, json_lines=True),
-                        record=lambda outcomes: kept.extend(outcomes[len(kept):]))
-    finally:
-        stopper.join()
+    with sigterm_once(ready, what="10-stubborn to start"), open(os.devnull, "w") as sink, \
+            pytest.raises(RunInterrupted):
+        run_scripts(config=config, layout=Layout.under(root), run_id="stubborn",
+                    options=options, log=make_logger(sink, json_lines=True),
+                    record=lambda outcomes: kept.extend(outcomes[len(kept):]))
     assert [(o.name, o.status.value, o.reason) for o in kept] == [
         ("10-stubborn", "failed", "stopped: wizard-runner was interrupted by SIGTERM")]
     assert (kept[0].duration_s or 0.0) > 1.0  # it did die past its deadline
