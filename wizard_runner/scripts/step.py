@@ -163,19 +163,18 @@ class _Step:
 
     def close(self) -> None:
         """Stop the helper and everything left in the containment, remove it."""
-        if self.ahead is not None:  # ordered, never watched: the step broke off first
-            _, name, pipes = self.ahead
-            self.ahead = None
-            self.log.error("script_abandoned", script=name, reason="ordered as the step broke "
-                           "off; stopped with everything the step started")
-            for fd in pipes:
-                os.close(fd)
+        ahead, self.ahead = self.ahead, None
+        for fd in ahead[2] if ahead is not None else ():
+            os.close(fd)
         try:
             if self.spawner is not None:
                 self.spawner.close()
         finally:
             if self.box is not None:
                 self.box.close()
+        if ahead is not None:  # ordered, never watched: the step broke off first
+            self.log.error("script_abandoned", script=ahead[1], reason="ordered as the step "
+                           "broke off; stopped with everything the step started")
 
     def _broken(self, name: str) -> None:
         """The helper failed: end everything the step started, the helper too, at once."""
