@@ -467,7 +467,8 @@ def test_an_internal_error_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object) -> int:
         raise ValueError("boom")
 
-    monkeypatch.setitem(command_line._COMMANDS, "status", broken)
+    monkeypatch.setitem(command_line._COMMANDS, "status",
+                        command_line._COMMANDS["status"]._replace(handle=broken))
     out, err = io.StringIO(), io.StringIO()
     assert command_line.main(["status", "--json"], stdout=out, stderr=err) == 70
     assert err.getvalue().startswith("wizard-runner: internal error, please report it: "

@@ -462,7 +462,7 @@ FINISHING = textwrap.dedent("""\
         out.write("the command's output\\n")
         return code
 
-    cli._COMMANDS["status"] = finishing
+    cli._COMMANDS["status"] = cli._COMMANDS["status"]._replace(handle=finishing)
     sys.argv = ["wizard-runner", "status"]
     from wizard_runner.entry import main
     sys.exit(main())

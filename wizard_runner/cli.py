@@ -200,29 +200,6 @@ def _setup_dirs_arguments(setup: argparse.ArgumentParser) -> None:
 
 _AddArguments = Callable[[argparse.ArgumentParser], None]
 
-#: Each sub-command: what `--help` says of it, its description, the function adding its
-#: arguments.
-_SUBCOMMANDS: Final[dict[str, tuple[str, str | None, _AddArguments]]] = {
-    "validate": ("check a wizard body; print every problem", None, _validate_arguments),
-    "run": ("apply a wizard body: the system files, then the scripts",
-            "Without --config, repeat the last run: its body (saved without its password in "
-            "/var/lib/wizard-runner/config.json) with the flags it ran with.", _run_arguments),
-    "submit": ("hand a wizard body to the daemon (as www-data: confd's way in)",
-               "Validate the body, drop it into the daemon's spool and print the request id; "
-               "with --wait, wait for the result and exit as `run` would.", _submit_arguments),
-    "serve": ("the daemon: run the requests of the spool", None, _serve_arguments),
-    "reopen": ("let the daemon run requests again (as root)",
-               "Once a request's run has succeeded, the daemon rejects every new request (the "
-               "appliance is configured). This lets requests be run again.", _add_root),
-    "list": ("show what the scripts step would do, and why", None, _list_arguments),
-    "status": ("show the last run", None, _status_arguments),
-    "setup-dirs": ("create the spool, state, log and backup directories (as root)",
-                   "Create the runner's directories with the owners and modes it uses, and put "
-                   "back any that drifted; the Debian package runs it on every install and "
-                   "upgrade.", _setup_dirs_arguments),
-}
-
-
 def build_parser(command: str | None = None) -> _Parser:
     """The argument parser, with one sub-command per job; given the command about to run,
     with that one alone."""
@@ -239,9 +216,10 @@ def build_parser(command: str | None = None) -> _Parser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (summary, description, add_arguments) in _SUBCOMMANDS.items():
+    for name, job in _COMMANDS.items():
         if command in (None, name):
-            add_arguments(commands.add_parser(name, help=summary, description=description))
+            job.add_arguments(commands.add_parser(name, help=job.summary,
+                                                  description=job.description))
     parser.commands = dict(commands.choices)
     return parser
 
@@ -251,7 +229,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     # A command line that starts with a command needs that command's parser alone; any other
     # (--help, --version, a mistake) gets them all, to list them.
     first = argv[0] if argv else None
-    parser = build_parser(first if first in _SUBCOMMANDS else None)
+    parser = build_parser(first if first in _COMMANDS else None)
     args, extras = parser.parse_known_args(argv)
     if extras:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extras)}")
@@ -674,16 +652,44 @@ def _setup_dirs(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextI
     return EXIT_OK
 
 
-Command = Callable[[argparse.Namespace, TextIO, TextIO, TextIO], int]
-_COMMANDS: Final[dict[str, Command]] = {
-    "validate": _validate,
-    "run": _run,
-    "list": _list,
-    "status": _status,
-    "submit": _submit,
-    "serve": _serve,
-    "reopen": _reopen,
-    "setup-dirs": _setup_dirs,
+class _Command(NamedTuple):
+    """A sub-command: what `--help` says of it, its description, the function adding its
+    arguments, the one running it."""
+
+    summary: str
+    description: str | None
+    add_arguments: _AddArguments
+    handle: Callable[[argparse.Namespace, TextIO, TextIO, TextIO], int]
+
+
+_COMMANDS: Final[dict[str, _Command]] = {
+    "validate": _Command(
+        "check a wizard body; print every problem", None, _validate_arguments, _validate),
+    "run": _Command(
+        "apply a wizard body: the system files, then the scripts",
+        "Without --config, repeat the last run: its body (saved without its password in "
+        "/var/lib/wizard-runner/config.json) with the flags it ran with.",
+        _run_arguments, _run),
+    "submit": _Command(
+        "hand a wizard body to the daemon (as www-data: confd's way in)",
+        "Validate the body, drop it into the daemon's spool and print the request id; with "
+        "--wait, wait for the result and exit as `run` would.",
+        _submit_arguments, _submit),
+    "serve": _Command("the daemon: run the requests of the spool", None, _serve_arguments,
+                      _serve),
+    "reopen": _Command(
+        "let the daemon run requests again (as root)",
+        "Once a request's run has succeeded, the daemon rejects every new request (the "
+        "appliance is configured). This lets requests be run again.",
+        _add_root, _reopen),
+    "list": _Command("show what the scripts step would do, and why", None, _list_arguments,
+                     _list),
+    "status": _Command("show the last run", None, _status_arguments, _status),
+    "setup-dirs": _Command(
+        "create the spool, state, log and backup directories (as root)",
+        "Create the runner's directories with the owners and modes it uses, and put back any "
+        "that drifted; the Debian package runs it on every install and upgrade.",
+        _setup_dirs_arguments, _setup_dirs),
 }
 
 
@@ -780,7 +786,7 @@ def _command_line(arguments: list[str], out: TextIO, stdin: TextIO, err: TextIO)
     try:
         args = parse(arguments)
         command = args.command
-        return _COMMANDS[args.command](args, out, stdin, err)
+        return _COMMANDS[args.command].handle(args, out, stdin, err)
     except SystemExit as done:  # --help and --version
         return done.code if isinstance(done.code, int) else EXIT_USAGE
     except BaseException as error:  # the one boundary: every failure is said, once
