@@ -34,6 +34,7 @@ from tests.helpers import (
     shared_dir,
     shared_fifo,
     sigterm_once,
+    wait_until,
     www_data,
 )
 from wizard_runner.config import WizardConfig
@@ -1165,10 +1166,16 @@ def test_a_script_stopped_before_its_deadline_was_stopped_though_it_died_after(
 
 
 class FailsAtEnd(SlowProgress):
-    """A progress view (an embedding application's) that raises as a script's end is shown."""
+    """A progress view (an embedding application's) that raises as a script's end is shown,
+    once the next script, ordered meanwhile, says it runs (it makes `ready`)."""
+
+    def __init__(self, ready: Path) -> None:
+        super().__init__()
+        self.ready = ready
 
     def finished(self, outcome: Any) -> None:
-        """Break."""
+        """Break, once the next script runs."""
+        wait_until(self.ready.exists, what="the next script to start")
         raise RuntimeError("the view broke")
 
 
@@ -1176,17 +1183,20 @@ def test_a_step_broken_off_with_a_script_ordered_says_it_was_abandoned(
     config: WizardConfig, root: Path
 ) -> None:
     """The next script is ordered as soon as the last is judged; if the step then breaks off
-    (the caller's progress view raises), the log names the script ordered, and nothing of it
-    is left running."""
+    (the caller's progress view raises) while it runs, the log names it, nothing of it is
+    left running, and no descriptor of the step is left open."""
+    ready = shared_dir(root) / "ready"
     marker = f"sleep 3{os.getpid() % 1000}9"
     add_script(root, "10-first", "exit 0")
-    add_script(root, "20-next", marker)
+    add_script(root, "20-next", f"touch {ready}; {marker}")
     options = ScriptsOptions(user=resolve_user(USER))
     log = io.StringIO()
+    before = sorted(os.listdir("/proc/self/fd"))
     with pytest.raises(RuntimeError, match="the view broke"):
         run_scripts(config=config, layout=Layout.under(root), run_id="abandoned",
                     options=options, log=make_logger(log, json_lines=True),
-                    progress=FailsAtEnd())
+                    progress=FailsAtEnd(ready))
+    assert sorted(os.listdir("/proc/self/fd")) == before
     said = [json.loads(line) for line in log.getvalue().splitlines()]
     assert [e["script"] for e in said if e["event"] == "script_abandoned"] == ["20-next"]
     assert no_process_with(marker)
