@@ -194,6 +194,11 @@ class Watch:
                 procs.readable(self.spawner.control.fileno()):
             self._message()
 
+    def _end_unheard(self) -> bool:
+        """Whether the script's end is still unheard once what the helper said is read."""
+        self._catch_up()
+        return self.seen.exited is None and not self._over()
+
     def _helper_gone(self) -> None:
         """The helper died or was stopped: what it said before still counts."""
         seen = self.seen
@@ -251,15 +256,14 @@ class Watch:
             return
         if seen.exited is None and self.stop_done is None:
             stop = pending_stop()
-            if stop is not None or (seen.deadline is not None and now >= seen.deadline):
-                self._catch_up()  # an end already said is judged as it is: nothing to stop
-                if seen.exited is None and not self._over():
-                    self._stop(stop)
+            due = stop is not None or (seen.deadline is not None and now >= seen.deadline)
+            if due and self._end_unheard():  # an end already said is judged as it is
+                self._stop(stop)
+        # Past the grace after the stop, the end is looked for first: the runner may have been
+        # held up past it.
         elif seen.exited is None and self.stop_done is not None and \
-                now - self.stop_done > self.grace:
-            self._catch_up()  # (the runner may have been held up past the grace)
-            if seen.exited is None and not self._over():
-                self._broken("it did not end after SIGKILL, or its helper no longer reports")
+                now - self.stop_done > self.grace and self._end_unheard():
+            self._broken("it did not end after SIGKILL, or its helper no longer reports")
         if self.exited_at is not None and self.pipes:
             self._drain(now)
 
