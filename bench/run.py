@@ -188,11 +188,12 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
         f"{their_slope * 1e3:.2f} ms ({ratio:.2f}x). Target <= 1.25x, <= 1.5x for a "
         f"simpler protocol: {verdict(ratio)}. The helper works in lock-step: it starts a "
         "script only when the runner orders it, and the runner orders the next one once it "
-        "has judged the last a success, a round trip of two messages between one script's "
-        "end and the next one's start. That round trip is what the 1.5x allows for: running "
-        "the next script ahead of the judgment took a protocol of holds and releases between "
-        "runner and helper, which lock-step does without. The order goes out before the "
-        "runner logs, shows and records the last script (section 6).",
+        "has judged, logged, shown and recorded the last: a round trip of two messages and "
+        "that bookkeeping between one script's end and the next one's start. That is what "
+        "the 1.5x allows for. Overlapping them took either a protocol of holds and releases "
+        "between runner and helper (the next script run ahead of the judgment), or an order "
+        "sent before the bookkeeping, which left the next script running unwatched during "
+        "it; lock-step needs neither.",
         f"- starting the helper that runs the scripts as {USER} (once per run that has a "
         f"script to run; the intercept of the non-empty runs over the empty one): "
         f"{helper * 1e3:.1f} ms.",
@@ -361,52 +362,6 @@ def bench_startup(base: Path, reps: int) -> list[str]:
     return [*lines, ""]
 
 
-def bench_overlap(base: Path, count: int, reps: int) -> list[str]:
-    """What ordering the next script as soon as the last is judged buys: a whole scripts step
-    of `count` trivial scripts, in-process, as it runs and with the order sent only once the
-    last script is logged, shown and recorded."""
-    from unittest import mock  # noqa: PLC0415 - only for this step
-
-    from wizard_runner.runner import execute  # noqa: PLC0415
-    from wizard_runner.scripts import step  # noqa: PLC0415
-
-    config, options = in_process(fresh_root(base, "order", count))
-
-    def per_script(early: bool) -> float:
-        with open(os.devnull, "w") as sink, \
-                mock.patch.object(step, "_following", step._following if early
-                                  else lambda *_: None):
-            started = time.perf_counter()
-            result = execute(config, options, stream=sink)
-            elapsed = time.perf_counter() - started
-        if result.exit_code != 0:
-            raise RuntimeError(f"the ordering bench failed: {result.error}")
-        return elapsed / count
-
-    late, early = [], []
-    for _ in range(reps):
-        late.append(per_script(False))
-        early.append(per_script(True))
-    saved = statistics.median(late) - statistics.median(early)
-    return [
-        "## 6. When the next script is ordered",
-        "",
-        f"A whole scripts step of {count} trivial scripts, in-process (the helper's start "
-        f"shared out); milliseconds per script, median (min-max) of {reps} runs alternating.",
-        "",
-        "| the next script is ordered | ms per script |",
-        "| --- | ---: |",
-        f"| once the last one is logged, shown and recorded | {Stat.of(late).ms()} |",
-        f"| as soon as the last one is judged (what the runner does) | {Stat.of(early).ms()} |",
-        "",
-        f"- ordering it as soon as the last one is judged saves {saved * 1e3:.2f} ms per "
-        "script: the runner's bookkeeping of the last script overlaps the next one. Either "
-        "way the helper starts nothing the runner has not ordered, and the runner orders "
-        "nothing after a failure, a timeout or a stop.",
-        "",
-    ]
-
-
 def bench_profile(base: Path, count: int) -> list[str]:
     """Where the time of a scripts step goes: cProfile of an in-process run, top functions."""
     import cProfile  # noqa: PLC0415 - only for this step
@@ -449,7 +404,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda base: bench_system_step(base, reps * 3),
         lambda base: bench_daemon(base, 30 if args.quick else 200),
         lambda base: bench_startup(base, reps * 2),
-        lambda base: bench_overlap(base, 100 if args.quick else 300, reps),
         lambda base: bench_profile(base, 50 if args.quick else 100),
     ]
     command = "  .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")

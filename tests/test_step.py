@@ -963,26 +963,24 @@ class StopAtStart(SlowProgress):
 @pytest.mark.usefixtures("restore_signals")
 def test_a_stop_between_scripts_keeps_every_entry_once(config: WizardConfig,
                                                        root: Path) -> None:
-    """Stopped as 30 is about to start: 10 and 20 keep their outcomes, 25 (not executable)
-    stays skipped, 30 and 40 did not run or say how they ran; each entry once, in order."""
+    """Stopped as 30 is shown starting: 10 and 20 keep their outcomes, 25 (not executable)
+    stays skipped, 30 and 40 did not run; each entry once, in order. 30 is ordered only once
+    it has been shown, so it never starts."""
+    ran = shared_dir(root) / "ran"
     add_script(root, "10-a", "exit 0")
     add_script(root, "20-b", "exit 0")
     add_script(root, "25-data", "not a script", mode=0o644)
-    add_script(root, "30-c", "exit 0")
-    add_script(root, "40-d", "exit 0")
+    add_script(root, "30-c", f"touch {ran}")
+    add_script(root, "40-d", f"touch {ran}")
     install_stop_handlers()
     result = run_step(config, root, progress=StopAtStart("30-c"))
     assert result.status is RunStatus.INTERRUPTED
     found = [(s["name"], s["status"]) for s in result.to_dict()["scripts"]]
-    assert [name for name, _ in found] == ["10-a", "20-b", "25-data", "30-c", "40-d"]
-    assert found[:3] == [("10-a", "succeeded"), ("20-b", "succeeded"), ("25-data", "skipped")]
-    # 30 was ordered as soon as 20 was judged, before it was shown: it says how it ended, or
-    # that the stop stopped it. Nothing is ordered after the stop.
-    thirty = result.to_dict()["scripts"][3]
-    assert thirty["status"] in {"succeeded", "failed"}, thirty
-    if thirty["status"] == "failed":
-        assert thirty["reason"] == "stopped: wizard-runner was interrupted by SIGTERM"
-    assert found[4] == ("40-d", "not_run")
+    assert found == [("10-a", "succeeded"), ("20-b", "succeeded"), ("25-data", "skipped"),
+                     ("30-c", "not_run"), ("40-d", "not_run")]
+    assert result.to_dict()["scripts"][3]["reason"] == \
+        "not run: wizard-runner was interrupted by SIGTERM"
+    assert not ran.exists()
 
 
 class StopAtEnd(SlowProgress):
@@ -1005,23 +1003,22 @@ class StopAtEnd(SlowProgress):
 
 
 @pytest.mark.usefixtures("restore_signals")
-def test_a_script_shown_ending_was_shown_starting(config: WizardConfig, root: Path) -> None:
-    """Stopped as 10's end is shown, when 20 is already on its way (ordered as soon as 10 was
-    judged): whatever becomes of 20, the view never shows it end without having shown it
-    start."""
+def test_a_stop_as_a_script_end_is_shown_starts_nothing_more(config: WizardConfig,
+                                                            root: Path) -> None:
+    """Stopped as 10's end is shown: the next script is ordered only once that is done, so
+    20 never starts, and the view shows nothing more."""
+    ran = shared_dir(root) / "ran"
     add_script(root, "10-a", "exit 0")
-    add_script(root, "20-b", "sleep 5")
+    add_script(root, "20-b", f"touch {ran}")
     add_script(root, "30-c", "exit 0")
     view = StopAtEnd("10-a")
     install_stop_handlers()
     result = run_step(config, root, progress=view)
     assert result.status is RunStatus.INTERRUPTED
-    for line in view.shown:
-        if line.startswith("finished "):
-            started = f"started {line.removeprefix('finished ')}"
-            assert started in view.shown[: view.shown.index(line)], view.shown
-    assert view.shown[:2] == ["started 10-a", "finished 10-a"]
-    assert "started 30-c" not in view.shown
+    assert view.shown == ["started 10-a", "finished 10-a"]
+    assert [s["status"] for s in result.to_dict()["scripts"]] == \
+        ["succeeded", "not_run", "not_run"]
+    assert not ran.exists()
 
 
 @pytest.mark.usefixtures("restore_signals")
@@ -1079,13 +1076,13 @@ def test_a_stop_seen_before_the_last_scripts_exit_cuts_nothing_short(
 
 def test_a_late_look_at_a_timed_out_script_still_says_timed_out(config: WizardConfig,
                                                                 root: Path) -> None:
-    """The runner lagged (slow terminal) and saw the end first: past its deadline by the
-    helper's clock, the script still timed out, the log says so, and the step stopped
-    there."""
+    """The runner lagged showing a line (slow terminal) and saw the end first: past its
+    deadline by the helper's clock, the script still timed out, the log says so, and the step
+    stopped there."""
     add_script(root, "10-first", "exit 0")
-    add_script(root, "20-slow", "sleep 1.5")
+    add_script(root, "20-slow", "echo shown slowly; sleep 1.5")
     add_script(root, "30-after", "exit 0")
-    result = run_step(config, root, timeout=1.0, progress=SlowProgress(per_end=2.5))
+    result = run_step(config, root, timeout=1.0, progress=SlowProgress(per_line=2.5))
     found = scripts_of(result)
     assert found["20-slow"]["status"] == "timed_out"
     assert result.exit_code == 1
@@ -1165,38 +1162,41 @@ def test_a_script_stopped_before_its_deadline_was_stopped_though_it_died_after(
     assert (kept[0].duration_s or 0.0) > 1.0  # it did die past its deadline
 
 
-class FailsAtEnd(SlowProgress):
-    """A progress view (an embedding application's) that raises as a script's end is shown,
-    once the next script, ordered meanwhile, says it runs (it makes `ready`)."""
+class FailsOnOutput(SlowProgress):
+    """A progress view (an embedding application's) that raises on a script's first line of
+    output, once the script says it is ready (it makes `ready`)."""
 
     def __init__(self, ready: Path) -> None:
         super().__init__()
         self.ready = ready
 
-    def finished(self, outcome: Any) -> None:
-        """Break, once the next script runs."""
-        wait_until(self.ready.exists, what="the next script to start")
+    def output(self, name: str, stream: str, line: str) -> None:
+        """Break, once the script is ready."""
+        wait_until(self.ready.exists, what="the script to be ready")
         raise RuntimeError("the view broke")
 
 
-def test_a_step_broken_off_with_a_script_ordered_says_it_was_abandoned(
+def test_a_step_broken_off_while_a_script_runs_leaves_nothing(
     config: WizardConfig, root: Path
 ) -> None:
-    """The next script is ordered as soon as the last is judged; if the step then breaks off
-    (the caller's progress view raises) while it runs, the log names it, nothing of it is
-    left running, and no descriptor of the step is left open."""
-    ready = shared_dir(root) / "ready"
+    """If the step breaks off while a script runs (the caller's progress view raises), the
+    error reaches the caller, nothing the script started is left running, no descriptor of
+    the step is left open, and nothing more starts."""
+    shared = shared_dir(root)
+    ready, ran = shared / "ready", shared / "ran"
     marker = f"sleep 3{os.getpid() % 1000}9"
     add_script(root, "10-first", "exit 0")
-    add_script(root, "20-next", f"touch {ready}; {marker}")
+    add_script(root, "20-runs", f"({marker} &); touch {ready}; echo ready; {marker}")
+    add_script(root, "30-never", f"touch {ran}")
     options = ScriptsOptions(user=resolve_user(USER))
     log = io.StringIO()
     before = sorted(os.listdir("/proc/self/fd"))
     with pytest.raises(RuntimeError, match="the view broke"):
-        run_scripts(config=config, layout=Layout.under(root), run_id="abandoned",
+        run_scripts(config=config, layout=Layout.under(root), run_id="broken-off",
                     options=options, log=make_logger(log, json_lines=True),
-                    progress=FailsAtEnd(ready))
+                    progress=FailsOnOutput(ready))
     assert sorted(os.listdir("/proc/self/fd")) == before
-    said = [json.loads(line) for line in log.getvalue().splitlines()]
-    assert [e["script"] for e in said if e["event"] == "script_abandoned"] == ["20-next"]
+    said = [json.loads(line)["event"] for line in log.getvalue().splitlines()]
+    assert said.count("script_started") == 2, said
     assert no_process_with(marker)
+    assert not ran.exists()

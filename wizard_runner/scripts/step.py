@@ -6,7 +6,6 @@ run user, inside the step's containment; the first failure, a stop or a broken h
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 from collections.abc import Callable, Sequence
@@ -132,9 +131,6 @@ class _Step:
     spawner: Spawner | None = None
     ended_by: str | None = None  # why the rest does not run
     stopped: int | None = None  # the stop signal that ended the step
-    #: The next script, ordered as soon as the one before was judged: its position, name, and
-    #: the read ends of its output.
-    ahead: tuple[int, str, tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         # Each of the layout's accessors checks its path against the root: once per step.
@@ -163,18 +159,12 @@ class _Step:
 
     def close(self) -> None:
         """Stop the helper and everything left in the containment, remove it."""
-        ahead, self.ahead = self.ahead, None
-        for fd in ahead[2] if ahead is not None else ():
-            os.close(fd)
         try:
             if self.spawner is not None:
                 self.spawner.close()
         finally:
             if self.box is not None:
                 self.box.close()
-        if ahead is not None:  # ordered, never watched: the step broke off first
-            self.log.error("script_abandoned", script=ahead[1], reason="ordered as the step "
-                           "broke off; stopped with everything the step started")
 
     def _broken(self, name: str) -> None:
         """The helper failed: end everything the step started, the helper too, at once."""
@@ -193,11 +183,8 @@ class _Step:
             self._broken(name)
         return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason, duration_s=0.0)
 
-    def run(self, name: str, position: int, follow: str | None) -> ScriptOutcome:
-        """Run one script to its end and judge it. If it succeeded, `follow` (the next
-        script) is ordered at once, before this one is logged, shown and recorded: that
-        bookkeeping overlaps the next script, which starts all the same only once this one
-        is judged."""
+    def run(self, name: str, position: int) -> ScriptOutcome:
+        """Order one script, watch it to its end, judge it."""
         from wizard_runner.scripts.output import ScriptOutput
         from wizard_runner.scripts.spawner import HelperError
         from wizard_runner.scripts.watch import Watch
@@ -206,50 +193,43 @@ class _Step:
         output = ScriptOutput(name, self.log_dir, log, self.progress, self.options.output_cap)
         try:
             spawner = self.helper()
-            if self.ahead is not None and self.ahead[0] == position:
-                pipes, self.ahead = self.ahead[2], None
-            elif (stop := pending_stop()) is not None:  # came as it was shown, or as the
+            if (stop := pending_stop()) is not None:  # came as it was shown, or as the
                 output.close()  # helper started: it does not start
                 self.stopped = stop
                 self.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
                 return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
-            else:
-                pipes = spawner.order(position, path)
+            pipes = spawner.order(position, path)
         except (HelperError, OSError) as error:
             output.close()
             return self._not_ordered(name, error)
         assert self.box is not None  # noqa: S101 - helper() made it
-        seen = Watch(spawner, self.box, position, pipes, output, timeout=self.options.timeout,
-                     grace=self.options.grace, log=log,
-                     shown={"path": path, "user": self.options.user.name}).run()
+        try:
+            seen = Watch(spawner, self.box, position, pipes, output,
+                         timeout=self.options.timeout, grace=self.options.grace, log=log,
+                         shown={"path": path, "user": self.options.user.name}).run()
+        except BaseException:
+            output.record.close()  # the step breaks off (the view raised): no file left open
+            raise
         if seen.broken is not None:
             self._broken(name)
         self.stopped = seen.stopped_by or self.stopped
-        outcome = judge(name, seen, output.close())
-        if follow is not None and outcome.status is ScriptStatus.SUCCEEDED and \
-                pending_stop() is None:
-            with contextlib.suppress(HelperError, OSError):  # said when it is run
-                self.ahead = position + 1, follow, spawner.order(position + 1,
-                                                                 str(self.wizard_d / follow))
-        return outcome
+        return judge(name, seen, output.close())
 
-    def entry(self, decision: Decision, position: int, total: int,
-              follow: str | None) -> ScriptOutcome:
+    def entry(self, decision: Decision, position: int, total: int) -> ScriptOutcome:
         """What becomes of one entry of wizard.d past the start point (shown as it starts
         and ends, unless it does not run)."""
         name, stop = decision.name, pending_stop()
-        started = self.ahead is not None and self.ahead[0] == position  # it must be watched
-        if self.ended_by is None and stop is not None and not started:
+        if self.ended_by is None and stop is not None:
             self.stopped = stop  # no script starts once a stop is held
             self.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
-        if self.ended_by is not None and not started:
+        if self.ended_by is not None:
             return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
         if self.progress is not None:
             self.progress.started(position, total, name)
         if decision.verdict is Verdict.FAIL:
             outcome = ScriptOutcome(name, ScriptStatus.FAILED, reason=decision.reason)
         else:
-            outcome = self.run(name, position, follow)
+            outcome = self.run(name, position)
         if outcome.status is ScriptStatus.NOT_RUN:
             if self.progress is not None:
                 self.progress.finished(outcome)
@@ -276,14 +256,6 @@ def _start_index(decisions: Sequence[Decision], start_at: str | None) -> int:
         if decision.name == start_at and decision.verdict is not Verdict.SKIP:
             return index
     raise UsageError(f"--from {printable(start_at)}: no such script in wizard.d")
-
-
-def _following(decisions: Sequence[Decision], index: int) -> str | None:
-    """The entry that runs after `index` if all goes well (None: none, or one that fails)."""
-    for decision in decisions[index + 1:]:
-        if decision.verdict is not Verdict.SKIP:
-            return decision.name if decision.verdict is Verdict.RUN else None
-    return None
 
 
 def run_scripts(
@@ -327,7 +299,7 @@ def run_scripts(
                     options.start_note or f"before --from {options.start_at}"))
             else:
                 position += 1
-                outcome = step.entry(decision, position, total, _following(decisions, index))
+                outcome = step.entry(decision, position, total)
                 complete = complete and outcome.status is ScriptStatus.SUCCEEDED
             outcomes.append(outcome)
             if record is not None:
