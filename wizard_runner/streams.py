@@ -17,6 +17,18 @@ _PIECE: Final = 512
 _SLOW_READER: Final = 1.0
 
 
+def _room(fd: int, seconds: float | None, wakeup: int | None = None) -> bool:
+    """Whether `fd` takes a write (or fails at once: a closed reader) within `seconds` (None:
+    until it does, or `wakeup` is readable). By poll, not select: select stops at descriptor
+    1023, and an embedding application may hold more."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if wakeup is not None:
+        poller.register(wakeup, select.POLLIN)
+    return any(ready == fd for ready, _ in
+               poller.poll(None if seconds is None else seconds * 1000))
+
+
 class SafeStream:
     """A stream whose write errors (a closed pipe, a full disk) are ignored: logging must never
     break a run, nor stop it from cleaning up and writing its result.
@@ -76,16 +88,15 @@ class SafeStream:
         if fd is None:
             return True
         stopped = False
-        while not select.select([], [fd], [], 0)[1]:
+        while not _room(fd, 0):
             if stop_came():
                 if stopped:
                     return False
                 stopped = True
-                select.select([], [fd], [], _SLOW_READER)
+                _room(fd, _SLOW_READER)
                 continue
             wakeup = wakeup_fileno()
-            woken, _, _ = select.select([] if wakeup is None else [wakeup], [fd], [])
-            if woken:
+            if not _room(fd, None, wakeup):
                 drain_wakeup()  # the stop it says is in pending_stop, for every reader
         return True
 
