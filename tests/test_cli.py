@@ -661,7 +661,8 @@ def test_a_killed_run_is_what_status_says_and_the_next_run_notes(sandbox: Path,
         "its result was never stored"]
     assert cli("status", "--root", str(sandbox)).stdout.startswith(
         f"last run {json.loads(again.stdout)['run_id']}: succeeded")
-    # Under the fallback containment, the killed run's script outlives it (docs/usage.md).
+    # Under the fallback containment, the killed run's script outlives it (docs/usage.md);
+    # under a cgroup, the run after it has killed it.
     subprocess.run(["pkill", "-f", f"sleep 6{os.getpid()}"], check=False)
     # Measured by coverage, the killed run left a data file cut short: not one to combine.
     for cut in Path.cwd().glob(f".coverage.*.pid{running.pid}.*"):

@@ -7,13 +7,15 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import add_script, alive, run_step
+from tests.conftest import EXAMPLES
+from tests.helpers import add_script, alive, run_step, shared_dir, wait_until
 from wizard_runner.config import WizardConfig
 from wizard_runner.procs import Leftover
 from wizard_runner.result import RunStatus
@@ -179,6 +181,50 @@ def test_what_a_killed_runner_left_is_logged_as_it_is_killed(config: WizardConfi
               (script_root / "var/log/wizard-runner/wizard-runner.log").read_text().splitlines()]
     assert {"pid": orphan.pid, "cmdline": "sleep 61", "of": "an earlier run that was killed"
             }.items() <= next(e for e in events if e["event"] == "leftover_killed").items()
+
+
+@needs_cgroup
+@pytest.mark.processes
+def test_a_killed_runs_leftovers_are_killed_by_the_next_run_wherever_it_starts(
+    script_root: Path,
+) -> None:
+    """SIGKILL of the runner while its script runs and has left a process: the next run,
+    with no scripts step and started from another cgroup, finds that run killed, kills what
+    it left, logs each, and removes its cgroup."""
+    assert CGROUP_PARENT is not None
+    marker = f"sleep 7{os.getpid() % 1000}1"
+    ready = shared_dir(script_root) / "ready"
+    add_script(script_root, "10-leaves", f"setsid {marker} </dev/null >/dev/null 2>&1 & "
+               f"touch {ready}; exec {marker}")
+    run = [str(Path(sys.executable).parent / "wizard-runner"), "run", "--config",
+           str(EXAMPLES / "wizard.json"), "--root", str(script_root), "--no-system-conf"]
+    with subprocess.Popen([*run, "--scripts", "--user", "www-data"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) as first:
+        wait_until(ready.exists, what="the script to start")
+        wait_until(lambda: len(alive(marker)) == 2, what="both processes to run")
+        left = list(CGROUP_PARENT.glob(f"{PREFIX}{first.pid}.*"))
+        first.kill()
+    assert len(left) == 1
+    other = CGROUP_PARENT / f"wizard-runner-test-other.{os.getpid()}"
+    other.mkdir()
+    try:
+        second = subprocess.run(
+            [*run, "--no-scripts", "--json"], capture_output=True, text=True, timeout=60,
+            check=False,
+            preexec_fn=lambda: (other / "cgroup.procs").write_text(f"{os.getpid()}\n"))
+    finally:
+        wait_until(lambda: not (other / "cgroup.procs").read_text(), what="the run to exit")
+        other.rmdir()
+    assert second.returncode == 0, second.stderr
+    assert alive(marker) == []
+    assert not left[0].exists()
+    events = [json.loads(line) for line in
+              (script_root / "var/log/wizard-runner/wizard-runner.log").read_text().splitlines()]
+    assert sorted((e["cmdline"], e["of"]) for e in events if e["event"] == "leftover_killed"
+                  ) == [(marker, "an earlier run that was killed")] * 2
+    # Measured by coverage, the killed run left a data file cut short: not one to combine.
+    for cut in Path.cwd().glob(f".coverage.*.pid{first.pid}.*"):
+        cut.unlink()
 
 
 def test_the_fallback_is_chosen_on_request(monkeypatch: pytest.MonkeyPatch) -> None:

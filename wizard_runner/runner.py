@@ -261,6 +261,9 @@ def _after_killed(layout: Layout, previous: str | None,
         if stored is not None and stored.run_id == holder[1]:
             return []  # killed after its result was stored: it cut nothing short
     log.warning("previous_run_killed", pid=holder[0], previous_run_id=holder[1])
+    from wizard_runner.scripts.containment import clear_killed, note_cleared
+
+    note_cleared(log, clear_killed(*holder))  # what its scripts left running, if anything
     return [f"the run before this one ({holder[1]}, pid {holder[0]}) was killed before it "
             "ended; its result was never stored"]
 

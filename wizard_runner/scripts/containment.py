@@ -3,7 +3,8 @@
 A cgroup is the kernel's answer to "everything this started": no process leaves it, its list
 says what is left, and freezing it before killing ends its members however fast they fork.
 The step makes one under the runner's own cgroup (cgroup v2, wherever mounted) and removes it
-at its end; one a killed runner left is removed by the next step. Without a writable cgroup v2,
+at its end; one a killed runner left is removed by the next step made beside it, or by the
+next run once it finds that run was killed, wherever it was made. Without a writable cgroup v2,
 or with WIZARD_RUNNER_CONTAINMENT=subreaper, the fallback follows parentage: the helper and the
 runner are subreapers, and killing is SIGSTOP sweeps until nothing runs, then SIGKILL.
 """
@@ -11,14 +12,19 @@ runner are subreapers, and killing is SIGSTOP sweeps until nothing runs, then SI
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from wizard_runner.procs import Leftover, alive, describe, send
 from wizard_runner.scripts.helper import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, prctl
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
 
 #: Set to `subreaper` to use the fallback even where a cgroup could be made.
 CONTAINMENT_ENV: Final = "WIZARD_RUNNER_CONTAINMENT"
@@ -95,13 +101,7 @@ class Cgroup:
     def create(cls, parent: Path, tag: str) -> Cgroup:
         """Make the step's cgroup under `parent`, first clearing those killed runners left
         (what ran in them is in `cleared`)."""
-        cleared: list[Leftover] = []
-        for stale in parent.glob(f"{PREFIX}*"):
-            owner = stale.name.removeprefix(PREFIX).split(".", 1)[0]
-            if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-                old = Cgroup(stale)
-                cleared += [describe(pid) for pid in old.members()]
-                old.close()
+        cleared = _clear_stale(parent, os.listdir(parent))
         path = parent / f"{PREFIX}{os.getpid()}.{tag}"
         path.mkdir(mode=0o755)
         return cls(path, cleared)
@@ -152,12 +152,50 @@ class Cgroup:
         while time.monotonic() < deadline:
             try:
                 self.path.rmdir()
-            except FileNotFoundError:
-                return
-            except OSError:  # EBUSY while its last members exit
-                time.sleep(_LOOK)
+            except OSError as error:
+                if error.errno != errno.EBUSY:  # gone, or not ours to remove
+                    return
+                time.sleep(_LOOK)  # its last members are exiting
             else:
                 return
+
+
+def _clear_stale(parent: Path, names: Iterable[str], killed: str | None = None
+                 ) -> list[Leftover]:
+    """Empty and remove the step cgroups among `names` in `parent` whose runner is gone (its
+    pid no longer exists, or it is the run `killed`: `PID.RUN_ID`); what ran in them."""
+    cleared: list[Leftover] = []
+    for name in names:
+        owner = name.removeprefix(PREFIX)
+        pid = owner.split(".", 1)[0]
+        if name.startswith(PREFIX) and os.access(parent / name, os.W_OK) and (
+                owner == killed or (pid.isdigit() and not Path(f"/proc/{pid}").exists())):
+            old = Cgroup(parent / name)
+            cleared += [describe(member) for member in old.members()]
+            old.close()
+    return cleared
+
+
+def note_cleared(log: FilteringBoundLogger, cleared: list[Leftover]) -> None:
+    """Log each process found running in a killed runner's cgroup, and killed."""
+    for found in cleared:
+        log.warning("leftover_killed", pid=found.pid, cmdline=found.cmdline,
+                    of="an earlier run that was killed")
+
+
+def clear_killed(pid: int, run_id: str) -> list[Leftover]:
+    """Once a run is found killed: the step cgroups killed runners left anywhere in the
+    hierarchy (that run may have been started from another session or unit), emptied and
+    removed; what ran in them."""
+    try:
+        mount = cgroup2_mount(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return []
+    cleared: list[Leftover] = []
+    for top, names, _ in os.walk(mount[0]) if mount is not None else ():
+        cleared += _clear_stale(Path(top), names, f"{pid}.{run_id}")
+        names[:] = [name for name in names if not name.startswith(PREFIX)]
+    return cleared
 
 
 def _children(pid: int) -> list[int]:

@@ -140,16 +140,14 @@ class _Step:
     def helper(self) -> Spawner:
         """The step's helper, started in its containment on first use."""
         # Only a step with a script to run needs these (and their imports' start-up time).
-        from wizard_runner.scripts.containment import contain
+        from wizard_runner.scripts.containment import contain, note_cleared
         from wizard_runner.scripts.spawner import Spawner
 
         if self.spawner is None:
             collector.resume()  # scripts may run for long, and write without end
             self.box = contain(self.run_id)
             self.log.info("scripts_contained", containment=self.box.name)
-            for found in self.box.cleared:  # a killed runner's, which nothing had stopped
-                self.log.warning("leftover_killed", pid=found.pid, cmdline=found.cmdline,
-                                 of="an earlier run that was killed")
+            note_cleared(self.log, self.box.cleared)  # a killed runner's, that nothing stopped
             if self.contained is not None:
                 self.contained(self.box.name)
             user = self.options.user
