@@ -92,6 +92,23 @@ def test_failure_is_recorded_not_raised(config: WizardConfig, tools: Path) -> No
     assert done.actions[1].name == "postfix_reload"
 
 
+def test_a_postfix_that_cannot_say_whether_it_runs_fails_only_its_reload(
+    config: WizardConfig, tools: Path
+) -> None:
+    """`postfix status` that cannot run (its interpreter is gone): the reload is recorded
+    failed, saying why, and the other follow-ups are done and recorded all the same (the
+    files are applied: nothing is raised)."""
+    (tools / "postfix").write_text("#!/nonexistent/sh\nexit 0\n")
+    done = follow_up(config, frozenset({"/etc/hostname", "/etc/mailname",
+                                        "/etc/network/interfaces"}), LOG, apply_network=False)
+    assert [(a.name, a.status) for a in done.actions] == [
+        ("hostname", "succeeded"), ("postfix_reload", "failed")]
+    assert done.actions[1].detail is not None
+    assert "cannot run" in done.actions[1].detail
+    assert calls(tools) == ["hostname -F /etc/hostname"]
+    assert len(done.pending) == 1
+
+
 def test_missing_tool_is_skipped(config: WizardConfig, tools: Path) -> None:
     """A follow-up whose program is not installed is skipped, saying so."""
     (tools / "hostname").unlink()

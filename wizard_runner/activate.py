@@ -11,7 +11,7 @@ from structlog.typing import FilteringBoundLogger
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import ApplyError
 from wizard_runner.result import ActionOutcome
-from wizard_runner.tools import find_tool, run_tool
+from wizard_runner.tools import ToolOutput, find_tool, run_tool
 
 NETWORK_TIMEOUT: Final = 90.0
 
@@ -24,6 +24,17 @@ class FollowUps:
     pending: tuple[str, ...]
 
 
+def _call(name: str, command: tuple[str, ...], log: FilteringBoundLogger,
+          timeout: float = 30.0) -> ToolOutput | ActionOutcome:
+    """Run a follow-up's command: its output, or the action failed when the command could not
+    run or did not finish in time."""
+    try:
+        return run_tool(command, timeout=timeout)
+    except ApplyError as error:
+        log.error("action_failed", action=name, command=list(command), error=str(error))
+        return ActionOutcome(name, command, "failed", str(error))
+
+
 def _run(name: str, argv: Sequence[str], log: FilteringBoundLogger,
          timeout: float = 30.0) -> ActionOutcome:
     """Run one follow-up command; its failure is recorded, never raised: the files are applied."""
@@ -32,11 +43,9 @@ def _run(name: str, argv: Sequence[str], log: FilteringBoundLogger,
         log.info("action_skipped", action=name, reason=f"{argv[0]} is not installed")
         return ActionOutcome(name, tuple(argv), "skipped", f"{argv[0]} is not installed")
     command = (tool, *argv[1:])
-    try:
-        output = run_tool(command, timeout=timeout)
-    except ApplyError as error:
-        log.error("action_failed", action=name, command=list(command), error=str(error))
-        return ActionOutcome(name, command, "failed", str(error))
+    output = _call(name, command, log, timeout)
+    if isinstance(output, ActionOutcome):
+        return output
     detail = (output.stderr or output.stdout).strip() or None
     if output.returncode != 0:
         log.error("action_failed", action=name, command=list(command),
@@ -50,7 +59,10 @@ def _postfix_reload(log: FilteringBoundLogger) -> ActionOutcome:
     postfix = find_tool("postfix")
     if postfix is None:
         return _run("postfix_reload", ["postfix", "reload"], log)
-    if run_tool([postfix, "status"]).returncode != 0:
+    status = _call("postfix_reload", (postfix, "status"), log)
+    if isinstance(status, ActionOutcome):
+        return status  # not reloaded: whether postfix runs is unknown
+    if status.returncode != 0:
         log.info("action_skipped", action="postfix_reload", reason="postfix is not running")
         return ActionOutcome("postfix_reload", (postfix, "reload"), "skipped",
                              "postfix is not running; it reads the new files when it starts")
