@@ -477,6 +477,48 @@ def test_an_internal_error_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert json.loads(out.getvalue())["exit_code"] == 70
 
 
+@pytest.mark.usefixtures("restore_signals")
+def test_a_run_whose_result_cannot_be_stored_is_what_status_and_the_next_run_say(
+    sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """last-run.json cannot be written (a full disk): the run exits 74 saying so; status then
+    says that run ended without storing its result (not the run before it, nor no run at
+    all), --resume refuses to guess where it stopped, and the next run notes it."""
+    from wizard_runner import cli as command_line  # noqa: PLC0415 - the module under test
+    from wizard_runner import runner  # noqa: PLC0415
+    from wizard_runner.errors import RunnerIOError  # noqa: PLC0415
+
+    (sandbox / "etc/xivo/wizard.d").mkdir(parents=True)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = command_line.main([*args, "--root", str(sandbox)], stdout=out, stderr=err)
+        return code, out.getvalue(), err.getvalue()
+
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "write_result", lambda *_: (_ for _ in ()).throw(
+            RunnerIOError("last-run.json: cannot store the run's result: No space left")))
+        code, out, err = run("run", "--config", EXAMPLE, "--no-system-conf", "--json")
+    assert code == 74, err
+    unstored = json.loads(out)["run_id"]
+    code, out, _ = run("status")
+    assert code == 1
+    assert out.startswith(f"last run {unstored}: result not stored (pid {os.getpid()})\n"
+                          f"  run {unstored} (pid {os.getpid()}) ended, but its result could "
+                          "not be stored")
+    code, out, _ = run("status", "--json")
+    assert (json.loads(out)["status"], json.loads(out)["run_id"]) == ("not_stored", unstored)
+    code, _, err = run("run", "--resume")
+    assert code == 2, err
+    assert f"the last run ({unstored}) ended without storing its result" in err
+    code, out, err = run("run", "--no-system-conf", "--json")
+    assert code == 0, err
+    assert json.loads(out)["warnings"] == [
+        f"the run before this one ({unstored}, pid {os.getpid()}) ended, but its result could "
+        "not be stored"]
+    assert run("status")[1].startswith(f"last run {json.loads(out)['run_id']}: succeeded")
+
+
 HOSTILE_NAME = "10-evil\n  20-forged                  succeeded\x1b[2J\u202e\u009b"
 HOSTILE_SHOWN = "10-evil\\x0a  20-forged                  succeeded\\x1b[2J\\u202e\\x9b"
 

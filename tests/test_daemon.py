@@ -65,6 +65,7 @@ from wizard_runner.spool import (
     spool_closed,
     write_result,
 )
+from wizard_runner.state import Unfinished, unfinished_run
 from wizard_runner.state import write_result as write_last_result
 
 SCRIPT = Path(sys.executable).parent / "wizard-runner"
@@ -412,6 +413,28 @@ def test_a_success_closes_the_spool(served: Served, quick: dict[str, Any],
     served.request("20261125T000004Z-aaaaaaaaaaa4", quick)
     served.daemon.serve_pending()
     assert served.answer("20261125T000004Z-aaaaaaaaaaa4")["status"] == "succeeded"
+
+
+def test_a_run_whose_result_cannot_be_stored_is_answered_with_it_and_closes_the_spool(
+    served: Served, quick: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run succeeded but last-run.json could not be written: the answer says failed (74)
+    and why, carries what the run did, and the spool closes all the same, so the next request
+    is rejected, never run a second time; status sees that run ended unstored."""
+    monkeypatch.setattr(runner_module, "write_result", raising(RunnerIOError(
+        f"last-run.json: cannot store the run's result: {NO_SPACE}")))
+    served.request("20261125T000001Z-aaaaaaaaaaa1", quick)
+    served.daemon.serve_pending()
+    found = served.answer("20261125T000001Z-aaaaaaaaaaa1")
+    assert (found["status"], found["exit_code"]) == ("failed", 74)
+    assert NO_SPACE in found["reason"]
+    assert found["result"]["status"] == "succeeded"
+    assert spool_closed(served.layout)
+    served.request("20261125T000002Z-aaaaaaaaaaa2", quick)
+    served.daemon.serve_pending()
+    assert served.answer("20261125T000002Z-aaaaaaaaaaa2")["exit_code"] == 77
+    assert unfinished_run(served.layout) == Unfinished(
+        os.getpid(), found["result"]["run_id"], running=False, ended=True)
 
 
 def test_a_failed_run_leaves_the_spool_open(served: Served, quick: dict[str, Any]) -> None:

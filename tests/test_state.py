@@ -242,6 +242,18 @@ def test_a_holder_whose_pid_was_reused_is_killed(tmp_path: Path) -> None:
     assert unfinished_run(layout) == Unfinished(os.getpid(), "20991231T000000Z-0123abcd", True)
 
 
+def test_a_holder_that_ended_without_its_result_is_no_run_in_progress(tmp_path: Path) -> None:
+    """A run that could not store its result leaves its line marked `unstored`: it ended,
+    though its process lives on (the daemon's) and started before it; any other third word
+    is no holder line at all."""
+    layout = Layout(tmp_path)
+    holder_line(layout, f"{os.getpid()} 20991231T000000Z-0123abcd\nunstored\n")
+    assert unfinished_run(layout) == Unfinished(os.getpid(), "20991231T000000Z-0123abcd",
+                                                running=False, ended=True)
+    holder_line(layout, f"{os.getpid()} 20991231T000000Z-0123abcd stored")
+    assert unfinished_run(layout) is None
+
+
 @needs_root
 def test_anyone_can_see_a_run_in_progress(config: WizardConfig) -> None:
     """The lock is root's alone (0600); its holder line is not: www-data's status sees the
@@ -251,5 +263,5 @@ def test_anyone_can_see_a_run_in_progress(config: WizardConfig) -> None:
         with RunLock(layout.lock_file, mode=0o600) as lock:
             lock.note("20991231T000000Z-0123abcd")
             seen = as_www_data(lambda: list(unfinished_run(layout) or ()))
-        assert seen == {"value": [os.getpid(), "20991231T000000Z-0123abcd", True]}
+        assert seen == {"value": [os.getpid(), "20991231T000000Z-0123abcd", True, False]}
         assert RunLock.holder_of(layout.lock_file).read_text() == ""

@@ -627,16 +627,23 @@ def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
 
 def _show_killed(killed: Unfinished, before: RunResult | None, as_json: bool,
                  out: TextIO) -> int:
-    """status after a run that was killed before it stored its result: that, then the run
-    before it, if any."""
-    message = (f"run {killed.run_id} (pid {killed.pid}) was killed before it ended: its "
-               "result was never stored, and the system files may be partly written; "
-               "`wizard-runner run` repeats its body")
+    """status after a run that did not store its result (killed, or it could not): that,
+    then the run before it, if any."""
+    if killed.ended:
+        status, shown = "not_stored", "result not stored"
+        message = (f"run {killed.run_id} (pid {killed.pid}) ended, but its result could not "
+                   "be stored: its log (`result_not_stored`) says what it did; "
+                   "`wizard-runner run` repeats its body")
+    else:
+        status, shown = "killed", "killed"
+        message = (f"run {killed.run_id} (pid {killed.pid}) was killed before it ended: its "
+                   "result was never stored, and the system files may be partly written; "
+                   "`wizard-runner run` repeats its body")
     if as_json:
-        _print_json({**failure_object("killed", EXIT_FAILED, message), "run_id": killed.run_id,
+        _print_json({**failure_object(status, EXIT_FAILED, message), "run_id": killed.run_id,
                      "pid": killed.pid, "previous": before.to_dict() if before else None}, out)
         return EXIT_FAILED
-    out.write(f"last run {printable(killed.run_id)}: killed (pid {killed.pid})\n  "
+    out.write(f"last run {printable(killed.run_id)}: {shown} (pid {killed.pid})\n  "
               f"{printable(message)}\n")
     if before is not None:
         show_run(before, out, title="the run before it:", details=True)

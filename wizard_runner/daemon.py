@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, cast
 
 import watchfiles
 from structlog.typing import FilteringBoundLogger
@@ -24,6 +24,7 @@ from wizard_runner.errors import (
     EXIT_SPOOL_CLOSED,
     ConfigError,
     LockedError,
+    ResultNotStoredError,
     RunInterrupted,
     RunnerIOError,
     WizardRunnerError,
@@ -32,7 +33,7 @@ from wizard_runner.errors import (
 from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
 from wizard_runner.presence import PresenceLock
-from wizard_runner.result import RunStatus, now
+from wizard_runner.result import RunResult, RunStatus, now
 from wizard_runner.runner import RunOptions, execute
 from wizard_runner.runuser import RunUser
 from wizard_runner.signals import (
@@ -446,12 +447,19 @@ class Daemon:
                         "interrupted", exit_for_signal(signal.SIGTERM),
                         reason="the daemon was stopped before the request could run")
                 continue
+            except ResultNotStoredError as unstored:  # it ran all the same: answered with
+                result = cast("RunResult", unstored.result)  # what it did
+                answer = request.answer("failed", unstored.exit_code, reason=str(unstored),
+                                        result=result.to_dict())
+            else:
+                answer = request.answer(result.status.value, result.exit_code,
+                                        reason=result.error, result=result.to_dict())
             if result.status is RunStatus.SUCCEEDED:
-                # Before the answer: a crash in between is recovered from last-run.json, which
-                # closes the spool again, so a success is never followed by a second run.
+                # Before the answer is stored: a crash in between is recovered from
+                # last-run.json, which closes the spool again, so a success is never followed
+                # by a second run.
                 self._close(request.request_id, result.run_id)
-            return request.answer(result.status.value, result.exit_code, reason=result.error,
-                                  result=result.to_dict())
+            return answer
 
 
 def install_daemon_signals(stop: StopFlag) -> None:

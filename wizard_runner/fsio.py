@@ -277,6 +277,19 @@ class RunLock:
             finally:
                 os.close(fd)
 
+    def keep_note(self, word: str) -> None:
+        """Leave the holder line for the next holder and for status, `word` added to it (an
+        append, which a full disk leaves room for). Best effort."""
+        if self._noted:
+            self._noted = False
+            with contextlib.suppress(OSError):
+                fd = os.open(self.holder, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC |
+                             os.O_NOFOLLOW | os.O_NONBLOCK)
+                try:
+                    write_all(fd, f"{word}\n".encode())
+                finally:
+                    os.close(fd)
+
     def release(self) -> None:
         """Drop the lock; the file stays so that no two runs ever lock different inodes."""
         if self._fd is not None:

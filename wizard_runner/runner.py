@@ -39,7 +39,13 @@ from wizard_runner.result import (
     now,
 )
 from wizard_runner.signals import deferred_stop_signals, run_stops, settle_stops, stop_here
-from wizard_runner.state import parse_holder, read_last_result, save_config, write_result
+from wizard_runner.state import (
+    UNSTORED,
+    parse_holder,
+    read_last_result,
+    save_config,
+    write_result,
+)
 
 if TYPE_CHECKING:
     from wizard_runner.sysconf import FileChange
@@ -245,7 +251,11 @@ def execute(
                     raise
             run = _Run(config, options, plan, run_id, log, _Progress(), log_handle,
                        _after_killed(layout, lock.previous, log))
-            return _run_locked(run, started)
+            try:
+                return _run_locked(run, started)
+            except ResultNotStoredError:
+                lock.keep_note(UNSTORED)  # for status and the next run: it ended, unstored
+                raise
 
 
 def _after_killed(layout: Layout, previous: str | None,
@@ -258,14 +268,19 @@ def _after_killed(layout: Layout, previous: str | None,
         return []
     with contextlib.suppress(WizardRunnerError):
         stored = read_last_result(layout)
-        if stored is not None and stored.run_id == holder[1]:
+        if stored is not None and stored.run_id == holder.run_id:
             return []  # killed after its result was stored: it cut nothing short
-    log.warning("previous_run_killed", pid=holder[0], previous_run_id=holder[1])
+    if holder.ended:
+        log.warning("previous_result_not_stored", pid=holder.pid,
+                    previous_run_id=holder.run_id)
+        return [f"the run before this one ({holder.run_id}, pid {holder.pid}) ended, but its "
+                "result could not be stored"]
+    log.warning("previous_run_killed", pid=holder.pid, previous_run_id=holder.run_id)
     from wizard_runner.scripts.containment import clear_killed, note_cleared
 
-    note_cleared(log, clear_killed(*holder))  # what its scripts left running, if anything
-    return [f"the run before this one ({holder[1]}, pid {holder[0]}) was killed before it "
-            "ended; its result was never stored"]
+    note_cleared(log, clear_killed(holder.pid, holder.run_id))  # what its scripts left
+    return [f"the run before this one ({holder.run_id}, pid {holder.pid}) was killed before "
+            "it ended; its result was never stored"]
 
 
 def _outcome(run: _Run) -> tuple[RunStatus, int, str | None]:

@@ -102,7 +102,15 @@ def write_result(layout: Layout, result: RunResult) -> None:
 
 def resume_point(layout: Layout) -> str:
     """The script that failed in the last run, where --resume starts."""
+    unfinished = unfinished_run(layout)
     last = read_last_result(layout)
+    if unfinished is not None and not unfinished.running and (
+            last is None or last.run_id != unfinished.run_id):
+        how = ("ended without storing its result" if unfinished.ended
+               else "was killed before it stored its result")
+        raise UsageError(f"--resume: the last run ({unfinished.run_id}) {how}, so where its "
+                         "scripts stopped is not known; `wizard-runner run` runs them all "
+                         "again, `--from NAME` from the one you name")
     if last is None:
         raise UsageError(f"--resume: nothing to resume: there is no previous run "
                          f"({layout.last_run} does not exist)")
@@ -124,21 +132,36 @@ _RUN_ID: Final = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
 _PID_LIMIT: Final = 1 << 22
 
 
+#: Added to its holder line by a run that ended but could not store its result.
+UNSTORED: Final = "unstored"
+
+
 class Unfinished(NamedTuple):
-    """A run the lock file names that has not stored its result: still going, or killed."""
+    """A run the lock file names that has not stored its result: still going, killed, or
+    ended without storing it (`ended`)."""
 
     pid: int
     run_id: str
     running: bool
+    ended: bool = False
 
 
-def parse_holder(text: str | None) -> tuple[int, str] | None:
-    """The pid and run id of a lock holder's line (`PID RUN_ID`); None for anything else."""
+class Holder(NamedTuple):
+    """A lock holder's line: `PID RUN_ID`, and `unstored` once it ended without its result."""
+
+    pid: int
+    run_id: str
+    ended: bool = False
+
+
+def parse_holder(text: str | None) -> Holder | None:
+    """The lock holder a line names; None for anything else."""
     words = (text or "").split()
-    if len(words) != 2 or not words[0].isdigit() or not _RUN_ID.fullmatch(words[1]):
+    ended = words[2:] == [UNSTORED]
+    if len(words) != 2 + ended or not words[0].isdigit() or not _RUN_ID.fullmatch(words[1]):
         return None
     pid = int(words[0])
-    return (pid, words[1]) if 0 < pid < _PID_LIMIT else None
+    return Holder(pid, words[1], ended) if 0 < pid < _PID_LIMIT else None
 
 
 def unfinished_run(layout: Layout) -> Unfinished | None:
@@ -152,11 +175,11 @@ def unfinished_run(layout: Layout) -> Unfinished | None:
     holder = parse_holder(raw.decode("ascii", "replace"))
     if holder is None:
         return None
-    pid, run_id = holder
+    pid, run_id, ended = holder
     # Where /proc/locks names the lock by other device numbers (btrfs, an overlay), the
     # holder's process still says it runs: if it started before the run did (not a reuse).
-    running = RunLock.held(layout.lock_file) or _started_by(pid, run_id)
-    return Unfinished(pid, run_id, running)
+    running = not ended and (RunLock.held(layout.lock_file) or _started_by(pid, run_id))
+    return Unfinished(pid, run_id, running, ended)
 
 
 def _started_by(pid: int, run_id: str) -> bool:
