@@ -696,6 +696,10 @@ def test_a_killed_run_is_what_status_says_and_the_next_run_notes(sandbox: Path,
     assert (as_json["status"], as_json["run_id"], as_json["pid"],
             as_json["previous"]["run_id"]) == ("killed", killed_id, running.pid,
                                                before["run_id"])
+    resumed = cli("run", "--root", str(sandbox), "--user", user, "--resume")
+    assert resumed.returncode == 2
+    assert f"the last run ({killed_id}) was killed before it stored its result" in \
+        resumed.stderr
     again = cli("run", "--root", str(sandbox), "--user", user, "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["warnings"] == [
