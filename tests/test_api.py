@@ -138,6 +138,19 @@ def test_submit_wait_timeout_withdraws(body: dict[str, Any], tmp_path: Path) -> 
     assert os.listdir(spool.incoming) == []
 
 
+@pytest.mark.parametrize("timeout", ["5", float("nan"), float("inf"), -1, True])
+def test_submit_refuses_a_timeout_that_is_not_one_before_submitting(
+    body: dict[str, Any], tmp_path: Path, timeout: object
+) -> None:
+    """A wait's timeout that is not a number of seconds (a string, NaN, infinity, negative)
+    is a UsageError naming it, and nothing is submitted for a daemon to run."""
+    spool = Spool.of(Layout(tmp_path))
+    prepare(spool, os.getegid())
+    with PresenceLock(spool.presence), pytest.raises(api.UsageError, match=r"^timeout: "):
+        api.submit(body, root=tmp_path, wait=True, timeout=timeout)  # type: ignore[arg-type]
+    assert os.listdir(spool.incoming) == []
+
+
 def test_submit_wait_without_a_daemon(body: dict[str, Any], tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """With no daemon serving, api.submit(wait=True) raises NoDaemon once the grace is over."""

@@ -38,6 +38,7 @@ from wizard_runner.errors import (
     RunnerIOError,
     UsageError,
     WizardRunnerError,
+    check_seconds,
 )
 from wizard_runner.layout import Layout
 from wizard_runner.log import quiet_logger
@@ -240,6 +241,7 @@ def submit(
     or "claimed": the answer will be in `.answer`, done/ID.json), `.exit_code` (69, or 128
     plus the signal) and `.to_dict()`.
     """
+    check_seconds(timeout, "timeout")  # before anything is submitted
     config = validate(body)
     if isinstance(body, bytes | str):
         data = body.encode() if isinstance(body, str) else body

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 from collections.abc import Sequence
 
@@ -45,6 +46,15 @@ class UsageError(WizardRunnerError):
     """The command line or API call itself is wrong (a missing file, a bad option)."""
 
     exit_code = EXIT_USAGE
+
+
+def check_seconds(value: object, what: str) -> None:
+    """UsageError naming `what` unless `value` is None (no limit) or a finite number of
+    seconds, 0 or more: a string, NaN or infinity is refused before anything is done."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or not 0 <= value < math.inf):
+        raise UsageError(f"{what}: {value!r} is not a number of seconds (0 or more; None for "
+                         "no limit)")
 
 
 class ConfigError(WizardRunnerError):

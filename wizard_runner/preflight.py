@@ -7,14 +7,13 @@ file, no saved config, no result, no log.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 from wizard_runner.config import WizardConfig
 from wizard_runner.defaults import DEFAULT_TIMEOUT, DEFAULT_USER
-from wizard_runner.errors import PrivilegeError, RootError, UsageError
+from wizard_runner.errors import PrivilegeError, RootError, UsageError, check_seconds
 from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
 from wizard_runner.runuser import RunUser, require_switch_allowed, resolve_user
@@ -130,9 +129,7 @@ def prepare(config: WizardConfig, options: RunOptions) -> RunPlan:
     require_privileges(layout)
     require_system_tree(layout)
     handle, scripts = effective_flags(config, options)
-    if options.timeout is not None and not 0 <= options.timeout < math.inf:
-        raise UsageError(f"timeout: {options.timeout!r} is not a number of seconds (0 or more; "
-                         "None for no limit)")
+    check_seconds(options.timeout, "timeout")
     if not scripts:
         return RunPlan(layout, handle, scripts)
     user = resolve_user(options.user)
