@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +16,18 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLES
-from tests.helpers import add_script, alive, run_step, shared_dir, wait_until
+from tests.helpers import add_script, alive, run_step, scripts_of, shared_dir, wait_until
 from wizard_runner.config import WizardConfig
 from wizard_runner.procs import Leftover
 from wizard_runner.result import RunStatus
 from wizard_runner.scripts.containment import (
+    CONTAINMENT_ENV,
     PREFIX,
     Cgroup,
     Containment,
     Subreaper,
     _cgroup_parent,
+    _children,
     cgroup2_mount,
     contain,
     own_cgroup,
@@ -84,10 +87,11 @@ def box(request: pytest.FixtureRequest) -> Iterator[Containment]:
 
 
 def forker(box: Containment, script: str) -> subprocess.Popen[bytes]:
-    """A shell running `script`, put in `box` before it starts anything (it waits for a line
-    on stdin), started once it said so on stdout."""
+    """A shell running `script`, in a session of its own as the helper is, put in `box`
+    before it starts anything (it waits for a line on stdin), started once it said so on
+    stdout."""
     process = subprocess.Popen(["sh", "-c", f"read go; {script}"], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE)
+                               stdout=subprocess.PIPE, start_new_session=True)
     box.adopt(process.pid)
     assert process.stdin is not None
     process.stdin.write(b"go\n")
@@ -225,6 +229,36 @@ def test_a_killed_runs_leftovers_are_killed_by_the_next_run_wherever_it_starts(
     # Measured by coverage, the killed run left a data file cut short: not one to combine.
     for cut in Path.cwd().glob(f".coverage.*.pid{first.pid}.*"):
         cut.unlink()
+
+
+@pytest.mark.processes
+def test_the_fallback_spares_an_embedding_applications_children_and_leaves_no_zombie(
+    config: WizardConfig, script_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process (confd's API) under the fallback: a child the application starts from
+    another thread while a script runs is not the step's (it is in the application's
+    session): it lives on and ends as it would. What the scripts left is killed, and reaped:
+    a long-lived process collects no zombie of theirs."""
+    monkeypatch.setenv(CONTAINMENT_ENV, "subreaper")
+    ready = shared_dir(script_root) / "ready"
+    add_script(script_root, "10-runs", f"sleep 1000 & touch {ready}; sleep 1")
+    add_script(script_root, "20-kills-its-helper", "sleep 1000 & sleep 0.2; kill -KILL $PPID")
+    before = set(_children(os.getpid()))
+    children: list[subprocess.Popen[bytes]] = []
+
+    def application() -> None:
+        wait_until(ready.exists, what="the script to run")
+        children.append(subprocess.Popen(["sleep", "2"]))
+
+    thread = threading.Thread(target=application)
+    thread.start()
+    result = run_step(config, script_root)
+    thread.join()
+    assert scripts_of(result)["20-kills-its-helper"]["reason"] == \
+        "the script killed the helper that ran it (SIGKILL)"
+    assert children[0].poll() is None  # still running, not killed with the step
+    assert children[0].wait(timeout=10) == 0
+    assert set(_children(os.getpid())) - before == set()  # nothing left, not even a zombie
 
 
 def test_the_fallback_is_chosen_on_request(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,6 +57,28 @@ def test_a_script_that_kills_its_helper(config: WizardConfig, root: Path,
     assert found["10-escape"]["reason"] == "the script killed the helper that ran it (SIGKILL)"
     assert found["20-after"]["status"] == "not_run"
     assert no_process_with(sleeper)
+    # What it left was killed with the rest, and is said like any other leftover.
+    assert sleeper in [left.split(" ", 1)[1] for left in found["10-escape"]["leftovers"]]
+
+
+@pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK),
+                    reason="needs /usr/bin/python3 for a process whose main thread exits")
+def test_a_process_whose_main_thread_exited_is_found(config: WizardConfig, root: Path,
+                                                      containment: str) -> None:
+    """A process whose main thread has exited looks a zombie while its other thread runs: it
+    is a leftover all the same, found, killed and said."""
+    tag = marker("7")
+    program = ("import ctypes, threading, time; "
+               "threading.Thread(target=lambda: time.sleep(60)).start(); "
+               "ctypes.CDLL(None).pthread_exit(None)")
+    add_script(root, "10-half-dead",
+               f"/usr/bin/python3 -c '{program}' {tag} </dev/null >/dev/null 2>&1 & sleep 0.5")
+    result = run_step(config, root)
+    found = scripts_of(result)["10-half-dead"]
+    assert found["status"] == "succeeded"
+    assert len(found["leftovers"]) == 1
+    assert tag in found["leftovers"][0]
+    assert no_process_with(tag)
 
 
 def test_a_fork_hopper_deaf_to_sigterm(config: WizardConfig, root: Path,

@@ -50,12 +50,24 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _cmdline(pid: int) -> bytes:
+    """The first bytes of a process's command line: its main thread's, or (that one exited
+    while others run) another thread's."""
+    with open(f"/proc/{pid}/cmdline", "rb") as source:
+        raw = source.read(MAX_CMDLINE + 1)
+    for task in os.listdir(f"/proc/{pid}/task") if not raw else ():
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/cmdline", "rb") as f:
+            raw = f.read(MAX_CMDLINE + 1)
+        if raw:
+            break
+    return raw
+
+
 def describe(pid: int) -> Leftover:
     """pid and command line (its first MAX_CMDLINE bytes: a process may make its own any
     size), as far as they can still be read."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as source:
-            raw = source.read(MAX_CMDLINE + 1)
+        raw = _cmdline(pid)
         words = raw[:MAX_CMDLINE].rstrip(b"\0").split(b"\0")
         cmdline = " ".join(os.fsdecode(word) for word in words)
         if len(raw) > MAX_CMDLINE:
@@ -80,9 +92,15 @@ def proc_stat(pid: int) -> list[bytes] | None:
 
 
 def alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
+    """Whether a process exists and is not a zombie: its main thread shows Z once it exited,
+    though other threads of it may still run (then it is alive)."""
     fields = proc_stat(pid)
-    return fields is not None and fields[0] != b"Z"
+    if fields is None or fields[0] != b"Z":
+        return fields is not None
+    try:
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
+    except OSError:
+        return False
 
 
 def readable(fd: int, seconds: float = 0.0) -> bool:

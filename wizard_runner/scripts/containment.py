@@ -225,9 +225,22 @@ class Subreaper:
         self.helper = pid
         self.ours.discard(pid)
 
+    def _adopted(self) -> list[int]:
+        """The runner's children since the step began that are the step's: the helper, and
+        what the runner adopted from it. Each step process is in a session the helper or a
+        script began, never the runner's: a child an embedding application started meanwhile
+        from another thread (in the runner's session) is not one of them."""
+        own = os.getsid(0)
+        found = []
+        for pid in _children(os.getpid()):
+            with contextlib.suppress(OSError):
+                if pid not in self.ours and os.getsid(pid) != own:
+                    found.append(pid)
+        return found
+
     def members(self) -> list[int]:
         """The helper and its descendants, and what the runner adopted since the step began."""
-        pending = [pid for pid in _children(os.getpid()) if pid not in self.ours]
+        pending = self._adopted()
         found: list[int] = []
         while pending:
             pid = pending.pop()
@@ -252,16 +265,30 @@ class Subreaper:
                 if not fresh:
                     time.sleep(_LOOK)
             send(list(stopped), signal.SIGKILL)
-            for pid in set(_children(os.getpid())) & stopped - {self.helper}:
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(pid, os.WNOHANG)  # dying now; a later call reaps a late one
+            self._reap()  # dying now; a later call (or close) reaps a late one
             missed = [pid for pid in self.members() if pid != spare and pid not in stopped]
             if not missed or time.monotonic() >= deadline:
                 return
 
+    def _reap(self) -> bool:
+        """Reap what the runner adopted that has exited (the helper is its spawner's to reap);
+        whether any adopted process is left."""
+        left = False
+        for pid in self._adopted():
+            if pid != self.helper:
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                        left = True
+        return left
+
     def close(self) -> None:
-        """Kill what is left, and stop being a subreaper if the runner was not one."""
+        """Kill what is left and reap it (a long-lived embedding process must not collect the
+        zombies of the helper's last children), and stop being a subreaper if the runner was
+        not one."""
         self.kill()
+        deadline = time.monotonic() + SETTLE
+        while self._reap() and time.monotonic() < deadline:
+            time.sleep(_LOOK)
         if not self.was_subreaper:
             prctl(PR_SET_CHILD_SUBREAPER, 0)
 

@@ -112,6 +112,8 @@ class Watch:
                 self._clear_leftovers()
                 if self.seen.broken is None and self.spawner.hit():
                     self._broken("the script, or what it left, signalled the helper that ran it")
+            if self.seen.broken is not None:
+                self._kill_all()
         finally:
             for fd in list(self.pipes):
                 self._close(fd)
@@ -308,6 +310,14 @@ class Watch:
             self._note_leftovers(procs.stop(self.box, self.grace, spare=self.spawner.pid))
         except OSError as error:
             self._broken(str(error))
+
+    def _kill_all(self) -> None:
+        """The helper failed: everything the step started is killed at once, the helper too;
+        what the script left is logged and kept as it is for any other end."""
+        spared = (self.spawner.pid, self.seen.pid)
+        found = [procs.describe(pid) for pid in self.box.members() if pid not in spared]
+        self.box.kill()
+        self._note_leftovers(found)
 
     def _note_leftovers(self, found: list[Leftover]) -> None:
         """Log and keep each leftover up to MAX_LEFTOVERS (a fork bomb leaves thousands);
