@@ -427,3 +427,46 @@ def test_scan_does_not_follow_a_script_out_of_the_root(tmp_path: Path) -> None:
     check_safe(found, current_user())  # the outside target's 0777 is not a reason to refuse
     on_real_root = scan(directory, current_user(), top=Path("/"))
     assert {d.verdict for d in on_real_root.decisions} == {Verdict.RUN}
+
+
+def test_a_symlinked_script_runs_only_if_the_way_to_it_is_safe(tmp_path: Path) -> None:
+    """A script linked from wizard.d is refused when someone else could change where the link
+    leads: a directory holding its target, or holding a link on the way to it, writable by
+    others refuses the step, naming it and the script; a way nobody else can change runs."""
+    root = tmp_path / "root"
+    directory = root / "etc/xivo/wizard.d"
+    directory.mkdir(parents=True)
+    shared, safe = root / "shared", root / "opt"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)  # whatever the umask
+    safe.mkdir(mode=0o755)
+    executable(shared / "tool")
+    executable(safe / "tool")
+    (shared / "hop").symlink_to("../opt/tool")
+    user = current_user()
+
+    def refusal(link: str, target: str) -> str:
+        for old in directory.iterdir():
+            old.unlink()
+        (directory / link).symlink_to(target)
+        found = scan(directory, user, top=root)
+        assert [(d.name, d.verdict) for d in found.decisions] == [(link, Verdict.RUN)]
+        try:
+            check_safe(found, user)
+        except UnsafePermissionsError as refused:
+            return str(refused)
+        return ""
+
+    why = f"{shared} (on the way to {{}}) is writable by others (mode 0777)"
+    assert why.format("10-direct") in refusal("10-direct", "../../../shared/tool")
+    assert why.format("20-through") in refusal("20-through", "../../../shared/hop")
+    assert refusal("30-safe", "../../../opt/tool") == ""
+    sticky = root / "sticky"  # like /tmp: others may add names, not replace another's
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    (sticky / "hop").symlink_to("../opt/tool")
+    assert refusal("40-sticky", "../../../sticky/hop") == ""
+    if os.geteuid() == 0:  # a link in it owned by someone else is theirs to replace
+        os.lchown(sticky / "hop", 65534, 65534)
+        assert f"{sticky / 'hop'} (on the way to 50-theirs) is owned by" in refusal(
+            "50-theirs", "../../../sticky/hop")

@@ -6,6 +6,7 @@ decisions. `scan` is the shell side that reads the directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -230,6 +231,59 @@ def _parents(directory: Path, top: Path | None) -> tuple[Entry, ...]:
     return tuple(found)
 
 
+#: Symlinks followed on the way to one script at most (the kernel's own limit).
+_MAX_HOPS: Final = 40
+
+
+def _route(path: Path, top: str) -> list[str]:
+    """What whoever owns or can write one could change what `path` runs through: each symlink
+    met on the way to its target and the directory holding it, and the directories above the
+    target, up to `top` (where the run's root ends; its own parents are wizard.d's)."""
+    held: list[str] = []
+    pending, current, hops = list(path.parts), "/", 0
+    while pending and hops <= _MAX_HOPS:
+        part = pending.pop(0)
+        if part == "/":
+            current = "/"
+        elif part == "..":
+            current = os.path.dirname(current)
+        elif part != ".":
+            candidate = os.path.join(current, part)
+            try:
+                target = os.readlink(candidate)
+            except OSError:  # not a link (or gone: then it is not run either)
+                current = candidate
+                continue
+            hops += 1
+            held += [current, candidate]
+            pending[:0] = Path(target).parts
+    above = [str(parent) for parent in Path(current).parents]
+    return held + above[:above.index(top) + 1 if top in above else len(above)]
+
+
+def _routes(directory: Path, decisions: Sequence[Decision], top: str,
+            seen: set[str]) -> list[Entry]:
+    """What is on the way to each symlinked script that is not skipped (directories and
+    links), but those `seen`, each named with the script it leads to."""
+    found: dict[str, Entry] = {}
+    for decision in decisions:
+        entry = decision.entry
+        if decision.verdict is Verdict.SKIP or entry is None or not entry.symlink or \
+                entry.kind is Kind.OUTSIDE:
+            continue
+        for route in _route(directory / decision.name, top):
+            if route in seen or route in found:
+                continue
+            with contextlib.suppress(OSError):
+                info = os.lstat(route)
+                # A link's own mode means nothing: only its owner, who may replace it, counts.
+                mode = stat.S_IFLNK if stat.S_ISLNK(info.st_mode) else info.st_mode
+                found[route] = Entry(
+                    f"{route} (on the way to {printable(decision.name)})", Kind.DIRECTORY,
+                    mode, info.st_uid, info.st_gid)
+    return list(found.values())
+
+
 def scan(directory: Path, user: RunUser, top: Path | None = None) -> Scan:
     """Read wizard.d and decide every entry; a missing directory is an error naming it.
 
@@ -251,7 +305,11 @@ def scan(directory: Path, user: RunUser, top: Path | None = None) -> Scan:
     resolved_top = os.path.realpath(top) if top is not None else None
     decisions = decide([_entry(directory, name, resolved_top) for name in names], user)
     itself = Entry(directory.name, Kind.DIRECTORY, info.st_mode, info.st_uid, info.st_gid)
-    return Scan(directory, itself, tuple(decisions), _parents(directory, top))
+    parents = _parents(directory, top)
+    if resolved_top is not None:  # and the way to each symlinked script
+        seen = {str(directory), *(parent.name for parent in parents)}
+        parents += tuple(_routes(directory, decisions, resolved_top, seen))
+    return Scan(directory, itself, tuple(decisions), parents)
 
 
 def check_safe(found: Scan, user: RunUser) -> None:
