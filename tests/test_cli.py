@@ -519,6 +519,20 @@ def test_a_run_whose_result_cannot_be_stored_is_what_status_and_the_next_run_say
     assert run("status")[1].startswith(f"last run {json.loads(out)['run_id']}: succeeded")
 
 
+@pytest.mark.parametrize("command", [["validate"], ["run", "--dry-run", "--root", "/"]],
+                         ids=["validate", "run"])
+def test_an_invalid_bodys_path_cannot_drive_the_terminal(tmp_path: Path,
+                                                         command: list[str]) -> None:
+    """The path of an invalid body reaches stderr escaped, like the problems under it: a
+    name with ESC sequences does not colour or clear the admin's terminal."""
+    path = tmp_path / "bad\x1b[31mRED\x1b[0m.json"
+    path.write_text("{}")
+    done = cli(*command, "--config", str(path))
+    assert done.returncode == 65, done.stderr
+    assert "\x1b" not in done.stderr
+    assert "bad\\x1b[31mRED\\x1b[0m.json is invalid (" in done.stderr
+
+
 HOSTILE_NAME = "10-evil\n  20-forged                  succeeded\x1b[2J\u202e\u009b"
 HOSTILE_SHOWN = "10-evil\\x0a  20-forged                  succeeded\\x1b[2J\\u202e\\x9b"
 

@@ -6,6 +6,8 @@ import math
 import signal
 from collections.abc import Sequence
 
+from wizard_runner.escape import printable
+
 # Every exit code wizard-runner uses, named here and nowhere else (sysexits.h where one fits).
 EXIT_OK = 0
 EXIT_FAILED = 1  # the run failed (a script, or a step reported in the result)
@@ -67,7 +69,7 @@ class ConfigError(WizardRunnerError):
         self.source = source
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
-        lines = [f"{source} is invalid ({count} {noun}):"]
+        lines = [f"{printable(source)} is invalid ({count} {noun}):"]  # a path may hold ESC
         lines += [f"  - {problem}" for problem in self.problems]
         super().__init__("\n".join(lines))
 
