@@ -45,6 +45,7 @@ from wizard_runner.daemon import (
 )
 from wizard_runner.errors import (
     ApplyError,
+    LockedError,
     RunInterrupted,
     RunnerIOError,
     UsageError,
@@ -435,6 +436,27 @@ def test_a_run_whose_result_cannot_be_stored_is_answered_with_it_and_closes_the_
     assert served.answer("20261125T000002Z-aaaaaaaaaaa2")["exit_code"] == 77
     assert unfinished_run(served.layout) == Unfinished(
         os.getpid(), found["result"]["run_id"], running=False, ended=True)
+
+
+def test_a_request_waiting_for_the_lock_says_why_once(served: Served, quick: dict[str, Any],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another run holds the lock: the daemon logs once that the request waits for it, and
+    why (the holder), then runs it when the lock is free."""
+    calls: list[int] = []
+
+    def locked_twice(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise LockedError("another wizard-runner run (pid 4242) holds the lock")
+        return runner_module.execute(*args, **kwargs)
+
+    monkeypatch.setattr(daemon_module, "execute", locked_twice)
+    monkeypatch.setattr(daemon_module, "LOCK_RETRY", 0.01)
+    served.request("20261125T000001Z-aaaaaaaaaaa1", quick)
+    served.daemon.serve_pending()
+    assert served.answer("20261125T000001Z-aaaaaaaaaaa1")["status"] == "succeeded"
+    assert [e["reason"] for e in served.events("request_waits_for_lock")] == [
+        "another wizard-runner run (pid 4242) holds the lock"]
 
 
 def test_a_failed_run_leaves_the_spool_open(served: Served, quick: dict[str, Any]) -> None:

@@ -160,7 +160,9 @@ def test_timeout_after_the_claim_says_where_the_answer_will_be(spool: Spool,
     with PresenceLock(spool.presence), pytest.raises(AnswerTimeoutError) as caught:
         wait_result(spool, request_id, 0.2)
     answer = spool.result_path(request_id)
-    assert str(caught.value).endswith(f"is already running: its answer will be in {answer}")
+    assert str(caught.value).endswith(
+        "is claimed by the daemon (running, or waiting for a run already going on to end): "
+        f"its answer will be in {answer}")
     assert (caught.value.status, caught.value.answer) == ("claimed", answer)
     assert caught.value.to_dict()["answer"] == str(answer)
 

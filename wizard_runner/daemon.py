@@ -435,13 +435,17 @@ class Daemon:
             root=self.settings.layout.root, user=self.settings.user.name,
             timeout=self.settings.timeout, request_id=request.request_id,
         )
+        waited = False
         while True:
             try:
                 result = execute(config, options, stream=self.settings.stream,
                                  json_logs=self.settings.json_logs,
                                  journal=self.settings.journal)
-            except LockedError:
+            except LockedError as locked:
                 # A manual run holds the lock: wait for it, the request stays claimed.
+                if not waited:  # once: an admin sees why requests wait (a run stopped, say)
+                    log.warning("request_waits_for_lock", reason=str(locked))
+                    waited = True
                 if self.settings.stop.wait(LOCK_RETRY):
                     return request.answer(
                         "interrupted", exit_for_signal(signal.SIGTERM),

@@ -323,8 +323,13 @@ def _give_up(spool: Spool, request_id: str, kind: type[NotAnsweredError],
         message = (f"{why}: request {request_id} was claimed before the daemon stopped: its "
                    f"answer will be in {answer} when the daemon restarts")
     else:
-        message = f"{why}: request {request_id} is already running: its answer will be in {answer}"
+        message = f"{why}: request {request_id} {CLAIMED}: its answer will be in {answer}"
     raise kind(message, request_id=request_id, status="claimed", answer=answer)
+
+
+#: What a claimed request is doing, as far as the submitter can know.
+CLAIMED: Final = ("is claimed by the daemon (running, or waiting for a run already going on "
+                  "to end)")
 
 
 def stop_signal(stop: KeyboardInterrupt | RunInterrupted) -> int:
@@ -357,7 +362,7 @@ def _interrupted(spool: Spool, request_id: str | None,
                                       exit_code=code)
     answer = spool.result_path(request_id)
     return SubmitInterruptedError(
-        f"{why}: request {request_id} is already running: its answer will be in {answer}",
+        f"{why}: request {request_id} {CLAIMED}: its answer will be in {answer}",
         request_id=request_id, status="claimed", answer=answer, exit_code=code)
 
 
