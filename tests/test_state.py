@@ -42,7 +42,8 @@ SCRIPT = Path(sys.executable).parent / "wizard-runner"
 def a_result(*scripts: ScriptOutcome, status: RunStatus = RunStatus.FAILED) -> RunResult:
     """A result with one written file and the given scripts."""
     at = now()
-    return RunResult("20261201T100000Z-0badc0de", at, at, status, 1,
+    code = {RunStatus.SUCCEEDED: 0, RunStatus.FAILED: 1, RunStatus.INTERRUPTED: 143}[status]
+    return RunResult("20261201T100000Z-0badc0de", at, at, status, code,
                      SystemConfResult(True, (FileOutcome("/etc/hosts", FileAction.WRITTEN),)),
                      scripts, run_scripts=True, request_id="req-1")
 
@@ -90,6 +91,15 @@ def test_a_result_with_keys_it_does_not_know_reads_back(tmp_path: Path) -> None:
                      id="unknown-status"),
         pytest.param(json.dumps({**a_result().to_dict(), "scripts": [{"name": "a"}]}),
                      "scripts.0.status: is required", id="script-without-status"),
+        pytest.param(json.dumps({**a_result().to_dict(), "status": "succeeded"}),
+                     "status: succeeded with exit_code 1", id="succeeded-with-an-error-code"),
+        pytest.param(json.dumps({**a_result().to_dict(), "exit_code": 0}),
+                     "status: failed with exit_code 0", id="failed-with-exit-0"),
+        pytest.param(json.dumps({**a_result().to_dict(), "exit_code": 10**30}),
+                     "exit_code: 1000000000000000000000000000000 is not an exit status",
+                     id="exit-code-out-of-range"),
+        pytest.param(json.dumps({**a_result().to_dict(), "started_at": "2026-11-25T14:54:28"}),
+                     "started_at: no time zone", id="naive-time"),
     ],
 )
 def test_a_damaged_result_is_named(tmp_path: Path, text: str, message: str) -> None:

@@ -204,11 +204,27 @@ class RunResult:
         from wizard_runner.config import problems_of  # noqa: PLC0415 - status and --resume only
 
         try:
-            return _adapter().validate_python(data)
+            found = _adapter().validate_python(data)
         except ValidationError as error:
             problems = problems_of(error)
+        else:
+            problems = found.contradictions()
+            if not problems:
+                return found
         raise StateFileError(f"{source} is damaged ({'; '.join(problems[:5])}): remove it, "
                              "or run again to replace it")
+
+    def contradictions(self) -> list[str]:
+        """What no run writes: an exit code out of range or at odds with the status, a time
+        without its zone."""
+        problems = []
+        if not 0 <= self.exit_code <= 255:
+            problems.append(f"exit_code: {self.exit_code} is not an exit status (0-255)")
+        elif (self.status is RunStatus.SUCCEEDED) != (self.exit_code == 0):
+            problems.append(f"status: {self.status.value} with exit_code {self.exit_code}")
+        problems += [f"{name}: no time zone" for name in ("started_at", "finished_at")
+                     if getattr(self, name).tzinfo is None]
+        return problems
 
     def to_json(self) -> str:
         """Pretty JSON text, ending with a newline."""
