@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,12 @@ from wizard_runner.config import WizardConfig, config_from_data
 from wizard_runner.errors import ApplyError
 from wizard_runner.layout import Layout
 from wizard_runner.sysconf import Plan, plan_changes, read_targets
-from wizard_runner.toolcheck import ToolChecker, check_included_interfaces
+from wizard_runner.toolcheck import (
+    SCRATCH_PREFIX,
+    ToolChecker,
+    _clear_stale_scratch,
+    check_included_interfaces,
+)
 from wizard_runner.tools import find_tool, run_tool
 
 pytestmark = pytest.mark.processes
@@ -346,3 +352,21 @@ def test_nul_byte_in_an_include_is_an_error(config: WizardConfig, sandbox: Path)
     """A NUL byte in an include's path gives an error naming the line, not a traceback."""
     with pytest.raises(ApplyError, match=r"^/etc/network/interfaces: `source /etc/a\x00b` cannot be checked: embedded null byte"):
         check_included_interfaces(config, Layout.under(sandbox), b"source /etc/a\x00b\n" + STATIC.encode())
+
+
+def test_scratch_left_by_a_killed_run_is_removed(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next check removes the scratch directories of checks whose process is gone (a
+    killed run), and leaves those of a live one and anything else alone."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f"{SCRATCH_PREFIX}{gone.pid}-x1"
+    (stale / "postfix").mkdir(parents=True)
+    (stale / "postfix/main.cf").write_text("a = b\n")
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getpid()}-x2"
+    live.mkdir()
+    other = tmp_path / f"{SCRATCH_PREFIX}notapid"
+    other.mkdir()
+    _clear_stale_scratch()
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([live.name, other.name])

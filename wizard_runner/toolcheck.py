@@ -7,6 +7,7 @@ import fnmatch
 import os
 import posixpath
 import re
+import shutil
 import stat
 import tempfile
 import time
@@ -161,6 +162,22 @@ def _rejected(path: str, tool: str, output: ToolOutput | str) -> ApplyError:
     return ApplyError(f"{path}: {tool} rejected the new content: {detail}")
 
 
+#: Scratch directories of the checks, `<prefix><pid>-<random>` in the temporary directory.
+SCRATCH_PREFIX: Final = "wizard-runner-check-"
+
+
+def _clear_stale_scratch() -> None:
+    """Remove the scratch directories checks of killed runs left (their pid is gone)."""
+    top = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for name in os.listdir(top):
+            pid = name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+            if name.startswith(SCRATCH_PREFIX) and pid.isdigit() and \
+                    not os.path.exists(f"/proc/{pid}") and \
+                    os.lstat(top / name).st_uid == os.geteuid():
+                shutil.rmtree(top / name, ignore_errors=True)
+
+
 class ToolChecker:
     """A sysconf validator: each rendered file goes through its Debian tool, where installed."""
 
@@ -172,7 +189,8 @@ class ToolChecker:
     def __call__(self, writes: Sequence[FileChange]) -> None:
         """Raise ApplyError with the tool's message if any tool rejects a planned file."""
         new = {change.path: change.new or b"" for change in writes}
-        with (tempfile.TemporaryDirectory(prefix="wizard-runner-check-") as scratch,
+        _clear_stale_scratch()
+        with (tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch,
               open_fence(self.layout) as fence):
             workdir = Path(scratch)
             if INTERFACES in new:
