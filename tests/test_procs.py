@@ -74,6 +74,28 @@ def test_sigterm_is_enough_for_a_process_that_listens(sleeper: Sleeper) -> None:
         (process.pid, "sleep 60")]
 
 
+class MissedOnce(Listed):
+    """A set whose first look misses its members, as a list read by parentage can while a
+    process moves to the subreaper."""
+
+    def __init__(self, *processes: subprocess.Popen[bytes]) -> None:
+        super().__init__(*processes)
+        self.looks = 0
+
+    def members(self) -> list[int]:
+        """Nothing the first time."""
+        self.looks += 1
+        return [] if self.looks == 1 else super().members()
+
+
+def test_one_empty_look_is_not_trusted(sleeper: Sleeper) -> None:
+    """A member missed by the first look is found by the next and stopped."""
+    process = sleeper()
+    found = stop(MissedOnce(process), grace=5)
+    assert process.wait(timeout=5) == -signal.SIGTERM
+    assert [leftover.pid for leftover in found] == [process.pid]
+
+
 def test_a_process_deaf_to_sigterm_is_killed_after_the_grace(sleeper: Sleeper) -> None:
     """SIGTERM ignored: SIGKILL once the grace has passed, not before."""
     process = sleeper(ignore_term=True)

@@ -152,7 +152,9 @@ def stop(processes: ProcessSet, grace: float = GRACE, *, spare: int | None = Non
         return [pid for pid in processes.members() if pid != spare]
 
     seen: dict[int, Leftover] = {}
-    first = members()
+    # One empty look is not trusted: a list read by parentage can miss a process moving from
+    # a parent that exited to the subreaper.
+    first = members() or _wait_empty(members, 2 * _LOOK, seen)
     for pid in first:
         seen[pid] = describe(pid)
     if not first:

@@ -304,8 +304,6 @@ class Watch:
 
     def _clear_leftovers(self) -> None:
         """Stop whatever the script left running; each is logged with pid and command line."""
-        if not [pid for pid in self.box.members() if pid != self.spawner.pid]:
-            return
         try:
             self._note_leftovers(procs.stop(self.box, self.grace, spare=self.spawner.pid))
         except OSError as error:
