@@ -138,7 +138,8 @@ def test_submit_wait_timeout_withdraws(body: dict[str, Any], tmp_path: Path) -> 
     assert os.listdir(spool.incoming) == []
 
 
-@pytest.mark.parametrize("timeout", ["5", float("nan"), float("inf"), -1, True])
+@pytest.mark.parametrize("timeout", ["5", float("nan"), float("inf"), -1, True, 10**400],
+                         ids=["string", "nan", "infinity", "negative", "bool", "huge-int"])
 def test_submit_refuses_a_timeout_that_is_not_one_before_submitting(
     body: dict[str, Any], tmp_path: Path, timeout: object
 ) -> None:

@@ -29,6 +29,7 @@ from wizard_runner.scripts.containment import (
     _cgroup_parent,
     _children,
     cgroup2_mount,
+    clear_killed,
     contain,
     own_cgroup,
 )
@@ -168,6 +169,30 @@ def test_a_cgroup_left_by_a_killed_runner_is_cleared() -> None:
     finally:
         fresh.close()
     assert not fresh.path.exists()
+
+
+@needs_cgroup
+@pytest.mark.processes
+def test_a_killed_runs_cgroup_is_the_only_one_cleared_across_the_hierarchy() -> None:
+    """The next run clears the killed run's cgroup wherever it is, and only that one: a
+    cgroup named for a pid this namespace does not have may be a container's live run."""
+    assert CGROUP_PARENT is not None
+    killed, killed_orphan = stale_cgroup("sleep", "62")
+    pid, run_id = killed.name.removeprefix(PREFIX).split(".", 1)
+    elsewhere = CGROUP_PARENT / f"{PREFIX}4000001.20261205T000000Z-0badc0de"
+    elsewhere.mkdir()
+    theirs = subprocess.Popen(["sleep", "63"])
+    try:
+        (elsewhere / "cgroup.procs").write_text(f"{theirs.pid}\n")
+        assert clear_killed(int(pid), run_id) == [Leftover(killed_orphan.pid, "sleep 62")]
+        assert killed_orphan.wait(timeout=10) == -signal.SIGKILL
+        assert not killed.exists()
+        assert theirs.poll() is None
+        assert elsewhere.exists()
+    finally:
+        theirs.kill()
+        theirs.wait()
+        Cgroup(elsewhere).close()
 
 
 @needs_cgroup

@@ -466,6 +466,11 @@ def test_a_symlinked_script_runs_only_if_the_way_to_it_is_safe(tmp_path: Path) -
     sticky.chmod(0o1777)
     (sticky / "hop").symlink_to("../opt/tool")
     assert refusal("40-sticky", "../../../sticky/hop") == ""
+    under = shared / "sub"  # safe itself, but in a directory others may rename it out of
+    under.mkdir(mode=0o755)
+    (under / "hop").symlink_to("../../opt/tool")
+    assert why.format("45-under") in refusal("45-under", "../../../shared/sub/hop")
+    assert refusal("47-doubled", f"/{safe}/tool") == ""  # `//` as a link may begin
     if os.geteuid() == 0:  # a link in it owned by someone else is theirs to replace
         os.lchown(sticky / "hop", 65534, 65534)
         assert f"{sticky / 'hop'} (on the way to 50-theirs) is owned by" in refusal(

@@ -1176,6 +1176,36 @@ class FailsOnOutput(SlowProgress):
         raise RuntimeError("the view broke")
 
 
+class FailsOnLine(SlowProgress):
+    """A progress view that raises when it is shown one line."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__()
+        self.line = line
+
+    def output(self, name: str, stream: str, line: str) -> None:
+        """Break on that line."""
+        if line == self.line:
+            raise RuntimeError("the view broke")
+
+
+def test_a_view_breaking_on_the_last_unterminated_line_leaves_no_file_open(
+    config: WizardConfig, root: Path
+) -> None:
+    """The script kills its helper after a line without a newline, which is shown only as
+    its output is closed; the view raises there: the error reaches the caller and the
+    script's log file is not left open."""
+    add_script(root, "10-partial", "echo full line; printf 'no newline'; kill -KILL $PPID; "
+               "sleep 2")
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeError, match="the view broke"):
+        run_scripts(config=config, layout=Layout.under(root), run_id="partial",
+                    options=ScriptsOptions(user=resolve_user(USER)),
+                    log=make_logger(io.StringIO(), json_lines=True),
+                    progress=FailsOnLine("no newline"))
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 def test_a_step_broken_off_while_a_script_runs_leaves_nothing(
     config: WizardConfig, root: Path
 ) -> None:

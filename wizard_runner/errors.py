@@ -53,8 +53,12 @@ class UsageError(WizardRunnerError):
 def check_seconds(value: object, what: str) -> None:
     """UsageError naming `what` unless `value` is None (no limit) or a finite number of
     seconds, 0 or more: a string, NaN or infinity is refused before anything is done."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                              or not 0 <= value < math.inf):
+    try:
+        seconds = value is None or (not isinstance(value, bool) and isinstance(
+            value, int | float) and 0 <= float(value) < math.inf)
+    except OverflowError:  # an int past what a float holds
+        seconds = False
+    if not seconds:
         raise UsageError(f"{what}: {value!r} is not a number of seconds (0 or more; None for "
                          "no limit)")
 

@@ -162,14 +162,16 @@ class Cgroup:
 
 def _clear_stale(parent: Path, names: Iterable[str], killed: str | None = None
                  ) -> list[Leftover]:
-    """Empty and remove the step cgroups among `names` in `parent` whose runner is gone (its
-    pid no longer exists, or it is the run `killed`: `PID.RUN_ID`); what ran in them."""
+    """Empty and remove the step cgroups among `names` in `parent` whose runner is gone: the
+    run `killed` (`PID.RUN_ID`) if given, else any whose pid no longer exists (beside the
+    runner's own cgroup only: elsewhere a pid may be another namespace's); what ran in them."""
     cleared: list[Leftover] = []
     for name in names:
         owner = name.removeprefix(PREFIX)
         pid = owner.split(".", 1)[0]
-        if name.startswith(PREFIX) and os.access(parent / name, os.W_OK) and (
-                owner == killed or (pid.isdigit() and not Path(f"/proc/{pid}").exists())):
+        gone = owner == killed if killed is not None else \
+            pid.isdigit() and not Path(f"/proc/{pid}").exists()
+        if name.startswith(PREFIX) and gone and os.access(parent / name, os.W_OK):
             old = Cgroup(parent / name)
             cleared += [describe(member) for member in old.members()]
             old.close()
@@ -184,9 +186,9 @@ def note_cleared(log: FilteringBoundLogger, cleared: list[Leftover]) -> None:
 
 
 def clear_killed(pid: int, run_id: str) -> list[Leftover]:
-    """Once a run is found killed: the step cgroups killed runners left anywhere in the
-    hierarchy (that run may have been started from another session or unit), emptied and
-    removed; what ran in them."""
+    """Once a run is found killed: the step cgroup it left, looked for anywhere in the
+    hierarchy (it may have been started from another session or unit), emptied and removed;
+    what ran in it."""
     try:
         mount = cgroup2_mount(Path("/proc/self/mountinfo").read_text())
     except OSError:

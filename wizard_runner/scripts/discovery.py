@@ -235,15 +235,21 @@ def _parents(directory: Path, top: Path | None) -> tuple[Entry, ...]:
 _MAX_HOPS: Final = 40
 
 
+def _above(path: str, top: str) -> list[str]:
+    """The directories above `path`, up to `top` if it is one of them, else to /."""
+    above = [str(parent) for parent in Path(path).parents]
+    return above[:above.index(top) + 1 if top in above else len(above)]
+
+
 def _route(path: Path, top: str) -> list[str]:
     """What whoever owns or can write one could change what `path` runs through: each symlink
-    met on the way to its target and the directory holding it, and the directories above the
-    target, up to `top` (where the run's root ends; its own parents are wizard.d's)."""
+    met on the way to its target, and every directory above one of them or above the target,
+    up to `top` (where the run's root ends; wizard.d's own parents are checked apart)."""
     held: list[str] = []
     pending, current, hops = list(path.parts), "/", 0
     while pending and hops <= _MAX_HOPS:
         part = pending.pop(0)
-        if part == "/":
+        if part.startswith("/"):  # `/`, or `//` as a link may begin
             current = "/"
         elif part == "..":
             current = os.path.dirname(current)
@@ -255,10 +261,9 @@ def _route(path: Path, top: str) -> list[str]:
                 current = candidate
                 continue
             hops += 1
-            held += [current, candidate]
+            held += [candidate, *_above(candidate, top)]
             pending[:0] = Path(target).parts
-    above = [str(parent) for parent in Path(current).parents]
-    return held + above[:above.index(top) + 1 if top in above else len(above)]
+    return held + _above(current, top)
 
 
 def _routes(directory: Path, decisions: Sequence[Decision], top: str,

@@ -205,13 +205,14 @@ class _Step:
             seen = Watch(spawner, self.box, position, pipes, output,
                          timeout=self.options.timeout, grace=self.options.grace, log=log,
                          shown={"path": path, "user": self.options.user.name}).run()
+            tail = output.close()  # (it shows the last line, if unterminated)
         except BaseException:
             output.record.close()  # the step breaks off (the view raised): no file left open
             raise
         if seen.broken is not None:
             self._broken(name)
         self.stopped = seen.stopped_by or self.stopped
-        return judge(name, seen, output.close())
+        return judge(name, seen, tail)
 
     def entry(self, decision: Decision, position: int, total: int) -> ScriptOutcome:
         """What becomes of one entry of wizard.d past the start point (shown as it starts

@@ -313,17 +313,19 @@ class Watch:
         """The helper failed: everything the step started is killed at once, the helper too;
         what the script left is logged and kept as it is for any other end."""
         spared = (self.spawner.pid, self.seen.pid)
-        found = [procs.describe(pid) for pid in self.box.members() if pid not in spared]
+        others = [pid for pid in self.box.members() if pid not in spared]
+        found = [procs.describe(pid) for pid in others[:MAX_LEFTOVERS]]  # a fork bomb forks on
         self.box.kill()
-        self._note_leftovers(found)
+        self._note_leftovers(found, len(others) - len(found))
 
-    def _note_leftovers(self, found: list[Leftover]) -> None:
+    def _note_leftovers(self, found: list[Leftover], undescribed: int = 0) -> None:
         """Log and keep each leftover up to MAX_LEFTOVERS (a fork bomb leaves thousands);
-        count the rest."""
+        count the rest, and those `undescribed`."""
         room = max(MAX_LEFTOVERS - len(self.seen.leftovers), 0)
         for leftover in found[:room]:
             self.log.warning("leftover_killed", pid=leftover.pid, cmdline=leftover.cmdline)
         self.seen.leftovers += found[:room]
-        if len(found) > room:
-            self.log.warning("leftovers_killed_more", count=len(found) - room)
-            self.seen.more_leftovers += len(found) - room
+        more = len(found) - len(found[:room]) + undescribed
+        if more:
+            self.log.warning("leftovers_killed_more", count=more)
+            self.seen.more_leftovers += more
