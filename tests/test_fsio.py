@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,6 +119,27 @@ def test_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
             RunLock(path).acquire()
     with RunLock(path):
         pass  # released: it can be taken again
+
+
+@pytest.mark.processes
+def test_a_stopped_holder_is_named_so(tmp_path: Path) -> None:
+    """The lock's holder is stopped (Ctrl-Z, SIGSTOP): the refusal says so and how to let it
+    go on, for it will not end by itself."""
+    path = tmp_path / "run" / "wizard-runner" / "lock"
+    program = ("import os, signal, sys; from pathlib import Path; "
+               "from wizard_runner.fsio import RunLock; "
+               f"RunLock(Path({str(path)!r})).acquire(); os.kill(os.getpid(), signal.SIGSTOP)")
+    holder = subprocess.Popen([sys.executable, "-c", program])
+    try:
+        status = os.waitpid(holder.pid, os.WUNTRACED)[1]
+        assert os.WIFSTOPPED(status)
+        with pytest.raises(LockedError) as refused:
+            RunLock(path).acquire()
+        assert f"(pid {holder.pid}, stopped: `kill -CONT {holder.pid}` lets it go on)" in \
+            str(refused.value)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_lock_directory_not_creatable(fs: FakeFilesystem) -> None:

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Final, NamedTuple
 
 from wizard_runner.errors import LockedError, PrivilegeError, RunnerIOError
+from wizard_runner.procs import proc_stat
 
 #: A system file larger than this is not one the wizard manages; refuse rather than load it.
 MAX_TARGET_BYTES: Final = 4 * 1024 * 1024
@@ -205,6 +206,15 @@ def prepare_dir(path: Path, mode: int, gid: int = 0) -> None:
     path.chmod(mode)
 
 
+def _stopped(pid: int) -> str:
+    """What to say of a lock holder that is stopped (SIGSTOP, Ctrl-Z): it holds the lock until
+    it is continued."""
+    fields = proc_stat(pid)
+    if fields is not None and fields[0] in {b"T", b"t"}:
+        return f", stopped: `kill -CONT {pid}` lets it go on"
+    return ""
+
+
 class RunLock:
     """An exclusive, non-blocking flock held for a whole run; the holder's pid is in the file.
     What the holder notes (its run id) goes to `holder`, a sibling anyone may read (the lock
@@ -228,7 +238,7 @@ class RunLock:
         with contextlib.suppress(OSError, ValueError):
             text = os.pread(fd, 32, 0).decode("ascii").strip()
             if text:
-                return f"pid {int(text)}"
+                return f"pid {int(text)}{_stopped(int(text))}"
         return "unknown pid"
 
     def acquire(self) -> None:
