@@ -182,8 +182,26 @@ def reliability() -> Reliability:
     return Reliability()
 
 
+#: What every coverage data file (an SQLite database) begins with.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _drop_cut_coverage_files(directory: Path) -> None:
+    """A process a test killed (SIGKILL) while coverage measured it leaves its data file empty
+    or cut short: not one `coverage combine` can read."""
+    for path in directory.glob(".coverage.*"):
+        try:
+            with open(path, "rb") as data:
+                if data.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+                    path.unlink()
+        except OSError:
+            continue
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write RELIABILITY.md when asked, from the rows the run recorded."""
+    """Drop the coverage data files of killed processes; write RELIABILITY.md when asked, from
+    the rows the run recorded."""
+    _drop_cut_coverage_files(Path(session.config.rootpath))
     target = session.config.getoption("--reliability-report")
     if not target:
         return

@@ -724,9 +724,6 @@ def test_a_killed_run_is_what_status_says_and_the_next_run_notes(sandbox: Path,
     # Under the fallback containment, the killed run's script outlives it (docs/usage.md);
     # under a cgroup, the run after it has killed it.
     subprocess.run(["pkill", "-f", f"sleep 6{os.getpid()}"], check=False)
-    # Measured by coverage, the killed run left a data file cut short: not one to combine.
-    for cut in Path.cwd().glob(f".coverage.*.pid{running.pid}.*"):
-        cut.unlink()
 
 
 def test_a_run_killed_after_it_stored_its_result_cut_nothing_short(sandbox: Path) -> None:
