@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
@@ -80,6 +81,50 @@ def test_rename_ebusy_falls_back_to_in_place(
     assert method is WriteMethod.IN_PLACE
     assert Path("/etc/resolv.conf").read_bytes() == b"nameserver 9.9.9.9\n"
     assert os.listdir("/etc") == ["resolv.conf"]
+
+
+def test_an_in_place_write_a_full_disk_refuses_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bind-mounted file (rename gives EBUSY) on a full disk: a longer content cannot get
+    the blocks it needs past the present end, so nothing of the old content is overwritten,
+    and the error says why. (Writes within the old size take no new blocks, as on a real
+    full disk; past it, the first byte that needs one fails.)"""
+    target = tmp_path / "hosts"
+    old = b"".join(b"10.1.0.%d\tadmin-host-%03d.acme.example\n" % (n, n) for n in range(100))
+    target.write_bytes(old)
+    real_write, size = os.write, len(old)
+
+    def full_disk(fd: int, data: Any) -> int:
+        if os.fstat(fd).st_ino != target.stat().st_ino:
+            return real_write(fd, data)
+        position = os.lseek(fd, 0, os.SEEK_CUR)
+        if position >= size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, bytes(data[:size - position]))
+
+    def busy(src: str, dst: str, **dir_fds: int) -> None:
+        raise OSError(errno.EBUSY, "Device or resource busy", dst)
+
+    monkeypatch.setattr("wizard_runner.fsio.os.rename", busy)
+    monkeypatch.setattr("wizard_runner.fsio.os.write", full_disk)
+    with pytest.raises(OSError) as caught:
+        atomic_replace(target, b"192.168.50.10\tpbx.acme.example pbx\n" + old,
+                       Ownership(0o644, os.geteuid(), os.getegid()))
+    assert caught.value.errno == errno.ENOSPC
+    assert target.read_bytes() == old
+    assert os.listdir(tmp_path) == ["hosts"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to give a file away)")
+def test_a_replaced_file_keeps_its_setgid_bit(tmp_path: Path) -> None:
+    """Mode 2775 with another group stays 2775: the owner is set before the mode (a chown
+    clears setuid and setgid)."""
+    target = tmp_path / "mailname"
+    target.write_text("old\n")
+    atomic_replace(target, b"new\n", Ownership(0o2775, 0, 8))
+    info = target.stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_gid) == (0o2775, 8)
 
 
 def test_other_rename_errors_propagate(fs: FakeFilesystem, monkeypatch: pytest.MonkeyPatch) -> None:

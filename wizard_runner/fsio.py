@@ -93,10 +93,22 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def _write_in_place(at: At, data: bytes) -> None:
-    """Overwrite a file whose name cannot be replaced; write first, then cut, never empty it."""
+    """Overwrite a file whose name cannot be replaced (a bind mount); write first, then cut,
+    never empty it. What goes past its present end is written first: a full disk refuses that
+    before a byte of the old content is overwritten, and the file is cut back to its size."""
     fd = os.open(at.name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=at.dir_fd)
     try:
-        write_all(fd, data)
+        size = os.fstat(fd).st_size
+        if len(data) > size:
+            os.lseek(fd, size, os.SEEK_SET)
+            try:
+                write_all(fd, data[size:])
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+            os.lseek(fd, 0, os.SEEK_SET)
+        write_all(fd, data[:size] if len(data) > size else data)
         os.ftruncate(fd, len(data))
         os.fsync(fd)
     finally:
@@ -111,7 +123,7 @@ def temp_name(name: str) -> str:
 def replace_at(at: At, data: bytes, owner: Ownership) -> WriteMethod:
     """Replace the file `at` names with `data` so readers see the old or the new file, never a mix.
 
-    Temp file in the same directory, write, fchmod, fchown, fsync, rename, fsync of the
+    Temp file in the same directory, write, fchown, fchmod, fsync, rename, fsync of the
     directory, all relative to the directory's descriptor. A rename refused with EBUSY falls
     back to an in-place write. A symlink at the name is replaced, never followed.
     """
@@ -122,10 +134,10 @@ def replace_at(at: At, data: bytes, owner: Ownership) -> WriteMethod:
                      0o600, dir_fd=at.dir_fd)
         try:
             write_all(fd, data)
-            os.fchmod(fd, stat.S_IMODE(owner.mode))
             current = os.fstat(fd)
             if (current.st_uid, current.st_gid) != (owner.uid, owner.gid):
                 os.fchown(fd, owner.uid, owner.gid)
+            os.fchmod(fd, stat.S_IMODE(owner.mode))  # after: a chown clears setuid and setgid
             os.fsync(fd)
         finally:
             os.close(fd)
