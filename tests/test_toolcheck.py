@@ -165,6 +165,18 @@ def test_tool_timeout_is_an_error(tmp_path: Path) -> None:
         run_tool(["/bin/sleep", "30"], timeout=1)
 
 
+def test_a_tool_that_leaves_a_daemon_holding_its_output_ends_at_its_exit() -> None:
+    """A tool whose hook starts a daemon that keeps its stdout open (ifup's if-up.d): its end
+    is its exit, with what it printed, not a wait for the daemon that ends in a timeout."""
+    marker = f"sleep 9{os.getpid() % 1000}7"
+    script = f"echo configured; {marker} & echo done >&2; exit 0"
+    try:
+        done = run_tool(["/bin/sh", "-c", script], timeout=5)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "configured\n", "done\n")
+    finally:
+        subprocess.run(["pkill", "-f", f"^{marker}$"], check=False)
+
+
 @pytest.mark.parametrize(
     ("included", "message"),
     [

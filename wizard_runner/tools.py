@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -14,6 +15,8 @@ TOOL_TIMEOUT: Final = 30.0
 #: The PATH child processes get: admin tools live in sbin, which a non-login PATH may lack.
 SYSTEM_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TOOL_ENV: Final = {"PATH": SYSTEM_PATH, "LC_ALL": "C.UTF-8"}
+#: How much of each of a tool's streams is kept: its messages are short.
+MAX_OUTPUT: Final = 64 * 1024
 
 
 def find_tool(name: str) -> str | None:
@@ -30,25 +33,29 @@ class ToolOutput:
     stderr: str
 
 
+def _read_back(fd: int) -> str:
+    """What a tool wrote to a memory file, as text (its first MAX_OUTPUT bytes)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, MAX_OUTPUT).decode("utf-8", "backslashreplace")
+
+
 def run_tool(argv: Sequence[str], *, timeout: float = TOOL_TIMEOUT) -> ToolOutput:
-    """Run a tool with a clean environment, no stdin and a timeout; never hang."""
+    """Run a tool with a clean environment, no stdin and a timeout; never hang. Its output
+    goes to memory files, not pipes: the tool's end is its exit, even when a daemon it started
+    (an if-up.d hook) keeps its stdout open."""
+    out = os.memfd_create("tool-stdout", os.MFD_CLOEXEC)
+    err = os.memfd_create("tool-stderr", os.MFD_CLOEXEC)
     try:
-        done = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=TOOL_ENV,
-            timeout=timeout,
-            check=False,
-            cwd="/",
-        )
-    except subprocess.TimeoutExpired as error:
-        raise ApplyError(f"{argv[0]} did not finish within {timeout:.0f} s") from error
-    except OSError as error:
-        raise ApplyError(f"{argv[0]}: cannot run: {error.strerror}") from error
-    decode = {"encoding": "utf-8", "errors": "backslashreplace"}
-    return ToolOutput(
-        done.returncode, done.stdout.decode(**decode), done.stderr.decode(**decode)
-    )
+        try:
+            done = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                  env=TOOL_ENV, timeout=timeout, check=False, cwd="/")
+        except subprocess.TimeoutExpired as error:
+            raise ApplyError(f"{argv[0]} did not finish within {timeout:.0f} s") from error
+        except OSError as error:
+            raise ApplyError(f"{argv[0]}: cannot run: {error.strerror}") from error
+        return ToolOutput(done.returncode, _read_back(out), _read_back(err))
+    finally:
+        os.close(out)
+        os.close(err)
 
 
