@@ -82,6 +82,18 @@ def test_apply_network_restarts_the_interface(config: WizardConfig, tools: Path)
     assert done.pending == ()
 
 
+def test_a_network_apply_that_fails_leaves_it_pending(config: WizardConfig,
+                                                      tools: Path) -> None:
+    """--apply-network whose ifup fails: both actions are recorded, and the result says how
+    to apply the change by hand, as when it was not asked for."""
+    install_tool(tools, "ifup", 'echo "ifup: failed to bring up eth0" >&2; exit 1')
+    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True)
+    assert [(a.name, a.status) for a in done.actions] == [("ifdown", "succeeded"),
+                                                          ("ifup", "failed")]
+    assert len(done.pending) == 1
+    assert "ifdown --force eth0; ifup eth0" in done.pending[0]
+
+
 def test_failure_is_recorded_not_raised(config: WizardConfig, tools: Path) -> None:
     """A failing follow-up is in the result with its exit code and output; the rest goes on."""
     install_tool(tools, "hostname", 'echo "hostname: you must be root" >&2; exit 1')

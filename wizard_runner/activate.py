@@ -96,10 +96,13 @@ def follow_up(
         actions.append(_postfix_reload(log))
     if "/etc/network/interfaces" in changed:
         interface = config.network.interface
+        applied: list[ActionOutcome] = []
         if apply_network:
-            actions.append(_run("ifdown", ["ifdown", "--force", interface], log))
-            actions.append(_run("ifup", ["ifup", interface], log, timeout=NETWORK_TIMEOUT))
-        else:
+            applied = [_run("ifdown", ["ifdown", "--force", interface], log),
+                       _run("ifup", ["ifup", interface], log, timeout=NETWORK_TIMEOUT)]
+        actions += applied
+        if not applied or any(action.status != "succeeded" for action in applied):
+            # Not applied, or not applied whole: the admin still has it to do.
             message = network_pending(interface)
             log.warning("network_change_pending", interface=interface, hint=message)
             pending.append(message)
