@@ -158,6 +158,30 @@ def test_failure_on_third_write_restores_the_first_two(config: WizardConfig, roo
     assert temp_files(root) == []
 
 
+def test_an_error_after_the_rename_restores_that_file_too(config: WizardConfig,
+                                                          root: Path) -> None:
+    """The fourth file is replaced, then its write fails (an EIO on the directory's fsync):
+    it holds the new content, so it is restored with the three before it, and said so."""
+    before = contents(root)
+    writes: list[str] = []
+
+    def fails_after(at: At, data: bytes, owner: Ownership) -> WriteMethod:
+        method = replace_at(at, data, owner)
+        if not at.shown.startswith("/var/backups/"):
+            writes.append(at.shown)
+            if len(writes) == 4:
+                raise OSError(errno.EIO, os.strerror(errno.EIO), at.shown)
+        return method
+
+    with pytest.raises(FilesNotAppliedError) as caught:
+        apply(config, root, replacer=fails_after)
+    assert contents(root) == before
+    found = {o.path: (o.action, o.reason) for o in caught.value.files}
+    assert found["/etc/resolv.conf"] == (
+        FileAction.RESTORED, "written, then failed (Input/output error); restored")
+    assert found["/etc/mailname"][0] is FileAction.RESTORED
+
+
 @pytest.mark.parametrize("nth", range(1, 8))
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EACCES, errno.EROFS])
 def test_any_failed_write_restores_everything(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -303,12 +304,27 @@ def _roll_back(
     return restored[::-1], lost[::-1]
 
 
+def _holds_new(fence: Fence, change: FileChange) -> bool:
+    """Whether a file whose write failed holds its new content all the same."""
+    new = change.new or b""
+    with contextlib.suppress(OSError, FenceError), fence.at(change.path) as at:
+        fd = os.open(at.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=at.dir_fd)
+        try:
+            return os.read(fd, len(new) + 1) == new
+        finally:
+            os.close(fd)
+    return False
+
+
 def _failure_outcomes(
     changes: Sequence[FileChange],
     done: Sequence[FileChange],
     failed: FileChange,
     why: str,
     lost: Sequence[str],
+    *,
+    replaced: bool = False,
 ) -> list[FileOutcome]:
     done_paths = {change.path for change in done}
     outcomes: list[FileOutcome] = []
@@ -316,9 +332,16 @@ def _failure_outcomes(
     for change in changes:
         if change.path == failed.path:
             reached_failure = True
-            outcomes.append(FileOutcome(
-                change.path, FileAction.SKIPPED, f"write failed ({why}); left as it was"
-            ))
+            if not replaced:
+                outcomes.append(FileOutcome(
+                    change.path, FileAction.SKIPPED, f"write failed ({why}); left as it was"))
+            elif change.path in lost:
+                outcomes.append(FileOutcome(change.path, FileAction.WRITTEN, (
+                    f"written, then failed ({why}); could not be restored; the old copy is "
+                    "in the backup directory")))
+            else:
+                outcomes.append(FileOutcome(change.path, FileAction.RESTORED,
+                                            f"written, then failed ({why}); restored"))
         elif change.path in done_paths:
             if change.path in lost:
                 reason = "could not be restored; the old copy is in the backup directory"
@@ -359,13 +382,15 @@ def _replace_all(
         except (OSError, FenceError) as error:
             why = _why(error)
             log.error("file_write_failed", path=change.path, error=why)
-            restored, lost = _roll_back(fence, done, replacer, log)
+            replaced = _holds_new(fence, change)  # the error came after its rename
+            restored, lost = _roll_back(fence, [*done, change] if replaced else done,
+                                        replacer, log)
             message = f"{change.path}: could not be written ({why})"
             if restored:
                 message += f"; restored {', '.join(restored)} from {backup_dir}"
             if lost:
                 message += f"; COULD NOT RESTORE {', '.join(lost)}: copy them from {backup_dir}"
-            files = _failure_outcomes(changes, done, change, why, lost)
+            files = _failure_outcomes(changes, done, change, why, lost, replaced=replaced)
             raise FilesNotAppliedError(message, files, backup_dir) from error
         done.append(change)
         if method is WriteMethod.IN_PLACE:
