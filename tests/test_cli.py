@@ -533,6 +533,28 @@ def test_an_invalid_bodys_path_cannot_drive_the_terminal(tmp_path: Path,
     assert "bad\\x1b[31mRED\\x1b[0m.json is invalid (" in done.stderr
 
 
+def _can_unshare_mounts() -> bool:
+    return os.geteuid() == 0 and subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "true"], capture_output=True,
+        check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs root and mount namespaces")
+def test_a_read_only_directory_is_named_so(sandbox: Path) -> None:
+    """/etc/postfix on a read-only mount: refused before anything is written (exit 73),
+    saying it is a read-only file system, not to run as root."""
+    before = snapshot(sandbox / "etc")
+    postfix = sandbox / "etc/postfix"
+    done = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && exec "$2" run '
+         '--config "$3" --root "$4"', "sh", str(postfix), str(SCRIPT), EXAMPLE, str(sandbox)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 73, done.stderr
+    assert f"cannot write in {postfix}: a read-only file system" in done.stderr
+    assert snapshot(sandbox / "etc") == before
+
+
 HOSTILE_NAME = "10-evil\n  20-forged                  succeeded\x1b[2J\u202e\u009b"
 HOSTILE_SHOWN = "10-evil\\x0a  20-forged                  succeeded\\x1b[2J\\u202e\\x9b"
 

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import WizardConfig
-from wizard_runner.errors import ApplyError, PrivilegeError, RenderError
+from wizard_runner.errors import ApplyError, PrivilegeError, RenderError, WizardRunnerError
 from wizard_runner.fence import (
     Fence,
     FenceError,
@@ -221,6 +221,16 @@ def _parents(changes: Sequence[FileChange]) -> list[PurePosixPath]:
     return sorted({PurePosixPath(change.path).parent for change in changes})
 
 
+def _unwritable(path: str, directory: str, dir_fd: int) -> WizardRunnerError:
+    """Why a target directory cannot be written: a read-only file system (exit 73), else
+    privileges (exit 77), which root lacks only for an immutable or append-only directory."""
+    if os.fstatvfs(dir_fd).f_flag & os.ST_RDONLY:
+        return ApplyError(f"{path}: cannot write in {directory}: a read-only file system")
+    hint = (": even root is refused (an immutable or append-only directory? `lsattr -d` "
+            "shows it)" if os.geteuid() == 0 else " (run as root, or use --root DIR)")
+    return PrivilegeError(f"{path}: cannot write in {directory}{hint}")
+
+
 def _prepare(fence: Fence, changes: Sequence[FileChange], log: FilteringBoundLogger) -> None:
     """Before any write: reach each target directory, check it is writable, clear stale temps."""
     for parent in _parents(changes):
@@ -230,8 +240,7 @@ def _prepare(fence: Fence, changes: Sequence[FileChange], log: FilteringBoundLog
                     continue  # gone since the plan: the write itself reports it
                 if not os.access(".", os.W_OK, dir_fd=dir_fd):
                     path = next(c.path for c in changes if PurePosixPath(c.path).parent == parent)
-                    raise PrivilegeError(f"{path}: cannot write in {fence.host(parent)} "
-                                         "(run as root, or use --root DIR)")
+                    raise _unwritable(path, str(fence.host(parent)), dir_fd)
                 for name in remove_stale_temps(dir_fd):
                     log.warning("stale_temp_removed", path=str(parent / name))
         except OSError as error:
