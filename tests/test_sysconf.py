@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -276,6 +277,24 @@ def test_symlink_restored_after_a_failure(config: WizardConfig, root: Path) -> N
     assert os.readlink(root / "etc/resolv.conf") == "/run/resolvconf/resolv.conf"
 
 
+@pytest.mark.processes
+def test_a_replaced_symlink_is_backed_up_as_the_link(config: WizardConfig,
+                                                     sandbox: Path) -> None:
+    """The backup holds a replaced symlink as that symlink: `cp -a` from the backup (the
+    documented restore) puts it back as it was."""
+    resolv = sandbox / "etc/resolv.conf"
+    resolv.unlink()
+    resolv.symlink_to("../run/resolvconf/resolv.conf")
+    applied = apply_changes(Layout.under(sandbox), RUN_ID,
+                            plan(config, sandbox, replace_symlinks=True), LOG)
+    assert applied.backup_dir is not None
+    kept = applied.backup_dir / "etc/resolv.conf"
+    assert os.readlink(kept) == "../run/resolvconf/resolv.conf"
+    assert not resolv.is_symlink()
+    subprocess.run(["cp", "-a", str(kept), str(resolv)], check=True)
+    assert os.readlink(resolv) == "../run/resolvconf/resolv.conf"
+
+
 def test_missing_directory_is_skipped(config: WizardConfig, root: Path) -> None:
     """Without /etc/postfix (postfix not installed) its two files are skipped, with the reason."""
     for name in ("main.cf", "canonical"):
@@ -478,8 +497,9 @@ def test_replaced_symlink_is_never_read_through(
     manifest = json.loads((applied.backup_dir / "manifest.json").read_text())
     entry = next(e for e in manifest["files"] if e["path"] == "/etc/hosts")
     assert entry == {"path": "/etc/hosts", "existed": False, "link": str(secret)}
-    assert not (applied.backup_dir / "etc/hosts").exists()
-    leaked = [p for p in sandbox.rglob("*") if p.is_file() and b"SECRET-HASH" in p.read_bytes()]
+    assert os.readlink(applied.backup_dir / "etc/hosts") == str(secret)  # the link, not its
+    leaked = [p for p in sandbox.rglob("*")  # target's content
+              if p.is_file() and not p.is_symlink() and b"SECRET-HASH" in p.read_bytes()]
     assert leaked == []
     assert snapshot(outside) == before_outside
 

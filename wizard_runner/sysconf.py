@@ -262,9 +262,14 @@ def _backup(
     for change in changes:
         existed = change.current.data is not None and change.current.kind is TargetKind.FILE
         manifest.append({"path": change.path, "existed": existed, "link": change.current.link})
+        copy = directory.joinpath(*PurePosixPath(change.path).parts[1:])
+        link = change.current.link if change.current.kind is TargetKind.SYMLINK else None
+        if link is not None:  # the link itself, so that `cp -a` puts it back as it was
+            with fence.at(str(copy), create_mode=BACKUP_DIR_MODE) as at:
+                symlink_at(at, link)
+            continue
         if change.current.data is None or change.current.owner is None:
             continue
-        copy = directory.joinpath(*PurePosixPath(change.path).parts[1:])
         with fence.at(str(copy), create_mode=BACKUP_DIR_MODE) as at:
             replacer(at, change.current.data, change.current.owner)
     with fence.at(str(directory / "manifest.json"), create_mode=BACKUP_DIR_MODE) as at:
