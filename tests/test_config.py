@@ -108,6 +108,10 @@ RULES = [
     pytest.param("network.interface", "-a", "starting with a letter or digit", id="interface-option"),
     pytest.param("network.interface", "--force", "is not an interface name", id="interface-long-option"),
     pytest.param("network.interface", "eth0.5000", "outside 1-4094", id="interface-vlan-id"),
+    pytest.param("network.interface", "vlan10", "RAW.VID (eth0.10, say)",
+                 id="interface-vlan-without-raw-device"),
+    pytest.param("network.interface", "bond0:", "an alias without its label",
+                 id="interface-alias-without-label"),
     # addresses
     pytest.param("network.ip_address", "192.168.50.300", "is not an IPv4 address", id="ip-octet"),
     pytest.param("network.ip_address", "192.168.050.10", "is not an IPv4 address",

@@ -135,6 +135,11 @@ def _check_interface(value: str) -> str:
         raise ValueError(f"{shown(value)} is longer than Linux's 15-character interface names")
     if value in {".", ".."} or value == "lo" or value.startswith("lo:"):
         raise ValueError(f"{shown(value)} cannot be configured as the appliance's interface")
+    if value.endswith(":"):
+        raise ValueError(f"{shown(value)} names an alias without its label (eth0:1, say)")
+    if re.fullmatch(r"vlan[0-9]+", value):  # ifupdown then needs vlan-raw-device, not given
+        raise ValueError(f"{shown(value)}: name a VLAN after its raw device, RAW.VID (eth0.10, "
+                         "say), so that the interface is created on it")
     vlan = _VLAN_RE.fullmatch(value)
     if vlan and not 1 <= int(vlan["vid"]) <= 4094:
         raise ValueError(f"{shown(value)} names VLAN {vlan['vid']}, outside 1-4094")
