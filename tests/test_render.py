@@ -660,6 +660,15 @@ def test_main_cf_canonical_maps(config: WizardConfig, maps: str | None, expected
     assert render_main_cf(config, out) == out
 
 
+@pytest.mark.parametrize("kind", ["regexp", "pcre"])
+def test_main_cf_refuses_a_canonical_table_the_entry_does_not_fit(config: WizardConfig,
+                                                                  kind: str) -> None:
+    """canonical_maps reads /etc/postfix/canonical as a regexp: or pcre: table: the wizard's
+    `@host @fqdn` line would silently break it, so the run stops saying what to do."""
+    with pytest.raises(RenderError, match=f"reads /etc/postfix/canonical as a {kind}: table"):
+        render_main_cf(config, f"canonical_maps = hash:/etc/x, {kind}:/etc/postfix/canonical\n")
+
+
 def test_canonical_drops_continuations_of_a_dropped_entry(config: WizardConfig) -> None:
     """An admin `@pbx` entry goes with its continuation lines, even across a comment."""
     current = "@pbx\t@wrong.example\n# note\n\textra@wrong.example\nroot admin@acme.example\n"

@@ -497,8 +497,22 @@ def _without(parsed: list[_PostfixLine], dropped: set[int]) -> list[str]:
     ]
 
 
+#: Table types that read /etc/postfix/canonical as `key value` lines, as the wizard writes it.
+_INDEXED_TABLES: Final = frozenset({"hash", "btree", "lmdb", "cdb", "dbm", "sdbm", "texthash"})
+
+
 def _has_canonical_map(value: str) -> bool:
-    return any(token.endswith(":/etc/postfix/canonical") for token in re.split(r"[\s,]+", value))
+    """Whether canonical_maps reads /etc/postfix/canonical already; RenderError when it reads
+    it as a table the wizard's `@host @fqdn` line does not fit (regexp:, pcre:, ...)."""
+    types = [token.rsplit(":", 1)[0] for token in re.split(r"[\s,]+", value)
+             if token.endswith(":/etc/postfix/canonical")]
+    for kind in types:
+        if kind not in _INDEXED_TABLES:
+            raise RenderError(
+                f"canonical_maps reads /etc/postfix/canonical as a {kind}: table, which the "
+                "wizard's `@host @fqdn` entry does not fit: use hash:/etc/postfix/canonical, "
+                f"and keep the {kind}: table in another file")
+    return bool(types)
 
 
 def main_cf_settings(config: WizardConfig, current: Mapping[str, str]) -> dict[str, str]:
