@@ -597,13 +597,10 @@ def _list(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> 
 
 def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> int:
     from wizard_runner.result import RunStatus
-    from wizard_runner.state import read_last_result, unfinished_run
+    from wizard_runner.state import last_runs
 
     layout = Layout.under(args.root)
-    unfinished = unfinished_run(layout)  # first: a run that ends meanwhile has stored its result
-    last = read_last_result(layout)
-    if unfinished is not None and last is not None and last.run_id == unfinished.run_id:
-        unfinished = None  # it stored its result: whatever came after cut nothing short
+    unfinished, last = last_runs(layout)
     if unfinished is not None and not unfinished.running:
         return _show_killed(unfinished, last, args.json, out)
     going = {"in_progress": {"run_id": unfinished.run_id, "pid": unfinished.pid}

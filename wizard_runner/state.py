@@ -102,10 +102,8 @@ def write_result(layout: Layout, result: RunResult) -> None:
 
 def resume_point(layout: Layout) -> str:
     """The script that failed in the last run, where --resume starts."""
-    unfinished = unfinished_run(layout)
-    last = read_last_result(layout)
-    if unfinished is not None and not unfinished.running and (
-            last is None or last.run_id != unfinished.run_id):
+    unfinished, last = last_runs(layout)
+    if unfinished is not None and not unfinished.running:
         how = ("ended without storing its result" if unfinished.ended
                else "was killed before it stored its result")
         raise UsageError(f"--resume: the last run ({unfinished.run_id}) {how}, so where its "
@@ -162,6 +160,17 @@ def parse_holder(text: str | None) -> Holder | None:
         return None
     pid = int(words[0])
     return Holder(pid, words[1], ended) if 0 < pid < _PID_LIMIT else None
+
+
+def last_runs(layout: Layout) -> tuple[Unfinished | None, RunResult | None]:
+    """The run the lock's holder line names, unless it stored its result, and the last stored
+    result. The holder is read first: a run that ends meanwhile has stored its result before
+    it let go of the lock, so that result is then the one read."""
+    unfinished = unfinished_run(layout)
+    last = read_last_result(layout)
+    if unfinished is not None and last is not None and last.run_id == unfinished.run_id:
+        unfinished = None  # it stored its result: whatever came after cut nothing short
+    return unfinished, last
 
 
 def unfinished_run(layout: Layout) -> Unfinished | None:

@@ -320,14 +320,8 @@ def _roll_back(
 
 def _holds_new(fence: Fence, change: FileChange) -> bool:
     """Whether a file whose write failed holds its new content all the same."""
-    new = change.new or b""
     with contextlib.suppress(OSError, FenceError), fence.at(change.path) as at:
-        fd = os.open(at.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                     dir_fd=at.dir_fd)
-        try:
-            return os.read(fd, len(new) + 1) == new
-        finally:
-            os.close(fd)
+        return read_regular_at(at.dir_fd, at.name, change.path)[0] == (change.new or b"")
     return False
 
 

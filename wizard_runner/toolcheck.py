@@ -21,6 +21,7 @@ from wizard_runner.config import WizardConfig
 from wizard_runner.errors import ApplyError
 from wizard_runner.fence import Fence, FenceError, NotDirectoryError, open_fence
 from wizard_runner.layout import Layout
+from wizard_runner.procs import alive
 from wizard_runner.render import interface_conflicts, interfaces_sources, without_sources
 from wizard_runner.signals import interruptible
 from wizard_runner.sysconf import FileChange
@@ -173,7 +174,7 @@ def _clear_stale_scratch() -> None:
         for name in os.listdir(top):
             pid = name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
             if name.startswith(SCRATCH_PREFIX) and pid.isdigit() and \
-                    not os.path.exists(f"/proc/{pid}") and \
+                    not alive(int(pid)) and \
                     os.lstat(top / name).st_uid == os.geteuid():
                 shutil.rmtree(top / name, ignore_errors=True)
 

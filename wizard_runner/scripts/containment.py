@@ -170,7 +170,7 @@ def _clear_stale(parent: Path, names: Iterable[str], killed: str | None = None
         owner = name.removeprefix(PREFIX)
         pid = owner.split(".", 1)[0]
         gone = owner == killed if killed is not None else \
-            pid.isdigit() and not Path(f"/proc/{pid}").exists()
+            pid.isdigit() and not alive(int(pid))
         if name.startswith(PREFIX) and gone and os.access(parent / name, os.W_OK):
             old = Cgroup(parent / name)
             cleared += [describe(member) for member in old.members()]
