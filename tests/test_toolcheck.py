@@ -165,6 +165,21 @@ def test_tool_timeout_is_an_error(tmp_path: Path) -> None:
         run_tool(["/bin/sleep", "30"], timeout=1)
 
 
+def test_no_descriptor_left_for_a_tools_output_is_an_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No descriptor left (EMFILE) for the tool's output: an ApplyError naming the tool and
+    why, like any tool that cannot run, not an OSError."""
+    import errno  # noqa: PLC0415 - only here
+
+    def exhausted(name: str, flags: int = 0) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr("wizard_runner.tools.os.memfd_create", exhausted)
+    with pytest.raises(ApplyError, match=r"^/bin/true: cannot run: Too many open files$"):
+        run_tool(["/bin/true"])
+
+
 def test_a_tool_that_leaves_a_daemon_holding_its_output_ends_at_its_exit() -> None:
     """A tool whose hook starts a daemon that keeps its stdout open (ifup's if-up.d): its end
     is its exit, with what it printed, not a wait for the daemon that ends in a timeout."""

@@ -43,19 +43,17 @@ def run_tool(argv: Sequence[str], *, timeout: float = TOOL_TIMEOUT) -> ToolOutpu
     """Run a tool with a clean environment, no stdin and a timeout; never hang. Its output
     goes to memory files, not pipes: the tool's end is its exit, even when a daemon it started
     (an if-up.d hook) keeps its stdout open."""
-    out = os.memfd_create("tool-stdout", os.MFD_CLOEXEC)
-    err = os.memfd_create("tool-stderr", os.MFD_CLOEXEC)
+    fds: list[int] = []
     try:
-        try:
-            done = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                  env=TOOL_ENV, timeout=timeout, check=False, cwd="/")
-        except subprocess.TimeoutExpired as error:
-            raise ApplyError(f"{argv[0]} did not finish within {timeout:.0f} s") from error
-        except OSError as error:
-            raise ApplyError(f"{argv[0]}: cannot run: {error.strerror}") from error
-        return ToolOutput(done.returncode, _read_back(out), _read_back(err))
+        fds += [os.memfd_create("tool-stdout", os.MFD_CLOEXEC),
+                os.memfd_create("tool-stderr", os.MFD_CLOEXEC)]
+        done = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
+                              env=TOOL_ENV, timeout=timeout, check=False, cwd="/")
+        return ToolOutput(done.returncode, _read_back(fds[0]), _read_back(fds[1]))
+    except subprocess.TimeoutExpired as error:
+        raise ApplyError(f"{argv[0]} did not finish within {timeout:.0f} s") from error
+    except OSError as error:  # it cannot start, or no descriptor is left for its output
+        raise ApplyError(f"{argv[0]}: cannot run: {error.strerror}") from error
     finally:
-        os.close(out)
-        os.close(err)
-
-
+        for fd in fds:
+            os.close(fd)
