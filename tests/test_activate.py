@@ -94,6 +94,19 @@ def test_a_network_apply_that_fails_leaves_it_pending(config: WizardConfig,
     assert "ifdown --force eth0; ifup eth0" in done.pending[0]
 
 
+@pytest.mark.parametrize("apply_network", [False, True])
+def test_a_released_interface_is_pending(config: WizardConfig, tools: Path,
+                                         apply_network: bool) -> None:
+    """The interface the wizard configured before keeps its address live: the result says
+    so, and how to clear it, whether or not the new one was applied."""
+    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG,
+                     apply_network=apply_network, released=["eth1"])
+    assert done.pending[-1] == (
+        "eth1: the wizard no longer configures it (its static stanza went with the change to "
+        "eth0); its address stays until `ip address flush dev eth1` or a reboot")
+    assert len(done.pending) == (1 if apply_network else 2)
+
+
 def test_failure_is_recorded_not_raised(config: WizardConfig, tools: Path) -> None:
     """A failing follow-up is in the result with its exit code and output; the rest goes on."""
     install_tool(tools, "hostname", 'echo "hostname: you must be root" >&2; exit 1')

@@ -533,6 +533,21 @@ def test_an_invalid_bodys_path_cannot_drive_the_terminal(tmp_path: Path,
     assert "bad\\x1b[31mRED\\x1b[0m.json is invalid (" in done.stderr
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a dry run on the live system")
+def test_a_device_this_machine_lacks_is_refused_on_the_live_system(tmp_path: Path) -> None:
+    """`run --dry-run` on / with an interface this machine does not have: exit 73, naming
+    the field and the devices it has, as a real run would refuse it before any write."""
+    body = json.loads(Path(EXAMPLE).read_text())
+    body["network"]["interface"] = "nosuch9"
+    path = tmp_path / "body.json"
+    path.write_text(json.dumps(body))
+    done = cli("run", "--dry-run", "--root", "/", "--config", str(path))
+    assert done.returncode == 73, done.stderr
+    assert "network.interface: nosuch9: this machine has no network device nosuch9 (it has: " \
+        in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def _can_unshare_mounts() -> bool:
     return os.geteuid() == 0 and subprocess.run(
         ["unshare", "-m", "--propagation", "private", "true"], capture_output=True,

@@ -18,6 +18,7 @@ from wizard_runner.render import (
     FILE_HEADER,
     MAIN_CF_HEADER,
     RENDERERS,
+    released_interfaces,
     render_canonical,
     render_hostname,
     render_hosts,
@@ -439,6 +440,18 @@ def test_interfaces_interface_change_leaves_nothing_half_managed(
     second = render_interfaces(moved, first)
     assert second == expected
     assert render_interfaces(moved, second) == second
+
+
+def test_interfaces_interface_change_names_the_interface_released(
+    config: WizardConfig, body: dict[str, Any]
+) -> None:
+    """The interface the old block configured, and only that one, is released by a move to
+    another; a rerun on the same interface, or a file without a block, releases nothing."""
+    first = render_interfaces(config, DEBIAN_INTERFACES)
+    assert released_interfaces(first, "eth1") == ["eth0"]
+    assert released_interfaces(first, "eth0") == []
+    assert released_interfaces(DEBIAN_INTERFACES, "eth1") == []
+    assert released_interfaces(None, "eth1") == []
 
 
 def test_interfaces_interface_change_and_back(

@@ -21,7 +21,7 @@ from wizard_runner.fsio import At, Ownership, RunLock, WriteMethod, replace_at
 from wizard_runner.layout import Layout
 from wizard_runner.preview import preview
 from wizard_runner.result import FileAction, RunStatus
-from wizard_runner.runner import RunOptions, execute
+from wizard_runner.runner import RunOptions, _released, execute, plan_system
 from wizard_runner.signals import install_stop_handlers
 
 NO_TOOLS = {"check_with_tools": False}
@@ -243,3 +243,16 @@ def test_no_live_actions_under_a_root(config: WizardConfig, sandbox: Path) -> No
     result = run(config, sandbox)
     assert result.system_conf.actions == ()
     assert result.system_conf.pending == ()
+
+
+def test_the_interface_a_rerun_moves_from_is_released(
+    body: dict[str, Any], config: WizardConfig, sandbox: Path
+) -> None:
+    """A rerun naming another interface: the one the applied file gave the wizard's stanza
+    is what the follow-ups report released; a rerun on the same one releases nothing."""
+    execute(config, RunOptions(root=sandbox, check_with_tools=False))
+    layout = Layout.under(sandbox)
+    assert _released(plan_system(config, layout, RunOptions(root=sandbox)), config) == []
+    body["network"]["interface"] = "eth1"
+    moved = config_from_data(body)
+    assert _released(plan_system(moved, layout, RunOptions(root=sandbox)), moved) == ["eth0"]

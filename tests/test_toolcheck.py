@@ -23,6 +23,7 @@ from wizard_runner.toolcheck import (
     ToolChecker,
     _clear_stale_scratch,
     check_included_interfaces,
+    check_interface_device,
 )
 from wizard_runner.tools import find_tool, run_tool
 
@@ -233,6 +234,122 @@ def test_included_files_of_other_interfaces_are_fine(config: WizardConfig, sandb
 
 EXPECTED_REFUSAL = "/etc/network/interfaces: `{line}` cannot be checked for another eth0 stanza: "
 STATIC = "iface eth0 inet static\n  address 192.168.50.10/24\n"
+
+
+@pytest.mark.parametrize(
+    ("top", "files", "found", "via"),
+    [
+        pytest.param("source-directory interfaces.d",
+                     {"etc/network/interfaces.d/more": "source-directory deeper\n",
+                      "etc/network/interfaces.d/deeper/eth0": "iface eth0 inet dhcp\n"},
+                     "/etc/network/interfaces.d/deeper/eth0",
+                     "`source-directory deeper` in /etc/network/interfaces.d/more",
+                     id="nested-directory-relative-to-its-file"),
+        pytest.param("source /etc/network/interfaces.d/*",
+                     {"etc/network/interfaces.d/more": "source ../../eth0.cfg\n",
+                      "etc/eth0.cfg": "iface eth0 inet dhcp\n"},
+                     "/etc/eth0.cfg", "`source ../../eth0.cfg` in /etc/network/interfaces.d/more",
+                     id="nested-source"),
+        pytest.param("source /etc/a.cfg /etc/b.cfg",
+                     {"etc/a.cfg": "iface eth1 inet dhcp\n", "etc/b.cfg": "iface eth0 inet dhcp\n"},
+                     "/etc/b.cfg", "`source /etc/b.cfg`", id="second-file-of-one-line"),
+        pytest.param("source-directory /etc/one /etc/two",
+                     {"etc/one/eth1": "iface eth1 inet dhcp\n",
+                      "etc/two/eth0": "iface eth0 inet dhcp\n"},
+                     "/etc/two/eth0", "`source-directory /etc/two`",
+                     id="second-directory-of-one-line"),
+    ],
+)
+def test_every_included_file_is_checked(config: WizardConfig, sandbox: Path, top: str,
+                                        files: dict[str, str], found: str, via: str) -> None:
+    """As ifupdown reads them: each path of a line, and the files an included file includes
+    (relative to its own directory); the refusal names the file and the line that led there."""
+    for name, text in files.items():
+        (sandbox / name).parent.mkdir(parents=True, exist_ok=True)
+        (sandbox / name).write_text(text)
+    with pytest.raises(ApplyError) as caught:
+        check_included_interfaces(config, Layout.under(sandbox), f"{top}\n{STATIC}".encode())
+    assert str(caught.value).startswith(
+        f"/etc/network/interfaces: {found} (included by {via}) also configures eth0")
+
+
+def test_includes_that_include_each_other_are_read_once(config: WizardConfig,
+                                                        sandbox: Path) -> None:
+    """A loop of includes ends: each file is checked once, and no conflict is found."""
+    (sandbox / "etc/a.cfg").write_text("iface eth1 inet dhcp\nsource /etc/b.cfg\n")
+    (sandbox / "etc/b.cfg").write_text("iface eth2 inet dhcp\nsource a.cfg\n")
+    check_included_interfaces(config, Layout.under(sandbox), f"source /etc/a.cfg\n{STATIC}".encode())
+
+
+# --- the wizard's network device exists on the live system ----------------------------------
+
+
+@pytest.fixture
+def net_dir(tmp_path: Path) -> Path:
+    """A /sys/class/net of a machine with lo and ens18."""
+    devices = tmp_path / "net"
+    for name in ("lo", "ens18"):
+        (devices / name).mkdir(parents=True)
+    return devices
+
+
+def _with_interface(body: dict[str, Any], interface: str) -> WizardConfig:
+    body["network"]["interface"] = interface
+    return config_from_data(body)
+
+
+@pytest.mark.parametrize("interface", ["eth0", "eth0.10", "eth0:1"])
+def test_a_device_the_machine_lacks_is_refused(body: dict[str, Any], net_dir: Path,
+                                               interface: str) -> None:
+    """On the live system, a stanza for a missing device (for a VLAN its raw device, for an
+    alias its device) is refused naming the field, the device and the ones there are."""
+    config = _with_interface(body, interface)
+    with pytest.raises(ApplyError) as caught:
+        check_interface_device(config, Layout.under("/"), STATIC.encode(), net_dir)
+    assert str(caught.value).startswith(
+        f"network.interface: {interface}: this machine has no network device eth0 (it has: "
+        "ens18, lo); its static address would go nowhere")
+
+
+@pytest.mark.parametrize("interface", ["ens18", "ens18.10", "ens18:1"])
+def test_a_device_the_machine_has_passes(body: dict[str, Any], net_dir: Path,
+                                         interface: str) -> None:
+    """The device itself, a VLAN's raw device, an alias's device: present, so no refusal."""
+    config = _with_interface(body, interface)
+    check_interface_device(config, Layout.under("/"), STATIC.encode(), net_dir)
+
+
+@pytest.mark.parametrize("option", ["bridge_ports ens18", "bond-slaves ens18",
+                                    "pre-up ip link add br0 type bridge"])
+def test_a_device_ifup_makes_passes(body: dict[str, Any], net_dir: Path, option: str) -> None:
+    """A bridge or bond whose stanza names its ports, or that a command makes first, need not
+    exist yet; the same option in another interface's stanza does not count."""
+    config = _with_interface(body, "br0")
+    text = f"iface br0 inet static\n  address 10.0.0.2/24\n  {option}\n"
+    check_interface_device(config, Layout.under("/"), text.encode(), net_dir)
+    other = f"iface br1 inet manual\n  {option}\niface br0 inet static\n  address 10.0.0.2/24\n"
+    with pytest.raises(ApplyError, match="no network device br0"):
+        check_interface_device(config, Layout.under("/"), other.encode(), net_dir)
+
+
+def test_the_device_is_not_looked_for_under_a_root(body: dict[str, Any], net_dir: Path,
+                                                   sandbox: Path, tmp_path: Path) -> None:
+    """Under --root the files are for another machine, and without sysfs nothing is known:
+    neither is checked against this machine's devices."""
+    config = _with_interface(body, "eth0")
+    check_interface_device(config, Layout.under(sandbox), STATIC.encode(), net_dir)
+    check_interface_device(config, Layout.under("/"), STATIC.encode(), tmp_path / "no-sysfs")
+
+
+def test_the_real_sysfs_is_read(body: dict[str, Any]) -> None:
+    """This machine's own /sys/class/net: its devices are there, a made-up one is not."""
+    present = sorted(name for name in os.listdir("/sys/class/net") if name != "lo")
+    if not present:
+        pytest.skip("needs a network device besides lo")
+    check_interface_device(_with_interface(body, present[0]), Layout.under("/"), STATIC.encode())
+    with pytest.raises(ApplyError, match=rf"no network device nosuch9 \(it has: .*\b{present[0]}\b"):
+        check_interface_device(_with_interface(body, "nosuch9"), Layout.under("/"),
+                               STATIC.encode())
 
 
 @pytest.fixture

@@ -78,14 +78,27 @@ def network_pending(interface: str) -> str:
     )
 
 
+def released_pending(interface: str, released: str) -> str:
+    """The admin's instructions for an interface the wizard configured before and no longer
+    does (the body names another one)."""
+    return (
+        f"{released}: the wizard no longer configures it (its static stanza went with the "
+        f"change to {interface}); its address stays until `ip address flush dev {released}` "
+        "or a reboot"
+    )
+
+
 def follow_up(
     config: WizardConfig,
     changed: frozenset[str],
     log: FilteringBoundLogger,
     *,
     apply_network: bool,
+    released: Sequence[str] = (),
 ) -> FollowUps:
-    """Make the running system use the files that changed; only ever called on the real root."""
+    """Make the running system use the files that changed; only ever called on the real root.
+    `released`: the interfaces the old interfaces file gave the wizard's stanza, and the new
+    one does not."""
     actions: list[ActionOutcome] = []
     pending: list[str] = []
     if "/etc/hostname" in changed:
@@ -105,5 +118,9 @@ def follow_up(
             # Not applied, or not applied whole: the admin still has it to do.
             message = network_pending(interface)
             log.warning("network_change_pending", interface=interface, hint=message)
+            pending.append(message)
+        for name in released:
+            message = released_pending(interface, name)
+            log.warning("interface_released", interface=name, hint=message)
             pending.append(message)
     return FollowUps(tuple(actions), tuple(pending))

@@ -383,13 +383,35 @@ _SOURCE_KEYWORDS: Final = frozenset({"source", "source-directory", "source-dir"}
 
 
 def interfaces_sources(text: str) -> list[tuple[str, str]]:
-    """The `source` patterns and `source-directory` directories an interfaces file includes."""
+    """The `source` patterns and `source-directory` directories an interfaces file includes,
+    one by one (a line may name several)."""
     found = []
     for group in _logical_lines(text.splitlines()):
         words = _joined(group).split()
-        if len(words) == 2 and words[0] in _SOURCE_KEYWORDS:
-            found.append((words[0], words[1]))
+        if words and words[0] in _SOURCE_KEYWORDS:
+            found += [(words[0], pattern) for pattern in words[1:]]  # ifupdown reads each
     return found
+
+
+#: Options with which ifup makes the device of its stanza (a bridge, a bond, an Open vSwitch
+#: port, a command run first): that device need not exist before.
+_MAKES_DEVICE: Final = _PORT_OPTIONS | {"ovs_type", "ovs-type", "pre-up"}
+
+
+def makes_device(text: str, interface: str) -> bool:
+    """Whether a stanza of `interface` in interfaces `text` has ifup make the device."""
+    owner: str | None = None
+    for group in _logical_lines(text.splitlines()):
+        words = _joined(group).split()
+        if not words or _is_comment(group[0]):
+            continue
+        if words[0] in _STANZA_KEYWORDS:
+            owner = words[1] if len(words) > 1 and words[0] == "iface" else None
+        elif _is_keyword(words[0]):
+            owner = None
+        elif owner == interface and words[0] in _MAKES_DEVICE:
+            return True
+    return False
 
 
 def without_sources(text: str) -> str:
@@ -423,23 +445,36 @@ def interface_conflicts(text: str, interface: str) -> list[str]:
     return conflicts
 
 
-def render_interfaces(config: WizardConfig, current: str | None) -> str:
-    """/etc/network/interfaces: a static stanza for the wizard's interface; all else kept."""
-    interface = config.network.interface
+#: Where the managed block goes: never a real line (NUL cannot be read in).
+_MARKER: Final = "\0block"
+
+
+def _scan_interfaces(current: str | None, interface: str) -> _InterfacesScan:
     split = _split_block(current)
-    marker = "\0block"  # where the managed block goes; never a real line (NUL cannot be read in)
     lines = (
-        [*split.before, marker, *split.inside, _BLOCK_CLOSE, *split.after]
+        [*split.before, _MARKER, *split.inside, _BLOCK_CLOSE, *split.after]
         if split.had_block
         else split.after
     )
-    scan = _InterfacesScan(interface, marker)
+    scan = _InterfacesScan(interface, _MARKER)
     for group in _logical_lines(lines):
         scan.feed(group)
+    return scan
+
+
+def released_interfaces(current: str | None, interface: str) -> list[str]:
+    """The interfaces the wizard's block in `current` configured other than `interface`: the
+    new file no longer gives them the wizard's static stanza."""
+    return _scan_interfaces(current, interface).released
+
+
+def render_interfaces(config: WizardConfig, current: str | None) -> str:
+    """/etc/network/interfaces: a static stanza for the wizard's interface; all else kept."""
+    scan = _scan_interfaces(current, config.network.interface)
     scan.give_back_activation()
     block = _block(_interface_stanza(config, scan.carried))
-    if marker in scan.out:
-        at = scan.out.index(marker)
+    if _MARKER in scan.out:
+        at = scan.out.index(_MARKER)
         before, after = scan.out[:at], scan.out[at + 1 :]
     else:
         before, after = scan.out, []

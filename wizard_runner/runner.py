@@ -95,14 +95,20 @@ def plan_system(
 
 def check_writes(config: WizardConfig, layout: Layout, options: RunOptions,
                  changes: tuple[FileChange, ...], log: FilteringBoundLogger) -> list[FileChange]:
-    """The planned writes, checked before any is made: the interfaces files
-    /etc/network/interfaces includes, then the Debian tools (unless told not to)."""
+    """The planned writes, checked before any is made: the wizard's network device (on the
+    live system), the interfaces files /etc/network/interfaces includes, then the Debian tools
+    (unless told not to)."""
     from wizard_runner.sysconf import Plan
-    from wizard_runner.toolcheck import ToolChecker, check_included_interfaces
+    from wizard_runner.toolcheck import (
+        ToolChecker,
+        check_included_interfaces,
+        check_interface_device,
+    )
 
     writes = [change for change in changes if change.plan is Plan.WRITE]
     for change in writes:
         if change.path == "/etc/network/interfaces":
+            check_interface_device(config, layout, change.new or b"")
             check_included_interfaces(config, layout, change.new or b"")
     if writes and options.check_with_tools:
         ToolChecker(config, layout, log)(writes)
@@ -164,10 +170,19 @@ def _system_step(run: _Run) -> None:
         progress.system = _not_written(changes, error)
         raise
     if layout.is_real_root and applied.changed:
-        follow = follow_up(config, applied.changed, log, apply_network=options.apply_network)
+        follow = follow_up(config, applied.changed, log, apply_network=options.apply_network,
+                           released=_released(changes, config))
         progress.system = SystemConfResult(
             True, applied.files, follow.actions, progress.system.backup_dir, follow.pending
         )
+
+
+def _released(changes: tuple[FileChange, ...], config: WizardConfig) -> list[str]:
+    """The interfaces the wizard's stanza leaves as the interfaces file is rewritten."""
+    from wizard_runner.render import released_interfaces
+
+    return [name for change in changes if change.path == "/etc/network/interfaces"
+            for name in released_interfaces(change.old_text, config.network.interface)]
 
 
 def _scripts_step(run: _Run) -> str | None:

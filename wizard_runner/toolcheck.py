@@ -17,12 +17,17 @@ from typing import Final
 
 from structlog.typing import FilteringBoundLogger
 
-from wizard_runner.config import WizardConfig
+from wizard_runner.config import WizardConfig, vlan_raw_device
 from wizard_runner.errors import ApplyError
 from wizard_runner.fence import Fence, FenceError, NotDirectoryError, open_fence
 from wizard_runner.layout import Layout
 from wizard_runner.procs import alive
-from wizard_runner.render import interface_conflicts, interfaces_sources, without_sources
+from wizard_runner.render import (
+    interface_conflicts,
+    interfaces_sources,
+    makes_device,
+    without_sources,
+)
 from wizard_runner.signals import interruptible
 from wizard_runner.sysconf import FileChange
 from wizard_runner.tools import ToolOutput, find_tool, run_tool
@@ -33,6 +38,8 @@ _SOURCE_DIR_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 _NETWORK_DIR: Final = "/etc/network"
 _GLOB_MAGIC: Final = re.compile(r"[*?[]")
 INTERFACES: Final = "/etc/network/interfaces"
+#: Where the kernel lists this machine's network devices.
+SYS_NET: Final = Path("/sys/class/net")
 
 
 def _check_run(argv: Sequence[str]) -> ToolOutput:
@@ -41,13 +48,14 @@ def _check_run(argv: Sequence[str]) -> ToolOutput:
         return run_tool(argv)
 
 
-def include_path(pattern: str) -> PurePosixPath:
-    """The absolute path an include names, relative ones from /etc/network.
+def include_path(pattern: str, base: str = _NETWORK_DIR) -> PurePosixPath:
+    """The absolute path an include names, relative ones from `base`: /etc/network for
+    /etc/network/interfaces, else the directory of the file that names it.
 
     `..` is resolved by name and stops at the root, as it does at `/`: whatever the pattern, it
     stays under the root (`../interfaces.d` is /etc/interfaces.d, `../../..` is `/`).
     """
-    normal = posixpath.normpath(posixpath.join(_NETWORK_DIR, pattern))
+    normal = posixpath.normpath(posixpath.join(base, pattern))
     return PurePosixPath("/" + normal.lstrip("/"))
 
 
@@ -107,9 +115,8 @@ def _source_directory(fence: Fence, target: PurePosixPath) -> list[tuple[str, by
         return []
 
 
-def _included_files(fence: Fence, kind: str, pattern: str) -> list[tuple[str, bytes]]:
+def _included_files(fence: Fence, kind: str, target: PurePosixPath) -> list[tuple[str, bytes]]:
     """Each file an include line names, read under the root: (system path, bytes)."""
-    target = include_path(pattern)
     if kind != "source":
         return _source_directory(fence, target)
     read = []
@@ -120,35 +127,74 @@ def _included_files(fence: Fence, kind: str, pattern: str) -> list[tuple[str, by
     return read
 
 
+def _read_included(fence: Fence, kind: str, target: PurePosixPath, line: str,
+                   interface: str) -> list[tuple[str, bytes]]:
+    """The files one include names; an ApplyError naming `line` when they cannot be read."""
+    try:
+        return _included_files(fence, kind, target)
+    except FenceError as error:
+        raise ApplyError(f"{INTERFACES}: {line} cannot be checked for another {interface} "
+                         f"stanza: {error}") from error
+    except OSError as error:
+        raise ApplyError(f"{INTERFACES}: {line} cannot be checked: {error.strerror}") from error
+    except ValueError as error:  # a NUL byte in the path: no file can have that name
+        raise ApplyError(f"{INTERFACES}: {line} cannot be checked: {error}") from error
+
+
 def check_included_interfaces(config: WizardConfig, layout: Layout, interfaces: bytes) -> None:
     """Refuse a run when a file included by interfaces also configures the wizard's interface.
 
     ifquery accepts two `iface eth0 inet` stanzas and ifup then applies both; this catches it.
     Included files are read under the root like the system files: only regular files, no
-    symlink followed under a sandbox root; one that cannot be read so stops the run.
+    symlink followed under a sandbox root; one that cannot be read so stops the run. The files
+    they include are checked too, as ifupdown reads them (relative to the file naming them),
+    each once however often it is named.
     """
     interface = config.network.interface
-    text = interfaces.decode("utf-8", "surrogateescape")
+    pending: list[tuple[str, bytes, str]] = [(_NETWORK_DIR, interfaces, "")]
+    seen: set[str] = set()
     with open_fence(layout) as fence:
-        for kind, pattern in interfaces_sources(text):
-            line = f"`{kind} {pattern}`"
-            try:
-                included = _included_files(fence, kind, pattern)
-            except FenceError as error:
-                raise ApplyError(f"{INTERFACES}: {line} cannot be checked for another {interface} "
-                                 f"stanza: {error}") from error
-            except OSError as error:
-                raise ApplyError(f"{INTERFACES}: {line} cannot be checked: "
-                                 f"{error.strerror}") from error
-            except ValueError as error:  # a NUL byte in the path: no file can have that name
-                raise ApplyError(f"{INTERFACES}: {line} cannot be checked: {error}") from error
-            for shown_path, data in included:
-                conflicts = interface_conflicts(data.decode("utf-8", "surrogateescape"), interface)
-                if conflicts:
-                    raise ApplyError(
-                        f"{INTERFACES}: {shown_path} (included by {line}) "
-                        f"also configures {interface}: {'; '.join(conflicts)}; remove it there"
-                    )
+        while pending:
+            base, text, where = pending.pop(0)
+            for kind, pattern in interfaces_sources(text.decode("utf-8", "surrogateescape")):
+                line = f"`{kind} {pattern}`{where}"
+                included = _read_included(fence, kind, include_path(pattern, base), line,
+                                          interface)
+                for shown_path, data in included:
+                    if shown_path in seen:
+                        continue
+                    seen.add(shown_path)
+                    conflicts = interface_conflicts(data.decode("utf-8", "surrogateescape"),
+                                                    interface)
+                    if conflicts:
+                        raise ApplyError(
+                            f"{INTERFACES}: {shown_path} (included by {line}) "
+                            f"also configures {interface}: {'; '.join(conflicts)}; remove it there"
+                        )
+                    pending.append((posixpath.dirname(shown_path), data, f" in {shown_path}"))
+
+
+def check_interface_device(config: WizardConfig, layout: Layout, interfaces: bytes,
+                           net_dir: Path = SYS_NET) -> None:
+    """On the live system, refuse a stanza for a device this machine lacks: the address would
+    go nowhere. An alias needs its device, a VLAN its raw device (ifup makes the VLAN); a
+    bridge or bond whose stanza names its ports (or a command run first) is made by ifup.
+    Under --root, or without sysfs, the devices of the machine it is for are unknown."""
+    if not layout.is_real_root or not net_dir.is_dir():
+        return
+    interface = config.network.interface
+    device = interface.split(":", 1)[0]
+    device = vlan_raw_device(device) or device
+    if (net_dir / device).exists() or makes_device(
+            interfaces.decode("utf-8", "surrogateescape"), interface):
+        return
+    try:
+        present = ", ".join(sorted(os.listdir(net_dir))) or "none"
+    except OSError as error:
+        present = f"unknown: {error.strerror}"
+    raise ApplyError(f"network.interface: {interface}: this machine has no network device "
+                     f"{device} (it has: {present}); its static address would go nowhere: "
+                     "name one of them, or create the device first")
 
 
 def _write_settled(path: Path, data: bytes) -> None:
