@@ -69,6 +69,37 @@ def read_all(fd: int) -> bytes:
         return pipe.read()
 
 
+def _open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def test_pipes_made_ahead_serve_the_next_order(place: Path) -> None:
+    """Pipes made while a script runs serve the next order (its output comes through them,
+    the write ends the run user's); pipes made ahead and never used are closed with the
+    helper: nothing is left open."""
+    before = _open_fds()
+    box = Subreaper()
+    spawner = Spawner({"PATH": "/usr/bin:/bin"}, www_data(), box)
+    spawner.start()
+    try:
+        spawner.prepare()
+        made = _open_fds() - before
+        out, err = spawner.order(0, str(write_script(place, "10-id", "id -u; echo e >&2")))
+        assert {out, err} <= made
+        assert answer(spawner)[0] is Kind.STARTED
+        expected = str(www_data().uid if ROOT else os.geteuid())  # type: ignore[union-attr]
+        assert read_all(out).decode().strip() == expected
+        assert read_all(err) == b"e\n"
+        assert answer(spawner)[0] is Kind.EXITED
+        spawner.prepare()
+        spawner.prepare()  # once made, kept for the next order
+        assert len(_open_fds() - before) == len(made)
+    finally:
+        spawner.close()
+        box.close()
+    assert _open_fds() <= before
+
+
 def test_runs_a_script_as_the_run_user(spawner: Spawner, place: Path) -> None:
     """The script runs as the switched user; its output comes through the pipes of the order;
     the helper says it started, then how it ended."""

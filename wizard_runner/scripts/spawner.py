@@ -56,6 +56,7 @@ class Spawner:
         self.pid = 0
         self.pidfd = -1
         self.control, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._spare: list[tuple[int, int]] | None = None  # the next script's pipes, made ahead
 
     def start(self) -> None:
         """Launch the helper with the scripts' environment, put it in the containment."""
@@ -91,9 +92,8 @@ class Spawner:
             raise HelperError(f"cannot put the script helper in its {self.box.name}: "
                               f"{error.strerror}") from error
 
-    def order(self, index: int, path: str) -> tuple[int, int]:
-        """Tell the helper to start a script: the read ends of its stdout and stderr. What
-        became of the order comes as a message; OSError when no pipe could be made."""
+    def _pipes(self) -> list[tuple[int, int]]:
+        """A script's stdout and stderr pipes, their write ends the run user's."""
         pipes: list[tuple[int, int]] = []
         try:
             for _ in range(2):
@@ -102,18 +102,32 @@ class Spawner:
                     fcntl.fcntl(pipes[-1][1], fcntl.F_SETPIPE_SZ, PIPE_SIZE)
                 if self.user is not None:  # the script's own, as if it had made it:
                     os.fchown(pipes[-1][1], self.user.uid, self.user.gid)  # /dev/stdout
+        except BaseException:
+            _close(pipes)
+            raise
+        return pipes
+
+    def prepare(self) -> None:
+        """Make the next script's pipes while this one runs, off the path from one script's
+        end to the next one's start (if they cannot be made, the order makes them)."""
+        if self._spare is None:
+            with contextlib.suppress(OSError):
+                self._spare = self._pipes()
+
+    def order(self, index: int, path: str) -> tuple[int, int]:
+        """Tell the helper to start a script: the read ends of its stdout and stderr. What
+        became of the order comes as a message; OSError when no pipe could be made."""
+        pipes, self._spare = self._spare or self._pipes(), None
+        try:
             message = helper.encode(Kind.RUN, (index,), os.fsencode(path))
             try:
                 socket.send_fds(self.control, [message], [write for _, write in pipes])
             except OSError as error:
                 raise self.failure(f"broke off ({error.strerror})") from error
         except BaseException:
-            for read, _ in pipes:
-                os.close(read)
+            _close(pipes)
             raise
-        finally:
-            for _, write in pipes:
-                os.close(write)  # the helper has its copies
+        _close(pipes, ends=(1,))  # the helper has its copies of the write ends
         return pipes[0][0], pipes[1][0]
 
     def _next(self, flags: int = 0) -> tuple[Kind, tuple[int, ...], bytes]:
@@ -182,6 +196,8 @@ class Spawner:
         """End the helper (closing its socket ends it; killed if it does not), reap it."""
         self.control.close()
         self._theirs.close()
+        _close(self._spare or [])
+        self._spare = None
         if self.pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if not readable(self.pidfd, 1.0):  # (no pidfd: killed at once)
@@ -192,3 +208,10 @@ class Spawner:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
+
+
+def _close(pipes: list[tuple[int, int]], ends: tuple[int, ...] = (0, 1)) -> None:
+    """Close the given ends of each pipe."""
+    for pipe in pipes:
+        for end in ends:
+            os.close(pipe[end])

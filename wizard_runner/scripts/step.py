@@ -193,8 +193,7 @@ class _Step:
             spawner = self.helper()
             if (stop := pending_stop()) is not None:  # came as it was shown, or as the
                 output.close()  # helper started: it does not start
-                self.stopped = stop
-                self.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
+                self._end_for(stop)
                 return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
             pipes = spawner.order(position, path)
         except (HelperError, OSError) as error:
@@ -214,13 +213,17 @@ class _Step:
         self.stopped = seen.stopped_by or self.stopped
         return judge(name, seen, tail)
 
+    def _end_for(self, stop: int) -> None:
+        """A stop signal ends the step: the scripts after this one do not run."""
+        self.stopped = stop
+        self.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
+
     def entry(self, decision: Decision, position: int, total: int) -> ScriptOutcome:
         """What becomes of one entry of wizard.d past the start point (shown as it starts
         and ends, unless it does not run)."""
         name, stop = decision.name, pending_stop()
         if self.ended_by is None and stop is not None:
-            self.stopped = stop  # no script starts once a stop is held
-            self.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
+            self._end_for(stop)  # no script starts once a stop is held
         if self.ended_by is not None:
             return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
         if self.progress is not None:
@@ -229,23 +232,23 @@ class _Step:
             outcome = ScriptOutcome(name, ScriptStatus.FAILED, reason=decision.reason)
         else:
             outcome = self.run(name, position)
-        if outcome.status is ScriptStatus.NOT_RUN:
-            if self.progress is not None:
-                self.progress.finished(outcome)
-            return outcome
-        details = {"exit_code": outcome.exit_code, "signal": outcome.signal,
-                   "duration_s": outcome.duration_s, "reason": outcome.reason}
-        if outcome.failed:
-            self.ended_by = self.ended_by or f"not run: {printable(name)} failed"
-            self.log.error("script_failed", script=name, output_tail=outcome.output_tail,
-                           **details)
-        else:
-            self.log.info("script_succeeded", script=name, **details)
+        if outcome.status is not ScriptStatus.NOT_RUN:
+            self._log_end(outcome)
         if self.progress is not None:
             self.progress.finished(outcome)
         if self.stopped is not None:
-            self.ended_by = f"not run: wizard-runner was {RunInterrupted(self.stopped)}"
+            self._end_for(self.stopped)
         return outcome
+
+    def _log_end(self, outcome: ScriptOutcome) -> None:
+        details = {"exit_code": outcome.exit_code, "signal": outcome.signal,
+                   "duration_s": outcome.duration_s, "reason": outcome.reason}
+        if outcome.failed:
+            self.ended_by = self.ended_by or f"not run: {printable(outcome.name)} failed"
+            self.log.error("script_failed", script=outcome.name,
+                           output_tail=outcome.output_tail, **details)
+        else:
+            self.log.info("script_succeeded", script=outcome.name, **details)
 
 
 def _start_index(decisions: Sequence[Decision], start_at: str | None) -> int:

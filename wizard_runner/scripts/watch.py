@@ -189,6 +189,7 @@ class Watch:
         for fd in self.pipes:
             os.set_blocking(fd, False)
             self.poller.register(fd, select.POLLIN)
+        self.spawner.prepare()
 
     def _catch_up(self) -> None:
         """Read what the helper said and the loop has not yet heard, up to the script's end."""
