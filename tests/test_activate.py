@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import structlog
 
-from wizard_runner.activate import follow_up
+from wizard_runner.activate import NetworkBefore, follow_up
 from wizard_runner.config import WizardConfig
 
 pytestmark = pytest.mark.processes
 LOG = structlog.get_logger()
+#: The old file had eth0 (and eth1, which the wizard's block configured) up; its copy.
+BEFORE = NetworkBefore("/backup/interfaces", frozenset({"eth0", "eth1"}))
 
 
 @pytest.fixture
@@ -76,10 +78,53 @@ def test_network_change_is_pending_by_default(config: WizardConfig, tools: Path)
 
 
 def test_apply_network_restarts_the_interface(config: WizardConfig, tools: Path) -> None:
-    """--apply-network takes the interface down and up again."""
-    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True)
-    assert calls(tools) == ["ifdown --force eth0", "ifup eth0"]
+    """--apply-network takes the interface down as the old file configured it (a DHCP client
+    is stopped, its address released), then up from the new one."""
+    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True,
+                     before=BEFORE)
+    assert calls(tools) == ["ifdown --force --interfaces=/backup/interfaces eth0", "ifup eth0"]
     assert done.pending == ()
+
+
+def test_an_interface_the_old_file_lacked_is_only_brought_up(config: WizardConfig,
+                                                            tools: Path) -> None:
+    """No old file, or one without the interface: nothing to take down (ifdown would fail
+    on an unknown interface); the by-hand instructions say so too."""
+    for before in (NetworkBefore(), NetworkBefore("/backup/interfaces", frozenset({"eth1"}))):
+        done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG,
+                         apply_network=True, before=before)
+        assert calls(tools) == ["ifup eth0"]
+        assert done.pending == ()
+        (tools / "calls").unlink()
+        pending = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG,
+                            apply_network=False, before=before).pending
+        assert "`ifdown --force eth0; ifup eth0`" in pending[0]
+
+
+def test_the_by_hand_instructions_take_it_down_from_the_old_file(config: WizardConfig,
+                                                                tools: Path) -> None:
+    """Not applied: the instructions name the old file's copy for ifdown."""
+    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=False,
+                     before=BEFORE)
+    assert "`ifdown --force --interfaces=/backup/interfaces eth0; ifup eth0`" in done.pending[0]
+
+
+def test_apply_network_takes_a_released_interface_down(config: WizardConfig,
+                                                       tools: Path) -> None:
+    """The interface the wizard configured before is taken down from the old file too: its
+    address is gone, nothing is pending. If that fails, the result says what is left."""
+    moved = BEFORE.__class__(BEFORE.copy, BEFORE.configured, ("eth1",))
+    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True,
+                     before=moved)
+    assert calls(tools) == ["ifdown --force --interfaces=/backup/interfaces eth0",
+                            "ifdown --force --interfaces=/backup/interfaces eth1", "ifup eth0"]
+    assert done.pending == ()
+    install_tool(tools, "ifdown", 'test "$3" = eth1 && exit 1; exit 0')
+    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True,
+                     before=moved)
+    assert [action.status for action in done.actions] == ["succeeded", "failed", "succeeded"]
+    assert len(done.pending) == 2
+    assert done.pending[1].startswith("eth1: the wizard no longer configures it")
 
 
 def test_a_network_apply_that_fails_leaves_it_pending(config: WizardConfig,
@@ -87,11 +132,12 @@ def test_a_network_apply_that_fails_leaves_it_pending(config: WizardConfig,
     """--apply-network whose ifup fails: both actions are recorded, and the result says how
     to apply the change by hand, as when it was not asked for."""
     install_tool(tools, "ifup", 'echo "ifup: failed to bring up eth0" >&2; exit 1')
-    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True)
+    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True,
+                     before=BEFORE)
     assert [(a.name, a.status) for a in done.actions] == [("ifdown", "succeeded"),
                                                           ("ifup", "failed")]
     assert len(done.pending) == 1
-    assert "ifdown --force eth0; ifup eth0" in done.pending[0]
+    assert "ifdown --force --interfaces=/backup/interfaces eth0; ifup eth0" in done.pending[0]
 
 
 @pytest.mark.parametrize("apply_network", [False, True])
@@ -100,7 +146,7 @@ def test_a_released_interface_is_pending(config: WizardConfig, tools: Path,
     """The interface the wizard configured before keeps its address live: the result says
     so, and how to clear it, whether or not the new one was applied."""
     done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG,
-                     apply_network=apply_network, released=["eth1"])
+                     apply_network=apply_network, before=NetworkBefore(released=("eth1",)))
     assert done.pending[-1] == (
         "eth1: the wizard no longer configures it (its static stanza went with the change to "
         "eth0); its address stays until `ip address flush dev eth1` or a reboot")

@@ -21,7 +21,7 @@ from wizard_runner.fsio import At, Ownership, RunLock, WriteMethod, replace_at
 from wizard_runner.layout import Layout
 from wizard_runner.preview import preview
 from wizard_runner.result import FileAction, RunStatus
-from wizard_runner.runner import RunOptions, _released, execute, plan_system
+from wizard_runner.runner import RunOptions, _network_before, execute, plan_system
 from wizard_runner.signals import install_stop_handlers
 
 NO_TOOLS = {"check_with_tools": False}
@@ -245,14 +245,22 @@ def test_no_live_actions_under_a_root(config: WizardConfig, sandbox: Path) -> No
     assert result.system_conf.pending == ()
 
 
-def test_the_interface_a_rerun_moves_from_is_released(
+def test_the_old_interfaces_file_is_described_for_the_follow_ups(
     body: dict[str, Any], config: WizardConfig, sandbox: Path
 ) -> None:
-    """A rerun naming another interface: the one the applied file gave the wizard's stanza
-    is what the follow-ups report released; a rerun on the same one releases nothing."""
-    execute(config, RunOptions(root=sandbox, check_with_tools=False))
+    """What the follow-ups learn of the file a run replaces: its backup copy, the interfaces
+    it configured, and, on a rerun naming another interface, the one the wizard's stanza
+    leaves; a rerun on the same one releases nothing; no old file, no copy."""
+    backup = sandbox / "backup"
     layout = Layout.under(sandbox)
-    assert _released(plan_system(config, layout, RunOptions(root=sandbox)), config) == []
+    first = _network_before(plan_system(config, layout, RunOptions(root=sandbox)), config, backup)
+    assert (first.copy, first.configured, first.released) == (
+        str(backup / "etc/network/interfaces"), frozenset({"lo", "eth0"}), ())
+    execute(config, RunOptions(root=sandbox, check_with_tools=False))
     body["network"]["interface"] = "eth1"
     moved = config_from_data(body)
-    assert _released(plan_system(moved, layout, RunOptions(root=sandbox)), moved) == ["eth0"]
+    again = _network_before(plan_system(moved, layout, RunOptions(root=sandbox)), moved, backup)
+    assert (again.configured, again.released) == (frozenset({"lo", "eth0"}), ("eth0",))
+    (sandbox / "etc/network/interfaces").unlink()
+    none = _network_before(plan_system(moved, layout, RunOptions(root=sandbox)), moved, backup)
+    assert (none.copy, none.configured) == (None, frozenset())

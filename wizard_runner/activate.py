@@ -17,6 +17,17 @@ NETWORK_TIMEOUT: Final = 90.0
 
 
 @dataclass(frozen=True)
+class NetworkBefore:
+    """The interfaces file the run replaced: where its copy is (None: there was none), the
+    interfaces it gave an IPv4 stanza, and those the wizard's stanza leaves (the body names
+    another interface)."""
+
+    copy: str | None = None
+    configured: frozenset[str] = frozenset()
+    released: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class FollowUps:
     """What was done live, and what the admin still has to do."""
 
@@ -69,12 +80,13 @@ def _postfix_reload(log: FilteringBoundLogger) -> ActionOutcome:
     return _run("postfix_reload", ["postfix", "reload"], log)
 
 
-def network_pending(interface: str) -> str:
+def network_pending(interface: str, before: NetworkBefore = NetworkBefore()) -> str:
     """The admin's instructions for a network change that was written but not applied."""
+    old = f" --interfaces={before.copy}" if _was_up(interface, before) else ""
     return (
         f"/etc/network/interfaces changed for {interface}: apply it from the console with "
-        f"`ifdown --force {interface}; ifup {interface}` or reboot (it can cut SSH sessions), "
-        "or rerun with --apply-network"
+        f"`ifdown --force{old} {interface}; ifup {interface}` or reboot (it can cut SSH "
+        "sessions), or rerun with --apply-network"
     )
 
 
@@ -88,19 +100,52 @@ def released_pending(interface: str, released: str) -> str:
     )
 
 
+def _was_up(name: str, before: NetworkBefore) -> bool:
+    """Whether the old file configured `name`, so that ifdown can take it down as it is."""
+    return before.copy is not None and name in before.configured
+
+
+def _network(interface: str, before: NetworkBefore, log: FilteringBoundLogger, *,
+             apply_network: bool) -> FollowUps:
+    """With --apply-network, each interface is taken down as the old file configured it (a
+    DHCP client stopped, its address released; a released interface too), then the wizard's
+    brought up from the new one; what is left to do by hand is pending."""
+    actions: list[ActionOutcome] = []
+    pending: list[str] = []
+    down: set[str] = set()
+    if apply_network:
+        for name in (interface, *before.released):
+            if _was_up(name, before):
+                actions.append(_run("ifdown", ["ifdown", "--force",
+                                               f"--interfaces={before.copy}", name], log))
+                if actions[-1].status == "succeeded":
+                    down.add(name)
+        actions.append(_run("ifup", ["ifup", interface], log, timeout=NETWORK_TIMEOUT))
+    if not actions or any(action.status != "succeeded" for action in actions):
+        # Not applied, or not applied whole: the admin still has it to do.
+        message = network_pending(interface, before)
+        log.warning("network_change_pending", interface=interface, hint=message)
+        pending.append(message)
+    for name in before.released:
+        if name not in down:
+            message = released_pending(interface, name)
+            log.warning("interface_released", interface=name, hint=message)
+            pending.append(message)
+    return FollowUps(tuple(actions), tuple(pending))
+
+
 def follow_up(
     config: WizardConfig,
     changed: frozenset[str],
     log: FilteringBoundLogger,
     *,
     apply_network: bool,
-    released: Sequence[str] = (),
+    before: NetworkBefore = NetworkBefore(),
 ) -> FollowUps:
     """Make the running system use the files that changed; only ever called on the real root.
-    `released`: the interfaces the old interfaces file gave the wizard's stanza, and the new
-    one does not."""
+    `before`: what the interfaces file said before the run."""
     actions: list[ActionOutcome] = []
-    pending: list[str] = []
+    pending: tuple[str, ...] = ()
     if "/etc/hostname" in changed:
         actions.append(_run("hostname", ["hostname", "-F", "/etc/hostname"], log))
     if "/etc/postfix/canonical" in changed:
@@ -108,19 +153,7 @@ def follow_up(
     if changed & {"/etc/postfix/main.cf", "/etc/postfix/canonical", "/etc/mailname"}:
         actions.append(_postfix_reload(log))
     if "/etc/network/interfaces" in changed:
-        interface = config.network.interface
-        applied: list[ActionOutcome] = []
-        if apply_network:
-            applied = [_run("ifdown", ["ifdown", "--force", interface], log),
-                       _run("ifup", ["ifup", interface], log, timeout=NETWORK_TIMEOUT)]
-        actions += applied
-        if not applied or any(action.status != "succeeded" for action in applied):
-            # Not applied, or not applied whole: the admin still has it to do.
-            message = network_pending(interface)
-            log.warning("network_change_pending", interface=interface, hint=message)
-            pending.append(message)
-        for name in released:
-            message = released_pending(interface, name)
-            log.warning("interface_released", interface=name, hint=message)
-            pending.append(message)
-    return FollowUps(tuple(actions), tuple(pending))
+        network = _network(config.network.interface, before, log, apply_network=apply_network)
+        actions += network.actions
+        pending = network.pending
+    return FollowUps(tuple(actions), pending)

@@ -462,6 +462,13 @@ def _scan_interfaces(current: str | None, interface: str) -> _InterfacesScan:
     return scan
 
 
+def inet_interfaces(text: str) -> frozenset[str]:
+    """The interfaces an interfaces file gives an IPv4 (`iface NAME inet ...`) stanza."""
+    stanzas = (_joined(group).split() for group in _logical_lines(text.splitlines()))
+    return frozenset(words[1] for words in stanzas
+                     if words[:1] == ["iface"] and words[2:3] == ["inet"])
+
+
 def released_interfaces(current: str | None, interface: str) -> list[str]:
     """The interfaces the wizard's block in `current` configured other than `interface`: the
     new file no longer gives them the wizard's static stanza."""

@@ -48,6 +48,9 @@ from wizard_runner.state import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from wizard_runner.activate import NetworkBefore
     from wizard_runner.sysconf import FileChange
 
 __all__ = ["RunOptions", "execute"]
@@ -171,18 +174,28 @@ def _system_step(run: _Run) -> None:
         raise
     if layout.is_real_root and applied.changed:
         follow = follow_up(config, applied.changed, log, apply_network=options.apply_network,
-                           released=_released(changes, config))
+                           before=_network_before(changes, config, applied.backup_dir))
         progress.system = SystemConfResult(
             True, applied.files, follow.actions, progress.system.backup_dir, follow.pending
         )
 
 
-def _released(changes: tuple[FileChange, ...], config: WizardConfig) -> list[str]:
-    """The interfaces the wizard's stanza leaves as the interfaces file is rewritten."""
-    from wizard_runner.render import released_interfaces
+def _network_before(changes: tuple[FileChange, ...], config: WizardConfig,
+                    backup_dir: Path | None) -> NetworkBefore:
+    """What the interfaces file the run replaced said, and where its copy is."""
+    from wizard_runner.activate import NetworkBefore
+    from wizard_runner.render import inet_interfaces, released_interfaces
+    from wizard_runner.sysconf import TargetKind
 
-    return [name for change in changes if change.path == "/etc/network/interfaces"
-            for name in released_interfaces(change.old_text, config.network.interface)]
+    for change in changes:
+        if change.path == "/etc/network/interfaces":
+            copy = None
+            if change.current.kind is TargetKind.FILE and backup_dir is not None:
+                copy = str(backup_dir / "etc/network/interfaces")
+            text = change.old_text
+            return NetworkBefore(copy, inet_interfaces(text), tuple(
+                released_interfaces(text, config.network.interface)))
+    return NetworkBefore()
 
 
 def _scripts_step(run: _Run) -> str | None:

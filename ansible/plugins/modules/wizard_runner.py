@@ -103,8 +103,9 @@ options:
     default: false
   apply_network:
     description:
-      - Restart the interface (C(ifdown --force); C(ifup)) when C(/etc/network/interfaces)
-        changed. Off by default, since it can cut the connection Ansible runs over.
+      - Restart the interface when C(/etc/network/interfaces) changed, C(ifdown --force) as
+        the old file configured it (a DHCP client is stopped), then C(ifup) from the new one.
+        Off by default, since it can cut the connection Ansible runs over.
     type: bool
     default: false
   root:
