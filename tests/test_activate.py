@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import structlog
 
-from wizard_runner.activate import NetworkBefore, follow_up
+from wizard_runner.activate import NetworkChange, follow_up
 from wizard_runner.config import WizardConfig
 
 pytestmark = pytest.mark.processes
 LOG = structlog.get_logger()
 #: The old file had eth0 (and eth1, which the wizard's block configured) up; its copy.
-BEFORE = NetworkBefore("/backup/interfaces", frozenset({"eth0", "eth1"}))
+BEFORE = NetworkChange("/backup/interfaces", frozenset({"eth0", "eth1"}))
 
 
 @pytest.fixture
@@ -81,47 +81,57 @@ def test_apply_network_restarts_the_interface(config: WizardConfig, tools: Path)
     """--apply-network takes the interface down as the old file configured it (a DHCP client
     is stopped, its address released), then up from the new one."""
     done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True,
-                     before=BEFORE)
+                     network=BEFORE)
     assert calls(tools) == ["ifdown --force --interfaces=/backup/interfaces eth0", "ifup eth0"]
     assert done.pending == ()
 
 
-def test_an_interface_the_old_file_lacked_is_only_brought_up(config: WizardConfig,
-                                                            tools: Path) -> None:
-    """No old file, or one without the interface: nothing to take down (ifdown would fail
-    on an unknown interface); the by-hand instructions say so too."""
-    for before in (NetworkBefore(), NetworkBefore("/backup/interfaces", frozenset({"eth1"}))):
-        done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG,
-                         apply_network=True, before=before)
-        assert calls(tools) == ["ifup eth0"]
-        assert done.pending == ()
-        (tools / "calls").unlink()
-        pending = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG,
-                            apply_network=False, before=before).pending
-        assert "`ifdown --force eth0; ifup eth0`" in pending[0]
+@pytest.mark.parametrize("network", [
+    pytest.param(NetworkChange(), id="no-old-file"),
+    pytest.param(NetworkChange("/backup/interfaces", frozenset({"eth1"})), id="no-inet-stanza"),
+])
+def test_an_interface_the_old_file_lacked_is_taken_down_from_the_new_one(
+        config: WizardConfig, tools: Path, network: NetworkChange) -> None:
+    """No old file (or a symlink), or one without an IPv4 stanza for the interface (an inet6
+    one keeps it up: a lone ifup would say "already configured" and apply nothing): it is
+    taken down as the new file says, then up; the by-hand instructions say the same."""
+    done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG,
+                     apply_network=True, network=network)
+    assert calls(tools) == ["ifdown --force eth0", "ifup eth0"]
+    assert done.pending == ()
+    pending = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG,
+                        apply_network=False, network=network).pending
+    assert "`ifdown --force eth0; ifup eth0`" in pending[0]
 
 
 def test_the_by_hand_instructions_take_it_down_from_the_old_file(config: WizardConfig,
                                                                 tools: Path) -> None:
     """Not applied: the instructions name the old file's copy for ifdown."""
     done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=False,
-                     before=BEFORE)
+                     network=BEFORE)
     assert "`ifdown --force --interfaces=/backup/interfaces eth0; ifup eth0`" in done.pending[0]
 
 
 def test_apply_network_takes_a_released_interface_down(config: WizardConfig,
                                                        tools: Path) -> None:
-    """The interface the wizard configured before is taken down from the old file too: its
-    address is gone, nothing is pending. If that fails, the result says what is left."""
-    moved = BEFORE.__class__(BEFORE.copy, BEFORE.configured, ("eth1",))
+    """The interface the wizard configured before is taken down from the old file too (its
+    IPv4 address is gone, nothing is pending), and brought up again from the new file when
+    that still has a stanza for it (an inet6 one). If its ifdown fails, the result says what
+    is left."""
+    moved = NetworkChange(BEFORE.copy, BEFORE.old_inet, frozenset({"eth0"}), ("eth1",))
     done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True,
-                     before=moved)
+                     network=moved)
     assert calls(tools) == ["ifdown --force --interfaces=/backup/interfaces eth0",
                             "ifdown --force --interfaces=/backup/interfaces eth1", "ifup eth0"]
     assert done.pending == ()
+    (tools / "calls").unlink()
+    kept = NetworkChange(BEFORE.copy, BEFORE.old_inet, frozenset({"eth0", "eth1"}), ("eth1",))
+    follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True,
+              network=kept)
+    assert calls(tools)[2:] == ["ifup eth0", "ifup eth1"]
     install_tool(tools, "ifdown", 'test "$3" = eth1 && exit 1; exit 0')
     done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True,
-                     before=moved)
+                     network=moved)
     assert [action.status for action in done.actions] == ["succeeded", "failed", "succeeded"]
     assert len(done.pending) == 2
     assert done.pending[1].startswith("eth1: the wizard no longer configures it")
@@ -133,7 +143,7 @@ def test_a_network_apply_that_fails_leaves_it_pending(config: WizardConfig,
     to apply the change by hand, as when it was not asked for."""
     install_tool(tools, "ifup", 'echo "ifup: failed to bring up eth0" >&2; exit 1')
     done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG, apply_network=True,
-                     before=BEFORE)
+                     network=BEFORE)
     assert [(a.name, a.status) for a in done.actions] == [("ifdown", "succeeded"),
                                                           ("ifup", "failed")]
     assert len(done.pending) == 1
@@ -143,13 +153,14 @@ def test_a_network_apply_that_fails_leaves_it_pending(config: WizardConfig,
 @pytest.mark.parametrize("apply_network", [False, True])
 def test_a_released_interface_is_pending(config: WizardConfig, tools: Path,
                                          apply_network: bool) -> None:
-    """The interface the wizard configured before keeps its address live: the result says
-    so, and how to clear it, whether or not the new one was applied."""
+    """A released interface the old file's copy cannot take down keeps its IPv4 address
+    live: the result says so, and how to clear it (not its IPv6 addresses), whether or not
+    the new one was applied."""
     done = follow_up(config, frozenset({"/etc/network/interfaces"}), LOG,
-                     apply_network=apply_network, before=NetworkBefore(released=("eth1",)))
+                     apply_network=apply_network, network=NetworkChange(released=("eth1",)))
     assert done.pending[-1] == (
         "eth1: the wizard no longer configures it (its static stanza went with the change to "
-        "eth0); its address stays until `ip address flush dev eth1` or a reboot")
+        "eth0); its IPv4 address stays until `ip -4 address flush dev eth1` or a reboot")
     assert len(done.pending) == (1 if apply_network else 2)
 
 

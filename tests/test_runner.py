@@ -21,7 +21,7 @@ from wizard_runner.fsio import At, Ownership, RunLock, WriteMethod, replace_at
 from wizard_runner.layout import Layout
 from wizard_runner.preview import preview
 from wizard_runner.result import FileAction, RunStatus
-from wizard_runner.runner import RunOptions, _network_before, execute, plan_system
+from wizard_runner.runner import RunOptions, _network_change, execute, plan_system
 from wizard_runner.signals import install_stop_handlers
 
 NO_TOOLS = {"check_with_tools": False}
@@ -249,18 +249,22 @@ def test_the_old_interfaces_file_is_described_for_the_follow_ups(
     body: dict[str, Any], config: WizardConfig, sandbox: Path
 ) -> None:
     """What the follow-ups learn of the file a run replaces: its backup copy, the interfaces
-    it configured, and, on a rerun naming another interface, the one the wizard's stanza
-    leaves; a rerun on the same one releases nothing; no old file, no copy."""
+    it gave an IPv4 stanza, those the new file has a stanza for, and, on a rerun naming
+    another interface, the one the wizard's stanza leaves; a rerun on the same one releases
+    nothing; no old file, no copy."""
     backup = sandbox / "backup"
     layout = Layout.under(sandbox)
-    first = _network_before(plan_system(config, layout, RunOptions(root=sandbox)), config, backup)
-    assert (first.copy, first.configured, first.released) == (
-        str(backup / "etc/network/interfaces"), frozenset({"lo", "eth0"}), ())
+    first = _network_change(plan_system(config, layout, RunOptions(root=sandbox)), config, backup)
+    assert (first.copy, first.old_inet, first.new_stanzas, first.released) == (
+        str(backup / "etc/network/interfaces"), frozenset({"lo", "eth0"}),
+        frozenset({"lo", "eth0"}), ())
     execute(config, RunOptions(root=sandbox, check_with_tools=False))
     body["network"]["interface"] = "eth1"
     moved = config_from_data(body)
-    again = _network_before(plan_system(moved, layout, RunOptions(root=sandbox)), moved, backup)
-    assert (again.configured, again.released) == (frozenset({"lo", "eth0"}), ("eth0",))
+    again = _network_change(plan_system(moved, layout, RunOptions(root=sandbox)), moved, backup)
+    # eth0 keeps the inet6 stanza of Debian's file: the new file brings it up again.
+    assert (again.old_inet, again.new_stanzas, again.released) == (
+        frozenset({"lo", "eth0"}), frozenset({"lo", "eth0", "eth1"}), ("eth0",))
     (sandbox / "etc/network/interfaces").unlink()
-    none = _network_before(plan_system(moved, layout, RunOptions(root=sandbox)), moved, backup)
-    assert (none.copy, none.configured) == (None, frozenset())
+    none = _network_change(plan_system(moved, layout, RunOptions(root=sandbox)), moved, backup)
+    assert (none.copy, none.old_inet) == (None, frozenset())

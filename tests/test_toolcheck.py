@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,52 @@ def test_includes_that_include_each_other_are_read_once(config: WizardConfig,
     check_included_interfaces(config, Layout.under(sandbox), f"source /etc/a.cfg\n{STATIC}".encode())
 
 
+def test_an_include_of_the_interfaces_file_itself_is_refused(config: WizardConfig,
+                                                             sandbox: Path) -> None:
+    """An included file that includes /etc/network/interfaces again: ifup would read the
+    new file twice, so the run is refused, naming the line."""
+    (sandbox / "etc/network/interfaces.d/loop").write_text("source /etc/network/interfaces\n")
+    with pytest.raises(ApplyError) as caught:
+        check_included_interfaces(config, Layout.under(sandbox),
+                                  f"source /etc/network/interfaces.d/*\n{STATIC}".encode())
+    assert str(caught.value) == (
+        "/etc/network/interfaces: `source /etc/network/interfaces` in "
+        "/etc/network/interfaces.d/loop includes /etc/network/interfaces itself: ifup would "
+        "apply its stanzas twice; remove that line")
+
+
+def test_on_the_live_system_relative_includes_follow_symlinks(config: WizardConfig,
+                                                              tmp_path: Path) -> None:
+    """On the live system, `..` in an include of a file reached through a symlink leads
+    where the kernel (and ifupdown) takes it: past the symlink's target, not back by name."""
+    (tmp_path / "real/conf").mkdir(parents=True)
+    (tmp_path / "real/conf/more").write_text("source ../eth0.cfg\n")
+    (tmp_path / "real/eth0.cfg").write_text("iface eth0 inet dhcp\n")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked/conf").symlink_to(tmp_path / "real/conf")
+    (tmp_path / "linked/eth0.cfg").write_text("iface eth1 inet dhcp\n")  # not what is read
+    with pytest.raises(ApplyError) as caught:
+        check_included_interfaces(config, Layout.under("/"),
+                                  f"source {tmp_path}/linked/conf/*\n{STATIC}".encode())
+    assert f"{tmp_path}/real/eth0.cfg (included by `source ../eth0.cfg` in " \
+        f"{tmp_path}/linked/conf/more) also configures eth0" in str(caught.value)
+
+
+def test_included_files_are_held_one_at_a_time(config: WizardConfig, sandbox: Path) -> None:
+    """Twenty included files of 1 MiB each: the check holds one at a time, not the tree."""
+    directory = sandbox / "etc/network/interfaces.d"
+    for index in range(20):
+        (directory / f"big{index}").write_text(f"# {'x' * 2**20}\niface eth{index + 1} inet dhcp\n")
+    tracemalloc.start()
+    try:
+        check_included_interfaces(config, Layout.under(sandbox),
+                                  f"source-directory interfaces.d\n{STATIC}".encode())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20
+
+
 # --- the wizard's network device exists on the live system ----------------------------------
 
 
@@ -330,6 +377,27 @@ def test_a_device_ifup_makes_passes(body: dict[str, Any], net_dir: Path, option:
     other = f"iface br1 inet manual\n  {option}\niface br0 inet static\n  address 10.0.0.2/24\n"
     with pytest.raises(ApplyError, match="no network device br0"):
         check_interface_device(config, Layout.under("/"), other.encode(), net_dir)
+
+
+@pytest.mark.parametrize(("interface", "text"), [
+    pytest.param("bond0.10", "iface bond0 inet manual\n  bond-slaves ens18\n", id="vlan-on-a-bond"),
+    pytest.param("br0:1", "iface br0 inet manual\n  bridge_ports ens18\n", id="alias-on-a-bridge"),
+    pytest.param("lan0", "rename ens19=lan0\n", id="renamed"),
+])
+def test_a_device_ifup_makes_under_a_vlan_alias_or_rename_passes(
+        body: dict[str, Any], net_dir: Path, interface: str, text: str) -> None:
+    """A VLAN or alias on a device ifup makes, or a name a `rename` line gives: no refusal."""
+    config = _with_interface(body, interface)
+    check_interface_device(config, Layout.under("/"), f"{text}{STATIC}".encode(), net_dir)
+
+
+def test_a_sysfs_file_is_no_device(body: dict[str, Any], net_dir: Path) -> None:
+    """bonding_masters, a file beside the devices, is not taken for one, nor listed."""
+    (net_dir / "bonding_masters").write_text("\n")
+    with pytest.raises(ApplyError) as caught:
+        check_interface_device(_with_interface(body, "bonding_masters"), Layout.under("/"),
+                               STATIC.encode(), net_dir)
+    assert "no network device bonding_masters (it has: ens18, lo)" in str(caught.value)
 
 
 def test_the_device_is_not_looked_for_under_a_root(body: dict[str, Any], net_dir: Path,

@@ -17,14 +17,20 @@ NETWORK_TIMEOUT: Final = 90.0
 
 
 @dataclass(frozen=True)
-class NetworkBefore:
-    """The interfaces file the run replaced: where its copy is (None: there was none), the
-    interfaces it gave an IPv4 stanza, and those the wizard's stanza leaves (the body names
-    another interface)."""
+class NetworkChange:
+    """What the rewrite of the interfaces file changes: where the old file's copy is (None:
+    there was none, or it was a symlink), the interfaces the old file gave an IPv4 stanza,
+    those the new file has a stanza for (any family), and those the wizard's stanza leaves
+    (the body names another interface)."""
 
     copy: str | None = None
-    configured: frozenset[str] = frozenset()
+    old_inet: frozenset[str] = frozenset()
+    new_stanzas: frozenset[str] = frozenset()
     released: tuple[str, ...] = ()
+
+    def old_file(self, name: str) -> list[str]:
+        """ifdown's option to take `name` down as the old file configured it, if it did."""
+        return [f"--interfaces={self.copy}"] if self.copy and name in self.old_inet else []
 
 
 @dataclass(frozen=True)
@@ -80,13 +86,13 @@ def _postfix_reload(log: FilteringBoundLogger) -> ActionOutcome:
     return _run("postfix_reload", ["postfix", "reload"], log)
 
 
-def network_pending(interface: str, before: NetworkBefore = NetworkBefore()) -> str:
+def network_pending(interface: str, network: NetworkChange = NetworkChange()) -> str:
     """The admin's instructions for a network change that was written but not applied."""
-    old = f" --interfaces={before.copy}" if _was_up(interface, before) else ""
+    ifdown = " ".join(["ifdown", "--force", *network.old_file(interface), interface])
     return (
         f"/etc/network/interfaces changed for {interface}: apply it from the console with "
-        f"`ifdown --force{old} {interface}; ifup {interface}` or reboot (it can cut SSH "
-        "sessions), or rerun with --apply-network"
+        f"`{ifdown}; ifup {interface}` or reboot (it can cut SSH sessions), or rerun with "
+        "--apply-network"
     )
 
 
@@ -95,39 +101,38 @@ def released_pending(interface: str, released: str) -> str:
     does (the body names another one)."""
     return (
         f"{released}: the wizard no longer configures it (its static stanza went with the "
-        f"change to {interface}); its address stays until `ip address flush dev {released}` "
-        "or a reboot"
+        f"change to {interface}); its IPv4 address stays until `ip -4 address flush dev "
+        f"{released}` or a reboot"
     )
 
 
-def _was_up(name: str, before: NetworkBefore) -> bool:
-    """Whether the old file configured `name`, so that ifdown can take it down as it is."""
-    return before.copy is not None and name in before.configured
-
-
-def _network(interface: str, before: NetworkBefore, log: FilteringBoundLogger, *,
+def _network(interface: str, network: NetworkChange, log: FilteringBoundLogger, *,
              apply_network: bool) -> FollowUps:
-    """With --apply-network, each interface is taken down as the old file configured it (a
-    DHCP client stopped, its address released; a released interface too), then the wizard's
-    brought up from the new one; what is left to do by hand is pending."""
+    """With --apply-network: the wizard's interface taken down as the old file configured it
+    (a DHCP client stopped, its address released; else as the new file does) and so is a
+    released interface the old file configured; then each brought up from the new file (a
+    released one only if the new file still has a stanza for it: an inet6 one). What is left
+    to do by hand is pending."""
     actions: list[ActionOutcome] = []
     pending: list[str] = []
-    down: set[str] = set()
+    taken_down: set[str] = set()
     if apply_network:
-        for name in (interface, *before.released):
-            if _was_up(name, before):
-                actions.append(_run("ifdown", ["ifdown", "--force",
-                                               f"--interfaces={before.copy}", name], log))
-                if actions[-1].status == "succeeded":
-                    down.add(name)
-        actions.append(_run("ifup", ["ifup", interface], log, timeout=NETWORK_TIMEOUT))
+        down = [interface, *(name for name in network.released if network.old_file(name))]
+        for name in down:
+            actions.append(_run("ifdown", ["ifdown", "--force", *network.old_file(name), name],
+                                log, timeout=NETWORK_TIMEOUT))
+            if actions[-1].status == "succeeded":
+                taken_down.add(name)
+        for name in down:
+            if name == interface or name in network.new_stanzas:
+                actions.append(_run("ifup", ["ifup", name], log, timeout=NETWORK_TIMEOUT))
     if not actions or any(action.status != "succeeded" for action in actions):
         # Not applied, or not applied whole: the admin still has it to do.
-        message = network_pending(interface, before)
+        message = network_pending(interface, network)
         log.warning("network_change_pending", interface=interface, hint=message)
         pending.append(message)
-    for name in before.released:
-        if name not in down:
+    for name in network.released:
+        if name not in taken_down:
             message = released_pending(interface, name)
             log.warning("interface_released", interface=name, hint=message)
             pending.append(message)
@@ -140,10 +145,10 @@ def follow_up(
     log: FilteringBoundLogger,
     *,
     apply_network: bool,
-    before: NetworkBefore = NetworkBefore(),
+    network: NetworkChange = NetworkChange(),
 ) -> FollowUps:
     """Make the running system use the files that changed; only ever called on the real root.
-    `before`: what the interfaces file said before the run."""
+    `network`: what the rewrite of the interfaces file changes."""
     actions: list[ActionOutcome] = []
     pending: tuple[str, ...] = ()
     if "/etc/hostname" in changed:
@@ -153,7 +158,7 @@ def follow_up(
     if changed & {"/etc/postfix/main.cf", "/etc/postfix/canonical", "/etc/mailname"}:
         actions.append(_postfix_reload(log))
     if "/etc/network/interfaces" in changed:
-        network = _network(config.network.interface, before, log, apply_network=apply_network)
-        actions += network.actions
-        pending = network.pending
+        done = _network(config.network.interface, network, log, apply_network=apply_network)
+        actions += done.actions
+        pending = done.pending
     return FollowUps(tuple(actions), pending)

@@ -399,12 +399,15 @@ _MAKES_DEVICE: Final = _PORT_OPTIONS | {"ovs_type", "ovs-type", "pre-up"}
 
 
 def makes_device(text: str, interface: str) -> bool:
-    """Whether a stanza of `interface` in interfaces `text` has ifup make the device."""
+    """Whether ifup makes the device `interface` from interfaces `text`: a stanza of it
+    names its ports or a command run first, or a `rename` line gives a device its name."""
     owner: str | None = None
     for group in _logical_lines(text.splitlines()):
         words = _joined(group).split()
         if not words or _is_comment(group[0]):
             continue
+        if words[0] == "rename" and any(word.endswith(f"={interface}") for word in words[1:]):
+            return True
         if words[0] in _STANZA_KEYWORDS:
             owner = words[1] if len(words) > 1 and words[0] == "iface" else None
         elif _is_keyword(words[0]):
@@ -462,11 +465,12 @@ def _scan_interfaces(current: str | None, interface: str) -> _InterfacesScan:
     return scan
 
 
-def inet_interfaces(text: str) -> frozenset[str]:
-    """The interfaces an interfaces file gives an IPv4 (`iface NAME inet ...`) stanza."""
+def stanza_interfaces(text: str, family: str | None = None) -> frozenset[str]:
+    """The interfaces an interfaces file gives a stanza (`iface NAME FAMILY ...`), of
+    `family` (inet, inet6) if given."""
     stanzas = (_joined(group).split() for group in _logical_lines(text.splitlines()))
-    return frozenset(words[1] for words in stanzas
-                     if words[:1] == ["iface"] and words[2:3] == ["inet"])
+    return frozenset(words[1] for words in stanzas if words[:1] == ["iface"] and len(words) > 2
+                     and family in (None, words[2]))
 
 
 def released_interfaces(current: str | None, interface: str) -> list[str]:

@@ -50,7 +50,7 @@ from wizard_runner.state import (
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from wizard_runner.activate import NetworkBefore
+    from wizard_runner.activate import NetworkChange
     from wizard_runner.sysconf import FileChange
 
 __all__ = ["RunOptions", "execute"]
@@ -174,17 +174,17 @@ def _system_step(run: _Run) -> None:
         raise
     if layout.is_real_root and applied.changed:
         follow = follow_up(config, applied.changed, log, apply_network=options.apply_network,
-                           before=_network_before(changes, config, applied.backup_dir))
+                           network=_network_change(changes, config, applied.backup_dir))
         progress.system = SystemConfResult(
             True, applied.files, follow.actions, progress.system.backup_dir, follow.pending
         )
 
 
-def _network_before(changes: tuple[FileChange, ...], config: WizardConfig,
-                    backup_dir: Path | None) -> NetworkBefore:
-    """What the interfaces file the run replaced said, and where its copy is."""
-    from wizard_runner.activate import NetworkBefore
-    from wizard_runner.render import inet_interfaces, released_interfaces
+def _network_change(changes: tuple[FileChange, ...], config: WizardConfig,
+                    backup_dir: Path | None) -> NetworkChange:
+    """What the rewrite of the interfaces file changes, and where the old file's copy is."""
+    from wizard_runner.activate import NetworkChange
+    from wizard_runner.render import released_interfaces, stanza_interfaces
     from wizard_runner.sysconf import TargetKind
 
     for change in changes:
@@ -192,10 +192,11 @@ def _network_before(changes: tuple[FileChange, ...], config: WizardConfig,
             copy = None
             if change.current.kind is TargetKind.FILE and backup_dir is not None:
                 copy = str(backup_dir / "etc/network/interfaces")
-            text = change.old_text
-            return NetworkBefore(copy, inet_interfaces(text), tuple(
-                released_interfaces(text, config.network.interface)))
-    return NetworkBefore()
+            old = change.old_text
+            return NetworkChange(copy, stanza_interfaces(old, "inet"),
+                                 stanza_interfaces(change.new_text),
+                                 tuple(released_interfaces(old, config.network.interface)))
+    return NetworkChange()
 
 
 def _scripts_step(run: _Run) -> str | None:

@@ -11,7 +11,8 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Final
 
@@ -98,40 +99,39 @@ def _glob(fence: Fence, target: PurePosixPath) -> list[PurePosixPath]:
     return found
 
 
-def _source_directory(fence: Fence, target: PurePosixPath) -> list[tuple[str, bytes]]:
+def _source_directory(fence: Fence, target: PurePosixPath) -> Iterator[tuple[str, bytes]]:
     """The files of a source-directory ifupdown reads: run-parts names, regular files only."""
     try:
         with fence.directory(target) as dir_fd:
             if dir_fd is None:
-                return []
-            read = []
+                return
             for name in sorted(os.listdir(dir_fd)):
                 if _SOURCE_DIR_NAME.fullmatch(name):
                     data = fence.read_entry(dir_fd, name, str(target / name))
                     if data is not None:
-                        read.append((str(target / name), data))
-            return read
+                        yield str(target / name), data
     except NotDirectoryError:
-        return []
+        return
 
 
-def _included_files(fence: Fence, kind: str, target: PurePosixPath) -> list[tuple[str, bytes]]:
-    """Each file an include line names, read under the root: (system path, bytes)."""
+def _included_files(fence: Fence, kind: str, target: PurePosixPath
+                    ) -> Iterator[tuple[str, bytes]]:
+    """Each file an include line names, read under the root one at a time: (system path,
+    bytes)."""
     if kind != "source":
-        return _source_directory(fence, target)
-    read = []
+        yield from _source_directory(fence, target)
+        return
     for path in _glob(fence, target):
         data = fence.read_file(path)
         if data is not None:  # missing, or a directory: ifupdown says so and goes on
-            read.append((str(path), data))
-    return read
+            yield str(path), data
 
 
-def _read_included(fence: Fence, kind: str, target: PurePosixPath, line: str,
-                   interface: str) -> list[tuple[str, bytes]]:
+def _each_included(fence: Fence, kind: str, target: PurePosixPath, line: str,
+                   interface: str) -> Iterator[tuple[str, bytes]]:
     """The files one include names; an ApplyError naming `line` when they cannot be read."""
     try:
-        return _included_files(fence, kind, target)
+        yield from _included_files(fence, kind, target)
     except FenceError as error:
         raise ApplyError(f"{INTERFACES}: {line} cannot be checked for another {interface} "
                          f"stanza: {error}") from error
@@ -142,54 +142,66 @@ def _read_included(fence: Fence, kind: str, target: PurePosixPath, line: str,
 
 
 def check_included_interfaces(config: WizardConfig, layout: Layout, interfaces: bytes) -> None:
-    """Refuse a run when a file included by interfaces also configures the wizard's interface.
+    """Refuse a run when a file included by interfaces also configures the wizard's interface,
+    or includes /etc/network/interfaces itself (ifup would apply its stanzas twice).
 
     ifquery accepts two `iface eth0 inet` stanzas and ifup then applies both; this catches it.
     Included files are read under the root like the system files: only regular files, no
     symlink followed under a sandbox root; one that cannot be read so stops the run. The files
-    they include are checked too, as ifupdown reads them (relative to the file naming them),
-    each once however often it is named.
+    they include are checked too, as ifupdown reads them: relative to the directory of the
+    file naming them (on the live system, where its symlinks lead), each once however often
+    it is named, one file in memory at a time.
     """
     interface = config.network.interface
-    pending: list[tuple[str, bytes, str]] = [(_NETWORK_DIR, interfaces, "")]
-    seen: set[str] = set()
+    where_is = os.path.realpath if layout.is_real_root else str  # a sandbox follows no symlink
+    top = where_is(INTERFACES)
+    pending = deque([(where_is(_NETWORK_DIR),
+                      interfaces_sources(interfaces.decode("utf-8", "surrogateescape")), "")])
+    seen = {top}
     with open_fence(layout) as fence:
         while pending:
-            base, text, where = pending.pop(0)
-            for kind, pattern in interfaces_sources(text.decode("utf-8", "surrogateescape")):
+            base, sources, where = pending.popleft()
+            for kind, pattern in sources:
                 line = f"`{kind} {pattern}`{where}"
-                included = _read_included(fence, kind, include_path(pattern, base), line,
-                                          interface)
-                for shown_path, data in included:
-                    if shown_path in seen:
+                target = include_path(pattern, base)
+                for shown_path, data in _each_included(fence, kind, target, line, interface):
+                    real = where_is(shown_path)
+                    if real == top:
+                        raise ApplyError(f"{INTERFACES}: {line} includes {INTERFACES} itself: "
+                                         "ifup would apply its stanzas twice; remove that line")
+                    if real in seen:
                         continue
-                    seen.add(shown_path)
-                    conflicts = interface_conflicts(data.decode("utf-8", "surrogateescape"),
-                                                    interface)
+                    seen.add(real)
+                    text = data.decode("utf-8", "surrogateescape")
+                    conflicts = interface_conflicts(text, interface)
                     if conflicts:
                         raise ApplyError(
                             f"{INTERFACES}: {shown_path} (included by {line}) "
                             f"also configures {interface}: {'; '.join(conflicts)}; remove it there"
                         )
-                    pending.append((posixpath.dirname(shown_path), data, f" in {shown_path}"))
+                    pending.append((posixpath.dirname(real), interfaces_sources(text),
+                                    f" in {shown_path}"))
 
 
 def check_interface_device(config: WizardConfig, layout: Layout, interfaces: bytes,
                            net_dir: Path = SYS_NET) -> None:
     """On the live system, refuse a stanza for a device this machine lacks: the address would
     go nowhere. An alias needs its device, a VLAN its raw device (ifup makes the VLAN); a
-    bridge or bond whose stanza names its ports (or a command run first) is made by ifup.
-    Under --root, or without sysfs, the devices of the machine it is for are unknown."""
+    device ifup makes (a bridge or bond whose stanza names its ports, one a command makes
+    first, one a `rename` line names) need not exist yet. Under --root, or without sysfs, the
+    devices of the machine it is for are unknown."""
     if not layout.is_real_root or not net_dir.is_dir():
         return
     interface = config.network.interface
     device = interface.split(":", 1)[0]
     device = vlan_raw_device(device) or device
-    if (net_dir / device).exists() or makes_device(
-            interfaces.decode("utf-8", "surrogateescape"), interface):
+    text = interfaces.decode("utf-8", "surrogateescape")
+    if (net_dir / device).is_dir() or any(makes_device(text, name)
+                                          for name in {interface, device}):
         return
-    try:
-        present = ", ".join(sorted(os.listdir(net_dir))) or "none"
+    try:  # each device is a directory there (bonding_masters is a file)
+        present = ", ".join(sorted(entry.name for entry in os.scandir(net_dir)
+                                   if entry.is_dir())) or "none"
     except OSError as error:
         present = f"unknown: {error.strerror}"
     raise ApplyError(f"network.interface: {interface}: this machine has no network device "
