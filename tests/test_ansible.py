@@ -320,6 +320,26 @@ def test_missing_executable_is_named(
                                  "executable file")
 
 
+@pytest.mark.parametrize("mistake", [
+    pytest.param({"admin_password": [PASSWORD, "other"]}, id="password-as-a-list"),
+    pytest.param({"admin_password": {"value": PASSWORD}}, id="password-as-a-dict"),
+    pytest.param({"admin_pasword": PASSWORD, "admin_password": "x" * 8}, id="misspelled-key"),
+])
+def test_a_mistyped_secret_is_in_no_output(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any],
+    mistake: dict[str, Any],
+) -> None:
+    """A password of the wrong type (a vault value gone wrong), or under a misspelled key, is
+    refused (rc 65) and masked like the password: -vvv prints it nowhere (ansible_playbook
+    checks), in the arguments nor in the problems."""
+    secret_body.update(mistake)
+    played = play(ansible_env, tmp_path, [
+        wizard_task("run", appliance, config=secret_body, task_ignore_errors=True),
+    ])
+    assert played.results["run"]["rc"] == 65
+    assert '"hostname": "pbx"' in played.output  # the rest of the body is shown as it is
+
+
 def test_password_is_in_no_output(
     ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
 ) -> None:

@@ -19,7 +19,8 @@ description:
     every file was already up to date and no script was asked to run, so that a playbook run
     twice reports the second run unchanged (with O(run_scripts=false)).
   - The body goes to wizard-runner on its standard input, never on a command line nor in a file.
-    Its C(admin_password) is masked in everything the module returns, and wizard-runner never
+    Its C(admin_password) is masked in everything the module returns (whatever its type, and
+    so is a value under a misspelled key such as C(admin_pasword)), and wizard-runner never
     stores, logs nor prints it.
   - A failure sets C(rc) to wizard-runner's exit code and says why in C(msg), naming the failed
     step, field or script, with the script's last output lines.
@@ -241,6 +242,7 @@ problems:
 
 import json
 import os
+import re
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -277,15 +279,30 @@ EXIT_MEANINGS = {
 }
 
 
-def mask_the_password_only(module: AnsibleModule, body: dict[str, Any] | None) -> None:
-    """Make the body's admin_password the only value Ansible masks in what the module returns."""
+#: Keys whose values are secrets wherever they are in the body: admin_password, and one
+#: misspelled (admin_pasword, admin_passwd, admin_pwd) or put where it does not belong.
+_SECRET_KEY = re.compile(r"pass|pas+w|pwd|secret|token", re.IGNORECASE)
+
+
+def _secrets(value: Any, secret: bool = False) -> list[str]:
+    """Every scalar under a secret key of `value`, whatever its type (a list, a dict)."""
+    if isinstance(value, dict):
+        return [found for key, item in value.items()
+                for found in _secrets(item, secret or bool(_SECRET_KEY.search(str(key))))]
+    if isinstance(value, list):
+        return [found for item in value for found in _secrets(item, secret)]
+    text = "" if value is None or isinstance(value, bool) else str(value)
+    return [text] if secret and text else []
+
+
+def mask_secrets_only(module: AnsibleModule, body: dict[str, Any] | None) -> None:
+    """Make the body's secrets (admin_password, whatever its type, and any value under a key
+    that says it is one) the only values Ansible masks in what the module returns."""
     # `config` is no_log so that Ansible keeps the body out of the target's log (the "Invoked
     # with" line). That also masks every string of the body anywhere in the output - the host
-    # name in the diff, "eth0" in a script's output - and the password is the only secret in it.
+    # name in the diff, "eth0" in a script's output - and the secrets are what must be.
     module.no_log_values.clear()
-    password = (body or {}).get("admin_password")
-    if isinstance(password, (str, int, float)) and not isinstance(password, bool) and str(password):
-        module.no_log_values.add(str(password))
+    module.no_log_values.update(_secrets(body or {}))
 
 
 def find_executable(module: AnsibleModule, name: str) -> str:
@@ -456,7 +473,7 @@ def main() -> None:
     )
     params = module.params
     body = params["config"]
-    mask_the_password_only(module, body)
+    mask_secrets_only(module, body)
     executable = find_executable(module, params["executable"])
     if module.check_mode:
         preview = dry_run(module, executable, body)
