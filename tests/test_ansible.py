@@ -223,6 +223,46 @@ def test_run_is_changed_and_the_same_run_again_is_not(
     assert saved["diff"]["prepared"] == ""
 
 
+def test_scripts_that_ran_to_success_are_not_run_again(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """The same play again (check mode too) runs the system step only and is not changed; the
+    message says why. rerun_scripts runs them again; after a failed run they run again."""
+    ran = appliance / "ran"
+    add_script(appliance, "30-count", f"#!/bin/sh\necho once >> {ran}\n")
+    ran.touch()
+    ran.chmod(0o666)  # the scripts' user appends to it
+    played = play(ansible_env, tmp_path, [
+        wizard_task("first", appliance, config=secret_body, run_scripts=True),
+        wizard_task("preview", appliance, config=secret_body, run_scripts=True,
+                    task_check_mode=True),
+        wizard_task("second", appliance, config=secret_body, run_scripts=True),
+        wizard_task("forced", appliance, config=secret_body, run_scripts=True,
+                    rerun_scripts=True),
+    ])
+    assert played.rc == 0, played.output
+    first, preview, second, forced = (played.results[name]
+                                      for name in ("first", "preview", "second", "forced"))
+    assert first["changed"] is True
+    for task in (preview, second):
+        assert task["changed"] is False, task["msg"]
+        assert task["msg"].endswith(f"; the scripts are not run again: run {first['run_id']} ran "
+                                    "them and succeeded (rerun_scripts: true runs them again)")
+    assert second["result"]["scripts"] == []
+    assert forced["changed"] is True
+    assert ran.read_text() == "once\nonce\n"
+    add_script(appliance, "40-fail", "#!/bin/sh\nexit 1\n")
+    failed = play(ansible_env, tmp_path, [wizard_task(
+        "failed", appliance, config=secret_body, run_scripts=True, rerun_scripts=True,
+        task_ignore_errors=True)])
+    assert failed.results["failed"]["rc"] == 1
+    (appliance / "etc/xivo/wizard.d/40-fail").unlink()
+    again = play(ansible_env, tmp_path, [wizard_task("again", appliance, config=secret_body,
+                                                     run_scripts=True)])
+    assert again.results["again"]["changed"] is True  # the last run failed: they run
+    assert ran.read_text() == "once\n" * 4
+
+
 def test_failing_script_fails_the_task_with_its_output(
     ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
 ) -> None:

@@ -16,8 +16,9 @@ description:
     C(/etc/postfix/main.cf), C(/etc/postfix/canonical)), then runs the scripts of
     C(/etc/xivo/wizard.d).
   - The task is C(changed) when a system file was written or a script ran, and not changed when
-    every file was already up to date and no script was asked to run, so that a playbook run
-    twice reports the second run unchanged (with O(run_scripts=false)).
+    every file was already up to date and no script ran. Once a run has run the scripts and
+    succeeded, they are not run again (see O(rerun_scripts)), so a playbook played twice
+    reports the second play unchanged.
   - The body goes to wizard-runner on its standard input, never on a command line nor in a file.
     Its C(admin_password) is masked in everything the module returns (whatever its type, and
     so is a value under a misspelled key such as C(admin_pasword)), and wizard-runner never
@@ -76,6 +77,15 @@ options:
       - Run the scripts of C(/etc/xivo/wizard.d) after the system files (V(true)) or not
         (V(false)); overrides the body's C(run_scripts). Unset, the body decides.
     type: bool
+  rerun_scripts:
+    description:
+      - Run the scripts even when the last run on the appliance ran them and succeeded.
+      - Off by default, the scripts set the appliance up once. Once a run has run them to
+        success, a later task (the same playbook played again, say) runs the system step
+        only, as if O(run_scripts=false), and says so in RV(msg). O(resume) and
+        O(from_script) ask for scripts explicitly and always run them.
+    type: bool
+    default: false
   resume:
     description:
       - Start the scripts at the one that failed in the last run; the ones before it are
@@ -252,6 +262,7 @@ ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "config_file": {"type": "path"},
     "handle_system_conf": {"type": "bool"},
     "run_scripts": {"type": "bool"},
+    "rerun_scripts": {"type": "bool", "default": False},
     "resume": {"type": "bool", "default": False},
     "from_script": {"type": "str"},
     "timeout": {"type": "int"},
@@ -455,10 +466,29 @@ def fail(module: AnsibleModule, rc: int, answer: dict[str, Any], **extra: Any) -
     module.fail_json(msg=failure_message(rc, answer), rc=rc, result=answer, **extra)
 
 
-def dry_run(module: AnsibleModule, executable: str, body: dict[str, Any] | None) -> dict[str, Any]:
+def scripts_done(module: AnsibleModule, executable: str) -> str | None:
+    """The id of the last run on the appliance if it ran the scripts and succeeded (their set
+    up is done), unless the task asks for the scripts again (rerun_scripts, resume, from)."""
+    params = module.params
+    if params["rerun_scripts"] or params["resume"] or params["from_script"] is not None or \
+            params["run_scripts"] is False:
+        return None
+    status = [executable, "status", "--json", "--root", params["root"]]
+    rc, out, _err = module.run_command(status, expand_user_and_vars=False)
+    try:
+        last = json.loads(out) if rc == 0 else None
+    except ValueError:
+        return None
+    if isinstance(last, dict) and last.get("status") == "succeeded" and \
+            last.get("run_scripts") is True:
+        return str(last.get("run_id"))
+    return None
+
+
+def dry_run(module: AnsibleModule, executable: str, body: dict[str, Any] | None,
+            params: dict[str, Any]) -> dict[str, Any]:
     """The dry run's plan and diff; a refused dry run fails the task (nothing was done)."""
-    rc, preview = call_wizard_runner(
-        module, wizard_argv(executable, module.params, dry_run=True), body)
+    rc, preview = call_wizard_runner(module, wizard_argv(executable, params, dry_run=True), body)
     if rc != 0:
         fail(module, rc, preview)
     return preview
@@ -475,24 +505,31 @@ def main() -> None:
     body = params["config"]
     mask_secrets_only(module, body)
     executable = find_executable(module, params["executable"])
+    done = scripts_done(module, executable)
+    note = ""
+    if done is not None:
+        params = {**params, "run_scripts": False}
+        note = (f"; the scripts are not run again: run {done} ran them and succeeded "
+                "(rerun_scripts: true runs them again)")
     if module.check_mode:
-        preview = dry_run(module, executable, body)
+        preview = dry_run(module, executable, body, params)
         plan = {key: value for key, value in preview.items() if key != "diff"}
         diff = {"diff": {"prepared": preview.get("diff") or ""}} if module._diff else {}
-        module.exit_json(changed=preview_changed(preview), msg=preview_summary(preview),
+        module.exit_json(changed=preview_changed(preview), msg=preview_summary(preview) + note,
                          result=plan, **diff)
     diff = {}
     if module._diff:
         # The run's result names the files it wrote, not their content: the diff comes from a
         # dry run just before (a run between the two by someone else would not be in it).
-        diff = {"diff": {"prepared": dry_run(module, executable, body).get("diff") or ""}}
+        diff = {"diff": {"prepared": dry_run(module, executable, body, params).get("diff")
+                         or ""}}
     rc, result = call_wizard_runner(module, wizard_argv(executable, params, dry_run=False), body)
     if rc != 0:
         fail(module, rc, result, changed=run_changed(result))
     for warning in result.get("warnings") or ():  # beside the work: the log lost lines, say
         module.warn(str(warning))
-    module.exit_json(changed=run_changed(result), msg=run_summary(result), result=result,
-                     run_id=result.get("run_id"), **diff)
+    module.exit_json(changed=run_changed(result), msg=run_summary(result) + note,
+                     result=result, run_id=result.get("run_id"), **diff)
 
 
 if __name__ == "__main__":
