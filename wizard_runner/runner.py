@@ -185,13 +185,13 @@ def _network_change(changes: tuple[FileChange, ...], config: WizardConfig,
     """What the rewrite of the interfaces file changes, and where the old file's copy is."""
     from wizard_runner.activate import NetworkChange
     from wizard_runner.render import released_interfaces, stanza_interfaces
-    from wizard_runner.sysconf import TargetKind
+    from wizard_runner.sysconf import TargetKind, backup_copy
 
     for change in changes:
         if change.path == "/etc/network/interfaces":
             copy = None
             if change.current.kind is TargetKind.FILE and backup_dir is not None:
-                copy = str(backup_dir / "etc/network/interfaces")
+                copy = str(backup_copy(backup_dir, change.path))
             old = change.old_text
             return NetworkChange(copy, stanza_interfaces(old, "inet"),
                                  stanza_interfaces(change.new_text),

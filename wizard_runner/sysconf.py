@@ -10,7 +10,7 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 
 from structlog.typing import FilteringBoundLogger
 
@@ -247,6 +247,11 @@ def _prepare(fence: Fence, changes: Sequence[FileChange], log: FilteringBoundLog
             raise cannot(str(parent), "prepare the writes in it", error) from error
 
 
+def backup_copy(directory: PurePath, system_path: str) -> PurePath:
+    """Where a run's backup directory keeps the copy of a system file."""
+    return directory.joinpath(*PurePosixPath(system_path).parts[1:])
+
+
 def _backup(
     fence: Fence, run_id: str, changes: Sequence[FileChange], replacer: Replacer
 ) -> None:
@@ -262,7 +267,7 @@ def _backup(
     for change in changes:
         existed = change.current.data is not None and change.current.kind is TargetKind.FILE
         manifest.append({"path": change.path, "existed": existed, "link": change.current.link})
-        copy = directory.joinpath(*PurePosixPath(change.path).parts[1:])
+        copy = backup_copy(directory, change.path)
         link = change.current.link if change.current.kind is TargetKind.SYMLINK else None
         if link is not None:  # the link itself, so that `cp -a` puts it back as it was
             with fence.at(str(copy), create_mode=BACKUP_DIR_MODE) as at:
