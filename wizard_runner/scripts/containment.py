@@ -268,9 +268,18 @@ class Subreaper:
                     time.sleep(_LOOK)
             send(list(stopped), signal.SIGKILL)
             self._reap()  # dying now; a later call (or close) reaps a late one
-            missed = [pid for pid in self.members() if pid != spare and pid not in stopped]
-            if not missed or time.monotonic() >= deadline:
+            if not self._missed(spare, stopped) or time.monotonic() >= deadline:
                 return
+
+    def _missed(self, spare: int | None, stopped: set[int]) -> bool:
+        """Whether a member was never stopped. Empty counts when three looks a moment apart
+        agree: a walk by parentage misses a child moving to the subreaper while it reads, and a
+        fork chain whose links live a few milliseconds can be in transit at one look."""
+        for _ in range(3):
+            if any(pid != spare and pid not in stopped for pid in self.members()):
+                return True
+            time.sleep(_LOOK)
+        return False
 
     def _reap(self) -> bool:
         """Reap what the runner adopted that has exited (the helper is its spawner's to reap);
