@@ -1,10 +1,10 @@
 """The collector: paused by the console script while it starts, resumed by the parts that may
-last, skipped at exit; an embedding application's collector is never touched."""
+last; an embedding application's collector is never touched. The console script's exit: no
+tear-down, nothing lost."""
 
 from __future__ import annotations
 
 import gc
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +15,7 @@ import pytest
 from tests.helpers import add_script, run_step
 from wizard_runner import collector
 from wizard_runner.config import WizardConfig
+from wizard_runner.errors import EXIT_NO_RUN
 from wizard_runner.layout import Layout
 from wizard_runner.spool import Spool, prepare, wait_result, write_result
 
@@ -24,7 +25,7 @@ def collector_restored() -> Iterator[None]:
     """Each test leaves the test process's collector as it found it."""
     enabled = gc.isenabled()
     yield
-    collector._State.ours = collector._State.paused = False  # the module's state
+    collector._State.paused = False  # the module's state
     gc.unfreeze()
     if enabled:
         gc.enable()
@@ -48,7 +49,7 @@ def test_paused_then_resumed_with_start_up_frozen() -> None:
 
 @pytest.mark.parametrize("enabled", [True, False], ids=["app-collects", "app-paused"])
 def test_an_embedding_applications_collector_is_left_alone(enabled: bool) -> None:
-    """Not paused by the console script: resume and the exit neither switch nor freeze."""
+    """Not paused by the console script: resume neither switches nor freezes."""
     gc.unfreeze()
     if enabled:
         gc.enable()
@@ -56,7 +57,6 @@ def test_an_embedding_applications_collector_is_left_alone(enabled: bool) -> Non
         gc.disable()
         collector.pause()  # already off: it was not paused here
     collector.resume()
-    collector.skip_at_exit()
     assert gc.isenabled() is enabled
     assert gc.get_freeze_count() == 0
 
@@ -86,16 +86,24 @@ def test_waiting_for_an_answer_resumes_collection(tmp_path: Path) -> None:
 
 
 @pytest.mark.processes
-def test_the_console_script_skips_the_last_collection() -> None:
-    """After the command, nothing left for the interpreter's last collection to walk: the
-    collector is off and everything is frozen; the exit code stands."""
-    probe = ("import gc, json, sys\n"
-             "sys.argv = ['wizard-runner', '--version']\n"
-             "from wizard_runner.entry import main\n"
-             "code = main()\n"
-             "print(json.dumps([code, gc.isenabled(), gc.get_count()[0], gc.get_freeze_count()]))")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          check=True, timeout=60)
-    code, enabled, pending, frozen = json.loads(done.stdout.splitlines()[-1])
-    assert (code, enabled, pending) == (0, False, 0)
-    assert frozen > 1000
+@pytest.mark.parametrize("how", ["console-script", "python-m"])
+def test_the_console_script_exits_without_tearing_down(how: str, tmp_path: Path) -> None:
+    """The exit code stands, the output is flushed and the exit functions run, but no object is
+    torn down (a finalizer of a module-level object never runs)."""
+    (tmp_path / "probe.py").write_text(
+        "import atexit, sys\n"
+        "class Dropped:\n"
+        "    def __del__(self):\n"
+        "        print('torn down', flush=True)\n"
+        "kept = Dropped()\n"
+        "atexit.register(print, 'exit functions ran')\n"
+        "sys.stdout.write('buffered, ')\n"
+        "sys.argv = ['wizard-runner', 'status', '--root', sys.argv[1]]\n"
+        + ("from wizard_runner.entry import console\nconsole()\n" if how == "console-script"
+           else "import runpy\nrunpy.run_module('wizard_runner', run_name='__main__')\n"))
+    done = subprocess.run([sys.executable, str(tmp_path / "probe.py"), str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == EXIT_NO_RUN, done.stderr  # the command's code stands
+    assert done.stdout.lower().startswith("buffered, no run yet")
+    assert done.stdout.endswith("exit functions ran\n")
+    assert "torn down" not in done.stdout

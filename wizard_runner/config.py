@@ -1,6 +1,5 @@
 """The wizard body as a validated pydantic model, and loading it from JSON with readable errors."""
 
-from __future__ import annotations
 
 import functools
 import ipaddress
@@ -9,7 +8,7 @@ import re
 import unicodedata
 import zoneinfo
 from collections.abc import Callable
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Self
 
 from pydantic import (
     AfterValidator,
@@ -362,7 +361,7 @@ class Network(_Model):
         return gateway
 
     @model_validator(mode="after")
-    def _single_tokens(self) -> Network:
+    def _single_tokens(self) -> Self:
         # Last line of defence: every value lands in a file as one token. The field rules
         # already ensure it; this keeps it true should a rule ever be loosened.
         values = [self.hostname, self.domain, self.interface, self.netmask, self.ip_address,
@@ -411,7 +410,7 @@ class ContextIncall(_Model):
         return end
 
     @model_validator(mode="after")
-    def _numbers_together(self) -> ContextIncall:
+    def _numbers_together(self) -> Self:
         if (self.number_start is None) != (self.number_end is None):
             raise ValueError("number_start and number_end must be given together")
         if self.number_start is not None and self.did_length is None:

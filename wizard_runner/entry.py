@@ -1,4 +1,5 @@
-"""The `wizard-runner` console script: stop signals are handled from its first line.
+"""The `wizard-runner` console script: stop signals are handled from its first line, and its
+exit skips the interpreter's tear-down.
 
 The handlers are installed before the command line's modules are imported, so that a
 SIGTERM, SIGINT or SIGHUP at any moment of the process gives a one-line message and the
@@ -7,10 +8,12 @@ signal's exit code, never a traceback.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import sys
+from typing import NoReturn
 
 from wizard_runner import collector
 from wizard_runner.errors import RunInterrupted, failure_object
@@ -62,5 +65,17 @@ def main() -> int:
         # puts default handlers back as it shuts down (ignored ones it leaves alone).
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
-        collector.skip_at_exit()
     return code
+
+
+def console() -> NoReturn:
+    """The console script (and `python -m wizard_runner`): the command, then its exit code.
+    By then every file the command wrote is closed; the exit functions run and the standard
+    streams are flushed, but the interpreter is not torn down (freeing each module and object
+    in turn, and a last collection, only hold the exit code back)."""
+    code = main()
+    atexit._run_exitfuncs()  # what the interpreter's own exit runs first
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or none
+            stream.flush()
+    os._exit(code)
