@@ -1,6 +1,5 @@
 """The wizard body as a validated pydantic model, and loading it from JSON with readable errors."""
 
-
 import functools
 import ipaddress
 import json
