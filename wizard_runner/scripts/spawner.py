@@ -20,6 +20,7 @@ from wizard_runner.scripts.helper import Kind
 
 #: The scripts' output pipes (within fs.pipe-max-size, what an unprivileged user may ask for).
 PIPE_SIZE: Final = 1024 * 1024
+_DONTWAIT: Final = int(socket.MSG_DONTWAIT)  # a plain int: see helper._CLOEXEC
 #: What `Spawner.state` says of a helper a script stopped, or killed (then `by SIGNAL`).
 STOPPED: Final = "was stopped"
 KILLED: Final = "was killed"
@@ -132,7 +133,7 @@ class Spawner:
 
     def _next(self, flags: int = 0) -> tuple[Kind, tuple[int, ...], bytes]:
         """The next message, without waiting (a descriptor it carries is closed)."""
-        data, fds = helper.receive(self.control, flags | socket.MSG_DONTWAIT)
+        data, fds = helper.receive(self.control, flags | _DONTWAIT)
         for fd in fds:
             os.close(fd)
         return helper.decode(data)
@@ -187,7 +188,7 @@ class Spawner:
         it once it ended (a broken connection is the first sign of its death), else `why`."""
         readable(self.pidfd, 0.5)
         with contextlib.suppress(OSError, EOFError, helper.MalformedError):
-            kind, _, text = self._next(socket.MSG_PEEK)  # left for the watch
+            kind, _, text = self._next(int(socket.MSG_PEEK))  # left for the watch
             if kind is Kind.ERROR:
                 return HelperError(f"the script helper failed: {text.decode(errors='replace')}")
         return HelperError(f"the script helper {self.state() or why}")
