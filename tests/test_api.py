@@ -121,6 +121,40 @@ def test_invalid_body_writes_nothing(body: dict[str, Any], sandbox: Path) -> Non
     assert snapshot(sandbox) == before
 
 
+_WRONG_TYPES = [
+    ("run_scripts", "false", r"^run_scripts: 'false' is not true or false$"),
+    ("handle_system_conf", "false", r"^handle_system_conf: 'false' is not true or false$"),
+    ("handle_system_conf", 0, r"^handle_system_conf: 0 is not true or false$"),
+    ("resume", None, r"^resume: None is not true or false$"),
+    ("replace_symlinks", "yes", r"^replace_symlinks: 'yes' is not true or false$"),
+    ("apply_network", 1, r"^apply_network: 1 is not true or false$"),
+    ("check", "no", r"^check: 'no' is not true or false$"),
+    ("user", 33, r"^user: 33 is not a string$"),
+    ("user", None, r"^user: None is not a string$"),
+    ("start_at", 5, r"^start_at: 5 is not a string$"),
+    ("timeout", "10", r"^timeout: '10' is not a number of seconds"),
+    ("root", None, r"^--root: None is not a path$"),
+    ("root", 5, r"^--root: 5 is not a path$"),
+    ("root", b"/tmp", r"^--root: b'/tmp' is not a path$"),
+]
+
+
+@pytest.mark.parametrize(("call", "option", "value", "message"), [
+    (call, *case) for call in ("run", "dry_run") for case in _WRONG_TYPES
+    if call == "run" or case[0] not in {"timeout", "apply_network", "check"}  # run's alone
+])
+def test_an_option_of_the_wrong_type_is_refused_before_anything_is_written(
+    body: dict[str, Any], sandbox: Path, call: str, option: str, value: object, message: str
+) -> None:
+    """The API takes what a caller passes: a string for a flag (`run_scripts="false"` would
+    read as true), a number for a name, None for a path raise UsageError naming the option,
+    and nothing is written."""
+    before = snapshot(sandbox)
+    with pytest.raises(api.UsageError, match=message):
+        getattr(api, call)(body, **{"root": sandbox, option: value})
+    assert snapshot(sandbox) == before
+
+
 def test_examples_validate() -> None:
     """Every shipped example body is valid."""
     for path in EXAMPLES.glob("*.json"):

@@ -203,6 +203,8 @@ def run(
     subclass (ScriptFailed, SystemFilesNotApplied, Interrupted, ...) carrying the result;
     without it, the result is returned whatever its status.
     """
+    if not isinstance(check, bool):
+        raise UsageError(f"check: {check!r} is not true or false")
     config = validate(body)
     options = RunOptions(
         root=root,

@@ -56,6 +56,8 @@ class Layout(NamedTuple):
         The root is resolved once, here: `//`, `/./`, a trailing slash or a symlink to `/` all
         name the live system and get its rules; a symlink to a sandbox becomes its real path.
         """
+        if not isinstance(root, str | os.PathLike) or not isinstance(os.fspath(root), str):
+            raise UsageError(f"--root: {root!r} is not a path")
         if not os.fspath(root):  # it would be the current directory: an unset variable?
             raise UsageError("--root: the path is empty; name the root (/ for the live system)")
         path = Path(os.path.realpath(root))

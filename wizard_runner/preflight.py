@@ -123,13 +123,34 @@ def start_point(found: Scan, name: str, *, resumed: bool) -> Start:
     return Start(name, resumed)
 
 
+#: The options that are true, false, or None (the body decides); then those true or false.
+_BODY_FLAGS = ("handle_system_conf", "run_scripts")
+_FLAGS = ("replace_symlinks", "apply_network", "check_with_tools", "resume", "save_config")
+#: The options that are text, or None; then those that are text.
+_TEXTS = ("start_at", "request_id")
+
+
+def check_options(options: RunOptions) -> None:
+    """UsageError naming the first option of the wrong type: the Python API takes whatever a
+    caller passes, and `run_scripts="false"` must not read as true."""
+    for name in (*_BODY_FLAGS, *_FLAGS):
+        value = getattr(options, name)
+        if not (isinstance(value, bool) or (value is None and name in _BODY_FLAGS)):
+            raise UsageError(f"{name}: {value!r} is not true or false")
+    for name in (*_TEXTS, "user"):
+        value = getattr(options, name)
+        if not (isinstance(value, str) or (value is None and name in _TEXTS)):
+            raise UsageError(f"{name}: {value!r} is not a string")
+    check_seconds(options.timeout, "timeout")
+
+
 def prepare(config: WizardConfig, options: RunOptions) -> RunPlan:
     """Decide everything that can be decided before the first write, or raise why not."""
+    check_options(options)
     layout = Layout.under(options.root)
     require_privileges(layout)
     require_system_tree(layout)
     handle, scripts = effective_flags(config, options)
-    check_seconds(options.timeout, "timeout")
     if not scripts:
         return RunPlan(layout, handle, scripts)
     user = resolve_user(options.user)
