@@ -94,6 +94,23 @@ def test_no_inherited_descriptors_and_stdin_at_eof(config: WizardConfig, root: P
     assert scripts_of(result)["10-fds"]["duration_s"] < 5
 
 
+def test_a_caller_that_ignores_sigchld_changes_nothing(config: WizardConfig, root: Path) -> None:
+    """An embedding process that ignores SIGCHLD passes that on through exec: the helper still
+    learns how each script ended (an ignored SIGCHLD has the kernel reap them unseen), and the
+    scripts get the default."""
+    add_script(root, "10-sigign", "grep SigIgn /proc/$$/status")
+    add_script(root, "20-next", "exit 0")
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        result = run_step(config, root)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    outcomes = scripts_of(result)
+    assert result.status is RunStatus.SUCCEEDED, outcomes
+    ignored = int(outcomes["10-sigign"]["output_tail"].split()[-1], 16)
+    assert not ignored >> (signal.SIGCHLD - 1) & 1
+
+
 def test_a_script_holds_its_standard_descriptors_only(config: WizardConfig, root: Path) -> None:
     """0, 1 and 2, nothing more (`ls` adds its own 3): no second copy of its output pipes,
     which would keep the output open after a daemon it starts closed its own."""

@@ -143,9 +143,11 @@ def _become(argv: Sequence[str]) -> None:
 
 
 def _ignore_signals() -> tuple[int, ...]:
-    """Ignore every signal but SIGCHLD (it waits for its scripts): the runner orchestrates
-    stops, and a script can only stop or kill the helper, which the runner sees. The signals
-    ignored, which exec would pass on: scripts get them by default."""
+    """Ignore every signal but SIGCHLD, which gets its default (it waits for its scripts; one
+    ignored by whoever started the runner, passed on by exec, has them reaped unseen): the
+    runner orchestrates stops, and a script can only stop or kill the helper, which the runner
+    sees. The signals ignored, which exec would pass on: scripts get them by default."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     ignored = []
     for signum in signal.valid_signals():
         if signum not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
