@@ -7,6 +7,8 @@ import logging
 import os
 import pwd
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from wizard_runner import api
 from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
 from wizard_runner.presence import PresenceLock
+from wizard_runner.procs import alive
 from wizard_runner.spool import Spool, prepare
 
 
@@ -85,6 +88,67 @@ def test_script_failure_raises_with_details(body: dict[str, Any], sandbox: Path)
     unchecked = api.run(body, root=sandbox, run_scripts=True, handle_system_conf=False,
                         user=user, check=False)
     assert unchecked.exit_code == 1
+
+
+@pytest.mark.processes
+def test_a_keyboard_interrupt_is_stored_then_passed_on(body: dict[str, Any],
+                                                        sandbox: Path) -> None:
+    """Embedded, SIGINT's default handler raises KeyboardInterrupt where it lands: the script
+    under way and all it started are stopped, the result is stored (interrupted, 130; the
+    script cut short failed, the rest not run), and the KeyboardInterrupt is passed on."""
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    ready = sandbox / "started"
+    (wizard_d / "10-long").write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {ready}.tmp\n"
+                                      f"mv {ready}.tmp {ready}\nwait\n")
+    (wizard_d / "20-next").write_text("#!/bin/sh\nexit 0\n")
+    for script in wizard_d.iterdir():
+        script.chmod(0o755)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    sender = threading.Thread(target=interrupt)
+    try:
+        sender.start()
+        with pytest.raises(KeyboardInterrupt):
+            api.run(body, root=sandbox, run_scripts=True, user=user)
+    finally:
+        sender.join()
+        signal.signal(signal.SIGINT, previous)
+    stored = api.RunResult.from_dict(
+        json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text()), "last-run")
+    assert (stored.status, stored.exit_code) == (api.RunStatus.INTERRUPTED, 130)
+    assert stored.error == "the scripts step was cut short by KeyboardInterrupt"
+    assert [(s.name, s.status.value, s.reason) for s in stored.scripts] == [
+        ("10-long", "failed", "cut short by KeyboardInterrupt: it may have run in part"),
+        ("20-next", "not_run", "not run: the step was cut short by KeyboardInterrupt")]
+    assert stored.files_written  # the system step had run: the result says so
+    assert not alive(int(ready.read_text()))
+
+
+@pytest.mark.processes
+def test_a_run_cut_short_by_a_bug_is_stored_as_failed(
+    body: dict[str, Any], sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception no run expects (a bug) is not a run that never happened: the result is
+    stored (failed, 70, naming it, with what the system step did), then it is passed on."""
+    def broken(_run: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("wizard_runner.runner._scripts_step", broken)
+    with pytest.raises(RuntimeError, match=r"^boom$"):
+        api.run(body, root=sandbox)
+    stored = api.RunResult.from_dict(
+        json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text()), "last-run")
+    assert (stored.status, stored.exit_code) == (api.RunStatus.FAILED, 70)
+    assert stored.error == "the scripts step was cut short by RuntimeError: boom"
+    assert stored.files_written
 
 
 @pytest.mark.processes

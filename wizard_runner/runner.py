@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,7 @@ from wizard_runner.config import WizardConfig
 from wizard_runner.errors import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_SOFTWARE,
     ApplyError,
     ResultNotStoredError,
     RunInterrupted,
@@ -312,8 +314,18 @@ def _after_killed(layout: Layout, previous: str | None,
             "it ended; its result was never stored"]
 
 
-def _outcome(run: _Run) -> tuple[RunStatus, int, str | None]:
-    """Run both steps; how the run ended: its status, exit code and error."""
+class _Outcome(NamedTuple):
+    """How the run ended; `cut`: what cut it short that is not wizard-runner's to settle,
+    passed on once the result is stored."""
+
+    status: RunStatus
+    exit_code: int
+    error: str | None = None
+    cut: BaseException | None = None
+
+
+def _outcome(run: _Run) -> _Outcome:
+    """Run both steps; how the run ended."""
     step = "system_step"
     try:
         _system_step(run)
@@ -321,17 +333,31 @@ def _outcome(run: _Run) -> tuple[RunStatus, int, str | None]:
         failed = _scripts_step(run)
     except WizardRunnerError as failure:
         run.log.error(f"{step}_failed", error=str(failure), exit_code=failure.exit_code)
-        return RunStatus.FAILED, failure.exit_code, str(failure)
+        return _Outcome(RunStatus.FAILED, failure.exit_code, str(failure))
     except RunInterrupted as stop:
         run.log.warning("run_interrupted", signal=stop.signum, step=step)
-        return RunStatus.INTERRUPTED, stop.exit_code, str(stop)
+        return _Outcome(RunStatus.INTERRUPTED, stop.exit_code, str(stop))
     except OSError as error:  # one not turned into a message where it happened: still named
         message = f"{error.filename or step}: {error.strerror or error}"
         run.log.error(f"{step}_failed", error=message, exit_code=RunnerIOError.exit_code)
-        return RunStatus.FAILED, RunnerIOError.exit_code, message
+        return _Outcome(RunStatus.FAILED, RunnerIOError.exit_code, message)
+    except BaseException as cut:  # a KeyboardInterrupt, an embedding application's signal
+        return _cut_short(run, step, cut)  # handler raising, a bug: stored, then passed on
     if failed is not None:
-        return RunStatus.FAILED, EXIT_FAILED, failed
-    return RunStatus.SUCCEEDED, EXIT_OK, None
+        return _Outcome(RunStatus.FAILED, EXIT_FAILED, failed)
+    return _Outcome(RunStatus.SUCCEEDED, EXIT_OK)
+
+
+def _cut_short(run: _Run, step: str, cut: BaseException) -> _Outcome:
+    """A run cut short where it happened to be: by SIGINT's default handler (interrupted,
+    130), else by something no run expects (failed, 70)."""
+    message = f"the {step.replace('_', ' ')} was cut short by {type(cut).__name__}" + \
+        (f": {cut}" if str(cut) else "")
+    if isinstance(cut, KeyboardInterrupt):
+        run.log.warning("run_interrupted", signal=signal.SIGINT, step=step, error=message)
+        return _Outcome(RunStatus.INTERRUPTED, exit_for_signal(signal.SIGINT), message, cut)
+    run.log.error(f"{step}_failed", error=message, exit_code=EXIT_SOFTWARE)
+    return _Outcome(RunStatus.FAILED, EXIT_SOFTWARE, message, cut)
 
 
 def _run_locked(run: _Run, started: datetime) -> RunResult:
@@ -339,7 +365,7 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
     log.info("run_started", root=str(plan.layout.root),
              handle_system_conf=plan.handle_system_conf, run_scripts=plan.run_scripts,
              start_at=plan.start.name if plan.start else None, pid=os.getpid())
-    status, exit_code, error = _outcome(run)
+    status, exit_code, error, cut = _outcome(run)
     held = settle_stops()  # from here on the outcome stands: later stops are ignored
     if held is not None and status is RunStatus.SUCCEEDED:
         status, exit_code = RunStatus.INTERRUPTED, exit_for_signal(held)
@@ -372,6 +398,8 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
         raise ResultNotStoredError(message, result) from failure
     log.info("run_finished", status=status.value, exit_code=exit_code,
              result=str(plan.layout.last_run))
+    if cut is not None:
+        raise cut
     return result
 
 

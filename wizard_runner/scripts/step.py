@@ -260,6 +260,18 @@ def _start_index(decisions: Sequence[Decision], start_at: str | None) -> int:
     raise UsageError(f"--from {printable(start_at)}: no such script in wizard.d")
 
 
+def _cut_short(rest: Sequence[Decision], cut: BaseException) -> list[ScriptOutcome]:
+    """The entries left when the step is cut short where it happens to be (a KeyboardInterrupt,
+    an embedding application's signal handler raising, a bug): the one under way may have run
+    in part, the others did not run. What it started is stopped as the step closes."""
+    why = f"cut short by {type(cut).__name__}"
+    under_way = [ScriptOutcome(decision.name, ScriptStatus.FAILED,
+                               reason=f"{why}: it may have run in part") for decision in rest[:1]]
+    return under_way + [ScriptOutcome(decision.name, ScriptStatus.NOT_RUN,
+                                      reason=f"not run: the step was {why}")
+                        for decision in rest[1:]]
+
+
 def run_scripts(
     *,
     config: WizardConfig,
@@ -306,6 +318,10 @@ def run_scripts(
             outcomes.append(outcome)
             if record is not None:
                 record(outcomes)
+    except BaseException as cut:  # not a stop of wizard-runner's: see _cut_short
+        if record is not None and not isinstance(cut, RunInterrupted):
+            record(outcomes + _cut_short(decisions[len(outcomes):], cut))
+        raise
     finally:
         step.close()
     if step.stopped is not None and not complete:
