@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -1036,6 +1037,70 @@ def test_a_stop_as_a_script_end_is_shown_starts_nothing_more(config: WizardConfi
     assert [s["status"] for s in result.to_dict()["scripts"]] == \
         ["succeeded", "not_run", "not_run"]
     assert not ran.exists()
+
+
+class _Tripwire:
+    """A logger that acts as one script's success is logged: by then, the next script has been
+    ordered (the overlap: it starts while the one before is logged and recorded)."""
+
+    def __init__(self, inner: Any, script: str, action: Any) -> None:
+        self.inner, self.script, self.action = inner, script, action
+
+    def bind(self, **fields: Any) -> _Tripwire:
+        return _Tripwire(self.inner.bind(**fields), self.script, self.action)
+
+    def __getattr__(self, level: str) -> Any:
+        def emit(event: str, **fields: Any) -> Any:
+            if event == "script_succeeded" and fields.get("script") == self.script:
+                self.action()
+            return getattr(self.inner, level)(event, **fields)
+        return emit
+
+
+def _overlapped(config: WizardConfig, root: Path, action: Any) -> list[ScriptOutcome]:
+    """Run 10-a, 20-b (which starts a process and waits) and 30-c, `action` done as 10-a's
+    success is logged; the outcomes recorded."""
+    add_script(root, "10-a", "exit 0")
+    add_script(root, "20-b", f"sleep 3{os.getpid() % 1000}7 &\nwait")
+    ran = shared_dir(root) / "30-ran"
+    add_script(root, "30-c", f"touch {ran}")
+    options = ScriptsOptions(user=resolve_user(USER), timeout=30.0, grace=1.0)
+    recorded: list[ScriptOutcome] = []
+    with open(os.devnull, "w") as sink:
+        log = _Tripwire(make_logger(sink, json_lines=True), "10-a", action)
+        with contextlib.suppress(RunInterrupted, KeyboardInterrupt):
+            run_scripts(config=config, layout=Layout.under(root), run_id="overlap", options=options,
+                        log=log, record=lambda outcomes: recorded.__setitem__(slice(None), outcomes))
+    assert no_process_with(f"sleep 3{os.getpid() % 1000}7")
+    assert not ran.exists()
+    return recorded
+
+
+@pytest.mark.usefixtures("restore_signals")
+def test_a_script_ordered_ahead_and_then_stopped_is_no_script_not_run(config: WizardConfig,
+                                                                       root: Path) -> None:
+    """A stop that comes once the next script is ordered (as the one before is logged) stops
+    that script, which is reported stopped, never `not_run`; the rest does not run."""
+    install_stop_handlers()
+    outcomes = _overlapped(config, root, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    assert [(o.name, o.status.value) for o in outcomes] == [
+        ("10-a", "succeeded"), ("20-b", "failed"), ("30-c", "not_run")]
+    assert outcomes[1].reason == f"stopped: wizard-runner was {RunInterrupted(signal.SIGTERM)}"
+
+
+def test_a_step_cut_short_after_an_order_ahead_says_both_may_have_run(config: WizardConfig,
+                                                                       root: Path) -> None:
+    """A KeyboardInterrupt as 10-a's success is logged, with 20-b ordered: both may have run
+    in part (neither is reported not run), 20-b and what it started are stopped, 30-c does
+    not run."""
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    outcomes = _overlapped(config, root, interrupt)
+    assert [(o.name, o.status.value, o.reason) for o in outcomes] == [
+        ("10-a", "failed", "cut short by KeyboardInterrupt: it may have run in part"),
+        ("20-b", "failed", "cut short by KeyboardInterrupt: it may have run in part"),
+        ("30-c", "not_run", "not run: the step was cut short by KeyboardInterrupt")]
 
 
 @pytest.mark.usefixtures("restore_signals")

@@ -6,6 +6,7 @@ run user, inside the step's containment; the first failure, a stop or a broken h
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable, Sequence
@@ -131,6 +132,7 @@ class _Step:
     spawner: Spawner | None = None
     ended_by: str | None = None  # why the rest does not run
     stopped: int | None = None  # the stop signal that ended the step
+    ahead: tuple[int, tuple[int, int]] | None = None  # the next script, ordered: its pipes
 
     def __post_init__(self) -> None:
         # Each of the layout's accessors checks its path against the root: once per step.
@@ -157,6 +159,8 @@ class _Step:
 
     def close(self) -> None:
         """Stop the helper and everything left in the containment, remove it."""
+        for fd in self.ahead[1] if self.ahead is not None else ():  # never watched: the step
+            os.close(fd)  # broke off
         try:
             if self.spawner is not None:
                 self.spawner.close()
@@ -191,11 +195,15 @@ class _Step:
         output = ScriptOutput(name, self.log_dir, log, self.progress, self.options.output_cap)
         try:
             spawner = self.helper()
-            if (stop := pending_stop()) is not None:  # came as it was shown, or as the
+            ahead, self.ahead = self.ahead, None
+            if ahead is not None:  # ordered as the one before ended: it runs
+                pipes = ahead[1]
+            elif (stop := pending_stop()) is not None:  # came as it was shown, or as the
                 output.close()  # helper started: it does not start
                 self._end_for(stop)
                 return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
-            pipes = spawner.order(position, path)
+            else:
+                pipes = spawner.order(position, path)
         except (HelperError, OSError) as error:
             output.close()
             return self._not_ordered(name, error)
@@ -218,11 +226,26 @@ class _Step:
         self.stopped = stop
         self.ended_by = f"not run: wizard-runner was {RunInterrupted(stop)}"
 
-    def entry(self, decision: Decision, position: int, total: int) -> ScriptOutcome:
+    def order_ahead(self, decision: Decision | None, position: int) -> None:
+        """The script before succeeded, and its end is shown: order the next one now, before
+        the runner logs and records the one before, which it does while the next starts (what
+        lock-step costs: BENCHMARKS.md). The next one's watch begins on its pipes, and acts on
+        a stop then. An order that fails here is made again, and said, by its entry."""
+        from wizard_runner.scripts.spawner import HelperError
+
+        if decision is None or decision.verdict is not Verdict.RUN or self.spawner is None \
+                or pending_stop() is not None:
+            return
+        with contextlib.suppress(HelperError, OSError):
+            self.ahead = position, self.spawner.order(position, str(self.wizard_d / decision.name))
+
+    def entry(self, decision: Decision, position: int, total: int,
+              following: Decision | None = None) -> ScriptOutcome:
         """What becomes of one entry of wizard.d past the start point (shown as it starts
-        and ends, unless it does not run)."""
+        and ends, unless it does not run); the entry `following` it is ordered once its
+        success is shown."""
         name, stop = decision.name, pending_stop()
-        if self.ended_by is None and stop is not None:
+        if self.ended_by is None and stop is not None and self.ahead is None:
             self._end_for(stop)  # no script starts once a stop is held
         if self.ended_by is not None:
             return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
@@ -232,10 +255,12 @@ class _Step:
             outcome = ScriptOutcome(name, ScriptStatus.FAILED, reason=decision.reason)
         else:
             outcome = self.run(name, position)
-        if outcome.status is not ScriptStatus.NOT_RUN:
-            self._log_end(outcome)
         if self.progress is not None:
             self.progress.finished(outcome)
+        if outcome.status is ScriptStatus.SUCCEEDED:
+            self.order_ahead(following, position + 1)
+        if outcome.status is not ScriptStatus.NOT_RUN:
+            self._log_end(outcome)
         if self.stopped is not None:
             self._end_for(self.stopped)
         return outcome
@@ -260,16 +285,17 @@ def _start_index(decisions: Sequence[Decision], start_at: str | None) -> int:
     raise UsageError(f"--from {printable(start_at)}: no such script in wizard.d")
 
 
-def _cut_short(rest: Sequence[Decision], cut: BaseException) -> list[ScriptOutcome]:
+def _cut_short(rest: Sequence[Decision], cut: BaseException, started: int
+               ) -> list[ScriptOutcome]:
     """The entries left when the step is cut short where it happens to be (a KeyboardInterrupt,
-    an embedding application's signal handler raising, a bug): the one under way may have run
-    in part, the others did not run. What it started is stopped as the step closes."""
+    an embedding application's signal handler raising, a bug): the one under way (and the next,
+    if already ordered: `started` 2) may have run in part, the others did not run. What they
+    started is stopped as the step closes."""
     why = f"cut short by {type(cut).__name__}"
-    under_way = [ScriptOutcome(decision.name, ScriptStatus.FAILED,
-                               reason=f"{why}: it may have run in part") for decision in rest[:1]]
-    return under_way + [ScriptOutcome(decision.name, ScriptStatus.NOT_RUN,
-                                      reason=f"not run: the step was {why}")
-                        for decision in rest[1:]]
+    return [ScriptOutcome(decision.name, ScriptStatus.FAILED, reason=f"{why}: it may have run "
+                          "in part") if index < started else
+            ScriptOutcome(decision.name, ScriptStatus.NOT_RUN, reason=f"not run: the step was "
+                          f"{why}") for index, decision in enumerate(rest)]
 
 
 def run_scripts(
@@ -313,14 +339,16 @@ def run_scripts(
                     options.start_note or f"before --from {options.start_at}"))
             else:
                 position += 1
-                outcome = step.entry(decision, position, total)
+                following = decisions[index + 1] if index + 1 < len(decisions) else None
+                outcome = step.entry(decision, position, total, following)
                 complete = complete and outcome.status is ScriptStatus.SUCCEEDED
             outcomes.append(outcome)
             if record is not None:
                 record(outcomes)
     except BaseException as cut:  # not a stop of wizard-runner's: see _cut_short
         if record is not None and not isinstance(cut, RunInterrupted):
-            record(outcomes + _cut_short(decisions[len(outcomes):], cut))
+            started = 1 + (step.ahead is not None)
+            record(outcomes + _cut_short(decisions[len(outcomes):], cut, started))
         raise
     finally:
         step.close()
