@@ -190,7 +190,7 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
             ours.append(timed(runner))
             theirs.append(timed(parts))
         runner_times[count], parts_times[count] = Stat.of(ours), Stat.of(theirs)
-    fixed, floors = stack_floor(commands[0], 3 * reps)
+    fixed, floors = stack_floor(commands[0], 6 * reps)
     nonzero = [n for n in sizes if n]
     our_slope = slope([(n, runner_times[n].median) for n in nonzero])
     helper = intercept([(n, runner_times[n].median) for n in nonzero]) - runner_times[0].median
@@ -238,7 +238,7 @@ def bench_scripts(base: Path, sizes: Sequence[int], reps: int) -> list[str]:
         f"{helper * 1e3:.1f} ms.",
         "",
         "What the fixed cost is made of: the floor any run pays before wizard-runner's own "
-        f"code, each timed in turn with the run with an empty wizard.d ({3 * reps} rounds, "
+        f"code, each timed in turn with the run with an empty wizard.d ({6 * reps} rounds, "
         "medians):",
         "",
         "| | ms |",
