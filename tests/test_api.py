@@ -236,6 +236,28 @@ def test_submit_wait_timeout_withdraws(body: dict[str, Any], tmp_path: Path) -> 
     assert os.listdir(spool.incoming) == []
 
 
+@pytest.mark.parametrize("ending", [SystemExit(0), RuntimeError("the app's own")],
+                         ids=["system-exit", "other"])
+def test_a_wait_ended_by_the_application_withdraws_the_request(
+    body: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: BaseException
+) -> None:
+    """An exception that ends the wait which is not a stop of wizard-runner's (an application's
+    own SIGTERM handler raising SystemExit) is passed on as it is, and the request the daemon
+    has not claimed is withdrawn: nothing runs later behind the caller's back."""
+    spool = Spool.of(Layout(tmp_path))
+    prepare(spool, os.getegid())
+
+    def ended(_path: object) -> None:
+        assert os.listdir(spool.incoming)  # submitted, waiting
+        raise ending
+
+    monkeypatch.setattr("wizard_runner.spool.read_answer", ended)
+    with PresenceLock(spool.presence), pytest.raises(type(ending)) as caught:
+        api.submit(body, root=tmp_path, wait=True, timeout=30)
+    assert caught.value is ending
+    assert os.listdir(spool.incoming) == []
+
+
 @pytest.mark.parametrize("timeout", ["5", float("nan"), float("inf"), -1, True, 10**400],
                          ids=["string", "nan", "infinity", "negative", "bool", "huge-int"])
 def test_submit_refuses_a_timeout_that_is_not_one_before_submitting(

@@ -241,8 +241,11 @@ def submit_and_wait(spool: Spool, body: bytes, timeout: float | None,
         with deferred_stop_signals():
             request_id = submit(spool, body)
         return _wait(spool, request_id, timeout, grace)
-    except (KeyboardInterrupt, RunInterrupted) as stop:
-        raise _interrupted(spool, request_id, stop) from stop
+    except BaseException as error:
+        ended = _wait_ended(spool, request_id, error)
+        if ended is error:
+            raise
+        raise ended from error
 
 
 def wait_result(spool: Spool, request_id: str, timeout: float | None,
@@ -257,8 +260,24 @@ def wait_result(spool: Spool, request_id: str, timeout: float | None,
     """
     try:
         return _wait(spool, request_id, timeout, grace)
-    except (KeyboardInterrupt, RunInterrupted) as stop:
-        raise _interrupted(spool, request_id, stop) from stop
+    except BaseException as error:
+        ended = _wait_ended(spool, request_id, error)
+        if ended is error:
+            raise
+        raise ended from error
+
+
+def _wait_ended(spool: Spool, request_id: str | None, error: BaseException) -> BaseException:
+    """What ends a wait without an answer, once the request is withdrawn if the daemon has not
+    claimed it: a stop signal becomes SubmitInterruptedError; anything else (an application's
+    own handler raising SystemExit, say) is passed on as it is, and nothing runs behind its
+    back."""
+    if isinstance(error, KeyboardInterrupt | RunInterrupted):
+        return _interrupted(spool, request_id, error)
+    if request_id is not None and not isinstance(error, NotAnsweredError):
+        with contextlib.suppress(OSError):
+            withdraw(spool, request_id)
+    return error
 
 
 def _wait(spool: Spool, request_id: str, timeout: float | None,
