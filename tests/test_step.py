@@ -1057,20 +1057,27 @@ class _Tripwire:
         return emit
 
 
-def _overlapped(config: WizardConfig, root: Path, action: Any) -> list[ScriptOutcome]:
+def _overlapped(config: WizardConfig, root: Path, action: Any,
+                record: Any = None) -> list[ScriptOutcome]:
     """Run 10-a, 20-b (which starts a process and waits) and 30-c, `action` done as 10-a's
-    success is logged; the outcomes recorded."""
+    success is logged, `record` given each record; the outcomes recorded last."""
     add_script(root, "10-a", "exit 0")
     add_script(root, "20-b", f"sleep 3{os.getpid() % 1000}7 &\nwait")
     ran = shared_dir(root) / "30-ran"
     add_script(root, "30-c", f"touch {ran}")
     options = ScriptsOptions(user=resolve_user(USER), timeout=30.0, grace=1.0)
     recorded: list[ScriptOutcome] = []
+
+    def keep(outcomes: list[ScriptOutcome]) -> None:
+        recorded[:] = outcomes
+        if record is not None:
+            record(outcomes)
+
     with open(os.devnull, "w") as sink:
         log = _Tripwire(make_logger(sink, json_lines=True), "10-a", action)
         with contextlib.suppress(RunInterrupted, KeyboardInterrupt):
             run_scripts(config=config, layout=Layout.under(root), run_id="overlap", options=options,
-                        log=log, record=lambda outcomes: recorded.__setitem__(slice(None), outcomes))
+                        log=log, record=keep)
     assert no_process_with(f"sleep 3{os.getpid() % 1000}7")
     assert not ran.exists()
     return recorded
@@ -1099,6 +1106,21 @@ def test_a_step_cut_short_after_an_order_ahead_says_both_may_have_run(config: Wi
     outcomes = _overlapped(config, root, interrupt)
     assert [(o.name, o.status.value, o.reason) for o in outcomes] == [
         ("10-a", "failed", "cut short by KeyboardInterrupt: it may have run in part"),
+        ("20-b", "failed", "cut short by KeyboardInterrupt: it may have run in part"),
+        ("30-c", "not_run", "not run: the step was cut short by KeyboardInterrupt")]
+
+
+def test_a_step_cut_short_between_entries_says_only_the_ordered_one_may_have_run(
+        config: WizardConfig, root: Path) -> None:
+    """A KeyboardInterrupt as 10-a's success is recorded, 20-b ordered and 10-a's entry over:
+    10-a stays succeeded, 20-b may have run in part, 30-c did not run."""
+    def interrupt(outcomes: list[ScriptOutcome]) -> None:
+        if len(outcomes) == 1:
+            raise KeyboardInterrupt
+
+    outcomes = _overlapped(config, root, lambda: None, interrupt)
+    assert [(o.name, o.status.value, o.reason) for o in outcomes] == [
+        ("10-a", "succeeded", None),
         ("20-b", "failed", "cut short by KeyboardInterrupt: it may have run in part"),
         ("30-c", "not_run", "not run: the step was cut short by KeyboardInterrupt")]
 

@@ -133,6 +133,7 @@ class _Step:
     ended_by: str | None = None  # why the rest does not run
     stopped: int | None = None  # the stop signal that ended the step
     ahead: tuple[int, tuple[int, int]] | None = None  # the next script, ordered: its pipes
+    under_way: bool = False  # an entry is being seen to (it may have run)
 
     def __post_init__(self) -> None:
         # Each of the layout's accessors checks its path against the root: once per step.
@@ -249,6 +250,7 @@ class _Step:
             self._end_for(stop)  # no script starts once a stop is held
         if self.ended_by is not None:
             return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
+        self.under_way = True
         if self.progress is not None:
             self.progress.started(position, total, name)
         if decision.verdict is Verdict.FAIL:
@@ -263,6 +265,7 @@ class _Step:
             self._log_end(outcome)
         if self.stopped is not None:
             self._end_for(self.stopped)
+        self.under_way = False
         return outcome
 
     def _log_end(self, outcome: ScriptOutcome) -> None:
@@ -288,9 +291,9 @@ def _start_index(decisions: Sequence[Decision], start_at: str | None) -> int:
 def _cut_short(rest: Sequence[Decision], cut: BaseException, started: int
                ) -> list[ScriptOutcome]:
     """The entries left when the step is cut short where it happens to be (a KeyboardInterrupt,
-    an embedding application's signal handler raising, a bug): the one under way (and the next,
-    if already ordered: `started` 2) may have run in part, the others did not run. What they
-    started is stopped as the step closes."""
+    an embedding application's signal handler raising, a bug): the first `started` (the one
+    under way, the next one if already ordered) may have run in part, the others did not run.
+    What they started is stopped as the step closes."""
     why = f"cut short by {type(cut).__name__}"
     return [ScriptOutcome(decision.name, ScriptStatus.FAILED, reason=f"{why}: it may have run "
                           "in part") if index < started else
@@ -347,7 +350,7 @@ def run_scripts(
                 record(outcomes)
     except BaseException as cut:  # not a stop of wizard-runner's: see _cut_short
         if record is not None and not isinstance(cut, RunInterrupted):
-            started = 1 + (step.ahead is not None)
+            started = step.under_way + (step.ahead is not None)
             record(outcomes + _cut_short(decisions[len(outcomes):], cut, started))
         raise
     finally:
