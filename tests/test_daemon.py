@@ -339,6 +339,32 @@ def test_a_stop_with_an_answer_pending_leaves_it_for_the_restart(
     assert os.listdir(served.spool.processing) == []
 
 
+def test_a_success_unrecorded_on_a_full_var_is_still_known_after_a_restart(
+        served: Served, quick: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """/var full as a run succeeds: neither its result, nor the answer, nor the closing of the
+    spool can be written, and the daemon stops. The next daemon gives the answer as it was
+    kept under /run (failed, 74, with the run's result), and closes the spool: the body
+    cannot run a second time."""
+    request_id = "20261125T000001Z-aaaaaaaaaaa1"
+    failing_answers(monkeypatch, request_id, times=1000)
+    monkeypatch.setattr("wizard_runner.runner.write_result",
+                        raising(RunnerIOError(f"last-run.json: {NO_SPACE}")))
+    monkeypatch.setattr(daemon_module, "close_spool", raising(OSError(ENOSPC, NO_SPACE)))
+    served.request(request_id, quick)
+    served.daemon.serve_pending()
+    assert not served.layout.last_run.exists()
+    assert not spool_closed(served.layout)
+    monkeypatch.undo()
+    restarted = Daemon(served.daemon.settings, served.daemon.log)
+    restarted.recover()
+    found = served.answer(request_id)
+    assert (found["status"], found["exit_code"]) == ("failed", 74)
+    assert found["result"]["status"] == "succeeded"
+    assert spool_closed(served.layout)
+    assert os.listdir(served.spool.processing) == []
+    assert os.listdir(served.layout.run_dir / "unwritten") == []
+
+
 def test_recovery_keeps_an_existing_answer(served: Served) -> None:
     """Killed after answering, before removing the request: the answer is left as it is."""
     request_id = "20261125T000001Z-aaaaaaaaaaa1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -30,7 +31,7 @@ from wizard_runner.errors import (
     WizardRunnerError,
     exit_for_signal,
 )
-from wizard_runner.fsio import RunLock
+from wizard_runner.fsio import Ownership, RunLock, atomic_replace
 from wizard_runner.layout import Layout
 from wizard_runner.presence import PresenceLock
 from wizard_runner.result import RunResult, RunStatus, now
@@ -46,11 +47,13 @@ from wizard_runner.spool import (
     REQUEST_ID,
     RequestRejectedError,
     Spool,
+    SpoolError,
     close_spool,
     closed_marker,
     discard,
     prepare,
     prune_done,
+    read_answer,
     read_request,
     remove_stale_temps,
     spool_closed,
@@ -111,6 +114,9 @@ class StopFlag:
         while not self._set and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, STOP_LOOK))
         return self._set
+
+
+_CLOSING: Final = "closing"  # the kept closing's name (never a request id's)
 
 
 @dataclass
@@ -235,8 +241,14 @@ class Daemon:
 
         An existing answer is kept as it is. Otherwise last-run.json tells a request whose
         run ended (the daemon died before answering: that run's result is the answer) from
-        one stopped before or during its run (answered `interrupted`).
+        one stopped before or during its run (answered `interrupted`); but an answer, or a
+        closing of the spool, the daemon could not write before it stopped (a full /var) is
+        given as it was kept.
         """
+        closing = self._read_kept(_CLOSING) or {}
+        request_id, run_id = closing.get("request_id"), closing.get("run_id")
+        if isinstance(request_id, str) and isinstance(run_id, str):
+            self._close(request_id, run_id)
         for name in sorted(os.listdir(self.spool.processing)):
             request_id = name.removesuffix(".json")
             path = self.spool.processing / name
@@ -246,9 +258,14 @@ class Daemon:
             if os.path.lexists(self.spool.result_path(request_id)):
                 self.log.info("request_already_answered", request_id=request_id)
                 discard(self.spool, path)
+                self._drop_kept(request_id)
                 continue
             request = _Request(request_id, path, None, _owner(path))
-            self._finish(request, self._recovered(request))
+            kept = self._read_kept(request_id)
+            if kept is not None:
+                self.log.warning("request_recovered", request_id=request_id,
+                                 status=kept.get("status"), kept=str(self._kept(request_id)))
+            self._finish(request, kept if kept is not None else self._recovered(request))
 
     def _recovered(self, request: _Request) -> dict[str, Any]:
         """The answer to a request found in processing/ at start."""
@@ -362,6 +379,7 @@ class Daemon:
                 self.log.error("answer_not_written", request_id=request_id,
                                path=str(self.spool.result_path(request_id)),
                                error=_describe(error), status=record["status"])
+                self._keep(request_id, record)
             return False
         except Exception as error:  # an answer that cannot be encoded: a bug, say that much
             self.log.exception("answer_not_encoded", request_id=request_id, error=repr(error))
@@ -372,6 +390,7 @@ class Daemon:
             self.log.info("answer_written", request_id=request_id, status=record["status"])
         self.unanswered.pop(request_id, None)
         discard(self.spool, request.claimed)
+        self._drop_kept(request_id)
         return True
 
     def retry_unanswered(self) -> None:
@@ -400,11 +419,37 @@ class Daemon:
             if self.closing is None:
                 self.log.error("spool_not_closed", request_id=request_id, error=str(error),
                                marker=str(closed_marker(self.settings.layout)))
+                self._keep(_CLOSING, {"request_id": request_id, "run_id": run_id})
             self.closing = (request_id, run_id)
             return
         self.closing = None
+        self._drop_kept(_CLOSING)
         self.log.info("spool_closed", request_id=request_id,
                       marker=str(closed_marker(self.settings.layout)))
+
+    def _kept(self, name: str) -> Path:
+        """Where an answer, or the closing of the spool, not written yet is kept meanwhile:
+        under /run, another file system than a full /var, for a restarted daemon to give."""
+        return self.settings.layout.run_dir / "unwritten" / f"{name}.json"
+
+    def _keep(self, name: str, record: dict[str, Any]) -> None:
+        """Keep `record` until it is written (best effort: /run may be full too)."""
+        path = self._kept(name)
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            atomic_replace(path, json.dumps(record).encode(),
+                           Ownership(0o600, os.geteuid(), os.getegid()))
+
+    def _read_kept(self, name: str) -> dict[str, Any] | None:
+        try:
+            return read_answer(self._kept(name))
+        except SpoolError as error:  # damaged: the stored result decides, as without it
+            self.log.warning("kept_answer_unreadable", error=str(error))
+            return None
+
+    def _drop_kept(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            self._kept(name).unlink()
 
     def _prune(self) -> None:
         if time.monotonic() >= self._next_prune:
