@@ -1293,6 +1293,17 @@ class FailsOnLine(SlowProgress):
             raise RuntimeError("the view broke")
 
 
+def test_what_a_script_wrote_before_killing_its_helper_is_kept(config: WizardConfig,
+                                                                root: Path) -> None:
+    """A script that writes, then kills its helper at once: the runner may see the helper's
+    death before its start or its output; what it wrote is read all the same, and kept."""
+    add_script(root, "10-kills", "echo said before; kill -KILL $PPID; sleep 2")
+    for _ in range(5):  # the race goes either way: each way must keep the output
+        outcome = scripts_of(run_step(config, root))["10-kills"]
+        assert outcome["reason"] == "the script killed the helper that ran it (SIGKILL)"
+        assert outcome["output_tail"] == "said before"
+
+
 def test_a_view_breaking_on_the_last_unterminated_line_leaves_no_file_open(
     config: WizardConfig, root: Path
 ) -> None:

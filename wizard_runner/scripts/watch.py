@@ -114,6 +114,7 @@ class Watch:
                     self._broken("the script, or what it left, signalled the helper that ran it")
             if self.seen.broken is not None:
                 self._kill_all()
+                self._read_the_rest()
         finally:
             for fd in list(self.pipes):
                 self._close(fd)
@@ -149,6 +150,18 @@ class Watch:
         self.output.feed(stream, data)
         if self.output.bulk and len(data) < PIPE_SIZE:
             time.sleep(BULK_PAUSE)  # let the flood pile up in the pipe: fewer wakeups
+
+    def _read_the_rest(self) -> None:
+        """The helper failed, and everything the step started is killed: what the script wrote
+        and the loop did not read (its start unheard, or the helper's death seen first) is
+        read all the same, as far as it is there, so that the log has it."""
+        for fd, stream in list(self.pipes.items()):
+            os.set_blocking(fd, False)
+            with contextlib.suppress(BlockingIOError):
+                while data := os.read(fd, PIPE_SIZE):
+                    self.output.feed(stream, data)
+            self.output.end(stream)
+            self._close(fd)
 
     def _close(self, fd: int) -> None:
         if self.pipes.pop(fd, None) is not None:
