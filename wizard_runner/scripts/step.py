@@ -134,6 +134,7 @@ class _Step:
     stopped: int | None = None  # the stop signal that ended the step
     ahead: tuple[int, tuple[int, int]] | None = None  # the next script, ordered: its pipes
     under_way: bool = False  # an entry is being seen to (it may have run)
+    judged: ScriptOutcome | None = None  # ... and what became of it, once known
 
     def __post_init__(self) -> None:
         # Each of the layout's accessors checks its path against the root: once per step.
@@ -257,6 +258,7 @@ class _Step:
             outcome = ScriptOutcome(name, ScriptStatus.FAILED, reason=decision.reason)
         else:
             outcome = self.run(name, position)
+        self.judged = outcome
         if self.progress is not None:
             self.progress.finished(outcome)
         if outcome.status is ScriptStatus.SUCCEEDED:
@@ -265,7 +267,7 @@ class _Step:
             self._log_end(outcome)
         if self.stopped is not None:
             self._end_for(self.stopped)
-        self.under_way = False
+        self.under_way, self.judged = False, None
         return outcome
 
     def _log_end(self, outcome: ScriptOutcome) -> None:
@@ -350,8 +352,10 @@ def run_scripts(
                 record(outcomes)
     except BaseException as cut:  # not a stop of wizard-runner's: see _cut_short
         if record is not None and not isinstance(cut, RunInterrupted):
-            started = step.under_way + (step.ahead is not None)
-            record(outcomes + _cut_short(decisions[len(outcomes):], cut, started))
+            judged = [step.judged] if step.judged is not None else []  # it stands
+            started = (step.under_way and not judged) + (step.ahead is not None)
+            rest = decisions[len(outcomes) + len(judged):]
+            record(outcomes + judged + _cut_short(rest, cut, started))
         raise
     finally:
         step.close()
