@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from wizard_runner import collector
 from wizard_runner.config import parse_config
@@ -242,10 +242,7 @@ def submit_and_wait(spool: Spool, body: bytes, timeout: float | None,
             request_id = submit(spool, body)
         return _wait(spool, request_id, timeout, grace)
     except BaseException as error:
-        ended = _wait_ended(spool, request_id, error)
-        if ended is error:
-            raise
-        raise ended from error
+        _wait_ended(spool, request_id, error)
 
 
 def wait_result(spool: Spool, request_id: str, timeout: float | None,
@@ -261,23 +258,19 @@ def wait_result(spool: Spool, request_id: str, timeout: float | None,
     try:
         return _wait(spool, request_id, timeout, grace)
     except BaseException as error:
-        ended = _wait_ended(spool, request_id, error)
-        if ended is error:
-            raise
-        raise ended from error
+        _wait_ended(spool, request_id, error)
 
 
-def _wait_ended(spool: Spool, request_id: str | None, error: BaseException) -> BaseException:
-    """What ends a wait without an answer, once the request is withdrawn if the daemon has not
-    claimed it: a stop signal becomes SubmitInterruptedError; anything else (an application's
-    own handler raising SystemExit, say) is passed on as it is, and nothing runs behind its
-    back."""
+def _wait_ended(spool: Spool, request_id: str | None, error: BaseException) -> NoReturn:
+    """A wait ended without an answer: the request is withdrawn if the daemon has not claimed
+    it; a stop signal is raised as SubmitInterruptedError, anything else (an application's
+    own handler raising SystemExit, say) as it is, and nothing runs behind its back."""
     if isinstance(error, KeyboardInterrupt | RunInterrupted):
-        return _interrupted(spool, request_id, error)
+        raise _interrupted(spool, request_id, error) from error
     if request_id is not None and not isinstance(error, NotAnsweredError):
         with contextlib.suppress(OSError):
             withdraw(spool, request_id)
-    return error
+    raise error
 
 
 def _wait(spool: Spool, request_id: str, timeout: float | None,
