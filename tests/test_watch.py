@@ -4,6 +4,8 @@ it, whatever it does to the helper that ran it."""
 from __future__ import annotations
 
 import os
+import select
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +15,8 @@ from tests.helpers import add_script, no_process_with, run_step, scripts_of
 from wizard_runner.config import WizardConfig
 from wizard_runner.result import RunStatus
 from wizard_runner.scripts.containment import CONTAINMENT_ENV, _cgroup_parent
+from wizard_runner.scripts.spawner import PIPE_SIZE
+from wizard_runner.scripts.watch import Watch
 
 pytestmark = pytest.mark.processes
 
@@ -156,3 +160,42 @@ def test_the_helper_ignores_every_signal_it_can(config: WizardConfig, root: Path
     found = scripts_of(result)
     assert found["10-noisy"]["status"] == "succeeded", found["10-noisy"]
     assert found["20-next"]["status"] == "succeeded"
+
+
+class _Refilling:
+    """A script's output that a writer which escaped the kill keeps full: each feed writes
+    as much again into the pipe."""
+
+    def __init__(self, write_end: int) -> None:
+        self.write_end = write_end
+        self.fed = 0
+        self.ended: list[str] = []
+
+    def feed(self, _stream: str, data: bytes) -> None:
+        self.fed += len(data)
+        os.write(self.write_end, b"x" * len(data))
+
+    def end(self, stream: str) -> None:
+        self.ended.append(stream)
+
+
+def test_reading_what_a_broken_step_left_is_bounded() -> None:
+    """Once the helper failed and all is killed, what is left in the output pipes is read up
+    to what a pipe holds: a writer that escaped the kill cannot keep the runner reading."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    os.write(write_end, b"x" * 4096)
+    output = _Refilling(write_end)
+    watch = Watch.__new__(Watch)
+    watch.pipes, watch.poller = {read_end: "stdout"}, select.poll()
+    watch.output = output  # type: ignore[assignment]  # what _read_the_rest uses of one
+    reader = threading.Thread(target=watch._read_the_rest, daemon=True)
+    try:
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "still reading a pipe that never empties"
+    finally:
+        os.close(write_end)
+    assert output.ended == ["stdout"]
+    assert PIPE_SIZE <= output.fed < PIPE_SIZE + 4096 + 1
+    assert watch.pipes == {}

@@ -154,12 +154,15 @@ class Watch:
     def _read_the_rest(self) -> None:
         """The helper failed, and everything the step started is killed: what the script wrote
         and the loop did not read (its start unheard, or the helper's death seen first) is
-        read all the same, as far as it is there, so that the log has it."""
+        read all the same, up to what a pipe holds (a writer that escaped the kill cannot keep
+        the runner reading), so that the log has it."""
         for fd, stream in list(self.pipes.items()):
             os.set_blocking(fd, False)
+            left = PIPE_SIZE
             with contextlib.suppress(BlockingIOError):
-                while data := os.read(fd, PIPE_SIZE):
+                while left > 0 and (data := os.read(fd, left)):
                     self.output.feed(stream, data)
+                    left -= len(data)
             self.output.end(stream)
             self._close(fd)
 
