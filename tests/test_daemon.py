@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -25,11 +26,13 @@ import pytest
 from tests.conftest import EXAMPLES, REPO, Reliability, seed_root
 from tests.helpers import (
     USER,
+    as_www_data,
     daemon,
     daemon_result,
     no_process_with,
     shared_dir,
     signalled_while_loading,
+    traversable_dir,
     wait_until,
 )
 from wizard_runner import api
@@ -64,6 +67,7 @@ from wizard_runner.spool import (
     prepare,
     reopen_spool,
     spool_closed,
+    wait_result,
     write_result,
 )
 from wizard_runner.state import Unfinished, unfinished_run
@@ -137,7 +141,11 @@ class Served:
 @pytest.fixture
 def served(tmp_path: Path) -> Served:
     """A prepared spool and a Daemon serving it, without its watcher loop."""
-    root = tmp_path / "root"
+    return serving(tmp_path / "root")
+
+
+def serving(root: Path) -> Served:
+    """A prepared spool under `root` and a Daemon serving it, without its watcher loop."""
     (root / "etc").mkdir(parents=True)  # a system tree, if an empty one
     settings = DaemonSettings(layout=Layout(root), user=resolve_user(USER),
                               stream=io.StringIO(), json_logs=True)
@@ -320,6 +328,32 @@ def test_an_answer_that_cannot_be_written_is_retried(served: Served, quick: dict
                        outcome="request kept in processing/, `answer_not_written` logged once, "
                        "the other request served, the answer written on the 4th pass")
     assert ok, attempts
+
+
+def test_a_waiting_submitter_gets_the_answer_kept_under_run(
+        quick: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full /var as the answer is due: a submitter waiting (the run user, when root) gets
+    it from where the daemon keeps it under /run, which only root and the run user's group
+    may read; once done/ has it, the kept copy goes."""
+    request_id = "20261125T000001Z-aaaaaaaaaaa1"
+    with traversable_dir() as base:
+        served = serving(base / "root")
+        failing_answers(monkeypatch, request_id, times=1)
+        served.request(request_id, quick)
+        served.daemon.serve_pending()
+        assert not served.spool.result_path(request_id).exists()
+        kept = served.spool.kept_path(request_id)
+        if os.geteuid() == 0:
+            info, folder = kept.stat(), kept.parent.stat()
+            assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o640, 0, 33)
+            assert (stat.S_IMODE(folder.st_mode), folder.st_gid) == (0o750, 33)
+            found = as_www_data(lambda: wait_result(served.spool, request_id, 5))["value"]
+        else:
+            found = wait_result(served.spool, request_id, 5)
+        assert (found["request_id"], found["status"]) == (request_id, "succeeded")
+        served.daemon.serve_pending()  # /var has room again
+        assert served.answer(request_id) == found
+        assert not kept.exists()
 
 
 def test_a_stop_with_an_answer_pending_leaves_it_for_the_restart(

@@ -167,6 +167,20 @@ def test_timeout_after_the_claim_says_where_the_answer_will_be(spool: Spool,
     assert caught.value.to_dict()["answer"] == str(answer)
 
 
+def test_a_damaged_kept_answer_is_waited_past(spool: Spool, body: dict[str, Any]) -> None:
+    """What the daemon keeps under /run, if unreadable, is not the answer: the wait goes on
+    for the one in done/ (here it times out, saying where that will be)."""
+    request_id = submit(spool, json.dumps(body).encode())
+    claim(spool, request_id)
+    spool.unwritten.mkdir(parents=True)
+    spool.kept_path(request_id).write_text("{not json")
+    with PresenceLock(spool.presence), pytest.raises(AnswerTimeoutError) as caught:
+        wait_result(spool, request_id, 0.2)
+    assert caught.value.status == "claimed"
+    spool.kept_path(request_id).write_text('{"status": "failed", "exit_code": 74}')
+    assert wait_result(spool, request_id, 0.2) == {"status": "failed", "exit_code": 74}
+
+
 def test_an_answer_at_the_deadline_is_returned(spool: Spool, body: dict[str, Any],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """An answer written between the last look and the give-up is returned, not an error."""

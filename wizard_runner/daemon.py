@@ -31,7 +31,7 @@ from wizard_runner.errors import (
     WizardRunnerError,
     exit_for_signal,
 )
-from wizard_runner.fsio import Ownership, RunLock, atomic_replace
+from wizard_runner.fsio import RunLock, atomic_replace, prepare_dir
 from wizard_runner.layout import Layout
 from wizard_runner.presence import PresenceLock
 from wizard_runner.result import RunResult, RunStatus, now
@@ -48,6 +48,7 @@ from wizard_runner.spool import (
     RequestRejectedError,
     Spool,
     SpoolError,
+    answer_owner,
     close_spool,
     closed_marker,
     discard,
@@ -264,7 +265,8 @@ class Daemon:
             kept = self._read_kept(request_id)
             if kept is not None:
                 self.log.warning("request_recovered", request_id=request_id,
-                                 status=kept.get("status"), kept=str(self._kept(request_id)))
+                                 status=kept.get("status"),
+                                 kept=str(self.spool.kept_path(request_id)))
             self._finish(request, kept if kept is not None else self._recovered(request))
 
     def _recovered(self, request: _Request) -> dict[str, Any]:
@@ -427,29 +429,25 @@ class Daemon:
         self.log.info("spool_closed", request_id=request_id,
                       marker=str(closed_marker(self.settings.layout)))
 
-    def _kept(self, name: str) -> Path:
-        """Where an answer, or the closing of the spool, not written yet is kept meanwhile:
-        under /run, another file system than a full /var, for a restarted daemon to give."""
-        return self.settings.layout.run_dir / "unwritten" / f"{name}.json"
-
     def _keep(self, name: str, record: dict[str, Any]) -> None:
-        """Keep `record` until it is written (best effort: /run may be full too)."""
-        path = self._kept(name)
+        """Keep `record` under /run until it is written (best effort: /run may be full too),
+        readable by whoever may read the answer: a submitter waits on it too."""
+        group = self.settings.user.gid
         with contextlib.suppress(OSError):
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            atomic_replace(path, json.dumps(record).encode(),
-                           Ownership(0o600, os.geteuid(), os.getegid()))
+            prepare_dir(self.spool.unwritten, 0o750, group)
+            atomic_replace(self.spool.kept_path(name), json.dumps(record).encode(),
+                           answer_owner(group))
 
     def _read_kept(self, name: str) -> dict[str, Any] | None:
         try:
-            return read_answer(self._kept(name))
+            return read_answer(self.spool.kept_path(name))
         except SpoolError as error:  # damaged: the stored result decides, as without it
             self.log.warning("kept_answer_unreadable", error=str(error))
             return None
 
     def _drop_kept(self, name: str) -> None:
         with contextlib.suppress(OSError):
-            self._kept(name).unlink()
+            self.spool.kept_path(name).unlink()
 
     def _prune(self) -> None:
         if time.monotonic() >= self._next_prune:

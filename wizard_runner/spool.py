@@ -136,14 +136,17 @@ class SubmitInterruptedError(NotAnsweredError):
 
 @dataclass(frozen=True)
 class Spool:
-    """The spool's directories under a layout's root."""
+    """The spool's directories under a layout's root, and where the daemon keeps what it
+    cannot write there yet."""
 
     base: Path
+    #: Under /run: another file system than a full /var.
+    unwritten: Path
 
     @classmethod
     def of(cls, layout: Layout) -> Spool:
         """The spool of `layout`."""
-        return cls(layout.spool_dir)
+        return cls(layout.spool_dir, layout.run_dir / "unwritten")
 
     @property
     def incoming(self) -> Path:
@@ -172,6 +175,11 @@ class Spool:
     def request_path(self, request_id: str) -> Path:
         """Where a request waits for the daemon."""
         return self.incoming / f"{request_id}.json"
+
+    def kept_path(self, name: str) -> Path:
+        """Where the daemon keeps an answer (or the closing of the spool) it cannot write yet
+        (a full /var), until it can."""
+        return self.unwritten / f"{name}.json"
 
 
 def new_request_id() -> str:
@@ -277,12 +285,11 @@ def _wait(spool: Spool, request_id: str, timeout: float | None,
           grace: float | None) -> dict[str, Any]:
     collector.resume()  # the answer may be long in coming
     grace = DAEMON_GRACE_SECONDS if grace is None else grace
-    path = spool.result_path(request_id)
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
     seen = next_check = started  # the grace runs from the start: a daemon never seen is gone
     while True:
-        answer = read_answer(path)
+        answer = find_answer(spool, request_id)
         if answer is not None:
             return answer
         current = time.monotonic()
@@ -298,6 +305,16 @@ def _wait(spool: Spool, request_id: str, timeout: float | None,
                                 f"no daemon is serving {spool.base}")
         with interruptible():
             time.sleep(ANSWER_POLL_SECONDS)
+
+
+def find_answer(spool: Spool, request_id: str) -> dict[str, Any] | None:
+    """A request's answer: in done/, or as the daemon keeps it under /run while it cannot
+    write it there (a full /var), or None while there is none."""
+    answer = read_answer(spool.result_path(request_id))
+    if answer is None:
+        with contextlib.suppress(SpoolError):  # unreadable: the one in done/ will come
+            answer = read_answer(spool.kept_path(request_id))
+    return answer
 
 
 def read_answer(path: Path) -> dict[str, Any] | None:
@@ -328,7 +345,7 @@ def _give_up(spool: Spool, request_id: str, kind: type[NotAnsweredError],
         hint = " (start wizard-runnerd)" if kind is NoDaemonError else ""
         raise kind(f"{why}: request {request_id} withdrawn, nothing was run{hint}",
                    request_id=request_id, status="withdrawn", answer=None)
-    found = read_answer(answer)
+    found = find_answer(spool, request_id)
     if found is not None:
         return found
     if kind is NoDaemonError:
@@ -444,9 +461,14 @@ def read_request(path: Path, allowed_uids: set[int]) -> RequestFile:
 def write_result(spool: Spool, request_id: str, record: dict[str, Any], group: int) -> Path:
     """Store a request's result atomically (0640, readable by the run user's group)."""
     path = spool.result_path(request_id)
-    owner = Ownership(0o640, os.geteuid(), group if os.geteuid() == 0 else os.getegid())
-    atomic_replace(path, (json.dumps(record, indent=2) + "\n").encode(), owner)
+    atomic_replace(path, (json.dumps(record, indent=2) + "\n").encode(), answer_owner(group))
     return path
+
+
+def answer_owner(group: int) -> Ownership:
+    """How an answer is stored: 0640, readable by the run user's group (root's own when not
+    run as root)."""
+    return Ownership(0o640, os.geteuid(), group if os.geteuid() == 0 else os.getegid())
 
 
 def discard(spool: Spool, path: Path) -> None:
