@@ -226,8 +226,9 @@ def test_run_is_changed_and_the_same_run_again_is_not(
 def test_scripts_that_ran_to_success_are_not_run_again(
     ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
 ) -> None:
-    """The same play again (check mode too) runs the system step only and is not changed; the
-    message says why. rerun_scripts runs them again; after a failed run they run again."""
+    """The same play again and again (check mode too) runs the system step only and is not
+    changed; the message says why. rerun_scripts runs them again; after a failed run they
+    run again."""
     ran = appliance / "ran"
     add_script(appliance, "30-count", f"#!/bin/sh\necho once >> {ran}\n")
     ran.touch()
@@ -237,18 +238,24 @@ def test_scripts_that_ran_to_success_are_not_run_again(
         wizard_task("preview", appliance, config=secret_body, run_scripts=True,
                     task_check_mode=True),
         wizard_task("second", appliance, config=secret_body, run_scripts=True),
+        wizard_task("preview3", appliance, config=secret_body, run_scripts=True,
+                    task_check_mode=True),
+        wizard_task("third", appliance, config=secret_body, run_scripts=True),
         wizard_task("forced", appliance, config=secret_body, run_scripts=True,
                     rerun_scripts=True),
     ])
     assert played.rc == 0, played.output
-    first, preview, second, forced = (played.results[name]
-                                      for name in ("first", "preview", "second", "forced"))
+    first, preview, second, preview3, third, forced = (
+        played.results[name]
+        for name in ("first", "preview", "second", "preview3", "third", "forced"))
     assert first["changed"] is True
-    for task in (preview, second):
+    for task in (preview, second, preview3, third):
         assert task["changed"] is False, task["msg"]
         assert task["msg"].endswith(f"; the scripts are not run again: run {first['run_id']} ran "
-                                    "them and succeeded (rerun_scripts: true runs them again)")
-    assert second["result"]["scripts"] == []
+                                    "them to success (rerun_scripts: true runs them again)")
+    for task in (second, third):
+        assert task["result"]["scripts"] == []
+        assert task["result"]["scripts_completed_by"] == first["run_id"]
     assert forced["changed"] is True
     assert ran.read_text() == "once\nonce\n"
     add_script(appliance, "40-fail", "#!/bin/sh\nexit 1\n")
@@ -358,6 +365,35 @@ def test_missing_executable_is_named(
     assert run["failed"] is True
     assert run["msg"].startswith("wizard-runner not found: /nonexistent/wizard-runner is not an "
                                  "executable file")
+
+
+def test_failures_point_at_the_tasks_own_fix(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """Messages name what the task can change: config or config_file when there is no body,
+    executable when the command gave no answer (its empty stderr said so), and become only
+    when the module is not root."""
+    script = appliance / "etc/xivo/wizard.d/10-check-identity"
+    script.chmod(0o777)  # anyone may rewrite it: wizard.d is unsafe (77)
+    played = play(ansible_env, tmp_path, [
+        wizard_task("nobody", appliance, task_ignore_errors=True),
+        wizard_task("not_ours", appliance, config=secret_body, executable="/bin/true",
+                    task_ignore_errors=True),
+        wizard_task("unsafe", appliance, config=secret_body, run_scripts=True,
+                    task_ignore_errors=True),
+    ])
+    nobody, not_ours, unsafe = (played.results[name] for name in ("nobody", "not_ours", "unsafe"))
+    assert nobody["msg"] == ("wizard-runner has no body to run: set config or config_file "
+                             f"(no saved config at {appliance}/var/lib/wizard-runner/"
+                             "config.json)")
+    assert nobody["rc"] == 66
+    assert not_ours["msg"] == ("/bin/true exited with 0 without a JSON answer (is it "
+                               "wizard-runner? see executable): (nothing on stderr)")
+    assert unsafe["rc"] == 77
+    assert unsafe["msg"].startswith("wizard-runner lacks a privilege it needs or found wizard.d "
+                                    "unsafe" + ("" if os.geteuid() == 0 else
+                                                " (not root: become: true?)") + ": ")
+    assert "10-check-identity" in unsafe["msg"]
 
 
 @pytest.mark.parametrize("mistake", [

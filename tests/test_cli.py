@@ -271,17 +271,24 @@ def test_status_before_and_after_runs(sandbox: Path) -> None:
     assert ok.returncode == 0
     assert "succeeded (exit 0)" in ok.stdout
     assert "  /etc/hosts                 written\n" in ok.stdout
+    assert "  scripts last completed: never\n" in ok.stdout
     wizard_d = sandbox / "etc/xivo/wizard.d"
     wizard_d.mkdir(parents=True)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert cli("run", "--root", str(sandbox), "--scripts", "--user", user).returncode == 0
+    done = json.loads(cli("status", "--root", str(sandbox), "--json").stdout)["run_id"]
+    assert cli("run", "--root", str(sandbox), "--no-scripts").returncode == 0
+    assert f"  scripts last completed: by run {done}\n" in \
+        cli("status", "--root", str(sandbox)).stdout
     (wizard_d / "10-fail").write_text("#!/bin/sh\necho 'no license server'\nexit 9\n")
     (wizard_d / "10-fail").chmod(0o755)
-    user = pwd.getpwuid(os.geteuid()).pw_name
     assert cli("run", "--root", str(sandbox), "--scripts", "--user", user).returncode == 1
     failed = cli("status", "--root", str(sandbox))
     assert failed.returncode == 1
     assert "10-fail" in failed.stdout
     assert "  | no license server\n" in failed.stdout
     assert "error: script 10-fail failed: exited with 9" in failed.stdout
+    assert "  scripts last completed: never\n" in failed.stdout
     as_json = json.loads(cli("status", "--root", str(sandbox), "--json").stdout)
     assert as_json["scripts"][0]["exit_code"] == 9
 
@@ -652,6 +659,7 @@ def test_status_escapes_every_field_of_a_hand_edited_result(sandbox: Path) -> No
     result = json.loads(stored.read_text())
     result["run_id"] = "r\x1b[2J"
     result["request_id"] = "q\u202e"
+    result["scripts_completed_by"] = "s\x1b[1m"
     result["system_conf"]["files"][0]["path"] = "/etc/\x1b]0;title\x07x"
     result["system_conf"]["actions"] = [{"name": "a\x1b[31m", "command": [],
                                          "status": "ok\x07", "detail": None}]
@@ -660,6 +668,7 @@ def test_status_escapes_every_field_of_a_hand_edited_result(sandbox: Path) -> No
     assert shown.returncode == 0, shown.stderr
     assert "r\\x1b[2J" in shown.stdout
     assert "/etc/\\x1b]0;title\\x07x" in shown.stdout
+    assert "scripts last completed: by run s\\x1b[1m" in shown.stdout
     assert not any(char in shown.stdout for char in "\x1b\x07\u202e")
 
 

@@ -172,6 +172,35 @@ def test_first_failure_stops_the_rest(config: WizardConfig, root: Path, code: in
     assert per_script.read_text() == "stderr: cannot reach provd\n"
 
 
+def test_the_last_completed_scripts_step_is_carried_over(config: WizardConfig,
+                                                         root: Path) -> None:
+    """A run whose scripts step completes names itself in `scripts_completed_by`; runs that
+    leave the scripts alone (run_scripts false, or a system step that fails first) carry it
+    over; a scripts step that fails clears it, and so does a damaged last result."""
+    add_script(root, "10-ok", "echo fine")
+    first = run_step(config, root)
+    assert first.scripts_completed_by == first.run_id
+    alone = run_step(config, root, run_scripts=False)
+    assert alone.scripts_completed_by == first.run_id
+    (root / "etc/hosts").mkdir()  # the system step cannot write it: it fails first
+    broken = run_step(config, root, handle_system_conf=True)
+    assert broken.exit_code == 73, broken.error
+    assert broken.scripts == ()
+    assert broken.scripts_completed_by == first.run_id
+    (root / "etc/hosts").rmdir()
+    add_script(root, "20-bad", "exit 3")
+    failed = run_step(config, root)
+    assert failed.scripts_completed_by is None
+    assert run_step(config, root, run_scripts=False).scripts_completed_by is None
+    (root / "etc/xivo/wizard.d/20-bad").unlink()
+    again = run_step(config, root)
+    assert again.scripts_completed_by == again.run_id
+    stored = json.loads((root / "var/lib/wizard-runner/last-run.json").read_text())
+    assert stored["scripts_completed_by"] == again.run_id
+    (root / "var/lib/wizard-runner/last-run.json").write_text("{damaged")
+    assert run_step(config, root, run_scripts=False).scripts_completed_by is None
+
+
 @pytest.mark.parametrize("sig", ["KILL", "SEGV", "TERM"])
 def test_death_by_signal(config: WizardConfig, root: Path, sig: str) -> None:
     """A script killed by a signal is a failure naming the signal."""

@@ -31,12 +31,13 @@ def directives(name: str) -> dict[str, list[str]]:
 @needs_analyze
 @pytest.mark.parametrize("name", ["wizard-runner.service", "wizard-runnerd.service"])
 def test_units_verify_cleanly(tmp_path: Path, name: str) -> None:
-    """systemd-analyze verify accepts each unit without a single warning."""
+    """systemd-analyze verify accepts each unit without a single warning (but for its
+    Documentation= page, which the package installs: its tests check that one)."""
     text = (UNITS / name).read_text().replace("/usr/bin/wizard-runner", str(SCRIPT))
     unit = tmp_path / name
     unit.write_text(text)
-    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "", done.stderr
 

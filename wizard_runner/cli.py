@@ -342,6 +342,9 @@ def show_run(result: RunResult, out: TextIO, *, title: str = "run", details: boo
     if details:
         out.write(f"  started {result.started_at.isoformat(timespec='seconds')}, "
                   f"finished {result.finished_at.isoformat(timespec='seconds')}\n")
+        completed = result.scripts_completed_by
+        by = f"by run {printable(completed)}" if completed is not None else "never"
+        out.write(f"  scripts last completed: {by}\n")
     system = result.system_conf
     out.write(f"  handle_system_conf={_flag(system.handled)} "
               f"run_scripts={_flag(result.run_scripts)}"

@@ -155,6 +155,9 @@ class RunResult:
     run_scripts: bool = False  # the effective flag, after the command line's overrides
     request_id: str | None = None  # the spool request this run served, if any
     containment: str | None = None  # how the scripts step held what it started, if it ran
+    #: The last run whose scripts step completed (every script past its start succeeded):
+    #: this one, or, while runs leave the scripts alone, the one before said.
+    scripts_completed_by: str | None = None
     warnings: tuple[str, ...] = ()  # what went wrong beside the work (the log could not be written)
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,6 +174,7 @@ class RunResult:
             "run_scripts": self.run_scripts,
             "changed": self.changed,
             "containment": self.containment,
+            "scripts_completed_by": self.scripts_completed_by,
             "system_conf": self.system_conf.to_dict(),
             "scripts": [outcome.to_dict() for outcome in self.scripts],
             "error": self.error,

@@ -46,6 +46,7 @@ from wizard_runner.state import (
     parse_holder,
     read_last_result,
     save_config,
+    scripts_completed_by,
     write_result,
 )
 
@@ -67,6 +68,8 @@ class _Progress:
     system: SystemConfResult | None = None
     scripts: list[ScriptOutcome] = field(default_factory=list)
     containment: str | None = None
+    scripts_began: bool = False
+    scripts_completed: bool = False
 
 
 class _Run(NamedTuple):
@@ -210,6 +213,7 @@ def _scripts_step(run: _Run) -> str | None:
     if not plan.run_scripts or plan.user is None:
         log.info("scripts_step_skipped", reason="run_scripts=false")
         return None
+    progress.scripts_began = True
     start = plan.start
     if start is not None:
         log.info("scripts_resumed" if start.resumed else "scripts_started_at", start_at=start.name)
@@ -232,6 +236,7 @@ def _scripts_step(run: _Run) -> str | None:
                            options=scripts_options, log=log, progress=run.options.progress,
                            record=keep, contained=contained)
     failed = next((outcome for outcome in outcomes if outcome.failed), None)
+    progress.scripts_completed = failed is None
     return None if failed is None else failure_message(failed)
 
 
@@ -388,6 +393,7 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
         run_scripts=plan.run_scripts,
         request_id=run.options.request_id,
         containment=run.progress.containment,
+        scripts_completed_by=_scripts_completed_by(run),
         warnings=tuple(run.warnings),
     )
     try:
@@ -401,6 +407,15 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
     if cut is not None:
         raise cut
     return result
+
+
+def _scripts_completed_by(run: _Run) -> str | None:
+    """The last run whose scripts step completed: this one; none if this one's failed or was
+    cut short (its scripts may have run in part); else, this run having left the scripts
+    alone, the one the last result names."""
+    if run.progress.scripts_completed:
+        return run.run_id
+    return None if run.progress.scripts_began else scripts_completed_by(run.layout)
 
 
 def what_was_done(result: RunResult) -> str:

@@ -95,6 +95,17 @@ def read_last_result(layout: Layout) -> RunResult | None:
     return RunResult.from_dict(data, str(path))
 
 
+def scripts_completed_by(layout: Layout) -> str | None:
+    """The run the stored result names as the last whose scripts step completed; None when
+    none did, or the result cannot be read (its scripts then count as not completed)."""
+    try:
+        raw = read_regular(layout.last_run, limit=MAX_RESULT_BYTES)[0]
+        found = json.loads(raw).get("scripts_completed_by")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    return found if isinstance(found, str) and _RUN_ID.fullmatch(found) else None
+
+
 def write_result(layout: Layout, result: RunResult) -> None:
     """Store the result atomically as last-run.json (0644: confd reads it as www-data)."""
     _store(layout, layout.last_run, result.to_json().encode(), 0o644, "the run's result")

@@ -30,7 +30,8 @@ def exec_start(unit: str) -> list[str]:
                     reason="needs systemd-analyze (apt-get install systemd)")
 @pytest.mark.parametrize(("unit", "command"), UNIT_COMMANDS)
 def test_unit_verifies(unit: str, command: str) -> None:
-    """systemd-analyze verify accepts the installed unit without a word."""
+    """systemd-analyze verify accepts the installed unit without a word (the man page its
+    Documentation= names is installed too)."""
     done = run(["systemd-analyze", "verify", UNITS / unit], check=False)
     assert (done.returncode, done.stderr.strip()) == (0, "")
 

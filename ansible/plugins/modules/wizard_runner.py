@@ -16,9 +16,9 @@ description:
     C(/etc/postfix/main.cf), C(/etc/postfix/canonical)), then runs the scripts of
     C(/etc/xivo/wizard.d).
   - The task is C(changed) when a system file was written or a script ran, and not changed when
-    every file was already up to date and no script ran. Once a run has run the scripts and
-    succeeded, they are not run again (see O(rerun_scripts)), so a playbook played twice
-    reports the second play unchanged.
+    every file was already up to date and no script ran. Once a run has run the scripts to
+    success, they are not run again (see O(rerun_scripts)), so a playbook played again
+    reports every later play unchanged.
   - The body goes to wizard-runner on its standard input, never on a command line nor in a file.
     Its C(admin_password) is masked in everything the module returns (whatever its type, and
     so is a value under a misspelled key such as C(admin_pasword)), and wizard-runner never
@@ -79,11 +79,13 @@ options:
     type: bool
   rerun_scripts:
     description:
-      - Run the scripts even when the last run on the appliance ran them and succeeded.
+      - Run the scripts even when a run on the appliance has run them to success.
       - Off by default, the scripts set the appliance up once. Once a run has run them to
-        success, a later task (the same playbook played again, say) runs the system step
-        only, as if O(run_scripts=false), and says so in RV(msg). O(resume) and
-        O(from_script) ask for scripts explicitly and always run them.
+        success (the result's C(scripts_completed_by); runs that leave the scripts alone
+        since keep it, one whose scripts fail clears it), a later task (the same playbook
+        played again, say) runs the system step only, as if O(run_scripts=false), and says so
+        in RV(msg). O(resume) and O(from_script) ask for scripts explicitly and always run
+        them.
     type: bool
     default: false
   resume:
@@ -283,7 +285,7 @@ EXIT_MEANINGS = {
     70: "hit a bug",
     73: "could not apply the system files; the ones already replaced were restored",
     74: "could not read or write its own files (log, saved body, result, lock)",
-    77: "lacks the privileges it needs (become: true?) or found wizard.d unsafe",
+    77: "lacks a privilege it needs or found wizard.d unsafe",
     129: "was stopped by SIGHUP",
     130: "was stopped by SIGINT",
     143: "was stopped by SIGTERM",
@@ -371,8 +373,9 @@ def call_wizard_runner(
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        tail = "\n".join(err.strip().splitlines()[-OUTPUT_LINES:])
-        module.fail_json(msg=f"wizard-runner exited with {rc} without a JSON answer: {tail}",
+        tail = "\n".join(err.strip().splitlines()[-OUTPUT_LINES:]) or "(nothing on stderr)"
+        module.fail_json(msg=f"{argv[0]} exited with {rc} without a JSON answer (is it "
+                             f"wizard-runner? see executable): {tail}",
                          rc=rc, stdout=out, stderr=err)
     return rc, answer
 
@@ -400,7 +403,12 @@ def failure_message(rc: int, answer: dict[str, Any]) -> str:
                 f"done; run the task again once it has finished ({error})")
     if rc == 1:
         return failed_script_message(answer) or f"wizard-runner: the scripts step failed: {error}"
+    if rc == 66 and error.startswith("no saved config"):
+        saved = error.split(": pass --config", 1)[0]  # the command line's hint is not ours
+        return f"wizard-runner has no body to run: set config or config_file ({saved})"
     meaning = EXIT_MEANINGS.get(rc, f"exited with {rc}")
+    if rc == 77 and os.geteuid() != 0:
+        meaning += " (not root: become: true?)"
     return f"wizard-runner {meaning}: {error}"
 
 
@@ -467,22 +475,21 @@ def fail(module: AnsibleModule, rc: int, answer: dict[str, Any], **extra: Any) -
 
 
 def scripts_done(module: AnsibleModule, executable: str) -> str | None:
-    """The id of the last run on the appliance if it ran the scripts and succeeded (their set
-    up is done), unless the task asks for the scripts again (rerun_scripts, resume, from)."""
+    """The id of the last run on the appliance whose scripts step completed (their set up is
+    done: runs that left the scripts alone since do not undo it), unless the task asks for
+    the scripts again (rerun_scripts, resume, from)."""
     params = module.params
     if params["rerun_scripts"] or params["resume"] or params["from_script"] is not None or \
             params["run_scripts"] is False:
         return None
     status = [executable, "status", "--json", "--root", params["root"]]
-    rc, out, _err = module.run_command(status, expand_user_and_vars=False)
+    _rc, out, _err = module.run_command(status, expand_user_and_vars=False)
     try:
-        last = json.loads(out) if rc == 0 else None
+        last = json.loads(out)
     except ValueError:
         return None
-    if isinstance(last, dict) and last.get("status") == "succeeded" and \
-            last.get("run_scripts") is True:
-        return str(last.get("run_id"))
-    return None
+    done = last.get("scripts_completed_by") if isinstance(last, dict) else None
+    return done if isinstance(done, str) else None
 
 
 def dry_run(module: AnsibleModule, executable: str, body: dict[str, Any] | None,
@@ -509,7 +516,7 @@ def main() -> None:
     note = ""
     if done is not None:
         params = {**params, "run_scripts": False}
-        note = (f"; the scripts are not run again: run {done} ran them and succeeded "
+        note = (f"; the scripts are not run again: run {done} ran them to success "
                 "(rerun_scripts: true runs them again)")
     if module.check_mode:
         preview = dry_run(module, executable, body, params)

@@ -6,7 +6,7 @@ set -eu
 cat <<SUMMARY
 entity:      $WIZARD_ENTITY_NAME
 language:    $WIZARD_LANGUAGE
-time zone:   $WIZARD_TIMEZONE
+timezone:    $WIZARD_TIMEZONE
 host:        $WIZARD_FQDN ($WIZARD_IP_ADDRESS/$WIZARD_NETMASK via $WIZARD_GATEWAY on $WIZARD_INTERFACE)
 resolvers:   $WIZARD_NAMESERVERS
 run:         $WIZARD_RUN_ID, as $(id -un)
