@@ -3,6 +3,7 @@ concurrent runs, and what a script may touch."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,9 @@ from tests.helpers import (
 )
 from wizard_runner import api, sysconf
 from wizard_runner.config import WizardConfig
+from wizard_runner.errors import ResultNotStoredError
 from wizard_runner.fsio import At, Ownership, WriteMethod, replace_at
-from wizard_runner.result import FileAction, RunStatus
+from wizard_runner.result import FileAction, RunResult, RunStatus
 from wizard_runner.runner import RunOptions, execute
 
 pytestmark = pytest.mark.processes
@@ -82,6 +85,80 @@ def test_write_errors_at_each_write(
                        outcome="exit 73, originals intact, files already written restored "
                        "and reported")
     assert lost == 0
+
+
+def managed_files(root: Path) -> dict[str, bytes]:
+    """The seven system files of `root`, by path."""
+    return {path: (root / path.lstrip("/")).read_bytes() for path in MANAGED}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 400 KiB tmpfs: /etc, /var/backups and the runner's own files on one file system, as
+    on an appliance."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def fill(disk: Path) -> None:
+    """Take every byte left on `disk` (another service's log, say)."""
+    with open(disk / "filler", "ab") as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 4096)
+            filler.flush()
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to mount a small tmpfs")
+def test_a_disk_something_else_fills_mid_step_is_rolled_back(
+    config: WizardConfig, small_disk: Path, monkeypatch: pytest.MonkeyPatch,
+    reliability: Reliability,
+) -> None:
+    """/etc and the backups on one disk, which something else fills once 1 to 6 files are
+    replaced: the next write fails, and the files already written are restored all the
+    same, renamed back (rewriting them would need room there is none of), each trial."""
+    lost = []
+    for written in range(1, 7):
+        for entry in small_disk.iterdir():
+            subprocess.run(["rm", "-rf", str(entry)], check=True)
+        root = seed_root(small_disk / "root")
+        before = managed_files(root)
+        writes: list[str] = []
+
+        def filling(at: At, data: bytes, owner: Ownership, written: int = written,
+                    writes: list[str] = writes) -> WriteMethod:
+            if not at.shown.startswith("/var/backups/"):
+                writes.append(at.shown)
+                if len(writes) == written + 1:
+                    fill(small_disk)
+            return replace_at(at, data, owner)
+
+        monkeypatch.setattr(sysconf, "replace_at", filling)
+        try:
+            with open(os.devnull, "w") as sink:
+                result = execute(config, RunOptions(root=root, check_with_tools=False),
+                                 stream=sink)
+        except ResultNotStoredError as unstored:  # no room for it either
+            assert isinstance(unstored.result, RunResult)
+            assert "the system files were rolled back" in str(unstored)
+            result = unstored.result
+        restored = [f.path for f in result.system_conf.files if f.action is FileAction.RESTORED]
+        if managed_files(root) != before or restored != list(MANAGED[:written]) or \
+                result.exit_code != 73 or "COULD NOT RESTORE" in (result.error or ""):
+            lost.append((written, result.error))
+    reliability.record(area="system step", fault="the disk fills during the step",
+                       injection="/etc and the backups on one tmpfs, which another writer "
+                       "fills once 1 to 6 files are replaced", trials=6, lost=len(lost),
+                       outcome="the next write fails; the files already replaced renamed "
+                       "back, none left new")
+    assert not lost, lost
 
 
 SCRIPT_FAULTS = [

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,14 @@ from wizard_runner.errors import LockedError, PrivilegeError
 from wizard_runner.fsio import At, Ownership, RunLock, WriteMethod, replace_at
 from wizard_runner.layout import Layout
 from wizard_runner.preview import preview
-from wizard_runner.result import FileAction, RunStatus
-from wizard_runner.runner import RunOptions, _network_change, execute, plan_system
+from wizard_runner.result import FileAction, FileOutcome, RunResult, RunStatus, SystemConfResult
+from wizard_runner.runner import (
+    RunOptions,
+    _network_change,
+    execute,
+    plan_system,
+    what_was_done,
+)
 from wizard_runner.signals import install_stop_handlers
 
 NO_TOOLS = {"check_with_tools": False}
@@ -268,3 +275,23 @@ def test_the_old_interfaces_file_is_described_for_the_follow_ups(
     (sandbox / "etc/network/interfaces").unlink()
     none = _network_change(plan_system(moved, layout, RunOptions(root=sandbox)), moved, backup)
     assert (none.copy, none.old_inet) == (None, frozenset())
+
+
+@pytest.mark.parametrize(("files", "said"), [
+    pytest.param([FileOutcome("/etc/hostname", FileAction.WRITTEN,
+                              "could not be restored; the old copy is in the backup directory"),
+                  FileOutcome("/etc/hosts", FileAction.RESTORED, "restored because ...")],
+                 "the system files are partly written: /etc/hostname could not be restored "
+                 "(the old copies are in /var/backups/wizard-runner/r1)", id="not-restored"),
+    pytest.param([FileOutcome("/etc/hostname", FileAction.RESTORED, "restored because ...")],
+                 "the system files were rolled back (/etc/hostname restored)", id="rolled-back"),
+    pytest.param([FileOutcome("/etc/hostname", FileAction.WRITTEN)],
+                 "the system files were applied (1 written: /etc/hostname)", id="applied"),
+])
+def test_what_was_done_tells_a_part_written_step(files: list[FileOutcome], said: str) -> None:
+    """The sentence for a result that could not be stored says a file left new by a failed
+    rollback, not that the files were applied."""
+    at = datetime(2026, 11, 25, tzinfo=UTC)
+    result = RunResult("r1", at, at, RunStatus.FAILED, 73, SystemConfResult(
+        True, tuple(files), backup_dir="/var/backups/wizard-runner/r1"), error="it failed")
+    assert what_was_done(result) == f"the run failed (it failed): {said}; no script ran"

@@ -135,6 +135,15 @@ def failing_on(
     return replace
 
 
+def raising_oserror(code: int) -> Callable[..., None]:
+    """A stand-in for an os function that fails with `code`."""
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
 def test_failure_on_third_write_restores_the_first_two(config: WizardConfig, root: Path) -> None:
     """An injected EIO on the third of seven writes: the first two are restored, exit 73."""
     before = contents(root)
@@ -197,8 +206,23 @@ def test_any_failed_write_restores_everything(
     assert restored == list(MANAGED[: nth - 1])
 
 
-def test_failed_restore_is_reported_loudly(config: WizardConfig, root: Path) -> None:
-    """A file that cannot be restored is named, with where its old copy is."""
+def test_a_restore_needs_no_write(config: WizardConfig, root: Path) -> None:
+    """The old files are kept as hard links while the step runs: the rollback renames them
+    back, and succeeds where rewriting them fails (a disk the step has filled); none is left
+    beside the files."""
+    before = contents(root)
+    with pytest.raises(FilesNotAppliedError) as caught:
+        apply(config, root, replacer=failing_on(3, errno.ENOSPC, also_fail=["hostname"]))
+    assert contents(root) == before
+    assert "restored /etc/hostname, /etc/hosts from" in str(caught.value)
+    assert temp_files(root) == []
+
+
+def test_failed_restore_is_reported_loudly(config: WizardConfig, root: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where no hard link can be made, a file that cannot be rewritten either is named, with
+    where its old copy is."""
+    monkeypatch.setattr(os, "link", raising_oserror(errno.EPERM))
     with pytest.raises(FilesNotAppliedError) as caught:
         apply(config, root, replacer=failing_on(3, also_fail=["hostname"]))
     message = str(caught.value)

@@ -27,6 +27,10 @@ class FileAction(StrEnum):
     RESTORED = "restored"
 
 
+#: What the reason of a file `written`, then not put back after a failure, says.
+NOT_RESTORED: Final = "could not be restored"
+
+
 class RunStatus(StrEnum):
     """How a run ended."""
 

@@ -31,6 +31,7 @@ from wizard_runner.layout import SYSTEM_FILES, Layout
 from wizard_runner.log import LogFile, make_logger, run_log_file, stdlib_logger
 from wizard_runner.preflight import RunOptions, RunPlan, prepare
 from wizard_runner.result import (
+    NOT_RESTORED,
     FileAction,
     FileOutcome,
     RunResult,
@@ -422,8 +423,13 @@ def what_was_done(result: RunResult) -> str:
     """One sentence on the state a run left the machine in (for errors after the fact)."""
     system = result.system_conf
     restored = [f.path for f in system.files if f.action is FileAction.RESTORED]
+    lost = [f.path for f in system.files
+            if f.action is FileAction.WRITTEN and NOT_RESTORED in (f.reason or "")]
     if not system.handled:
         files = "no system file was touched (handle_system_conf=false)"
+    elif lost:
+        files = (f"the system files are partly written: {', '.join(lost)} {NOT_RESTORED} "
+                 f"(the old copies are in {system.backup_dir})")
     elif restored:
         files = f"the system files were rolled back ({', '.join(restored)} restored)"
     elif result.files_written:

@@ -32,11 +32,12 @@ from wizard_runner.fsio import (
     remove_stale_temps,
     replace_at,
     symlink_at,
+    temp_name,
     unlink_at,
 )
 from wizard_runner.layout import BACKUP_DIR, BACKUP_DIR_MODE, Layout
 from wizard_runner.render import RENDERERS
-from wizard_runner.result import FileAction, FileOutcome
+from wizard_runner.result import NOT_RESTORED, FileAction, FileOutcome
 
 ENCODING = "utf-8"
 # Bytes that are not UTF-8 in an admin's line survive a render untouched.
@@ -297,6 +298,42 @@ def _restore_one(fence: Fence, change: FileChange, replacer: Replacer) -> None:
             unlink_at(at)
 
 
+def _keep_old(fence: Fence, change: FileChange) -> str | None:
+    """A hard link, beside it, to the file about to be replaced: a rollback renames it back,
+    which needs no room on the disk (rewriting the old content would, on a disk the step has
+    just filled). None for what is not a regular file, or cannot be linked (a bind-mounted
+    file): its rollback rewrites it."""
+    if change.current.kind is not TargetKind.FILE:
+        return None
+    with contextlib.suppress(OSError, FenceError), fence.at(change.path) as at:
+        kept = temp_name(at.name)  # a killed run's is removed as a stale temp
+        os.link(at.name, kept, src_dir_fd=at.dir_fd, dst_dir_fd=at.dir_fd,
+                follow_symlinks=False)
+        return kept
+    return None
+
+
+def _put_back(fence: Fence, change: FileChange, kept: str) -> bool:
+    """Rename the kept old file back over its name; False when the name is still that file
+    (written in place: it must be rewritten)."""
+    with fence.at(change.path) as at:
+        old = os.stat(kept, dir_fd=at.dir_fd, follow_symlinks=False)
+        with contextlib.suppress(FileNotFoundError):
+            now = os.stat(at.name, dir_fd=at.dir_fd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (old.st_dev, old.st_ino):
+                return False
+        os.rename(kept, at.name, src_dir_fd=at.dir_fd, dst_dir_fd=at.dir_fd)
+        os.fsync(at.dir_fd)
+    return True
+
+
+def _drop_kept(fence: Fence, kept: dict[str, str]) -> None:
+    """Remove the kept old files that were not put back (the backup directory has them)."""
+    for path, name in kept.items():
+        with contextlib.suppress(OSError, FenceError), fence.at(path) as at:
+            os.unlink(name, dir_fd=at.dir_fd)
+
+
 def _why(error: OSError | FenceError) -> str:
     """The reason a write failed, in the words of the error (strerror, or the fence's refusal)."""
     if isinstance(error, OSError):
@@ -307,13 +344,16 @@ def _why(error: OSError | FenceError) -> str:
 def _roll_back(
     fence: Fence,
     done: Sequence[FileChange],
+    kept: dict[str, str],
     replacer: Replacer,
     log: FilteringBoundLogger,
 ) -> tuple[list[str], list[str]]:
     restored, lost = [], []
     for change in reversed(done):
         try:
-            _restore_one(fence, change, replacer)
+            old = kept.pop(change.path, None)
+            if old is None or not _put_back(fence, change, old):
+                _restore_one(fence, change, replacer)
         except (OSError, FenceError) as error:
             log.error("file_restore_failed", path=change.path, error=str(error))
             lost.append(change.path)
@@ -350,14 +390,14 @@ def _failure_outcomes(
                     change.path, FileAction.SKIPPED, f"write failed ({why}); left as it was"))
             elif change.path in lost:
                 outcomes.append(FileOutcome(change.path, FileAction.WRITTEN, (
-                    f"written, then failed ({why}); could not be restored; the old copy is "
-                    "in the backup directory")))
+                    f"written, then failed ({why}); {NOT_RESTORED}; the old copy is in the "
+                    "backup directory")))
             else:
                 outcomes.append(FileOutcome(change.path, FileAction.RESTORED,
                                             f"written, then failed ({why}); restored"))
         elif change.path in done_paths:
             if change.path in lost:
-                reason = "could not be restored; the old copy is in the backup directory"
+                reason = f"{NOT_RESTORED}; the old copy is in the backup directory"
                 outcomes.append(FileOutcome(change.path, FileAction.WRITTEN, reason))
             else:
                 reason = f"restored because {failed.path} could not be written"
@@ -386,10 +426,29 @@ def _replace_all(
     replacer: Replacer,
     log: FilteringBoundLogger,
 ) -> None:
-    """Replace each planned file in order; on the first failure restore those already done."""
+    """Replace each planned file in order; on the first failure restore those already done
+    (each old file kept as a hard link meanwhile: restoring it needs no room on the disk)."""
+    kept: dict[str, str] = {}
+    try:
+        _replace_each(fence, changes, backup_dir, kept, replacer=replacer, log=log)
+    finally:
+        _drop_kept(fence, kept)
+
+
+def _replace_each(
+    fence: Fence,
+    changes: Sequence[FileChange],
+    backup_dir: Path,
+    kept: dict[str, str],
+    *,
+    replacer: Replacer,
+    log: FilteringBoundLogger,
+) -> None:
     done: list[FileChange] = []
     for change in (c for c in changes if c.plan is Plan.WRITE):
         try:
+            if (old := _keep_old(fence, change)) is not None:
+                kept[change.path] = old
             with fence.at(change.path) as at:
                 method = replacer(at, change.new or b"", _owner_for(change))
         except (OSError, FenceError) as error:
@@ -397,7 +456,7 @@ def _replace_all(
             log.error("file_write_failed", path=change.path, error=why)
             replaced = _holds_new(fence, change)  # the error came after its rename
             restored, lost = _roll_back(fence, [*done, change] if replaced else done,
-                                        replacer, log)
+                                        kept, replacer, log)
             message = f"{change.path}: could not be written ({why})"
             if restored:
                 message += f"; restored {', '.join(restored)} from {backup_dir}"
