@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import tracemalloc
@@ -21,12 +22,14 @@ from wizard_runner.layout import Layout
 from wizard_runner.sysconf import Plan, plan_changes, read_targets
 from wizard_runner.toolcheck import (
     SCRATCH_PREFIX,
+    Scratch,
     ToolChecker,
     _clear_stale_scratch,
+    _rejected,
     check_included_interfaces,
     check_interface_device,
 )
-from wizard_runner.tools import find_tool, run_tool
+from wizard_runner.tools import ToolOutput, find_tool, run_tool
 
 pytestmark = pytest.mark.processes
 LOG = structlog.get_logger()
@@ -126,6 +129,10 @@ def test_ifquery_rejection_names_the_file(config: WizardConfig, sandbox: Path) -
     message = str(caught.value)
     assert message.startswith("/etc/network/interfaces: ifquery rejected the new content:")
     assert "unknown or no method" in message
+    assert SCRATCH_PREFIX not in message  # gone by the time anyone reads it
+    line = message.split("the new /etc/network/interfaces:", 1)[1].split(":", 1)[0]
+    assert message.endswith(f"(line {line} of the new /etc/network/interfaces is "
+                            "`iface eth1 inet carrier-pigeon`)")
 
 
 @needs_tool("postconf")
@@ -135,8 +142,26 @@ def test_postconf_rejection_names_the_file(config: WizardConfig, sandbox: Path) 
         handle.write("this is not a parameter\n")
     with pytest.raises(ApplyError) as caught:
         ToolChecker(config, Layout(sandbox), LOG)(writes(config, sandbox))
-    assert "/etc/postfix/main.cf: postconf rejected the new content" in str(caught.value)
-    assert "missing '=' after attribute name" in str(caught.value)
+    message = str(caught.value)
+    assert message.startswith("/etc/postfix/main.cf: postconf rejected the new content")
+    assert "missing '=' after attribute name" in message
+    assert SCRATCH_PREFIX not in message
+    assert re.search(r"the new /etc/postfix/main\.cf, line (\d+): .*\(line \1 of the new "
+                     r"/etc/postfix/main\.cf is `this is not a parameter`\)$", message), message
+
+
+@needs_tool("postconf")
+def test_a_broken_master_cf_is_blamed_not_main_cf(config: WizardConfig, sandbox: Path) -> None:
+    """postconf refusing the master.cf it reads with the new main.cf names master.cf, its
+    line quoted."""
+    (sandbox / "etc/postfix/master.cf").write_text("garbage\n")
+    with pytest.raises(ApplyError) as caught:
+        ToolChecker(config, Layout(sandbox), LOG)(writes(config, sandbox))
+    message = str(caught.value)
+    assert message.startswith("/etc/postfix/master.cf: postconf rejected it, reading it with "
+                              "the new /etc/postfix/main.cf: ")
+    assert message.endswith("(line 1 of /etc/postfix/master.cf is `garbage`)")
+    assert SCRATCH_PREFIX not in message
 
 
 @needs_tool("postmap")
@@ -146,8 +171,25 @@ def test_postmap_warning_is_a_rejection(config: WizardConfig, sandbox: Path) -> 
         handle.write("just-a-key-without-value\n")
     with pytest.raises(ApplyError) as caught:
         ToolChecker(config, Layout(sandbox), LOG)(writes(config, sandbox))
-    assert "/etc/postfix/canonical: postmap rejected the new content" in str(caught.value)
-    assert "expected format: key whitespace value" in str(caught.value)
+    message = str(caught.value)
+    assert message.startswith("/etc/postfix/canonical: postmap rejected the new content")
+    assert "expected format: key whitespace value" in message
+    assert message.endswith("of the new /etc/postfix/canonical is `just-a-key-without-value`)")
+    assert SCRATCH_PREFIX not in message
+
+
+def test_a_tool_that_cannot_run_is_not_said_to_reject() -> None:
+    """A tool failing for a reason of its own (a fatal error naming no file checked) could not
+    check the file: it did not reject its content."""
+    found = _rejected("/etc/postfix/canonical", "postmap", ToolOutput(
+        1, "", "postmap: fatal: file /tmp/x/main.cf: parameter mail_owner: unknown user name "
+        "value: postfix"), {
+            Path("/tmp/x/main.cf"): Scratch("the check's own main.cf", b"a = b\n"),
+            Path("/tmp/x/canonical"): Scratch("the new /etc/postfix/canonical", b"a b\n",
+                                              "/etc/postfix/canonical")})
+    assert str(found) == ("/etc/postfix/canonical: postmap could not check the new content: "
+                          "postmap: fatal: file the check's own main.cf: parameter mail_owner: "
+                          "unknown user name value: postfix")
 
 
 def test_missing_tool_is_logged_not_fatal(

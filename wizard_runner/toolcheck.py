@@ -12,14 +12,15 @@ import stat
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Final
+from typing import Final, NamedTuple
 
 from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import WizardConfig, vlan_raw_device
 from wizard_runner.errors import ApplyError
+from wizard_runner.escape import printable
 from wizard_runner.fence import Fence, FenceError, NotDirectoryError, open_fence
 from wizard_runner.layout import Layout
 from wizard_runner.procs import alive
@@ -216,9 +217,42 @@ def _write_settled(path: Path, data: bytes) -> None:
     os.utime(path, (settled, settled))
 
 
-def _rejected(path: str, tool: str, output: ToolOutput | str) -> ApplyError:
+class Scratch(NamedTuple):
+    """A scratch copy a tool reads: what it stands for in messages, its bytes, and the file
+    to blame when the tool refuses it (None: the check's own, blame the file checked)."""
+
+    shown: str
+    data: bytes
+    blamed: str | None = None
+
+
+def _rejected(path: str, tool: str, output: ToolOutput | str,
+              scratch: Mapping[Path, Scratch] | None = None) -> ApplyError:
+    """The error for a file a tool refused, in the tool's words, its scratch copies (gone by
+    the time anyone reads this) named for what they stand for, each line it points at quoted,
+    and the file at fault blamed: the one checked, or one read with it (master.cf)."""
     detail = output if isinstance(output, str) else (output.stderr or output.stdout).strip()
-    return ApplyError(f"{path}: {tool} rejected the new content: {detail}")
+    copies = scratch or {}
+    named = [copies[copy] for _, copy in sorted(
+        (detail.find(str(copy)), copy) for copy in copies if str(copy) in detail)]
+    quoted: dict[str, None] = {}
+    for copy, found in copies.items():
+        lines = found.data.splitlines()
+        for match in re.finditer(re.escape(str(copy)) + r"(?::(\d+):|[,:] line (\d+))", detail):
+            number = int(match.group(1) or match.group(2))
+            if 0 < number <= len(lines):
+                text = printable(lines[number - 1].decode("utf-8", "surrogateescape"))
+                quoted[f"line {number} of {found.shown} is `{text}`"] = None
+        detail = detail.replace(str(copy), found.shown)
+    quote = f" ({'; '.join(quoted)})" if quoted else ""
+    blamed = next((found.blamed for found in named if found.blamed is not None), path)
+    if blamed != path:
+        return ApplyError(f"{blamed}: {tool} rejected it, reading it with the new {path}: "
+                          f"{detail}{quote}")
+    if not isinstance(output, str) and "fatal:" in detail and \
+            all(found.blamed is None for found in named):  # about itself, or the check's own
+        return ApplyError(f"{path}: {tool} could not check the new content: {detail}")
+    return ApplyError(f"{path}: {tool} rejected the new content: {detail}{quote}")
 
 
 #: Scratch directories of the checks, `<prefix><pid>-<random>` in the temporary directory.
@@ -255,11 +289,11 @@ class ToolChecker:
             if INTERFACES in new:
                 self._check_interfaces(workdir, new[INTERFACES])
             if "/etc/postfix/main.cf" in new:
-                self._prepare_postfix_dir(fence, workdir / "postfix", new)
-                self._check_main_cf(workdir / "postfix")
+                copies = self._prepare_postfix_dir(fence, workdir / "postfix", new)
+                self._check_main_cf(workdir / "postfix", copies)
             if "/etc/postfix/canonical" in new:
-                self._prepare_table_dir(workdir / "table", new["/etc/postfix/canonical"])
-                self._check_canonical(workdir / "table")
+                copies = self._prepare_table_dir(workdir / "table", new["/etc/postfix/canonical"])
+                self._check_canonical(workdir / "table", copies)
 
     def _tool(self, name: str, path: str) -> str | None:
         found = find_tool(name)
@@ -283,21 +317,29 @@ class ToolChecker:
         net = self.config.network
         output = _check_run([ifquery, "--interfaces", str(candidate), net.interface])
         if output.returncode != 0:
-            raise _rejected(path, "ifquery", output)
+            raise _rejected(path, "ifquery", output,
+                            {candidate: Scratch(f"the new {path}", data, path)})
         if f"address: {net.ip_address}" not in output.stdout.splitlines():
             raise _rejected(path, "ifquery", f"it does not read address {net.ip_address} "
                             f"for {net.interface}: {output.stdout.strip()!r}")
         self.log.info("file_validated", path=path, tool="ifquery")
 
-    def _prepare_postfix_dir(self, fence: Fence, directory: Path, new: dict[str, bytes]) -> None:
+    def _prepare_postfix_dir(self, fence: Fence, directory: Path,
+                             new: dict[str, bytes]) -> dict[Path, Scratch]:
         directory.mkdir()
-        _write_settled(directory / "main.cf", new["/etc/postfix/main.cf"])
+        main_cf = new["/etc/postfix/main.cf"]
+        _write_settled(directory / "main.cf", main_cf)
+        copies = {directory / "main.cf": Scratch("the new /etc/postfix/main.cf", main_cf,
+                                                 "/etc/postfix/main.cf")}
         # Read as an include is: a regular file under the root, or a clear refusal.
         master_cf = fence.read_file("/etc/postfix/master.cf")
         if master_cf is not None:
             _write_settled(directory / "master.cf", master_cf)
+            copies[directory / "master.cf"] = Scratch("/etc/postfix/master.cf", master_cf,
+                                                      "/etc/postfix/master.cf")
+        return copies
 
-    def _prepare_table_dir(self, directory: Path, table: bytes) -> None:
+    def _prepare_table_dir(self, directory: Path, table: bytes) -> dict[Path, Scratch]:
         # The table alone is checked, against a minimal main.cf: the real one may point at
         # files (myorigin = /etc/mailname) that only exist once the run has written them.
         net = self.config.network
@@ -308,8 +350,11 @@ class ToolChecker:
         )
         _write_settled(directory / "main.cf", minimal.encode())
         _write_settled(directory / "canonical", table)
+        return {directory / "main.cf": Scratch("the check's own main.cf", minimal.encode()),
+                directory / "canonical": Scratch("the new /etc/postfix/canonical", table,
+                                                 "/etc/postfix/canonical")}
 
-    def _check_main_cf(self, directory: Path) -> None:
+    def _check_main_cf(self, directory: Path, copies: dict[Path, Scratch]) -> None:
         path = "/etc/postfix/main.cf"
         postconf = self._tool("postconf", path)
         if postconf is None:
@@ -317,14 +362,14 @@ class ToolChecker:
         output = _check_run([postconf, "-c", str(directory), "-h", "myhostname", "mydomain",
                              "myorigin"])
         if output.returncode != 0:
-            raise _rejected(path, "postconf", output)
+            raise _rejected(path, "postconf", output, copies)
         net = self.config.network
         expected = [net.fqdn, net.domain, "/etc/mailname"]
         if output.stdout.split() != expected:
             raise _rejected(path, "postconf", f"it reads {output.stdout.split()}, not {expected}")
         self.log.info("file_validated", path=path, tool="postconf")
 
-    def _check_canonical(self, directory: Path) -> None:
+    def _check_canonical(self, directory: Path, copies: dict[Path, Scratch]) -> None:
         path = "/etc/postfix/canonical"
         postmap = self._tool("postmap", path)
         if postmap is None:
@@ -333,7 +378,7 @@ class ToolChecker:
         output = _check_run([postmap, "-c", str(directory), table])
         # postmap exits 0 even when it skips malformed lines; its warnings count as rejections.
         if output.returncode != 0 or "warning:" in output.stderr:
-            raise _rejected(path, "postmap", output)
+            raise _rejected(path, "postmap", output, copies)
         net = self.config.network
         query = _check_run([postmap, "-c", str(directory), "-q", f"@{net.hostname}", table])
         if query.stdout.strip() != f"@{net.fqdn}":
