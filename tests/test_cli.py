@@ -786,3 +786,52 @@ def test_a_run_killed_after_it_stored_its_result_cut_nothing_short(sandbox: Path
         0, f"last run {stored['run_id']}: succeeded (exit 0)")
     again = cli("run", "--root", str(sandbox), "--json")
     assert json.loads(again.stdout)["warnings"] == []
+
+
+def to_full_disk(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the console script with its standard output on /dev/full (every write: ENOSPC)."""
+    with open("/dev/full", "w") as full:
+        return subprocess.run([str(SCRIPT), *args], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=60, check=False)
+
+
+LOST_OUTPUT = ("wizard-runner: standard output could not be written (No space left on device): "
+               "what this command printed is incomplete\n")
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(("validate", "--config", EXAMPLE), id="validate"),
+    pytest.param(("validate", "--config", EXAMPLE, "--json"), id="validate-json"),
+    pytest.param(("run", "--config", EXAMPLE, "--dry-run", "--json", "--root", "ROOT"),
+                 id="dry-run"),
+    pytest.param(("status", "--json", "--root", "ROOT"), id="status"),
+])
+def test_output_that_cannot_be_written_fails_the_command(sandbox: Path,
+                                                         args: tuple[str, ...]) -> None:
+    """A command whose output is the point fails (74) when its output cannot be written, and
+    says so on stderr."""
+    assert cli("run", "--config", EXAMPLE, "--root", str(sandbox)).returncode == 0
+    done = to_full_disk(*(str(sandbox) if arg == "ROOT" else arg for arg in args))
+    assert (done.returncode, done.stderr) == (74, LOST_OUTPUT)
+
+
+def test_a_run_keeps_its_exit_code_when_its_output_is_lost(sandbox: Path) -> None:
+    """A run's exit code says what became of the run: its output lost is said on stderr, and
+    the run still succeeds (its result is stored)."""
+    done = to_full_disk("run", "--config", EXAMPLE, "--root", str(sandbox), "--log-format",
+                        "json")
+    assert done.returncode == 0
+    assert done.stderr.endswith(LOST_OUTPUT)
+    assert cli("status", "--root", str(sandbox)).returncode == 0
+
+
+def test_a_reader_that_goes_away_is_not_an_error(sandbox: Path) -> None:
+    """A closed pipe (`| head`) ends the output quietly, with the command's own exit code."""
+    shown = subprocess.Popen([str(SCRIPT), "run", "--config", EXAMPLE, "--root", str(sandbox),
+                              "--dry-run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    assert shown.stdout is not None
+    shown.stdout.close()  # gone before the first write: every write fails with EPIPE
+    _, stderr = shown.communicate(timeout=60)
+    assert shown.returncode == 0
+    assert "standard output" not in stderr

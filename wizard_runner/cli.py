@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import logging
@@ -778,9 +779,16 @@ def main(
     """Run the command line and return the exit code; never raises, never shows a traceback."""
     stdin = stdin or sys.stdin or cast(TextIO, _ClosedInput())
     # A closed pipe on stdout or stderr must not stop a run from finishing and cleaning up.
-    out = cast(TextIO, SafeStream(stdout or sys.stdout or cast(TextIO, _Nowhere())))
+    safe_out = SafeStream(stdout or sys.stdout or cast(TextIO, _Nowhere()))
+    out = cast(TextIO, safe_out)
     err = cast(TextIO, SafeStream(stderr or sys.stderr or cast(TextIO, _Nowhere())))
-    code = _command_line(list(sys.argv[1:] if argv is None else argv), out, stdin, err)
+    code, args = _command_line(list(sys.argv[1:] if argv is None else argv), out, stdin, err)
+    lost = safe_out.error
+    if lost is not None and lost.errno != errno.EPIPE:  # a reader gone away wants no more
+        err.write(f"{PROG}: standard output could not be written ({lost.strerror}): what "
+                  "this command printed is incomplete\n")
+        if code == EXIT_OK and not _reports_work(args):
+            code = EXIT_IO  # its output was the point
     held = take_stop()
     if held is not None:  # it came where nothing was left to cut short
         err.write(f"{PROG}: {RunInterrupted(held)}, too late to cut the command short: its "
@@ -788,18 +796,26 @@ def main(
     return code
 
 
-def _command_line(arguments: list[str], out: TextIO, stdin: TextIO, err: TextIO) -> int:
-    command: str | None = None
+def _reports_work(args: argparse.Namespace | None) -> bool:
+    """Whether the command's exit code says what became of work it did (a run, a request),
+    which its output being lost does not change."""
+    return args is not None and (args.command in ("submit", "serve") or
+                                 (args.command == "run" and not args.dry_run))
+
+
+def _command_line(arguments: list[str], out: TextIO, stdin: TextIO,
+                  err: TextIO) -> tuple[int, argparse.Namespace | None]:
+    """The command's exit code, and its parsed arguments (None when they were not)."""
+    args: argparse.Namespace | None = None
     try:
         args = parse(arguments)
-        command = args.command
-        return _COMMANDS[args.command].handle(args, out, stdin, err)
+        return _COMMANDS[args.command].handle(args, out, stdin, err), args
     except SystemExit as done:  # --help and --version
-        return done.code if isinstance(done.code, int) else EXIT_USAGE
+        return (done.code if isinstance(done.code, int) else EXIT_USAGE), args
     except BaseException as error:  # the one boundary: every failure is said, once
         failure = failure_of(error)
     err.write(f"{failure.usage}{PROG}: {failure.message}\n")
     if "--json" in arguments:
-        _print_json(_error_object(command, failure.status, failure.code, failure.message,
-                                  failure.problems), out)
-    return failure.code
+        _print_json(_error_object(args.command if args is not None else None, failure.status,
+                                  failure.code, failure.message, failure.problems), out)
+    return failure.code, args

@@ -42,6 +42,8 @@ class SafeStream:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.broken = False
+        #: The first write error, if one broke the stream (a stop giving it up is none).
+        self.error: OSError | None = None
         try:
             self.fd: int | None = stream.fileno()
         except (OSError, ValueError, AttributeError):
@@ -62,8 +64,8 @@ class SafeStream:
                         break
                     self.stream.write(text[start:start + _PIECE])
                     self.stream.flush()
-            except (OSError, ValueError):
-                self.broken = True
+            except (OSError, ValueError) as error:
+                self._broke(error)
         return len(text)
 
     def flush(self) -> None:
@@ -71,8 +73,13 @@ class SafeStream:
         if not self.broken:
             try:
                 self.stream.flush()
-            except (OSError, ValueError):
-                self.broken = True
+            except (OSError, ValueError) as error:
+                self._broke(error)
+
+    def _broke(self, error: OSError | ValueError) -> None:
+        self.broken = True
+        if isinstance(error, OSError):
+            self.error = error
 
     def isatty(self) -> bool:
         """Whether the stream is a terminal."""
