@@ -835,3 +835,36 @@ def test_a_reader_that_goes_away_is_not_an_error(sandbox: Path) -> None:
     _, stderr = shown.communicate(timeout=60)
     assert shown.returncode == 0
     assert "standard output" not in stderr
+
+
+def test_a_plain_rerun_repeats_the_options_of_the_last_run(sandbox: Path) -> None:
+    """`run` without --config repeats the last run's --replace-symlinks (and --user,
+    --timeout, --apply-network) with its body; one given again overrides it."""
+    resolv = sandbox / "etc/resolv.conf"
+    (sandbox / "run").mkdir(exist_ok=True)
+    (sandbox / "run/resolv.conf").write_text("nameserver 127.0.0.53\n")
+    resolv.unlink()
+    resolv.symlink_to("../run/resolv.conf")
+    mailname = sandbox / "etc/mailname"
+    mailname.unlink()
+    mailname.mkdir()  # the run fails before any write
+    first = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--replace-symlinks",
+                "--timeout", "42")
+    assert first.returncode == 73, first.stderr
+    assert resolv.is_symlink()
+    saved = json.loads((sandbox / "var/lib/wizard-runner/config.json").read_text())
+    assert saved["options"] == {"replace_symlinks": True, "apply_network": False,
+                                "user": "www-data", "timeout": 42.0}
+    mailname.rmdir()
+
+    def planned(*override: str) -> str:
+        shown = cli("run", "--root", str(sandbox), "--dry-run", "--json", *override)
+        files = json.loads(shown.stdout)["files"]
+        return str(next(entry["plan"] for entry in files if entry["path"] == "/etc/resolv.conf"))
+
+    assert (planned(), planned("--no-replace-symlinks")) == ("write", "skip")
+    rerun = cli("run", "--root", str(sandbox))
+    assert rerun.returncode == 0, rerun.stderr
+    assert not resolv.is_symlink()
+    saved = json.loads((sandbox / "var/lib/wizard-runner/config.json").read_text())
+    assert saved["options"]["timeout"] == 42.0  # the rerun ran with it, and keeps it

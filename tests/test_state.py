@@ -27,6 +27,7 @@ from wizard_runner.result import (
     now,
 )
 from wizard_runner.state import (
+    Choices,
     Unfinished,
     load_saved_config,
     read_last_result,
@@ -151,14 +152,50 @@ def test_nothing_to_resume(tmp_path: Path, status: RunStatus,
 def test_the_saved_body_keeps_the_flags_run_and_no_password(
     tmp_path: Path, config: WizardConfig
 ) -> None:
-    """The saved body is what was run (its flags) without the password, readable back."""
+    """The saved body is what was run (its flags) without the password, with the run's
+    choices, readable back."""
     layout = Layout(tmp_path)
-    save_config(layout, config.model_copy(update={"run_scripts": True}))
+    choices = Choices(replace_symlinks=True, apply_network=False, user="asterisk", timeout=None)
+    save_config(layout, config.model_copy(update={"run_scripts": True}), choices)
     assert oct(layout.saved_config.stat().st_mode & 0o777) == "0o600"
     assert config.admin_password.get_secret_value() not in layout.saved_config.read_text()
-    loaded = load_saved_config(layout)
+    loaded, found = load_saved_config(layout)
     assert loaded.run_scripts is True
     assert loaded.network == config.network
+    assert found == choices
+
+
+def test_a_body_saved_without_choices_reruns_with_the_defaults(
+    tmp_path: Path, config: WizardConfig
+) -> None:
+    """A saved body without "options" (an earlier version's) reruns with the defaults."""
+    layout = Layout(tmp_path)
+    save_config(layout, config, Choices(replace_symlinks=True))
+    data = json.loads(layout.saved_config.read_text())
+    del data["options"]
+    layout.saved_config.write_text(json.dumps(data))
+    assert load_saved_config(layout).choices == Choices()
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    pytest.param([], "not an object", id="a-list"),
+    pytest.param({"replace_symlinks": "yes"}, "replace_symlinks", id="not-a-bool"),
+    pytest.param({"timeout": -1}, "timeout", id="negative-timeout"),
+    pytest.param({"timeout": True}, "timeout", id="bool-timeout"),
+    pytest.param({"user": ""}, "user", id="no-user"),
+    pytest.param({"root": "/"}, "root", id="unknown"),
+])
+def test_damaged_choices_are_named(tmp_path: Path, config: WizardConfig, options: object,
+                                   named: str) -> None:
+    """A saved choice that no run saves makes the file damaged, naming it."""
+    layout = Layout(tmp_path)
+    save_config(layout, config, Choices())
+    data = json.loads(layout.saved_config.read_text())
+    data["options"] = options
+    layout.saved_config.write_text(json.dumps(data))
+    with pytest.raises(StateFileError, match=f'is damaged \\("options": {named}\\): pass '
+                       "--config FILE"):
+        load_saved_config(layout)
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from wizard_runner.result import RunResult, ScriptOutcome
     from wizard_runner.runner import RunOptions
     from wizard_runner.spool import NotAnsweredError
-    from wizard_runner.state import Unfinished
+    from wizard_runner.state import Choices, Unfinished
 
 # Each command imports what it needs when it runs: `--help` stays fast.
 
@@ -140,13 +140,17 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
                        help="start the scripts at NAME (the ones before are not run)")
     start.add_argument("--resume", action="store_true",
                        help="start the scripts at the one that failed in the last run")
-    run.add_argument("--user", default=DEFAULT_USER,
+    # Unset, these four are the defaults, or on a rerun of the saved body what the last run
+    # was told (SUPPRESS: not given leaves no attribute; a timeout of 0 means none).
+    run.add_argument("--user", default=argparse.SUPPRESS,
                      help=f"run the scripts as this user (default {DEFAULT_USER})")
-    run.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+    run.add_argument("--timeout", type=_timeout, default=argparse.SUPPRESS, metavar="SECONDS",
                      help=f"per-script time limit, 0 for none (default {DEFAULT_TIMEOUT:g})")
-    run.add_argument("--replace-symlinks", action="store_true",
+    run.add_argument("--replace-symlinks", default=argparse.SUPPRESS,
+                     action=argparse.BooleanOptionalAction,
                      help="replace a symlinked target (resolv.conf) with a file")
-    run.add_argument("--apply-network", action="store_true",
+    run.add_argument("--apply-network", default=argparse.SUPPRESS,
+                     action=argparse.BooleanOptionalAction,
                      help="restart the interface when /etc/network/interfaces changed "
                      "(can cut SSH sessions)")
     _add_log_format(run)
@@ -396,18 +400,21 @@ def _validate(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO)
     return EXIT_OK
 
 
-def _options(args: argparse.Namespace, out: TextIO) -> RunOptions:
+def _options(args: argparse.Namespace, out: TextIO, choices: Choices) -> RunOptions:
+    """The run's options: the command line's, else `choices` (a rerun: the last run's)."""
     from wizard_runner.runner import RunOptions
 
     progress = TerminalProgress(out) if out.isatty() and not args.json else None
+    given = {name: getattr(args, name) for name in choices._fields if hasattr(args, name)}
+    chosen = choices._replace(**given)
     return RunOptions(
         root=args.root,
         handle_system_conf=args.system_conf,
         run_scripts=args.scripts,
-        replace_symlinks=args.replace_symlinks,
-        apply_network=args.apply_network,
-        user=args.user,
-        timeout=args.timeout,
+        replace_symlinks=chosen.replace_symlinks,
+        apply_network=chosen.apply_network,
+        user=chosen.user,
+        timeout=chosen.timeout,
         start_at=args.start_at,
         resume=args.resume,
         save_config=True,
@@ -432,16 +439,16 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
     from wizard_runner.preflight import require_system_tree
     from wizard_runner.runner import execute
     from wizard_runner.signals import install_stop_handlers
-    from wizard_runner.state import load_saved_config
+    from wizard_runner.state import Choices, load_saved_config
 
     install_stop_handlers()
-    options = _options(args, out)
     if args.config is None:
         layout = Layout.under(args.root)
         require_system_tree(layout)
-        config = load_saved_config(layout)
+        config, choices = load_saved_config(layout)
     else:
-        config = read_config(args.config, stdin)
+        config, choices = read_config(args.config, stdin), Choices()
+    options = _options(args, out, choices)
     style = log_style(args.log_format)
     if args.dry_run:
         from wizard_runner.preview import preview
@@ -676,7 +683,8 @@ _COMMANDS: Final[dict[str, _Command]] = {
     "run": _Command(
         "apply a wizard body: the system files, then the scripts",
         "Without --config, repeat the last run: its body (saved without its password in "
-        "/var/lib/wizard-runner/config.json) with the flags it ran with.",
+        "/var/lib/wizard-runner/config.json) with the flags and options it ran with; an option "
+        "given again overrides the saved one.",
         _run_arguments, _run),
     "submit": _Command(
         "hand a wizard body to the daemon (as www-data: confd's way in)",

@@ -18,7 +18,7 @@ from wizard_runner.escape import printable
 from wizard_runner.layout import Layout
 from wizard_runner.runuser import RunUser, require_switch_allowed, resolve_user
 from wizard_runner.scripts.discovery import Decision, Scan, Verdict, check_safe, scan
-from wizard_runner.state import resume_point
+from wizard_runner.state import Choices, resume_point
 
 if TYPE_CHECKING:
     from wizard_runner.scripts.output import Progress
@@ -41,6 +41,11 @@ class RunOptions:
     save_config: bool = True
     request_id: str | None = None  # the spool request served, recorded in the result
     progress: Progress | None = field(default=None, compare=False)
+
+    @property
+    def choices(self) -> Choices:
+        """What a plain rerun repeats of these options."""
+        return Choices(self.replace_symlinks, self.apply_network, self.user, self.timeout)
 
 
 class Start(NamedTuple):

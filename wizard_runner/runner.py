@@ -281,7 +281,7 @@ def execute(
                                   run_id=run_id)
             if options.save_config:
                 try:
-                    save_config(layout, plan.config_as_run(config))
+                    save_config(layout, plan.config_as_run(config), options.choices)
                 except WizardRunnerError as error:
                     log.error("run_not_started", error=str(error))
                     settle_stops()

@@ -1,21 +1,29 @@
 """What the runner keeps between runs: the saved body (for reruns) and the last run's result.
 
     <root>/var/lib/wizard-runner/config.json    0600  the last body run, without its password,
-                                                      with the flags the run really used
+                                                      with the flags the run really used, and
+                                                      the options it ran with
     <root>/var/lib/wizard-runner/last-run.json  0644  the last run's result (confd reads it)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, NamedTuple
 
 from wizard_runner.config import WizardConfig, decode_json, saved_config_from_data
-from wizard_runner.defaults import MAX_CONFIG_BYTES, MAX_RESULT_BYTES
+from wizard_runner.defaults import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_USER,
+    MAX_CONFIG_BYTES,
+    MAX_RESULT_BYTES,
+)
 from wizard_runner.errors import (
     ConfigError,
     ConfigUnreadableError,
@@ -41,16 +49,63 @@ def _store(layout: Layout, path: Path, data: bytes, mode: int, what: str) -> Non
         raise RunnerIOError(f"{path}: cannot store {what}: {error.strerror}") from error
 
 
-def save_config(layout: Layout, config: WizardConfig) -> None:
-    """Keep the body (without the password, with the flags as run) so that a plain
-    `wizard-runner run` repeats what this run did."""
-    data = {"saved_at": now().isoformat(timespec="seconds"), "config": config.public_dict()}
+class Choices(NamedTuple):
+    """What a run was told besides its body that changes what it does: a plain rerun repeats
+    it with the saved body (the command line overrides each)."""
+
+    replace_symlinks: bool = False
+    apply_network: bool = False
+    user: str = DEFAULT_USER
+    timeout: float | None = DEFAULT_TIMEOUT  # None: no limit
+
+
+class Saved(NamedTuple):
+    """What a plain rerun repeats: the last body run, and the choices it ran with."""
+
+    config: WizardConfig
+    choices: Choices
+
+
+def save_config(layout: Layout, config: WizardConfig, choices: Choices) -> None:
+    """Keep the body (without the password, with the flags as run) and the run's choices, so
+    that a plain `wizard-runner run` repeats what this run did."""
+    data = {"saved_at": now().isoformat(timespec="seconds"), "config": config.public_dict(),
+            "options": choices._asdict()}
     _store(layout, layout.saved_config, (json.dumps(data, indent=2) + "\n").encode(), 0o600,
            "the body for reruns")
 
 
-def load_saved_config(layout: Layout) -> WizardConfig:
-    """The body saved by the last run; a clear error when there is none or it is damaged."""
+def _positive_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and \
+        math.isfinite(value) and value > 0
+
+
+#: What each saved choice may be (a timeout of None: no limit).
+_CHOICE_OK: Final[dict[str, Callable[[object], bool]]] = {
+    "replace_symlinks": lambda value: isinstance(value, bool),
+    "apply_network": lambda value: isinstance(value, bool),
+    "user": lambda value: isinstance(value, str) and bool(value),
+    "timeout": lambda value: value is None or _positive_seconds(value),
+}
+
+
+def _choices(data: object, path: Path) -> Choices:
+    """The saved choices (the defaults for a body saved without them); StateFileError naming
+    each one that is not what a run saves."""
+    if data is None:
+        return Choices()
+    wrong = ([str(name) for name, value in data.items()
+              if name not in _CHOICE_OK or not _CHOICE_OK[name](value)]
+             if isinstance(data, dict) else ["not an object"])
+    if wrong:
+        raise StateFileError(f"{path} is damaged (\"options\": {', '.join(wrong)}): pass "
+                             "--config FILE to run a body, which saves it again")
+    return Choices(**data)  # type: ignore[arg-type]  # each checked above
+
+
+def load_saved_config(layout: Layout) -> Saved:
+    """The body saved by the last run, and its choices; a clear error when there is none or
+    it is damaged."""
     path = layout.saved_config
     try:
         raw = read_regular(path, limit=2 * MAX_CONFIG_BYTES)[0]
@@ -72,7 +127,8 @@ def load_saved_config(layout: Layout) -> WizardConfig:
     if not isinstance(body, dict):
         raise StateFileError(f"{path} is damaged (no \"config\" object): pass --config FILE "
                              "to run a body, which saves it again")
-    return saved_config_from_data(body, str(path))
+    options = data.get("options") if isinstance(data, dict) else None
+    return Saved(saved_config_from_data(body, str(path)), _choices(options, path))
 
 
 def read_last_result(layout: Layout) -> RunResult | None:

@@ -102,11 +102,13 @@ options:
   timeout:
     description:
       - Seconds each script may take before it is stopped (wizard-runner's default is 600;
-        V(0) for none).
+        V(0) for none). Unset on a rerun of the saved body (neither O(config) nor
+        O(config_file)), the last run's.
     type: int
   user:
     description:
-      - The user the scripts run as. Unset, wizard-runner's default, C(www-data).
+      - The user the scripts run as. Unset, wizard-runner's default, C(www-data) (on a rerun
+        of the saved body, the last run's).
     type: str
   replace_symlinks:
     description:
@@ -352,10 +354,9 @@ def wizard_argv(executable: str, params: dict[str, Any], *, dry_run: bool) -> li
         argv += ["--timeout", str(params["timeout"])]
     if params["user"] is not None:
         argv += ["--user", params["user"]]
-    if params["replace_symlinks"]:
-        argv.append("--replace-symlinks")
-    if params["apply_network"]:
-        argv.append("--apply-network")
+    # Always said: the task states them, whatever a rerun of the saved body would repeat.
+    argv.append("--replace-symlinks" if params["replace_symlinks"] else "--no-replace-symlinks")
+    argv.append("--apply-network" if params["apply_network"] else "--no-apply-network")
     if dry_run:
         argv.append("--dry-run")
     return argv
