@@ -55,6 +55,12 @@ def test_example_body_is_valid(config: WizardConfig) -> None:
     assert config.run_scripts is False
 
 
+def test_a_byte_order_mark_is_allowed(body: dict[str, Any]) -> None:
+    """A body saved with a UTF-8 byte order mark (some editors write one) reads as without."""
+    text = json.dumps(body).encode()
+    assert parse_config(b"\xef\xbb\xbf" + text) == parse_config(text)
+
+
 def test_defaults_apply_to_a_minimal_body(body: dict[str, Any]) -> None:
     """Optional keys take their documented defaults."""
     for key in ("language", "context_incall", "context_outcall", "default_french_configuration",
@@ -363,7 +369,7 @@ def test_gateway_checked_even_when_another_network_field_fails(body: dict[str, A
 
 def test_not_an_object() -> None:
     """A body that is not a JSON object is named as such."""
-    assert problems([1, 2]) == ["config: must be an object, not a list"]
+    assert problems([1, 2]) == ["(top level): must be an object, not a list"]
 
 
 def test_missing_keys_all_named() -> None:

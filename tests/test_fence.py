@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import snapshot
 from tests.helpers import SPECIAL_FILES, make_fifo, outside_dir
-from wizard_runner.fence import Fence, FenceError, NotDirectoryError, describe, open_fence
-from wizard_runner.fsio import MAX_TARGET_BYTES
+from wizard_runner.fence import Fence, FenceError, NotDirectoryError, open_fence
+from wizard_runner.fsio import MAX_TARGET_BYTES, describe
 from wizard_runner.layout import Layout
 
 

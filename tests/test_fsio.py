@@ -21,6 +21,7 @@ from wizard_runner.fsio import (
     RunLock,
     WriteMethod,
     atomic_replace,
+    ensure_dir,
     new_file_owner,
     remove_stale_temps,
 )
@@ -196,3 +197,15 @@ def test_lock_directory_not_creatable(fs: FakeFilesystem) -> None:
             RunLock(Path("/ro/run/wizard-runner/lock")).acquire()
     finally:
         set_uid(0 if os.geteuid() == 0 else os.geteuid())
+
+
+@pytest.mark.parametrize("taken", ["var/lib/wizard-runner", "var/lib"])
+def test_a_file_where_a_directory_goes_is_named(tmp_path: Path, taken: str) -> None:
+    """ensure_dir says which path is not a directory, and what it is, when a file holds the
+    name or a parent's."""
+    (tmp_path / taken).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / taken).touch()
+    with pytest.raises(OSError) as caught:
+        ensure_dir(tmp_path / "var/lib/wizard-runner", 0o755)
+    assert caught.value.errno == errno.ENOTDIR
+    assert caught.value.strerror == f"{tmp_path / taken} is not a directory (a regular file)"

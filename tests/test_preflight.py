@@ -136,6 +136,10 @@ def test_a_root_without_etc_is_refused(tmp_path: Path) -> None:
         assert f"--root {empty}: there is no etc/ directory under it" in done.stderr
         assert json.loads(done.stdout)["exit_code"] == 66
     assert list(empty.iterdir()) == []
+    (empty / "etc").touch()
+    done = cli("run", "--config", EXAMPLE, "--root", str(empty))
+    assert done.returncode == 66, done.stderr
+    assert f"--root {empty}: its etc is not a directory (a regular file)" in done.stderr
 
 
 @pytest.mark.processes

@@ -44,8 +44,9 @@ from wizard_runner.layout import Layout
 from wizard_runner.log import make_logger
 from wizard_runner.result import RunResult, RunStatus, ScriptOutcome
 from wizard_runner.runuser import require_switch_allowed, resolve_user
-from wizard_runner.scripts.step import ScriptsOptions, run_scripts
-from wizard_runner.scripts.watch import Watch
+from wizard_runner.scripts.spawner import Exited
+from wizard_runner.scripts.step import ScriptsOptions, judge, run_scripts
+from wizard_runner.scripts.watch import Watch, Watched
 from wizard_runner.signals import install_stop_handlers
 
 pytestmark = pytest.mark.processes
@@ -330,8 +331,8 @@ def test_missing_wizard_d_is_exit_66(config: WizardConfig, root: Path) -> None:
     shutil.rmtree(root / "etc/xivo/wizard.d")
     error = refused(config, root)
     assert error.exit_code == 66
-    assert str(error) == (f"{root}/etc/xivo/wizard.d: the scripts directory does not exist "
-                          "(run_scripts is true)")
+    assert str(error) == (f"{root}/etc/xivo/wizard.d: the scripts directory does not exist, "
+                          "so no script can run")
 
 
 def test_empty_wizard_d_succeeds(config: WizardConfig, root: Path) -> None:
@@ -1374,3 +1375,17 @@ def test_a_step_broken_off_while_a_script_runs_leaves_nothing(
     assert said.count("script_started") == 2, said
     assert no_process_with(marker)
     assert not ran.exists()
+
+
+@pytest.mark.parametrize(("timeout", "said"), [
+    pytest.param(1e-7, "timed out after 1e-07 s", id="tiny"),
+    pytest.param(600.0, "timed out after 600 s", id="default"),
+    pytest.param(2.5, "timed out after 2.5 s", id="fraction"),
+])
+def test_a_timeout_is_said_as_given(timeout: float, said: str) -> None:
+    """The reason of a script timed out states its limit as given, without the noise of the
+    clock's arithmetic."""
+    started = 123456.789
+    seen = Watched(pid=7, started=started, deadline=started + timeout, stopped_at=started + 1,
+                   exited=Exited(9, started + 1.5))
+    assert judge("10-slow", seen, "").reason == said

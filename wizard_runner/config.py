@@ -501,6 +501,7 @@ def _describe(error: ErrorDetails) -> str:
         "model_type": "an object",
         "dict_type": "an object",
         "model_attributes_type": "an object",
+        "dataclass_type": "an object",
     }.get(kind)
     if expected is not None:
         return f"must be {expected}, not {_json_type(value)}"
@@ -516,7 +517,7 @@ def _path(loc: tuple[str | int, ...]) -> str:
         str(part) if isinstance(part, int) or _PLAIN_KEY.fullmatch(part) else shown(part)
         for part in loc
     ]
-    return ".".join(parts) or "config"
+    return ".".join(parts) or "(top level)"
 
 
 def problems_of(error: ValidationError) -> list[str]:
@@ -566,6 +567,7 @@ def decode_json(text: str | bytes, source: str = "config") -> object:
         raw = text.decode("utf-8") if isinstance(text, bytes) else text
     except UnicodeDecodeError as error:
         raise ConfigError([f"not UTF-8 text (byte {error.start})"], source) from None
+    raw = raw.removeprefix("\ufeff")  # a byte order mark some editors write: RFC 8259 allows it
     try:
         return json.loads(
             raw, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant

@@ -24,7 +24,13 @@ from pathlib import Path, PurePosixPath
 from typing import Final
 
 from wizard_runner.errors import ApplyError, PrivilegeError
-from wizard_runner.fsio import MAX_TARGET_BYTES, At, NotRegularFileError, read_regular
+from wizard_runner.fsio import (
+    MAX_TARGET_BYTES,
+    At,
+    NotRegularFileError,
+    describe,
+    read_regular,
+)
 from wizard_runner.layout import Layout, is_inside
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -36,20 +42,6 @@ class FenceError(ApplyError):
 
 class NotDirectoryError(FenceError):
     """Something on the way to a system path is not a directory (a file named /etc/postfix)."""
-
-
-def describe(mode: int) -> str:
-    """What kind of file `mode` says, in words ("a FIFO", "a directory")."""
-    kinds = (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISLNK, "a symlink"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISREG, "a regular file"),
-    )
-    return next((name for test, name in kinds if test(mode)), "an unknown kind of file")
 
 
 def _parts(system_path: str | PurePosixPath) -> tuple[str, ...]:

@@ -201,12 +201,34 @@ def remove_stale_temps(dir_fd: int) -> list[str]:
     return removed
 
 
+def describe(mode: int) -> str:
+    """What kind of file `mode` says, in words ("a FIFO", "a directory")."""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISREG, "a regular file"),
+    )
+    return next((name for test, name in kinds if test(mode)), "an unknown kind of file")
+
+
+
 def ensure_dir(path: Path, mode: int) -> None:
-    """Create `path` (and its parents) when missing; an access refusal is a privilege error."""
+    """Create `path` (and its parents) when missing; an access refusal is a privilege error,
+    something else at the name (a file) an OSError saying what it is."""
     try:
         path.mkdir(mode=mode, parents=True, exist_ok=True)
     except PermissionError as error:
         raise PrivilegeError(f"{path}: cannot create directory: {error.strerror}") from error
+    except (FileExistsError, NotADirectoryError) as error:  # a file has the name, or a parent's
+        found = next((parent for parent in (path, *path.parents)
+                      if os.path.lexists(parent) and not os.path.isdir(parent)), path)
+        kind = describe(os.lstat(found).st_mode) if os.path.lexists(found) else "gone"
+        raise OSError(errno.ENOTDIR, f"{found} is not a directory ({kind})",
+                      str(path)) from error
 
 
 def prepare_dir(path: Path, mode: int, gid: int = 0) -> None:

@@ -15,6 +15,7 @@ from wizard_runner.config import WizardConfig
 from wizard_runner.defaults import DEFAULT_TIMEOUT, DEFAULT_USER
 from wizard_runner.errors import PrivilegeError, RootError, UsageError, check_seconds
 from wizard_runner.escape import printable
+from wizard_runner.fsio import describe
 from wizard_runner.layout import Layout
 from wizard_runner.runuser import RunUser, require_switch_allowed, resolve_user
 from wizard_runner.scripts.discovery import Decision, Scan, Verdict, check_safe, scan
@@ -105,7 +106,11 @@ def require_privileges(layout: Layout) -> None:
 def require_system_tree(layout: Layout) -> None:
     """A root without etc/ is not a system: a typo, or an empty directory. (A single missing
     directory such as etc/postfix, on a machine without postfix, is a reasoned skip.)"""
-    if not os.path.isdir(layout.host("/etc")):
+    etc = layout.host("/etc")
+    if os.path.lexists(etc) and not os.path.isdir(etc):
+        raise RootError(f"--root {layout.root}: its etc is not a directory "
+                        f"({describe(os.lstat(etc).st_mode)}), so it is not a system tree")
+    if not os.path.isdir(etc):
         raise RootError(f"--root {layout.root}: there is no etc/ directory under it, so it "
                         "is not a system tree (a typo, or an empty directory?)")
 

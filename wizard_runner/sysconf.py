@@ -20,7 +20,6 @@ from wizard_runner.fence import (
     Fence,
     FenceError,
     cannot,
-    describe,
     open_fence,
     read_regular_at,
 )
@@ -28,6 +27,7 @@ from wizard_runner.fsio import (
     At,
     Ownership,
     WriteMethod,
+    describe,
     new_file_owner,
     remove_stale_temps,
     replace_at,

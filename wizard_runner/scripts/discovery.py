@@ -301,7 +301,7 @@ def scan(directory: Path, user: RunUser, top: Path | None = None) -> Scan:
         names = os.listdir(directory)
     except FileNotFoundError:
         raise ScriptsDirMissingError(
-            f"{directory}: the scripts directory does not exist (run_scripts is true)"
+            f"{directory}: the scripts directory does not exist, so no script can run"
         ) from None
     except NotADirectoryError:
         raise ScriptsDirMissingError(f"{directory}: not a directory") from None
