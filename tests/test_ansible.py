@@ -387,8 +387,11 @@ def test_failures_point_at_the_tasks_own_fix(
                              f"(no saved config at {appliance}/var/lib/wizard-runner/"
                              "config.json)")
     assert nobody["rc"] == 66
-    assert not_ours["msg"] == ("/bin/true exited with 0 without a JSON answer (is it "
-                               "wizard-runner? see executable): (nothing on stderr)")
+    assert not_ours["msg"] in (  # ended before it read the body, or after
+        "/bin/true exited with 0 without a JSON answer (is it wizard-runner? see executable): "
+        "(nothing on stderr)",
+        "/bin/true could not be given the wizard body (Broken pipe): is it wizard-runner? "
+        "(see executable)")
     assert unsafe["rc"] == 77
     assert unsafe["msg"].startswith("wizard-runner lacks a privilege it needs or found wizard.d "
                                     "unsafe" + ("" if os.geteuid() == 0 else

@@ -368,7 +368,13 @@ def call_wizard_runner(
     """Run wizard-runner with the body on its standard input; its exit code and JSON answer."""
     stdin = json.dumps(body) if body is not None else None
     # No expansion: a root or a script name with `$` or `~` is taken as written.
-    rc, out, err = module.run_command(argv, data=stdin, expand_user_and_vars=False)
+    try:
+        rc, out, err = module.run_command(argv, data=stdin, expand_user_and_vars=False,
+                                          handle_exceptions=False)
+    except OSError as error:  # EPIPE: it ended without reading the body
+        module.fail_json(msg=f"{argv[0]} could not be given the wizard body "
+                             f"({error.strerror or error}): is it wizard-runner? (see "
+                             "executable)")
     try:
         answer = json.loads(out)
     except ValueError:
