@@ -659,7 +659,6 @@ def test_status_escapes_every_field_of_a_hand_edited_result(sandbox: Path) -> No
     result = json.loads(stored.read_text())
     result["run_id"] = "r\x1b[2J"
     result["request_id"] = "q\u202e"
-    result["scripts_completed_by"] = "s\x1b[1m"
     result["system_conf"]["files"][0]["path"] = "/etc/\x1b]0;title\x07x"
     result["system_conf"]["actions"] = [{"name": "a\x1b[31m", "command": [],
                                          "status": "ok\x07", "detail": None}]
@@ -668,7 +667,6 @@ def test_status_escapes_every_field_of_a_hand_edited_result(sandbox: Path) -> No
     assert shown.returncode == 0, shown.stderr
     assert "r\\x1b[2J" in shown.stdout
     assert "/etc/\\x1b]0;title\\x07x" in shown.stdout
-    assert "scripts last completed: by run s\\x1b[1m" in shown.stdout
     assert not any(char in shown.stdout for char in "\x1b\x07\u202e")
 
 
@@ -868,3 +866,28 @@ def test_a_plain_rerun_repeats_the_options_of_the_last_run(sandbox: Path) -> Non
     assert not resolv.is_symlink()
     saved = json.loads((sandbox / "var/lib/wizard-runner/config.json").read_text())
     assert saved["options"]["timeout"] == 42.0  # the rerun ran with it, and keeps it
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    pytest.param({"user": "nosuchuser", "run_scripts": True},
+                 "config.json: the last run's user nosuchuser: no such user on this system "
+                 "(pass --user NAME)", id="vanished-user"),
+    pytest.param({"timeout": 10**400}, 'config.json is damaged ("options": timeout)',
+                 id="huge-timeout"),
+])
+def test_a_saved_option_that_cannot_be_used_is_blamed(sandbox: Path, options: dict[str, Any],
+                                                       message: str) -> None:
+    """A rerun whose saved options cannot be used names config.json, never an option nobody
+    gave, and never crashes."""
+    (sandbox / "etc/xivo/wizard.d").mkdir(parents=True)
+    assert cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--user",
+               pwd.getpwuid(os.geteuid()).pw_name).returncode == 0
+    saved = sandbox / "var/lib/wizard-runner/config.json"
+    data = json.loads(saved.read_text())
+    data["config"]["run_scripts"] = options.pop("run_scripts", False)
+    data["options"].update(options)
+    saved.write_text(json.dumps(data))
+    done = cli("run", "--root", str(sandbox))
+    assert done.returncode in (2, 74), done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr

@@ -49,6 +49,19 @@ def a_result(*scripts: ScriptOutcome, status: RunStatus = RunStatus.FAILED) -> R
                      scripts, run_scripts=True, request_id="req-1")
 
 
+@pytest.mark.parametrize("field", ["scripts_begun_by", "scripts_completed_by"])
+def test_a_pass_field_that_is_no_run_id_is_damage(tmp_path: Path, field: str) -> None:
+    """A hand-edited pass field that is no run id (an escape sequence, say) makes the result
+    damaged: the Ansible module would skip the scripts on it."""
+    layout = Layout(tmp_path)
+    write_result(layout, a_result(status=RunStatus.SUCCEEDED))
+    data = json.loads(layout.last_run.read_text())
+    data[field] = "\x1b[2J bogus"
+    layout.last_run.write_text(json.dumps(data))
+    with pytest.raises(StateFileError, match=f"{field}: not a run id"):
+        read_last_result(layout)
+
+
 def test_a_result_reads_back_as_written(tmp_path: Path) -> None:
     """write_result then read_last_result gives the same result, typed."""
     layout = Layout(tmp_path)

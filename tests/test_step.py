@@ -40,9 +40,10 @@ from tests.helpers import (
 )
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import PrivilegeError, RunInterrupted
+from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
 from wizard_runner.log import make_logger
-from wizard_runner.result import RunResult, RunStatus, ScriptOutcome
+from wizard_runner.result import RunResult, RunStatus, ScriptOutcome, scripts_pass
 from wizard_runner.runuser import require_switch_allowed, resolve_user
 from wizard_runner.scripts.spawner import Exited
 from wizard_runner.scripts.step import ScriptsOptions, judge, run_scripts
@@ -175,14 +176,17 @@ def test_first_failure_stops_the_rest(config: WizardConfig, root: Path, code: in
 
 def test_the_last_completed_scripts_step_is_carried_over(config: WizardConfig,
                                                          root: Path) -> None:
-    """A run whose scripts step completes names itself in `scripts_completed_by`; runs that
-    leave the scripts alone (run_scripts false, or a system step that fails first) carry it
-    over; a scripts step that fails clears it, and so does a damaged last result."""
+    """A run whose scripts all succeed, on a pass begun at the top of wizard.d (by it, or by
+    the run a --resume continues), names itself in `scripts_completed_by`; runs that leave
+    the scripts alone (run_scripts false, or a system step that fails first) carry it over;
+    a scripts step that fails, or one started --from (the scripts before it may never have
+    succeeded), clears it, and so do a damaged last result and a run before that was killed
+    (it may have run scripts part-way)."""
     add_script(root, "10-ok", "echo fine")
     first = run_step(config, root)
-    assert first.scripts_completed_by == first.run_id
+    assert (first.scripts_begun_by, first.scripts_completed_by) == (first.run_id,) * 2
     alone = run_step(config, root, run_scripts=False)
-    assert alone.scripts_completed_by == first.run_id
+    assert (alone.scripts_begun_by, alone.scripts_completed_by) == (first.run_id,) * 2
     (root / "etc/hosts").mkdir()  # the system step cannot write it: it fails first
     broken = run_step(config, root, handle_system_conf=True)
     assert broken.exit_code == 73, broken.error
@@ -190,16 +194,44 @@ def test_the_last_completed_scripts_step_is_carried_over(config: WizardConfig,
     assert broken.scripts_completed_by == first.run_id
     (root / "etc/hosts").rmdir()
     add_script(root, "20-bad", "exit 3")
+    add_script(root, "30-later", "echo later")
     failed = run_step(config, root)
-    assert failed.scripts_completed_by is None
+    assert (failed.scripts_begun_by, failed.scripts_completed_by) == (failed.run_id, None)
     assert run_step(config, root, run_scripts=False).scripts_completed_by is None
-    (root / "etc/xivo/wizard.d/20-bad").unlink()
-    again = run_step(config, root)
-    assert again.scripts_completed_by == again.run_id
+    skipped = run_step(config, root, start_at="30-later")  # 20-bad never succeeded
+    assert (skipped.exit_code, skipped.scripts_begun_by, skipped.scripts_completed_by) == (
+        0, None, None)
+    assert run_step(config, root).exit_code == 1
+    (root / "etc/xivo/wizard.d/20-bad").write_text("#!/bin/sh\necho fixed\n")
+    resumed = run_step(config, root, resume=True)
+    assert resumed.exit_code == 0
+    assert resumed.scripts_completed_by == resumed.run_id
     stored = json.loads((root / "var/lib/wizard-runner/last-run.json").read_text())
-    assert stored["scripts_completed_by"] == again.run_id
+    assert stored["scripts_completed_by"] == resumed.run_id
+    layout = Layout(root)
+    layout.lock_file.parent.mkdir(parents=True, exist_ok=True)
+    RunLock.holder_of(layout.lock_file).write_text("4194303 20261205T120000Z-0123abcd\n")
+    after_kill = run_step(config, root, run_scripts=False)  # that run may have run some
+    assert after_kill.warnings  # it says the run before was killed
+    assert (after_kill.scripts_begun_by, after_kill.scripts_completed_by) == (None, None)
+    assert run_step(config, root).scripts_completed_by is not None
     (root / "var/lib/wizard-runner/last-run.json").write_text("{damaged")
     assert run_step(config, root, run_scripts=False).scripts_completed_by is None
+
+
+@pytest.mark.parametrize(("stored", "begun", "completed"), [
+    pytest.param({"status": "succeeded", "run_scripts": True}, "R", "R", id="succeeded"),
+    pytest.param({"status": "failed", "run_scripts": True}, "R", None, id="failed"),
+    pytest.param({"status": "succeeded", "run_scripts": False}, None, None, id="no-scripts"),
+])
+def test_a_result_from_before_the_pass_was_kept(stored: dict[str, Any], begun: str | None,
+                                               completed: str | None) -> None:
+    """A result stored without the pass fields (an earlier version's) ran its scripts from
+    the top: its run begun the pass, and completed it if it succeeded."""
+    run_id = "20261125T150602Z-2d2105ed"
+    found = scripts_pass({"run_id": run_id, **stored})
+    expect = {"R": run_id, None: None}
+    assert found == {"scripts_begun_by": expect[begun], "scripts_completed_by": expect[completed]}
 
 
 @pytest.mark.parametrize("sig", ["KILL", "SEGV", "TERM"])

@@ -17,6 +17,7 @@ from pyfakefs.helpers import set_uid
 
 from tests.conftest import DEBIAN_ROOT, MANAGED, Reliability, snapshot
 from tests.helpers import SPECIAL_FILES, outside_dir
+from wizard_runner import sysconf as sysconf_module
 from wizard_runner.config import WizardConfig
 from wizard_runner.errors import ApplyError, PrivilegeError
 from wizard_runner.fsio import At, Ownership, WriteMethod, replace_at
@@ -395,6 +396,37 @@ def test_stale_temp_files_are_cleaned(config: WizardConfig, root: Path) -> None:
     stale.write_text("half")
     apply(config, root)
     assert not stale.exists()
+
+
+def test_a_killed_runs_leavings_go_when_nothing_is_to_be_written(config: WizardConfig,
+                                                                  root: Path) -> None:
+    """A run killed after its last rename left its kept old files: the next run removes
+    them even though every file is already up to date."""
+    apply(config, root)
+    kept = [root / "etc/.hostname.0badc0de.wizard-runner-tmp",
+            root / "etc/postfix/.main.cf.0badc0de.wizard-runner-tmp"]
+    for path in kept:
+        path.write_text("old")
+    changes = apply(config, root)
+    assert {change.plan for change in changes} == {Plan.UNCHANGED}
+    assert temp_files(root) == []
+
+
+def test_a_kept_file_that_cannot_be_put_back_is_rewritten(
+        config: WizardConfig, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept old file the rollback cannot rename back (EBUSY) is rewritten from the copy
+    the plan read instead, and no kept file is left."""
+    before = contents(root)
+
+    def busy(*_args: object) -> bool:
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+
+    monkeypatch.setattr(sysconf_module, "_put_back", busy)
+    with pytest.raises(FilesNotAppliedError) as caught:
+        apply(config, root, replacer=failing_on(3))
+    assert contents(root) == before
+    assert "restored /etc/hostname, /etc/hosts from" in str(caught.value)
+    assert temp_files(root) == []
 
 
 def test_unified_diff(config: WizardConfig, root: Path) -> None:

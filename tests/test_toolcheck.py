@@ -624,3 +624,17 @@ def test_scratch_left_by_a_killed_run_is_removed(tmp_path: Path,
     other.mkdir()
     _clear_stale_scratch()
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
+def test_a_refusal_quotes_a_huge_line_in_part() -> None:
+    """An admin's 3 MB line, which the tool quotes too, is quoted in part: the message (in
+    the result, for each file) stays small."""
+    line = b"\x01" * 3_000_000 + b" bar"
+    found = _rejected("/etc/postfix/main.cf", "postconf", ToolOutput(
+        1, "", f"postconf: fatal: /tmp/x/main.cf, line 2: missing '=': {line.decode()}"), {
+            Path("/tmp/x/main.cf"): Scratch("the new /etc/postfix/main.cf", b"a = b\n" + line,
+                                            "/etc/postfix/main.cf")})
+    message = str(found)
+    assert len(message) < 3000
+    assert "line 2 of the new /etc/postfix/main.cf is `\\x01\\x01" in message
+    assert message.endswith("...`)")

@@ -400,13 +400,17 @@ def _validate(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO)
     return EXIT_OK
 
 
-def _options(args: argparse.Namespace, out: TextIO, choices: Choices) -> RunOptions:
-    """The run's options: the command line's, else `choices` (a rerun: the last run's)."""
+def _options(args: argparse.Namespace, out: TextIO, choices: Choices,
+             saved: Path | None = None) -> RunOptions:
+    """The run's options: the command line's, else `choices` (a rerun: the last run's, as
+    `saved`, which messages then blame for them)."""
     from wizard_runner.runner import RunOptions
 
     progress = TerminalProgress(out) if out.isatty() and not args.json else None
     given = {name: getattr(args, name) for name in choices._fields if hasattr(args, name)}
     chosen = choices._replace(**given)
+    user_given_by = "--user" if saved is None or "user" in given else \
+        f"{saved}: the last run's user"
     return RunOptions(
         root=args.root,
         handle_system_conf=args.system_conf,
@@ -419,6 +423,7 @@ def _options(args: argparse.Namespace, out: TextIO, choices: Choices) -> RunOpti
         resume=args.resume,
         save_config=True,
         progress=progress,
+        user_given_by=user_given_by,
     )
 
 
@@ -442,13 +447,15 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
     from wizard_runner.state import Choices, load_saved_config
 
     install_stop_handlers()
+    saved = None
     if args.config is None:
         layout = Layout.under(args.root)
         require_system_tree(layout)
         config, choices = load_saved_config(layout)
+        saved = layout.saved_config
     else:
         config, choices = read_config(args.config, stdin), Choices()
-    options = _options(args, out, choices)
+    options = _options(args, out, choices, saved)
     style = log_style(args.log_format)
     if args.dry_run:
         from wizard_runner.preview import preview

@@ -42,6 +42,7 @@ class RunOptions:
     save_config: bool = True
     request_id: str | None = None  # the spool request served, recorded in the result
     progress: Progress | None = field(default=None, compare=False)
+    user_given_by: str = field(default="--user", compare=False)  # what messages blame
 
     @property
     def choices(self) -> Choices:
@@ -163,7 +164,7 @@ def prepare(config: WizardConfig, options: RunOptions) -> RunPlan:
     handle, scripts = effective_flags(config, options)
     if not scripts:
         return RunPlan(layout, handle, scripts)
-    user = resolve_user(options.user)
+    user = resolve_user(options.user, options.user_given_by)
     require_switch_allowed(user)
     found = scan(layout.wizard_d, user, top=layout.root)
     check_safe(found, user)

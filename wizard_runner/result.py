@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -159,8 +161,11 @@ class RunResult:
     run_scripts: bool = False  # the effective flag, after the command line's overrides
     request_id: str | None = None  # the spool request this run served, if any
     containment: str | None = None  # how the scripts step held what it started, if it ran
-    #: The last run whose scripts step completed (every script past its start succeeded):
-    #: this one, or, while runs leave the scripts alone, the one before said.
+    #: The run that began, at the top of wizard.d, the pass through the scripts this run's
+    #: step took part in: this one; for --resume, the resumed run's; none for --from.
+    scripts_begun_by: str | None = None
+    #: The last run that ended such a pass with every script succeeded: this one, or, while
+    #: runs leave the scripts alone, the one before said.
     scripts_completed_by: str | None = None
     warnings: tuple[str, ...] = ()  # what went wrong beside the work (the log could not be written)
 
@@ -178,6 +183,7 @@ class RunResult:
             "run_scripts": self.run_scripts,
             "changed": self.changed,
             "containment": self.containment,
+            "scripts_begun_by": self.scripts_begun_by,
             "scripts_completed_by": self.scripts_completed_by,
             "system_conf": self.system_conf.to_dict(),
             "scripts": [outcome.to_dict() for outcome in self.scripts],
@@ -211,6 +217,8 @@ class RunResult:
         StateFileError naming `source` and every problem."""
         from wizard_runner.config import problems_of  # noqa: PLC0415 - status and --resume only
 
+        if isinstance(data, dict):
+            data = {**data, **scripts_pass(data)}
         try:
             found = _adapter().validate_python(data)
         except ValidationError as error:
@@ -232,11 +240,36 @@ class RunResult:
             problems.append(f"status: {self.status.value} with exit_code {self.exit_code}")
         problems += [f"{name}: no time zone" for name in ("started_at", "finished_at")
                      if getattr(self, name).tzinfo is None]
+        problems += [f"{name}: not a run id" for name in PASS_FIELDS
+                     if not is_run_id(getattr(self, name), missing=True)]
         return problems
 
     def to_json(self) -> str:
         """Pretty JSON text, ending with a newline."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+
+#: A run id: `new_run_id`'s.
+RUN_ID: Final = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
+#: What a result says of the pass through the scripts it took part in.
+PASS_FIELDS: Final = ("scripts_begun_by", "scripts_completed_by")
+
+
+def is_run_id(value: object, *, missing: bool = False) -> bool:
+    """Whether `value` is a run id (or, `missing`, None)."""
+    return (value is None and missing) or (isinstance(value, str) and
+                                           RUN_ID.fullmatch(value) is not None)
+
+
+def scripts_pass(data: Mapping[str, object]) -> dict[str, object]:
+    """PASS_FIELDS of a stored result. One stored before they were kept (which ran its
+    scripts from the top) counts its own run as having begun the pass, and as having
+    completed it if it succeeded."""
+    ran = data.get("run_scripts") is True
+    before = {"scripts_begun_by": data.get("run_id") if ran else None,
+              "scripts_completed_by": data.get("run_id") if ran and
+              data.get("status") == RunStatus.SUCCEEDED.value else None}
+    return {name: data.get(name, value) for name, value in before.items()}
 
 
 def now() -> datetime:

@@ -45,9 +45,9 @@ from wizard_runner.signals import deferred_stop_signals, run_stops, settle_stops
 from wizard_runner.state import (
     UNSTORED,
     parse_holder,
+    previous_pass,
     read_last_result,
     save_config,
-    scripts_completed_by,
     write_result,
 )
 
@@ -70,6 +70,7 @@ class _Progress:
     scripts: list[ScriptOutcome] = field(default_factory=list)
     containment: str | None = None
     scripts_began: bool = False
+    scripts_begun_by: str | None = None  # see RunResult
     scripts_completed: bool = False
 
 
@@ -84,6 +85,7 @@ class _Run(NamedTuple):
     progress: _Progress
     log_file: LogFile
     warnings: list[str]  # beside the work, for the result
+    after_unknown: bool  # the run before was killed, or did not store its result
 
     @property
     def layout(self) -> Layout:
@@ -214,8 +216,10 @@ def _scripts_step(run: _Run) -> str | None:
     if not plan.run_scripts or plan.user is None:
         log.info("scripts_step_skipped", reason="run_scripts=false")
         return None
-    progress.scripts_began = True
     start = plan.start
+    progress.scripts_began = True
+    progress.scripts_begun_by = run.run_id if start is None else \
+        previous_pass(run.layout)[0] if start.resumed else None
     if start is not None:
         log.info("scripts_resumed" if start.resumed else "scripts_started_at", start_at=start.name)
     scripts_options = ScriptsOptions(
@@ -237,7 +241,7 @@ def _scripts_step(run: _Run) -> str | None:
                            options=scripts_options, log=log, progress=run.options.progress,
                            record=keep, contained=contained)
     failed = next((outcome for outcome in outcomes if outcome.failed), None)
-    progress.scripts_completed = failed is None
+    progress.scripts_completed = failed is None and progress.scripts_begun_by is not None
     return None if failed is None else failure_message(failed)
 
 
@@ -286,8 +290,9 @@ def execute(
                     log.error("run_not_started", error=str(error))
                     settle_stops()
                     raise
+            unknown = _after_killed(layout, lock.previous, log)
             run = _Run(config, options, plan, run_id, log, _Progress(), log_handle,
-                       _after_killed(layout, lock.previous, log))
+                       unknown, bool(unknown))
             try:
                 return _run_locked(run, started)
             except ResultNotStoredError:
@@ -381,6 +386,7 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
         run.warnings.append(f"{plan.layout.log_file}: lines of this run's log could not be "
                             f"written ({run.log_file.lost}); this result is complete")
         log.warning("log_incomplete", path=str(plan.layout.log_file), error=run.log_file.lost)
+    begun, completed = _scripts_pass(run)
     result = RunResult(
         run_id=run.run_id,
         started_at=started,
@@ -394,7 +400,8 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
         run_scripts=plan.run_scripts,
         request_id=run.options.request_id,
         containment=run.progress.containment,
-        scripts_completed_by=_scripts_completed_by(run),
+        scripts_begun_by=begun,
+        scripts_completed_by=completed,
         warnings=tuple(run.warnings),
     )
     try:
@@ -410,13 +417,15 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
     return result
 
 
-def _scripts_completed_by(run: _Run) -> str | None:
-    """The last run whose scripts step completed: this one; none if this one's failed or was
-    cut short (its scripts may have run in part); else, this run having left the scripts
-    alone, the one the last result names."""
-    if run.progress.scripts_completed:
-        return run.run_id
-    return None if run.progress.scripts_began else scripts_completed_by(run.layout)
+def _scripts_pass(run: _Run) -> tuple[str | None, str | None]:
+    """What the result says of the pass through the scripts: this run's, if its scripts step
+    began (completed by it if every script succeeded, on a pass begun at the top); else, this
+    run having left the scripts alone, what the last result says, unless the run before was
+    killed or left no result (it may have run scripts part-way)."""
+    progress = run.progress
+    if progress.scripts_began:
+        return progress.scripts_begun_by, run.run_id if progress.scripts_completed else None
+    return (None, None) if run.after_unknown else previous_pass(run.layout)
 
 
 def what_was_done(result: RunResult) -> str:

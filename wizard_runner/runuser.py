@@ -29,12 +29,13 @@ class RunUser(NamedTuple):
         return self.uid == os.geteuid()
 
 
-def resolve_user(name: str) -> RunUser:
-    """Look the account up; an unknown name is a usage error naming it."""
+def resolve_user(name: str, given_by: str = "--user") -> RunUser:
+    """Look the account up; an unknown name is a usage error naming it, and what gave it."""
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise UsageError(f"--user {name}: no such user on this system") from None
+        hint = "" if given_by == "--user" else " (pass --user NAME)"
+        raise UsageError(f"{given_by} {name}: no such user on this system{hint}") from None
     groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid))))
     return RunUser(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +34,14 @@ from wizard_runner.errors import (
 from wizard_runner.fsio import Ownership, RunLock, atomic_replace, ensure_dir, read_regular
 from wizard_runner.layout import STATE_DIR_MODE, Layout
 from wizard_runner.procs import proc_stat
-from wizard_runner.result import RunResult, RunStatus, now
+from wizard_runner.result import (
+    PASS_FIELDS,
+    RunResult,
+    RunStatus,
+    is_run_id,
+    now,
+    scripts_pass,
+)
 
 
 def _store(layout: Layout, path: Path, data: bytes, mode: int, what: str) -> None:
@@ -76,8 +82,11 @@ def save_config(layout: Layout, config: WizardConfig, choices: Choices) -> None:
 
 
 def _positive_seconds(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and \
-        math.isfinite(value) and value > 0
+    try:
+        return isinstance(value, int | float) and not isinstance(value, bool) and \
+            0 < float(value) < math.inf
+    except OverflowError:  # an int past what a float holds
+        return False
 
 
 #: What each saved choice may be (a timeout of None: no limit).
@@ -151,15 +160,18 @@ def read_last_result(layout: Layout) -> RunResult | None:
     return RunResult.from_dict(data, str(path))
 
 
-def scripts_completed_by(layout: Layout) -> str | None:
-    """The run the stored result names as the last whose scripts step completed; None when
-    none did, or the result cannot be read (its scripts then count as not completed)."""
+def previous_pass(layout: Layout) -> tuple[str | None, str | None]:
+    """What the stored result says of the pass through the scripts (begun by, completed
+    by); none when it cannot be read (its scripts then count as not completed)."""
     try:
         raw = read_regular(layout.last_run, limit=MAX_RESULT_BYTES)[0]
-        found = json.loads(raw).get("scripts_completed_by")
-    except (OSError, ValueError, RecursionError, AttributeError):
-        return None
-    return found if isinstance(found, str) and _RUN_ID.fullmatch(found) else None
+        data = json.loads(raw)
+    except (OSError, ValueError, RecursionError):
+        return None, None
+    found = scripts_pass(data) if isinstance(data, dict) else {}
+    begun, completed = (value if isinstance(value, str) and is_run_id(value) else None
+                        for value in (found.get(name) for name in PASS_FIELDS))
+    return begun, completed
 
 
 def write_result(layout: Layout, result: RunResult) -> None:
@@ -193,7 +205,6 @@ def resume_point(layout: Layout) -> str:
 
 
 #: A run id (`20261125T145428Z-3f9a1c2b`), and the highest pid Linux gives (2^22).
-_RUN_ID: Final = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
 _PID_LIMIT: Final = 1 << 22
 
 
@@ -223,7 +234,7 @@ def parse_holder(text: str | None) -> Holder | None:
     """The lock holder a line names; None for anything else."""
     words = (text or "").split()
     ended = words[2:] == [UNSTORED]
-    if len(words) != 2 + ended or not words[0].isdigit() or not _RUN_ID.fullmatch(words[1]):
+    if len(words) != 2 + ended or not words[0].isdigit() or not is_run_id(words[1]):
         return None
     pid = int(words[0])
     return Holder(pid, words[1], ended) if 0 < pid < _PID_LIMIT else None

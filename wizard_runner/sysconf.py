@@ -232,8 +232,8 @@ def _unwritable(path: str, directory: str, dir_fd: int) -> WizardRunnerError:
     return PrivilegeError(f"{path}: cannot write in {directory}{hint}")
 
 
-def _prepare(fence: Fence, changes: Sequence[FileChange], log: FilteringBoundLogger) -> None:
-    """Before any write: reach each target directory, check it is writable, clear stale temps."""
+def _prepare(fence: Fence, changes: Sequence[FileChange]) -> None:
+    """Before any write: reach each target directory, check it is writable."""
     for parent in _parents(changes):
         try:
             with fence.directory(parent) as dir_fd:
@@ -242,10 +242,17 @@ def _prepare(fence: Fence, changes: Sequence[FileChange], log: FilteringBoundLog
                 if not os.access(".", os.W_OK, dir_fd=dir_fd):
                     path = next(c.path for c in changes if PurePosixPath(c.path).parent == parent)
                     raise _unwritable(path, str(fence.host(parent)), dir_fd)
-                for name in remove_stale_temps(dir_fd):
-                    log.warning("stale_temp_removed", path=str(parent / name))
         except OSError as error:
             raise cannot(str(parent), "prepare the writes in it", error) from error
+
+
+def _clear_stale(fence: Fence, changes: Sequence[FileChange], log: FilteringBoundLogger) -> None:
+    """Remove what killed runs left beside every managed file (temps, kept old files), also
+    when nothing is to be written: best effort, the step does not depend on it."""
+    for parent in _parents(changes):
+        with contextlib.suppress(OSError, FenceError), fence.directory(parent) as dir_fd:
+            for name in remove_stale_temps(dir_fd) if dir_fd is not None else ():
+                log.warning("stale_temp_removed", path=str(parent / name))
 
 
 def backup_copy(directory: PurePath, system_path: str) -> PurePath:
@@ -323,8 +330,17 @@ def _put_back(fence: Fence, change: FileChange, kept: str) -> bool:
             if (now.st_dev, now.st_ino) == (old.st_dev, old.st_ino):
                 return False
         os.rename(kept, at.name, src_dir_fd=at.dir_fd, dst_dir_fd=at.dir_fd)
-        os.fsync(at.dir_fd)
+        with contextlib.suppress(OSError):  # it is back, if perhaps not yet on the disk
+            os.fsync(at.dir_fd)
     return True
+
+
+def _put_back_kept(fence: Fence, change: FileChange, kept: dict[str, str]) -> bool:
+    """Whether the file's kept old self could be renamed back (any failure: it cannot)."""
+    old = kept.get(change.path)
+    with contextlib.suppress(OSError, FenceError):
+        return old is not None and _put_back(fence, change, old)
+    return False
 
 
 def _drop_kept(fence: Fence, kept: dict[str, str]) -> None:
@@ -351,8 +367,9 @@ def _roll_back(
     restored, lost = [], []
     for change in reversed(done):
         try:
-            old = kept.pop(change.path, None)
-            if old is None or not _put_back(fence, change, old):
+            if _put_back_kept(fence, change, kept):
+                del kept[change.path]
+            else:  # rewritten from the copy the plan read
                 _restore_one(fence, change, replacer)
         except (OSError, FenceError) as error:
             log.error("file_restore_failed", path=change.path, error=str(error))
@@ -490,13 +507,14 @@ def apply_changes(
     for change in changes:
         if change.plan is not Plan.WRITE:
             log.info(f"file_{change.plan.value}", path=change.path, reason=change.reason)
-    if not writes:
-        return Applied(planned_outcomes(changes), None, frozenset())
-    if validator is not None:
+    if validator is not None and writes:
         validator(writes)
     backup_dir = layout.host(BACKUP_DIR / run_id)
     with open_fence(layout) as fence:
-        _prepare(fence, writes, log)
+        _clear_stale(fence, changes, log)
+        if not writes:
+            return Applied(planned_outcomes(changes), None, frozenset())
+        _prepare(fence, writes)
         try:
             _backup(fence, run_id, writes, replacer)
         except (OSError, FenceError) as error:

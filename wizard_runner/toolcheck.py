@@ -217,6 +217,16 @@ def _write_settled(path: Path, data: bytes) -> None:
     os.utime(path, (settled, settled))
 
 
+#: How much of a tool's words, and of a line it points at, a refusal quotes: the message is
+#: in the result (each file's reason too) and the log.
+DETAIL_LIMIT: Final = 2000
+QUOTE_LIMIT: Final = 200
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class Scratch(NamedTuple):
     """A scratch copy a tool reads: what it stands for in messages, its bytes, and the file
     to blame when the tool refuses it (None: the check's own, blame the file checked)."""
@@ -232,6 +242,7 @@ def _rejected(path: str, tool: str, output: ToolOutput | str,
     the time anyone reads this) named for what they stand for, each line it points at quoted,
     and the file at fault blamed: the one checked, or one read with it (master.cf)."""
     detail = output if isinstance(output, str) else (output.stderr or output.stdout).strip()
+    detail = _cut(detail, DETAIL_LIMIT)  # it quotes the line too, whatever its length
     copies = scratch or {}
     named = [copies[copy] for _, copy in sorted(
         (detail.find(str(copy)), copy) for copy in copies if str(copy) in detail)]
@@ -241,7 +252,8 @@ def _rejected(path: str, tool: str, output: ToolOutput | str,
         for match in re.finditer(re.escape(str(copy)) + r"(?::(\d+):|[,:] line (\d+))", detail):
             number = int(match.group(1) or match.group(2))
             if 0 < number <= len(lines):
-                text = printable(lines[number - 1].decode("utf-8", "surrogateescape"))
+                text = _cut(printable(lines[number - 1].decode("utf-8", "surrogateescape")),
+                            QUOTE_LIMIT)
                 quoted[f"line {number} of {found.shown} is `{text}`"] = None
         detail = detail.replace(str(copy), found.shown)
     quote = f" ({'; '.join(quoted)})" if quoted else ""
