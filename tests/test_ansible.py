@@ -553,3 +553,32 @@ def test_the_collection_carries_the_runners_version() -> None:
     found = re.search(r"^version: *(\S+)$", galaxy, re.MULTILINE)
     assert found is not None
     assert found.group(1) == wizard_runner.__version__
+
+
+def test_a_rerun_of_the_saved_body_repeats_its_options(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """A task with neither config nor config_file reruns the saved body as `wizard-runner
+    run` does, with the options the last run was told (--replace-symlinks here), unless the
+    task sets them."""
+    body_file = tmp_path / "body.json"
+    body_file.write_text(json.dumps(secret_body))
+    first = subprocess.run([str(WIZARD_RUNNER), "run", "--config", str(body_file), "--root",
+                            str(appliance), "--replace-symlinks", "--user", RUN_USER],
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stderr
+    resolv = appliance / "etc/resolv.conf"
+    (appliance / "run").mkdir(exist_ok=True)
+    (appliance / "run/resolv.conf").write_text("nameserver 127.0.0.53\n")
+    resolv.unlink()
+    resolv.symlink_to("../run/resolv.conf")
+    played = play(ansible_env, tmp_path, [
+        wizard_task("kept", appliance, task_check_mode=True, replace_symlinks=False),
+        wizard_task("rerun", appliance),
+    ])
+    assert played.rc == 0, played.output
+    assert played.results["kept"]["changed"] is False  # the task's own false wins
+    assert played.results["rerun"]["changed"] is True
+    assert not resolv.is_symlink()
+    saved = json.loads((appliance / "var/lib/wizard-runner/config.json").read_text())
+    assert saved["options"]["replace_symlinks"] is True

@@ -60,7 +60,9 @@ def test_run_returns_the_result_and_keeps_signal_handlers(
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
     stored = json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text())
     assert stored == result.to_dict()
-    written = [r for r in caplog.records if r.getMessage().startswith("file_written")]
+    written = [r for r in caplog.records if r.__dict__["event"] == "file_written"]
+    assert all(r.getMessage().startswith("file_written ") and f"path='{r.__dict__['path']}'"
+               in r.getMessage() for r in written)
     assert [r.__dict__["path"] for r in written] == [
         f["path"] for f in stored["system_conf"]["files"]
     ]

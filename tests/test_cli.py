@@ -271,14 +271,14 @@ def test_status_before_and_after_runs(sandbox: Path) -> None:
     assert ok.returncode == 0
     assert "succeeded (exit 0)" in ok.stdout
     assert "  /etc/hosts                 written\n" in ok.stdout
-    assert "  scripts last completed: never\n" in ok.stdout
+    assert "  scripts completed: no\n" in ok.stdout
     wizard_d = sandbox / "etc/xivo/wizard.d"
     wizard_d.mkdir(parents=True)
     user = pwd.getpwuid(os.geteuid()).pw_name
     assert cli("run", "--root", str(sandbox), "--scripts", "--user", user).returncode == 0
     done = json.loads(cli("status", "--root", str(sandbox), "--json").stdout)["run_id"]
     assert cli("run", "--root", str(sandbox), "--no-scripts").returncode == 0
-    assert f"  scripts last completed: by run {done}\n" in \
+    assert f"  scripts completed: by run {done}\n" in \
         cli("status", "--root", str(sandbox)).stdout
     (wizard_d / "10-fail").write_text("#!/bin/sh\necho 'no license server'\nexit 9\n")
     (wizard_d / "10-fail").chmod(0o755)
@@ -288,7 +288,7 @@ def test_status_before_and_after_runs(sandbox: Path) -> None:
     assert "10-fail" in failed.stdout
     assert "  | no license server\n" in failed.stdout
     assert "error: script 10-fail failed: exited with 9" in failed.stdout
-    assert "  scripts last completed: never\n" in failed.stdout
+    assert "  scripts completed: no\n" in failed.stdout
     as_json = json.loads(cli("status", "--root", str(sandbox), "--json").stdout)
     assert as_json["scripts"][0]["exit_code"] == 9
 

@@ -348,8 +348,8 @@ def show_run(result: RunResult, out: TextIO, *, title: str = "run", details: boo
         out.write(f"  started {result.started_at.isoformat(timespec='seconds')}, "
                   f"finished {result.finished_at.isoformat(timespec='seconds')}\n")
         completed = result.scripts_completed_by
-        by = f"by run {printable(completed)}" if completed is not None else "never"
-        out.write(f"  scripts last completed: {by}\n")
+        by = f"by run {printable(completed)}" if completed is not None else "no"
+        out.write(f"  scripts completed: {by}\n")
     system = result.system_conf
     out.write(f"  handle_system_conf={_flag(system.handled)} "
               f"run_scripts={_flag(result.run_scripts)}"
@@ -647,8 +647,9 @@ def _show_killed(killed: Unfinished, before: RunResult | None, as_json: bool,
     if killed.ended:
         status, shown = "not_stored", "result not stored"
         message = (f"run {killed.run_id} (pid {killed.pid}) ended, but its result could not "
-                   "be stored: its log (`result_not_stored`) says what it did; "
-                   "`wizard-runner run` repeats its body")
+                   "be stored: its stderr (the journal under systemd) says what it did, and "
+                   "its log (`result_not_stored`) if it had room; `wizard-runner run` repeats "
+                   "its body")
     else:
         status, shown = "killed", "killed"
         message = (f"run {killed.run_id} (pid {killed.pid}) was killed before it ended: its "

@@ -226,12 +226,14 @@ _RECORD_ATTRIBUTES: Final = frozenset(
 
 
 def _to_stdlib(_logger: WrappedLogger, _method: str, event: EventDict) -> dict[str, Any]:
-    """Hand the event to a standard logging.Logger: the name as message, fields as `extra`."""
+    """Hand the event to a standard logging.Logger: its name and fields as the message, the
+    name as the record's `event`, each field as an attribute of its own (`wr_` before a name
+    the record has already)."""
     message = str(event.pop("event", ""))
     extra = {(f"wr_{k}" if k in _RECORD_ATTRIBUTES else k): v for k, v in event.items()}
     fields = " ".join(f"{k}={v!r}" for k, v in event.items()
                       if k not in {"level", "timestamp"})
-    return {"msg": f"{message} {fields}".strip(), "extra": extra}
+    return {"msg": f"{message} {fields}".strip(), "extra": {**extra, "event": message}}
 
 
 def stdlib_logger(

@@ -113,16 +113,18 @@ options:
   replace_symlinks:
     description:
       - Replace a system file that is a symlink (C(/etc/resolv.conf) under resolvconf or
-        systemd-resolved) with a file, instead of skipping it.
+        systemd-resolved) with a file (V(true)), or skip it (V(false)).
+      - Unset, V(false); on a rerun of the saved body (neither O(config) nor O(config_file)),
+        what the last run was told.
     type: bool
-    default: false
   apply_network:
     description:
       - Restart the interface when C(/etc/network/interfaces) changed, C(ifdown --force) as
         the old file configured it (a DHCP client is stopped), then C(ifup) from the new one.
         Off by default, since it can cut the connection Ansible runs over.
+      - Unset, V(false); on a rerun of the saved body (neither O(config) nor O(config_file)),
+        what the last run was told.
     type: bool
-    default: false
   root:
     description:
       - The tree every path of the run is under. V(/) is the appliance itself; another directory
@@ -271,8 +273,8 @@ ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "from_script": {"type": "str"},
     "timeout": {"type": "int"},
     "user": {"type": "str"},
-    "replace_symlinks": {"type": "bool", "default": False},
-    "apply_network": {"type": "bool", "default": False},
+    "replace_symlinks": {"type": "bool"},
+    "apply_network": {"type": "bool"},
     "root": {"type": "path", "default": "/"},
     "executable": {"type": "str", "default": "wizard-runner"},
 }
@@ -354,9 +356,12 @@ def wizard_argv(executable: str, params: dict[str, Any], *, dry_run: bool) -> li
         argv += ["--timeout", str(params["timeout"])]
     if params["user"] is not None:
         argv += ["--user", params["user"]]
-    # Always said: the task states them, whatever a rerun of the saved body would repeat.
-    argv.append("--replace-symlinks" if params["replace_symlinks"] else "--no-replace-symlinks")
-    argv.append("--apply-network" if params["apply_network"] else "--no-apply-network")
+    # Unset: false, or on a rerun of the saved body what the last run was told.
+    if params["replace_symlinks"] is not None:
+        argv.append("--replace-symlinks" if params["replace_symlinks"] else
+                    "--no-replace-symlinks")
+    if params["apply_network"] is not None:
+        argv.append("--apply-network" if params["apply_network"] else "--no-apply-network")
     if dry_run:
         argv.append("--dry-run")
     return argv
