@@ -204,7 +204,7 @@ def resume_point(layout: Layout) -> str:
                      "run `wizard-runner run` to run it all again")
 
 
-#: A run id (`20261125T145428Z-3f9a1c2b`), and the highest pid Linux gives (2^22).
+#: The highest pid Linux gives (2^22).
 _PID_LIMIT: Final = 1 << 22
 
 
