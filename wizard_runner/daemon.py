@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -31,7 +30,7 @@ from wizard_runner.errors import (
     WizardRunnerError,
     exit_for_signal,
 )
-from wizard_runner.fsio import RunLock, atomic_replace, prepare_dir
+from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
 from wizard_runner.presence import PresenceLock
 from wizard_runner.result import RunResult, RunStatus, now
@@ -48,10 +47,10 @@ from wizard_runner.spool import (
     RequestRejectedError,
     Spool,
     SpoolError,
-    answer_owner,
     close_spool,
     closed_marker,
     discard,
+    keep_answer,
     prepare,
     prune_done,
     read_answer,
@@ -432,11 +431,8 @@ class Daemon:
     def _keep(self, name: str, record: dict[str, Any]) -> None:
         """Keep `record` under /run until it is written (best effort: /run may be full too),
         readable by whoever may read the answer: a submitter waits on it too."""
-        group = self.settings.user.gid
         with contextlib.suppress(OSError):
-            prepare_dir(self.spool.unwritten, 0o750, group)
-            atomic_replace(self.spool.kept_path(name), json.dumps(record).encode(),
-                           answer_owner(group))
+            keep_answer(self.spool, name, record, self.settings.user.gid)
 
     def _read_kept(self, name: str) -> dict[str, Any] | None:
         try:

@@ -215,7 +215,6 @@ def describe(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "an unknown kind of file")
 
 
-
 def ensure_dir(path: Path, mode: int) -> None:
     """Create `path` (and its parents) when missing; an access refusal is a privilege error,
     something else at the name (a file) an OSError saying what it is."""

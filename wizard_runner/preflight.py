@@ -55,6 +55,7 @@ class Start(NamedTuple):
 
     name: str
     resumed: bool
+    begun_by: str | None = None  # the run that began the pass a --resume continues
 
     @property
     def note(self) -> str:
@@ -121,7 +122,8 @@ def _runnable(decisions: tuple[Decision, ...]) -> str:
     return ", ".join(names) if names else "none"
 
 
-def start_point(found: Scan, name: str, *, resumed: bool) -> Start:
+def start_point(found: Scan, name: str, *, resumed: bool, begun_by: str | None = None
+                ) -> Start:
     """Check that the scripts can start at `name`: it exists in wizard.d and would run."""
     option = "--resume" if resumed else "--from"
     decision = next((d for d in found.decisions if d.name == name), None)
@@ -131,7 +133,7 @@ def start_point(found: Scan, name: str, *, resumed: bool) -> Start:
     if decision.verdict is not Verdict.RUN:
         raise UsageError(f"{option}: {printable(name)} would not run ({decision.reason}); "
                          f"scripts that run: {_runnable(found.decisions)}")
-    return Start(name, resumed)
+    return Start(name, resumed, begun_by)
 
 
 #: The options that are true, false, or None (the body decides); then those true or false.
@@ -170,7 +172,8 @@ def prepare(config: WizardConfig, options: RunOptions) -> RunPlan:
     check_safe(found, user)
     start = None
     if options.resume:
-        start = start_point(found, resume_point(layout), resumed=True)
+        resume = resume_point(layout)
+        start = start_point(found, resume.script, resumed=True, begun_by=resume.begun_by)
     elif options.start_at is not None:
         start = start_point(found, options.start_at, resumed=False)
     return RunPlan(layout, handle, scripts, user, start, found)

@@ -218,8 +218,7 @@ def _scripts_step(run: _Run) -> str | None:
         return None
     start = plan.start
     progress.scripts_began = True
-    progress.scripts_begun_by = run.run_id if start is None else \
-        previous_pass(run.layout)[0] if start.resumed else None
+    progress.scripts_begun_by = run.run_id if start is None else start.begun_by
     if start is not None:
         log.info("scripts_resumed" if start.resumed else "scripts_started_at", start_at=start.name)
     scripts_options = ScriptsOptions(

@@ -461,14 +461,21 @@ def read_request(path: Path, allowed_uids: set[int]) -> RequestFile:
 def write_result(spool: Spool, request_id: str, record: dict[str, Any], group: int) -> Path:
     """Store a request's result atomically (0640, readable by the run user's group)."""
     path = spool.result_path(request_id)
-    atomic_replace(path, (json.dumps(record, indent=2) + "\n").encode(), answer_owner(group))
+    _store_answer(path, record, group)
     return path
 
 
-def answer_owner(group: int) -> Ownership:
-    """How an answer is stored: 0640, readable by the run user's group (root's own when not
-    run as root)."""
-    return Ownership(0o640, os.geteuid(), group if os.geteuid() == 0 else os.getegid())
+def keep_answer(spool: Spool, name: str, record: dict[str, Any], group: int) -> None:
+    """Keep an answer (or the closing of the spool) under /run, stored as an answer is, until
+    the daemon can write it to /var."""
+    prepare_dir(spool.unwritten, 0o750, group)
+    _store_answer(spool.kept_path(name), record, group)
+
+
+def _store_answer(path: Path, record: dict[str, Any], group: int) -> None:
+    """0640, readable by the run user's group (root's own when not run as root)."""
+    owner = Ownership(0o640, os.geteuid(), group if os.geteuid() == 0 else os.getegid())
+    atomic_replace(path, (json.dumps(record, indent=2) + "\n").encode(), owner)
 
 
 def discard(spool: Spool, path: Path) -> None:

@@ -179,8 +179,16 @@ def write_result(layout: Layout, result: RunResult) -> None:
     _store(layout, layout.last_run, result.to_json().encode(), 0o644, "the run's result")
 
 
-def resume_point(layout: Layout) -> str:
-    """The script that failed in the last run, where --resume starts."""
+class Resume(NamedTuple):
+    """Where --resume starts: the script that failed in the last run, and the run that began
+    the pass through the scripts it continues (None: a pass begun --from)."""
+
+    script: str
+    begun_by: str | None
+
+
+def resume_point(layout: Layout) -> Resume:
+    """Where --resume starts, from the last run's result."""
     unfinished, last = last_runs(layout)
     if unfinished is not None and not unfinished.running:
         how = ("ended without storing its result" if unfinished.ended
@@ -193,7 +201,7 @@ def resume_point(layout: Layout) -> str:
                          f"({layout.last_run} does not exist)")
     failed = last.failed_script
     if failed is not None:
-        return failed.name
+        return Resume(failed.name, last.scripts_begun_by)
     if last.status is RunStatus.SUCCEEDED:
         why = "succeeded"
     elif last.status is RunStatus.INTERRUPTED:
