@@ -121,8 +121,11 @@ def play(env: dict[str, str], tmp_path: Path, tasks: list[dict[str, Any]]) -> Pl
     playbook.write_text(json.dumps([{"name": "wizard", "hosts": "localhost", "gather_facts": False,
                                      "tasks": [*tasks, keep]}]))
     done = ansible_playbook(env, tmp_path, str(playbook))
-    results = json.loads(dump.read_text()) if dump.exists() else {}
-    return Played(done.returncode, done.stdout + done.stderr, results)
+    output = done.stdout + done.stderr
+    # Every task either succeeds or ignores its error: the play always reaches the last one.
+    assert dump.exists(), f"the play ended before its last task (rc {done.returncode}):\n" \
+        f"{output[-6000:]}"
+    return Played(done.returncode, output, json.loads(dump.read_text()))
 
 
 def wizard_task(name: str, root: Path, **options: Any) -> dict[str, Any]:

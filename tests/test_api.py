@@ -221,6 +221,17 @@ def test_an_option_of_the_wrong_type_is_refused_before_anything_is_written(
     assert snapshot(sandbox) == before
 
 
+def test_an_unknown_user_is_named_as_the_api_names_it(body: dict[str, Any], sandbox: Path
+                                                     ) -> None:
+    """An unknown `user` is blamed on the argument (not on a command-line option), with no
+    hint to pass one, and nothing is written."""
+    before = snapshot(sandbox)
+    with pytest.raises(api.UsageError,
+                       match=r"^user no-such-wizard-user: no such user on this system$"):
+        api.run(body, root=sandbox, run_scripts=True, user="no-such-wizard-user")
+    assert snapshot(sandbox) == before
+
+
 def test_examples_validate() -> None:
     """Every shipped example body is valid."""
     for path in EXAMPLES.glob("*.json"):

@@ -155,6 +155,22 @@ def test_dry_run_prints_a_diff_and_writes_nothing(sandbox: Path) -> None:
     assert [f["plan"] for f in as_json["files"]] == ["write"] * 7
 
 
+def test_a_log_symlinked_to_a_system_file_is_refused(sandbox: Path) -> None:
+    """The run's log symlinked to /etc/hosts: the run refuses it (74, naming the log) before
+    anything is written; the events never land in /etc/hosts."""
+    log_dir = sandbox / "var/log/wizard-runner"
+    log_dir.mkdir(parents=True)
+    (log_dir / "wizard-runner.log").symlink_to("../../../etc/hosts")
+    hosts = (sandbox / "etc/hosts").read_bytes()
+    done = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--no-scripts")
+    assert done.returncode == 74, done.stderr
+    assert f"{log_dir}/wizard-runner.log: the run's log could not be written: not a regular " \
+        "file (a symlink)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (sandbox / "etc/hosts").read_bytes() == hosts
+    assert not (sandbox / "var/backups").exists()
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

@@ -118,6 +118,8 @@ RULES = [
                  id="interface-vlan-without-raw-device"),
     pytest.param("network.interface", "bond0:", "an alias without its label",
                  id="interface-alias-without-label"),
+    pytest.param("network.interface", "eth0.", "a VLAN without its id",
+                 id="interface-vlan-without-id"),
     # addresses
     pytest.param("network.ip_address", "192.168.50.300", "is not an IPv4 address", id="ip-octet"),
     pytest.param("network.ip_address", "192.168.050.10", "is not an IPv4 address",

@@ -71,6 +71,24 @@ def test_a_log_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path,
             os.close(held)
 
 
+@pytest.mark.parametrize("target", ["victim", "missing"])
+def test_a_log_that_is_a_symlink_is_refused_and_not_followed(tmp_path: Path, target: str
+                                                             ) -> None:
+    """A symlink where the log should be is refused, naming what it is: the run's events are
+    never appended to the file it points at, nor a file created there."""
+    victim = tmp_path / target
+    if target == "victim":
+        victim.write_text("root:x:0:0::/root:/bin/bash\n")
+    path = tmp_path / "wizard-runner.log"
+    path.symlink_to(victim)
+    with pytest.raises(OSError, match=r"not a regular file \(a symlink\)"):
+        open_log_file(path)
+    if target == "victim":
+        assert victim.read_text() == "root:x:0:0::/root:/bin/bash\n"
+    else:
+        assert not victim.exists()
+
+
 def test_secrets_are_redacted() -> None:
     """A field named like a secret is blanked in every output, file included."""
     stream, handle = io.StringIO(), io.StringIO()

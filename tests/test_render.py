@@ -730,3 +730,65 @@ def test_without_sources_comments_out_every_include() -> None:
         "# source /commented\n"
         "# source-dir /x\n"
     )
+
+
+# --- line breaks the tools do not see ---------------------------------------------------------
+
+#: Characters str.splitlines takes for a line break that ifupdown, postfix and the resolver
+#: read as part of the line (they cut at a newline only).
+NOT_NEWLINES = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029", "\r"]
+
+
+@pytest.mark.parametrize("inside", NOT_NEWLINES, ids=repr)
+@pytest.mark.parametrize(("path", "line"), [
+    ("/etc/postfix/main.cf", "# relay note{}relayhost = [evil.example]:25"),
+    ("/etc/network/interfaces", "# spare nic{}iface eth9 inet dhcp"),
+    ("/etc/hosts", "# old{}192.0.2.66 old.example"),
+    ("/etc/postfix/canonical", "# note{}@old @evil.example"),
+    ("/etc/resolv.conf", "options rotate{}nameserver 192.0.2.66"),
+])
+def test_a_line_break_only_splitlines_sees_stays_inside_the_admins_line(
+    config: WizardConfig, path: str, line: str, inside: str
+) -> None:
+    """An admin's line holding a form feed, a vertical tab, U+2028 or a carriage return is
+    written back byte for byte: it is never cut there, so a comment's tail never comes back
+    as a live line."""
+    admin_line = line.format(inside)
+    out = RENDERERS[path](config, debian(path) + admin_line + "\n")
+    assert f"\n{admin_line}\n" in out
+    assert RENDERERS[path](config, out) == out
+
+
+def test_crlf_lines_are_written_back_as_they_were(config: WizardConfig) -> None:
+    """A main.cf saved with CRLF line ends keeps them on every line the wizard does not own."""
+    current = "smtpd_banner = $myhostname ESMTP\r\nmyhostname = old.example\r\n# note\r\n"
+    out = render_main_cf(config, current)
+    assert "smtpd_banner = $myhostname ESMTP\r\n" in out
+    assert "# note\r\n" in out
+    assert "myhostname = pbx.acme.example\n" in out
+
+
+@needs_tool("postconf")
+@pytest.mark.processes
+def test_postconf_reads_no_setting_out_of_a_comment(config: WizardConfig, tmp_path: Path) -> None:
+    """The real postconf, on the written main.cf, finds no relayhost in a comment that holds a
+    form feed."""
+    (tmp_path / "main.cf").write_text(render_main_cf(
+        config, debian("/etc/postfix/main.cf") + "# relay note\x0crelayhost = [evil.example]:25\n"))
+    tool = find_tool("postconf")
+    assert tool is not None
+    read = run_tool([tool, "-c", str(tmp_path), "-h", "relayhost", "myhostname"])
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.splitlines() == ["", "pbx.acme.example"]
+
+
+@needs_tool("ifquery")
+@pytest.mark.processes
+def test_ifquery_finds_no_stanza_in_a_comment(config: WizardConfig, tmp_path: Path) -> None:
+    """The real ifquery, on the written interfaces file, knows no interface from a comment
+    that holds a file separator."""
+    target = tmp_path / "interfaces"
+    target.write_text(render_interfaces(
+        config, debian("/etc/network/interfaces") + "# spare nic\x1ciface eth9 inet dhcp\n"))
+    assert "unknown interface eth9" in ifquery(target, "eth9").stderr
+    assert ifquery(target, "eth0").returncode == 0

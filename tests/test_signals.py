@@ -451,6 +451,38 @@ def test_a_stop_while_modules_load_is_an_interruption(sandbox: Path, module: str
     assert snapshot(sandbox) == before
 
 
+# The console script, sent a signal as its own first imports begin.
+IMPORTING = textwrap.dedent("""\
+    import os, signal, sys
+    signum = int(sys.argv[1])
+
+    class Landing:
+        def find_spec(self, name, path=None, target=None):
+            if name == "wizard_runner.errors":  # one of the console script's own imports
+                os.kill(os.getpid(), signum)
+            return None
+
+    sys.meta_path.insert(0, Landing())
+    sys.argv = ["wizard-runner", *sys.argv[2:]]
+    from wizard_runner.entry import console
+    console()
+    """)
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_while_the_console_script_loads_is_an_interruption(signum: int) -> None:
+    """A stop as the console script's own modules load (SIGINT would raise KeyboardInterrupt
+    there by default, the others end the process) is recorded from its first line: the
+    command says it in one line, with the signal's exit code."""
+    done = subprocess.run([sys.executable, "-c", IMPORTING, str(signum), "validate",
+                           "--config", str(EXAMPLES / "wizard.json")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    name = signal.Signals(signum).name
+    assert (done.returncode, done.stderr) == (
+        128 + signum, f"wizard-runner: interrupted by {name}; nothing was run\n")
+
+
 # The console script, with `status` replaced by a command that gets a stop as it ends.
 FINISHING = textwrap.dedent("""\
     import os, signal, sys

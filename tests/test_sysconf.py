@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+import struct
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -376,17 +377,22 @@ def test_validator_rejection_writes_nothing(config: WizardConfig, root: Path) ->
     assert not (root / "var/backups").exists()
 
 
-def test_unwritable_directory_is_a_privilege_error(config: WizardConfig, root: Path) -> None:
+def test_unwritable_directory_is_a_privilege_error(config: WizardConfig, root: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A user who cannot write /etc gets exit 77 before anything is written."""
     before = contents(root)
     (root / "etc").chmod(0o555)
+    real_uid = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # (pyfakefs's set_uid leaves it)
     set_uid(1000)
     try:
         with pytest.raises(PrivilegeError, match="cannot write in /sandbox/etc") as caught:
             apply(config, root)
     finally:
-        set_uid(os.geteuid())
+        set_uid(real_uid)
     assert caught.value.exit_code == 77
+    # A sandbox root was given: the hint is not to give one.
+    assert str(caught.value).endswith("(run as root, or make the sandbox writable for this user)")
     assert contents(root) == before
 
 
@@ -440,6 +446,17 @@ def test_unified_diff(config: WizardConfig, root: Path) -> None:
     assert "+192.168.50.10\tpbx.acme.example\tpbx\n" in diff
     assert "--- /dev/null\n+++ b/etc/mailname\n" in diff
     assert "# /etc/resolv.conf: skipped: is a symlink to /run/resolvconf/resolv.conf" in diff
+
+
+def test_unified_diff_cuts_lines_as_the_tools_do(config: WizardConfig, root: Path) -> None:
+    """A last line without a newline is marked as diff marks it, and a form feed inside an
+    admin's line does not cut it in two in the diff."""
+    (root / "etc/hostname").write_text("pbx-old")
+    main_cf = root / "etc/postfix/main.cf"
+    main_cf.write_text(main_cf.read_text() + "# relay note\x0crelayhost = [evil.example]:25\n")
+    diff = unified_diff(plan(config, root))
+    assert "-pbx-old\n\\ No newline at end of file\n+pbx\n" in diff
+    assert " # relay note\x0crelayhost = [evil.example]:25\n" in diff
 
 
 def test_damaged_file_is_named_and_nothing_written(config: WizardConfig, root: Path) -> None:
@@ -619,3 +636,105 @@ def test_file_where_a_directory_should_be(config: WizardConfig, sandbox: Path) -
     (sandbox / "etc/postfix").write_text("not a directory\n")
     with pytest.raises(ApplyError, match=r"^/etc/postfix: not a directory \(a regular file\)$"):
         plan(config, sandbox)
+
+
+# --- a target edited meanwhile; extended attributes (real files) ------------------------------
+
+
+def _appended(path: Path) -> None:
+    with path.open("a") as handle:
+        handle.write("192.0.2.77\tadmin-added\n")
+
+
+def _rewritten_same_bytes(path: Path) -> None:
+    fresh = path.with_name("fresh")
+    fresh.write_bytes(path.read_bytes())
+    fresh.rename(path)  # another inode, the same content: another file all the same
+
+
+def _created(path: Path) -> None:
+    path.write_text("made meanwhile\n")
+
+
+def _linked(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("../run/resolvconf/resolv.conf")
+
+
+@pytest.mark.parametrize(("path", "edit"), [
+    pytest.param("/etc/hosts", _appended, id="appended"),
+    pytest.param("/etc/postfix/main.cf", _rewritten_same_bytes, id="replaced-same-bytes"),
+    pytest.param("/etc/mailname", _created, id="created"),
+    pytest.param("/etc/resolv.conf", _linked, id="made-a-symlink"),
+])
+def test_a_file_edited_after_it_was_read_is_never_overwritten(
+    config: WizardConfig, sandbox: Path, path: str, edit: Callable[[Path], None]
+) -> None:
+    """A target edited between the read and its replacement (by an admin, another program):
+    the step stops there naming it, the files replaced before it are restored, and the edit
+    is kept, never lost unseen (the backup holds what was read, not the edit)."""
+    if path == "/etc/mailname":
+        (sandbox / "etc/mailname").unlink()
+    changes = plan(config, sandbox)
+    target = sandbox / path.lstrip("/")
+    edit(target)
+    before = contents(sandbox)
+    with pytest.raises(FilesNotAppliedError) as caught:
+        apply_changes(Layout(sandbox), RUN_ID, changes, LOG)
+    assert f"{path}: could not be written ({path} changed after the run read it (edited " \
+        "meanwhile?); run again to build on the change)" in str(caught.value)
+    assert contents(sandbox) == before
+    assert temp_files(sandbox) == []
+
+
+@pytest.mark.parametrize("attribute", ["user.note", "system.posix_acl_access"])
+def test_extended_attributes_and_acls_are_kept(config: WizardConfig, sandbox: Path,
+                                               attribute: str) -> None:
+    """A replaced file keeps the old one's extended attributes (a POSIX ACL giving www-data
+    read access is one), and so does its backup copy."""
+    hosts = sandbox / "etc/hosts"
+    value = b"kept" if attribute == "user.note" else ACL_WWW_DATA_READS
+    try:
+        os.setxattr(hosts, attribute, value)
+    except OSError as error:
+        pytest.skip(f"this file system keeps no {attribute} ({error.strerror})")
+    mode = stat.S_IMODE(hosts.stat().st_mode)
+    apply_changes(Layout(sandbox), RUN_ID, plan(config, sandbox), LOG)
+    backup = sandbox / "var/backups/wizard-runner" / RUN_ID / "etc/hosts"
+    for copy in (hosts, backup):
+        assert os.getxattr(copy, attribute) == value, copy
+    assert b"pbx.acme.example" in hosts.read_bytes()
+    assert stat.S_IMODE(hosts.stat().st_mode) == mode
+
+
+def test_an_attribute_that_cannot_be_kept_fails_the_file_whole(
+    config: WizardConfig, sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extended attribute the new file cannot be given: that file is not written (its
+    attribute named), and the files replaced before it are restored."""
+    os.setxattr(sandbox / "etc/postfix/main.cf", "user.refused", b"x")
+    setxattr = os.setxattr
+
+    def refusing(target: int, name: str, value: bytes) -> None:
+        if name == "user.refused":
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        setxattr(target, name, value)
+
+    monkeypatch.setattr(os, "setxattr", refusing)
+    before = contents(sandbox)
+    with pytest.raises(FilesNotAppliedError) as caught:
+        apply_changes(Layout(sandbox), RUN_ID, plan(config, sandbox), LOG)
+    assert "/etc/postfix/main.cf: could not be written (cannot keep its extended attribute " \
+        "user.refused: Operation not permitted)" in str(caught.value)
+    assert contents(sandbox) == before
+    # The backup keeps what it can: the content, without the attribute it was refused.
+    backup = sandbox / "var/backups/wizard-runner" / RUN_ID / "etc/postfix/main.cf"
+    assert backup.read_bytes() == before["/etc/postfix/main.cf"]
+    assert "user.refused" not in os.listxattr(backup)
+
+
+#: A POSIX ACL as the kernel stores it: owner rw, www-data (33) r, group r, mask r, other r.
+ACL_WWW_DATA_READS = struct.pack("<I", 2) + b"".join(
+    struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in (
+        (0x01, 6, 0xFFFFFFFF), (0x02, 4, 33), (0x04, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF),
+        (0x20, 4, 0xFFFFFFFF)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -17,7 +18,7 @@ import structlog
 from tests.conftest import needs_tool
 from tests.helpers import outside_dir
 from wizard_runner.config import WizardConfig, config_from_data
-from wizard_runner.errors import ApplyError
+from wizard_runner.errors import ApplyError, PrivilegeError
 from wizard_runner.layout import Layout
 from wizard_runner.sysconf import Plan, plan_changes, read_targets
 from wizard_runner.toolcheck import (
@@ -148,6 +149,18 @@ def test_postconf_rejection_names_the_file(config: WizardConfig, sandbox: Path) 
     assert SCRATCH_PREFIX not in message
     assert re.search(r"the new /etc/postfix/main\.cf, line (\d+): .*\(line \1 of the new "
                      r"/etc/postfix/main\.cf is `this is not a parameter`\)$", message), message
+
+
+@needs_tool("postconf")
+def test_the_line_quoted_is_the_one_postconf_counts(config: WizardConfig, sandbox: Path) -> None:
+    """A carriage return inside a line does not end it: the line quoted is the one the tool
+    numbered."""
+    with (sandbox / "etc/postfix/main.cf").open("a") as handle:
+        handle.write("# a\rb\nthis is not a parameter\n")
+    with pytest.raises(ApplyError) as caught:
+        ToolChecker(config, Layout(sandbox), LOG)(writes(config, sandbox))
+    assert re.search(r", line (\d+): .*\(line \1 of the new /etc/postfix/main\.cf is "
+                     r"`this is not a parameter`\)$", str(caught.value)), str(caught.value)
 
 
 @needs_tool("postconf")
@@ -600,6 +613,26 @@ def test_ifquery_does_not_follow_includes_out_of_the_root(
     interfaces = sandbox / "etc/network/interfaces"
     interfaces.write_text(f"source-directory {outside}\n" + interfaces.read_text())
     ToolChecker(config, Layout.under(sandbox), LOG)(writes(config, sandbox))
+
+
+def test_an_include_it_may_not_read_is_a_privilege_error(
+    config: WizardConfig, sandbox: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source-directory the runner may not list is refused with exit 77 (as an unreadable
+    target is), naming the line."""
+    listdir = os.listdir
+
+    def refused(path: int | str = ".") -> list[str]:
+        if isinstance(path, int):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return listdir(path)
+
+    monkeypatch.setattr(os, "listdir", refused)
+    with pytest.raises(PrivilegeError, match=r"^/etc/network/interfaces: `source-directory "
+                       r"interfaces.d` cannot be checked: Permission denied$") as caught:
+        check_included_interfaces(config, Layout.under(sandbox),
+                                  b"source-directory interfaces.d\n" + STATIC.encode())
+    assert caught.value.exit_code == 77
 
 
 def test_nul_byte_in_an_include_is_an_error(config: WizardConfig, sandbox: Path) -> None:

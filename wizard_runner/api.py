@@ -216,6 +216,7 @@ def run(
         resume=resume,
         replace_symlinks=replace_symlinks,
         apply_network=apply_network,
+        user_given_by="user",
     )
     result = execute(config, options, logger=logger or LOGGER)
     return raise_for_result(result) if check else result

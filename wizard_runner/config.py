@@ -135,6 +135,8 @@ def _check_interface(value: str) -> str:
         raise ValueError(f"{shown(value)} cannot be configured as the appliance's interface")
     if value.endswith(":"):
         raise ValueError(f"{shown(value)} names an alias without its label (eth0:1, say)")
+    if value.endswith("."):
+        raise ValueError(f"{shown(value)} names a VLAN without its id (eth0.10, say)")
     if re.fullmatch(r"vlan[0-9]+", value):  # ifupdown then needs vlan-raw-device, not given
         raise ValueError(f"{shown(value)}: name a VLAN after its raw device, RAW.VID (eth0.10, "
                          "say), so that the interface is created on it")

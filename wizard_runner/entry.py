@@ -6,31 +6,32 @@ SIGTERM, SIGINT or SIGHUP at any moment of the process gives a one-line message 
 signal's exit code, never a traceback.
 """
 
+# ruff: noqa: E402 - the imports follow the handlers that record a stop as they load
+
 from __future__ import annotations
+
+# First of all, before the imports that take time: a stop signal is recorded, to be acted on
+# once the real handlers are in place (the console script loaded enum, signal's one import).
+import signal
+
+_EARLY: list[int] = []
+
+
+def _record(signum: int, _frame: object) -> None:
+    _EARLY.append(signum)
+
+
+for _signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(_signum, _record)
 
 import atexit
 import contextlib
 import os
-import signal
 import sys
 from typing import NoReturn
 
 from wizard_runner import collector
-from wizard_runner.errors import RunInterrupted, failure_object
-from wizard_runner.signals import STOP_SIGNALS, install_stop_handlers
-
-
-def _say(stop: RunInterrupted, message: str, *, as_json: bool) -> int:
-    # No terminal left (SIGHUP), or no stderr at all: the exit code says it.
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        sys.stderr.write(f"wizard-runner: {message}\n")
-        if as_json:
-            import json  # noqa: PLC0415 - only on this path
-
-            sys.stdout.write(json.dumps(failure_object("interrupted", stop.exit_code, message),
-                                        indent=2) + "\n")
-            sys.stdout.flush()
-    return stop.exit_code
+from wizard_runner.signals import STOP_SIGNALS, install_stop_handlers, request_stop
 
 
 def _open_standard_fds() -> None:
@@ -54,12 +55,11 @@ def main() -> int:
     _open_standard_fds()
     try:
         install_stop_handlers()
+        if _EARLY:  # it came as the modules above loaded: the command acts on it
+            request_stop(_EARLY[0])
         from wizard_runner.cli import main as command_line  # noqa: PLC0415 - after the handlers
 
         code = command_line()
-    except KeyboardInterrupt:  # SIGINT before the handlers were installed
-        stop = RunInterrupted(signal.SIGINT)
-        return _say(stop, f"{stop}; nothing was run", as_json="--json" in sys.argv)
     finally:
         # The outcome is said: a stop signal now must not kill the exiting interpreter, which
         # puts default handlers back as it shuts down (ignored ones it leaves alone).

@@ -21,12 +21,17 @@ MAX_TARGET_BYTES: Final = 4 * 1024 * 1024
 TMP_SUFFIX: Final = ".wizard-runner-tmp"
 
 
+#: A file's extended attributes (its POSIX ACL and security label among them): name, value.
+Xattrs = tuple[tuple[str, bytes], ...]
+
+
 class Ownership(NamedTuple):
-    """The mode bits and owner a replaced file keeps."""
+    """The mode bits, owner and extended attributes a replaced file keeps."""
 
     mode: int
     uid: int
     gid: int
+    xattrs: Xattrs = ()
 
 
 def new_file_owner() -> Ownership:
@@ -56,7 +61,7 @@ class NotRegularFileError(OSError):
     """A FIFO, device, directory... where a regular file should be; `mode` says which."""
 
     def __init__(self, path: str, mode: int) -> None:
-        super().__init__(errno.EINVAL, "not a regular file", path)
+        super().__init__(errno.EINVAL, f"not a regular file ({describe(mode)})", path)
         self.mode = mode
 
 
@@ -82,6 +87,40 @@ def read_regular(path: str | Path, *, dir_fd: int | None = None, follow: bool = 
         return b"".join(chunks), info
     finally:
         os.close(fd)
+
+
+def read_xattrs_at(dir_fd: int, name: str) -> tuple[os.stat_result, Xattrs]:
+    """The fstat and every extended attribute of the regular file `name` in `dir_fd` (none
+    where its file system keeps none), opened without following a link or blocking."""
+    fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 dir_fd=dir_fd)
+    try:
+        try:
+            names = os.listxattr(fd)
+        except OSError as error:
+            if error.errno != errno.EOPNOTSUPP:
+                raise
+            names = []
+        found = []
+        for attribute in sorted(names):
+            with contextlib.suppress(OSError):  # (removed meanwhile: ENODATA)
+                found.append((attribute, os.getxattr(fd, attribute)))
+        return os.fstat(fd), tuple(found)
+    finally:
+        os.close(fd)
+
+
+class AttributeNotKeptError(OSError):
+    """A file could not be given an extended attribute of the one it replaces."""
+
+
+def _set_xattrs(fd: int, xattrs: Xattrs) -> None:
+    for attribute, value in xattrs:
+        try:
+            os.setxattr(fd, attribute, value)
+        except OSError as error:
+            raise AttributeNotKeptError(error.errno, "cannot keep its extended attribute "
+                                        f"{attribute}: {error.strerror}") from error
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -123,9 +162,10 @@ def temp_name(name: str) -> str:
 def replace_at(at: At, data: bytes, owner: Ownership) -> WriteMethod:
     """Replace the file `at` names with `data` so readers see the old or the new file, never a mix.
 
-    Temp file in the same directory, write, fchown, fchmod, fsync, rename, fsync of the
-    directory, all relative to the directory's descriptor. A rename refused with EBUSY falls
-    back to an in-place write. A symlink at the name is replaced, never followed.
+    Temp file in the same directory, write, fchown, extended attributes, fchmod, fsync,
+    rename, fsync of the directory, all relative to the directory's descriptor. A rename
+    refused with EBUSY falls back to an in-place write (which keeps the file's own
+    attributes). A symlink at the name is replaced, never followed.
     """
     tmp = temp_name(at.name)
     try:
@@ -137,6 +177,7 @@ def replace_at(at: At, data: bytes, owner: Ownership) -> WriteMethod:
             current = os.fstat(fd)
             if (current.st_uid, current.st_gid) != (owner.uid, owner.gid):
                 os.fchown(fd, owner.uid, owner.gid)
+            _set_xattrs(fd, owner.xattrs)  # the old file's ACL, label, ...
             os.fchmod(fd, stat.S_IMODE(owner.mode))  # after: a chown clears setuid and setgid
             os.fsync(fd)
         finally:

@@ -114,14 +114,16 @@ def console_renderer(_logger: WrappedLogger, method: str, event: EventDict) -> s
 
 def open_log_file(path: Path) -> TextIO:
     """Open the JSON-lines log for appending (0640), creating its directory (0750). Anything
-    but a regular file there (a FIFO, a device) is refused, never waited on."""
+    but a regular file there (a symlink, a FIFO, a device) is refused, never followed nor
+    waited on."""
     path.parent.mkdir(mode=LOG_DIR_MODE, parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK,
-                     0o640)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+                     | os.O_NOFOLLOW, 0o640)
     except OSError as error:
-        if error.errno == errno.ENXIO:  # a FIFO without a reader
-            raise NotRegularFileError(str(path), stat.S_IFIFO) from None
+        kinds = {errno.ENXIO: stat.S_IFIFO, errno.ELOOP: stat.S_IFLNK}  # (a FIFO: no reader)
+        if error.errno in kinds:
+            raise NotRegularFileError(str(path), kinds[error.errno]) from None
         raise
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):

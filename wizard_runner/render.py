@@ -36,6 +36,18 @@ Renderer = Callable[[WizardConfig, str | None], str]
 # --- shared line helpers ------------------------------------------------------------------------
 
 
+def file_lines(text: str | None) -> list[str]:
+    """A file's lines as ifupdown, postfix and the resolver read them: cut at each newline
+    only, never at a form feed, a vertical tab or U+2028 inside a line (`str.splitlines`
+    would cut there, and a comment's tail would come back as a live line); a carriage return
+    stays in its line, so that the admin's lines are written back byte for byte."""
+    lines = (text or "").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the text ends with a newline (or is empty)
+    return lines
+
+
+
 @dataclass(frozen=True)
 class _Split:
     """A file's lines around its managed block(s): before the first, inside, after."""
@@ -53,7 +65,7 @@ def _split_block(text: str | None) -> _Split:
     after: list[str] = []
     opened_at: int | None = None
     seen = False
-    for number, line in enumerate((text or "").splitlines(), start=1):
+    for number, line in enumerate(file_lines(text), start=1):
         if line.startswith(_BEGIN_PREFIX):
             if opened_at is not None:
                 raise RenderError(
@@ -188,7 +200,7 @@ def render_resolv_conf(config: WizardConfig, current: str | None) -> str:
     net = config.network
     kept = [
         line
-        for line in (current or "").splitlines()
+        for line in file_lines(current)
         if line.split()[:1] and line.split()[0] in _RESOLV_KEPT_KEYWORDS
     ]
     lines = [FILE_HEADER, f"search {net.domain}"]
@@ -386,7 +398,7 @@ def interfaces_sources(text: str) -> list[tuple[str, str]]:
     """The `source` patterns and `source-directory` directories an interfaces file includes,
     one by one (a line may name several)."""
     found = []
-    for group in _logical_lines(text.splitlines()):
+    for group in _logical_lines(file_lines(text)):
         words = _joined(group).split()
         if words and words[0] in _SOURCE_KEYWORDS:
             found += [(words[0], pattern) for pattern in words[1:]]  # ifupdown reads each
@@ -402,7 +414,7 @@ def makes_device(text: str, interface: str) -> bool:
     """Whether ifup makes the device `interface` from interfaces `text`: a stanza of it
     names its ports or a command run first, or a `rename` line gives a device its name."""
     owner: str | None = None
-    for group in _logical_lines(text.splitlines()):
+    for group in _logical_lines(file_lines(text)):
         words = _joined(group).split()
         if not words or _is_comment(group[0]):
             continue
@@ -420,7 +432,7 @@ def makes_device(text: str, interface: str) -> bool:
 def without_sources(text: str) -> str:
     """`text` with every `source` and `source-directory` line commented out, continuations too."""
     lines: list[str] = []
-    for group in _logical_lines(text.splitlines()):
+    for group in _logical_lines(file_lines(text)):
         words = _joined(group).split()
         if words and words[0] in _SOURCE_KEYWORDS:
             lines.extend(f"# {line}" for line in group)
@@ -433,7 +445,7 @@ def interface_conflicts(text: str, interface: str) -> list[str]:
     """What in an included interfaces file would also configure `interface`."""
     conflicts = []
     owner: str | None = None
-    for group in _logical_lines(text.splitlines()):
+    for group in _logical_lines(file_lines(text)):
         words = _joined(group).split()
         if not words or _is_comment(group[0]):
             continue
@@ -468,7 +480,7 @@ def _scan_interfaces(current: str | None, interface: str) -> _InterfacesScan:
 def stanza_interfaces(text: str, family: str | None = None) -> frozenset[str]:
     """The interfaces an interfaces file gives a stanza (`iface NAME FAMILY ...`), of
     `family` (inet, inet6) if given."""
-    stanzas = (_joined(group).split() for group in _logical_lines(text.splitlines()))
+    stanzas = (_joined(group).split() for group in _logical_lines(file_lines(text)))
     return frozenset(words[1] for words in stanzas if words[:1] == ["iface"] and len(words) > 2
                      and family in (None, words[2]))
 
@@ -585,7 +597,7 @@ def main_cf_settings(config: WizardConfig, current: Mapping[str, str]) -> dict[s
 def render_main_cf(config: WizardConfig, current: str | None) -> str:
     """/etc/postfix/main.cf: the host's names set in place; every other line kept as it was."""
     parsed = _postfix_lines(
-        [line for line in (current or "").splitlines()
+        [line for line in file_lines(current)
          if not line.startswith(_MAIN_CF_HEADER_PREFIX)]
     )
     names = {

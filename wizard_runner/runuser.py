@@ -34,7 +34,7 @@ def resolve_user(name: str, given_by: str = "--user") -> RunUser:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        hint = "" if given_by == "--user" else " (pass --user NAME)"
+        hint = "" if given_by in ("--user", "user") else " (pass --user NAME)"
         raise UsageError(f"{given_by} {name}: no such user on this system{hint}") from None
     groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid))))
     return RunUser(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)

@@ -25,10 +25,12 @@ from wizard_runner.fence import (
 )
 from wizard_runner.fsio import (
     At,
+    AttributeNotKeptError,
     Ownership,
     WriteMethod,
     describe,
     new_file_owner,
+    read_xattrs_at,
     remove_stale_temps,
     replace_at,
     symlink_at,
@@ -36,7 +38,7 @@ from wizard_runner.fsio import (
     unlink_at,
 )
 from wizard_runner.layout import BACKUP_DIR, BACKUP_DIR_MODE, Layout
-from wizard_runner.render import RENDERERS
+from wizard_runner.render import RENDERERS, file_lines
 from wizard_runner.result import NOT_RESTORED, FileAction, FileOutcome
 
 ENCODING = "utf-8"
@@ -53,6 +55,14 @@ class TargetKind(Enum):
     NO_PARENT = "no_parent"
 
 
+#: What tells a file changed: device, inode, size, modification time (ns).
+Identity = tuple[int, int, int, int]
+
+
+def _identity(info: os.stat_result) -> Identity:
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
 @dataclass(frozen=True)
 class Current:
     """A managed file as found: its kind, bytes and ownership (a symlink: its target, no bytes)."""
@@ -61,6 +71,8 @@ class Current:
     data: bytes | None = None
     owner: Ownership | None = None
     link: str | None = None
+    seen: Identity | None = None  # a file's, as read: an edit since changes it
+
 
 
 class Plan(Enum):
@@ -123,11 +135,13 @@ def _inspect(dir_fd: int, system_path: str) -> Current:
         raise FenceError(f"{system_path}: not a regular file ({describe(info.st_mode)}); "
                          "refusing to replace it")
     data, opened = read_regular_at(dir_fd, name, system_path)
-    if (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
+    again, xattrs = read_xattrs_at(dir_fd, name)
+    if _identity(opened) != _identity(again) or opened.st_ino != info.st_ino:
         raise FenceError(f"{system_path}: replaced while it was being read; run again")
     # The same inode: the mode and owner the lstat saw are those of the bytes just read.
     return Current(TargetKind.FILE, data,
-                   Ownership(stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid))
+                   Ownership(stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, xattrs),
+                   seen=_identity(opened))
 
 
 def read_current(fence: Fence, system_path: str) -> Current:
@@ -197,6 +211,15 @@ def planned_outcomes(changes: Sequence[FileChange]) -> tuple[FileOutcome, ...]:
     return tuple(FileOutcome(c.path, action[c.plan], c.reason) for c in changes)
 
 
+def _diff_lines(text: str) -> list[str]:
+    """A text's lines for a diff, cut as the tools read them; a last line without a newline
+    is marked as `diff` marks it."""
+    lines = [f"{line}\n" for line in file_lines(text)]
+    if lines and not text.endswith("\n"):
+        lines[-1] += "\\ No newline at end of file\n"
+    return lines
+
+
 def unified_diff(changes: Sequence[FileChange]) -> str:
     """A unified diff of every planned write, plus a comment line per skipped file."""
     chunks: list[str] = []
@@ -206,8 +229,7 @@ def unified_diff(changes: Sequence[FileChange]) -> str:
         elif change.plan is Plan.WRITE:
             old_name = "/dev/null" if change.current.data is None else f"a{change.path}"
             lines = difflib.unified_diff(
-                change.old_text.splitlines(keepends=True),
-                change.new_text.splitlines(keepends=True),
+                _diff_lines(change.old_text), _diff_lines(change.new_text),
                 fromfile=old_name,
                 tofile=f"b{change.path}",
             )
@@ -222,13 +244,17 @@ def _parents(changes: Sequence[FileChange]) -> list[PurePosixPath]:
     return sorted({PurePosixPath(change.path).parent for change in changes})
 
 
-def _unwritable(path: str, directory: str, dir_fd: int) -> WizardRunnerError:
+def _unwritable(path: str, directory: str, dir_fd: int, *, sandbox: bool) -> WizardRunnerError:
     """Why a target directory cannot be written: a read-only file system (exit 73), else
     privileges (exit 77), which root lacks only for an immutable or append-only directory."""
     if os.fstatvfs(dir_fd).f_flag & os.ST_RDONLY:
         return ApplyError(f"{path}: cannot write in {directory}: a read-only file system")
-    hint = (": even root is refused (an immutable or append-only directory? `lsattr -d` "
-            "shows it)" if os.geteuid() == 0 else " (run as root, or use --root DIR)")
+    if os.geteuid() == 0:
+        hint = (": even root is refused (an immutable or append-only directory? `lsattr -d` "
+                "shows it)")
+    else:
+        hint = (" (run as root, or make the sandbox writable for this user)" if sandbox
+                else " (run as root, or use --root DIR)")
     return PrivilegeError(f"{path}: cannot write in {directory}{hint}")
 
 
@@ -241,7 +267,8 @@ def _prepare(fence: Fence, changes: Sequence[FileChange]) -> None:
                     continue  # gone since the plan: the write itself reports it
                 if not os.access(".", os.W_OK, dir_fd=dir_fd):
                     path = next(c.path for c in changes if PurePosixPath(c.path).parent == parent)
-                    raise _unwritable(path, str(fence.host(parent)), dir_fd)
+                    raise _unwritable(path, str(fence.host(parent)), dir_fd,
+                                      sandbox=fence.confined)
         except OSError as error:
             raise cannot(str(parent), "prepare the writes in it", error) from error
 
@@ -260,9 +287,8 @@ def backup_copy(directory: PurePath, system_path: str) -> PurePath:
     return directory.joinpath(*PurePosixPath(system_path).parts[1:])
 
 
-def _backup(
-    fence: Fence, run_id: str, changes: Sequence[FileChange], replacer: Replacer
-) -> None:
+def _backup(fence: Fence, run_id: str, changes: Sequence[FileChange], replacer: Replacer,
+            log: FilteringBoundLogger) -> None:
     """Copy every file about to be replaced into the run's backup directory, with a manifest.
 
     Written through the fence like the system files: under a sandbox root, a symlinked
@@ -284,7 +310,11 @@ def _backup(
         if change.current.data is None or change.current.owner is None:
             continue
         with fence.at(str(copy), create_mode=BACKUP_DIR_MODE) as at:
-            replacer(at, change.current.data, change.current.owner)
+            try:
+                replacer(at, change.current.data, change.current.owner)
+            except AttributeNotKeptError as error:  # /var/backups may keep fewer kinds
+                log.warning("backup_attributes_not_kept", path=change.path, error=_why(error))
+                replacer(at, change.current.data, change.current.owner._replace(xattrs=()))
     with fence.at(str(directory / "manifest.json"), create_mode=BACKUP_DIR_MODE) as at:
         replacer(
             at,
@@ -303,6 +333,25 @@ def _restore_one(fence: Fence, change: FileChange, replacer: Replacer) -> None:
             symlink_at(at, current.link)
         else:
             unlink_at(at)
+
+
+def _check_as_read(fence: Fence, change: FileChange) -> None:
+    """The target must still be what the step read and backed up: an edit made since (by an
+    admin, another program) is never overwritten unseen."""
+    current, name = change.current, PurePosixPath(change.path).name
+    with fence.directory(PurePosixPath(change.path).parent) as dir_fd:
+        if dir_fd is None:
+            return  # (no directory, then or now: the write says so)
+        try:
+            now = os.lstat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            same = current.kind in (TargetKind.MISSING, TargetKind.NO_PARENT)
+        else:
+            same = (stat.S_ISREG(now.st_mode) and _identity(now) == current.seen) or (
+                stat.S_ISLNK(now.st_mode) and os.readlink(name, dir_fd=dir_fd) == current.link)
+    if not same:
+        raise FenceError(f"{change.path} changed after the run read it (edited meanwhile?); "
+                         "run again to build on the change")
 
 
 def _keep_old(fence: Fence, change: FileChange) -> str | None:
@@ -464,6 +513,7 @@ def _replace_each(
     done: list[FileChange] = []
     for change in (c for c in changes if c.plan is Plan.WRITE):
         try:
+            _check_as_read(fence, change)
             if (old := _keep_old(fence, change)) is not None:
                 kept[change.path] = old
             with fence.at(change.path) as at:
@@ -516,7 +566,7 @@ def apply_changes(
             return Applied(planned_outcomes(changes), None, frozenset())
         _prepare(fence, writes)
         try:
-            _backup(fence, run_id, writes, replacer)
+            _backup(fence, run_id, writes, replacer, log)
         except (OSError, FenceError) as error:
             raise ApplyError(
                 f"could not back up the system files into {backup_dir} ({_why(error)}); "

@@ -19,7 +19,7 @@ from typing import Final, NamedTuple
 from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.config import WizardConfig, vlan_raw_device
-from wizard_runner.errors import ApplyError
+from wizard_runner.errors import ApplyError, PrivilegeError
 from wizard_runner.escape import printable
 from wizard_runner.fence import Fence, FenceError, NotDirectoryError, open_fence
 from wizard_runner.layout import Layout
@@ -136,8 +136,9 @@ def _each_included(fence: Fence, kind: str, target: PurePosixPath, line: str,
     except FenceError as error:
         raise ApplyError(f"{INTERFACES}: {line} cannot be checked for another {interface} "
                          f"stanza: {error}") from error
-    except OSError as error:
-        raise ApplyError(f"{INTERFACES}: {line} cannot be checked: {error.strerror}") from error
+    except OSError as error:  # refused access is a privilege error (77), as for the targets
+        failed = PrivilegeError if isinstance(error, PermissionError) else ApplyError
+        raise failed(f"{INTERFACES}: {line} cannot be checked: {error.strerror}") from error
     except ValueError as error:  # a NUL byte in the path: no file can have that name
         raise ApplyError(f"{INTERFACES}: {line} cannot be checked: {error}") from error
 
@@ -248,7 +249,7 @@ def _rejected(path: str, tool: str, output: ToolOutput | str,
         (detail.find(str(copy)), copy) for copy in copies if str(copy) in detail)]
     quoted: dict[str, None] = {}
     for copy, found in copies.items():
-        lines = found.data.splitlines()
+        lines = found.data.split(b"\n")  # as the tool counts them
         for match in re.finditer(re.escape(str(copy)) + r"(?::(\d+):|[,:] line (\d+))", detail):
             number = int(match.group(1) or match.group(2))
             if 0 < number <= len(lines):
