@@ -9,6 +9,7 @@ import pwd
 import signal
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,20 @@ def test_examples_validate() -> None:
     """Every shipped example body is valid."""
     for path in EXAMPLES.glob("*.json"):
         api.validate(path.read_bytes())
+
+
+def test_any_mapping_is_a_body(body: dict[str, Any]) -> None:
+    """A read-only mapping (what `Body` promises: any Mapping) validates as its dict does."""
+    assert api.validate(types.MappingProxyType(body)) == api.validate(body)
+
+
+def test_submit_refuses_a_wait_that_is_not_a_bool(body: dict[str, Any], tmp_path: Path) -> None:
+    """`wait="yes"` is refused naming it, before anything is submitted."""
+    spool = Spool.of(Layout(tmp_path))
+    prepare(spool, os.getegid())
+    with pytest.raises(api.UsageError, match=r"^wait: 'yes' is not true or false$"):
+        api.submit(body, root=tmp_path, wait="yes")  # type: ignore[arg-type]
+    assert os.listdir(spool.incoming) == []
 
 
 def test_submit_wait_timeout_withdraws(body: dict[str, Any], tmp_path: Path) -> None:

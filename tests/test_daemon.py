@@ -38,6 +38,7 @@ from tests.helpers import (
 from wizard_runner import api
 from wizard_runner import daemon as daemon_module
 from wizard_runner import runner as runner_module
+from wizard_runner import spool as spool_module
 from wizard_runner.cli import main
 from wizard_runner.daemon import (
     CLOSED,
@@ -64,6 +65,7 @@ from wizard_runner.spool import (
     close_spool,
     closed_marker,
     daemon_serving,
+    find_answer,
     prepare,
     reopen_spool,
     spool_closed,
@@ -397,6 +399,69 @@ def test_a_success_unrecorded_on_a_full_var_is_still_known_after_a_restart(
     assert spool_closed(served.layout)
     assert os.listdir(served.spool.processing) == []
     assert os.listdir(served.layout.run_dir / "unwritten") == []
+
+
+def test_a_request_named_like_the_kept_closing_cannot_undo_it(
+        served: Served, quick: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """/var full as a run succeeds: the closing of the spool is kept under /run. A request
+    the run user names `closing`, whose answer is kept there too for a while, does not take
+    the closing's place: after a restart the spool is still closed, nothing runs twice."""
+    monkeypatch.setattr(daemon_module, "close_spool", raising(OSError(ENOSPC, NO_SPACE)))
+    failing_answers(monkeypatch, "closing", times=1)
+    served.request("20261125T000001Z-aaaaaaaaaaa1", quick)
+    served.request("closing", quick)
+    served.daemon.serve_pending()  # the first succeeds; `closing` is rejected, its answer kept
+    served.daemon.serve_pending()  # ... then written, its kept copy dropped
+    assert served.answer("closing")["status"] == "rejected"
+    restarted = Daemon(served.daemon.settings, served.daemon.log)  # /var is still full
+    restarted.recover()
+    served.request("20261125T000003Z-aaaaaaaaaaa3", quick)
+    restarted.serve_pending()
+    assert served.answer("20261125T000003Z-aaaaaaaaaaa3")["reason"] == CLOSED
+
+
+def test_an_answer_is_kept_under_run_once_run_has_room(
+        served: Served, quick: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """/var and /run both full as the answer is due: once /run has room (/var still full),
+    the answer is kept there, and a waiting submitter gets it."""
+    request_id = "20261125T000001Z-aaaaaaaaaaa1"
+    failing_answers(monkeypatch, request_id, times=1000)
+    keep, attempts = spool_module.keep_answer, []
+
+    def run_full(*args: Any) -> None:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise OSError(ENOSPC, NO_SPACE)
+        keep(*args)
+
+    monkeypatch.setattr(daemon_module, "keep_answer", run_full)
+    served.request(request_id, quick)
+    for _ in range(2):
+        served.daemon.serve_pending()
+        assert find_answer(served.spool, request_id) is None
+    served.daemon.serve_pending()  # /run has room
+    assert wait_result(served.spool, request_id, 5)["status"] == "succeeded"
+    served.daemon.serve_pending()
+    assert len(attempts) == 3  # kept once: not rewritten on every pass
+
+
+def test_reopen_refuses_while_a_closing_waits_under_run(served: Served, quick: dict[str, Any],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closing the daemon keeps under /run (a full /var): reopen says so instead of
+    reporting the spool open, which the daemon would close again once /var has room."""
+    monkeypatch.setattr(daemon_module, "close_spool", raising(OSError(ENOSPC, NO_SPACE)))
+    served.request("20261125T000001Z-aaaaaaaaaaa1", quick)
+    served.daemon.serve_pending()
+    err = io.StringIO()
+    assert main(["reopen", "--root", str(served.layout.root)], stdout=io.StringIO(),
+                stderr=err) == 74
+    assert "the daemon closed the spool after a successful run but cannot write this yet " \
+        "(is /var full?" in err.getvalue()
+    monkeypatch.undo()
+    served.daemon.serve_pending()  # /var has room: the closing is written, the kept one goes
+    assert main(["reopen", "--root", str(served.layout.root)], stdout=io.StringIO(),
+                stderr=io.StringIO()) == 0
+    assert not spool_closed(served.layout)
 
 
 def test_recovery_keeps_an_existing_answer(served: Served) -> None:
@@ -990,7 +1055,7 @@ def test_wait_when_the_daemon_dies_after_the_claim(root: Path) -> None:
     record = json.loads(out)
     answer = Spool.of(Layout(root)).result_path(record["request_id"])
     assert (record["status"], record["answer"]) == ("claimed", str(answer))
-    assert err.endswith(f"its answer will be in {answer} when the daemon restarts\n")
+    assert err.endswith(f"its answer will be in {answer} once a daemon serves again\n")
     with daemon(root):
         assert daemon_result(root, record["request_id"])["status"] == "interrupted"
 

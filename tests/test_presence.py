@@ -19,7 +19,7 @@ from tests.conftest import needs_root
 from tests.helpers import as_www_data, traversable_dir, wait_until, www_data
 from wizard_runner.errors import LockedError
 from wizard_runner.fsio import RunLock
-from wizard_runner.presence import PresenceLock, daemon_present
+from wizard_runner.presence import PresenceLock, daemon_present, stopped_daemon
 
 READ_LOCK = struct.pack("@hhqqi4x", fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0)
 WRITE_LOCK = struct.pack("@hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
@@ -159,10 +159,13 @@ def test_a_stopped_daemon_does_not_serve(base: Path) -> None:
         assert holder.stdout is not None
         assert holder.stdout.readline() == b"ready\n"
         assert daemon_present(path)
+        assert stopped_daemon(path) is None
         holder.send_signal(signal.SIGSTOP)
         wait_until(lambda: not daemon_present(path), what="the stop to take")
+        assert stopped_daemon(path) == holder.pid  # a waiting client names it
         holder.send_signal(signal.SIGCONT)
         wait_until(lambda: daemon_present(path), what="the daemon to be continued")
+        assert stopped_daemon(path) is None
     finally:
         holder.kill()
         holder.wait()

@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,9 +218,37 @@ def test_no_daemon_after_the_claim(spool: Spool, body: dict[str, Any]) -> None:
         wait_result(spool, request_id, None, grace=0.3)
     assert str(caught.value) == (
         f"no daemon is serving {spool.base}: request {request_id} was claimed before the "
-        f"daemon stopped: its answer will be in {spool.result_path(request_id)} when the "
-        "daemon restarts")
+        f"daemon stopped: its answer will be in {spool.result_path(request_id)} once a "
+        "daemon serves again")
     assert caught.value.exit_code == 69
+
+
+@pytest.mark.processes
+def test_a_stopped_daemon_is_named_with_how_to_continue_it(spool: Spool,
+                                                           body: dict[str, Any]) -> None:
+    """The daemon that claimed the request is stopped (SIGSTOP): the waiter gives up naming
+    it, and says how to let it go on."""
+    request_id = submit(spool, json.dumps(body).encode())
+    claim(spool, request_id)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path\n"
+         "from wizard_runner.presence import PresenceLock\n"
+         f"with PresenceLock(Path({str(spool.presence)!r})):\n"
+         "    print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"ready\n"
+        holder.send_signal(signal.SIGSTOP)
+        with pytest.raises(NoDaemonError) as caught:
+            wait_result(spool, request_id, None, grace=0.3)
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert str(caught.value).startswith(
+        f"the daemon serving {spool.base} is stopped (pid {holder.pid}: `kill -CONT "
+        f"{holder.pid}` lets it go on): request {request_id} was claimed")
 
 
 def test_a_present_daemon_is_waited_for(spool: Spool, body: dict[str, Any]) -> None:

@@ -157,7 +157,7 @@ def validate(body: Body) -> WizardConfig:
         return body
     if isinstance(body, str | bytes):
         return parse_config(body)
-    return config_from_data(body)
+    return config_from_data(dict(body) if isinstance(body, Mapping) else body)
 
 
 def raise_for_result(result: RunResult) -> RunResult:
@@ -245,6 +245,8 @@ def submit(
     plus the signal) and `.to_dict()`.
     """
     check_seconds(timeout, "timeout")  # before anything is submitted
+    if not isinstance(wait, bool):
+        raise UsageError(f"wait: {wait!r} is not true or false")
     config = validate(body)
     if isinstance(body, bytes | str):
         data = body.encode() if isinstance(body, str) else body

@@ -43,6 +43,7 @@ from wizard_runner.signals import (
     settle_stops,
 )
 from wizard_runner.spool import (
+    CLOSING,
     REQUEST_ID,
     RequestRejectedError,
     Spool,
@@ -116,9 +117,6 @@ class StopFlag:
         return self._set
 
 
-_CLOSING: Final = "closing"  # the kept closing's name (never a request id's)
-
-
 @dataclass
 class DaemonSettings:
     """What the daemon decides for every request (a request cannot)."""
@@ -184,6 +182,8 @@ class Daemon:
         self.unanswered: dict[str, tuple[_Request, dict[str, Any]]] = {}
         #: A successful run whose closing of the spool could not be written yet.
         self.closing: tuple[str, str] | None = None
+        #: What of these is kept under /run (which may be full too: retried on every pass).
+        self.kept: set[str] = set()
         self._next_prune = 0.0
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -245,7 +245,7 @@ class Daemon:
         closing of the spool, the daemon could not write before it stopped (a full /var) is
         given as it was kept.
         """
-        closing = self._read_kept(_CLOSING) or {}
+        closing = self._read_kept(CLOSING) or {}
         request_id, run_id = closing.get("request_id"), closing.get("run_id")
         if isinstance(request_id, str) and isinstance(run_id, str):
             self._close(request_id, run_id)
@@ -380,7 +380,7 @@ class Daemon:
                 self.log.error("answer_not_written", request_id=request_id,
                                path=str(self.spool.result_path(request_id)),
                                error=_describe(error), status=record["status"])
-                self._keep(request_id, record)
+            self._keep(request_id, record)
             return False
         except Exception as error:  # an answer that cannot be encoded: a bug, say that much
             self.log.exception("answer_not_encoded", request_id=request_id, error=repr(error))
@@ -420,19 +420,22 @@ class Daemon:
             if self.closing is None:
                 self.log.error("spool_not_closed", request_id=request_id, error=str(error),
                                marker=str(closed_marker(self.settings.layout)))
-                self._keep(_CLOSING, {"request_id": request_id, "run_id": run_id})
+            self._keep(CLOSING, {"request_id": request_id, "run_id": run_id})
             self.closing = (request_id, run_id)
             return
         self.closing = None
-        self._drop_kept(_CLOSING)
+        self._drop_kept(CLOSING)
         self.log.info("spool_closed", request_id=request_id,
                       marker=str(closed_marker(self.settings.layout)))
 
     def _keep(self, name: str, record: dict[str, Any]) -> None:
-        """Keep `record` under /run until it is written (best effort: /run may be full too),
-        readable by whoever may read the answer: a submitter waits on it too."""
-        with contextlib.suppress(OSError):
-            keep_answer(self.spool, name, record, self.settings.user.gid)
+        """Keep `record` under /run until it is written, readable by whoever may read the
+        answer: a submitter waits on it too. /run may be full too: tried again on each call
+        until kept."""
+        if name not in self.kept:
+            with contextlib.suppress(OSError):
+                keep_answer(self.spool, name, record, self.settings.user.gid)
+                self.kept.add(name)
 
     def _read_kept(self, name: str) -> dict[str, Any] | None:
         try:
@@ -442,6 +445,7 @@ class Daemon:
             return None
 
     def _drop_kept(self, name: str) -> None:
+        self.kept.discard(name)
         with contextlib.suppress(OSError):
             self.spool.kept_path(name).unlink()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from wizard_runner.fsio import temp_name
+from wizard_runner.fsio import read_regular, temp_name
 from wizard_runner.procs import proc_stat
 
 #: struct flock on 64-bit Linux (what Debian's amd64 and arm64 appliances run): l_type,
@@ -119,3 +119,13 @@ def _stopped(content: bytes) -> bool:
     except ValueError:
         return False
     return fields is not None and fields[0] in (b"T", b"t")
+
+
+def stopped_daemon(path: Path) -> int | None:
+    """The pid the presence file at `path` names, if that process is stopped: for a message
+    (it may have stopped serving since)."""
+    with contextlib.suppress(OSError):
+        content = read_regular(path, follow=False, limit=32)[0]
+        if _stopped(content):
+            return int(content)
+    return None

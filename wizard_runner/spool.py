@@ -50,7 +50,7 @@ from wizard_runner.fsio import (
     write_all,
 )
 from wizard_runner.layout import STATE_DIR_MODE, Layout
-from wizard_runner.presence import daemon_present
+from wizard_runner.presence import daemon_present, stopped_daemon
 from wizard_runner.result import now
 from wizard_runner.signals import (
     deferred_stop_signals,
@@ -60,6 +60,9 @@ from wizard_runner.signals import (
 )
 
 REQUEST_ID: Final = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")
+#: The name the daemon keeps a closing of the spool under (beside the answers it keeps): never
+#: a request id, which starts with a letter or a digit.
+CLOSING: Final = "_closing"
 #: The hidden name a submitter writes a request under before renaming it into place.
 TEMP_NAME: Final = re.compile(r"\.[0-9A-Za-z][0-9A-Za-z-]{0,63}\.tmp")
 STALE_TEMP_SECONDS: Final = 3600
@@ -301,8 +304,11 @@ def _wait(spool: Spool, request_id: str, timeout: float | None,
             if daemon_present(spool.presence):
                 seen = current
             elif current - seen >= grace:
-                return _give_up(spool, request_id, NoDaemonError,
-                                f"no daemon is serving {spool.base}")
+                stopped = stopped_daemon(spool.presence)
+                return _give_up(spool, request_id, NoDaemonError, (
+                    f"no daemon is serving {spool.base}" if stopped is None else
+                    f"the daemon serving {spool.base} is stopped (pid {stopped}: "
+                    f"`kill -CONT {stopped}` lets it go on)"))
         with interruptible():
             time.sleep(ANSWER_POLL_SECONDS)
 
@@ -350,7 +356,7 @@ def _give_up(spool: Spool, request_id: str, kind: type[NotAnsweredError],
         return found
     if kind is NoDaemonError:
         message = (f"{why}: request {request_id} was claimed before the daemon stopped: its "
-                   f"answer will be in {answer} when the daemon restarts")
+                   f"answer will be in {answer} once a daemon serves again")
     else:
         message = f"{why}: request {request_id} {CLAIMED}: its answer will be in {answer}"
     raise kind(message, request_id=request_id, status="claimed", answer=answer)
@@ -588,8 +594,14 @@ def close_spool(layout: Layout, request_id: str, run_id: str) -> None:
 
 
 def reopen_spool(layout: Layout) -> bool:
-    """Let requests be run again; False when the spool was not closed."""
+    """Let requests be run again; False when the spool was not closed. A closing the daemon
+    keeps under /run, not yet written (a full /var), is not undone: RunnerIOError."""
     marker = closed_marker(layout)
+    kept = Spool.of(layout).kept_path(CLOSING)
+    if os.path.lexists(kept):
+        raise RunnerIOError(f"{marker}: the daemon closed the spool after a successful run but "
+                            f"cannot write this yet (is /var full? {kept} keeps it meanwhile): "
+                            "free space, then reopen")
     try:
         marker.unlink()
     except FileNotFoundError:
