@@ -98,6 +98,26 @@ def as_www_data(action: Callable[[], Any]) -> dict[str, Any]:
 
 
 @contextmanager
+def presence_holder(path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Another process holding the daemon's presence lock at `path` (as a daemon serving the
+    spool does), ready once yielded; killed afterwards."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path\n"
+         "from wizard_runner.presence import PresenceLock\n"
+         f"with PresenceLock(Path({str(path)!r})):\n"
+         "    print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"ready\n"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+@contextmanager
 def traversable_dir() -> Iterator[Path]:
     """A fresh directory under /tmp that every user can traverse (pytest's tmp dirs are 0700)."""
     base = Path(tempfile.mkdtemp(prefix="wizard-runner-test-", dir="/tmp"))

@@ -8,15 +8,13 @@ import os
 import signal
 import stat
 import struct
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import needs_root
-from tests.helpers import as_www_data, traversable_dir, wait_until, www_data
+from tests.helpers import as_www_data, presence_holder, traversable_dir, wait_until, www_data
 from wizard_runner.errors import LockedError
 from wizard_runner.fsio import RunLock
 from wizard_runner.presence import PresenceLock, daemon_present, stopped_daemon
@@ -150,14 +148,7 @@ def test_a_stopped_daemon_does_not_serve(base: Path) -> None:
     """A daemon stopped (SIGSTOP, a debugger) still holds its lock but serves nothing: it is
     not present until continued, so that a waiting client gives up instead of waiting on."""
     path = base / "serving.lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path\n"
-         "from wizard_runner.presence import PresenceLock\n"
-         f"with PresenceLock(Path({str(path)!r})):\n"
-         "    print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == b"ready\n"
+    with presence_holder(path) as holder:
         assert daemon_present(path)
         assert stopped_daemon(path) is None
         holder.send_signal(signal.SIGSTOP)
@@ -166,8 +157,3 @@ def test_a_stopped_daemon_does_not_serve(base: Path) -> None:
         holder.send_signal(signal.SIGCONT)
         wait_until(lambda: daemon_present(path), what="the daemon to be continued")
         assert stopped_daemon(path) is None
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()

@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import needs_root
-from tests.helpers import as_www_data, traversable_dir, www_data
+from tests.helpers import as_www_data, presence_holder, traversable_dir, www_data
 from wizard_runner.config import parse_config
 from wizard_runner.errors import ConfigError, RunInterrupted, RunnerIOError
 from wizard_runner.fsio import write_all
@@ -230,22 +228,10 @@ def test_a_stopped_daemon_is_named_with_how_to_continue_it(spool: Spool,
     it, and says how to let it go on."""
     request_id = submit(spool, json.dumps(body).encode())
     claim(spool, request_id)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path\n"
-         "from wizard_runner.presence import PresenceLock\n"
-         f"with PresenceLock(Path({str(spool.presence)!r})):\n"
-         "    print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == b"ready\n"
+    with presence_holder(spool.presence) as holder:
         holder.send_signal(signal.SIGSTOP)
         with pytest.raises(NoDaemonError) as caught:
             wait_result(spool, request_id, None, grace=0.3)
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()
     assert str(caught.value).startswith(
         f"the daemon serving {spool.base} is stopped (pid {holder.pid}: `kill -CONT "
         f"{holder.pid}` lets it go on): request {request_id} was claimed")
