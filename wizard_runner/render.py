@@ -47,7 +47,6 @@ def file_lines(text: str | None) -> list[str]:
     return lines
 
 
-
 @dataclass(frozen=True)
 class _Split:
     """A file's lines around its managed block(s): before the first, inside, after."""

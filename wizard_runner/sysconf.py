@@ -74,7 +74,6 @@ class Current:
     seen: Identity | None = None  # a file's, as read: an edit since changes it
 
 
-
 class Plan(Enum):
     """What the system step will do to one file."""
 
@@ -136,7 +135,8 @@ def _inspect(dir_fd: int, system_path: str) -> Current:
                          "refusing to replace it")
     data, opened = read_regular_at(dir_fd, name, system_path)
     again, xattrs = read_xattrs_at(dir_fd, name)
-    if _identity(opened) != _identity(again) or opened.st_ino != info.st_ino:
+    if _identity(opened) != _identity(again) or \
+            (opened.st_dev, opened.st_ino) != (info.st_dev, info.st_ino):
         raise FenceError(f"{system_path}: replaced while it was being read; run again")
     # The same inode: the mode and owner the lstat saw are those of the bytes just read.
     return Current(TargetKind.FILE, data,
