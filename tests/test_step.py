@@ -312,6 +312,21 @@ def test_200_sleepers_are_all_killed(config: WizardConfig, root: Path) -> None:
     assert no_process_with(marker)
 
 
+def test_orphans_are_reaped_while_the_script_runs(config: WizardConfig, root: Path) -> None:
+    """A script that leaves short-lived orphans (`(cmd &)`, which shell scripts do) does not
+    pile up zombies while it runs: each holds a pid until reaped, and thousands would take
+    the system's last ones. They are reaped as they exit."""
+    add_script(root, "10-orphans", "for i in $(seq 300); do (true &); done; sleep 0.3; n=0\n"
+               "for s in /proc/[0-9]*/stat; do read -r l < $s 2>/dev/null || continue\n"
+               '  case "$l" in *") Z $PPID "*) n=$((n+1));; esac\n'
+               "done; echo zombies=$n")
+    result = run_step(config, root)
+    script = scripts_of(result)["10-orphans"]
+    assert script["status"] == "succeeded", script
+    zombies = int(script["output_tail"].split("zombies=")[1].split()[0])
+    assert zombies < 10, script["output_tail"]
+
+
 def test_invalid_utf8_and_long_lines(config: WizardConfig, root: Path) -> None:
     """Bytes that are not UTF-8 are shown escaped; a line without newline still arrives."""
     add_script(root, "10-bin", r"printf 'caf\351 ok\n\377\376 end'")

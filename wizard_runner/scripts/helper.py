@@ -159,6 +159,16 @@ def _ignore_signals() -> tuple[int, ...]:
     return tuple(ignored)
 
 
+def _wait_for(pid: int) -> int:
+    """Wait for the script; meanwhile reap each orphan it leaves (the helper adopts them) as
+    it exits: a zombie holds its pid until reaped, and a script that leaves thousands (`(cmd
+    &)` in a loop) would take the system's last ones."""
+    while True:
+        reaped, status = os.wait()
+        if reaped == pid:
+            return status
+
+
 def _reap() -> bool:
     """Reap what the scripts left that has exited since (the helper adopts their orphans);
     whether anything is still running."""
@@ -212,7 +222,7 @@ class _Helper:
         except OSError:
             os.killpg(pid, signal.SIGKILL)  # nobody would know it runs
             raise
-        _, status = os.waitpid(pid, 0)
+        status = _wait_for(pid)
         ended = time.monotonic_ns()
         self.control.send(encode(Kind.EXITED, (index, status, ended, _reap())))
 
