@@ -3,8 +3,10 @@ follows parentage; both list every process the step started and kill them all at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,13 +123,10 @@ def test_members_are_everything_started_within(box: Containment) -> None:
     process.stdout.close()
 
 
-@pytest.mark.processes
-def test_a_fork_hopper_is_killed_at_once(box: Containment, tmp_path: Path) -> None:
-    """Each generation forks the next and exits within milliseconds, deaf to SIGTERM: one
-    kill ends them all, nothing comes back."""
-    hop = tmp_path / "hop.sh"
-    hop.write_text("trap '' TERM\nsleep 0.002\nsh \"$0\" &\n")
-    process = forker(box, f"trap '' TERM; sh {hop} & echo ready; sleep 60")
+def hopper_is_killed(box: Containment, command: str, marker: str) -> None:
+    """Start the hopper `command` in `box`, let generations come and go, kill all but the
+    process that started it: nothing of it is left, in the set or out of it (to init, say)."""
+    process = forker(box, f"{command} & echo ready; sleep 60")
     assert process.stdout is not None
     try:
         assert process.stdout.readline() == b"ready\n"
@@ -135,11 +134,108 @@ def test_a_fork_hopper_is_killed_at_once(box: Containment, tmp_path: Path) -> No
         box.kill(spare=process.pid)
         time.sleep(0.3)  # any survivor would have forked again by now
         assert [pid for pid in box.members() if pid != process.pid] == []
-        assert alive(str(hop)) == []  # none escaped either (to init, say)
+        assert alive(marker) == []
     finally:
         process.kill()
         process.wait()
         process.stdout.close()
+        for pid in alive(marker):  # (a survivor, should the test fail)
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.processes
+def test_a_fork_hopper_is_killed_at_once(box: Containment, tmp_path: Path) -> None:
+    """Each generation forks the next and exits within milliseconds, deaf to SIGTERM: one
+    kill ends them all, nothing comes back."""
+    hop = tmp_path / "hop.sh"
+    hop.write_text("trap '' TERM\nsleep 0.002\nsh \"$0\" &\n")
+    hopper_is_killed(box, f"trap '' TERM; sh {hop}", str(hop))
+
+
+#: A hopper with no pause at all, as fast as fork goes: each generation forks the next at
+#: once and exits (SIGTERM ignored, in a session of its own), for argv[1] seconds.
+FAST_HOPPER = r"""
+#include <signal.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    time_t end = time(NULL) + (argc > 1 ? atoi(argv[1]) : 10);
+    signal(SIGTERM, SIG_IGN);
+    setsid();
+    while (time(NULL) < end)
+        if (fork() > 0)
+            _exit(0);
+    return 0;
+}
+"""
+
+
+@pytest.fixture
+def fast_hopper(script_root: Path) -> Path:
+    """FAST_HOPPER, compiled (Python forks too slowly to be one), where scripts may run it."""
+    compiler = shutil.which("cc")
+    if compiler is None:
+        pytest.skip("needs a C compiler for the hopper (apt-get install gcc; CI installs it)")
+    source = script_root / "fast-hopper.c"
+    source.write_text(FAST_HOPPER)
+    binary = script_root / "fast-hopper"
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True, timeout=60)
+    binary.chmod(0o755)
+    return binary
+
+
+@pytest.mark.processes
+def test_a_hopper_without_pause_is_killed_too(box: Containment, fast_hopper: Path) -> None:
+    """A hopper that forks as fast as it can: the kill ends it as well (the fallback kills
+    what each death leaves to a subreaper until nothing comes), nothing survives."""
+    hopper_is_killed(box, f"{fast_hopper} 3", str(fast_hopper))
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("containment", [pytest.param("cgroup", marks=needs_cgroup),
+                                         "subreaper"])
+def test_a_hopper_without_pause_left_by_a_script_is_killed(
+    config: WizardConfig, script_root: Path, fast_hopper: Path, containment: str,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A script leaves a hopper that forks as fast as it can: it is killed before the next
+    script starts (which sees it no more), and nothing of it outlives the step."""
+    monkeypatch.setenv(CONTAINMENT_ENV, containment)
+    beats = shared_dir(script_root) / "beats"
+    add_script(script_root, "10-hops", f"{fast_hopper} 3 >/dev/null 2>&1 &\nsleep 0.2")
+    add_script(script_root, "20-next", f"ls /proc | grep -c . > {beats}")
+    try:
+        result = run_step(config, script_root)
+        assert alive(str(fast_hopper)) == []
+        hops = scripts_of(result)["10-hops"]
+        assert hops["status"] == "succeeded", hops
+        assert hops["leftovers"], hops
+        assert scripts_of(result)["20-next"]["leftovers"] == []
+    finally:
+        for pid in alive(str(fast_hopper)):  # (a survivor, should the test fail)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.processes
+def test_the_fallback_says_when_what_it_kills_keeps_coming(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The fallback never says a set is empty on a guess: a process its SIGKILL does not end
+    (as if the kernel could not deliver it) past SETTLE is an OSError, which fails the
+    script that left it."""
+    box = Subreaper()
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)  # the step's: adopted
+    monkeypatch.setattr("wizard_runner.scripts.containment.SETTLE", 0.3)
+    monkeypatch.setattr("wizard_runner.scripts.containment.send", lambda pids, signum: None)
+    try:
+        with pytest.raises(OSError, match="keep coming back faster than they can be killed"):
+            box.kill()
+    finally:
+        process.kill()
+        process.wait()
+        monkeypatch.undo()
+        box.close()
 
 
 def stale_cgroup(*command: str) -> tuple[Path, subprocess.Popen[bytes]]:
@@ -153,6 +249,27 @@ def stale_cgroup(*command: str) -> tuple[Path, subprocess.Popen[bytes]]:
     orphan = subprocess.Popen(list(command))
     (stale / "cgroup.procs").write_text(f"{orphan.pid}\n")
     return stale, orphan
+
+
+@needs_cgroup
+@pytest.mark.processes
+def test_a_cgroup_made_inside_the_steps_goes_with_it() -> None:
+    """A script run as root may make a cgroup inside the step's and move there: the step's
+    end kills what runs in it and removes both (one left would hold up every later run)."""
+    assert CGROUP_PARENT is not None
+    box = Cgroup.create(CGROUP_PARENT, f"nested{os.getpid()}")
+    inner = box.path / "made-by-a-script"
+    inner.mkdir()
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        (inner / "cgroup.procs").write_text(f"{process.pid}\n")
+        box.close()
+        assert process.wait(timeout=10) == -signal.SIGKILL
+        assert not box.path.exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @needs_cgroup

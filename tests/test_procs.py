@@ -11,13 +11,14 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.helpers import wait_until
-from wizard_runner.procs import MAX_CMDLINE, describe, stop
+from wizard_runner.procs import MAX_CMDLINE, Leftover, describe, stop
 
 pytestmark = pytest.mark.processes
 
 
 class Listed:
-    """A set of processes given by hand; `kill` sends SIGKILL to each (and counts calls)."""
+    """A set of processes given by hand; `kill` sends SIGKILL to each (and counts those it
+    found to kill)."""
 
     def __init__(self, *processes: subprocess.Popen[bytes]) -> None:
         self.processes = list(processes)
@@ -27,12 +28,13 @@ class Listed:
         """The ones that have not exited (reaped as they exit)."""
         return [p.pid for p in self.processes if p.poll() is None]
 
-    def kill(self, spare: int | None = None) -> None:
+    def kill(self, spare: int | None = None) -> list[Leftover]:
         """SIGKILL all but `spare`."""
-        self.kills += 1
-        for pid in self.members():
-            if pid != spare:
-                os.kill(pid, signal.SIGKILL)
+        found = [describe(pid) for pid in self.members() if pid != spare]
+        for leftover in found:
+            self.kills += 1
+            os.kill(leftover.pid, signal.SIGKILL)
+        return found
 
 
 Sleeper = Callable[..., subprocess.Popen[bytes]]
@@ -64,7 +66,8 @@ def sleeper() -> Iterator[Sleeper]:
 
 
 def test_sigterm_is_enough_for_a_process_that_listens(sleeper: Sleeper) -> None:
-    """A process that ends on SIGTERM is not killed; it is reported with its command line."""
+    """A process that ends on SIGTERM is not killed (the set's kill, made all the same,
+    finds nothing left); it is reported with its command line."""
     process = sleeper()
     listed = Listed(process)
     found = stop(listed, grace=5)
@@ -127,8 +130,9 @@ def test_members_that_never_go_are_an_error(sleeper: Sleeper) -> None:
     """A set that still lists members after SIGKILL (stuck in the kernel) raises, naming them."""
 
     class Stuck(Listed):
-        def kill(self, spare: int | None = None) -> None:
+        def kill(self, spare: int | None = None) -> list[Leftover]:
             self.kills += 1  # as if the kernel could not deliver it
+            return []
 
     process = sleeper(ignore_term=True)
     with pytest.raises(OSError, match=f"processes {process.pid} did not end after SIGKILL"):

@@ -28,8 +28,9 @@ class ProcessSet(Protocol):
     def members(self) -> list[int]:
         """The live processes of the set now."""
 
-    def kill(self, spare: int | None = None) -> None:
-        """SIGKILL them all at once (but `spare`)."""
+    def kill(self, spare: int | None = None) -> list[Leftover]:
+        """SIGKILL them all at once (but `spare`): those it found to kill, as they were just
+        before; OSError when some cannot be."""
 
 
 class Leftover(NamedTuple):
@@ -157,13 +158,16 @@ def stop(processes: ProcessSet, grace: float = GRACE, *, spare: int | None = Non
     first = members() or _wait_empty(members, 2 * _LOOK, seen)
     for pid in first:
         seen[pid] = describe(pid)
-    if not first:
-        return []
-    send(first, signal.SIGTERM)
-    send(first, signal.SIGCONT)
-    if _wait_empty(members, grace, seen):
-        processes.kill(spare)
-        left = _wait_empty(members, grace, seen)
-        if left:
-            raise OSError(f"processes {', '.join(map(str, left))} did not end after SIGKILL")
+    if first:
+        send(first, signal.SIGTERM)
+        send(first, signal.SIGCONT)
+        _wait_empty(members, grace, seen)
+    # Whatever is left, at once; also when the list looks empty: one read by parentage can
+    # miss a process in transit to its subreaper (a fork-hopper, always), which the set's
+    # kill does not.
+    for found in processes.kill(spare):
+        seen.setdefault(found.pid, found)
+    left = _wait_empty(members, grace, seen)
+    if left:
+        raise OSError(f"processes {', '.join(map(str, left))} did not end after SIGKILL")
     return list(seen.values())

@@ -6,7 +6,8 @@ The step makes one under the runner's own cgroup (cgroup v2, wherever mounted) a
 at its end; one a killed runner left is removed by the next step made beside it, or by the
 next run once it finds that run was killed, wherever it was made. Without a writable cgroup v2,
 or with WIZARD_RUNNER_CONTAINMENT=subreaper, the fallback follows parentage: the helper and the
-runner are subreapers, and killing is SIGSTOP sweeps until nothing runs, then SIGKILL.
+runner are subreapers, and killing is SIGKILL to their children, again as those killed leave
+theirs, until the same zombies are read twice.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
-from wizard_runner.procs import Leftover, alive, describe, send
+from wizard_runner.procs import Leftover, alive, describe, proc_stat, send
 from wizard_runner.scripts.helper import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, prctl
 
 if TYPE_CHECKING:
@@ -47,8 +48,9 @@ class Containment(Protocol):
     def members(self) -> list[int]:
         """The live processes in the set."""
 
-    def kill(self, spare: int | None = None) -> None:
-        """SIGKILL every member but `spare` at once: none can fork meanwhile."""
+    def kill(self, spare: int | None = None) -> list[Leftover]:
+        """SIGKILL every member but `spare`, none escaping meanwhile: those it found to kill
+        (none listed when nothing is spared); OSError when some cannot be."""
 
     def close(self) -> None:
         """Kill what is left and let the set go."""
@@ -132,32 +134,39 @@ class Cgroup:
                 return
             time.sleep(_LOOK)
 
-    def kill(self, spare: int | None = None) -> None:
+    def kill(self, spare: int | None = None) -> list[Leftover]:
         """cgroup.kill when nothing is spared; else freeze, SIGKILL all but `spare`, thaw (a
         frozen process cannot fork, and a killed one dies as it thaws)."""
         if spare is None and (self.path / "cgroup.kill").exists():
             with contextlib.suppress(OSError):
                 (self.path / "cgroup.kill").write_text("1\n")
-                return
+                return []
         self._freeze(True)
         try:
-            send([pid for pid in self.members() if pid != spare], signal.SIGKILL)
+            found = [describe(pid) for pid in self.members() if pid != spare]
+            send([leftover.pid for leftover in found], signal.SIGKILL)
         finally:
             self._freeze(False)
+        return found
 
     def close(self) -> None:
-        """Kill everything in it, then remove it once it is empty."""
-        self.kill()
+        """Kill everything in it, then remove it once it is empty: its own cgroups first (a
+        script run as root may make some)."""
+        self.kill()  # (cgroup.kill ends the whole subtree)
         deadline = time.monotonic() + SETTLE
-        while time.monotonic() < deadline:
-            try:
-                self.path.rmdir()
-            except OSError as error:
-                if error.errno != errno.EBUSY:  # gone, or not ours to remove
-                    return
+        for directory, _, _ in os.walk(self.path, topdown=False):
+            while not _removed(Path(directory)) and time.monotonic() < deadline:
                 time.sleep(_LOOK)  # its last members are exiting
-            else:
-                return
+
+
+def _removed(cgroup: Path) -> bool:
+    """Remove an empty cgroup; False while it still has members (EBUSY). Gone, or not ours
+    to remove: True (nothing more to do)."""
+    try:
+        cgroup.rmdir()
+    except OSError as error:
+        return error.errno != errno.EBUSY
+    return True
 
 
 def _clear_stale(parent: Path, names: Iterable[str], killed: str | None = None
@@ -198,6 +207,12 @@ def clear_killed(pid: int, run_id: str) -> list[Leftover]:
         cleared += _clear_stale(Path(top), names, f"{pid}.{run_id}")
         names[:] = [name for name in names if not name.startswith(PREFIX)]
     return cleared
+
+
+def _zombie(pid: int) -> bool:
+    """Whether a process has exited (or is gone)."""
+    fields = proc_stat(pid)
+    return fields is None or fields[0] == b"Z"
 
 
 def _children(pid: int) -> list[int]:
@@ -251,35 +266,36 @@ class Subreaper:
                 pending += _children(pid)
         return [pid for pid in found if alive(pid)]
 
-    def kill(self, spare: int | None = None) -> None:
-        """SIGSTOP sweeps until no member runs (a stopped process cannot fork), then SIGKILL;
-        again while one is left (a list of children read while others exit can miss one);
-        what the runner adopted is reaped (the helper is its spawner's to reap)."""
-        deadline = time.monotonic() + SETTLE
-        stopped: set[int] = set()
-        while True:
-            quiet = 0  # sweeps in a row that found nothing new: one can miss a child in transit
-            while quiet < 2 and time.monotonic() < deadline:
-                fresh = [pid for pid in self.members() if pid != spare and pid not in stopped]
-                send(fresh, signal.SIGSTOP)
-                stopped.update(fresh)
-                quiet = 0 if fresh else quiet + 1
-                if not fresh:
-                    time.sleep(_LOOK)
-            send(list(stopped), signal.SIGKILL)
-            self._reap()  # dying now; a later call (or close) reaps a late one
-            if not self._missed(spare, stopped) or time.monotonic() >= deadline:
-                return
+    def _roots(self) -> set[int]:
+        """The children of the helper and of the runner (those of the step): every process
+        of the step is one, or below a live one. The kernel gives an orphan to its subreaper
+        (the helper, or the runner once the helper is gone) before its parent turns zombie."""
+        return set(_children(self.helper) if self.helper is not None else ()) | {
+            pid for pid in self._adopted() if pid != self.helper}
 
-    def _missed(self, spare: int | None, stopped: set[int]) -> bool:
-        """Whether a member was never stopped. Empty counts when three looks a moment apart
-        agree: a walk by parentage misses a child moving to the subreaper while it reads, and a
-        fork chain whose links live a few milliseconds can be in transit at one look."""
-        for _ in range(3):
-            if any(pid != spare and pid not in stopped for pid in self.members()):
-                return True
-            time.sleep(_LOOK)
-        return False
+    def kill(self, spare: int | None = None) -> list[Leftover]:
+        """SIGKILL every process of the set but `spare`: the children of the helper and of the
+        runner, again and again, as those killed leave theirs (a process with SIGKILL pending
+        forks no more). Nothing is left once the children read twice are the same zombies:
+        no list read by parentage is trusted before that. Those killed, as they were; OSError
+        when they keep coming back past SETTLE seconds."""
+        if spare is None and self.helper is not None:
+            send([self.helper], signal.SIGKILL)  # its children come to the runner
+        deadline = time.monotonic() + SETTLE
+        seen: set[int] | None = None
+        killed: list[Leftover] = []
+        while True:
+            roots = {pid for pid in self._roots() if pid != spare}
+            live = [pid for pid in roots if not _zombie(pid)]
+            if not live and roots == seen:
+                return killed
+            killed += [describe(pid) for pid in live]
+            send(live, signal.SIGKILL)
+            self._reap()
+            seen = None if live else roots
+            if time.monotonic() >= deadline:
+                raise OSError("processes the script left keep coming back faster than they "
+                              "can be killed")
 
     def _reap(self) -> bool:
         """Reap what the runner adopted that has exited (the helper is its spawner's to reap);
@@ -296,7 +312,8 @@ class Subreaper:
         """Kill what is left and reap it (a long-lived embedding process must not collect the
         zombies of the helper's last children), and stop being a subreaper if the runner was
         not one."""
-        self.kill()
+        with contextlib.suppress(OSError):  # the step's own stops said so already
+            self.kill()
         deadline = time.monotonic() + SETTLE
         while self._reap() and time.monotonic() < deadline:
             time.sleep(_LOOK)

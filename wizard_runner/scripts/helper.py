@@ -5,7 +5,8 @@ The runner starts it once per step as root (`python -I -S helper.py PARENT_PID [
 GROUPS]`, its socket on fd 3, the scripts' environment as its own). It drops to the run user,
 then runs the scripts the runner orders, in lock-step: each RUN starts one script
 (posix_spawn, like run-parts) on the pipes the order carries; it says STARTED (or FAILED),
-waits for the script, says EXITED, and waits for the next order. Nothing starts that the
+waits for the script, says EXITED, and waits for the next order, reaping all the while each
+orphan the scripts leave (it adopts them) as it exits. Nothing starts that the
 runner did not order after judging the script before. Every module it uses is imported
 before it drops privileges: the run user may not be able to read the standard library. One
 SOCK_SEQPACKET datagram per message, its kind the first byte:
@@ -25,6 +26,7 @@ from __future__ import annotations
 import array
 import enum
 import os
+import select
 import signal
 import socket
 import struct
@@ -188,11 +190,34 @@ class _Helper:
         self.env = env
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.defaults = _ignore_signals()
+        # An orphan's death wakes the wait for the next order, so that it is reaped at once.
+        self.woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # (a script gets the default)
+
+    def _next_order(self) -> tuple[bytes, list[int]]:
+        """The runner's next order. Meanwhile what the last script left is reaped as it
+        exits (as the runner kills it): a zombie holds its pid, and the runner's kill is
+        quick only while the helper's children are few."""
+        poller = select.poll()
+        poller.register(self.control.fileno(), select.POLLIN)
+        poller.register(self.woken, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if self.woken in ready:
+                try:
+                    while os.read(self.woken, 512):
+                        pass
+                except BlockingIOError:  # emptied
+                    pass
+            _reap()
+            if self.control.fileno() in ready:
+                return receive(self.control)
 
     def serve(self) -> None:
         """Run each order until the runner closes its end (EOFError)."""
         while True:
-            data, fds = receive(self.control)
+            data, fds = self._next_order()
             kind, numbers, path = decode(data)
             if kind is not Kind.RUN or len(fds) != 2:  # the helper ends, and its descendants
                 raise MalformedError(f"unexpected {kind.name} from the runner")

@@ -174,7 +174,8 @@ class _Step:
     def _broken(self, name: str) -> None:
         """The helper failed: end everything the step started, the helper too, at once."""
         if self.box is not None:
-            self.box.kill()
+            with contextlib.suppress(OSError):  # (its watch says what could not be killed)
+                self.box.kill()
         self.ended_by = f"not run: the script helper failed at {printable(name)}"
 
     def _not_ordered(self, name: str, error: Exception) -> ScriptOutcome:

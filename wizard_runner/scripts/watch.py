@@ -332,7 +332,10 @@ class Watch:
         spared = (self.spawner.pid, self.seen.pid)
         others = [pid for pid in self.box.members() if pid not in spared]
         found = [procs.describe(pid) for pid in others[:MAX_LEFTOVERS]]  # a fork bomb forks on
-        self.box.kill()
+        try:
+            self.box.kill()
+        except OSError as error:
+            self.seen.broken = f"{self.seen.broken}; {error}"
         self._note_leftovers(found, len(others) - len(found))
 
     def _note_leftovers(self, found: list[Leftover], undescribed: int = 0) -> None:
