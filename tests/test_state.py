@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -148,8 +149,12 @@ def test_a_huge_state_file_is_damaged_not_read_whole(tmp_path: Path) -> None:
     ("status", "scripts", "why"),
     [
         pytest.param(RunStatus.SUCCEEDED, (), "succeeded", id="succeeded"),
-        pytest.param(RunStatus.INTERRUPTED, (), "was interrupted before any script failed",
+        pytest.param(RunStatus.INTERRUPTED, (), "was interrupted before any of its scripts ran",
                      id="interrupted"),
+        pytest.param(RunStatus.INTERRUPTED, (
+            ScriptOutcome("10-a", ScriptStatus.NOT_RUN, reason="not run: wizard-runner was "
+                          "interrupted by SIGTERM"),), "was interrupted before any of its "
+            "scripts ran", id="interrupted-before-the-first-script"),
         pytest.param(RunStatus.FAILED, (), "failed before a script did", id="system-step"),
     ],
 )
@@ -160,6 +165,20 @@ def test_nothing_to_resume(tmp_path: Path, status: RunStatus,
     write_result(layout, a_result(*scripts, status=status))
     with pytest.raises(UsageError, match=f"nothing to resume: the last run .* {why}"):
         resume_point(layout)
+
+
+def test_resume_after_an_interruption_between_two_scripts(tmp_path: Path) -> None:
+    """A run stopped after a script succeeded, before the next one started: --resume starts
+    at that next one (the pass continues), not at the top."""
+    layout = Layout(tmp_path)
+    stopped = "not run: wizard-runner was interrupted by SIGTERM"
+    write_result(layout, dataclasses.replace(a_result(
+        ScriptOutcome("05-readme", ScriptStatus.SKIPPED, reason="not executable"),
+        ScriptOutcome("10-a", ScriptStatus.SUCCEEDED, 0, duration_s=0.5),
+        ScriptOutcome("20-b", ScriptStatus.NOT_RUN, reason=stopped),
+        ScriptOutcome("30-c", ScriptStatus.NOT_RUN, reason=stopped),
+        status=RunStatus.INTERRUPTED), scripts_begun_by="20261130T080000Z-00c0ffee"))
+    assert resume_point(layout) == ("20-b", "20261130T080000Z-00c0ffee")  # the pass goes on
 
 
 def test_the_saved_body_keeps_the_flags_run_and_no_password(

@@ -373,6 +373,23 @@ def test_script_deleting_itself_and_wizard_d(config: WizardConfig, root: Path) -
     assert found["20-after"]["status"] == "succeeded"
 
 
+def test_a_script_removed_after_the_listing_is_said_to_be_gone(config: WizardConfig,
+                                                                root: Path) -> None:
+    """A script removed from wizard.d while the step runs (a package upgrade, say) fails
+    saying so, not blaming its #! interpreter."""
+    if not ROOT:
+        pytest.skip("needs root: the directory belongs to root, the script runs as www-data")
+    wizard_d = root / "etc/xivo/wizard.d"
+    wizard_d.chmod(0o775)
+    os.chown(wizard_d, 0, 33)
+    add_script(root, "10-first", 'rm -f "$(dirname "$0")/20-second"')
+    add_script(root, "20-second", "echo never")
+    found = scripts_of(run_step(config, root))
+    assert (found["20-second"]["status"], found["20-second"]["reason"]) == (
+        "failed", "cannot execute: it is no longer in wizard.d (removed since the step listed "
+        "it)")
+
+
 def test_missing_wizard_d_is_exit_66(config: WizardConfig, root: Path) -> None:
     """run_scripts with no wizard.d: an error naming the path, exit 66, nothing written."""
     shutil.rmtree(root / "etc/xivo/wizard.d")

@@ -139,7 +139,8 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
     start.add_argument("--from", dest="start_at", metavar="NAME",
                        help="start the scripts at NAME (the ones before are not run)")
     start.add_argument("--resume", action="store_true",
-                       help="start the scripts at the one that failed in the last run")
+                       help="start the scripts at the one that failed in the last run (or "
+                       "the first it did not run, when a stop ended it between two)")
     # Unset, these four are the defaults, or on a rerun of the saved body what the last run
     # was told (SUPPRESS: not given leaves no attribute; a timeout of 0 means none).
     run.add_argument("--user", default=argparse.SUPPRESS,

@@ -38,6 +38,7 @@ from wizard_runner.result import (
     PASS_FIELDS,
     RunResult,
     RunStatus,
+    ScriptStatus,
     is_run_id,
     now,
     scripts_pass,
@@ -202,14 +203,28 @@ def resume_point(layout: Layout) -> Resume:
     failed = last.failed_script
     if failed is not None:
         return Resume(failed.name, last.scripts_begun_by)
+    stopped_at = _interrupted_at(last)
+    if stopped_at is not None:
+        return Resume(stopped_at, last.scripts_begun_by)
     if last.status is RunStatus.SUCCEEDED:
         why = "succeeded"
     elif last.status is RunStatus.INTERRUPTED:
-        why = "was interrupted before any script failed"
+        why = "was interrupted before any of its scripts ran"
     else:
         why = f"failed before a script did ({last.error})"
     raise UsageError(f"--resume: nothing to resume: the last run ({last.run_id}) {why}; "
                      "run `wizard-runner run` to run it all again")
+
+
+def _interrupted_at(last: RunResult) -> str | None:
+    """Where an interrupted run's scripts stopped between two of them: the first it did not
+    run after the last that succeeded (None: none had run)."""
+    if last.status is not RunStatus.INTERRUPTED:
+        return None
+    ran = [index for index, script in enumerate(last.scripts)
+           if script.status is ScriptStatus.SUCCEEDED]
+    rest = last.scripts[ran[-1] + 1:] if ran else ()
+    return next((script.name for script in rest if script.status is ScriptStatus.NOT_RUN), None)
 
 
 #: The highest pid Linux gives (2^22).

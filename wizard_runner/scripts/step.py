@@ -7,6 +7,7 @@ run user, inside the step's containment; the first failure, a stop or a broken h
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 from collections.abc import Callable, Sequence
@@ -223,7 +224,11 @@ class _Step:
         if seen.broken is not None:
             self._broken(name)
         self.stopped = seen.stopped_by or self.stopped
-        return judge(name, seen, tail)
+        outcome = judge(name, seen, tail)
+        if seen.cannot_start == errno.ENOENT and not os.path.lexists(path):
+            return dataclasses.replace(outcome, reason="cannot execute: it is no longer in "
+                                       "wizard.d (removed since the step listed it)")
+        return outcome
 
     def _end_for(self, stop: int) -> None:
         """A stop signal ends the step: the scripts after this one do not run."""
