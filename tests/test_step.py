@@ -1441,8 +1441,18 @@ def test_a_step_broken_off_while_a_script_runs_leaves_nothing(
     assert not ran.exists()
 
 
+def test_a_limit_below_the_clocks_step_is_said_as_given(config: WizardConfig,
+                                                        root: Path) -> None:
+    """A limit too small for the clock to add to a time (1e-300 s) still times the script
+    out, and says the limit given, not `0 s`."""
+    add_script(root, "10-slow", "sleep 5")
+    found = scripts_of(run_step(config, root, timeout=1e-300))["10-slow"]
+    assert (found["status"], found["reason"]) == ("timed_out", "timed out after 1e-300 s")
+
+
 @pytest.mark.parametrize(("timeout", "said"), [
     pytest.param(1e-7, "timed out after 1e-07 s", id="tiny"),
+    pytest.param(1e-300, "timed out after 1e-300 s", id="below-the-clock"),
     pytest.param(600.0, "timed out after 600 s", id="default"),
     pytest.param(2.5, "timed out after 2.5 s", id="fraction"),
 ])
@@ -1450,6 +1460,6 @@ def test_a_timeout_is_said_as_given(timeout: float, said: str) -> None:
     """The reason of a script timed out states its limit as given, without the noise of the
     clock's arithmetic."""
     started = 123456.789
-    seen = Watched(pid=7, started=started, deadline=started + timeout, stopped_at=started + 1,
-                   exited=Exited(9, started + 1.5))
+    seen = Watched(pid=7, started=started, deadline=started + timeout, limit=timeout,
+                   stopped_at=started + 1, exited=Exited(9, started + 1.5))
     assert judge("10-slow", seen, "").reason == said

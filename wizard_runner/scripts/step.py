@@ -86,8 +86,7 @@ def _verdict(seen: Watched) -> tuple[ScriptStatus, str | None]:
         return ScriptStatus.FAILED, f"stopped: wizard-runner was {RunInterrupted(seen.stopped_by)}"
     if seen.deadline is not None and (seen.stopped_at is not None or  # ... for its deadline
                                       exited.ended > seen.deadline):  # (the helper's clock)
-        limit = seen.deadline - (seen.started or 0)  # as given, but for float noise
-        return ScriptStatus.TIMED_OUT, f"timed out after {limit:.4g} s"
+        return ScriptStatus.TIMED_OUT, f"timed out after {seen.limit:.4g} s"
     code = exited.returncode
     if code < 0:
         return ScriptStatus.FAILED, f"killed by {_signal_name(code)}"

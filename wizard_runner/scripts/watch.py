@@ -61,6 +61,7 @@ class Watched:
     leftovers: list[Leftover] = field(default_factory=list)
     more_leftovers: int = 0  # killed past MAX_LEFTOVERS, counted only
     deadline: float | None = None
+    limit: float = 0.0  # the time limit the deadline came from, as given
     stopped_at: float | None = None  # when the runner began to stop it (timeout or signal)
     ended_at: float | None = None  # when the runner gave up on it, when no end was reported
 
@@ -200,7 +201,7 @@ class Watch:
     def _started(self, pid: int, at: float) -> None:
         self.seen.pid, self.seen.started = pid, at
         if self.timeout:
-            self.seen.deadline = at + self.timeout
+            self.seen.deadline, self.seen.limit = at + self.timeout, self.timeout
         self.log.info("script_started", **self.shown, pid=pid)
         for fd in self.pipes:
             os.set_blocking(fd, False)
