@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, Reliability
 from tests.helpers import add_script, alive, run_step, scripts_of, shared_dir, wait_until
 from wizard_runner.config import WizardConfig
 from wizard_runner.procs import Leftover
@@ -197,21 +197,24 @@ def test_a_hopper_without_pause_is_killed_too(box: Containment, fast_hopper: Pat
                                          "subreaper"])
 def test_a_hopper_without_pause_left_by_a_script_is_killed(
     config: WizardConfig, script_root: Path, fast_hopper: Path, containment: str,
-    monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch, reliability: Reliability
 ) -> None:
     """A script leaves a hopper that forks as fast as it can: it is killed before the next
     script starts (which sees it no more), and nothing of it outlives the step."""
     monkeypatch.setenv(CONTAINMENT_ENV, containment)
-    beats = shared_dir(script_root) / "beats"
     add_script(script_root, "10-hops", f"{fast_hopper} 3 >/dev/null 2>&1 &\nsleep 0.2")
-    add_script(script_root, "20-next", f"ls /proc | grep -c . > {beats}")
+    add_script(script_root, "20-next", "echo next")
     try:
         result = run_step(config, script_root)
-        assert alive(str(fast_hopper)) == []
-        hops = scripts_of(result)["10-hops"]
-        assert hops["status"] == "succeeded", hops
-        assert hops["leftovers"], hops
-        assert scripts_of(result)["20-next"]["leftovers"] == []
+        hops, after = (scripts_of(result)[name] for name in ("10-hops", "20-next"))
+        ok = (alive(str(fast_hopper)) == [] and hops["status"] == "succeeded"
+              and bool(hops["leftovers"]) and after["leftovers"] == [])
+        reliability.record(area="scripts", fault=f"a fork-hopper without pause ({containment})",
+                           injection="a compiled hopper left running: fork, exit, again, "
+                           "SIGTERM ignored, own session", trials=1, lost=0 if ok else 1,
+                           outcome="killed before the next script, listed as left; none "
+                           "outlives the step")
+        assert ok, (hops, after)
     finally:
         for pid in alive(str(fast_hopper)):  # (a survivor, should the test fail)
             with contextlib.suppress(ProcessLookupError):
