@@ -358,13 +358,18 @@ def test_output_is_capped_and_tail_kept(config: WizardConfig, root: Path) -> Non
     assert per_script.endswith("stdout: 200000\n")
 
 
-def test_script_deleting_itself_and_wizard_d(config: WizardConfig, root: Path) -> None:
-    """A script that removes itself and wizard.d does not confuse the runner."""
+def run_user_may_remove_scripts(root: Path) -> None:
+    """wizard.d root's, group www-data with write (still safe): a script may remove entries."""
     if not ROOT:
         pytest.skip("needs root: the directory belongs to root, the script runs as www-data")
     wizard_d = root / "etc/xivo/wizard.d"
     wizard_d.chmod(0o775)
     os.chown(wizard_d, 0, 33)
+
+
+def test_script_deleting_itself_and_wizard_d(config: WizardConfig, root: Path) -> None:
+    """A script that removes itself and wizard.d does not confuse the runner."""
+    run_user_may_remove_scripts(root)
     add_script(root, "10-vanish", 'rm -f "$0"; echo gone')
     add_script(root, "20-after", "echo after")
     result = run_step(config, root)
@@ -377,11 +382,7 @@ def test_a_script_removed_after_the_listing_is_said_to_be_gone(config: WizardCon
                                                                 root: Path) -> None:
     """A script removed from wizard.d while the step runs (a package upgrade, say) fails
     saying so, not blaming its #! interpreter."""
-    if not ROOT:
-        pytest.skip("needs root: the directory belongs to root, the script runs as www-data")
-    wizard_d = root / "etc/xivo/wizard.d"
-    wizard_d.chmod(0o775)
-    os.chown(wizard_d, 0, 33)
+    run_user_may_remove_scripts(root)
     add_script(root, "10-first", 'rm -f "$(dirname "$0")/20-second"')
     add_script(root, "20-second", "echo never")
     found = scripts_of(run_step(config, root))

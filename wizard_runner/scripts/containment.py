@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
-from wizard_runner.procs import Leftover, alive, describe, proc_stat, send
+from wizard_runner.procs import Leftover, alive, describe, send
 from wizard_runner.scripts.helper import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, prctl
 
 if TYPE_CHECKING:
@@ -209,12 +209,6 @@ def clear_killed(pid: int, run_id: str) -> list[Leftover]:
     return cleared
 
 
-def _zombie(pid: int) -> bool:
-    """Whether a process has exited (or is gone)."""
-    fields = proc_stat(pid)
-    return fields is None or fields[0] == b"Z"
-
-
 def _children(pid: int) -> list[int]:
     """A process's direct children, from /proc (all its threads' lists)."""
     found: list[int] = []
@@ -286,7 +280,7 @@ class Subreaper:
         killed: list[Leftover] = []
         while True:
             roots = {pid for pid in self._roots() if pid != spare}
-            live = [pid for pid in roots if not _zombie(pid)]
+            live = [pid for pid in roots if alive(pid)]
             if not live and roots == seen:
                 return killed
             killed += [describe(pid) for pid in live]

@@ -194,16 +194,16 @@ class _Helper:
         self.woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # (a script gets the default)
+        self.poller = select.poll()
+        self.poller.register(self.control.fileno(), select.POLLIN)
+        self.poller.register(self.woken, select.POLLIN)
 
     def _next_order(self) -> tuple[bytes, list[int]]:
         """The runner's next order. Meanwhile what the last script left is reaped as it
         exits (as the runner kills it): a zombie holds its pid, and the runner's kill is
         quick only while the helper's children are few."""
-        poller = select.poll()
-        poller.register(self.control.fileno(), select.POLLIN)
-        poller.register(self.woken, select.POLLIN)
         while True:
-            ready = {fd for fd, _ in poller.poll()}
+            ready = {fd for fd, _ in self.poller.poll()}
             if self.woken in ready:
                 try:
                     while os.read(self.woken, 512):
