@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import EXAMPLES, MANAGED, snapshot
 from tests.helpers import wait_until
-from wizard_runner.cli import TerminalProgress, build_parser, parse
+from wizard_runner.cli import TerminalProgress, _print_answer, build_parser, parse
 from wizard_runner.result import ScriptOutcome, ScriptStatus
 
 pytestmark = pytest.mark.processes
@@ -764,7 +764,8 @@ def test_a_killed_run_is_what_status_says_and_the_next_run_notes(sandbox: Path,
     assert shown.returncode == 1
     assert shown.stdout.startswith(f"last run {killed_id}: killed (pid {running.pid})\n"
                                    f"  run {killed_id} (pid {running.pid}) was killed before it "
-                                   "ended: its result was never stored")
+                                   "ended: its result was never stored, and the system "
+                                   "files may be partly written;")
     assert f"the run before it: {before['run_id']}: succeeded" in shown.stdout
     as_json = json.loads(cli("status", "--root", str(sandbox), "--json").stdout)
     assert (as_json["status"], as_json["run_id"], as_json["pid"],
@@ -783,6 +784,30 @@ def test_a_killed_run_is_what_status_says_and_the_next_run_notes(sandbox: Path,
         f"last run {json.loads(again.stdout)['run_id']}: succeeded")
     # Under the fallback containment, the killed run's script outlives it (docs/usage.md);
     # under a cgroup, the run after it has killed it.
+    subprocess.run(["pkill", "-f", f"sleep 6{os.getpid()}"], check=False)
+
+
+def test_status_of_a_killed_run_that_was_not_to_write_the_system_files_says_so(
+        sandbox: Path, tmp_path: Path) -> None:
+    """A run with --no-system-conf killed while its script runs: status says that the system
+    files are as they were, not that they may be partly written."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    started = tmp_path / "started"
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    (wizard_d / "10-long").write_text(f"#!/bin/sh\ntouch {started}\nexec sleep 6{os.getpid()}\n")
+    (wizard_d / "10-long").chmod(0o755)
+    hosts_before = (sandbox / "etc/hosts").read_bytes()
+    with subprocess.Popen([str(SCRIPT), "run", "--config", EXAMPLE, "--root", str(sandbox),
+                           "--no-system-conf", "--scripts", "--user", user],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as running:
+        wait_until(started.exists, what="the script's start")
+        running.kill()
+    shown = cli("status", "--root", str(sandbox))
+    assert shown.returncode == 1
+    assert "its result was never stored, and it was not to write the system files " \
+        "(handle_system_conf false): they are as they were;" in " ".join(shown.stdout.split())
+    assert (sandbox / "etc/hosts").read_bytes() == hosts_before
     subprocess.run(["pkill", "-f", f"sleep 6{os.getpid()}"], check=False)
 
 
@@ -907,3 +932,33 @@ def test_a_saved_option_that_cannot_be_used_is_blamed(sandbox: Path, options: di
     assert done.returncode in (2, 74), done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param(["status"], id="status"),
+    pytest.param(["submit", "--config", EXAMPLE], id="submit"),
+    pytest.param(["submit", "--config", "{root}/no\nbody"], id="submit-no-body"),
+    pytest.param(["validate", "--config", "{root}/no\nbody"], id="validate"),
+])
+def test_a_newline_in_a_path_is_shown_escaped(tmp_path: Path, command: list[str]) -> None:
+    """A --root or --config holding a newline: every line the command prints is its own (the
+    newline shown as \\x0a), none forged by the path."""
+    root = tmp_path / "a\nb"
+    root.mkdir()
+    words = [word.replace("{root}", str(root)) for word in command]
+    done = cli(*words, *(["--root", str(root)] if words[0] != "validate" else []))
+    assert done.returncode != 0
+    said = done.stdout + done.stderr
+    assert "a\\x0ab" in said
+    assert not [line for line in said.splitlines() if line.startswith("b")], said
+
+
+def test_an_answer_is_shown_with_its_control_characters_escaped() -> None:
+    """`submit --wait` shows the daemon's answer: its reason keeps its lines (a failed
+    script's last output), each shown escaped; the status line is one line."""
+    out = io.StringIO()
+    code = _print_answer({"request_id": "r\n1", "status": "failed", "exit_code": 1,
+                          "reason": "script 10-x failed\n  \x1b[2Jline\tend"}, False, out)
+    assert code == 1
+    assert out.getvalue() == ("request r\\x0a1: failed (exit 1)\n"
+                              "script 10-x failed\n  \\x1b[2Jline\tend\n")

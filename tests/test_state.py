@@ -333,6 +333,23 @@ def test_a_holder_that_ended_without_its_result_is_no_run_in_progress(tmp_path: 
     assert unfinished_run(layout) is None
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("no-system\n", (False, True), id="no-system"),
+    pytest.param("no-system\nunstored\n", (True, True), id="no-system-unstored"),
+    pytest.param("\n", (False, False), id="system"),
+    pytest.param("unstored no-system\n", None, id="out-of-order"),
+    pytest.param("no-system no-system\n", None, id="twice"),
+])
+def test_a_holder_line_says_whether_its_run_was_to_write_the_system_files(
+        tmp_path: Path, text: str, expected: tuple[bool, bool] | None) -> None:
+    """`no-system` after the run id: the run was not to write the system files (status says
+    they are as they were); `unstored` may follow it; any other order is no holder line."""
+    layout = Layout(tmp_path)
+    holder_line(layout, f"{os.getpid()} 20200101T000000Z-0123abcd {text}")
+    found = unfinished_run(layout)
+    assert (None if found is None else (found.ended, found.no_system)) == expected
+
+
 @needs_root
 def test_anyone_can_see_a_run_in_progress(config: WizardConfig) -> None:
     """The lock is root's alone (0600); its holder line is not: www-data's status sees the
@@ -342,5 +359,6 @@ def test_anyone_can_see_a_run_in_progress(config: WizardConfig) -> None:
         with RunLock(layout.lock_file, mode=0o600) as lock:
             lock.note("20991231T000000Z-0123abcd")
             seen = as_www_data(lambda: list(unfinished_run(layout) or ()))
-        assert seen == {"value": [os.getpid(), "20991231T000000Z-0123abcd", True, False]}
+        assert seen == {"value": [os.getpid(), "20991231T000000Z-0123abcd", True, False,
+                                  False]}
         assert RunLock.holder_of(layout.lock_file).read_text() == ""

@@ -34,7 +34,7 @@ from wizard_runner.errors import (
     WizardRunnerError,
     failure_object,
 )
-from wizard_runner.escape import printable
+from wizard_runner.escape import printable, printable_lines
 from wizard_runner.layout import Layout
 from wizard_runner.signals import interruptible, take_stop
 from wizard_runner.streams import SafeStream
@@ -273,6 +273,13 @@ def read_config(source: str, stdin: TextIO) -> WizardConfig:
     return parse_config(read_body(source, stdin), "standard input" if source == "-" else source)
 
 
+def _say(err: TextIO, said: BaseException | str) -> None:
+    """An error (as the command's boundary words it) or a warning on stderr, escaped: a path
+    may hold a newline."""
+    message = failure_of(said).message if isinstance(said, BaseException) else printable(said)
+    err.write(f"{PROG}: {message}\n")
+
+
 def _print_json(data: Any, out: TextIO) -> None:
     out.write(json.dumps(data, indent=2) + "\n")
 
@@ -392,7 +399,7 @@ def _validate(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO)
         if args.json:
             _print_json({"valid": False, "exit_code": error.exit_code, "error": str(error),
                          "problems": list(error.problems)}, out)
-        err.write(f"{PROG}: {error}\n")
+        _say(err, error)
         return error.exit_code
     if args.json:
         _print_json({"valid": True, "exit_code": EXIT_OK, "error": None, "problems": []}, out)
@@ -481,7 +488,7 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -> i
                          "error": str(failure)}, out)
         else:
             show_run(stored, out)
-        err.write(f"{PROG}: {printable(str(failure))}\n")
+        _say(err, failure)
         return failure.exit_code
     if args.json:
         out.write(result.to_json())
@@ -514,7 +521,7 @@ def _submit(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
     except NotAnsweredError as error:  # a stop or a timeout: withdrawn, or where it is
         return _not_answered(error, args.json, out, err)
     except WizardRunnerError as error:  # not submitted: an invalid body, no spool
-        err.write(f"{PROG}: {error}\n")
+        _say(err, error)
         if args.json:
             problems = list(error.problems) if isinstance(error, ConfigError) else []
             _print_json({"request_id": None, "status": "not_submitted",
@@ -529,10 +536,10 @@ def _print_answer(record: dict[str, Any], as_json: bool, out: TextIO) -> int:
     if as_json:
         _print_json(record, out)
     else:
-        out.write(f"request {record.get('request_id')}: {record.get('status')} "
-                  f"(exit {record.get('exit_code')})\n")
+        out.write(printable(f"request {record.get('request_id')}: {record.get('status')} "
+                            f"(exit {record.get('exit_code')})") + "\n")
         if record.get("reason"):
-            out.write(f"{record['reason']}\n")
+            out.write(printable_lines(str(record["reason"])) + "\n")
     return int(record["exit_code"])
 
 
@@ -540,8 +547,8 @@ def _print_submitted(request_id: str, base: Path, *, serving: bool, as_json: boo
                      err: TextIO) -> int:
     if not serving:
         # Queued all the same: the unit may be starting, or an admin may start it later.
-        err.write(f"{PROG}: warning: no daemon is serving {base} right now: request "
-                  f"{request_id} waits until wizard-runnerd starts\n")
+        _say(err, f"warning: no daemon is serving {base} right now: request {request_id} "
+             "waits until wizard-runnerd starts")
     if as_json:
         _print_json({"request_id": request_id, "daemon_serving": serving}, out)
     else:
@@ -553,7 +560,7 @@ def _not_answered(error: NotAnsweredError, as_json: bool, out: TextIO, err: Text
     """Report a submission that ended without an answer."""
     if as_json:
         _print_json(error.to_dict(), out)
-    err.write(f"{PROG}: {error}\n")
+    _say(err, error)
     return error.exit_code
 
 
@@ -628,7 +635,7 @@ def _status(args: argparse.Namespace, out: TextIO, stdin: TextIO, err: TextIO) -
         out.write(f"a run is in progress: {printable(unfinished.run_id)} "
                   f"(pid {unfinished.pid})\n")
     if last is None:
-        message = f"no run yet ({layout.last_run} does not exist)"
+        message = printable(f"no run yet ({layout.last_run} does not exist)")
         if args.json:
             _print_json({**failure_object("none", EXIT_NO_RUN, message), **going}, out)
         else:
@@ -653,9 +660,11 @@ def _show_killed(killed: Unfinished, before: RunResult | None, as_json: bool,
                    "its body")
     else:
         status, shown = "killed", "killed"
+        files = ("it was not to write the system files (handle_system_conf false): they are "
+                 "as they were" if killed.no_system else "the system files may be partly written")
         message = (f"run {killed.run_id} (pid {killed.pid}) was killed before it ended: its "
-                   "result was never stored, and the system files may be partly written; "
-                   "`wizard-runner run` repeats its body")
+                   f"result was never stored, and {files}; `wizard-runner run` repeats its "
+                   "body")
     if as_json:
         _print_json({**failure_object(status, EXIT_FAILED, message), "run_id": killed.run_id,
                      "pid": killed.pid, "previous": before.to_dict() if before else None}, out)

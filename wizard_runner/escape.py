@@ -26,3 +26,9 @@ NAME: Final = OUTPUT | {0x09: "\\x09"}
 def printable(text: str) -> str:
     """A name, path or message as a terminal may show it, on one line."""
     return text.translate(NAME)
+
+
+def printable_lines(text: str) -> str:
+    """Text of many lines as a terminal may show it: each line as `printable` shows it, but
+    a tab, which is harmless in lines of output."""
+    return text.translate(OUTPUT_LINES)

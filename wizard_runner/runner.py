@@ -43,6 +43,7 @@ from wizard_runner.result import (
 )
 from wizard_runner.signals import deferred_stop_signals, run_stops, settle_stops, stop_here
 from wizard_runner.state import (
+    NO_SYSTEM,
     UNSTORED,
     parse_holder,
     previous_pass,
@@ -273,7 +274,7 @@ def execute(
             deferred_stop_signals(foreign=False):
         started = now()
         run_id = new_run_id(started)
-        lock.note(run_id)
+        lock.note(run_id, *(() if plan.handle_system_conf else (NO_SYSTEM,)))
         with run_log_file(layout.log_file) as log_handle:
             if logger is not None:
                 log = stdlib_logger(logger, log_file=log_handle, run_id=run_id)

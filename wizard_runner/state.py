@@ -233,6 +233,9 @@ _PID_LIMIT: Final = 1 << 22
 
 #: Added to its holder line by a run that ended but could not store its result.
 UNSTORED: Final = "unstored"
+#: In the holder line of a run that is not to write the system files (handle_system_conf
+#: false), written with the line itself: whatever becomes of the run, they are as they were.
+NO_SYSTEM: Final = "no-system"
 
 
 class Unfinished(NamedTuple):
@@ -243,24 +246,30 @@ class Unfinished(NamedTuple):
     run_id: str
     running: bool
     ended: bool = False
+    no_system: bool = False
 
 
 class Holder(NamedTuple):
-    """A lock holder's line: `PID RUN_ID`, and `unstored` once it ended without its result."""
+    """A lock holder's line: `PID RUN_ID [no-system]`, and `unstored` once it ended without
+    its result."""
 
     pid: int
     run_id: str
     ended: bool = False
+    no_system: bool = False
 
 
 def parse_holder(text: str | None) -> Holder | None:
     """The lock holder a line names; None for anything else."""
     words = (text or "").split()
-    ended = words[2:] == [UNSTORED]
-    if len(words) != 2 + ended or not words[0].isdigit() or not is_run_id(words[1]):
+    no_system = words[2:3] == [NO_SYSTEM]
+    rest = words[2 + no_system:]
+    ended = rest == [UNSTORED]
+    if len(rest) != ended or len(words) < 2 or not words[0].isdigit() or \
+            not is_run_id(words[1]):
         return None
     pid = int(words[0])
-    return Holder(pid, words[1], ended) if 0 < pid < _PID_LIMIT else None
+    return Holder(pid, words[1], ended, no_system) if 0 < pid < _PID_LIMIT else None
 
 
 def last_runs(layout: Layout) -> tuple[Unfinished | None, RunResult | None]:
@@ -285,11 +294,11 @@ def unfinished_run(layout: Layout) -> Unfinished | None:
     holder = parse_holder(raw.decode("ascii", "replace"))
     if holder is None:
         return None
-    pid, run_id, ended = holder
+    pid, run_id, ended, no_system = holder
     # Where /proc/locks names the lock by other device numbers (btrfs, an overlay), the
     # holder's process still says it runs: if it started before the run did (not a reuse).
     running = not ended and (RunLock.held(layout.lock_file) or _started_by(pid, run_id))
-    return Unfinished(pid, run_id, running, ended)
+    return Unfinished(pid, run_id, running, ended, no_system)
 
 
 def _started_by(pid: int, run_id: str) -> bool:
