@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import structlog
 
-from wizard_runner.activate import NetworkChange, follow_up
+from tests.conftest import EXAMPLES, needs_root
+from wizard_runner.activate import NetworkChange, follow_up, not_live
 from wizard_runner.config import WizardConfig
 
 pytestmark = pytest.mark.processes
@@ -204,3 +209,109 @@ def test_nothing_changed_nothing_done(config: WizardConfig, tools: Path) -> None
     """Without changes there is no follow-up at all."""
     assert follow_up(config, frozenset(), LOG, apply_network=True).actions == ()
     assert calls(tools) == []
+
+
+#: What `ip -4 -o address show dev eth0` prints when eth0 has the example body's address.
+LIVE = "2: eth0    inet 192.168.50.10/24 brd 192.168.50.255 scope global eth0\\n"
+
+
+@pytest.mark.parametrize(("ip", "stale"), [
+    pytest.param(f"printf '{LIVE}'", set(), id="live"),
+    pytest.param("printf '2: eth0    inet 192.168.50.10/16 scope global eth0\\n'",
+                 {"/etc/network/interfaces"}, id="other-netmask"),
+    pytest.param("printf '2: eth0    inet 192.168.50.100/24 scope global eth0\\n'",
+                 {"/etc/network/interfaces"}, id="other-address"),
+    pytest.param("echo 'Device \"eth0\" does not exist.' >&2; exit 1",
+                 {"/etc/network/interfaces"}, id="no-device"),
+    pytest.param(None, set(), id="no-ip-tool"),
+])
+def test_what_the_running_system_does_not_show_is_stale(
+        config: WizardConfig, tools: Path, monkeypatch: pytest.MonkeyPatch, ip: str | None,
+        stale: set[str]) -> None:
+    """The interface lacks the wizard's address (with its prefix), or has no address, or does
+    not exist: the interfaces file is not live. Without `ip`, the network is not judged."""
+    monkeypatch.setattr("socket.gethostname", lambda: "pbx")
+    if ip is not None:
+        install_tool(tools, "ip", ip)
+    assert not_live(config, LOG) == stale
+    assert calls(tools) == (["ip -4 -o address show dev eth0"] if ip is not None else [])
+
+
+def test_a_live_host_name_other_than_the_wizards_is_stale(
+        config: WizardConfig, tools: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier run wrote /etc/hostname but the host name was never set live: stale."""
+    monkeypatch.setattr("socket.gethostname", lambda: "debian")
+    install_tool(tools, "ip", f"printf '{LIVE}'")
+    assert not_live(config, LOG) == {"/etc/hostname"}
+
+
+@pytest.mark.parametrize("apply_network", [False, True])
+def test_a_stale_network_is_applied_or_pending_as_the_file_now_says(
+        config: WizardConfig, tools: Path, apply_network: bool) -> None:
+    """The interfaces file an earlier run wrote and the interface does not show: with
+    --apply-network it is taken down and brought up from the file as it is (no old copy:
+    this run wrote nothing); without, the result says what is not live and how to apply it."""
+    done = follow_up(config, frozenset(), LOG, apply_network=apply_network, network=BEFORE,
+                     stale=frozenset({"/etc/network/interfaces", "/etc/hostname"}))
+    expected = ["hostname -F /etc/hostname"]
+    if apply_network:
+        expected += ["ifdown --force eth0", "ifup eth0"]
+    assert calls(tools) == expected
+    assert done.pending == (() if apply_network else (
+        "eth0 does not have 192.168.50.10/24, which /etc/network/interfaces gives it: apply it "
+        "from the console with `ifdown --force eth0; ifup eth0` or reboot (it can cut SSH "
+        "sessions), or rerun with --apply-network",))
+
+
+#: A real-root run in its own mount, UTS and network namespaces: /etc is a copy, the runner's
+#: own directories and /run are tmpfs, the host name is `debian`, and only `lo` exists (so
+#: eth0 never gets the wizard's address). Each run prints its result, then `---`; the host is untouched.
+NAMESPACED = """set -e
+mount --make-rprivate /
+mount --bind "$1" /etc
+for d in /var/lib/wizard-runner /var/log/wizard-runner /var/backups/wizard-runner /run; do
+    mkdir -p "$d"; mount -t tmpfs tmpfs "$d"
+done
+hostname debian; ip link set lo up
+"$2" run --config "$3" --no-scripts --json 2>/dev/null || true; echo ---
+hostname debian
+"$2" run --config "$3" --no-scripts --json 2>/dev/null || true; echo ---
+"$2" run --config "$3" --no-scripts --json --apply-network 2>/dev/null || true
+"""
+
+
+@needs_root
+def test_a_rerun_on_the_real_root_finishes_what_the_system_does_not_show(
+        tmp_path: Path) -> None:
+    """On the real root (namespaced): the first run writes the files, sets the host name
+    and leaves the network pending; after the host name is changed back, a rerun that finds
+    every file up to date sets it again and still says the network is pending (a change);
+    with --apply-network it takes eth0 down and tries to bring it up (no such device)."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs unshare and ip (util-linux, iproute2)")
+    etc = tmp_path / "etc"
+    shutil.copytree("/etc", etc, symlinks=True)
+    runner = str(Path(sys.executable).parent / "wizard-runner")
+    done = subprocess.run(["unshare", "-m", "-u", "-n", "sh", "-c", NAMESPACED, "sh", str(etc),
+                           runner, str(EXAMPLES / "wizard.json")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0 and "unshare" in done.stderr:
+        pytest.skip(f"no namespaces here: {done.stderr.strip()}")
+    results = [json.loads(text) for text in done.stdout.split("\n---\n")]
+    assert len(results) == 3, done.stdout + done.stderr
+    first, again, applied = ({"changed": r["changed"], "exit": r["exit_code"],
+                              "actions": [(a["name"], a["status"])
+                                          for a in r["system_conf"]["actions"]],
+                              "pending": r["system_conf"]["pending"]} for r in results)
+    assert (first["exit"], first["changed"]) == (0, True)
+    assert ("hostname", "succeeded") in first["actions"]
+    assert first["pending"][0].startswith("/etc/network/interfaces changed for eth0")
+    assert again == {"changed": True, "exit": 0, "actions": [("hostname", "succeeded")],
+                     "pending": [
+        "eth0 does not have 192.168.50.10/24, which /etc/network/interfaces gives it: apply it "
+        "from the console with `ifdown --force eth0; ifup eth0` or reboot (it can cut SSH "
+        "sessions), or rerun with --apply-network"]}
+    assert [name for name, _ in applied["actions"]] == ["ifdown", "ifup"]
+    assert applied["actions"][1] == ("ifup", "failed")
+    assert applied["changed"] is True
+    assert (etc / "hostname").read_text() == "pbx\n"

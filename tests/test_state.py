@@ -18,6 +18,7 @@ from wizard_runner.errors import ConfigError, StateFileError, UsageError
 from wizard_runner.fsio import RunLock
 from wizard_runner.layout import Layout
 from wizard_runner.result import (
+    ActionOutcome,
     FileAction,
     FileOutcome,
     RunResult,
@@ -61,6 +62,20 @@ def test_a_pass_field_that_is_no_run_id_is_damage(tmp_path: Path, field: str) ->
     layout.last_run.write_text(json.dumps(data))
     with pytest.raises(StateFileError, match=f"{field}: not a run id"):
         read_last_result(layout)
+
+
+@pytest.mark.parametrize(("status", "changed"), [("succeeded", True), ("failed", True),
+                                                  ("skipped", False)])
+def test_a_follow_up_that_ran_is_a_change(status: str, changed: bool) -> None:
+    """A run that wrote nothing but ran a live follow-up (one an earlier run left undone)
+    changed the system, whatever came of it; one it skipped did not."""
+    at = now()
+    result = RunResult("20261201T100000Z-0badc0de", at, at, RunStatus.SUCCEEDED, 0,
+                       SystemConfResult(True, (FileOutcome("/etc/hosts", FileAction.UNCHANGED),),
+                                        (ActionOutcome("ifup", ("ifup", "eth0"), status),)),
+                       (), run_scripts=False)
+    assert result.changed is changed
+    assert RunResult.from_dict(result.to_dict(), "x").changed is changed
 
 
 def test_a_result_reads_back_as_written(tmp_path: Path) -> None:

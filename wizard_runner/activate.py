@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -86,14 +88,41 @@ def _postfix_reload(log: FilteringBoundLogger) -> ActionOutcome:
     return _run("postfix_reload", ["postfix", "reload"], log)
 
 
-def network_pending(interface: str, network: NetworkChange = NetworkChange()) -> str:
-    """The admin's instructions for a network change that was written but not applied."""
+def network_pending(interface: str, network: NetworkChange = NetworkChange(),
+                    *, written: bool = True, address: str = "") -> str:
+    """The admin's instructions for a network change that was written but not applied
+    (`written`), or that an earlier run wrote and the interface does not show (`address`)."""
     ifdown = " ".join(["ifdown", "--force", *network.old_file(interface), interface])
+    what = (f"/etc/network/interfaces changed for {interface}" if written else
+            f"{interface} does not have {address}, which /etc/network/interfaces gives it")
     return (
-        f"/etc/network/interfaces changed for {interface}: apply it from the console with "
-        f"`{ifdown}; ifup {interface}` or reboot (it can cut SSH sessions), or rerun with "
-        "--apply-network"
+        f"{what}: apply it from the console with `{ifdown}; ifup {interface}` or reboot (it "
+        "can cut SSH sessions), or rerun with --apply-network"
     )
+
+
+def _address(config: WizardConfig) -> str:
+    """The wizard's address with its prefix length, as `ip` shows it: 192.168.1.10/24."""
+    net = config.network
+    prefix = ipaddress.IPv4Network(f"0.0.0.0/{net.netmask}").prefixlen
+    return f"{net.ip_address}/{prefix}"
+
+
+def not_live(config: WizardConfig, log: FilteringBoundLogger) -> frozenset[str]:
+    """The files whose settings the running system does not show, though they are written
+    (an earlier run wrote them, and its follow-up failed or was not asked for): the live host
+    name is not the wizard's, the interface lacks the wizard's address. Only what can be
+    read is judged: without `ip`, the network is not."""
+    stale = set()
+    if socket.gethostname() != config.network.hostname:
+        stale.add("/etc/hostname")
+    interface = config.network.interface
+    ip = find_tool("ip")
+    shown = _call("address_check", (ip, "-4", "-o", "address", "show", "dev", interface),
+                  log) if ip is not None else None
+    if isinstance(shown, ToolOutput) and f" inet {_address(config)} " not in shown.stdout:
+        stale.add("/etc/network/interfaces")
+    return frozenset(stale)
 
 
 def released_pending(interface: str, released: str) -> str:
@@ -106,13 +135,14 @@ def released_pending(interface: str, released: str) -> str:
     )
 
 
-def _network(interface: str, network: NetworkChange, log: FilteringBoundLogger, *,
-             apply_network: bool) -> FollowUps:
+def _network(config: WizardConfig, network: NetworkChange, log: FilteringBoundLogger, *,
+             apply_network: bool, written: bool) -> FollowUps:
     """With --apply-network: the wizard's interface taken down as the old file configured it
     (a DHCP client stopped, its address released; else as the new file does) and so is a
     released interface the old file configured; then each brought up from the new file (a
     released one only if the new file still has a stanza for it: an inet6 one). What is left
-    to do by hand is pending."""
+    to do by hand is pending. Not `written` (an earlier run wrote it): as the new file says."""
+    interface = config.network.interface
     actions: list[ActionOutcome] = []
     pending: list[str] = []
     taken_down: set[str] = set()
@@ -128,7 +158,8 @@ def _network(interface: str, network: NetworkChange, log: FilteringBoundLogger, 
                 actions.append(_run("ifup", ["ifup", name], log, timeout=NETWORK_TIMEOUT))
     if not actions or any(action.status != "succeeded" for action in actions):
         # Not applied, or not applied whole: the admin still has it to do.
-        message = network_pending(interface, network)
+        message = network_pending(interface, network, written=written,
+                                  address=_address(config))
         log.warning("network_change_pending", interface=interface, hint=message)
         pending.append(message)
     for name in network.released:
@@ -146,9 +177,13 @@ def follow_up(
     *,
     apply_network: bool,
     network: NetworkChange = NetworkChange(),
+    stale: frozenset[str] = frozenset(),
 ) -> FollowUps:
-    """Make the running system use the files that changed; only ever called on the real root.
-    `network`: what the rewrite of the interfaces file changes."""
+    """Make the running system use the files that changed, and those `stale` (written before,
+    not live: `not_live`); only ever called on the real root. `network`: what the rewrite of
+    the interfaces file changes."""
+    written = changed
+    changed = changed | stale
     actions: list[ActionOutcome] = []
     pending: tuple[str, ...] = ()
     if "/etc/hostname" in changed:
@@ -158,7 +193,9 @@ def follow_up(
     if changed & {"/etc/postfix/main.cf", "/etc/postfix/canonical", "/etc/mailname"}:
         actions.append(_postfix_reload(log))
     if "/etc/network/interfaces" in changed:
-        done = _network(config.network.interface, network, log, apply_network=apply_network)
+        rewritten = "/etc/network/interfaces" in written  # else as the file now says
+        done = _network(config, network if rewritten else NetworkChange(), log,
+                        apply_network=apply_network, written=rewritten)
         actions += done.actions
         pending = done.pending
     return FollowUps(tuple(actions), pending)

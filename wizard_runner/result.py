@@ -203,8 +203,10 @@ class RunResult:
 
     @property
     def changed(self) -> bool:
-        """Whether the run did anything: a system file written or a script started."""
-        return bool(self.files_written or self.scripts_started)
+        """Whether the run did anything: a system file written, a live follow-up run (one
+        that finishes what an earlier run wrote, too), or a script started."""
+        ran = any(action.status != "skipped" for action in self.system_conf.actions)
+        return bool(self.files_written or ran or self.scripts_started)
 
     @property
     def failed_script(self) -> ScriptOutcome | None:

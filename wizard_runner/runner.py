@@ -158,7 +158,7 @@ def _system_step(run: _Run) -> None:
         run.config, run.options, run.layout, run.log, run.progress
     )
     # Only a run that writes the files needs these (and their imports' start-up time).
-    from wizard_runner.activate import follow_up
+    from wizard_runner.activate import follow_up, not_live
     from wizard_runner.sysconf import FilesNotAppliedError, apply_changes
 
     changes: tuple[FileChange, ...] = ()
@@ -181,9 +181,14 @@ def _system_step(run: _Run) -> None:
     except WizardRunnerError as error:
         progress.system = _not_written(changes, error)
         raise
-    if layout.is_real_root and applied.changed:
+    # What an earlier run wrote and the system does not show (its follow-up failed, or was
+    # not asked for) is followed up as if written now: a rerun finishes it.
+    kept = {file.path for file in applied.files if file.action is FileAction.UNCHANGED}
+    stale = not_live(config, log) & kept if layout.is_real_root else frozenset()
+    if layout.is_real_root and (applied.changed or stale):
         follow = follow_up(config, applied.changed, log, apply_network=options.apply_network,
-                           network=_network_change(changes, config, applied.backup_dir))
+                           network=_network_change(changes, config, applied.backup_dir),
+                           stale=stale)
         progress.system = SystemConfResult(
             True, applied.files, follow.actions, progress.system.backup_dir, follow.pending
         )
