@@ -29,8 +29,9 @@ class ProcessSet(Protocol):
         """The live processes of the set now."""
 
     def kill(self, spare: int | None = None) -> list[Leftover]:
-        """SIGKILL them all at once (but `spare`): those it found to kill, as they were just
-        before; OSError when some cannot be."""
+        """SIGKILL them all at once (but `spare`), none escaping meanwhile: those it found to
+        kill, as they were just before (a cgroup lists none when nothing is spared); OSError
+        when some cannot be."""
 
 
 class Leftover(NamedTuple):
@@ -122,23 +123,17 @@ def send(pids: list[int], signum: int) -> None:
             os.kill(pid, signum)
 
 
-def _wait_empty(members: Callable[[], list[int]], seconds: float,
-                seen: dict[int, Leftover]) -> list[int]:
-    """Wait until nothing is left, up to `seconds`; note every member seen meanwhile. Empty
-    counts when two looks a moment apart agree: a list walked by parentage can miss a process
-    that is being re-parented while it is read."""
+def _wait_empty(members: Callable[[], list[int]], seconds: float) -> list[int]:
+    """Wait until nothing is left, up to `seconds`: what is left. Empty counts when two looks
+    a moment apart agree: a list walked by parentage can miss a process that is being
+    re-parented while it is read."""
     deadline = time.monotonic() + seconds
     empty_once = False
     while True:
-        alive = members()
-        for pid in alive:
-            if pid not in seen:
-                seen[pid] = describe(pid)
-        if not alive and empty_once:
-            return alive
-        empty_once = not alive
-        if time.monotonic() >= deadline:
-            return alive
+        left = members()
+        if (not left and empty_once) or time.monotonic() >= deadline:
+            return left
+        empty_once = not left
         time.sleep(_LOOK)
 
 
@@ -148,26 +143,28 @@ def stop(processes: ProcessSet, grace: float = GRACE, *, spare: int | None = Non
     must see it), up to `grace` seconds to end, then SIGKILL all at once. Returns every
     process seen; OSError if some are still there `grace` seconds after SIGKILL (stuck in
     the kernel)."""
-
-    def members() -> list[int]:
-        return [pid for pid in processes.members() if pid != spare]
-
     seen: dict[int, Leftover] = {}
+
+    def members() -> list[int]:  # each noted as it is first seen
+        found = [pid for pid in processes.members() if pid != spare]
+        for pid in found:
+            if pid not in seen:
+                seen[pid] = describe(pid)
+        return found
+
     # One empty look is not trusted: a list read by parentage can miss a process moving from
     # a parent that exited to the subreaper.
-    first = members() or _wait_empty(members, 2 * _LOOK, seen)
-    for pid in first:
-        seen[pid] = describe(pid)
+    first = members() or _wait_empty(members, 2 * _LOOK)
     if first:
         send(first, signal.SIGTERM)
         send(first, signal.SIGCONT)
-        _wait_empty(members, grace, seen)
+        _wait_empty(members, grace)
     # Whatever is left, at once; also when the list looks empty: one read by parentage can
     # miss a process in transit to its subreaper (a fork-hopper, always), which the set's
     # kill does not.
     for found in processes.kill(spare):
         seen.setdefault(found.pid, found)
-    left = _wait_empty(members, grace, seen)
+    left = _wait_empty(members, grace)
     if left:
         raise OSError(f"processes {', '.join(map(str, left))} did not end after SIGKILL")
     return list(seen.values())
