@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 
-from wizard_runner.procs import Leftover, alive, describe, send
+from wizard_runner.procs import Leftover, ProcessSet, alive, describe, send
 from wizard_runner.scripts.helper import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, prctl
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ SETTLE: Final = 5.0
 _LOOK: Final = 0.005
 
 
-class Containment(Protocol):
+class Containment(ProcessSet, Protocol):
     """The set of every process the scripts step started."""
 
     name: str
@@ -44,13 +44,6 @@ class Containment(Protocol):
 
     def adopt(self, pid: int) -> None:
         """Put the helper (and so whatever it starts) in the set."""
-
-    def members(self) -> list[int]:
-        """The live processes in the set."""
-
-    def kill(self, spare: int | None = None) -> list[Leftover]:
-        """SIGKILL every member but `spare`, none escaping meanwhile: those it found to kill
-        (none listed when nothing is spared); OSError when some cannot be."""
 
     def close(self) -> None:
         """Kill what is left and let the set go."""
