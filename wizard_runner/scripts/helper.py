@@ -161,16 +161,6 @@ def _ignore_signals() -> tuple[int, ...]:
     return tuple(ignored)
 
 
-def _wait_for(pid: int) -> int:
-    """Wait for the script; meanwhile reap each orphan it leaves (the helper adopts them) as
-    it exits: a zombie holds its pid until reaped, and a script that leaves thousands (`(cmd
-    &)` in a loop) would take the system's last ones."""
-    while True:
-        reaped, status = os.wait()
-        if reaped == pid:
-            return status
-
-
 def _reap() -> bool:
     """Reap what the scripts left that has exited since (the helper adopts their orphans);
     whether anything is still running."""
@@ -198,10 +188,11 @@ class _Helper:
         self.poller.register(self.control.fileno(), select.POLLIN)
         self.poller.register(self.woken, select.POLLIN)
 
-    def _next_order(self) -> tuple[bytes, list[int]]:
-        """The runner's next order. Meanwhile what the last script left is reaped as it
-        exits (as the runner kills it): a zombie holds its pid, and the runner's kill is
-        quick only while the helper's children are few."""
+    def serve(self) -> None:
+        """Run each order until the runner closes its end (EOFError). While it waits for
+        one, what the last script left is reaped as it exits (as the runner kills it): a
+        zombie holds its pid, and the runner's kill is quick only while the helper's children
+        are few."""
         while True:
             ready = {fd for fd, _ in self.poller.poll()}
             if self.woken in ready:
@@ -211,13 +202,9 @@ class _Helper:
                 except BlockingIOError:  # emptied
                     pass
             _reap()
-            if self.control.fileno() in ready:
-                return receive(self.control)
-
-    def serve(self) -> None:
-        """Run each order until the runner closes its end (EOFError)."""
-        while True:
-            data, fds = self._next_order()
+            if self.control.fileno() not in ready:
+                continue
+            data, fds = receive(self.control)
             kind, numbers, path = decode(data)
             if kind is not Kind.RUN or len(fds) != 2:  # the helper ends, and its descendants
                 raise MalformedError(f"unexpected {kind.name} from the runner")
@@ -247,7 +234,11 @@ class _Helper:
         except OSError:
             os.killpg(pid, signal.SIGKILL)  # nobody would know it runs
             raise
-        status = _wait_for(pid)
+        # Meanwhile each orphan it leaves (the helper adopts them) is reaped as it exits: a
+        # zombie holds its pid, and thousands (`(cmd &)` in a loop) would take the last ones.
+        reaped, status = os.wait()
+        while reaped != pid:
+            reaped, status = os.wait()
         ended = time.monotonic_ns()
         self.control.send(encode(Kind.EXITED, (index, status, ended, _reap())))
 
