@@ -131,23 +131,23 @@ class Spawner:
         _close(pipes, ends=(1,))  # the helper has its copies of the write ends
         return pipes[0][0], pipes[1][0]
 
-    def _next(self, flags: int = 0) -> tuple[Kind, tuple[int, ...], bytes]:
-        """The next message, without waiting (a descriptor it carries is closed)."""
+    def _next(self, flags: int = 0) -> tuple[Kind, tuple[int, ...]]:
+        """The next message's kind and numbers, without waiting (a descriptor it carries is
+        closed); HelperError for the helper's ERROR."""
         data, fds = helper.receive(self.control, flags | _DONTWAIT)
         for fd in fds:
             os.close(fd)
-        return helper.decode(data)
-
-    def receive(self) -> tuple[Kind, tuple[int, ...]]:
-        """One message from the helper, which has something to say (the socket is readable):
-        its kind and numbers."""
-        try:
-            kind, numbers, text = self._next()
-        except (EOFError, OSError, helper.MalformedError) as error:
-            raise self.failure(f"broke off ({str(error) or 'the connection closed'})") from error
+        kind, numbers, text = helper.decode(data)
         if kind is Kind.ERROR:
             raise HelperError(f"the script helper failed: {text.decode(errors='replace')}")
         return kind, numbers
+
+    def receive(self) -> tuple[Kind, tuple[int, ...]]:
+        """One message from the helper, which has something to say (the socket is readable)."""
+        try:
+            return self._next()
+        except (EOFError, OSError, helper.MalformedError) as error:
+            raise self.failure(f"broke off ({str(error) or 'the connection closed'})") from error
 
     def state(self) -> str | None:
         """None while the helper runs; else what became of it: `was stopped`, `was killed by
@@ -187,10 +187,12 @@ class Spawner:
         """The error for a broken helper: its last word if it said why, else what became of
         it once it ended (a broken connection is the first sign of its death), else `why`."""
         readable(self.pidfd, 0.5)
-        with contextlib.suppress(OSError, EOFError, helper.MalformedError):
-            kind, _, text = self._next(int(socket.MSG_PEEK))  # left for the watch
-            if kind is Kind.ERROR:
-                return HelperError(f"the script helper failed: {text.decode(errors='replace')}")
+        try:
+            self._next(int(socket.MSG_PEEK))  # left for the watch
+        except HelperError as said:
+            return said
+        except (OSError, EOFError, helper.MalformedError):
+            pass
         return HelperError(f"the script helper {self.state() or why}")
 
     def close(self) -> None:
