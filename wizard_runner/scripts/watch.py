@@ -62,7 +62,7 @@ class Watched:
     more_leftovers: int = 0  # killed past MAX_LEFTOVERS, counted only
     deadline: float | None = None
     limit: float = 0.0  # the time limit the deadline came from, as given
-    stopped_at: float | None = None  # when the runner began to stop it (timeout or signal)
+    stopped_at: float | None = None  # when the runner's stop of it (timeout or signal) was over
     ended_at: float | None = None  # when the runner gave up on it, when no end was reported
 
 
@@ -86,7 +86,6 @@ class Watch:
         self.ordered_at = time.monotonic()
         self.answer_by = self.ordered_at + ANSWER_TIMEOUT
         self.exited_at: float | None = None  # when the runner heard of the end
-        self.stop_done: float | None = None  # when the stop of the script was over
         self.looked_at = 0.0
         self.drained = False
 
@@ -110,7 +109,7 @@ class Watch:
             exited = self.seen.exited
             if self.seen.broken is None and exited is not None and (
                     exited.left or self.seen.stopped_at is not None):
-                self._clear_leftovers()
+                self._clear()
                 if self.seen.broken is None and self.spawner.hit():
                     self._broken("the script, or what it left, signalled the helper that ran it")
             if self.seen.broken is not None:
@@ -221,13 +220,11 @@ class Watch:
 
     def _helper_gone(self) -> None:
         """The helper died or was stopped: what it said before still counts."""
-        seen = self.seen
-        self._catch_up()
-        if self._over() or seen.exited is not None:
+        if self._end_unheard():
+            self._broken(f"the script helper {self.spawner.state() or 'stopped answering'}")
+        else:
             with contextlib.suppress(KeyError):  # a dead helper's pidfd stays readable
                 self.poller.unregister(self.spawner.pidfd)
-        else:
-            self._broken(f"the script helper {self.spawner.state() or 'stopped answering'}")
 
     def _broken(self, why: str) -> None:
         """The helper failed: stopped or killed, by the script (its only child, which runs
@@ -251,7 +248,7 @@ class Watch:
         now = time.monotonic()
         if self.seen.pid is None:
             waits.append(self.answer_by - now)
-        elif self.seen.deadline is not None and self.stop_done is None:
+        elif self.seen.deadline is not None and self.seen.stopped_at is None:
             waits.append(self.seen.deadline - now)
         if self.exited_at is not None:
             waits.append(DRAIN / 4)
@@ -274,15 +271,15 @@ class Watch:
                 waited = self.answer_by - self.ordered_at
                 self._broken(f"the script helper did not start it within {waited:.1f} s")
             return
-        if seen.exited is None and self.stop_done is None:
+        if seen.exited is None and seen.stopped_at is None:
             stop = pending_stop()
             due = stop is not None or (seen.deadline is not None and now >= seen.deadline)
             if due and self._end_unheard():  # an end already said is judged as it is
                 self._stop(stop)
         # Past the grace after the stop, the end is looked for first: the runner may have been
         # held up past it.
-        elif seen.exited is None and self.stop_done is not None and \
-                now - self.stop_done > self.grace and self._end_unheard():
+        elif seen.exited is None and seen.stopped_at is not None and \
+                now - seen.stopped_at > self.grace and self._end_unheard():
             self._broken("it did not end after SIGKILL, or its helper no longer reports")
         if self.exited_at is not None and self.pipes:
             self._drain(now)
@@ -290,18 +287,13 @@ class Watch:
     def _stop(self, signum: int | None) -> None:
         """A stop signal, or the deadline: stop the script and all it started (TERM, the
         grace, KILL; the helper spared)."""
-        self.seen.stopped_at, self.seen.stopped_by = time.monotonic(), signum
+        self.seen.stopped_by = signum
         if signum is not None:
             self.log.warning("script_stopped", signal=signal.Signals(signum).name)
         else:
             self.log.error("script_timed_out", timeout_s=self.timeout)
-        try:
-            stopped = procs.stop(self.box, self.grace, spare=self.spawner.pid)
-        except OSError as error:
-            self._broken(str(error))
-            return
-        self._note_leftovers([found for found in stopped if found.pid != self.seen.pid])
-        self.stop_done = time.monotonic()
+        if self._clear(but=self.seen.pid):
+            self.seen.stopped_at = time.monotonic()
 
     def _drain(self, now: float) -> None:
         """The script ended but its output stays open: something it left holds it."""
@@ -310,7 +302,7 @@ class Watch:
             return
         if not self.drained:
             self.drained = True
-            self._clear_leftovers()
+            self._clear()
         if now - self.exited_at >= DRAIN_LIMIT:
             self.log.warning("output_abandoned", reason="the script exited but something "
                              "unknown still holds its output open", seconds=DRAIN_LIMIT)
@@ -320,12 +312,16 @@ class Watch:
 
     # --- what is left -----------------------------------------------------------------------
 
-    def _clear_leftovers(self) -> None:
-        """Stop whatever the script left running; each is logged with pid and command line."""
+    def _clear(self, but: int | None = None) -> bool:
+        """Stop all the script started (the helper spared); log each leftover but `but` with
+        pid and command line. False when that failed (the helper is taken for broken)."""
         try:
-            self._note_leftovers(procs.stop(self.box, self.grace, spare=self.spawner.pid))
+            stopped = procs.stop(self.box, self.grace, spare=self.spawner.pid)
         except OSError as error:
             self._broken(str(error))
+            return False
+        self._note_leftovers([found for found in stopped if found.pid != but])
+        return True
 
     def _kill_all(self) -> None:
         """The helper failed: everything the step started is killed at once, the helper too;
