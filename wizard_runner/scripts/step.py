@@ -133,7 +133,7 @@ class _Step:
     spawner: Spawner | None = None
     ended_by: str | None = None  # why the rest does not run
     stopped: int | None = None  # the stop signal that ended the step
-    ahead: tuple[int, tuple[int, int]] | None = None  # the next script, ordered: its pipes
+    ahead: tuple[int, int] | None = None  # the next script is ordered: its pipes
     under_way: bool = False  # an entry is being seen to (it may have run)
     judged: ScriptOutcome | None = None  # ... and what became of it, once known
 
@@ -162,7 +162,7 @@ class _Step:
 
     def close(self) -> None:
         """Stop the helper and everything left in the containment, remove it."""
-        for fd in self.ahead[1] if self.ahead is not None else ():  # never watched: the step
+        for fd in self.ahead or ():  # never watched: the step
             os.close(fd)  # broke off
         try:
             if self.spawner is not None:
@@ -178,17 +178,6 @@ class _Step:
                 self.box.kill()
         self.ended_by = f"not run: the script helper failed at {printable(name)}"
 
-    def _not_ordered(self, name: str, error: Exception) -> ScriptOutcome:
-        """The helper could not be started or told (or no pipe could be made): the step ends
-        here."""
-        self.log.info("script_started", script=name, user=self.options.user.name)
-        if isinstance(error, OSError):
-            reason = f"cannot start: {error.strerror}"
-        else:
-            reason = f"cannot start: {error}"
-            self._broken(name)
-        return ScriptOutcome(name, ScriptStatus.FAILED, reason=reason, duration_s=0.0)
-
     def run(self, name: str, position: int) -> ScriptOutcome:
         """Order one script, watch it to its end, judge it."""
         from wizard_runner.scripts.output import ScriptOutput
@@ -201,16 +190,21 @@ class _Step:
             spawner = self.helper()
             ahead, self.ahead = self.ahead, None
             if ahead is not None:  # ordered as the one before ended: it runs
-                pipes = ahead[1]
+                pipes = ahead
             elif (stop := pending_stop()) is not None:  # came as it was shown, or as the
                 output.close()  # helper started: it does not start
                 self._end_for(stop)
                 return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
             else:
                 pipes = spawner.order(position, path)
-        except (HelperError, OSError) as error:
+        except (HelperError, OSError) as error:  # not started or told, or no pipe made
             output.close()
-            return self._not_ordered(name, error)
+            log.info("script_started", user=self.options.user.name)
+            why = error.strerror if isinstance(error, OSError) else error
+            if isinstance(error, HelperError):
+                self._broken(name)  # the step ends here
+            return ScriptOutcome(name, ScriptStatus.FAILED, reason=f"cannot start: {why}",
+                                 duration_s=0.0)
         assert self.box is not None  # noqa: S101 - helper() made it
         try:
             seen = Watch(spawner, self.box, position, pipes, output,
@@ -245,7 +239,7 @@ class _Step:
                 or pending_stop() is not None:
             return
         with contextlib.suppress(HelperError, OSError):
-            self.ahead = position, self.spawner.order(position, str(self.wizard_d / decision.name))
+            self.ahead = self.spawner.order(position, str(self.wizard_d / decision.name))
 
     def entry(self, decision: Decision, position: int, total: int,
               following: Decision | None = None) -> ScriptOutcome:
@@ -338,7 +332,6 @@ def run_scripts(
                  run_id, log, progress, contained)
     outcomes: list[ScriptOutcome] = []
     position = 0
-    complete = True  # every script past the start point ran and succeeded
     try:
         for index, decision in enumerate(decisions):
             if decision.verdict is Verdict.SKIP:
@@ -352,7 +345,6 @@ def run_scripts(
                 position += 1
                 following = decisions[index + 1] if index + 1 < len(decisions) else None
                 outcome = step.entry(decision, position, total, following)
-                complete = complete and outcome.status is ScriptStatus.SUCCEEDED
             outcomes.append(outcome)
             if record is not None:
                 record(outcomes)
@@ -365,7 +357,8 @@ def run_scripts(
         raise
     finally:
         step.close()
-    if step.stopped is not None and not complete:
+    statuses = {outcome.status for outcome in outcomes[start:]}  # past the start point
+    if step.stopped is not None and statuses - {ScriptStatus.SUCCEEDED, ScriptStatus.SKIPPED}:
         settle_stops()
         raise RunInterrupted(step.stopped)
     # A stop that came as the last script ended by itself cut nothing short: it stays held,
