@@ -164,15 +164,13 @@ def drain_wakeup() -> None:
                 pass
 
 
-def _swappable() -> bool:
-    """Handlers can be swapped and put back: in the main thread, not installed from C."""
-    return threading.current_thread() is threading.main_thread() and all(
-        signal.getsignal(signum) is not None for signum in STOP_SIGNALS)
-
-
 @contextmanager
-def _swapped(handler: Handler | signal.Handlers) -> Iterator[None]:
-    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+def _swapped(handler: Handler | signal.Handlers, swap: bool = True) -> Iterator[None]:
+    """`handler` for the stop signals while the block runs, if `swap` and where handlers can
+    be swapped and put back: in the main thread, not installed from C."""
+    swap = swap and threading.current_thread() is threading.main_thread() and all(
+        signal.getsignal(signum) is not None for signum in STOP_SIGNALS)
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS if swap}
     try:
         yield
     finally:
@@ -194,11 +192,8 @@ def deferred_stop_signals(*, foreign: bool = True) -> Iterator[None]:
             if not _Stop.depth:
                 stop_here()
         return
-    if not foreign or not _swappable():
-        yield
-        return
     received: list[int] = []
-    with _swapped(lambda signum, _frame: received.append(signum)):
+    with _swapped(lambda signum, _frame: received.append(signum), foreign):
         yield
     for signum in dict.fromkeys(received):
         signal.raise_signal(signum)
@@ -224,8 +219,5 @@ def interruptible() -> Iterator[None]:
 @contextmanager
 def ignored_stop_signals() -> Iterator[None]:
     """Drop stop signals while the block runs (a withdrawal a second Ctrl-C must not cut)."""
-    if not _swappable():
-        yield
-        return
     with _swapped(signal.SIG_IGN):
         yield
