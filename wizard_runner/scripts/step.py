@@ -124,7 +124,8 @@ class _Step:
 
     env: dict[str, str]
     options: ScriptsOptions
-    layout: Layout
+    wizard_d: Path
+    log_dir: Path  # this run's
     run_id: str
     log: FilteringBoundLogger
     progress: Progress | None
@@ -136,11 +137,6 @@ class _Step:
     ahead: tuple[int, int] | None = None  # the next script is ordered: its pipes
     under_way: bool = False  # an entry is being seen to (it may have run)
     judged: ScriptOutcome | None = None  # ... and what became of it, once known
-
-    def __post_init__(self) -> None:
-        # Each of the layout's accessors checks its path against the root: once per step.
-        self.wizard_d = self.layout.wizard_d
-        self.log_dir = self.layout.log_dir / self.run_id
 
     def helper(self) -> Spawner:
         """The step's helper, started in its containment on first use."""
@@ -323,13 +319,15 @@ def run_scripts(
     ended by itself is left held for the caller.
     """
     require_switch_allowed(options.user)
-    found = scan(layout.wizard_d, options.user, top=layout.root)
+    # Each of the layout's accessors checks its path against the root: once per step.
+    wizard_d = layout.wizard_d
+    found = scan(wizard_d, options.user, top=layout.root)
     check_safe(found, options.user)
     decisions = found.decisions
     start = _start_index(decisions, options.start_at)
     total = sum(1 for d in decisions[start:] if d.verdict is not Verdict.SKIP)
-    step = _Step(script_env(config, options.user, run_id, layout.root), options, layout,
-                 run_id, log, progress, contained)
+    step = _Step(script_env(config, options.user, run_id, layout.root), options, wizard_d,
+                 layout.log_dir / run_id, run_id, log, progress, contained)
     outcomes: list[ScriptOutcome] = []
     position = 0
     try:
