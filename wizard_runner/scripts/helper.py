@@ -3,13 +3,11 @@ ends speak (docs/design.md tells the whole exchange).
 
 The runner starts it once per step as root (`python -I -S helper.py PARENT_PID [UID GID
 GROUPS]`, its socket on fd 3, the scripts' environment as its own). It drops to the run user,
-then runs the scripts the runner orders, in lock-step: each RUN starts one script
-(posix_spawn, like run-parts) on the pipes the order carries; it says STARTED (or FAILED),
-waits for the script, says EXITED, and waits for the next order, reaping all the while each
-orphan the scripts leave (it adopts them) as it exits. Nothing starts that the
-runner did not order after judging the script before. Every module it uses is imported
-before it drops privileges: the run user may not be able to read the standard library. One
-SOCK_SEQPACKET datagram per message, its kind the first byte:
+then starts one script (posix_spawn, like run-parts) per RUN, one at a time, and reaps each
+orphan the scripts leave (it adopts them) as it exits: nothing starts that the runner did not
+order after judging the script before. Every module it uses is imported before it drops
+privileges: the run user may not be able to read the standard library. One SOCK_SEQPACKET
+datagram per message, its kind the first byte:
 
     runner -> helper   RUN      index; the script's path; the write ends of its stdout and
                                 stderr
