@@ -61,7 +61,7 @@ class Watched:
     leftovers: list[Leftover] = field(default_factory=list)
     more_leftovers: int = 0  # killed past MAX_LEFTOVERS, counted only
     deadline: float | None = None
-    limit: float = 0.0  # the time limit the deadline came from, as given
+    limit: float = 0.0  # the time limit, as given (0: none); the deadline comes from it
     stopped_at: float | None = None  # when the runner's stop of it (timeout or signal) was over
     ended_at: float | None = None  # when the runner gave up on it, when no end was reported
 
@@ -76,11 +76,10 @@ class Watch:
         self.box = box
         self.index = index
         self.output = output
-        self.timeout = timeout
         self.grace = grace
         self.log = log
         self.shown = shown  # what the script_started event says besides the pid
-        self.seen = Watched()
+        self.seen = Watched(limit=timeout or 0.0)
         self.pipes = {pipes[0]: "stdout", pipes[1]: "stderr"}
         self.poller = select.poll()
         self.ordered_at = time.monotonic()
@@ -194,13 +193,13 @@ class Watch:
             self.exited_at = time.monotonic()
             if seen.deadline is not None and seen.exited.ended > seen.deadline and \
                     seen.stopped_at is None:  # the runner was held up past the deadline
-                self.log.error("script_timed_out", timeout_s=self.timeout, seen="at its end")
+                self.log.error("script_timed_out", timeout_s=seen.limit, seen="at its end")
             self.poller.unregister(self.spawner.control.fileno())
 
     def _started(self, pid: int, at: float) -> None:
         self.seen.pid, self.seen.started = pid, at
-        if self.timeout:
-            self.seen.deadline, self.seen.limit = at + self.timeout, self.timeout
+        if self.seen.limit:
+            self.seen.deadline = at + self.seen.limit
         self.log.info("script_started", **self.shown, pid=pid)
         for fd in self.pipes:
             os.set_blocking(fd, False)
@@ -291,7 +290,7 @@ class Watch:
         if signum is not None:
             self.log.warning("script_stopped", signal=signal.Signals(signum).name)
         else:
-            self.log.error("script_timed_out", timeout_s=self.timeout)
+            self.log.error("script_timed_out", timeout_s=self.seen.limit)
         if self._clear(but=self.seen.pid):
             self.seen.stopped_at = time.monotonic()
 
