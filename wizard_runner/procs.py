@@ -152,8 +152,7 @@ def stop(processes: ProcessSet, grace: float = GRACE, *, spare: int | None = Non
                 seen[pid] = describe(pid)
         return found
 
-    # One empty look is not trusted: a list read by parentage can miss a process moving from
-    # a parent that exited to the subreaper.
+    # One empty look is not trusted (see _wait_empty).
     first = members() or _wait_empty(members, 2 * _LOOK)
     if first:
         send(first, signal.SIGTERM)

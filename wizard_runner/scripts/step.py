@@ -158,8 +158,8 @@ class _Step:
 
     def close(self) -> None:
         """Stop the helper and everything left in the containment, remove it."""
-        for fd in self.ahead or ():  # never watched: the step
-            os.close(fd)  # broke off
+        for fd in self.ahead or ():  # never watched: the step broke off
+            os.close(fd)
         try:
             if self.spawner is not None:
                 self.spawner.close()
