@@ -58,12 +58,13 @@ class Kind(enum.Enum):
     ERROR = b"E"
 
 
-#: The fixed numbers each kind carries before its text, if any.
+#: The fixed numbers each kind carries before its text (ERROR: none).
 _NUMBERS = {
     Kind.RUN: struct.Struct("!I"),
     Kind.STARTED: struct.Struct("!Iiq"),
     Kind.FAILED: struct.Struct("!Ii"),
     Kind.EXITED: struct.Struct("!IiqB"),
+    Kind.ERROR: struct.Struct("!"),
 }
 
 
@@ -77,8 +78,7 @@ class MalformedError(ValueError):
 
 def encode(kind: Kind, numbers: Sequence[int] = (), text: bytes = b"") -> bytes:
     """One message: the kind's byte, its numbers, its text."""
-    layout = _NUMBERS.get(kind)
-    return kind.value + (layout.pack(*numbers) if layout is not None else b"") + text
+    return kind.value + _NUMBERS[kind].pack(*numbers) + text
 
 
 def decode(data: bytes) -> tuple[Kind, tuple[int, ...], bytes]:
@@ -87,9 +87,7 @@ def decode(data: bytes) -> tuple[Kind, tuple[int, ...], bytes]:
         raise EOFError
     try:
         kind = _KINDS[data[:1]]
-        layout = _NUMBERS.get(kind)
-        if layout is None:
-            return kind, (), data[1:]
+        layout = _NUMBERS[kind]
         return kind, layout.unpack(data[1:1 + layout.size]), data[1 + layout.size:]
     except (KeyError, struct.error) as error:
         raise MalformedError(f"malformed message {data[:16]!r}") from error
