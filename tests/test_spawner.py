@@ -240,7 +240,7 @@ def test_a_helper_that_cannot_switch_says_why(watched: bool) -> None:
             return
         logs = io.StringIO()
         log = make_logger(logs, json_lines=True)
-        seen = Watch(broken, box, 0, pipes, ScriptOutput("10-x", None, log), timeout=None,
+        seen = Watch(broken, 0, pipes, ScriptOutput("10-x", None, log), timeout=None,
                      grace=1.0, log=log, shown={"path": "/bin/true"}).run()
         assert (seen.broken or "").startswith("cannot start: the script helper failed: ")
         events = [json.loads(line)["event"] for line in logs.getvalue().splitlines()]
@@ -265,7 +265,7 @@ def test_a_stop_does_not_wait_for_a_hung_helper(place: Path) -> None:
         pipes = spawner.order(0, "/bin/true")
         request_stop(signal.SIGTERM)
         started = time.monotonic()
-        seen = Watch(spawner, box, 0, pipes, ScriptOutput("10-x", None, log), timeout=None,
+        seen = Watch(spawner, 0, pipes, ScriptOutput("10-x", None, log), timeout=None,
                      grace=0.5, log=log, shown={"path": "/bin/true"}).run()
         took = time.monotonic() - started
     finally:

@@ -201,9 +201,8 @@ class _Step:
                 self._broken(name)  # the step ends here
             return ScriptOutcome(name, ScriptStatus.FAILED, reason=f"cannot start: {why}",
                                  duration_s=0.0)
-        assert self.box is not None  # noqa: S101 - helper() made it
         try:
-            seen = Watch(spawner, self.box, position, pipes, output,
+            seen = Watch(spawner, position, pipes, output,
                          timeout=self.options.timeout, grace=self.options.grace, log=log,
                          shown={"path": path, "user": self.options.user.name}).run()
             tail = output.close()  # (it shows the last line, if unterminated)

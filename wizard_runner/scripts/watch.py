@@ -19,7 +19,6 @@ from structlog.typing import FilteringBoundLogger
 
 from wizard_runner import procs
 from wizard_runner.procs import Leftover
-from wizard_runner.scripts.containment import Containment
 from wizard_runner.scripts.helper import Kind
 from wizard_runner.scripts.output import ScriptOutput
 from wizard_runner.scripts.spawner import (
@@ -69,11 +68,11 @@ class Watched:
 class Watch:
     """Follows one ordered script from its start to its end (or its deadline, or a stop)."""
 
-    def __init__(self, spawner: Spawner, box: Containment, index: int,
-                 pipes: tuple[int, int], output: ScriptOutput, *, timeout: float | None,
-                 grace: float, log: FilteringBoundLogger, shown: dict[str, str]) -> None:
+    def __init__(self, spawner: Spawner, index: int, pipes: tuple[int, int],
+                 output: ScriptOutput, *, timeout: float | None, grace: float,
+                 log: FilteringBoundLogger, shown: dict[str, str]) -> None:
         self.spawner = spawner
-        self.box = box
+        self.box = spawner.box
         self.index = index
         self.output = output
         self.grace = grace
