@@ -21,14 +21,7 @@ from wizard_runner import procs
 from wizard_runner.procs import Leftover
 from wizard_runner.scripts.helper import Kind
 from wizard_runner.scripts.output import ScriptOutput
-from wizard_runner.scripts.spawner import (
-    KILLED,
-    PIPE_SIZE,
-    STOPPED,
-    Exited,
-    HelperError,
-    Spawner,
-)
+from wizard_runner.scripts.spawner import KILLED, PIPE_SIZE, STOPPED, Exited, HelperError, Spawner
 from wizard_runner.signals import drain_wakeup, pending_stop, wakeup_fileno
 
 #: How long the helper may take to start a script (its own start included) before it is
