@@ -184,15 +184,12 @@ class _Step:
         output = ScriptOutput(name, self.log_dir, log, self.progress, self.options.output_cap)
         try:
             spawner = self.helper()
-            ahead, self.ahead = self.ahead, None
-            if ahead is not None:  # ordered as the one before ended: it runs
-                pipes = ahead
-            elif (stop := pending_stop()) is not None:  # came as it was shown, or as the
-                output.close()  # helper started: it does not start
+            ahead, self.ahead = self.ahead, None  # ordered as the one before ended: it runs
+            if ahead is None and (stop := pending_stop()) is not None:  # came as it was
+                output.close()  # shown, or as the helper started: it does not start
                 self._end_for(stop)
                 return ScriptOutcome(name, ScriptStatus.NOT_RUN, reason=self.ended_by)
-            else:
-                pipes = spawner.order(position, path)
+            pipes = ahead or spawner.order(position, path)
         except (HelperError, OSError) as error:  # not started or told, or no pipe made
             output.close()
             log.info("script_started", user=self.options.user.name)
