@@ -4,6 +4,7 @@ process on a tmp root, fed through the spool."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import io
 import json
@@ -584,6 +585,38 @@ def test_a_request_waiting_for_the_lock_says_why_once(served: Served, quick: dic
         "another wizard-runner run (pid 4242) holds the lock"]
 
 
+def test_a_request_the_daemon_stops_before_it_runs_goes_back_for_the_next(
+        served: Served, quick: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped while its request waits for the lock (a package upgrade holds it until the run
+    in progress ends, then stops the daemon): the request goes back to incoming/, unanswered,
+    and the next daemon runs it."""
+    request_id = "20261125T000001Z-aaaaaaaaaaa1"
+
+    def locked(*_args: Any, **_kwargs: Any) -> Any:
+        served.daemon.settings.stop.set()
+        raise LockedError("another wizard-runner run (pid 4242) holds the lock")
+
+    monkeypatch.setattr(daemon_module, "execute", locked)
+    served.request(request_id, quick)
+    served.daemon.serve_pending()
+    assert served.spool.request_path(request_id).is_file()
+    assert os.listdir(served.spool.processing) == []
+    assert not served.spool.result_path(request_id).exists()
+    assert len(served.events("request_returned")) == 1
+    monkeypatch.undo()
+    after = serving_again(served)
+    after.daemon.recover()
+    after.daemon.serve_pending()
+    assert after.answer(request_id)["status"] == "succeeded"
+
+
+def serving_again(served: Served) -> Served:
+    """A new daemon on the same root, as after a restart."""
+    settings = dataclasses.replace(served.daemon.settings, stop=StopFlag())
+    logs = io.StringIO()
+    return Served(Daemon(settings, make_logger(logs, json_lines=True)), logs)
+
+
 def test_a_failed_run_leaves_the_spool_open(served: Served, quick: dict[str, Any]) -> None:
     """Only a success closes the spool: a failed run can be corrected and resubmitted."""
     served.request("20261125T000001Z-aaaaaaaaaaa1", dict(quick, run_scripts=True))
@@ -880,24 +913,28 @@ def test_waits_for_a_manual_run(root: Path, body: dict[str, Any]) -> None:
 def test_a_stop_while_a_request_waits_for_the_lock_ends_the_daemon_cleanly(
     root: Path, body: dict[str, Any]
 ) -> None:
-    """SIGTERM while a claimed request waits for a manual run's lock: the request is answered
-    interrupted, and the daemon exits 0 as on any stop, saying nothing more."""
+    """SIGTERM while a claimed request waits for a manual run's lock: the request goes back
+    to incoming/ unanswered (it never began), and the daemon exits 0 as on any stop, saying
+    nothing more; the next daemon runs it once the lock is free."""
     log = root / "daemon.log"
+    spool = Spool.of(Layout(root))
     lock = RunLock(Layout(root).lock_file)
     lock.acquire()
     try:
         with daemon(root) as process:
             request_id = api.submit(body, root=root)
             assert isinstance(request_id, str)
-            wait_until(lambda: not list(Spool.of(Layout(root)).incoming.iterdir()),
-                       what="the claim")
+            wait_until(lambda: not list(spool.incoming.iterdir()), what="the claim")
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=30) == 0
-        record = daemon_result(root, request_id)
+        assert spool.request_path(request_id).is_file()
+        assert not spool.result_path(request_id).exists()
     finally:
         lock.release()
-    assert record["status"] == "interrupted"
+    assert "request_returned" in log.read_text()
     assert "too late" not in log.read_text()
+    with daemon(root):
+        assert daemon_result(root, request_id)["status"] == "succeeded"
 
 
 @pytest.mark.processes

@@ -23,6 +23,7 @@ from wizard_runner.presence import PresenceLock
 from wizard_runner.signals import install_stop_handlers
 from wizard_runner.spool import (
     REQUEST_ID,
+    RESTART_GRACE_SECONDS,
     AnswerTimeoutError,
     NoDaemonError,
     RequestRejectedError,
@@ -242,6 +243,27 @@ def test_a_present_daemon_is_waited_for(spool: Spool, body: dict[str, Any]) -> N
     request_id = submit(spool, json.dumps(body).encode())
     with PresenceLock(spool.presence), pytest.raises(AnswerTimeoutError):
         wait_result(spool, request_id, 1.5, grace=0.2)
+
+
+@pytest.mark.parametrize(("age", "mode"), [(0.0, "file"), (RESTART_GRACE_SECONDS + 5, "file"),
+                                           (0.0, "symlink"), (0.0, "directory")])
+def test_a_daemon_restarting_for_an_upgrade_is_waited_for(
+        spool: Spool, body: dict[str, Any], age: float, mode: str) -> None:
+    """A fresh `restarting` mark (a package upgrade stops the daemon and starts the new one)
+    counts as a daemon: only the timeout ends the wait, and the request is still withdrawn
+    then. A stale mark (an upgrade that failed), or one that is no regular file, does not."""
+    request_id = submit(spool, json.dumps(body).encode())
+    if mode == "file":
+        spool.restarting.touch()
+        os.utime(spool.restarting, (time.time() - age,) * 2)
+    elif mode == "symlink":
+        spool.restarting.symlink_to(spool.base / "elsewhere")
+    else:
+        spool.restarting.mkdir()
+    waited_for = mode == "file" and not age
+    with pytest.raises(AnswerTimeoutError if waited_for else NoDaemonError):
+        wait_result(spool, request_id, 2.5, grace=0.2)  # (presence is looked at each 1 s)
+    assert os.listdir(spool.incoming) == []
 
 
 @pytest.mark.parametrize(

@@ -334,6 +334,10 @@ class Daemon:
         log.info("request_claimed", submitted_by=request.submitted_by)
         try:
             record = self._serve_claimed(request, log)
+            if record is None:  # stopped before its run could begin: the next daemon's
+                record = self._unclaim(request, source, log)
+                if record is None:
+                    return
         except RunInterrupted as stop:
             # Stopped outside the run itself (waiting for the lock, opening the log): the
             # request still gets its answer before the daemon exits.
@@ -344,13 +348,30 @@ class Daemon:
         self._finish(request, record)
         log.info("request_done", status=record["status"], exit_code=record["exit_code"])
 
+    def _unclaim(self, request: _Request, source: Path, log: FilteringBoundLogger
+                 ) -> dict[str, Any] | None:
+        """Put back into incoming/ a claimed request that did not begin to run (the daemon was
+        stopped while a run held the lock: a package upgrade waits for it so): the next daemon
+        serves it. Where it cannot go back, its answer says it was not run."""
+        try:
+            os.rename(request.claimed, source)
+        except OSError as error:
+            log.warning("request_not_returned", error=_describe(error))
+            return request.answer("interrupted", exit_for_signal(signal.SIGTERM),
+                                  reason="the daemon was stopped before the request could run")
+        log.info("request_returned", reason="the daemon stopped before its run could begin: "
+                 "the next daemon serves it")
+        return None
+
     def _taken(self, request_id: str) -> bool:
         return (request_id in self.unanswered
                 or os.path.lexists(self.spool.processing / f"{request_id}.json")
                 or os.path.lexists(self.spool.result_path(request_id)))
 
-    def _serve_claimed(self, request: _Request, log: FilteringBoundLogger) -> dict[str, Any]:
-        """The answer to a claimed request, whatever happens while serving it."""
+    def _serve_claimed(self, request: _Request, log: FilteringBoundLogger
+                       ) -> dict[str, Any] | None:
+        """The answer to a claimed request, whatever happens while serving it; None when the
+        daemon stopped before its run could begin."""
         try:
             return self._run(request, log)
         except WizardRunnerError as error:
@@ -454,7 +475,7 @@ class Daemon:
             prune_done(self.spool)
             self._next_prune = time.monotonic() + PRUNE_INTERVAL
 
-    def _run(self, request: _Request, log: FilteringBoundLogger) -> dict[str, Any]:
+    def _run(self, request: _Request, log: FilteringBoundLogger) -> dict[str, Any] | None:
         if self._closed():
             log.warning("request_rejected", reason="spool closed")
             return request.answer("rejected", EXIT_SPOOL_CLOSED, reason=CLOSED)
@@ -490,9 +511,7 @@ class Daemon:
                     log.warning("request_waits_for_lock", reason=str(locked))
                     waited = True
                 if self.settings.stop.wait(LOCK_RETRY):
-                    return request.answer(
-                        "interrupted", exit_for_signal(signal.SIGTERM),
-                        reason="the daemon was stopped before the request could run")
+                    return None  # not begun: it goes back for the next daemon
                 continue
             except ResultNotStoredError as unstored:  # it ran all the same: answered with
                 result = cast("RunResult", unstored.result)  # what it did

@@ -5,6 +5,7 @@
         processing/   0700 root              requests claimed (by a rename) and not answered yet
         done/         0750 root:<run group>  one answer per request, 0640, readable by confd
         serving.lock  0644 root              locked while a daemon serves (see presence.py)
+        restarting    0644 root              while a package upgrade restarts the daemon
 
 A request is the wizard body itself: it cannot choose paths, the root, the user, the timeout or
 the scripts directory; those belong to the daemon. Once a request's run has succeeded the
@@ -75,6 +76,9 @@ RETENTION_PER_SUBMITTER: Final = 100
 RETENTION_SAFE_SECONDS: Final = 3600
 #: How often a waiting client asks whether a daemon serves.
 PRESENCE_CHECK_SECONDS: Final = 1.0
+#: How long a `restarting` mark (a package upgrade) keeps waiters waiting for the daemon: an
+#: upgrade that failed between its maintainer scripts leaves it behind.
+RESTART_GRACE_SECONDS: Final = 300.0
 #: How often a waiting client looks for its answer.
 ANSWER_POLL_SECONDS: Final = 0.02
 CLOSED_MARKER: Final = "spool-closed"
@@ -171,6 +175,11 @@ class Spool:
         """The file a serving daemon holds a lock on."""
         return self.base / "serving.lock"
 
+    @property
+    def restarting(self) -> Path:
+        """The mark the package's preinst leaves while an upgrade restarts the daemon."""
+        return self.base / "restarting"
+
     def result_path(self, request_id: str) -> Path:
         """The answer file of one request."""
         return self.done / f"{request_id}.json"
@@ -262,7 +271,8 @@ def wait_result(spool: Spool, request_id: str, timeout: float | None,
 
     Gives up, withdrawing the request if the daemon has not claimed it yet, when `timeout`
     seconds pass (AnswerTimeoutError), when no daemon has served the spool for `grace` seconds
-    (NoDaemonError; `grace` defaults to DAEMON_GRACE_SECONDS), or on a stop signal
+    (NoDaemonError; `grace` defaults to DAEMON_GRACE_SECONDS; a package upgrade restarting the
+    daemon counts as serving it: see `restarting`), or on a stop signal
     (SubmitInterruptedError); all are SpoolErrors whose message says whether the request was
     withdrawn or where its answer will be.
     """
@@ -301,7 +311,7 @@ def _wait(spool: Spool, request_id: str, timeout: float | None,
                             f"no answer to request {request_id} within {timeout:g} s")
         if current >= next_check:
             next_check = current + PRESENCE_CHECK_SECONDS
-            if daemon_present(spool.presence):
+            if daemon_present(spool.presence) or _restarting(spool):
                 seen = current
             elif current - seen >= grace:
                 stopped = stopped_daemon(spool.presence)
@@ -311,6 +321,17 @@ def _wait(spool: Spool, request_id: str, timeout: float | None,
                     f"`kill -CONT {stopped}` lets it go on)"))
         with interruptible():
             time.sleep(ANSWER_POLL_SECONDS)
+
+
+def _restarting(spool: Spool) -> bool:
+    """Whether a package upgrade is restarting the daemon (its mark is a regular file, made
+    in the last RESTART_GRACE_SECONDS): the daemon is coming back."""
+    try:
+        mark = os.lstat(spool.restarting)
+    except OSError:
+        return False
+    return stat.S_ISREG(mark.st_mode) and \
+        abs(time.time() - mark.st_mtime) < RESTART_GRACE_SECONDS
 
 
 def find_answer(spool: Spool, request_id: str) -> dict[str, Any] | None:

@@ -116,7 +116,9 @@ def run_in_progress() -> Iterator[int]:
 
 def test_upgrade_waits_for_the_run_in_progress(deb: Path, run_in_progress: int) -> None:
     """An upgrade stops the daemon only between runs: while a run holds the lock it waits,
-    says so, and goes on as soon as the run ends."""
+    says so, and goes on as soon as the run ends. Meanwhile the spool's `restarting` mark
+    tells a waiting submitter that the daemon is coming back; it is gone once it is."""
+    restarting = Path("/var/spool/wizard-runner/restarting")
     with subprocess.Popen(["dpkg", "--install", str(deb)], stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=DPKG_ENV, cwd="/") as upgrade:
@@ -128,9 +130,11 @@ def test_upgrade_waits_for_the_run_in_progress(deb: Path, run_in_progress: int) 
                 break
         try:
             assert upgrade.poll() is None, "".join(said)  # blocked in preinst, on the lock
+            assert restarting.is_file()
             fcntl.flock(run_in_progress, fcntl.LOCK_UN)  # the run ends
             said.append(upgrade.stdout.read())
             assert upgrade.wait(timeout=300) == 0, "".join(said)
+            assert not restarting.exists()
         finally:
             if upgrade.poll() is None:
                 upgrade.kill()
