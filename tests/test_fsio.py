@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from wizard_runner.fsio import (
     atomic_replace,
     ensure_dir,
     new_file_owner,
+    prepare_dir,
     remove_stale_temps,
 )
 
@@ -197,6 +199,24 @@ def test_lock_directory_not_creatable(fs: FakeFilesystem) -> None:
             RunLock(Path("/ro/run/wizard-runner/lock")).acquire()
     finally:
         set_uid(0 if os.geteuid() == 0 else os.geteuid())
+
+
+@pytest.mark.parametrize(("target", "said"), [
+    ("../nothing", "a symlink to ../nothing, which does not exist"),
+    ("../file", "a symlink to ../file, a regular file"),
+])
+@pytest.mark.parametrize("make", [ensure_dir, prepare_dir])
+def test_a_symlink_where_a_directory_goes_says_where_it_leads(
+        tmp_path: Path, target: str, said: str, make: Callable[[Path, int], None]) -> None:
+    """A symlink to nothing, or to a file, where a directory goes: the error names the link,
+    its target and what that is (not mkdir's bare `File exists`)."""
+    (tmp_path / "file").touch()
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var/backups").symlink_to(target)
+    with pytest.raises(OSError) as caught:
+        make(tmp_path / "var/backups", 0o700)
+    assert caught.value.errno == errno.ENOTDIR
+    assert caught.value.strerror == f"{tmp_path / 'var/backups'} is not a directory ({said})"
 
 
 @pytest.mark.parametrize("taken", ["var/lib/wizard-runner", "var/lib"])

@@ -264,17 +264,29 @@ def ensure_dir(path: Path, mode: int) -> None:
     except PermissionError as error:
         raise PrivilegeError(f"{path}: cannot create directory: {error.strerror}") from error
     except (FileExistsError, NotADirectoryError) as error:  # a file has the name, or a parent's
-        found = next((parent for parent in (path, *path.parents)
-                      if os.path.lexists(parent) and not os.path.isdir(parent)), path)
-        kind = describe(os.lstat(found).st_mode) if os.path.lexists(found) else "gone"
-        raise OSError(errno.ENOTDIR, f"{found} is not a directory ({kind})",
-                      str(path)) from error
+        raise _not_a_directory(path) from error
+
+
+def _not_a_directory(path: Path) -> OSError:
+    """What stands where `path` or one of its parents should be a directory: a file, or a
+    symlink to nothing (named with its target)."""
+    found = next((parent for parent in (path, *path.parents)
+                  if os.path.lexists(parent) and not os.path.isdir(parent)), path)
+    kind = describe(os.lstat(found).st_mode) if os.path.lexists(found) else "gone"
+    if os.path.islink(found):
+        target = (describe(os.stat(found).st_mode) if os.path.exists(found) else
+                  "which does not exist")
+        kind += f" to {os.readlink(found)}, {target}"
+    return OSError(errno.ENOTDIR, f"{found} is not a directory ({kind})", str(path))
 
 
 def prepare_dir(path: Path, mode: int, gid: int = 0) -> None:
     """Create `path` if missing, then give it `mode` (and, as root, owner root and group
     `gid`); it is made 0700 first, never wider than meant even for a moment."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise _not_a_directory(path) from error
     if os.geteuid() == 0:
         os.chown(path, 0, gid)
     path.chmod(mode)
