@@ -15,12 +15,23 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import REPO, seed_root, snapshot
+from wizard_runner.activate import network_pending, released_pending
+from wizard_runner.result import (
+    ActionOutcome,
+    FileAction,
+    FileOutcome,
+    RunResult,
+    RunStatus,
+    SystemConfResult,
+    new_run_id,
+)
 
 BIN = Path(sys.executable).parent
 WIZARD_RUNNER = BIN / "wizard-runner"
@@ -356,6 +367,122 @@ def test_a_warning_of_the_run_is_the_tasks(
     assert "[WARNING]: the log lost lines" in played.output
 
 
+# The files a run writes on a fresh Debian, in the order the result lists them.
+WRITTEN = ("/etc/hostname", "/etc/hosts", "/etc/mailname", "/etc/resolv.conf",
+           "/etc/network/interfaces", "/etc/postfix/main.cf", "/etc/postfix/canonical")
+
+STAND_IN = '''#!{python}
+"""A stand-in for wizard-runner: prints the canned result beside it for `run --json`.
+
+The live follow-ups (hostname, postmap, postfix reload, ifdown/ifup) and their pending notes
+happen only on the real root, which a test on a tmp root cannot give the real runner; this
+answers as a real run on an appliance would, so that the module's reaction can be tested.
+"""
+import json, pathlib, sys
+
+if sys.argv[1:2] == ["status"]:  # no run yet
+    print(json.dumps({{"status": "none", "exit_code": 3, "error": "no run yet"}}))
+    sys.exit(3)
+sys.stdin.read()  # the body
+if "--dry-run" in sys.argv:
+    print(json.dumps({{"dry_run": True, "changed": True, "files": [], "scripts": [],
+                      "diff": ""}}))
+    sys.exit(0)
+print(pathlib.Path(__file__).with_name("result.json").read_text())
+'''
+
+
+def stand_in(where: Path, actions: list[ActionOutcome], pending: list[str]) -> Path:
+    """A wizard-runner stand-in in `where` whose run answers a succeeded run, on the real
+    root, that wrote every file and had these live follow-ups and pending notes."""
+    where.mkdir()
+    started = datetime.now(UTC)
+    system = SystemConfResult(True, tuple(FileOutcome(path, FileAction.WRITTEN)
+                                          for path in WRITTEN),
+                              tuple(actions), "/var/backups/wizard-runner/x", tuple(pending))
+    result = RunResult(new_run_id(started), started, started, RunStatus.SUCCEEDED, 0, system)
+    (where / "result.json").write_text(result.to_json())
+    script = where / "wizard-runner"
+    script.write_text(STAND_IN.format(python=sys.executable))
+    script.chmod(0o755)
+    return script
+
+
+def test_a_failed_follow_up_fails_the_task(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """A run whose ifup failed (--apply-network): the task fails, changed (the files were
+    written), its message names the follow-up and why, with rc and the whole result; the
+    pending note is a warning."""
+    note = network_pending("eth0")
+    executable = stand_in(tmp_path / "stand-in", [
+        ActionOutcome("hostname", ("hostname", "-F", "/etc/hostname"), "succeeded"),
+        ActionOutcome("ifdown", ("ifdown", "--force", "eth0"), "succeeded"),
+        ActionOutcome("ifup", ("ifup", "eth0"), "failed", "exit 1: ifup: no link on eth0"),
+    ], [note])
+    played = play(ansible_env, tmp_path, [
+        wizard_task("run", appliance, config=secret_body, apply_network=True,
+                    executable=str(executable), task_ignore_errors=True),
+    ])
+    run = played.results["run"]
+    assert run["failed"] is True
+    assert run["changed"] is True
+    assert run["rc"] == 0
+    assert run["result"] == json.loads((tmp_path / "stand-in/result.json").read_text())
+    assert run["msg"] == (f"run {run['run_id']}: wrote {', '.join(WRITTEN)}; ran no script; "
+                          "but the follow-up ifup failed: exit 1: ifup: no link on eth0; "
+                          f"still to do by hand: {note}")
+    assert run["warnings"] == [f"still to do by hand: {note}"]
+
+
+def test_pending_notes_are_warnings(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """A run that wrote a network change it did not apply (no apply_network): the task is
+    ok and changed, each pending note is an Ansible warning, and the message names them."""
+    notes = [network_pending("eth0"), released_pending("eth0", "ens3")]
+    executable = stand_in(tmp_path / "stand-in", [
+        ActionOutcome("hostname", ("hostname", "-F", "/etc/hostname"), "succeeded"),
+    ], notes)
+    played = play(ansible_env, tmp_path, [
+        wizard_task("run", appliance, config=secret_body, executable=str(executable)),
+    ])
+    assert played.rc == 0, played.output
+    run = played.results["run"]
+    assert run["changed"] is True
+    assert run["warnings"] == [f"still to do by hand: {note}" for note in notes]
+    assert run["msg"].endswith("; ran no script; still to do by hand: " + "; ".join(notes))
+    assert "[WARNING]: still to do by hand: /etc/network/interfaces changed for eth0" in \
+        played.output
+
+
+def test_a_skipped_system_file_is_a_warning(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """/etc/resolv.conf a symlink (resolvconf) and no replace_symlinks: the run skips it,
+    and the task warns of it with the reason and names it in its message."""
+    resolv = appliance / "etc/resolv.conf"
+    (appliance / "run").mkdir(exist_ok=True)
+    (appliance / "run/resolv.conf").write_text("nameserver 127.0.0.53\n")
+    resolv.unlink()
+    resolv.symlink_to("../run/resolv.conf")
+    played = play(ansible_env, tmp_path, [
+        wizard_task("run", appliance, config=secret_body),
+        wizard_task("asked", appliance, config=secret_body, handle_system_conf=False),
+    ])
+    assert played.rc == 0, played.output
+    run, asked = played.results["run"], played.results["asked"]
+    assert run["changed"] is True
+    assert resolv.is_symlink()
+    assert run["warnings"] == ["/etc/resolv.conf was not written: is a symlink to "
+                               "../run/resolv.conf (another program manages it); pass "
+                               "--replace-symlinks to replace it with a file"]
+    assert "; skipped /etc/resolv.conf (see warnings); " in run["msg"]
+    # Files left alone as the task asked (handle_system_conf false) are no news.
+    assert "warnings" not in asked
+    assert "skipped" not in asked["msg"]
+
+
 def test_missing_executable_is_named(
     ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
 ) -> None:
@@ -512,6 +639,10 @@ def test_ansible_doc_renders_the_module(ansible_env: dict[str, str], tmp_path: P
         assert re.search(rf"^[-=] {option}\s", done.stdout, re.MULTILINE), option
     for section in ("EXAMPLES:", "RETURN VALUES:", "ATTRIBUTES:"):
         assert section in done.stdout, section
+    # Its notes agree with the run-once scripts: not every run with run_scripts is changed.
+    said = " ".join(done.stdout.split())
+    assert "every real run reports" not in said
+    assert "Once a run has run them to success, later runs leave them alone" in said
 
 
 @pytest.mark.long

@@ -25,6 +25,12 @@ description:
     stores, logs nor prints it.
   - A failure sets C(rc) to wizard-runner's exit code and says why in C(msg), naming the failed
     step, field or script, with the script's last output lines.
+  - On the appliance itself (O(root=/)), a run makes the running system use the files it wrote
+    (C(hostname), C(postmap), C(postfix reload), and with O(apply_network) C(ifdown) and
+    C(ifup)). One of these that failed fails the task, still C(changed) as the files were
+    written; C(msg) names it and why. What the admin still has to do by hand (a network change
+    written but not applied, say) is an Ansible warning each and named in C(msg); so is each
+    system file the run skipped and why (a symlink, without O(replace_symlinks)).
 author:
   - The wizard-runner maintainers (!UNKNOWN)
 requirements:
@@ -138,8 +144,10 @@ options:
     type: str
     default: wizard-runner
 notes:
-  - Scripts cannot be undone nor previewed; with O(run_scripts=true) every real run reports
-    C(changed), since the scripts ran.
+  - Scripts cannot be undone nor previewed; a real run that runs them reports C(changed),
+    since they ran. With O(run_scripts=true), that is the first run only, and any run after one
+    whose scripts failed. Once a run has run them to success, later runs leave them alone
+    (see O(rerun_scripts)) and report C(changed) only when a system file was written.
   - A password that also appears elsewhere in the output is masked there too, as Ansible does
     for every C(no_log) value.
   - Another run holding the appliance's lock (exit code 75) fails the task with its own
@@ -196,7 +204,7 @@ msg:
   sample: "run 20261125T150602Z-2d2105ed: wrote /etc/hostname, /etc/hosts; ran 10-check-identity"
 run_id:
   description: The id of the run (its log is C(/var/log/wizard-runner/<run_id>/)).
-  returned: success, except in check mode
+  returned: success, except in check mode; a run whose live follow-up failed
   type: str
   sample: 20261125T150602Z-2d2105ed
 result:
@@ -220,8 +228,12 @@ result:
       returned: success
       sample: true
     system_conf:
-      description: Each system file's action, C(written), C(unchanged), C(skipped) or
-        C(restored), with the reason.
+      description:
+        - Each system file's action, C(written), C(unchanged), C(skipped) or C(restored), with
+          the reason.
+        - On the appliance itself, C(actions), the live follow-ups (C(name), C(command),
+          C(status) C(succeeded), C(failed) or C(skipped), C(detail)), and C(pending), what
+          the admin still has to do by hand.
       type: dict
       returned: success, except in check mode
       sample: {"handled": true, "files": [{"path": "/etc/hosts", "action": "written",
@@ -244,7 +256,7 @@ result:
       returned: success, failure
       sample: [{"name": "README", "action": "skip", "reason": "not executable (no execute bit)"}]
 rc:
-  description: wizard-runner's exit code.
+  description: wizard-runner's exit code (0 for a run whose live follow-up failed).
   returned: failure, when wizard-runner ran
   type: int
   sample: 65
@@ -452,14 +464,66 @@ def preview_changed(preview: dict[str, Any]) -> bool:
                 labels(preview.get("scripts") or [], "name", "action", ("run",)))
 
 
+# The reason of each file a run with handle_system_conf false leaves alone, as asked.
+SKIPPED_AS_ASKED = "handle_system_conf=false"
+# The reason of each file a failed system step did not get to write.
+NOT_WRITTEN = "not written: "
+
+
+def skipped_files(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """Each system file the run left alone for a reason of its own (a symlink another program
+    manages, say), with that reason; not those left alone as the task asked."""
+    files = (result.get("system_conf") or {}).get("files") or []
+    # "not written: ..." is a failed step's: the task's failure says why.
+    return [(str(entry.get("path")), str(entry.get("reason") or "no reason given"))
+            for entry in files if entry.get("action") == "skipped" and
+            entry.get("reason") != SKIPPED_AS_ASKED and
+            not str(entry.get("reason")).startswith(NOT_WRITTEN)]
+
+
+def pending_notes(result: dict[str, Any]) -> list[str]:
+    """What the admin still has to do by hand after the run (a network change written but
+    not applied live, say)."""
+    return [str(note) for note in (result.get("system_conf") or {}).get("pending") or []]
+
+
+def failed_follow_ups(result: dict[str, Any], failed: str = "failed") -> list[str]:
+    """Each live follow-up of the run that failed (postfix reload, ifup, ...) and why."""
+    actions = (result.get("system_conf") or {}).get("actions") or []
+    return [f"the follow-up {action.get('name')} {failed}: "
+            f"{action.get('detail') or 'no reason given'}"
+            for action in actions if action.get("status") == "failed"]
+
+
 def run_summary(result: dict[str, Any]) -> str:
-    """One line: the files the run wrote and the scripts it ran."""
+    """One line: the files the run wrote and skipped, the scripts it ran, the live follow-ups
+    that failed, and what is left to do by hand."""
     files = (result.get("system_conf") or {}).get("files") or []
     written = labels(files, "path", "action", ("written",))
     ran = labels(result.get("scripts") or [], "name", "status", STARTED)
-    wrote = f"wrote {', '.join(written)}" if written else "no system file changed"
-    scripts = f"ran {', '.join(ran)}" if ran else "ran no script"
-    return f"run {result.get('run_id')}: {wrote}; {scripts}"
+    parts = [f"wrote {', '.join(written)}" if written else "no system file changed"]
+    skipped = skipped_files(result)
+    if skipped:
+        parts.append(f"skipped {', '.join(path for path, _reason in skipped)} (see warnings)")
+    parts.append(f"ran {', '.join(ran)}" if ran else "ran no script")
+    follow_ups = failed_follow_ups(result)
+    if follow_ups:
+        parts.append("but " + "; ".join(follow_ups))
+    pending = pending_notes(result)
+    if pending:
+        parts.append("still to do by hand: " + "; ".join(pending))
+    return f"run {result.get('run_id')}: " + "; ".join(parts)
+
+
+def warn_of_run(module: AnsibleModule, result: dict[str, Any]) -> None:
+    """Show what the run leaves for the admin beside its work as Ansible warnings: its own
+    warnings, each system file it skipped and why, each note of what is left to do by hand."""
+    for warning in result.get("warnings") or ():  # beside the work: the log lost lines, say
+        module.warn(str(warning))
+    for path, reason in skipped_files(result):
+        module.warn(f"{path} was not written: {reason}")
+    for note in pending_notes(result):
+        module.warn(f"still to do by hand: {note}")
 
 
 def preview_summary(preview: dict[str, Any]) -> str:
@@ -480,10 +544,12 @@ def preview_summary(preview: dict[str, Any]) -> str:
 
 
 def fail(module: AnsibleModule, rc: int, answer: dict[str, Any], **extra: Any) -> None:
-    """Fail the task with wizard-runner's exit code, the reason and its answer."""
+    """Fail the task with wizard-runner's exit code, the reason and its answer (and the
+    follow-ups that failed too, if any)."""
     if rc == 65:
         extra["problems"] = answer.get("problems") or []
-    module.fail_json(msg=failure_message(rc, answer), rc=rc, result=answer, **extra)
+    also = "".join(f"; {failed}" for failed in failed_follow_ups(answer, "also failed"))
+    module.fail_json(msg=failure_message(rc, answer) + also, rc=rc, result=answer, **extra)
 
 
 def scripts_done(module: AnsibleModule, executable: str) -> str | None:
@@ -543,12 +609,16 @@ def main() -> None:
         diff = {"diff": {"prepared": dry_run(module, executable, body, params).get("diff")
                          or ""}}
     rc, result = call_wizard_runner(module, wizard_argv(executable, params, dry_run=False), body)
+    warn_of_run(module, result)
     if rc != 0:
         fail(module, rc, result, changed=run_changed(result))
-    for warning in result.get("warnings") or ():  # beside the work: the log lost lines, say
-        module.warn(str(warning))
-    module.exit_json(changed=run_changed(result), msg=run_summary(result) + note,
-                     result=result, run_id=result.get("run_id"), **diff)
+    answer: dict[str, Any] = {"changed": run_changed(result), "msg": run_summary(result) + note,
+                              "result": result, "run_id": result.get("run_id"), **diff}
+    if failed_follow_ups(result):
+        # The files are written, but the live system does not use them all (an interface
+        # not brought up, postfix not reloaded): a task that said ok would hide it.
+        module.fail_json(rc=rc, **answer)
+    module.exit_json(**answer)
 
 
 if __name__ == "__main__":
