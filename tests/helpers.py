@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -175,6 +177,34 @@ def wait_until(condition: Callable[[], object], timeout: float = 20.0,
             pass
         time.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def killed_run(root: Path, *args: str) -> tuple[int, str]:
+    """Start `wizard-runner run --root ROOT ARGS` and SIGKILL it once its holder line names
+    it, before it can store its result: its JSON log goes to a pipe already full, so its
+    first log line (after the line, under the lock) holds it there. Its pid and run id."""
+    holder = root / "run/wizard-runner/lock.holder"
+    reader, writer = os.pipe()
+    try:
+        fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 4096)
+        os.set_blocking(writer, False)
+        with contextlib.suppress(BlockingIOError):
+            for piece in iter(lambda: b"x" * 4096, b""):
+                os.write(writer, piece)
+        with contextlib.suppress(BlockingIOError):  # the last bytes a big write left room for
+            while True:
+                os.write(writer, b"x")
+        os.set_blocking(writer, True)
+        with subprocess.Popen([str(SCRIPT), "run", "--root", str(root), "--log-format", "json",
+                               *args], stdout=subprocess.DEVNULL, stderr=writer) as running:
+            wait_until(lambda: len(holder.read_text().split()) >= 2, what="the holder line")
+            running.kill()
+    finally:
+        os.close(reader)
+        os.close(writer)
+    words = holder.read_text().split()
+    assert int(words[0]) == running.pid, words
+    return running.pid, words[1]
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, seed_root, snapshot
+from tests.helpers import killed_run
 from wizard_runner.activate import network_pending, released_pending
 from wizard_runner.result import (
     ActionOutcome,
@@ -282,6 +283,38 @@ def test_scripts_that_ran_to_success_are_not_run_again(
                                                      run_scripts=True)])
     assert again.results["again"]["changed"] is True  # the last run failed: they run
     assert ran.read_text() == "once\n" * 4
+
+
+def test_a_killed_run_that_was_not_to_run_the_scripts_does_not_make_them_run_again(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """After a `--no-scripts` run killed before it stored its result, the same play again
+    runs no script: the killed run ran none, and the run before it had run them to success.
+    Nor does the play after that."""
+    ran = appliance / "ran"
+    add_script(appliance, "30-count", f"#!/bin/sh\necho once >> {ran}\n")
+    ran.touch()
+    ran.chmod(0o666)  # the scripts' user appends to it
+    first = play(ansible_env, tmp_path, [
+        wizard_task("first", appliance, config=secret_body, run_scripts=True)])
+    first_id = first.results["first"]["run_id"]
+    body_file = tmp_path / "body.json"
+    body_file.write_text(json.dumps(secret_body))
+    pid, killed_id = killed_run(appliance, "--config", str(body_file), "--no-scripts")
+    played = play(ansible_env, tmp_path, [
+        wizard_task("after", appliance, config=secret_body, run_scripts=True),
+        wizard_task("later", appliance, config=secret_body, run_scripts=True),
+    ])
+    assert played.rc == 0, played.output
+    for task in (played.results["after"], played.results["later"]):
+        assert task["changed"] is False, task["msg"]
+        assert task["msg"].endswith(f"; the scripts are not run again: run {first_id} ran "
+                                    "them to success (rerun_scripts: true runs them again)")
+        assert task["result"]["scripts_completed_by"] == first_id
+    assert played.results["after"]["result"]["warnings"] == [
+        f"the run before this one ({killed_id}, pid {pid}) was killed before it ended; its "
+        "result was never stored"]
+    assert ran.read_text() == "once\n"
 
 
 def test_failing_script_fails_the_task_with_its_output(

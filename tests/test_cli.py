@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, MANAGED, snapshot
-from tests.helpers import wait_until
+from tests.helpers import killed_run, wait_until
 from wizard_runner.cli import TerminalProgress, _print_answer, build_parser, parse
 from wizard_runner.result import ScriptOutcome, ScriptStatus
 
@@ -771,6 +771,7 @@ def test_a_killed_run_is_what_status_says_and_the_next_run_notes(sandbox: Path,
     assert (as_json["status"], as_json["run_id"], as_json["pid"],
             as_json["previous"]["run_id"]) == ("killed", killed_id, running.pid,
                                                before["run_id"])
+    assert (as_json["handle_system_conf"], as_json["run_scripts"]) == (True, True)
     resumed = cli("run", "--root", str(sandbox), "--user", user, "--resume")
     assert resumed.returncode == 2
     assert f"the last run ({killed_id}) was killed before it stored its result" in \
@@ -809,6 +810,38 @@ def test_status_of_a_killed_run_that_was_not_to_write_the_system_files_says_so(
         "(handle_system_conf false): they are as they were;" in " ".join(shown.stdout.split())
     assert (sandbox / "etc/hosts").read_bytes() == hosts_before
     subprocess.run(["pkill", "-f", f"sleep 6{os.getpid()}"], check=False)
+
+
+def test_status_of_a_killed_run_that_was_not_to_run_its_scripts_says_so(
+        sandbox: Path, tmp_path: Path) -> None:
+    """A run with --no-scripts killed before it stored its result: status says it ran no
+    script (`run_scripts` false in --json, `previous` the run before it, whose scripts
+    completed), and the next run keeps that run as the one that completed them."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    ran = tmp_path / "ran"
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    (wizard_d / "10-once").write_text(f"#!/bin/sh\necho ran >> {ran}\n")
+    (wizard_d / "10-once").chmod(0o755)
+    first = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--scripts", "--user", user,
+                "--json")
+    assert first.returncode == 0, first.stderr
+    first_id = json.loads(first.stdout)["run_id"]
+    pid, killed_id = killed_run(sandbox, "--config", EXAMPLE, "--no-scripts")
+    shown = cli("status", "--root", str(sandbox))
+    assert shown.returncode == 1
+    assert f"run {killed_id} (pid {pid}) was killed before it ended: its result was never " \
+        "stored, and the system files may be partly written; it was not to run its scripts " \
+        "(run_scripts false): it ran none;" in " ".join(shown.stdout.split())
+    as_json = json.loads(cli("status", "--root", str(sandbox), "--json").stdout)
+    assert (as_json["status"], as_json["run_id"], as_json["handle_system_conf"],
+            as_json["run_scripts"]) == ("killed", killed_id, True, False)
+    assert as_json["previous"]["scripts_completed_by"] == first_id
+    # (--config again: the killed run may have been cut before it saved its body.)
+    again = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--no-scripts", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["scripts_completed_by"] == first_id
+    assert ran.read_text() == "ran\n"
 
 
 def test_a_run_killed_after_it_stored_its_result_cut_nothing_short(sandbox: Path) -> None:

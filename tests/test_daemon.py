@@ -560,8 +560,9 @@ def test_a_run_whose_result_cannot_be_stored_is_answered_with_it_and_closes_the_
     served.request("20261125T000002Z-aaaaaaaaaaa2", quick)
     served.daemon.serve_pending()
     assert served.answer("20261125T000002Z-aaaaaaaaaaa2")["exit_code"] == 77
-    assert unfinished_run(served.layout) == Unfinished(  # (quick: no system file to write)
-        os.getpid(), found["result"]["run_id"], running=False, ended=True, no_system=True)
+    assert unfinished_run(served.layout) == Unfinished(  # (quick: no file to write, no script)
+        os.getpid(), found["result"]["run_id"], running=False, ended=True, no_system=True,
+        no_scripts=True)
 
 
 def test_a_request_waiting_for_the_lock_says_why_once(served: Served, quick: dict[str, Any],

@@ -31,7 +31,9 @@ from wizard_runner.result import (
 from wizard_runner.state import (
     Choices,
     Unfinished,
+    holder_words,
     load_saved_config,
+    parse_holder,
     read_last_result,
     resume_point,
     save_config,
@@ -349,20 +351,45 @@ def test_a_holder_that_ended_without_its_result_is_no_run_in_progress(tmp_path: 
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    pytest.param("no-system\n", (False, True), id="no-system"),
-    pytest.param("no-system\nunstored\n", (True, True), id="no-system-unstored"),
-    pytest.param("\n", (False, False), id="system"),
+    pytest.param("no-system\n", (False, True, False), id="no-system"),
+    pytest.param("no-system\nunstored\n", (True, True, False), id="no-system-unstored"),
+    pytest.param("no-scripts\n", (False, False, True), id="no-scripts"),
+    pytest.param("no-system no-scripts\n", (False, True, True), id="neither"),
+    pytest.param("no-system no-scripts\nunstored\n", (True, True, True), id="neither-unstored"),
+    pytest.param("no-scripts\nunstored\n", (True, False, True), id="no-scripts-unstored"),
+    pytest.param("\n", (False, False, False), id="both"),
     pytest.param("unstored no-system\n", None, id="out-of-order"),
+    pytest.param("no-scripts no-system\n", None, id="scripts-before-system"),
+    pytest.param("unstored no-scripts\n", None, id="unstored-first"),
     pytest.param("no-system no-system\n", None, id="twice"),
+    pytest.param("no-scripts no-scripts\n", None, id="scripts-twice"),
 ])
-def test_a_holder_line_says_whether_its_run_was_to_write_the_system_files(
-        tmp_path: Path, text: str, expected: tuple[bool, bool] | None) -> None:
-    """`no-system` after the run id: the run was not to write the system files (status says
-    they are as they were); `unstored` may follow it; any other order is no holder line."""
+def test_a_holder_line_says_what_its_run_was_to_do(
+        tmp_path: Path, text: str, expected: tuple[bool, bool, bool] | None) -> None:
+    """`no-system` then `no-scripts` after the run id: the run was not to write the system
+    files, not to run its scripts (status says so); `unstored` may follow them; any other
+    order is no holder line."""
     layout = Layout(tmp_path)
     holder_line(layout, f"{os.getpid()} 20200101T000000Z-0123abcd {text}")
     found = unfinished_run(layout)
-    assert (None if found is None else (found.ended, found.no_system)) == expected
+    assert (None if found is None else (found.ended, found.no_system, found.no_scripts)) == \
+        expected
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    pytest.param((True, True), (), id="both"),
+    pytest.param((False, True), ("no-system",), id="no-system"),
+    pytest.param((True, False), ("no-scripts",), id="no-scripts"),
+    pytest.param((False, False), ("no-system", "no-scripts"), id="neither"),
+])
+def test_a_runs_flags_are_the_words_of_its_holder_line(
+        flags: tuple[bool, bool], words: tuple[str, ...]) -> None:
+    """A run's holder line says what it is not to do, in the order the line is read."""
+    system, scripts = flags
+    assert holder_words(handle_system_conf=system, run_scripts=scripts) == words
+    found = parse_holder(" ".join(["42", "20200101T000000Z-0123abcd", *words]))
+    assert found is not None
+    assert (found.no_system, found.no_scripts) == (not system, not scripts)
 
 
 @needs_root
@@ -375,5 +402,5 @@ def test_anyone_can_see_a_run_in_progress(config: WizardConfig) -> None:
             lock.note("20991231T000000Z-0123abcd")
             seen = as_www_data(lambda: list(unfinished_run(layout) or ()))
         assert seen == {"value": [os.getpid(), "20991231T000000Z-0123abcd", True, False,
-                                  False]}
+                                  False, False]}
         assert RunLock.holder_of(layout.lock_file).read_text() == ""

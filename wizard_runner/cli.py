@@ -662,12 +662,18 @@ def _show_killed(killed: Unfinished, before: RunResult | None, as_json: bool,
         status, shown = "killed", "killed"
         files = ("it was not to write the system files (handle_system_conf false): they are "
                  "as they were" if killed.no_system else "the system files may be partly written")
+        scripts = ("; it was not to run its scripts (run_scripts false): it ran none"
+                   if killed.no_scripts else "")
         message = (f"run {killed.run_id} (pid {killed.pid}) was killed before it ended: its "
-                   f"result was never stored, and {files}; `wizard-runner run` repeats its "
-                   "body")
+                   f"result was never stored, and {files}{scripts}; `wizard-runner run` "
+                   "repeats its body")
     if as_json:
+        # What its holder line says it was told (a line without the words, an older
+        # runner's too, says it was to).
         _print_json({**failure_object(status, EXIT_FAILED, message), "run_id": killed.run_id,
-                     "pid": killed.pid, "previous": before.to_dict() if before else None}, out)
+                     "pid": killed.pid, "handle_system_conf": not killed.no_system,
+                     "run_scripts": not killed.no_scripts,
+                     "previous": before.to_dict() if before else None}, out)
         return EXIT_FAILED
     out.write(f"last run {printable(killed.run_id)}: {shown} (pid {killed.pid})\n  "
               f"{printable(message)}\n")

@@ -43,8 +43,8 @@ from wizard_runner.result import (
 )
 from wizard_runner.signals import deferred_stop_signals, run_stops, settle_stops, stop_here
 from wizard_runner.state import (
-    NO_SYSTEM,
     UNSTORED,
+    holder_words,
     parse_holder,
     previous_pass,
     read_last_result,
@@ -86,7 +86,9 @@ class _Run(NamedTuple):
     progress: _Progress
     log_file: LogFile
     warnings: list[str]  # beside the work, for the result
-    after_unknown: bool  # the run before was killed, or did not store its result
+    #: The run before was killed, or did not store its result, and was to run its scripts:
+    #: it may have run some part-way.
+    pass_unknown: bool
 
     @property
     def layout(self) -> Layout:
@@ -279,7 +281,9 @@ def execute(
             deferred_stop_signals(foreign=False):
         started = now()
         run_id = new_run_id(started)
-        lock.note(run_id, *(() if plan.handle_system_conf else (NO_SYSTEM,)))
+        lock.note(run_id, *holder_words(
+            handle_system_conf=plan.handle_system_conf,
+            run_scripts=plan.run_scripts and plan.user is not None))
         with run_log_file(layout.log_file) as log_handle:
             if logger is not None:
                 log = stdlib_logger(logger, log_file=log_handle, run_id=run_id)
@@ -296,8 +300,11 @@ def execute(
                     settle_stops()
                     raise
             unknown = _after_killed(layout, lock.previous, log)
+            before = parse_holder(lock.previous)
+            # One that was not to run its scripts ran none: the pass it found still stands.
+            pass_unknown = bool(unknown) and not (before is not None and before.no_scripts)
             run = _Run(config, options, plan, run_id, log, _Progress(), log_handle,
-                       unknown, bool(unknown))
+                       unknown, pass_unknown)
             try:
                 return _run_locked(run, started)
             except ResultNotStoredError:
@@ -426,11 +433,11 @@ def _scripts_pass(run: _Run) -> tuple[str | None, str | None]:
     """What the result says of the pass through the scripts: this run's, if its scripts step
     began (completed by it if every script succeeded, on a pass begun at the top); else, this
     run having left the scripts alone, what the last result says, unless the run before was
-    killed or left no result (it may have run scripts part-way)."""
+    killed or left no result and was to run its scripts (it may have run some part-way)."""
     progress = run.progress
     if progress.scripts_began:
         return progress.scripts_begun_by, run.run_id if progress.scripts_completed else None
-    return (None, None) if run.after_unknown else previous_pass(run.layout)
+    return (None, None) if run.pass_unknown else previous_pass(run.layout)
 
 
 def what_was_done(result: RunResult) -> str:

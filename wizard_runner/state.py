@@ -236,6 +236,10 @@ UNSTORED: Final = "unstored"
 #: In the holder line of a run that is not to write the system files (handle_system_conf
 #: false), written with the line itself: whatever becomes of the run, they are as they were.
 NO_SYSTEM: Final = "no-system"
+#: In the holder line of a run that is not to run its scripts (run_scripts false), after
+#: NO_SYSTEM if both: whatever becomes of the run, it started none. A line without the word
+#: (also an older runner's, which never wrote it) says the run was to run them.
+NO_SCRIPTS: Final = "no-scripts"
 
 
 class Unfinished(NamedTuple):
@@ -247,29 +251,41 @@ class Unfinished(NamedTuple):
     running: bool
     ended: bool = False
     no_system: bool = False
+    no_scripts: bool = False
 
 
 class Holder(NamedTuple):
-    """A lock holder's line: `PID RUN_ID [no-system]`, and `unstored` once it ended without
-    its result."""
+    """A lock holder's line: `PID RUN_ID [no-system] [no-scripts]`, and `unstored` once it
+    ended without its result."""
 
     pid: int
     run_id: str
     ended: bool = False
     no_system: bool = False
+    no_scripts: bool = False
+
+
+def holder_words(*, handle_system_conf: bool, run_scripts: bool) -> tuple[str, ...]:
+    """The words after the run id in the holder line of a run told these flags."""
+    return (*(() if handle_system_conf else (NO_SYSTEM,)),
+            *(() if run_scripts else (NO_SCRIPTS,)))
 
 
 def parse_holder(text: str | None) -> Holder | None:
     """The lock holder a line names; None for anything else."""
     words = (text or "").split()
-    no_system = words[2:3] == [NO_SYSTEM]
-    rest = words[2 + no_system:]
+    rest = words[2:]
+    no_system = rest[:1] == [NO_SYSTEM]
+    rest = rest[no_system:]
+    no_scripts = rest[:1] == [NO_SCRIPTS]
+    rest = rest[no_scripts:]
     ended = rest == [UNSTORED]
     if len(rest) != ended or len(words) < 2 or not words[0].isdigit() or \
             not is_run_id(words[1]):
         return None
     pid = int(words[0])
-    return Holder(pid, words[1], ended, no_system) if 0 < pid < _PID_LIMIT else None
+    return Holder(pid, words[1], ended, no_system, no_scripts) if 0 < pid < _PID_LIMIT \
+        else None
 
 
 def last_runs(layout: Layout) -> tuple[Unfinished | None, RunResult | None]:
@@ -294,11 +310,11 @@ def unfinished_run(layout: Layout) -> Unfinished | None:
     holder = parse_holder(raw.decode("ascii", "replace"))
     if holder is None:
         return None
-    pid, run_id, ended, no_system = holder
+    pid, run_id, ended, no_system, no_scripts = holder
     # Where /proc/locks names the lock by other device numbers (btrfs, an overlay), the
     # holder's process still says it runs: if it started before the run did (not a reuse).
     running = not ended and (RunLock.held(layout.lock_file) or _started_by(pid, run_id))
-    return Unfinished(pid, run_id, running, ended, no_system)
+    return Unfinished(pid, run_id, running, ended, no_system, no_scripts)
 
 
 def _started_by(pid: int, run_id: str) -> bool:

@@ -552,6 +552,11 @@ def fail(module: AnsibleModule, rc: int, answer: dict[str, Any], **extra: Any) -
     module.fail_json(msg=failure_message(rc, answer) + also, rc=rc, result=answer, **extra)
 
 
+# What `wizard-runner status` says of a last run that stored no result: killed, or ended
+# without room for it.
+CUT_SHORT = ("killed", "not_stored")
+
+
 def scripts_done(module: AnsibleModule, executable: str) -> str | None:
     """The id of the last run on the appliance whose scripts step completed (their set up is
     done: runs that left the scripts alone since do not undo it), unless the task asks for
@@ -566,6 +571,11 @@ def scripts_done(module: AnsibleModule, executable: str) -> str | None:
         last = json.loads(out)
     except ValueError:
         return None
+    if isinstance(last, dict) and last.get("status") in CUT_SHORT and \
+            last.get("run_scripts") is False:
+        # A run that stored no result, but was not to run its scripts: it ran none, and the
+        # run before it says whether they are done.
+        last = last.get("previous")
     done = last.get("scripts_completed_by") if isinstance(last, dict) else None
     return done if isinstance(done, str) else None
 
