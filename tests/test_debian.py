@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import tomllib
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
@@ -121,6 +122,28 @@ def test_maintainer_script_is_posix_shell(script: str) -> None:
     done = subprocess.run([shell, "-n", str(path)], capture_output=True, text=True,
                           timeout=60, check=False)
     assert (done.returncode, done.stderr) == (0, "")
+
+
+@pytest.mark.processes
+@pytest.mark.skipif(Path("/usr/bin/wizard-runner").exists(),
+                    reason="the package is installed: postinst would change this machine "
+                    "(tests/package/test_installed_dirs.py runs it there)")
+def test_postinst_calls_the_packaged_command_not_one_on_path(tmp_path: Path) -> None:
+    """postinst configure runs /usr/bin/wizard-runner (the package's link), never a
+    wizard-runner that comes first on PATH. With no package installed here, it stops at
+    that missing command before it changes anything."""
+    called = tmp_path / "called"
+    stub = tmp_path / "bin/wizard-runner"
+    stub.parent.mkdir()
+    stub.write_text(f"#!/bin/sh\necho \"$@\" > {called}\n")
+    stub.chmod(0o755)
+    shell = shutil.which("dash") or "/bin/sh"
+    done = subprocess.run([shell, str(DEBIAN / "wizard-runner.postinst"), "configure"],
+                          env={"PATH": f"{stub.parent}:/usr/sbin:/usr/bin:/sbin:/bin"},
+                          capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+    assert not called.exists(), called.read_text()
+    assert done.returncode == 127, done.stderr
+    assert "/usr/bin/wizard-runner: not found" in done.stderr
 
 
 def test_man_page_lists_every_command() -> None:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.package.conftest import PACKAGE_TEST, as_www_data, mode_owner, needs_root, run
+from tests.package.conftest import (
+    CLEAN_ENV,
+    PACKAGE_TEST,
+    as_www_data,
+    mode_owner,
+    needs_root,
+    run,
+)
 
 pytestmark = PACKAGE_TEST
 
@@ -67,3 +74,17 @@ def test_reconfiguring_puts_modes_back() -> None:
     finally:
         state.chmod(0o755)
         kept.unlink()
+
+
+@needs_root
+def test_postinst_runs_the_packaged_command_not_one_on_path(tmp_path: Path) -> None:
+    """postinst configure makes the directories with /usr/bin/wizard-runner even when another
+    wizard-runner comes first on PATH (one pip put in /usr/local/bin, say)."""
+    called = tmp_path / "called"
+    stub = tmp_path / "bin/wizard-runner"
+    stub.parent.mkdir()
+    stub.write_text(f"#!/bin/sh\necho \"$@\" > {called}\nexit 1\n")
+    stub.chmod(0o755)
+    run(["/var/lib/dpkg/info/wizard-runner.postinst", "configure"],
+        env={**CLEAN_ENV, "PATH": f"{stub.parent}:{CLEAN_ENV['PATH']}"})
+    assert not called.exists()
