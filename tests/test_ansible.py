@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -710,6 +711,31 @@ def test_ansible_test_sanity(tmp_path: Path) -> None:
                           check=False)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     assert 'Running sanity test "validate-modules"' in done.stdout + done.stderr
+
+
+def test_a_vault_made_in_the_fleet_example_is_never_built_nor_committed(
+        tmp_path: Path) -> None:
+    """The vault docs/fleets.md has the integrator create in the fleet example stays out of
+    the collection built from that tree, and git ignores it."""
+    tree = tmp_path / "ansible"
+    shutil.copytree(COLLECTION, tree, ignore=shutil.ignore_patterns("*.tar.gz"))
+    vault = "examples/fleet/group_vars/xivo_appliances/vault.yml"
+    (tree / vault).write_text(f"vault_wizard_admin_password: {PASSWORD}\n")
+    env = {**os.environ, "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-home/tmp")}
+    subprocess.run([str(_tool("ansible-galaxy")), "collection", "build", str(tree),
+                    "--output-path", str(tmp_path)], env=env, check=True, capture_output=True,
+                   timeout=120)
+    (tarball,) = tmp_path.glob("xivo-wizard-*.tar.gz")
+    with tarfile.open(tarball) as built:
+        names = built.getnames()
+    assert "examples/fleet/group_vars/xivo_appliances/wizard.yml" in names
+    assert vault not in names
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: cannot ask git what it ignores")
+    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", f"ansible/{vault}"],
+                             capture_output=True, timeout=60, check=False)
+    assert ignored.returncode == 0, ignored.stderr
 
 
 def test_the_collection_carries_the_runners_version() -> None:
