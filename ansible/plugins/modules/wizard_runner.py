@@ -27,8 +27,9 @@ description:
     step, field or script, with the script's last output lines.
   - On the appliance itself (O(root=/)), a run makes the running system use the files it wrote
     (C(hostname), C(postmap), C(postfix reload), and with O(apply_network) C(ifdown) and
-    C(ifup)). One of these that failed fails the task, still C(changed) as the files were
-    written; C(msg) names it and why. What the admin still has to do by hand (a network change
+    C(ifup)), and those an earlier run wrote that it does not show yet (a host name, an
+    interface's address). One of these that failed fails the task, still C(changed); C(msg)
+    names it and why. What the admin still has to do by hand (a network change
     written but not applied, say) is an Ansible warning each and named in C(msg); so is each
     system file the run skipped and why (a symlink, without O(replace_symlinks)).
 author:
@@ -147,7 +148,8 @@ notes:
   - Scripts cannot be undone nor previewed; a real run that runs them reports C(changed),
     since they ran. With O(run_scripts=true), that is the first run only, and any run after one
     whose scripts failed. Once a run has run them to success, later runs leave them alone
-    (see O(rerun_scripts)) and report C(changed) only when a system file was written.
+    (see O(rerun_scripts)) and report C(changed) only when a system file was written or a
+    live follow-up ran.
   - A password that also appears elsewhere in the output is masked there too, as Ansible does
     for every C(no_log) value.
   - Another run holding the appliance's lock (exit code 75) fails the task with its own
