@@ -272,6 +272,15 @@ def test_scripts_that_ran_to_success_are_not_run_again(
     for task in (second, third):
         assert task["result"]["scripts"] == []
         assert task["result"]["scripts_completed_by"] == first["run_id"]
+        assert task["result"]["scripts_already_done"] is True
+    # What the task left alone is not saved as the body's: an admin's plain rerun still
+    # runs the scripts, as after the first play.
+    saved = json.loads((appliance / "var/lib/wizard-runner/config.json").read_text())
+    assert saved["config"]["run_scripts"] is True
+    rerun = subprocess.run([WIZARD_RUNNER, "run", "--dry-run", "--json", "--root", str(appliance)],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert ("30-count", "run") in [(s["name"], s["action"])
+                                   for s in json.loads(rerun.stdout)["scripts"]], rerun.stderr
     assert forced["changed"] is True
     assert ran.read_text() == "once\nonce\n"
     add_script(appliance, "40-fail", "#!/bin/sh\nexit 1\n")

@@ -193,6 +193,7 @@ _WRONG_TYPES = [
     ("handle_system_conf", "false", r"^handle_system_conf: 'false' is not true or false$"),
     ("handle_system_conf", 0, r"^handle_system_conf: 0 is not true or false$"),
     ("resume", None, r"^resume: None is not true or false$"),
+    ("scripts_once", "yes", r"^scripts_once: 'yes' is not true or false$"),
     ("replace_symlinks", "yes", r"^replace_symlinks: 'yes' is not true or false$"),
     ("apply_network", 1, r"^apply_network: 1 is not true or false$"),
     ("check", "no", r"^check: 'no' is not true or false$"),

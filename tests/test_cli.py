@@ -995,3 +995,32 @@ def test_an_answer_is_shown_with_its_control_characters_escaped() -> None:
     assert code == 1
     assert out.getvalue() == ("request r\\x0a1: failed (exit 1)\n"
                               "script 10-x failed\n  \\x1b[2Jline\tend\n")
+
+
+def test_scripts_once_leaves_scripts_that_ran_to_success_alone(sandbox: Path,
+                                                               tmp_path: Path) -> None:
+    """--scripts-once runs the scripts unless a run ran them to success: the second run (and
+    its dry run) leaves them alone and says why; the saved body still asks for them, so a
+    plain rerun runs them again."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    ran = tmp_path / "ran"
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    (wizard_d / "10-count").write_text(f"#!/bin/sh\necho once >> {ran}\n")
+    (wizard_d / "10-count").chmod(0o755)
+    once = ("run", "--config", EXAMPLE, "--root", str(sandbox), "--scripts", "--user", user,
+            "--scripts-once")
+    first = json.loads(cli(*once, "--json").stdout)
+    assert (first["scripts_already_done"], ran.read_text()) == (False, "once\n")
+    preview = cli(*once, "--dry-run")
+    assert f"# scripts: none would run (they ran to success in run {first['run_id']}; " \
+        "--scripts-once)" in preview.stdout
+    second = cli(*once)
+    assert second.returncode == 0, second.stderr
+    assert f"the scripts ran to success in run {first['run_id']}" in second.stdout
+    stored = json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text())
+    assert (stored["scripts_already_done"], stored["run_scripts"],
+            stored["scripts_completed_by"]) == (True, False, first["run_id"])
+    assert ran.read_text() == "once\n"
+    assert cli("run", "--root", str(sandbox), "--user", user).returncode == 0
+    assert ran.read_text() == "once\nonce\n"

@@ -31,6 +31,7 @@ from wizard_runner.result import (
 from wizard_runner.state import (
     Choices,
     Unfinished,
+    completed_pass,
     holder_words,
     load_saved_config,
     parse_holder,
@@ -390,6 +391,38 @@ def test_a_runs_flags_are_the_words_of_its_holder_line(
     found = parse_holder(" ".join(["42", "20200101T000000Z-0123abcd", *words]))
     assert found is not None
     assert (found.no_system, found.no_scripts) == (not system, not scripts)
+
+
+@pytest.mark.parametrize(("holder", "expected"), [
+    pytest.param(None, "done", id="no-holder"),
+    pytest.param("{killed}", None, id="killed-with-scripts"),
+    pytest.param("{killed} no-scripts", "done", id="killed-without-scripts"),
+    pytest.param("{killed} no-system no-scripts\nunstored\n", "done", id="unstored-no-scripts"),
+    pytest.param("{stored}", "done", id="killed-after-storing"),
+])
+def test_the_completed_pass_stands_unless_a_run_since_may_have_run_scripts(
+        tmp_path: Path, holder: str | None, expected: str | None) -> None:
+    """The run that ran the scripts to success, as the stored result says; none once a run
+    since was killed (or stored no result) while it was to run scripts, which it may have
+    run part-way; one killed after it stored its result cut nothing short."""
+    layout = Layout(tmp_path)
+    done = dataclasses.replace(a_result(status=RunStatus.SUCCEEDED),
+                               scripts_completed_by="20261201T090000Z-0badc0de")
+    write_result(layout, done)
+    if holder is not None:  # a pid no process has (the highest Linux gives is 2^22 - 1)
+        holder_line(layout, f"{(1 << 22) - 1} " + holder.format(
+            killed="20261201T110000Z-0badc0de", stored=done.run_id))
+    assert completed_pass(layout) == (None if expected is None else
+                                      "20261201T090000Z-0badc0de")
+
+
+def test_no_result_no_completed_pass(tmp_path: Path) -> None:
+    """Without a stored result (or with one that is no JSON) no pass is completed."""
+    layout = Layout(tmp_path)
+    assert completed_pass(layout) is None
+    layout.last_run.parent.mkdir(parents=True)
+    layout.last_run.write_text("{")
+    assert completed_pass(layout) is None
 
 
 @needs_root

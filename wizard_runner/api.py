@@ -187,6 +187,7 @@ def run(
     timeout: float | None = DEFAULT_TIMEOUT,
     start_at: str | None = None,
     resume: bool = False,
+    scripts_once: bool = False,
     replace_symlinks: bool = False,
     apply_network: bool = False,
     check: bool = True,
@@ -201,7 +202,8 @@ def run(
     written). ResultNotStoredError (exit 74, `.result`) when the run ended but its result could
     not be stored. With `check` (the default) a failed run raises the matching RunFailed
     subclass (ScriptFailed, SystemFilesNotApplied, Interrupted, ...) carrying the result;
-    without it, the result is returned whatever its status.
+    without it, the result is returned whatever its status. `scripts_once` leaves the scripts
+    alone when an earlier run ran them to success (`result.scripts_already_done`).
     """
     if not isinstance(check, bool):
         raise UsageError(f"check: {check!r} is not true or false")
@@ -214,6 +216,7 @@ def run(
         timeout=timeout,
         start_at=start_at,
         resume=resume,
+        scripts_once=scripts_once,
         replace_symlinks=replace_symlinks,
         apply_network=apply_network,
         user_given_by="user",
@@ -269,12 +272,14 @@ def dry_run(
     user: str = DEFAULT_USER,
     start_at: str | None = None,
     resume: bool = False,
+    scripts_once: bool = False,
     replace_symlinks: bool = False,
 ) -> Preview:
     """Show what a run would change (a unified diff) and which scripts it would run; writes
     nothing. Raises what `run` raises before a run starts."""
     options = RunOptions(
         root=root, handle_system_conf=handle_system_conf, run_scripts=run_scripts, user=user,
-        start_at=start_at, resume=resume, replace_symlinks=replace_symlinks,
+        start_at=start_at, resume=resume, scripts_once=scripts_once,
+        replace_symlinks=replace_symlinks,
     )
     return preview(validate(body), options, log=quiet_logger())

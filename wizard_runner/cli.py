@@ -135,6 +135,9 @@ def _run_arguments(run: argparse.ArgumentParser) -> None:
                      action=argparse.BooleanOptionalAction,
                      help="run wizard.d's scripts (default: the body's run_scripts; --from "
                      "and --resume imply it)")
+    run.add_argument("--scripts-once", dest="scripts_once", action="store_true",
+                     help="leave the scripts alone if an earlier run ran them to success "
+                     "(status: scripts completed); not repeated by a plain rerun")
     start = run.add_mutually_exclusive_group()
     start.add_argument("--from", dest="start_at", metavar="NAME",
                        help="start the scripts at NAME (the ones before are not run)")
@@ -338,7 +341,9 @@ def nothing_done(result: RunResult) -> str | None:
         files = "no system file changed (see the skipped ones above)"
     else:
         files = "every system file was already up to date"
-    if not result.run_scripts:
+    if result.scripts_already_done:
+        scripts = f"the scripts ran to success in run {result.scripts_completed_by}"
+    elif not result.run_scripts:
         scripts = "run_scripts=false"
     elif result.scripts:
         scripts = "no script was run"
@@ -429,6 +434,7 @@ def _options(args: argparse.Namespace, out: TextIO, choices: Choices,
         timeout=chosen.timeout,
         start_at=args.start_at,
         resume=args.resume,
+        scripts_once=args.scripts_once,
         save_config=True,
         progress=progress,
         user_given_by=user_given_by,
@@ -438,7 +444,10 @@ def _options(args: argparse.Namespace, out: TextIO, choices: Choices,
 def show_preview(shown: Preview, out: TextIO) -> None:
     """A dry run as people read it: the diff, then each script's fate, as `#` lines."""
     out.write(shown.diff or "# no system file would change\n")
-    if not shown.run_scripts:
+    if shown.scripts_done_by is not None:
+        out.write(f"# scripts: none would run (they ran to success in run "
+                  f"{printable(shown.scripts_done_by)}; --scripts-once)\n")
+    elif not shown.run_scripts:
         out.write("# scripts: none would run (run_scripts=false)\n")
     for script in shown.scripts:
         reason = f"  ({printable(script.reason)})" if script.reason else ""

@@ -19,7 +19,7 @@ from wizard_runner.fsio import describe
 from wizard_runner.layout import Layout
 from wizard_runner.runuser import RunUser, require_switch_allowed, resolve_user
 from wizard_runner.scripts.discovery import Decision, Scan, Verdict, check_safe, scan
-from wizard_runner.state import Choices, resume_point
+from wizard_runner.state import Choices, completed_pass, resume_point
 
 if TYPE_CHECKING:
     from wizard_runner.scripts.output import Progress
@@ -39,6 +39,9 @@ class RunOptions:
     timeout: float | None = DEFAULT_TIMEOUT  # None: no limit
     start_at: str | None = None
     resume: bool = False
+    #: Leave the scripts alone when an earlier run ran them to success (completed_pass): the
+    #: Ansible module's run-once. Not a choice a plain rerun repeats.
+    scripts_once: bool = False
     save_config: bool = True
     request_id: str | None = None  # the spool request served, recorded in the result
     progress: Progress | None = field(default=None, compare=False)
@@ -72,10 +75,13 @@ class RunPlan(NamedTuple):
     user: RunUser | None = None  # only when the scripts run
     start: Start | None = None
     scripts: Scan | None = None  # wizard.d as found, when the scripts run
+    #: With scripts_once, the run that ran them to success: they do not run again.
+    scripts_done_by: str | None = None
 
     def config_as_run(self, config: WizardConfig) -> WizardConfig:
         """The body with the flags this run really uses: what a rerun repeats."""
-        flags = {"handle_system_conf": self.handle_system_conf, "run_scripts": self.run_scripts}
+        flags = {"handle_system_conf": self.handle_system_conf,
+                 "run_scripts": self.run_scripts or self.scripts_done_by is not None}
         return config.model_copy(update=flags)
 
 
@@ -138,7 +144,8 @@ def start_point(found: Scan, name: str, *, resumed: bool, begun_by: str | None =
 
 #: The options that are true, false, or None (the body decides); then those true or false.
 _BODY_FLAGS = ("handle_system_conf", "run_scripts")
-_FLAGS = ("replace_symlinks", "apply_network", "check_with_tools", "resume", "save_config")
+_FLAGS = ("replace_symlinks", "apply_network", "check_with_tools", "resume", "scripts_once",
+          "save_config")
 #: The options that are text, or None; then those that are text.
 _TEXTS = ("start_at", "request_id")
 
@@ -164,8 +171,10 @@ def prepare(config: WizardConfig, options: RunOptions) -> RunPlan:
     require_privileges(layout)
     require_system_tree(layout)
     handle, scripts = effective_flags(config, options)
-    if not scripts:
-        return RunPlan(layout, handle, scripts)
+    once = options.scripts_once and not options.resume and options.start_at is None
+    done = completed_pass(layout) if scripts and once else None
+    if not scripts or done is not None:
+        return RunPlan(layout, handle, False, scripts_done_by=done)
     user = resolve_user(options.user, options.user_given_by)
     require_switch_allowed(user)
     found = scan(layout.wizard_d, user, top=layout.root)

@@ -53,6 +53,7 @@ class Preview:
     run_scripts: bool = False
     scripts: tuple[PlannedScript, ...] = ()
     files_to_write: tuple[str, ...] = ()
+    scripts_done_by: str | None = None  # with scripts_once: the run that ran them to success
 
     @property
     def changed(self) -> bool:
@@ -72,6 +73,7 @@ class Preview:
             ],
             "diff": self.diff,
             "scripts": [script.to_dict() for script in self.scripts],
+            "scripts_done_by": self.scripts_done_by,
         }
 
 
@@ -118,8 +120,8 @@ def preview(
     scripts = scripts_preview(plan)
     if not plan.handle_system_conf:
         return Preview((), f"# {SKIPPED_BY_CONFIG}: no system file would be touched\n", False,
-                       plan.run_scripts, scripts)
+                       plan.run_scripts, scripts, scripts_done_by=plan.scripts_done_by)
     changes = plan_system(config, layout, options)
     writes = check_writes(config, layout, options, changes, log)
     return Preview(changes, unified_diff(changes), True, plan.run_scripts, scripts,
-                   tuple(change.path for change in writes))
+                   tuple(change.path for change in writes), plan.scripts_done_by)

@@ -167,6 +167,9 @@ class RunResult:
     #: The last run that ended such a pass with every script succeeded: this one, or, while
     #: runs leave the scripts alone, the one before said.
     scripts_completed_by: str | None = None
+    #: The body asked for the scripts, but they had run to success (scripts_completed_by
+    #: says in which run) and the run was told to run them once (scripts_once): left alone.
+    scripts_already_done: bool = False
     warnings: tuple[str, ...] = ()  # what went wrong beside the work (the log could not be written)
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,6 +188,7 @@ class RunResult:
             "containment": self.containment,
             "scripts_begun_by": self.scripts_begun_by,
             "scripts_completed_by": self.scripts_completed_by,
+            "scripts_already_done": self.scripts_already_done,
             "system_conf": self.system_conf.to_dict(),
             "scripts": [outcome.to_dict() for outcome in self.scripts],
             "error": self.error,

@@ -221,6 +221,10 @@ def _scripts_step(run: _Run) -> str | None:
     from wizard_runner.scripts.step import ScriptsOptions, failure_message, run_scripts
 
     plan, log, progress = run.plan, run.log, run.progress
+    if plan.scripts_done_by is not None:
+        log.info("scripts_step_skipped", reason=f"the scripts ran to success in run "
+                 f"{plan.scripts_done_by} (scripts once)")
+        return None
     if not plan.run_scripts or plan.user is None:
         log.info("scripts_step_skipped", reason="run_scripts=false")
         return None
@@ -414,6 +418,7 @@ def _run_locked(run: _Run, started: datetime) -> RunResult:
         containment=run.progress.containment,
         scripts_begun_by=begun,
         scripts_completed_by=completed,
+        scripts_already_done=plan.scripts_done_by is not None,
         warnings=tuple(run.warnings),
     )
     try:

@@ -175,6 +175,26 @@ def previous_pass(layout: Layout) -> tuple[str | None, str | None]:
     return begun, completed
 
 
+def completed_pass(layout: Layout) -> str | None:
+    """The run that ran the scripts to success, as the stored result says (a later run that
+    left them alone carries it on), unless a run since was killed or stored no result while it
+    was to run scripts: it may have run some part-way."""
+    unfinished = unfinished_run(layout)
+    if unfinished is not None and not unfinished.no_scripts and \
+            _stored_run_id(layout) != unfinished.run_id:
+        return None
+    return previous_pass(layout)[1]
+
+
+def _stored_run_id(layout: Layout) -> object:
+    """The run id the stored result names, as written; None when there is none to read."""
+    try:
+        data = json.loads(read_regular(layout.last_run, limit=MAX_RESULT_BYTES)[0])
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data.get("run_id") if isinstance(data, dict) else None
+
+
 def write_result(layout: Layout, result: RunResult) -> None:
     """Store the result atomically as last-run.json (0644: confd reads it as www-data)."""
     _store(layout, layout.last_run, result.to_json().encode(), 0o644, "the run's result")

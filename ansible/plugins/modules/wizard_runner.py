@@ -362,6 +362,8 @@ def wizard_argv(executable: str, params: dict[str, Any], *, dry_run: bool) -> li
         argv.append("--system-conf" if params["handle_system_conf"] else "--no-system-conf")
     if params["run_scripts"] is not None:
         argv.append("--scripts" if params["run_scripts"] else "--no-scripts")
+    if scripts_once(params):
+        argv.append("--scripts-once")
     if params["resume"]:
         argv.append("--resume")
     if params["from_script"] is not None:
@@ -554,32 +556,21 @@ def fail(module: AnsibleModule, rc: int, answer: dict[str, Any], **extra: Any) -
     module.fail_json(msg=failure_message(rc, answer) + also, rc=rc, result=answer, **extra)
 
 
-# What `wizard-runner status` says of a last run that stored no result: killed, or ended
-# without room for it.
-CUT_SHORT = ("killed", "not_stored")
+def scripts_once(params: dict[str, Any]) -> bool:
+    """Whether the run leaves the scripts alone once a run has run them to success (their set
+    up is done: runs that left them alone since do not undo it): unless the task asks for them
+    again (rerun_scripts, resume, from), or not at all."""
+    return not (params["rerun_scripts"] or params["resume"] or
+                params["from_script"] is not None or params["run_scripts"] is False)
 
 
-def scripts_done(module: AnsibleModule, executable: str) -> str | None:
-    """The id of the last run on the appliance whose scripts step completed (their set up is
-    done: runs that left the scripts alone since do not undo it), unless the task asks for
-    the scripts again (rerun_scripts, resume, from)."""
-    params = module.params
-    if params["rerun_scripts"] or params["resume"] or params["from_script"] is not None or \
-            params["run_scripts"] is False:
-        return None
-    status = [executable, "status", "--json", "--root", params["root"]]
-    _rc, out, _err = module.run_command(status, expand_user_and_vars=False)
-    try:
-        last = json.loads(out)
-    except ValueError:
-        return None
-    if isinstance(last, dict) and last.get("status") in CUT_SHORT and \
-            last.get("run_scripts") is False:
-        # A run that stored no result, but was not to run its scripts: it ran none, and the
-        # run before it says whether they are done.
-        last = last.get("previous")
-    done = last.get("scripts_completed_by") if isinstance(last, dict) else None
-    return done if isinstance(done, str) else None
+def not_again(done: object) -> str:
+    """What the message adds when the scripts ran to success in run `done` before: nothing
+    when they did not."""
+    if not isinstance(done, str):
+        return ""
+    return (f"; the scripts are not run again: run {done} ran them to success "
+            "(rerun_scripts: true runs them again)")
 
 
 def dry_run(module: AnsibleModule, executable: str, body: dict[str, Any] | None,
@@ -602,17 +593,12 @@ def main() -> None:
     body = params["config"]
     mask_secrets_only(module, body)
     executable = find_executable(module, params["executable"])
-    done = scripts_done(module, executable)
-    note = ""
-    if done is not None:
-        params = {**params, "run_scripts": False}
-        note = (f"; the scripts are not run again: run {done} ran them to success "
-                "(rerun_scripts: true runs them again)")
     if module.check_mode:
         preview = dry_run(module, executable, body, params)
         plan = {key: value for key, value in preview.items() if key != "diff"}
         diff = {"diff": {"prepared": preview.get("diff") or ""}} if module._diff else {}
-        module.exit_json(changed=preview_changed(preview), msg=preview_summary(preview) + note,
+        module.exit_json(changed=preview_changed(preview),
+                         msg=preview_summary(preview) + not_again(preview.get("scripts_done_by")),
                          result=plan, **diff)
     diff = {}
     if module._diff:
@@ -624,7 +610,9 @@ def main() -> None:
     warn_of_run(module, result)
     if rc != 0:
         fail(module, rc, result, changed=run_changed(result))
-    answer: dict[str, Any] = {"changed": run_changed(result), "msg": run_summary(result) + note,
+    done = result.get("scripts_completed_by") if result.get("scripts_already_done") else None
+    answer: dict[str, Any] = {"changed": run_changed(result),
+                              "msg": run_summary(result) + not_again(done),
                               "result": result, "run_id": result.get("run_id"), **diff}
     if failed_follow_ups(result):
         # The files are written, but the live system does not use them all (an interface
