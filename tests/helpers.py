@@ -197,7 +197,8 @@ def killed_run(root: Path, *args: str) -> tuple[int, str]:
         os.set_blocking(writer, True)
         with subprocess.Popen([str(SCRIPT), "run", "--root", str(root), "--log-format", "json",
                                *args], stdout=subprocess.DEVNULL, stderr=writer) as running:
-            wait_until(lambda: len(holder.read_text().split()) >= 2, what="the holder line")
+            wait_until(lambda: holder.read_text().split()[:1] == [str(running.pid)],
+                       what="its holder line")  # (a killed run's may be there before)
             running.kill()
     finally:
         os.close(reader)

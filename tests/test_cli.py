@@ -844,6 +844,43 @@ def test_status_of_a_killed_run_that_was_not_to_run_its_scripts_says_so(
     assert ran.read_text() == "ran\n"
 
 
+@pytest.mark.parametrize("second", ["killed", "failed"])
+def test_a_run_cut_short_after_a_killed_scripts_run_keeps_the_pass_unknown(
+        sandbox: Path, tmp_path: Path, second: str) -> None:
+    """A run killed while it was to run the scripts, then a --no-scripts run killed too, or
+    one that ends before its result (its body cannot be stored, exit 74): the pass stays
+    unknown (the second's holder line says pass-unknown), status says the scripts may have
+    run part-way, and --scripts-once runs them again."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    ran = tmp_path / "ran"
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    (wizard_d / "10-once").write_text(f"#!/bin/sh\necho ran >> {ran}\n")
+    (wizard_d / "10-once").chmod(0o755)
+    scripts = ("--config", EXAMPLE, "--scripts", "--user", user)
+    assert cli("run", "--root", str(sandbox), *scripts).returncode == 0
+    killed_run(sandbox, *scripts)
+    holder = sandbox / "run/wizard-runner/lock.holder"
+    if second == "killed":
+        killed_run(sandbox, "--config", EXAMPLE, "--no-scripts")
+        assert holder.read_text().split()[2:] == ["no-scripts", "pass-unknown"]
+        as_json = json.loads(cli("status", "--root", str(sandbox), "--json").stdout)
+        assert as_json["scripts_may_be_partial"] is True
+        assert "they may have run part-way" in as_json["error"]
+    else:
+        saved = sandbox / "var/lib/wizard-runner/config.json"
+        saved.unlink()
+        saved.mkdir()  # not a file: the body cannot be stored
+        failed = cli("run", "--root", str(sandbox), "--config", EXAMPLE, "--no-scripts")
+        assert failed.returncode == 74, failed.stderr
+        saved.rmdir()
+        assert holder.read_text().split()[2:] == ["no-scripts", "pass-unknown", "unstored"]
+    again = cli("run", "--root", str(sandbox), *scripts, "--scripts-once", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["scripts_already_done"] is False
+    assert ran.read_text() == "ran\nran\n"
+
+
 def test_a_run_killed_after_it_stored_its_result_cut_nothing_short(sandbox: Path) -> None:
     """Killed between storing its result and letting go of the lock: status shows that
     result, and the next run warns of nothing."""

@@ -295,3 +295,34 @@ def test_what_was_done_tells_a_part_written_step(files: list[FileOutcome], said:
     result = RunResult("r1", at, at, RunStatus.FAILED, 73, SystemConfResult(
         True, tuple(files), backup_dir="/var/backups/wizard-runner/r1"), error="it failed")
     assert what_was_done(result) == f"the run failed (it failed): {said}; no script ran"
+
+
+def test_scripts_once_is_decided_again_under_the_lock(
+        config: WizardConfig, sandbox: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that ended between the scripts-once decision and the lock (its scripts failed:
+    the pass is no longer completed) makes the run decide again: the scripts run."""
+    import pwd  # noqa: PLC0415
+
+    from wizard_runner import runner as runner_module  # noqa: PLC0415
+
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    ran = tmp_path / "ran"
+    wizard_d = sandbox / "etc/xivo/wizard.d"
+    wizard_d.mkdir(parents=True)
+    (wizard_d / "10-once").write_text(f"#!/bin/sh\necho ran >> {ran}\n")
+    (wizard_d / "10-once").chmod(0o755)
+    once = {"run_scripts": True, "user": user, "scripts_once": True}
+    assert run(config, sandbox, **once).scripts_completed_by is not None
+    from wizard_runner.preflight import prepare as decide  # noqa: PLC0415
+
+    def meanwhile(*args: Any, **kwargs: Any) -> Any:
+        plan = decide(*args, **kwargs)
+        last = sandbox / "var/lib/wizard-runner/last-run.json"
+        data = json.loads(last.read_text())
+        last.write_text(json.dumps({**data, "scripts_completed_by": None}))  # a failed pass
+        return plan
+
+    monkeypatch.setattr(runner_module, "prepare", meanwhile)
+    again = run(config, sandbox, **once)
+    assert (again.scripts_already_done, ran.read_text()) == (False, "ran\nran\n")

@@ -377,6 +377,25 @@ def test_a_holder_line_says_what_its_run_was_to_do(
         expected
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("pass-unknown\n", (False, False, True), id="alone"),
+    pytest.param("no-scripts pass-unknown\nunstored\n", (True, True, True), id="unstored"),
+    pytest.param("no-system no-scripts pass-unknown\n", (False, True, True), id="all"),
+    pytest.param("pass-unknown no-scripts\n", None, id="out-of-order"),
+    pytest.param("pass-unknown pass-unknown\n", None, id="twice"),
+    pytest.param("pass-known\n", None, id="unknown-word"),
+])
+def test_a_holder_line_says_whether_its_run_found_the_pass_unknown(
+        tmp_path: Path, text: str, expected: tuple[bool, bool, bool] | None) -> None:
+    """`pass-unknown` last of the words: the run found a killed run before it that was to run
+    the scripts; any other place, or twice, is no holder line."""
+    layout = Layout(tmp_path)
+    holder_line(layout, f"{os.getpid()} 20200101T000000Z-0123abcd {text}")
+    found = unfinished_run(layout)
+    assert (None if found is None else (found.ended, found.no_scripts, found.pass_unknown)) \
+        == expected
+
+
 @pytest.mark.parametrize(("flags", "words"), [
     pytest.param((True, True), (), id="both"),
     pytest.param((False, True), ("no-system",), id="no-system"),
@@ -398,6 +417,8 @@ def test_a_runs_flags_are_the_words_of_its_holder_line(
     pytest.param("{killed}", None, id="killed-with-scripts"),
     pytest.param("{killed} no-scripts", "done", id="killed-without-scripts"),
     pytest.param("{killed} no-system no-scripts\nunstored\n", "done", id="unstored-no-scripts"),
+    pytest.param("{killed} no-scripts pass-unknown", None, id="after-a-killed-scripts-run"),
+    pytest.param("{killed} no-scripts pass-unknown\nunstored\n", None, id="unstored-after"),
     pytest.param("{stored}", "done", id="killed-after-storing"),
 ])
 def test_the_completed_pass_stands_unless_a_run_since_may_have_run_scripts(
@@ -435,5 +456,5 @@ def test_anyone_can_see_a_run_in_progress(config: WizardConfig) -> None:
             lock.note("20991231T000000Z-0123abcd")
             seen = as_www_data(lambda: list(unfinished_run(layout) or ()))
         assert seen == {"value": [os.getpid(), "20991231T000000Z-0123abcd", True, False,
-                                  False, False]}
+                                  False, False, False]}
         assert RunLock.holder_of(layout.lock_file).read_text() == ""

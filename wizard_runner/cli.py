@@ -661,12 +661,14 @@ def _show_killed(killed: Unfinished, before: RunResult | None, as_json: bool,
                  out: TextIO) -> int:
     """status after a run that did not store its result (killed, or it could not): that,
     then the run before it, if any."""
+    earlier = ("; a run before it was killed while it was to run the scripts: they may have "
+               "run part-way" if killed.pass_unknown else "")
     if killed.ended:
         status, shown = "not_stored", "result not stored"
         message = (f"run {killed.run_id} (pid {killed.pid}) ended, but its result could not "
                    "be stored: its stderr (the journal under systemd) says what it did, and "
-                   "its log (`result_not_stored`) if it had room; `wizard-runner run` repeats "
-                   "its body")
+                   f"its log (`result_not_stored`) if it had room{earlier}; `wizard-runner "
+                   "run` repeats its body")
     else:
         status, shown = "killed", "killed"
         files = ("it was not to write the system files (handle_system_conf false): they are "
@@ -674,14 +676,15 @@ def _show_killed(killed: Unfinished, before: RunResult | None, as_json: bool,
         scripts = ("; it was not to run its scripts (run_scripts false): it ran none"
                    if killed.no_scripts else "")
         message = (f"run {killed.run_id} (pid {killed.pid}) was killed before it ended: its "
-                   f"result was never stored, and {files}{scripts}; `wizard-runner run` "
-                   "repeats its body")
+                   f"result was never stored, and {files}{scripts}{earlier}; `wizard-runner "
+                   "run` repeats its body")
     if as_json:
         # What its holder line says it was told (a line without the words, an older
         # runner's too, says it was to).
         _print_json({**failure_object(status, EXIT_FAILED, message), "run_id": killed.run_id,
                      "pid": killed.pid, "handle_system_conf": not killed.no_system,
                      "run_scripts": not killed.no_scripts,
+                     "scripts_may_be_partial": not killed.no_scripts or killed.pass_unknown,
                      "previous": before.to_dict() if before else None}, out)
         return EXIT_FAILED
     out.write(f"last run {printable(killed.run_id)}: {shown} (pid {killed.pid})\n  "

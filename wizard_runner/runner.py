@@ -44,8 +44,10 @@ from wizard_runner.result import (
 from wizard_runner.signals import deferred_stop_signals, run_stops, settle_stops, stop_here
 from wizard_runner.state import (
     UNSTORED,
+    completed_pass,
     holder_words,
     parse_holder,
+    pass_unknown_after,
     previous_pass,
     read_last_result,
     save_config,
@@ -283,37 +285,67 @@ def execute(
     # The run's bookkeeping holds stops back: a stop lands where the run can record it.
     with RunLock(layout.lock_file, mode=0o600) as lock, run_stops(), \
             deferred_stop_signals(foreign=False):
+        if plan.scripts_done_by is not None and completed_pass(layout) != plan.scripts_done_by:
+            plan = prepare(config, options)  # a run ended since it was decided: anew
         started = now()
         run_id = new_run_id(started)
+        # A killed run before it may have left the scripts part-way: until a result of this
+        # run says so, its holder line does (it may be cut short too).
+        pass_unknown = pass_unknown_after(layout, lock.previous)
         lock.note(run_id, *holder_words(
             handle_system_conf=plan.handle_system_conf,
-            run_scripts=plan.run_scripts and plan.user is not None))
-        with run_log_file(layout.log_file) as log_handle:
-            if logger is not None:
-                log = stdlib_logger(logger, log_file=log_handle, run_id=run_id)
-            else:
-                log = make_logger(stream or sys.stderr, json_lines=json_logs,
-                                  log_file=log_handle, stream_level=stream_level,
-                                  stream_skips=stream_skips, journal=journal,
-                                  run_id=run_id)
-            if options.save_config:
-                try:
-                    save_config(layout, plan.config_as_run(config), options.choices)
-                except WizardRunnerError as error:
-                    log.error("run_not_started", error=str(error))
-                    settle_stops()
-                    raise
-            unknown = _after_killed(layout, lock.previous, log)
-            before = parse_holder(lock.previous)
-            # One that was not to run its scripts ran none: the pass it found still stands.
-            pass_unknown = bool(unknown) and not (before is not None and before.no_scripts)
-            run = _Run(config, options, plan, run_id, log, _Progress(), log_handle,
-                       unknown, pass_unknown)
+            run_scripts=plan.run_scripts and plan.user is not None, pass_unknown=pass_unknown))
+        sink = _Sink(stream, json_logs, stream_level, stream_skips, logger, journal)
+        try:
+            return _locked(config, plan, options=options, lock=lock, run_id=run_id,
+                           started=started, pass_unknown=pass_unknown, sink=sink)
+        except ResultNotStoredError:
+            lock.keep_note(UNSTORED)  # for status and the next run: it ended, unstored
+            raise
+        except BaseException:
+            if pass_unknown:  # ended before its result (a full disk): the line stays
+                lock.keep_note(UNSTORED)
+            raise
+
+
+class _Sink(NamedTuple):
+    """Where a run's events go besides its log file: a standard logger, else a stream."""
+
+    stream: TextIO | None
+    json_logs: bool | None
+    stream_level: int | None
+    stream_skips: frozenset[str]
+    logger: logging.Logger | None
+    journal: bool
+
+    def log(self, log_file: LogFile, run_id: str) -> FilteringBoundLogger:
+        """The run's logger."""
+        if self.logger is not None:
+            return stdlib_logger(self.logger, log_file=log_file, run_id=run_id)
+        return make_logger(self.stream or sys.stderr, json_lines=self.json_logs,
+                           log_file=log_file, stream_level=self.stream_level,
+                           stream_skips=self.stream_skips, journal=self.journal,
+                           run_id=run_id)
+
+
+def _locked(config: WizardConfig, plan: RunPlan, *, options: RunOptions, lock: RunLock,
+            run_id: str, started: datetime, pass_unknown: bool, sink: _Sink) -> RunResult:
+    """The run, once it holds the lock and has noted itself: its log, its saved body, the
+    steps, the result."""
+    layout = plan.layout
+    with run_log_file(layout.log_file) as log_handle:
+        log = sink.log(log_handle, run_id)
+        if options.save_config:
             try:
-                return _run_locked(run, started)
-            except ResultNotStoredError:
-                lock.keep_note(UNSTORED)  # for status and the next run: it ended, unstored
+                save_config(layout, plan.config_as_run(config), options.choices)
+            except WizardRunnerError as error:
+                log.error("run_not_started", error=str(error))
+                settle_stops()
                 raise
+        unknown = _after_killed(layout, lock.previous, log)
+        run = _Run(config, options, plan, run_id, log, _Progress(), log_handle,
+                   unknown, pass_unknown)
+        return _run_locked(run, started)
 
 
 def _after_killed(layout: Layout, previous: str | None,

@@ -177,13 +177,22 @@ def previous_pass(layout: Layout) -> tuple[str | None, str | None]:
 
 def completed_pass(layout: Layout) -> str | None:
     """The run that ran the scripts to success, as the stored result says (a later run that
-    left them alone carries it on), unless a run since was killed or stored no result while it
-    was to run scripts: it may have run some part-way."""
-    unfinished = unfinished_run(layout)
-    if unfinished is not None and not unfinished.no_scripts and \
-            _stored_run_id(layout) != unfinished.run_id:
+    left them alone carries it on), unless the run the lock's holder line names left the pass
+    unknown (`pass_unknown_after`)."""
+    if pass_unknown_after(layout, _holder_line(layout)):
         return None
     return previous_pass(layout)[1]
+
+
+def pass_unknown_after(layout: Layout, line: str | None) -> bool:
+    """Whether the run a holder line names, left there as it was killed or ended without its
+    result, leaves the pass through the scripts unknown: it was to run scripts (it may have
+    run some part-way), or it found a run before it that left the pass unknown (`pass-unknown`
+    carries that on however many such runs follow). One that stored its result did not."""
+    holder = parse_holder(line)
+    if holder is None or _stored_run_id(layout) == holder.run_id:
+        return False
+    return not holder.no_scripts or holder.pass_unknown
 
 
 def _stored_run_id(layout: Layout) -> object:
@@ -260,6 +269,11 @@ NO_SYSTEM: Final = "no-system"
 #: NO_SYSTEM if both: whatever becomes of the run, it started none. A line without the word
 #: (also an older runner's, which never wrote it) says the run was to run them.
 NO_SCRIPTS: Final = "no-scripts"
+#: In the holder line of a run that found the pass through the scripts unknown (a run before
+#: it was killed while it was to run them): if this one is cut short too, it stays unknown.
+PASS_UNKNOWN: Final = "pass-unknown"  # noqa: S105 - a word of the line, not a password
+#: The words a holder line may carry after the run id, in this order, each once at most.
+_HOLDER_WORDS: Final = (NO_SYSTEM, NO_SCRIPTS, PASS_UNKNOWN)
 
 
 class Unfinished(NamedTuple):
@@ -272,40 +286,40 @@ class Unfinished(NamedTuple):
     ended: bool = False
     no_system: bool = False
     no_scripts: bool = False
+    pass_unknown: bool = False
 
 
 class Holder(NamedTuple):
-    """A lock holder's line: `PID RUN_ID [no-system] [no-scripts]`, and `unstored` once it
-    ended without its result."""
+    """A lock holder's line: `PID RUN_ID [no-system] [no-scripts] [pass-unknown]`, and
+    `unstored` once it ended without its result."""
 
     pid: int
     run_id: str
     ended: bool = False
     no_system: bool = False
     no_scripts: bool = False
+    pass_unknown: bool = False
 
 
-def holder_words(*, handle_system_conf: bool, run_scripts: bool) -> tuple[str, ...]:
-    """The words after the run id in the holder line of a run told these flags."""
-    return (*(() if handle_system_conf else (NO_SYSTEM,)),
-            *(() if run_scripts else (NO_SCRIPTS,)))
+def holder_words(*, handle_system_conf: bool, run_scripts: bool,
+                 pass_unknown: bool = False) -> tuple[str, ...]:
+    """The words after the run id in the holder line of a run told these flags, which found
+    the pass through the scripts unknown or not."""
+    said = (not handle_system_conf, not run_scripts, pass_unknown)
+    return tuple(word for word, on in zip(_HOLDER_WORDS, said, strict=True) if on)
 
 
 def parse_holder(text: str | None) -> Holder | None:
     """The lock holder a line names; None for anything else."""
     words = (text or "").split()
-    rest = words[2:]
-    no_system = rest[:1] == [NO_SYSTEM]
-    rest = rest[no_system:]
-    no_scripts = rest[:1] == [NO_SCRIPTS]
-    rest = rest[no_scripts:]
-    ended = rest == [UNSTORED]
-    if len(rest) != ended or len(words) < 2 or not words[0].isdigit() or \
-            not is_run_id(words[1]):
+    ended = words[-1:] == [UNSTORED] and len(words) > 2
+    rest = words[2:len(words) - ended]
+    if rest != [word for word in _HOLDER_WORDS if word in rest] or len(words) < 2 or \
+            not words[0].isdigit() or not is_run_id(words[1]):
         return None
     pid = int(words[0])
-    return Holder(pid, words[1], ended, no_system, no_scripts) if 0 < pid < _PID_LIMIT \
-        else None
+    flags = (word in rest for word in _HOLDER_WORDS)
+    return Holder(pid, words[1], ended, *flags) if 0 < pid < _PID_LIMIT else None
 
 
 def last_runs(layout: Layout) -> tuple[Unfinished | None, RunResult | None]:
@@ -323,18 +337,23 @@ def unfinished_run(layout: Layout) -> Unfinished | None:
     """The run the lock's holder line names: going on (it holds the lock), or killed before it
     ended. Read it before the last result: a run that ends meanwhile has stored its result
     before it let go of the lock, so that result is then the one read."""
+    holder = parse_holder(_holder_line(layout))
+    if holder is None:
+        return None
+    pid, run_id, ended, *flags = holder
+    # Where /proc/locks names the lock by other device numbers (btrfs, an overlay), the
+    # holder's process still says it runs: if it started before the run did (not a reuse).
+    running = not ended and (RunLock.held(layout.lock_file) or _started_by(pid, run_id))
+    return Unfinished(pid, run_id, running, ended, *flags)
+
+
+def _holder_line(layout: Layout) -> str | None:
+    """The lock's holder line as it stands; None when there is none."""
     try:
         raw = read_regular(RunLock.holder_of(layout.lock_file), follow=False, limit=128)[0]
     except OSError:  # none yet
         return None
-    holder = parse_holder(raw.decode("ascii", "replace"))
-    if holder is None:
-        return None
-    pid, run_id, ended, no_system, no_scripts = holder
-    # Where /proc/locks names the lock by other device numbers (btrfs, an overlay), the
-    # holder's process still says it runs: if it started before the run did (not a reuse).
-    running = not ended and (RunLock.held(layout.lock_file) or _started_by(pid, run_id))
-    return Unfinished(pid, run_id, running, ended, no_system, no_scripts)
+    return raw.decode("ascii", "replace")
 
 
 def _started_by(pid: int, run_id: str) -> bool:
