@@ -261,6 +261,12 @@ def add_script(root: Path, name: str, body: str, mode: int = 0o755) -> Path:
     return path
 
 
+def counting_script(root: Path, ran: Path) -> None:
+    """wizard.d with one script, 10-once, that adds a line `ran` to `ran` each time it runs."""
+    (root / "etc/xivo/wizard.d").mkdir(parents=True, exist_ok=True)
+    add_script(root, "10-once", f"echo ran >> {ran}")
+
+
 def run_step(config: WizardConfig, root: Path, **options: Any) -> RunResult:
     """Run only the scripts step on `root`, as the test user (www-data when root)."""
     settings: dict[str, Any] = {

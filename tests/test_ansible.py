@@ -499,16 +499,22 @@ def test_pending_notes_are_warnings(
         played.output
 
 
-def test_a_skipped_system_file_is_a_warning(
-    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
-) -> None:
-    """/etc/resolv.conf a symlink (resolvconf) and no replace_symlinks: the run skips it,
-    and the task warns of it with the reason and names it in its message."""
+def symlinked_resolv_conf(appliance: Path) -> Path:
+    """Make the appliance's /etc/resolv.conf a symlink, as resolvconf does; its path."""
     resolv = appliance / "etc/resolv.conf"
     (appliance / "run").mkdir(exist_ok=True)
     (appliance / "run/resolv.conf").write_text("nameserver 127.0.0.53\n")
     resolv.unlink()
     resolv.symlink_to("../run/resolv.conf")
+    return resolv
+
+
+def test_a_skipped_system_file_is_a_warning(
+    ansible_env: dict[str, str], tmp_path: Path, appliance: Path, secret_body: dict[str, Any]
+) -> None:
+    """/etc/resolv.conf a symlink (resolvconf) and no replace_symlinks: the run skips it,
+    and the task warns of it with the reason and names it in its message."""
+    resolv = symlinked_resolv_conf(appliance)
     played = play(ansible_env, tmp_path, [
         wizard_task("run", appliance, config=secret_body),
         wizard_task("asked", appliance, config=secret_body, handle_system_conf=False),
@@ -769,11 +775,7 @@ def test_a_rerun_of_the_saved_body_repeats_its_options(
                             str(appliance), "--replace-symlinks", "--user", RUN_USER],
                            capture_output=True, text=True, timeout=120, check=False)
     assert first.returncode == 0, first.stderr
-    resolv = appliance / "etc/resolv.conf"
-    (appliance / "run").mkdir(exist_ok=True)
-    (appliance / "run/resolv.conf").write_text("nameserver 127.0.0.53\n")
-    resolv.unlink()
-    resolv.symlink_to("../run/resolv.conf")
+    resolv = symlinked_resolv_conf(appliance)
     played = play(ansible_env, tmp_path, [
         wizard_task("kept", appliance, task_check_mode=True, replace_symlinks=False),
         wizard_task("rerun", appliance),

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES, MANAGED, snapshot
-from tests.helpers import killed_run, wait_until
+from tests.helpers import counting_script, killed_run, wait_until
 from wizard_runner.cli import TerminalProgress, _print_answer, build_parser, parse
 from wizard_runner.result import ScriptOutcome, ScriptStatus
 
@@ -819,10 +819,7 @@ def test_status_of_a_killed_run_that_was_not_to_run_its_scripts_says_so(
     completed), and the next run keeps that run as the one that completed them."""
     user = pwd.getpwuid(os.geteuid()).pw_name
     ran = tmp_path / "ran"
-    wizard_d = sandbox / "etc/xivo/wizard.d"
-    wizard_d.mkdir(parents=True)
-    (wizard_d / "10-once").write_text(f"#!/bin/sh\necho ran >> {ran}\n")
-    (wizard_d / "10-once").chmod(0o755)
+    counting_script(sandbox, ran)
     first = cli("run", "--config", EXAMPLE, "--root", str(sandbox), "--scripts", "--user", user,
                 "--json")
     assert first.returncode == 0, first.stderr
@@ -853,10 +850,7 @@ def test_a_run_cut_short_after_a_killed_scripts_run_keeps_the_pass_unknown(
     run part-way, and --scripts-once runs them again."""
     user = pwd.getpwuid(os.geteuid()).pw_name
     ran = tmp_path / "ran"
-    wizard_d = sandbox / "etc/xivo/wizard.d"
-    wizard_d.mkdir(parents=True)
-    (wizard_d / "10-once").write_text(f"#!/bin/sh\necho ran >> {ran}\n")
-    (wizard_d / "10-once").chmod(0o755)
+    counting_script(sandbox, ran)
     scripts = ("--config", EXAMPLE, "--scripts", "--user", user)
     assert cli("run", "--root", str(sandbox), *scripts).returncode == 0
     killed_run(sandbox, *scripts)
@@ -1041,14 +1035,11 @@ def test_scripts_once_leaves_scripts_that_ran_to_success_alone(sandbox: Path,
     plain rerun runs them again."""
     user = pwd.getpwuid(os.geteuid()).pw_name
     ran = tmp_path / "ran"
-    wizard_d = sandbox / "etc/xivo/wizard.d"
-    wizard_d.mkdir(parents=True)
-    (wizard_d / "10-count").write_text(f"#!/bin/sh\necho once >> {ran}\n")
-    (wizard_d / "10-count").chmod(0o755)
+    counting_script(sandbox, ran)
     once = ("run", "--config", EXAMPLE, "--root", str(sandbox), "--scripts", "--user", user,
             "--scripts-once")
     first = json.loads(cli(*once, "--json").stdout)
-    assert (first["scripts_already_done"], ran.read_text()) == (False, "once\n")
+    assert (first["scripts_already_done"], ran.read_text()) == (False, "ran\n")
     preview = cli(*once, "--dry-run")
     assert f"# scripts: none would run (they ran to success in run {first['run_id']}; " \
         "--scripts-once)" in preview.stdout
@@ -1058,6 +1049,6 @@ def test_scripts_once_leaves_scripts_that_ran_to_success_alone(sandbox: Path,
     stored = json.loads((sandbox / "var/lib/wizard-runner/last-run.json").read_text())
     assert (stored["scripts_already_done"], stored["run_scripts"],
             stored["scripts_completed_by"]) == (True, False, first["run_id"])
-    assert ran.read_text() == "once\n"
+    assert ran.read_text() == "ran\n"
     assert cli("run", "--root", str(sandbox), "--user", user).returncode == 0
-    assert ran.read_text() == "once\nonce\n"
+    assert ran.read_text() == "ran\nran\n"

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import MANAGED, snapshot
+from tests.helpers import counting_script
 from wizard_runner import sysconf
 from wizard_runner.config import WizardConfig, config_from_data
 from wizard_runner.errors import LockedError, PrivilegeError
@@ -308,10 +309,7 @@ def test_scripts_once_is_decided_again_under_the_lock(
 
     user = pwd.getpwuid(os.geteuid()).pw_name
     ran = tmp_path / "ran"
-    wizard_d = sandbox / "etc/xivo/wizard.d"
-    wizard_d.mkdir(parents=True)
-    (wizard_d / "10-once").write_text(f"#!/bin/sh\necho ran >> {ran}\n")
-    (wizard_d / "10-once").chmod(0o755)
+    counting_script(sandbox, ran)
     once = {"run_scripts": True, "user": user, "scripts_once": True}
     assert run(config, sandbox, **once).scripts_completed_by is not None
     from wizard_runner.preflight import prepare as decide  # noqa: PLC0415

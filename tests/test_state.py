@@ -352,48 +352,38 @@ def test_a_holder_that_ended_without_its_result_is_no_run_in_progress(tmp_path: 
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    pytest.param("no-system\n", (False, True, False), id="no-system"),
-    pytest.param("no-system\nunstored\n", (True, True, False), id="no-system-unstored"),
-    pytest.param("no-scripts\n", (False, False, True), id="no-scripts"),
-    pytest.param("no-system no-scripts\n", (False, True, True), id="neither"),
-    pytest.param("no-system no-scripts\nunstored\n", (True, True, True), id="neither-unstored"),
-    pytest.param("no-scripts\nunstored\n", (True, False, True), id="no-scripts-unstored"),
-    pytest.param("\n", (False, False, False), id="both"),
+    # ended, no-system, no-scripts, pass-unknown
+    pytest.param("no-system\n", (False, True, False, False), id="no-system"),
+    pytest.param("no-system\nunstored\n", (True, True, False, False), id="no-system-unstored"),
+    pytest.param("no-scripts\n", (False, False, True, False), id="no-scripts"),
+    pytest.param("no-system no-scripts\n", (False, True, True, False), id="neither"),
+    pytest.param("no-system no-scripts\nunstored\n", (True, True, True, False),
+                 id="neither-unstored"),
+    pytest.param("no-scripts\nunstored\n", (True, False, True, False), id="no-scripts-unstored"),
+    pytest.param("\n", (False, False, False, False), id="both"),
+    pytest.param("pass-unknown\n", (False, False, False, True), id="pass-unknown"),
+    pytest.param("no-scripts pass-unknown\nunstored\n", (True, False, True, True),
+                 id="pass-unknown-unstored"),
+    pytest.param("no-system no-scripts pass-unknown\n", (False, True, True, True), id="all"),
     pytest.param("unstored no-system\n", None, id="out-of-order"),
     pytest.param("no-scripts no-system\n", None, id="scripts-before-system"),
+    pytest.param("pass-unknown no-scripts\n", None, id="pass-unknown-first"),
     pytest.param("unstored no-scripts\n", None, id="unstored-first"),
     pytest.param("no-system no-system\n", None, id="twice"),
-    pytest.param("no-scripts no-scripts\n", None, id="scripts-twice"),
-])
-def test_a_holder_line_says_what_its_run_was_to_do(
-        tmp_path: Path, text: str, expected: tuple[bool, bool, bool] | None) -> None:
-    """`no-system` then `no-scripts` after the run id: the run was not to write the system
-    files, not to run its scripts (status says so); `unstored` may follow them; any other
-    order is no holder line."""
-    layout = Layout(tmp_path)
-    holder_line(layout, f"{os.getpid()} 20200101T000000Z-0123abcd {text}")
-    found = unfinished_run(layout)
-    assert (None if found is None else (found.ended, found.no_system, found.no_scripts)) == \
-        expected
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    pytest.param("pass-unknown\n", (False, False, True), id="alone"),
-    pytest.param("no-scripts pass-unknown\nunstored\n", (True, True, True), id="unstored"),
-    pytest.param("no-system no-scripts pass-unknown\n", (False, True, True), id="all"),
-    pytest.param("pass-unknown no-scripts\n", None, id="out-of-order"),
-    pytest.param("pass-unknown pass-unknown\n", None, id="twice"),
+    pytest.param("pass-unknown pass-unknown\n", None, id="pass-unknown-twice"),
     pytest.param("pass-known\n", None, id="unknown-word"),
 ])
-def test_a_holder_line_says_whether_its_run_found_the_pass_unknown(
-        tmp_path: Path, text: str, expected: tuple[bool, bool, bool] | None) -> None:
-    """`pass-unknown` last of the words: the run found a killed run before it that was to run
-    the scripts; any other place, or twice, is no holder line."""
+def test_a_holder_line_says_what_its_run_was_to_do(
+        tmp_path: Path, text: str, expected: tuple[bool, bool, bool, bool] | None) -> None:
+    """`no-system`, `no-scripts`, `pass-unknown`, in this order, after the run id: the run was
+    not to write the system files, not to run its scripts (status says so), and found a killed
+    run before it that was to run them; `unstored` may follow; any other order, a word twice
+    or another word is no holder line."""
     layout = Layout(tmp_path)
     holder_line(layout, f"{os.getpid()} 20200101T000000Z-0123abcd {text}")
     found = unfinished_run(layout)
-    assert (None if found is None else (found.ended, found.no_scripts, found.pass_unknown)) \
-        == expected
+    assert (None if found is None else
+            (found.ended, found.no_system, found.no_scripts, found.pass_unknown)) == expected
 
 
 @pytest.mark.parametrize(("flags", "words"), [
