@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -151,3 +152,29 @@ def test_man_page_lists_every_command() -> None:
     page = (DEBIAN / "wizard-runner.8").read_text()
     for command in build_parser().commands:
         assert f"\n.TP\n.B {command}\n" in page, f"{command} is missing from the man page"
+
+
+#: preinst upgrade in its own mount namespace, /var/spool and /run tmpfs there: whether it
+#: leaves the restarting mark (and a symlinked spool gets none).
+_PREINST_IN_NAMESPACE = """set -e
+mount --make-rprivate /
+mount -t tmpfs tmpfs /var/spool
+mount -t tmpfs tmpfs /run
+if [ "$2" = symlink ]; then mkdir /var/spool/elsewhere; ln -s elsewhere /var/spool/wizard-runner
+else mkdir /var/spool/wizard-runner; fi
+sh "$1" upgrade 0.1.0 >/dev/null
+ls -A /var/spool/wizard-runner/ /var/spool/elsewhere/ 2>/dev/null | grep -c restarting || true
+"""
+
+
+@pytest.mark.processes
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare (a mount namespace)")
+@pytest.mark.parametrize(("spool", "marks"), [("directory", "1"), ("symlink", "0")])
+def test_preinst_upgrade_leaves_the_restarting_mark(spool: str, marks: str) -> None:
+    """On upgrade, preinst leaves `restarting` in the spool for waiting submitters (postinst
+    removes it); never through a symlinked spool."""
+    done = subprocess.run(["unshare", "-m", "sh", "-c", _PREINST_IN_NAMESPACE, "sh",
+                           str(DEBIAN / "wizard-runner.preinst"), spool],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, marks), done.stderr

@@ -204,6 +204,7 @@ def test_lock_directory_not_creatable(fs: FakeFilesystem) -> None:
 @pytest.mark.parametrize(("target", "said"), [
     ("../nothing", "a symlink to ../nothing, which does not exist"),
     ("../file", "a symlink to ../file, a regular file"),
+    ("backups", "a symlink to backups, a loop of symlinks"),
 ])
 @pytest.mark.parametrize("make", [ensure_dir, prepare_dir])
 def test_a_symlink_where_a_directory_goes_says_where_it_leads(

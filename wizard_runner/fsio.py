@@ -274,8 +274,11 @@ def _not_a_directory(path: Path) -> OSError:
                   if os.path.lexists(parent) and not os.path.isdir(parent)), path)
     kind = describe(os.lstat(found).st_mode) if os.path.lexists(found) else "gone"
     if os.path.islink(found):
-        target = (describe(os.stat(found).st_mode) if os.path.exists(found) else
-                  "which does not exist")
+        try:
+            target = describe(os.stat(found).st_mode)
+        except OSError as error:  # ELOOP: it leads back to itself
+            target = ("a loop of symlinks" if error.errno == errno.ELOOP else
+                      "which does not exist")
         kind += f" to {os.readlink(found)}, {target}"
     return OSError(errno.ENOTDIR, f"{found} is not a directory ({kind})", str(path))
 
