@@ -246,20 +246,24 @@ def test_a_live_host_name_other_than_the_wizards_is_stale(
 
 
 @pytest.mark.parametrize("apply_network", [False, True])
-def test_a_stale_network_is_applied_or_pending_as_the_file_now_says(
-        config: WizardConfig, tools: Path, apply_network: bool) -> None:
+@pytest.mark.parametrize(("network", "old"), [(NetworkChange(), ""),
+                                              (BEFORE, "--interfaces=/backup/interfaces ")])
+def test_a_stale_network_is_applied_or_pending(config: WizardConfig, tools: Path,
+                                               apply_network: bool, network: NetworkChange,
+                                               old: str) -> None:
     """The interfaces file an earlier run wrote and the interface does not show: with
-    --apply-network it is taken down and brought up from the file as it is (no old copy:
-    this run wrote nothing); without, the result says what is not live and how to apply it."""
-    done = follow_up(config, frozenset(), LOG, apply_network=apply_network, network=BEFORE,
+    --apply-network it is taken down as the file before that run said (its backup copy; as
+    the file now says without one) and brought up; without, the result says what is not live
+    and gives the same commands."""
+    done = follow_up(config, frozenset(), LOG, apply_network=apply_network, network=network,
                      stale=frozenset({"/etc/network/interfaces", "/etc/hostname"}))
     expected = ["hostname -F /etc/hostname"]
     if apply_network:
-        expected += ["ifdown --force eth0", "ifup eth0"]
+        expected += [f"ifdown --force {old}eth0", "ifup eth0"]
     assert calls(tools) == expected
     assert done.pending == (() if apply_network else (
         "eth0 does not have 192.168.50.10/24, which /etc/network/interfaces gives it: apply it "
-        "from the console with `ifdown --force eth0; ifup eth0` or reboot (it can cut SSH "
+        f"from the console with `ifdown --force {old}eth0; ifup eth0` or reboot (it can cut SSH "
         "sessions), or rerun with --apply-network",))
 
 
@@ -283,14 +287,17 @@ hostname debian
 @needs_root
 def test_a_rerun_on_the_real_root_finishes_what_the_system_does_not_show(
         tmp_path: Path) -> None:
-    """On the real root (namespaced): the first run writes the files, sets the host name
-    and leaves the network pending; after the host name is changed back, a rerun that finds
-    every file up to date sets it again and still says the network is pending (a change);
-    with --apply-network it takes eth0 down and tries to bring it up (no such device)."""
+    """On the real root (namespaced): the first run writes the files (eth0 was DHCP), sets
+    the host name and leaves the network pending; after the host name is changed back, a
+    rerun that finds every file up to date sets it again and still says the network is
+    pending (a change); with --apply-network it takes eth0 down as the file before the first
+    run said (its backup) and tries to bring it up (no such device)."""
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         pytest.skip("needs unshare and ip (util-linux, iproute2)")
     etc = tmp_path / "etc"
     shutil.copytree("/etc", etc, symlinks=True)
+    (etc / "network").mkdir(exist_ok=True)
+    (etc / "network/interfaces").write_text("auto eth0\niface eth0 inet dhcp\n")  # as before
     runner = str(Path(sys.executable).parent / "wizard-runner")
     done = subprocess.run(["unshare", "-m", "-u", "-n", "sh", "-c", NAMESPACED, "sh", str(etc),
                            runner, str(EXAMPLES / "wizard.json")],
@@ -306,12 +313,14 @@ def test_a_rerun_on_the_real_root_finishes_what_the_system_does_not_show(
     assert (first["exit"], first["changed"]) == (0, True)
     assert ("hostname", "succeeded") in first["actions"]
     assert first["pending"][0].startswith("/etc/network/interfaces changed for eth0")
+    copy = f"/var/backups/wizard-runner/{results[0]['run_id']}/etc/network/interfaces"
     assert again == {"changed": True, "exit": 0, "actions": [("hostname", "succeeded")],
                      "pending": [
         "eth0 does not have 192.168.50.10/24, which /etc/network/interfaces gives it: apply it "
-        "from the console with `ifdown --force eth0; ifup eth0` or reboot (it can cut SSH "
-        "sessions), or rerun with --apply-network"]}
+        f"from the console with `ifdown --force --interfaces={copy} eth0; ifup eth0` or "
+        "reboot (it can cut SSH sessions), or rerun with --apply-network"]}
     assert [name for name, _ in applied["actions"]] == ["ifdown", "ifup"]
+    assert f"--interfaces={copy}" in results[2]["system_conf"]["actions"][0]["command"]
     assert applied["actions"][1] == ("ifup", "failed")
     assert applied["changed"] is True
     assert (etc / "hostname").read_text() == "pbx\n"

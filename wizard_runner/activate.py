@@ -181,7 +181,7 @@ def follow_up(
 ) -> FollowUps:
     """Make the running system use the files that changed, and those `stale` (written before,
     not live: `not_live`); only ever called on the real root. `network`: what the rewrite of
-    the interfaces file changes."""
+    the interfaces file changes (by this run, or by the earlier run that wrote it)."""
     written = changed
     changed = changed | stale
     actions: list[ActionOutcome] = []
@@ -193,9 +193,8 @@ def follow_up(
     if changed & {"/etc/postfix/main.cf", "/etc/postfix/canonical", "/etc/mailname"}:
         actions.append(_postfix_reload(log))
     if "/etc/network/interfaces" in changed:
-        rewritten = "/etc/network/interfaces" in written  # else as the file now says
-        done = _network(config, network if rewritten else NetworkChange(), log,
-                        apply_network=apply_network, written=rewritten)
+        done = _network(config, network, log, apply_network=apply_network,
+                        written="/etc/network/interfaces" in written)
         actions += done.actions
         pending = done.pending
     return FollowUps(tuple(actions), pending)

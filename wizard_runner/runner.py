@@ -10,7 +10,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Final, NamedTuple, TextIO
 
 from structlog.typing import FilteringBoundLogger
 
@@ -26,7 +26,7 @@ from wizard_runner.errors import (
     WizardRunnerError,
     exit_for_signal,
 )
-from wizard_runner.fsio import RunLock
+from wizard_runner.fsio import RunLock, read_regular
 from wizard_runner.layout import SYSTEM_FILES, Layout
 from wizard_runner.log import LogFile, make_logger, run_log_file, stdlib_logger
 from wizard_runner.preflight import RunOptions, RunPlan, prepare
@@ -38,6 +38,7 @@ from wizard_runner.result import (
     RunStatus,
     ScriptOutcome,
     SystemConfResult,
+    is_run_id,
     new_run_id,
     now,
 )
@@ -63,6 +64,9 @@ if TYPE_CHECKING:
 __all__ = ["RunOptions", "execute"]
 
 SKIPPED_BY_CONFIG = "handle_system_conf=false"
+
+#: The file whose follow-up takes the network down and up.
+INTERFACES: Final = "/etc/network/interfaces"
 
 
 @dataclass
@@ -190,12 +194,39 @@ def _system_step(run: _Run) -> None:
     kept = {file.path for file in applied.files if file.action is FileAction.UNCHANGED}
     stale = not_live(config, log) & kept if layout.is_real_root else frozenset()
     if layout.is_real_root and (applied.changed or stale):
+        network = (_network_change(changes, config, applied.backup_dir)
+                   if INTERFACES in applied.changed else _network_before(layout, config, changes))
         follow = follow_up(config, applied.changed, log, apply_network=options.apply_network,
-                           network=_network_change(changes, config, applied.backup_dir),
-                           stale=stale)
+                           network=network, stale=stale)
         progress.system = SystemConfResult(
             True, applied.files, follow.actions, progress.system.backup_dir, follow.pending
         )
+
+
+def _network_before(layout: Layout, config: WizardConfig,
+                    changes: tuple[FileChange, ...]) -> NetworkChange:
+    """For an interfaces file an earlier run wrote and the system does not show: the change
+    from the file before it, as the backup of the last run that wrote it keeps it (a DHCP
+    client the old file started is then stopped); without one, none is known, and the
+    interface is taken down as the file now says."""
+    from wizard_runner.activate import NetworkChange
+    from wizard_runner.render import released_interfaces, stanza_interfaces
+    from wizard_runner.sysconf import backup_copy
+
+    try:
+        runs = sorted(filter(is_run_id, os.listdir(layout.backup_dir)), reverse=True)
+    except OSError:
+        return NetworkChange()
+    for run_id in runs:  # newest first: run ids sort by time
+        copy = str(backup_copy(layout.backup_dir / run_id, INTERFACES))
+        try:
+            old = read_regular(copy, follow=False)[0].decode("utf-8", "replace")
+        except OSError:
+            continue  # that run did not write it (or kept no copy of it)
+        new = next((change.new_text for change in changes if change.path == INTERFACES), "")
+        return NetworkChange(copy, stanza_interfaces(old, "inet"), stanza_interfaces(new),
+                             tuple(released_interfaces(old, config.network.interface)))
+    return NetworkChange()
 
 
 def _network_change(changes: tuple[FileChange, ...], config: WizardConfig,
@@ -206,7 +237,7 @@ def _network_change(changes: tuple[FileChange, ...], config: WizardConfig,
     from wizard_runner.sysconf import TargetKind, backup_copy
 
     for change in changes:
-        if change.path == "/etc/network/interfaces":
+        if change.path == INTERFACES:
             copy = None
             if change.current.kind is TargetKind.FILE and backup_dir is not None:
                 copy = str(backup_copy(backup_dir, change.path))
