@@ -279,6 +279,9 @@ done
 hostname debian; ip link set lo up
 "$2" run --config "$3" --no-scripts --json 2>/dev/null || true; echo ---
 hostname debian
+"$2" run --config "$3" --no-scripts --json --dry-run 2>/dev/null || true; echo ---
+"$2" run --config "$3" --no-scripts --json --dry-run --apply-network 2>/dev/null || true
+echo ---
 "$2" run --config "$3" --no-scripts --json 2>/dev/null || true; echo ---
 "$2" run --config "$3" --no-scripts --json --apply-network 2>/dev/null || true
 """
@@ -305,7 +308,8 @@ def test_a_rerun_on_the_real_root_finishes_what_the_system_does_not_show(
     if done.returncode != 0 and "unshare" in done.stderr:
         pytest.skip(f"no namespaces here: {done.stderr.strip()}")
     results = [json.loads(text) for text in done.stdout.split("\n---\n")]
-    assert len(results) == 3, done.stdout + done.stderr
+    assert len(results) == 5, done.stdout + done.stderr
+    previews, results = results[1:3], [results[0], *results[3:]]
     first, again, applied = ({"changed": r["changed"], "exit": r["exit_code"],
                               "actions": [(a["name"], a["status"])
                                           for a in r["system_conf"]["actions"]],
@@ -321,6 +325,12 @@ def test_a_rerun_on_the_real_root_finishes_what_the_system_does_not_show(
         "reboot (it can cut SSH sessions), or rerun with --apply-network"]}
     assert [name for name, _ in applied["actions"]] == ["ifdown", "ifup"]
     assert f"--interfaces={copy}" in results[2]["system_conf"]["actions"][0]["command"]
+    # The dry runs before the rerun said so, though no file would change.
+    hostname = "hostname -F /etc/hostname (the live host name is not the wizard's)"
+    assert [(p["changed"], p["follow_ups"], p["pending"]) for p in previews] == [
+        (True, [hostname], again["pending"]),
+        (True, [hostname, f"ifdown --force --interfaces={copy} eth0; ifup eth0 (eth0 does not "
+                          "have 192.168.50.10/24, which /etc/network/interfaces gives it)"], [])]
     assert applied["actions"][1] == ("ifup", "failed")
     assert applied["changed"] is True
     assert (etc / "hostname").read_text() == "pbx\n"

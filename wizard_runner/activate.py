@@ -88,20 +88,32 @@ def _postfix_reload(log: FilteringBoundLogger) -> ActionOutcome:
     return _run("postfix_reload", ["postfix", "reload"], log)
 
 
-def network_pending(interface: str, network: NetworkChange = NetworkChange(),
-                    *, written: bool = True, address: str = "") -> str:
-    """The admin's instructions for a network change that was written but not applied
-    (`written`), or that an earlier run wrote and the interface does not show (`address`)."""
+def network_commands(interface: str, network: NetworkChange = NetworkChange()) -> str:
+    """The commands that apply the interfaces file to `interface`, as --apply-network runs
+    them: down as the old file configured it, up from the new one."""
     ifdown = " ".join(["ifdown", "--force", *network.old_file(interface), interface])
-    what = (f"/etc/network/interfaces changed for {interface}" if written else
-            f"{interface} does not have {address}, which /etc/network/interfaces gives it")
+    return f"{ifdown}; ifup {interface}"
+
+
+def not_live_network(config: WizardConfig) -> str:
+    """What the running system shows of an interfaces file it does not use."""
+    return (f"{config.network.interface} does not have {wizard_address(config)}, which "
+            "/etc/network/interfaces gives it")
+
+
+def network_pending(interface: str, network: NetworkChange = NetworkChange(),
+                    *, not_live: str | None = None) -> str:
+    """The admin's instructions for a network change that was written but not applied, or
+    (`not_live` says how it shows) that an earlier run wrote and the interface does not
+    show."""
+    what = not_live or f"/etc/network/interfaces changed for {interface}"
     return (
-        f"{what}: apply it from the console with `{ifdown}; ifup {interface}` or reboot (it "
-        "can cut SSH sessions), or rerun with --apply-network"
+        f"{what}: apply it from the console with `{network_commands(interface, network)}` or "
+        "reboot (it can cut SSH sessions), or rerun with --apply-network"
     )
 
 
-def _address(config: WizardConfig) -> str:
+def wizard_address(config: WizardConfig) -> str:
     """The wizard's address with its prefix length, as `ip` shows it: 192.168.1.10/24."""
     net = config.network
     prefix = ipaddress.IPv4Network(f"0.0.0.0/{net.netmask}").prefixlen
@@ -120,7 +132,7 @@ def not_live(config: WizardConfig, log: FilteringBoundLogger) -> frozenset[str]:
     ip = find_tool("ip")
     shown = _call("address_check", (ip, "-4", "-o", "address", "show", "dev", interface),
                   log) if ip is not None else None
-    if isinstance(shown, ToolOutput) and f" inet {_address(config)} " not in shown.stdout:
+    if isinstance(shown, ToolOutput) and f" inet {wizard_address(config)} " not in shown.stdout:
         stale.add("/etc/network/interfaces")
     return frozenset(stale)
 
@@ -158,8 +170,8 @@ def _network(config: WizardConfig, network: NetworkChange, log: FilteringBoundLo
                 actions.append(_run("ifup", ["ifup", name], log, timeout=NETWORK_TIMEOUT))
     if not actions or any(action.status != "succeeded" for action in actions):
         # Not applied, or not applied whole: the admin still has it to do.
-        message = network_pending(interface, network, written=written,
-                                  address=_address(config))
+        message = network_pending(interface, network,
+                                  not_live=None if written else not_live_network(config))
         log.warning("network_change_pending", interface=interface, hint=message)
         pending.append(message)
     for name in network.released:

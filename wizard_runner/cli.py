@@ -444,6 +444,10 @@ def _options(args: argparse.Namespace, out: TextIO, choices: Choices,
 def show_preview(shown: Preview, out: TextIO) -> None:
     """A dry run as people read it: the diff, then each script's fate, as `#` lines."""
     out.write(shown.diff or "# no system file would change\n")
+    for follow_up in shown.follow_ups:  # what an earlier run wrote and the system does not show
+        out.write(f"# follow-up: {printable(follow_up)}\n")
+    for note in shown.pending:
+        out.write(f"# pending: {printable(note)}\n")
     if shown.scripts_done_by is not None:
         out.write(f"# scripts: none would run (they ran to success in run "
                   f"{printable(shown.scripts_done_by)}; --scripts-once)\n")

@@ -13,10 +13,17 @@ from structlog.typing import FilteringBoundLogger
 from wizard_runner.config import WizardConfig
 from wizard_runner.log import make_logger
 from wizard_runner.preflight import RunOptions, RunPlan, prepare
-from wizard_runner.runner import SKIPPED_BY_CONFIG, check_writes, plan_system
+from wizard_runner.runner import (
+    INTERFACES,
+    SKIPPED_BY_CONFIG,
+    check_writes,
+    network_before,
+    plan_system,
+)
 from wizard_runner.scripts.discovery import Verdict
 
 if TYPE_CHECKING:
+    from wizard_runner.layout import Layout
     from wizard_runner.sysconf import FileChange
 
 
@@ -54,11 +61,16 @@ class Preview:
     scripts: tuple[PlannedScript, ...] = ()
     files_to_write: tuple[str, ...] = ()
     scripts_done_by: str | None = None  # with scripts_once: the run that ran them to success
+    #: On the real root, for files an earlier run wrote that the system does not show: what
+    #: the run would do live, and what it would leave to do by hand.
+    follow_ups: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
-        """Whether the run would do anything: write a file or run a script."""
-        return bool(self.files_to_write) or any(
+        """Whether the run would do anything: write a file, follow one up live, or run a
+        script."""
+        return bool(self.files_to_write or self.follow_ups) or any(
             script.action is ScriptAction.RUN for script in self.scripts)
 
     def to_dict(self) -> dict[str, object]:
@@ -74,6 +86,8 @@ class Preview:
             "diff": self.diff,
             "scripts": [script.to_dict() for script in self.scripts],
             "scripts_done_by": self.scripts_done_by,
+            "follow_ups": list(self.follow_ups),
+            "pending": list(self.pending),
         }
 
 
@@ -123,5 +137,38 @@ def preview(
                        plan.run_scripts, scripts, scripts_done_by=plan.scripts_done_by)
     changes = plan_system(config, layout, options)
     writes = check_writes(config, layout, options, changes, log)
+    live, by_hand = (_not_live(config, layout, options, changes, log)
+                     if layout.is_real_root else ((), ()))
     return Preview(changes, unified_diff(changes), True, plan.run_scripts, scripts,
-                   tuple(change.path for change in writes), plan.scripts_done_by)
+                   tuple(change.path for change in writes), plan.scripts_done_by, live, by_hand)
+
+
+def _not_live(config: WizardConfig, layout: Layout, options: RunOptions,
+              changes: tuple[FileChange, ...], log: FilteringBoundLogger
+              ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a run would follow up of the files it would leave as they are, which the running
+    system does not show (an earlier run wrote them): done live, left to do by hand."""
+    from wizard_runner.activate import (
+        network_commands,
+        network_pending,
+        not_live,
+        not_live_network,
+    )
+    from wizard_runner.sysconf import Plan
+
+    kept = {change.path for change in changes if change.plan is Plan.UNCHANGED}
+    stale = not_live(config, log) & kept
+    live: list[str] = []
+    by_hand: list[str] = []
+    if "/etc/hostname" in stale:
+        live.append("hostname -F /etc/hostname (the live host name is not the wizard's)")
+    if INTERFACES in stale:
+        interface = config.network.interface
+        network = network_before(layout, config, changes)
+        if options.apply_network:
+            live.append(f"{network_commands(interface, network)} "
+                        f"({not_live_network(config)})")
+        else:
+            by_hand.append(network_pending(interface, network,
+                                           not_live=not_live_network(config)))
+    return tuple(live), tuple(by_hand)

@@ -195,7 +195,7 @@ def _system_step(run: _Run) -> None:
     stale = not_live(config, log) & kept if layout.is_real_root else frozenset()
     if layout.is_real_root and (applied.changed or stale):
         network = (_network_change(changes, config, applied.backup_dir)
-                   if INTERFACES in applied.changed else _network_before(layout, config, changes))
+                   if INTERFACES in applied.changed else network_before(layout, config, changes))
         follow = follow_up(config, applied.changed, log, apply_network=options.apply_network,
                            network=network, stale=stale)
         progress.system = SystemConfResult(
@@ -203,7 +203,7 @@ def _system_step(run: _Run) -> None:
         )
 
 
-def _network_before(layout: Layout, config: WizardConfig,
+def network_before(layout: Layout, config: WizardConfig,
                     changes: tuple[FileChange, ...]) -> NetworkChange:
     """For an interfaces file an earlier run wrote and the system does not show: the change
     from the file before it, as the backup of the last run that wrote it keeps it (a DHCP

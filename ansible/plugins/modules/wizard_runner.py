@@ -544,6 +544,12 @@ def preview_summary(preview: dict[str, Any]) -> str:
             parts.append(f"would {action.replace('_', ' ')} {listed}")
     if not scripts:
         parts.append("no script would run")
+    follow_ups = [str(entry) for entry in preview.get("follow_ups") or []]
+    if follow_ups:
+        parts.append(f"would follow up live: {'; '.join(follow_ups)}")
+    pending = [str(entry) for entry in preview.get("pending") or []]
+    if pending:
+        parts.append(f"would leave to do by hand: {'; '.join(pending)}")
     return "check mode: " + "; ".join(parts)
 
 
