@@ -153,7 +153,8 @@ def _network(config: WizardConfig, network: NetworkChange, log: FilteringBoundLo
     (a DHCP client stopped, its address released; else as the new file does) and so is a
     released interface the old file configured; then each brought up from the new file (a
     released one only if the new file still has a stanza for it: an inet6 one). What is left
-    to do by hand is pending. Not `written` (an earlier run wrote it): as the new file says."""
+    to do by hand is pending. Not `written` (an earlier run wrote it, the interface does not
+    show it): `network` is that run's change, and the note says what the interface lacks."""
     interface = config.network.interface
     actions: list[ActionOutcome] = []
     pending: list[str] = []
