@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from pyfakefs.helpers import set_uid
 
 from wizard_runner.errors import LockedError, PrivilegeError
 from wizard_runner.fsio import (
+    LOCK_SETTLE,
     TMP_SUFFIX,
     Ownership,
     RunLock,
@@ -167,6 +170,28 @@ def test_lock_is_exclusive_and_names_the_holder(tmp_path: Path) -> None:
             RunLock(path).acquire()
     with RunLock(path):
         pass  # released: it can be taken again
+
+
+@pytest.mark.parametrize(("writes", "said"), [(True, "pid 4242"), (False, "unknown pid")])
+def test_a_holder_that_has_not_written_its_pid_yet_is_looked_at_again(
+        tmp_path: Path, writes: bool, said: str) -> None:
+    """The holder has just taken the lock and not yet written its pid (20 runs at once hit
+    that moment): the refusal looks again for a moment and names it; one that never writes
+    it is `unknown pid`."""
+    path = tmp_path / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    writer = threading.Timer(LOCK_SETTLE / 10, os.pwrite, (fd, b"4242\n", 0))
+    if writes:
+        writer.start()
+    try:
+        with pytest.raises(LockedError, match=rf"\({said}\) holds"):
+            RunLock(path).acquire()
+    finally:
+        writer.cancel()
+        if writes:
+            writer.join()
+        os.close(fd)
 
 
 @pytest.mark.processes

@@ -8,6 +8,7 @@ import fcntl
 import os
 import secrets
 import stat
+import time
 from enum import Enum
 from pathlib import Path
 from types import TracebackType
@@ -304,6 +305,10 @@ def _stopped(pid: int) -> str:
     return ""
 
 
+#: How long a refused run looks again at a lock whose holder has not written its pid yet.
+LOCK_SETTLE: Final = 0.1
+
+
 class RunLock:
     """An exclusive, non-blocking flock held for a whole run; the holder's pid is in the file.
     What the holder notes (its run id) goes to `holder`, a sibling anyone may read (the lock
@@ -323,12 +328,30 @@ class RunLock:
         self._fd: int | None = None
         self._noted = False
 
-    def _holder(self, fd: int) -> str:
+    @staticmethod
+    def _holder(fd: int) -> str | None:
+        """Who holds the lock, as it wrote itself in; None while nothing is written."""
         with contextlib.suppress(OSError, ValueError):
             text = os.pread(fd, 32, 0).decode("ascii").strip()
             if text:
                 return f"pid {int(text)}{_stopped(int(text))}"
-        return "unknown pid"
+        return None
+
+    def _take(self, fd: int) -> None:
+        """flock the lock, or LockedError naming its holder. One that has just taken it (and
+        not yet written its pid) or is letting it go is looked at again for a moment."""
+        deadline = time.monotonic() + LOCK_SETTLE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                if holder is None and time.monotonic() < deadline:
+                    time.sleep(LOCK_SETTLE / 50)
+                    continue
+                raise LockedError(f"another {self.what} ({holder or 'unknown pid'}) holds "
+                                  f"{self.path}; wait for it to finish") from None
+            return
 
     def acquire(self) -> None:
         """Take the lock or raise LockedError naming the holder."""
@@ -344,13 +367,10 @@ class RunLock:
             if stat.S_IMODE(os.fstat(fd).st_mode) != self.mode:
                 os.fchmod(fd, self.mode)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._holder(fd)
+            self._take(fd)
+        except LockedError:
             os.close(fd)
-            raise LockedError(
-                f"another {self.what} ({holder}) holds {self.path}; wait for it to finish"
-            ) from None
+            raise
         # The pid only tells a refused run who holds the lock: a full disk must not fail this.
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
