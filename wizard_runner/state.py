@@ -164,12 +164,8 @@ def read_last_result(layout: Layout) -> RunResult | None:
 def previous_pass(layout: Layout) -> tuple[str | None, str | None]:
     """What the stored result says of the pass through the scripts (begun by, completed
     by); none when it cannot be read (its scripts then count as not completed)."""
-    try:
-        raw = read_regular(layout.last_run, limit=MAX_RESULT_BYTES)[0]
-        data = json.loads(raw)
-    except (OSError, ValueError, RecursionError):
-        return None, None
-    found = scripts_pass(data) if isinstance(data, dict) else {}
+    data = _stored(layout)
+    found = scripts_pass(data) if data is not None else {}
     begun, completed = (value if isinstance(value, str) and is_run_id(value) else None
                         for value in (found.get(name) for name in PASS_FIELDS))
     return begun, completed
@@ -195,13 +191,19 @@ def pass_unknown_after(layout: Layout, line: str | None) -> bool:
     return not holder.no_scripts or holder.pass_unknown
 
 
-def _stored_run_id(layout: Layout) -> object:
-    """The run id the stored result names, as written; None when there is none to read."""
+def _stored(layout: Layout) -> dict[str, object] | None:
+    """The stored result as JSON, leniently: None when there is none to read."""
     try:
         data = json.loads(read_regular(layout.last_run, limit=MAX_RESULT_BYTES)[0])
     except (OSError, ValueError, RecursionError):
         return None
-    return data.get("run_id") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def _stored_run_id(layout: Layout) -> object:
+    """The run id the stored result names, as written; None when there is none to read."""
+    data = _stored(layout)
+    return data.get("run_id") if data is not None else None
 
 
 def write_result(layout: Layout, result: RunResult) -> None:

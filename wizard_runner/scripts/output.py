@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, BinaryIO, Final, Protocol
 from structlog.typing import FilteringBoundLogger
 
 from wizard_runner.defaults import DEFAULT_CAP
-from wizard_runner.escape import OUTPUT, OUTPUT_LINES
+from wizard_runner.escape import OUTPUT, printable_lines
 
 if TYPE_CHECKING:
     from wizard_runner.result import ScriptOutcome
@@ -35,8 +35,7 @@ def shown_line(data: bytes) -> str:
 
 def shown_lines(lines: list[bytes]) -> str:
     """Many lines as shown_line shows each, joined by newlines, in one pass over the text."""
-    text = b"\n".join(lines).decode("utf-8", "backslashreplace")
-    return text.translate(OUTPUT_LINES)
+    return printable_lines(b"\n".join(lines).decode("utf-8", "backslashreplace"))
 
 
 class LineSplitter:
